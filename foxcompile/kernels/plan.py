@@ -1,0 +1,146 @@
+"""Which tiles the forget gate lets us skip: the ACP threshold and the tile boundaries.
+
+Shapes (canonical, the op views user layouts this way):
+    q   (B, Hq, M, D)       k, v (B, Hk, N, D), Hq = G * Hk, query head h reads key head h // G
+    lam (B, Hq, N)          key-side cumulative log forget gate, float32 (float64 for float64 inputs)
+Query i sits at absolute position P + i, P = N - M. Its scores against key j <= P + i get the bias
+lam[P + i] - lam[j]; keys j > P + i are masked.
+
+The rule (../shared/design/acp.md): with U = |scale| max_i ||q_i|| max_j ||k_j|| per (b, h),
+delta = min(log(eps) - 2U - log(N), 0). A tile of BLOCK_M queries x BLOCK_N keys is skipped when
+lam[first query row] - lam[last key column] < delta; for a non-increasing lam that corner holds
+the largest bias of the tile, so every dropped weight is below eps / N.
+
+Robustness: a parallel cumsum can make lam rise by a few ulps. With R = the largest rise of lam
+(max over s < t of lam_t - lam_s) the true largest bias of a tile is at most the corner value + 2R,
+so using delta - 2R keeps the bound exact for any lam. Under the guard, a rise larger than rounding
+turns pruning off for that (b, h). NaN anywhere in q, k or lam turns pruning off, so NaN stays
+visible exactly as in eager.
+
+Everything here runs on the tensors' device with no host synchronisation (CUDA-graph safe).
+"""
+import math
+from typing import NamedTuple
+
+import torch
+
+PRUNE_OFF = 0      # run dense
+PRUNE_PROVEN = 1   # decay proven from the graph: prune with the data bound
+PRUNE_GUARDED = 2  # gates from outside: prune only where lam never rises (checked on device)
+
+DEFAULT_EPSILON = math.exp(-10.0)
+
+# A rise of lam below this (relative to its magnitude) is rounding, not a rising gate.
+_GUARD_RELATIVE_TOLERANCE = 1e-5
+
+
+def tile_sizes(head_dim: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of the pruning grid for a head dim; every kernel and the reference
+    skip on exactly this grid, so forward and backward drop the same (i, j) pairs."""
+    if head_dim <= 128:
+        return 128, 64
+    return 64, 64
+
+
+def num_blocks(length, block: int):
+    """ceil(length / block); works on SymInts."""
+    return (length + block - 1) // block
+
+
+def threshold(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
+              epsilon: float, prune: int) -> torch.Tensor:
+    """delta per (b, h) as lam's dtype, shape (B, Hq); -inf where the guard turns pruning off.
+    Call only with pruning on (prune != PRUNE_OFF, epsilon > 0)."""
+    q_heads = q.shape[1]
+    acc = lam.dtype
+    q_norm = torch.linalg.vector_norm(q.to(acc), dim=-1).amax(dim=-1)             # (B, Hq)
+    k_norm = torch.linalg.vector_norm(k.to(acc), dim=-1).amax(dim=-1)             # (B, Hk)
+    k_norm = k_norm.repeat_interleave(q_heads // k.shape[1], dim=1)               # (B, Hq)
+    bound = abs(scale) * q_norm * k_norm
+    n_keys = lam.shape[-1]
+    delta = (math.log(epsilon) - math.log(n_keys) - 2.0 * bound).clamp(max=0.0)
+    rise = (lam - torch.cummin(lam, dim=-1).values).amax(dim=-1)                  # (B, Hq), >= 0
+    delta = delta - 2.0 * rise
+    if prune == PRUNE_GUARDED:
+        tolerance = _GUARD_RELATIVE_TOLERANCE * (1.0 + lam.abs().amax(dim=-1))
+        delta = torch.where(rise <= tolerance, delta, -math.inf)  # NaN rise fails the test too
+    return torch.nan_to_num(delta, nan=-math.inf)
+
+
+def start_blocks(lam: torch.Tensor, delta: torch.Tensor, n_queries: int,
+                 block_m: int, block_n: int) -> torch.Tensor:
+    """First key block each query block computes, (B, Hq, MB) int32, non-decreasing in the
+    query block. Key blocks [0, start) are skipped; start never passes the block holding the
+    first row's diagonal, so no row is ever empty."""
+    n_keys = lam.shape[-1]
+    offset = n_keys - n_queries
+    device = lam.device
+    key_blocks = torch.arange(num_blocks(n_keys, block_n), device=device)
+    last_col = (key_blocks * block_n + block_n - 1).clamp(max=n_keys - 1)
+    first_row = offset + torch.arange(num_blocks(n_queries, block_m), device=device) * block_m
+    # -lam at each key block's last column, made non-decreasing so searchsorted is valid; a
+    # larger value only makes a tile harder to skip.
+    key_side = torch.cummax(torch.nan_to_num(-lam[..., last_col], nan=math.inf), dim=-1).values
+    limit = delta[..., None] - lam[..., first_row]                       # skip while key_side < limit
+    limit = torch.nan_to_num(limit, nan=-math.inf)
+    start = torch.searchsorted(key_side.contiguous(), limit.contiguous(), side="left")
+    start = torch.minimum(start, first_row // block_n)
+    # non-decreasing in the query block (only ever lowers a start, so only skips less)
+    start = torch.flip(torch.cummin(torch.flip(start, (-1,)), dim=-1).values, (-1,))
+    return start.to(torch.int32)
+
+
+def end_blocks(start: torch.Tensor, n_keys: int, block_n: int) -> torch.Tensor:
+    """For each key block n, one past the last query block that computes it, (B, Hq, NB) int32:
+    query blocks [causal start, end) use key block n (start is non-decreasing)."""
+    key_blocks = torch.arange(num_blocks(n_keys, block_n), device=start.device, dtype=start.dtype)
+    key_blocks = key_blocks.expand(*start.shape[:-1], -1).contiguous()
+    return torch.searchsorted(start.contiguous(), key_blocks, side="right").to(torch.int32)
+
+
+class TileCounts(NamedTuple):
+    """Per (b, h) float64 counts: tiles and (i, j) pairs, causal versus actually computed."""
+    skipped_tiles: torch.Tensor
+    causal_tiles: torch.Tensor
+    computed_pairs: torch.Tensor
+    causal_pairs: torch.Tensor
+
+
+def tile_counts(start: torch.Tensor, n_queries: int, n_keys: int,
+                block_m: int, block_n: int) -> TileCounts:
+    """What a launch with these start blocks skips; pure device arithmetic, no sync."""
+    device = start.device
+    offset = n_keys - n_queries
+    first = torch.arange(start.shape[-1], device=device, dtype=torch.float64) * block_m
+    rows = (n_queries - first).clamp(max=block_m)                        # rows in each block
+    last = first + rows - 1
+    causal_tiles = torch.floor((offset + last) / block_n) + 1            # key blocks up to the diagonal
+    # pairs of a block: sum over rows r of (offset + r + 1)
+    causal_pairs = rows * (offset + 1) + (first + last) * rows / 2
+    skipped_keys = start.to(torch.float64) * block_n
+    start_f = start.to(torch.float64)
+    return TileCounts(
+        skipped_tiles=start_f.sum(-1),
+        causal_tiles=causal_tiles.sum().expand(start.shape[:-1]),
+        computed_pairs=(causal_pairs - rows * skipped_keys).sum(-1),
+        causal_pairs=causal_pairs.sum().expand(start.shape[:-1]),
+    )
+
+
+class Plan(NamedTuple):
+    """Everything a launch needs to know about pruning."""
+    block_m: int
+    block_n: int
+    start: torch.Tensor  # (B, Hq, MB) int32
+
+
+def make_plan(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
+              epsilon: float, prune: int) -> Plan:
+    block_m, block_n = tile_sizes(q.shape[-1])
+    n_queries = q.shape[2]
+    if prune == PRUNE_OFF or epsilon <= 0.0:
+        start = torch.zeros(*lam.shape[:2], num_blocks(n_queries, block_m),
+                            dtype=torch.int32, device=lam.device)
+        return Plan(block_m, block_n, start)
+    delta = threshold(q, k, lam, scale, epsilon, prune)
+    return Plan(block_m, block_n, start_blocks(lam, delta, n_queries, block_m, block_n))
