@@ -1,0 +1,239 @@
+"""Triton engine of forgetting attention with ACP: same interface as reference.py.
+
+    forward(q, k, v, lam, plan, scale, out) -> lse
+    backward(grad_out, q, k, v, lam, out, lse, plan, scale, dq, dk, dv) -> dlam
+    unsupported_reason(q, k, v) -> str | None
+
+Shapes and semantics as in plan.py / reference.py: q (B, Hq, M, D), k and v (B, Hk, N, D),
+lam (B, Hq, N) float32, any strides (views of (B, T, H, D) or (B, H, T, D) tensors are read in
+place); out, dq, dk, dv are written in place through their strides; lse (B, Hq, M) float32 is the
+natural-log normaliser; dlam (B, Hq, N) float32 = -(column sums of dS).
+
+Triton itself is imported only when a kernel is launched (or unsupported_reason is asked about a
+CUDA tensor). CUDA tensors run the compiled kernels; CPU tensors run the same kernels under
+Triton's interpreter when TRITON_INTERPRET=1 is set (operands are cast to float32 there, because
+bf16 dots are broken in the interpreter). Triton decides between compiling and interpreting when
+a kernel is decorated, so the kernel file is loaded once per mode, whatever was imported first.
+
+float32 inputs: the matrix products run on the tensor cores in TF32 (10-bit mantissa, float32
+accumulation), like torch's default SDPA on float32 with TF32 enabled; set
+FOXCOMPILE_FP32_DOT=ieee (before the first launch) for exact float32 products at several times
+the cost. The softmax, the normaliser and every accumulator are float32 for every input dtype.
+"""
+import importlib.util
+import os
+import sys
+import threading
+
+import torch
+
+from . import plan as plan_mod
+from .plan import Plan
+from .triton_configs import launch_config
+
+LOG2E = 1.4426950408889634
+MIN_HEAD_DIM = 16
+MAX_HEAD_DIM = 256
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+_KERNEL_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_triton_kernels.py")
+_modules: dict = {}
+_lock = threading.Lock()
+_capabilities: dict = {}
+
+
+def _interpret_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _kernels(interpret: bool):
+    """The kernel module, decorated for the compiler or for the interpreter."""
+    module = _modules.get(interpret)
+    if module is not None:
+        return module
+    with _lock:
+        module = _modules.get(interpret)
+        if module is None:
+            name = "foxcompile.kernels._triton_kernels_" + ("interpret" if interpret else "compiled")
+            saved = os.environ.get("TRITON_INTERPRET")
+            os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+            try:
+                spec = importlib.util.spec_from_file_location(name, _KERNEL_FILE)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+            finally:
+                if saved is None:
+                    del os.environ["TRITON_INTERPRET"]
+                else:
+                    os.environ["TRITON_INTERPRET"] = saved
+            _modules[interpret] = module
+    return module
+
+
+def _capability(device: torch.device):
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _capabilities:
+        _capabilities[index] = torch.cuda.get_device_capability(index)
+    return _capabilities[index]
+
+
+def _mode(q: torch.Tensor) -> bool:
+    """True to interpret (CPU tensors, or TRITON_INTERPRET=1 for any device)."""
+    return q.device.type == "cpu" or _interpret_requested()
+
+
+def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Why these inputs cannot run on the Triton kernels, or None when they can."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return "q, k and v must be 4-d (B, H, T, D)"
+    if q.device.type == "cpu":
+        if not _interpret_requested():
+            return "CPU tensors run on the Triton kernels only under TRITON_INTERPRET=1"
+    elif q.device.type != "cuda":
+        return f"device {q.device.type} has no Triton kernels here"
+    if k.device != q.device or v.device != q.device:
+        return "q, k and v are on different devices"
+    if q.dtype not in _SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} is not one of float16, bfloat16, float32"
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return "q, k and v have different dtypes"
+    head_dim = q.shape[-1]
+    if k.shape[-1] != head_dim or v.shape[-1] != head_dim:
+        return "q, k and v must share the head dim"
+    if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        return f"head dim {head_dim} is outside {MIN_HEAD_DIM}..{MAX_HEAD_DIM}"
+    if k.shape != v.shape or k.shape[0] != q.shape[0]:
+        return "k and v must have the same shape, and the batch of q"
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        return "query heads must be a multiple of key/value heads"
+    if q.shape[2] > k.shape[2]:
+        return "more queries than keys"
+    if q.device.type == "cuda":
+        cap = _capability(q.device)
+        if cap < (8, 0):
+            return f"compute capability {cap} is below 8.0"
+        try:
+            import triton  # noqa: F401
+        except ImportError:  # pragma: no cover - depends on the install
+            return "triton is not installed"
+    return None
+
+
+def _d_pad(head_dim: int) -> int:
+    return max(MIN_HEAD_DIM, 1 << (head_dim - 1).bit_length())
+
+
+def _dot_precision(dtype: torch.dtype, interpret: bool) -> str:
+    if interpret:
+        return "ieee"
+    if dtype == torch.float32:
+        return os.environ.get("FOXCOMPILE_FP32_DOT", "tf32")
+    return "tf32"  # the default; Triton ignores it for 16-bit operands
+
+
+def _device_guard(t: torch.Tensor):
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def _f32(lam: torch.Tensor) -> torch.Tensor:
+    return lam if lam.dtype == torch.float32 else lam.float()
+
+
+def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.Tensor:
+    """Writes out (B, Hq, M, D) through its strides and returns lse (B, Hq, M) float32."""
+    batch, q_heads, n_queries, head_dim = q.shape
+    kv_heads, n_keys = k.shape[1], k.shape[2]
+    lse = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
+    if batch * q_heads * n_queries == 0:
+        return lse
+    interpret = _mode(q)
+    kern = _kernels(interpret)
+    d_pad = _d_pad(head_dim)
+    block_m, block_n, warps, stages = launch_config(
+        "fwd", d_pad, plan.block_m, plan.block_n, _capability(q.device), interpret)
+    lam = _f32(lam)
+    start = plan.start
+    grid = (triton_cdiv(n_queries, block_m) * batch * q_heads,)
+    with _device_guard(q):
+        kern._fwd_kernel[grid](
+            q, k, v, lam, out, lse, start,
+            *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *out.stride(), *lse.stride(),
+            *start.stride(),
+            q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
+            HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
+            GRID_M=plan.block_m, GRID_N=plan.block_n,
+            CAST_F32=interpret, DOT_PREC=_dot_precision(q.dtype, interpret),
+            num_warps=warps, num_stages=stages)
+    return lse
+
+
+def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
+             dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+    """Writes dq, dk, dv through their strides and returns dlam (B, Hq, N) float32."""
+    batch, q_heads, n_queries, head_dim = q.shape
+    kv_heads, n_keys = k.shape[1], k.shape[2]
+    dlam = torch.empty((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
+    if batch * q_heads * n_keys == 0:
+        return dlam
+    if n_queries == 0:
+        dk.zero_()
+        dv.zero_()
+        dlam.zero_()
+        return dlam
+    interpret = _mode(q)
+    kern = _kernels(interpret)
+    d_pad = _d_pad(head_dim)
+    cap = _capability(q.device)
+    lam = _f32(lam)
+    prec = _dot_precision(q.dtype, interpret)
+    group = q_heads // kv_heads
+    qk_scale = float(scale) * LOG2E
+
+    delta = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
+    end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
+    with _device_guard(q):
+        rows = 64
+        kern._row_dot_kernel[(triton_cdiv(n_queries, rows) * batch * q_heads,)](
+            out, grad_out, delta, *out.stride(), *grad_out.stride(), q_heads, n_queries,
+            HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=rows, num_warps=4)
+
+        block_n, block_m, warps, stages = launch_config(
+            "dkdv", d_pad, plan.block_m, plan.block_n, cap, interpret)
+        kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
+            q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end,
+            *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
+            *lse.stride(), *dk.stride(), *dv.stride(), *dlam.stride(), *end.stride(),
+            kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
+            HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
+            GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
+            CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
+
+        block_m, block_n, warps, stages = launch_config(
+            "dq", d_pad, plan.block_m, plan.block_n, cap, interpret)
+        kern._dq_kernel[(triton_cdiv(n_queries, block_m) * batch * q_heads,)](
+            q, k, v, lam, grad_out, lse, delta, dq, plan.start,
+            *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
+            *lse.stride(), *dq.stride(), *plan.start.stride(),
+            q_heads, group, n_queries, n_keys, qk_scale, float(scale),
+            HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
+            GRID_M=plan.block_m, GRID_N=plan.block_n,
+            CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
+    return dlam
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def compiled_kernels():
+    """The compiled kernel module (for register/spill reports: kernel.cache / n_regs)."""
+    return _kernels(False)
+
+
+__all__ = ["forward", "backward", "unsupported_reason", "MIN_HEAD_DIM", "MAX_HEAD_DIM"]

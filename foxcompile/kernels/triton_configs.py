@@ -1,0 +1,78 @@
+"""Launch configurations of the Triton kernels: block shapes, warps and pipeline stages per
+head dim, tabled for Hopper (sm90) with a conservative default elsewhere.
+
+Pure Python (no Triton import), so the package's import stays cheap.
+
+Every kernel walks the pruning grid of plan.tile_sizes (GRID_M queries x GRID_N keys) in steps
+that divide it exactly, so forward and backward skip exactly the same (i, j) pairs:
+
+    fwd   (BLOCK_M, BLOCK_N, num_warps, num_stages)  BLOCK_M queries per program (divides GRID_M),
+                                                     key steps of BLOCK_N (divides GRID_N)
+    dq    (BLOCK_M, BLOCK_N, num_warps, num_stages)  same walk as fwd
+    dkdv  (BLOCK_N, BLOCK_M, num_warps, num_stages)  BLOCK_N keys per program (divides GRID_N),
+                                                     query steps of BLOCK_M (divides GRID_M)
+
+Keys of the tables are the head dim padded to a power of two (16 .. 256). See docs/kernels.md for
+how the sm90 table was chosen. FOXCOMPILE_KERNEL_CONFIG (a JSON object with any of the keys
+"fwd", "dq", "dkdv", each a list of four ints) overrides the table, for tuning sweeps.
+"""
+import json
+import os
+
+# Hopper (H100 / H200), chosen by the sweep in benchmarks/run_gpu_kernels.sh (docs/kernels.md).
+SM90 = {
+    16: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(128, 64, 4, 3)),
+    32: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(128, 64, 4, 3)),
+    64: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(128, 64, 8, 3)),
+    128: dict(fwd=(128, 64, 8, 3), dq=(128, 64, 8, 2), dkdv=(128, 64, 8, 2)),
+    256: dict(fwd=(64, 32, 4, 2), dq=(64, 32, 4, 2), dkdv=(64, 32, 8, 1)),
+}
+
+# Anything else (Ampere, Ada, unknown): modest tiles that fit 100 KB of shared memory.
+DEFAULT = {
+    16: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2)),
+    32: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2)),
+    64: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 8, 2)),
+    128: dict(fwd=(128, 32, 8, 2), dq=(128, 32, 8, 1), dkdv=(64, 32, 8, 1)),
+    256: dict(fwd=(64, 32, 4, 1), dq=(64, 32, 4, 1), dkdv=(32, 32, 4, 1)),
+}
+
+# Under TRITON_INTERPRET=1 warps and stages mean nothing; small steps keep numpy's work down.
+INTERPRET = dict(fwd=(None, 32, 1, 1), dq=(None, 32, 1, 1), dkdv=(None, 32, 1, 1))
+
+_override_cache: dict = {}
+
+
+def _override():
+    text = os.environ.get("FOXCOMPILE_KERNEL_CONFIG")
+    if not text:
+        return {}
+    if text not in _override_cache:
+        parsed = json.loads(text)
+        _override_cache[text] = {key: tuple(int(x) for x in value) for key, value in parsed.items()}
+    return _override_cache[text]
+
+
+def _fit(block: int, grid: int) -> int:
+    """The largest power of two <= block that divides the grid's block."""
+    block = min(block, grid)
+    while grid % block:
+        block //= 2
+    return block
+
+
+def launch_config(kernel: str, d_pad: int, grid_m: int, grid_n: int, capability, interpret: bool):
+    """(outer block, step block, num_warps, num_stages) for 'fwd', 'dq' or 'dkdv', fitted to the
+    pruning grid (outer and step blocks divide it). capability: (major, minor) or None."""
+    if interpret:
+        outer, step, warps, stages = INTERPRET[kernel]
+    else:
+        table = SM90 if capability is not None and capability[0] == 9 else DEFAULT
+        outer, step, warps, stages = table[d_pad][kernel]
+    over = _override().get(kernel)
+    if over is not None:
+        outer, step, warps, stages = over
+    outer_grid, step_grid = (grid_n, grid_m) if kernel == "dkdv" else (grid_m, grid_n)
+    outer = _fit(outer or outer_grid, outer_grid)
+    step = _fit(step, step_grid)
+    return outer, step, warps, stages
