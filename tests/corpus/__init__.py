@@ -1,0 +1,115 @@
+"""A corpus of small models for the FoX matcher: forgetting attention written many ways, and near misses.
+
+Every case is a `Case`. `build(dtype)` returns `(fn, inputs)`: `fn` is an nn.Module, a bound method
+or a plain function, already in `dtype` and in the mode (train/eval) the case is about; `inputs` is a
+tuple of fresh random tensors drawn from torch's global RNG (the tests seed it per case).
+
+Labels
+------
+sites        how many attention sites the backend must rewrite.
+decay        one entry per expected site (order-free):
+               "proven"  the per-step log forget gate is <= 0 by construction visible in the graph
+                         (logsigmoid, -softplus, clamp(max<=0), a non-positive constant, a non-negative
+                         constant times one of these, ALiBi with a positive Python-constant slope);
+               "guarded" the gate or lam reaches the graph as tensor data whose sign the graph does
+                         not fix (lam or log f passed in, ALiBi slopes in a buffer): prune only under the
+                         on-device monotonicity guard;
+               "none"    lam provably rises (softplus gate, c_i + c_j, flipped ALiBi, a negative
+                         constant times logsigmoid): the kernel may run it, but never pruned.
+may_decline  each expected site may instead be declined (with a reason) rather than rewritten; used
+             where running the kernel is allowed but not required (a bias that grows toward the past,
+             a sliding window the kernel may or may not support).
+declined_min lower bound on len(report.declined): a softmax attention the matcher must look at and
+             refuse, saying why.
+mixed        the model downcasts inside (`.float()`, `dtype=torch.float32`), so fp64 runs carry fp32
+             rounding and are compared with fp32-level tolerances.
+training     dropout is active: outputs are random; compiled and eager are compared under one seed.
+inductor     also run with the default Inductor compiler (tests select these with `-k inductor`).
+
+Reference hook
+--------------
+`reference(fn, inputs) -> Ref` recomputes what the model should output with the naive fp64
+forgetting attention in tests/corpus/reference.py (called in fp64, under no_grad). `relation` says
+how the eager model relates to it: "equal" (it is that operator), "differs" (a near miss that a
+careless rewrite would turn into that operator: the outputs must differ), or None (not meaningful).
+`Ref.lams` lists the lam of each expected site in `decay` order, to check "proven" sites really are
+non-increasing and "none" sites really rise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+DECAYS = ("proven", "guarded", "none")
+
+
+def _first(out: Any) -> Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@dataclass
+class Ref:
+    output: Tensor
+    lams: list[Tensor] = field(default_factory=list)
+    # picks the tensor to compare out of the model's output (the model may return several)
+    select: Callable[[Any], Tensor] = _first
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[torch.dtype], tuple[Callable, tuple[Tensor, ...]]]
+    sites: int
+    decay: list[str]
+    declined_min: int
+    note: str
+    axes: tuple[str, ...] = ()
+    reference: Optional[Callable[[Callable, tuple[Tensor, ...]], Ref]] = None
+    relation: Optional[str] = "equal"
+    may_decline: bool = False
+    mixed: bool = False
+    training: bool = False
+    inductor: bool = False
+
+    def __post_init__(self):
+        assert len(self.decay) == self.sites, self.name
+        assert all(d in DECAYS for d in self.decay), self.name
+        assert self.relation in ("equal", "differs", None), self.name
+        assert self.relation is None or self.reference is not None, self.name
+
+    @property
+    def positive(self) -> bool:
+        """Pure forgetting attention: every site rewritten, nothing to decline."""
+        return self.sites > 0 and not self.may_decline and self.declined_min == 0
+
+    def __repr__(self) -> str:  # short ids in pytest output
+        return f"Case({self.name})"
+
+
+def all_cases() -> list[Case]:
+    from .near_misses import NEAR_MISSES
+    from .positives import POSITIVES
+
+    cases = POSITIVES + NEAR_MISSES
+    names = [c.name for c in cases]
+    dup = {n for n in names if names.count(n) > 1}
+    assert not dup, f"duplicate case names {dup}"
+    return cases
+
+
+def seed_of(name: str, salt: str = "") -> int:
+    import zlib
+
+    return zlib.crc32(f"{name}/{salt}".encode())
+
+
+def trainable(fn: Callable) -> list[torch.nn.Parameter]:
+    """The parameters a case's callable owns (a module, a bound method of one, or none)."""
+    owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+    if isinstance(owner, torch.nn.Module):
+        return [p for p in owner.parameters() if p.requires_grad]
+    return []
