@@ -19,9 +19,24 @@ diagonal or an edge take the masked path; all others load and compute with no ma
 """
 import triton
 import triton.language as tl
+# The standard library's own combine functions: tl.max / tl.sum are themselves @jit functions,
+# decorated when triton is imported, so under the interpreter they only work if triton was
+# imported with TRITON_INTERPRET=1. tl.reduce with these combiners works in both modes (the
+# interpreter recognises them and reduces with numpy) and compiles to exactly tl.max / tl.sum.
+from triton.language.standard import _elementwise_max, _sum_combine
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _max_rows(x):
+    return tl.reduce(x, 1, _elementwise_max)
+
+
+@triton.jit
+def _sum_rows(x):
+    return tl.reduce(x, 1, _sum_combine)
 
 
 @triton.jit
@@ -59,10 +74,10 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
         s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale + ((lam_ref - lam_k) * LOG2E)[None, :]
         if MASKED:
             s = tl.where(offs_n[None, :] <= pos_q[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, _max_rows(s))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + _sum_rows(p)
         v = _load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                   n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
         if CAST_F32:
@@ -89,7 +104,7 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START,
                 CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
     # One flat grid (no 65535 limit on B * H); within a head the heavy (late) query blocks,
     # which have the most key blocks under the causal mask, start first.
-    m_blocks = tl.cdiv(n_queries, BLOCK_M)
+    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
     pid = tl.program_id(0)
     pid_m = m_blocks - 1 - pid % m_blocks
     pid_bh = pid // m_blocks
@@ -127,8 +142,8 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START,
     hi = tl.minimum(pos0 + BLOCK_M, n_keys)             # one past the last row's last key
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
     acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
                                stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid, n_keys,
                                offs_d, d_ok, BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC)
@@ -150,7 +165,7 @@ def _row_dot_kernel(OUT, DO, DELTA,
                     n_heads, n_queries,
                     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
     """DELTA[b, h, i] = sum_d dO * O, float32, contiguous (B, H, M)."""
-    m_blocks = tl.cdiv(n_queries, BLOCK_M)
+    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
     pid = tl.program_id(0)
     pid_m = pid % m_blocks
     pid_bh = pid // m_blocks
@@ -163,7 +178,7 @@ def _row_dot_kernel(OUT, DO, DELTA,
                 + offs_d[None, :] * stride_od, mask=mask, other=0.0)
     do = tl.load(DO + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm
                  + offs_d[None, :] * stride_gd, mask=mask, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    delta = _sum_rows(o.to(tl.float32) * do.to(tl.float32))
     tl.store(DELTA + pid_bh.to(tl.int64) * n_queries + offs_m, delta, mask=offs_m < n_queries)
 
 
@@ -212,7 +227,7 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, START,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                GRID_M: tl.constexpr, GRID_N: tl.constexpr,
                CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
-    m_blocks = tl.cdiv(n_queries, BLOCK_M)
+    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
     pid = tl.program_id(0)
     pid_m = m_blocks - 1 - pid % m_blocks
     pid_bh = pid // m_blocks
@@ -257,7 +272,7 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, START,
     mid = lo + ((pos0 + 1 - lo) // BLOCK_N) * BLOCK_N
     hi = tl.minimum(pos0 + BLOCK_M, n_keys)
 
-    dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    dq = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
     dq = _dq_steps(dq, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd,
                    stride_ln, lam_ref, qk_scale, pos_q, lo, mid, n_keys, offs_d, d_ok,
                    BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC)
@@ -304,7 +319,7 @@ def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA,
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         dst = pt * (dpt - delta[None, :])
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
-        colsum += tl.sum(dst, 1)
+        colsum += _sum_rows(dst)
     return dk, dv, colsum
 
 
@@ -326,7 +341,7 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
                  GRID_M: tl.constexpr, GRID_N: tl.constexpr, ROW_EDGE: tl.constexpr,
                  CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
     # Key block 0 sees every query: launch in key order, heavy first.
-    n_blocks = tl.cdiv(n_keys, BLOCK_N)
+    n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
     pid_n = pid % n_blocks
     pid_bh = pid // n_blocks
@@ -358,8 +373,8 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
     mid = tl.maximum(((full + BLOCK_M - 1) // BLOCK_M) * BLOCK_M, lo)
     key_grid = key0 // GRID_N
 
-    dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+    dk = tl.full([BLOCK_N, D_PAD], 0.0, dtype=tl.float32)
+    dv = tl.full([BLOCK_N, D_PAD], 0.0, dtype=tl.float32)
     for g in range(0, group):
         h = hk * group + g
         Qh = Q + b * stride_qb + h * stride_qh
@@ -372,7 +387,7 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
         lam_ref = tl.load(LAMh + key0 * stride_ln)
         lam_k = tl.load(LAMh + offs_n * stride_ln, mask=n_ok, other=0.0)
         b_key = (lam_ref - lam_k) * LOG2E
-        colsum = tl.zeros([BLOCK_N], dtype=tl.float32)
+        colsum = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
         dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh,
                                      stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
                                      stride_em, lam_ref, b_key, qk_scale, offs_n, offset,

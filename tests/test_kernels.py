@@ -1,0 +1,343 @@
+"""The Triton kernels against the float64 definition (naive.py) and the blockwise reference.
+
+Two halves:
+- CPU: the same kernels under Triton's interpreter on small shapes (runs in CI). The kernel
+  module is loaded in interpreter mode by triton_attention itself (Triton decides at decoration
+  time, so a module loaded once per mode is robust to whatever imported triton first); the tests
+  set TRITON_INTERPRET=1 only for unsupported_reason's sake.
+- GPU (@pytest.mark.gpu, skipped without CUDA): shapes, dtypes, GQA ratios, offsets, odd sizes,
+  strided layouts, pruning within the bound of acp.md, and CUDA-graph capture of plan + kernels.
+
+Errors are measured as ||x - ref|| / ||ref|| over the whole tensor (for dlam also against the
+blockwise reference run on the kernel's own output, which isolates the kernel's arithmetic).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from foxcompile.kernels import naive
+from foxcompile.kernels import plan as plan_mod
+from foxcompile.kernels import reference
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def _interpreter_usable():
+    """Triton 3.6's interpreter fails on loops with run-time bounds under numpy >= 2.4."""
+    try:
+        import numpy
+        import triton
+    except ImportError:
+        return False, "triton is not installed"
+    tv = tuple(int(x) for x in triton.__version__.split(".")[:2])
+    nv = tuple(int(x) for x in numpy.__version__.split(".")[:2])
+    if tv < (3, 7) and nv >= (2, 4):
+        return False, f"Triton {triton.__version__}'s interpreter needs numpy < 2.4 (have {numpy.__version__})"
+    return True, ""
+
+
+_INTERP_OK, _INTERP_WHY = _interpreter_usable()
+interp = pytest.mark.skipif(not _INTERP_OK, reason=_INTERP_WHY)
+
+
+@pytest.fixture
+def interpret_env(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from foxcompile.kernels import triton_attention
+    return triton_attention
+
+
+# ----------------------------------------------------------------------------- data
+
+def make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, device,
+                decay=(2.0, 64.0), layout="bhtd", seed=0, normalise=True, rising_head=None):
+    """q (B, Hq, M, D), k/v (B, Hk, N, D) as views of the given layout, lam (B, Hq, N) float32.
+    Each head decays with its own time constant (log-spaced over `decay` tokens), as in SYN70."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(b, h, t):
+        x = torch.randn(b, t, h, head_dim, generator=g)
+        if normalise:
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True))
+        x = x.to(dtype)
+        if layout == "bthd":
+            return x.to(device).transpose(1, 2)                 # strided view of (B, T, H, D)
+        return x.transpose(1, 2).contiguous().to(device)
+
+    q = rand(batch, q_heads, n_queries)
+    k = rand(batch, kv_heads, n_keys)
+    v = rand(batch, kv_heads, n_keys)
+    times = torch.exp(torch.linspace(math.log(decay[0]), math.log(decay[1]), q_heads))
+    bias = -torch.log(torch.expm1(1.0 / times))
+    logit = bias[None, :, None] + 0.3 * torch.randn(batch, q_heads, n_keys, generator=g)
+    log_f = F.logsigmoid(logit)
+    if rising_head is not None:  # a gate that rises somewhere: the guard must turn pruning off
+        log_f[:, rising_head, n_keys // 2] = 5.0
+    lam = torch.cumsum(log_f.double(), -1).float().to(device)
+    return q, k, v, lam
+
+
+def alloc_like(x, layout):
+    if layout == "bthd":
+        return torch.empty(x.shape[0], x.shape[2], x.shape[1], x.shape[3], dtype=x.dtype,
+                           device=x.device).transpose(1, 2)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def rel(x, ref):
+    x = x.double()
+    ref = ref.double()
+    assert torch.isfinite(x).all(), "non-finite values"
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def naive_grads(q, k, v, lam, grad_out, scale):
+    """float64 output and gradients of the T x T definition (unpruned)."""
+    q64, k64, v64, lam64 = (t.detach().double().requires_grad_(True) for t in (q, k, v, lam))
+    out = naive.forgetting_attention(q64, k64, v64, lam64, scale)
+    out.backward(grad_out.double())
+    return out.detach(), q64.grad, k64.grad, v64.grad, lam64.grad
+
+
+def run_kernels(engine, q, k, v, lam, plan, scale, grad_out, layout):
+    out = alloc_like(q, layout)
+    out.fill_(float("nan"))  # every element must be written
+    lse = engine.forward(q, k, v, lam, plan, scale, out)
+    dq, dk, dv = alloc_like(q, layout), alloc_like(k, layout), alloc_like(v, layout)
+    for t in (dq, dk, dv):
+        t.fill_(float("nan"))
+    dlam = engine.backward(grad_out, q, k, v, lam, out, lse, plan, scale, dq, dk, dv)
+    return out, lse, dq, dk, dv, dlam
+
+
+# Tolerances on ||x - ref|| / ||ref|| against float64 (bf16 rounding of p, dS and the outputs).
+TOL = {torch.float16: 4e-3, torch.bfloat16: 2e-2, torch.float32: 4e-3}
+
+
+def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, device,
+               layout="bhtd", prune=plan_mod.PRUNE_OFF, epsilon=math.exp(-10.0), decay=(2.0, 64.0),
+               expect_skips=False, rising_head=None, tol=None):
+    q, k, v, lam = make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype,
+                               device, decay=decay, layout=layout, rising_head=rising_head)
+    scale = head_dim ** -0.5
+    plan = plan_mod.make_plan(q, k, lam, scale, epsilon, prune)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(dtype).to(device)
+    if layout == "bthd":
+        grad_out = grad_out.transpose(1, 2).contiguous().transpose(1, 2)
+    out, lse, dq, dk, dv, dlam = run_kernels(engine, q, k, v, lam, plan, scale, grad_out, layout)
+
+    counts = plan_mod.tile_counts(plan.start, n_queries, n_keys, plan.block_m, plan.block_n)
+    skipped = counts.skipped_tiles.sum().item()
+    if expect_skips:
+        assert skipped > 0, "the case was meant to prune some tiles"
+    if rising_head is not None:
+        assert (plan.start[:, rising_head] == 0).all(), "guard left pruning on for a rising gate"
+
+    tol = tol or TOL[dtype]
+    ref = naive_grads(q, k, v, lam, grad_out, scale)
+    errors = {name: rel(x, r) for name, x, r in
+              zip(("out", "dq", "dk", "dv", "dlam"), (out, dq, dk, dv, dlam),
+                  (ref[0], ref[1], ref[2], ref[3], ref[4]))}
+    # lse against float64 (natural log)
+    s = torch.matmul(q.double(), k.double().repeat_interleave(q_heads // kv_heads, 1).transpose(-2, -1))
+    s = s * scale + lam.double()[..., n_keys - n_queries:, None] - lam.double()[..., None, :]
+    rows = torch.arange(n_queries, device=q.device)[:, None] + n_keys - n_queries
+    s = s.masked_fill(torch.arange(n_keys, device=q.device)[None, :] > rows, float("-inf"))
+    lse_err = (lse.double() - torch.logsumexp(s, -1)).abs().max().item()
+
+    if skipped == 0:
+        for name, err in errors.items():
+            assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e} ({errors})"
+        assert lse_err < 50 * tol, lse_err
+    else:
+        # Pruned: (1) tile for tile the same function as the blockwise reference in float64 ...
+        ref_out = torch.empty(q.shape, dtype=torch.float64, device=q.device)
+        q64, k64, v64, lam64 = q.double(), k.double(), v.double(), lam.double()
+        ref_lse = reference.forward(q64, k64, v64, lam64, plan, scale, ref_out)
+        assert rel(out, ref_out) < tol
+        assert (lse.double() - ref_lse).abs().max().item() < 50 * tol
+        rdq, rdk, rdv = (torch.empty(t.shape, dtype=torch.float64, device=q.device) for t in (q, k, v))
+        rdlam = reference.backward(grad_out.double(), q64, k64, v64, lam64, ref_out, ref_lse, plan,
+                                   scale, rdq, rdk, rdv)
+        for name, x, r in (("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv), ("dlam", dlam, rdlam)):
+            err = rel(x, r)
+            assert err < tol, f"pruned {name}: relative error {err:.2e} against the reference"
+        # ... and (2) within the bound of acp.md of the unpruned definition: each row loses less
+        # than eps of its mass, so the output moves by at most 2 eps max ||v_j|| (plus rounding).
+        vmax = v.double().norm(dim=-1).amax().item()
+        row_move = (out.double() - ref[0]).norm(dim=-1).amax().item()
+        rounding = 4 * tol * ref[0].norm(dim=-1).amax().item()
+        assert row_move <= 2 * epsilon * vmax + rounding, (row_move, epsilon, vmax)
+    return errors, skipped
+
+
+# ----------------------------------------------------------------------------- CPU (interpreter)
+
+INTERP_CASES = [
+    # batch, Hq, Hk, M, N, D, dtype, layout, prune, epsilon, decay
+    pytest.param(1, 2, 1, 200, 200, 64, torch.float16, "bhtd", 0, 0.0, (2.0, 64.0), id="dense-gqa2-T200"),
+    pytest.param(1, 4, 2, 37, 300, 80, torch.float16, "bthd", 0, 0.0, (2.0, 64.0), id="offset-d80-bthd"),
+    pytest.param(1, 2, 2, 1, 130, 16, torch.float32, "bhtd", 0, 0.0, (2.0, 64.0), id="decode-d16-fp32"),
+    pytest.param(1, 1, 1, 1, 1, 32, torch.float16, "bhtd", 0, 0.0, (2.0, 64.0), id="T1"),
+    pytest.param(1, 4, 1, 260, 260, 96, torch.bfloat16, "bthd", 1, 1e-3, (1.0, 4.0), id="pruned-gqa4-d96-bf16"),
+    pytest.param(1, 2, 1, 100, 400, 32, torch.float16, "bhtd", 1, 1e-3, (1.0, 8.0), id="pruned-offset"),
+]
+
+
+@interp
+@pytest.mark.parametrize("batch,q_heads,kv_heads,n_queries,n_keys,head_dim,dtype,layout,prune,epsilon,decay",
+                         INTERP_CASES)
+def test_interpreter_matches_fp64(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys,
+                                  head_dim, dtype, layout, prune, epsilon, decay):
+    tol = {torch.float16: 4e-3, torch.bfloat16: 1e-2, torch.float32: 1e-4}[dtype]
+    check_case(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype,
+               torch.device("cpu"), layout=layout, prune=prune, epsilon=epsilon, decay=decay,
+               expect_skips=prune != 0, tol=tol)
+
+
+@interp
+def test_interpreter_subdivided_steps(interpret_env, monkeypatch):
+    """Kernel blocks that subdivide the pruning grid (64-row forward/dq blocks, 64-key dkdv
+    blocks, 16/32 steps) must skip exactly the grid's tiles."""
+    monkeypatch.setenv("FOXCOMPILE_KERNEL_CONFIG",
+                       '{"fwd": [64, 16, 4, 1], "dq": [64, 32, 4, 1], "dkdv": [64, 16, 4, 1]}')
+    check_case(interpret_env, 1, 2, 1, 200, 290, 48, torch.float32, torch.device("cpu"),
+               prune=plan_mod.PRUNE_PROVEN, epsilon=1e-3, decay=(1.0, 4.0), expect_skips=True,
+               tol=1e-4)
+
+
+@interp
+def test_interpreter_guard_turns_pruning_off(interpret_env):
+    check_case(interpret_env, 1, 2, 2, 300, 300, 32, torch.float16, torch.device("cpu"),
+               prune=plan_mod.PRUNE_GUARDED, epsilon=1e-3, decay=(1.0, 4.0), rising_head=1,
+               tol=4e-3)
+
+
+def test_unsupported_reason(monkeypatch):
+    from foxcompile.kernels import triton_attention as ta
+    q = torch.randn(1, 2, 8, 64)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "TRITON_INTERPRET" in ta.unsupported_reason(q, q, q)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert ta.unsupported_reason(q, q, q) is None
+    assert "dtype" in ta.unsupported_reason(q.double(), q.double(), q.double())
+    small = torch.randn(1, 2, 8, 8)
+    assert "head dim" in ta.unsupported_reason(small, small, small)
+    big = torch.randn(1, 1, 2, 320)
+    assert "head dim" in ta.unsupported_reason(big, big, big)
+    assert "multiple" in ta.unsupported_reason(torch.randn(1, 3, 8, 64), q, q)
+    assert "more queries" in ta.unsupported_reason(torch.randn(1, 2, 9, 64), q, q)
+
+
+# ----------------------------------------------------------------------------- GPU
+
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+
+
+@pytest.fixture
+def cuda_engine(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from foxcompile.kernels import triton_attention
+    return triton_attention
+
+
+GPU_SHAPES = [
+    # batch, Hq, Hk, M, N, D
+    (2, 4, 4, 1, 1, 64),
+    (2, 4, 2, 17, 17, 64),
+    (1, 4, 1, 128, 128, 128),
+    (2, 6, 2, 257, 257, 80),
+    (1, 2, 2, 1000, 1000, 96),
+    (1, 4, 2, 1, 777, 64),        # decode
+    (2, 2, 1, 100, 1000, 32),     # chunked prefill
+    (1, 8, 8, 2048, 2048, 16),
+    (1, 2, 1, 333, 1500, 256),
+    (1, 3, 3, 640, 640, 128),
+    (1, 2, 2, 513, 513, 192),
+]
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}".format(*s))
+@pytest.mark.parametrize("layout", ["bhtd", "bthd"])
+def test_gpu_dense_matches_fp64(cuda_engine, shape, dtype, layout):
+    check_case(cuda_engine, *shape, dtype, torch.device("cuda"), layout=layout)
+
+
+PRUNED = [
+    # batch, Hq, Hk, M, N, D, decay
+    (2, 4, 2, 2048, 2048, 64, (1.0, 32.0)),
+    (1, 4, 1, 300, 3000, 128, (2.0, 64.0)),
+    (1, 2, 2, 1, 4000, 64, (1.0, 8.0)),
+    (1, 6, 3, 3000, 3000, 80, (2.0, 512.0)),
+    (1, 2, 1, 1500, 1500, 256, (1.0, 16.0)),
+]
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", PRUNED, ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}".format(*s[:6]))
+@pytest.mark.parametrize("prune", [plan_mod.PRUNE_PROVEN, plan_mod.PRUNE_GUARDED])
+def test_gpu_pruned_within_bound(cuda_engine, case, dtype, prune):
+    *shape, decay = case
+    check_case(cuda_engine, *shape, dtype, torch.device("cuda"), prune=prune,
+               decay=decay, layout="bthd", expect_skips=True)
+
+
+@gpu
+@needs_cuda
+def test_gpu_guard_rising_gate(cuda_engine):
+    check_case(cuda_engine, 1, 4, 2, 1024, 1024, 64, torch.bfloat16, torch.device("cuda"),
+               prune=plan_mod.PRUNE_GUARDED, decay=(1.0, 8.0), rising_head=2)
+
+
+@gpu
+@needs_cuda
+def test_gpu_cuda_graph_capture(cuda_engine):
+    """Plan (threshold, guard, start/end blocks) and all kernels captured in one CUDA graph and
+    replayed with new data: no host synchronisation anywhere, and the replay prunes per the new
+    data, exactly as an eager call on that data does."""
+    torch.manual_seed(0)
+    shape = (2, 4, 2, 1024, 1024, 64)
+    dtype = torch.bfloat16
+    q, k, v, lam = make_inputs(*shape, dtype, "cuda", decay=(1.0, 32.0), layout="bthd")
+    scale = 64 ** -0.5
+    grad = torch.randn_like(q)
+    static = [t.clone() for t in (q, k, v, lam, grad)]
+
+    def step(q, k, v, lam, grad):
+        plan = plan_mod.make_plan(q, k, lam, scale, math.exp(-10.0), plan_mod.PRUNE_GUARDED)
+        out = torch.empty_like(q)
+        lse = cuda_engine.forward(q, k, v, lam, plan, scale, out)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dlam = cuda_engine.backward(grad, q, k, v, lam, out, lse, plan, scale, dq, dk, dv)
+        return out, dq, dk, dv, dlam, plan.start
+
+    step(*static)  # compile outside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step(*static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        results = step(*static)
+
+    for seed, decay in ((3, (1.0, 8.0)), (4, (4.0, 512.0))):
+        new = make_inputs(*shape, dtype, "cuda", decay=decay, layout="bthd", seed=seed)
+        new_grad = torch.randn_like(q)
+        for dst, src in zip(static, (*new, new_grad)):
+            dst.copy_(src)
+        graph.replay()
+        eager = step(*static)
+        torch.cuda.synchronize()
+        assert torch.equal(results[5], eager[5]), "captured plan differs from the eager plan"
+        for a, b in zip(results[:5], eager[:5]):
+            assert torch.equal(a, b)
+    assert (results[5] > 0).any(), "the replayed data should prune"
