@@ -1,0 +1,182 @@
+"""Fast CPU tests of the example language model (examples/fox_lm.py) and its trainer."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import fox_lm  # noqa: E402
+import train  # noqa: E402
+
+
+@pytest.mark.parametrize("name, nominal", [("125m", 125e6), ("360m", 360e6), ("760m", 760e6)])
+def test_parameter_counts_match_the_published_sizes(name, nominal):
+    # The published sizes include a 32k-token vocabulary with untied embeddings; the byte-level
+    # model has the same blocks and tiny embedding tables.
+    with torch.device("meta"):
+        subword = fox_lm.build_model(name, vocab_size=32768)
+        byte_level = fox_lm.build_model(name)
+    count = sum(p.numel() for p in subword.parameters())
+    assert 0.85 * nominal < count < 1.15 * nominal
+    hidden = byte_level.config.hidden
+    byte_count = sum(p.numel() for p in byte_level.parameters())
+    assert byte_count - 2 * 256 * hidden == count - 2 * 32768 * hidden
+
+
+def test_tied_embeddings_share_one_matrix():
+    model = fox_lm.build_model("tiny", tie_embeddings=True)
+    assert model.lm_head.weight is model.embed.weight
+
+
+def test_bad_options_fail_clearly():
+    with pytest.raises(ValueError, match="unknown config"):
+        fox_lm.build_model("1b")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        fox_lm.build_model("tiny", attention="flash")
+
+
+@pytest.mark.parametrize("pro", [False, True], ids=["fox", "pro"])
+@pytest.mark.parametrize("attention", ["fox", "sdpa"])
+def test_tiny_forward_backward_is_finite(pro, attention):
+    torch.manual_seed(0)
+    model = fox_lm.build_model("tiny", pro=pro, attention=attention)
+    tokens = torch.randint(0, 256, (2, 48))
+    logits = model(tokens)
+    assert logits.shape == (2, 48, 256)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
+    assert torch.isfinite(logits).all()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert (model.blocks[0].attn.fgate is not None) == (attention == "fox")
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    tokens = torch.randint(0, 256, (2, 32))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = fox_lm.build_model("tiny", pro=True, activation_checkpointing=checkpointing)
+        model(tokens).float().square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def reference_forgetting_attention(q, k, v, f, scale):
+    """o_i = sum_{j<=i} w_ij v_j / sum_j w_ij, w_ij = exp(scale q_i.k_j) prod_{j<l<=i} f_l,
+    per (batch, head), in float64 with explicit loops."""
+    q, k, v, f = (t.double() for t in (q, k, v, f))
+    out = torch.zeros_like(q)
+    B, H, T, _ = q.shape
+    for b in range(B):
+        for h in range(H):
+            for i in range(T):
+                weights = torch.stack([
+                    torch.exp(scale * q[b, h, i] @ k[b, h, j]) * torch.prod(f[b, h, j + 1 : i + 1])
+                    for j in range(i + 1)
+                ])
+                out[b, h, i] = (weights[:, None] * v[b, h, : i + 1]).sum(0) / weights.sum()
+    return out
+
+
+def test_eager_attention_matches_a_float64_reference():
+    torch.manual_seed(0)
+    layer = fox_lm.FoXAttention(fox_lm.CONFIGS["tiny"])
+    B, H, T, D = 2, 4, 24, 32
+    q, k, v = (torch.randn(B, H, T, D) for _ in range(3))
+    log_f = torch.nn.functional.logsigmoid(torch.randn(B, H, T) + 1.0)
+    got = layer.attend(q, k, v, log_f)
+    want = reference_forgetting_attention(q, k, v, log_f.exp(), layer.scale)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_sdpa_variant_is_forgetting_attention_without_forgetting():
+    torch.manual_seed(0)
+    layer = fox_lm.FoXAttention(fox_lm.CONFIGS["tiny"])
+    q, k, v = (torch.randn(1, 4, 16, 32) for _ in range(3))
+    torch.testing.assert_close(layer.attend(q, k, v, None), layer.attend(q, k, v, torch.zeros(1, 4, 16)))
+
+
+def test_kv_shift_mixes_each_step_with_the_previous_one():
+    x = torch.randn(2, 3, 5, 4)
+    a = torch.rand(2, 3, 5)
+    shifted = fox_lm.kv_shift(x, a)
+    for t in range(5):
+        previous = x[:, :, t - 1] if t > 0 else torch.zeros_like(x[:, :, 0])
+        want = a[:, :, t, None] * previous + (1 - a[:, :, t, None]) * x[:, :, t]
+        torch.testing.assert_close(shifted[:, :, t], want)
+
+
+def test_corpus_leaves_out_installed_packages(tmp_path):
+    for name in ("a.py", "pkg/b.py", "site-packages/c.py", "pkg/dist-packages/d.py",
+                 "__pycache__/e.py", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    assert train.stdlib_files(tmp_path) == ["a.py", "pkg/b.py"]
+
+
+def test_corpus_split_is_deterministic_and_disjoint():
+    root = train.stdlib_root()
+    split = train.split_files(root)
+    assert split == train.split_files(root)
+    train_files, eval_files = set(split["train"]), set(split["eval"])
+    assert not train_files & eval_files
+    assert train_files | eval_files == set(train.stdlib_files(root))
+    assert 0.005 < len(eval_files) / (len(train_files) + len(eval_files)) < 0.05
+    corpus = train.load_corpus(root)
+    assert len(corpus["eval"]) == sum((root / f).stat().st_size for f in split["eval"])
+
+
+def test_eval_batches_do_not_depend_on_the_seed():
+    data = torch.arange(1000) % 256
+    first = train.eval_batches(data, batch_size=2, seq_len=16, count=3)
+    assert len(first) == 3 and first[0][0].shape == (2, 16)
+    for (x1, y1), (x2, y2) in zip(first, train.eval_batches(data, 2, 16, 3)):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+        assert torch.equal(x1[:, 1:], y1[:, :-1])
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = train.make_scheduler(optimizer, warmup_steps=4, total_steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    assert math.isclose(scheduler.get_last_lr()[0], train.MIN_LR_RATIO)
+
+
+def test_train_script_runs_eagerly_and_writes_its_log(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, str(EXAMPLES / "train.py"), "--config", "tiny", "--steps", "3",
+               "--seq-len", "64", "--batch-size", "2", "--eval-batches", "1", "--device", "cpu",
+               "--backend", "eager", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = json.loads((out / "log.json").read_text())
+    assert [s["step"] for s in log["steps"]] == [1, 2, 3]
+    assert all(math.isfinite(s["loss"]) for s in log["steps"])
+    assert log["evals"][-1]["step"] == 3 and math.isfinite(log["summary"]["final_eval_loss"])
+    assert log["versions"]["torch"] == torch.__version__
+    assert log["args"]["backend"] == "eager" and log["config"]["hidden"] == 128
+    for name in ("loss.png", "pruning_boundary.png", "checkpoint.pt"):
+        assert (out / name).stat().st_size > 0, name
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 3 and set(checkpoint) >= {"model", "optimizer"}
+
+
+@pytest.mark.parametrize("argv, message", [(["--steps", "0"], "--steps must be at least 1"),
+                                           (["--epsilon", "2"], "--epsilon must be in [0, 1)")])
+def test_train_rejects_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv + ["--device", "cpu"])
+    assert message in capsys.readouterr().err
