@@ -1,0 +1,73 @@
+"""foxcompile.forgetting_attention: the op for direct use, with input checks."""
+import math
+
+import torch
+
+from ..kernels.plan import DEFAULT_EPSILON, PRUNE_GUARDED
+from .library import LAYOUTS, _dims, attention
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check(q, k, v, log_fgate, layout, epsilon) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    for name, x in (("q", q), ("k", k), ("v", v), ("log_fgate", log_fgate)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be 4-D in layout {layout!r}, got shape {tuple(x.shape)}")
+    if q.dtype not in _DTYPES:
+        raise TypeError(f"q must be one of {_DTYPES}, got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not log_fgate.is_floating_point():
+        raise TypeError(f"log_fgate must be floating point, got {log_fgate.dtype}")
+    devices = {x.device for x in (q, k, v, log_fgate)}
+    if len(devices) > 1:
+        raise ValueError(f"q, k, v and log_fgate must be on one device, got {sorted(map(str, devices))}")
+    batch, q_heads, n_queries, head_dim = _dims(q, layout)
+    k_batch, kv_heads, n_keys, k_dim = _dims(k, layout)
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k_batch != batch or k_dim != head_dim:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head dim "
+                         f"(layout {layout!r})")
+    if kv_heads == 0 or q_heads % kv_heads:
+        raise ValueError(f"query heads ({q_heads}) must be a multiple of key/value heads ({kv_heads})")
+    if n_queries == 0 or n_queries > n_keys:
+        raise ValueError(f"need 1 <= queries <= keys (queries sit at the end), got {n_queries} "
+                         f"queries and {n_keys} keys")
+    gate_shape = (batch, n_keys, q_heads) if layout == "bthd" else (batch, q_heads, n_keys)
+    if tuple(log_fgate.shape) != gate_shape:
+        raise ValueError(f"log_fgate must have shape {gate_shape} (batch, keys, query heads in "
+                         f"layout {layout!r}), got {tuple(log_fgate.shape)}")
+    if not (epsilon >= 0.0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon}")
+
+
+def forgetting_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         log_fgate: torch.Tensor, *, scale: float | None = None,
+                         layout: str = "bthd", epsilon: float = DEFAULT_EPSILON) -> torch.Tensor:
+    """Causal softmax attention with a forget gate (FoX), pruned by ACP.
+
+    layout "bthd": q (B, M, Hq, D), k and v (B, N, Hk, D), log_fgate (B, N, Hq);
+    layout "bhtd": q (B, Hq, M, D), k and v (B, Hk, N, D), log_fgate (B, Hq, N).
+    log_fgate holds log f_t <= 0 per key step and query head (lam = its cumulative sum, in fp32).
+    Query head h reads key head h // (Hq // Hk); M <= N with the queries at the last M positions.
+    scale defaults to D ** -0.5. epsilon bounds the attention mass each query may lose to pruning
+    (default e^-10; 0 turns pruning off). Pruning is guarded: it stays off for any (batch, head)
+    whose gates are positive anywhere. Returns (B, M, Hq, D) or (B, Hq, M, D), contiguous.
+    """
+    _check(q, k, v, log_fgate, layout, epsilon)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    accumulate = torch.float64 if q.dtype == torch.float64 else torch.float32
+    time_dim = 1 if layout == "bthd" else 2
+    lam = torch.cumsum(log_fgate.to(accumulate), dim=time_dim)
+    if layout == "bthd":
+        lam = lam.transpose(1, 2)
+    out, _, _ = attention(q, k, v, lam, float(scale), float(epsilon), PRUNE_GUARDED, layout,
+                          "forgetting_attention")
+    return out

@@ -1,0 +1,133 @@
+"""The torch.library custom ops: forward and backward forgetting attention with ACP.
+
+    foxcompile::attention(q, k, v, lam, scale, epsilon, prune, layout, site) -> (out, lse, start)
+    foxcompile::attention_backward(grad_out, q, k, v, lam, out, lse, start, scale, layout)
+        -> (dq, dk, dv, dlam)
+
+layout "bthd": q (B, M, Hq, D), k/v (B, N, Hk, D); layout "bhtd": q (B, Hq, M, D), k/v (B, Hk, N, D).
+Any strides. lam (B or 1, Hq or 1, N): key-side cumulative log forget gate (broadcast over the
+size-1 dims). out is contiguous in q's layout; lse (B, Hq, M) and the pruning plan's start blocks
+(B, Hq, MB) int32 are saved for the backward, so both passes skip the same tiles. `prune` is one
+of plan.PRUNE_OFF / PRUNE_PROVEN / PRUNE_GUARDED; `site` names the call site for pruning_stats.
+"""
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from .. import stats
+from ..kernels import engine_for
+from ..kernels.plan import Plan, make_plan, num_blocks, tile_counts, tile_sizes
+
+LAYOUTS = ("bthd", "bhtd")
+
+
+def _bhtd(x: Tensor, layout: str) -> Tensor:
+    """View a (B, T, H, D) or (B, H, T, D) tensor as (B, H, T, D)."""
+    return x.transpose(1, 2) if layout == "bthd" else x
+
+
+def _dims(q: Tensor, layout: str) -> tuple[int, int, int, int]:
+    """(B, H, T, D) of a tensor in the given layout."""
+    batch, a, b, head_dim = q.shape
+    return (batch, b, a, head_dim) if layout == "bthd" else (batch, a, b, head_dim)
+
+
+def _accumulator(q: Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+def _full_lam(lam: Tensor, batch: int, q_heads: int, dtype: torch.dtype) -> Tensor:
+    return lam.to(dtype).expand(batch, q_heads, lam.shape[-1])
+
+
+@torch.library.custom_op("foxcompile::attention", mutates_args=())
+def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilon: float,
+              prune: int, layout: str, site: str) -> tuple[Tensor, Tensor, Tensor]:
+    batch, q_heads, n_queries, _ = _dims(q, layout)
+    qh, kh, vh = _bhtd(q, layout), _bhtd(k, layout), _bhtd(v, layout)
+    lam_full = _full_lam(lam, batch, q_heads, _accumulator(q))
+    plan = make_plan(qh, kh, lam_full, scale, epsilon, prune)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout))
+    if stats.recording():
+        counts = tile_counts(plan.start, n_queries, kh.shape[2], plan.block_m, plan.block_n)
+        stats.record(site, counts, q.shape[-1])
+    return out, lse.to(_accumulator(q)), plan.start
+
+
+@attention.register_fake
+def _(q, k, v, lam, scale, epsilon, prune, layout, site):
+    batch, q_heads, n_queries, head_dim = _dims(q, layout)
+    block_m, _ = tile_sizes(head_dim)
+    out = q.new_empty(q.shape)
+    lse = q.new_empty((batch, q_heads, n_queries), dtype=_accumulator(q))
+    start = q.new_empty((batch, q_heads, num_blocks(n_queries, block_m)), dtype=torch.int32)
+    return out, lse, start
+
+
+@torch.library.custom_op("foxcompile::attention_backward", mutates_args=())
+def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: Tensor,
+                       out: Tensor, lse: Tensor, start: Tensor, scale: float,
+                       layout: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    batch, q_heads, _, head_dim = _dims(q, layout)
+    qh, kh, vh = _bhtd(q, layout), _bhtd(k, layout), _bhtd(v, layout)
+    lam_full = _full_lam(lam, batch, q_heads, _accumulator(q))
+    plan = Plan(*tile_sizes(head_dim), start)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dlam = engine_for(qh, kh, vh).backward(
+        _bhtd(grad_out, layout), qh, kh, vh, lam_full, _bhtd(out, layout), lse, plan, scale,
+        _bhtd(dq, layout), _bhtd(dk, layout), _bhtd(dv, layout))
+    # sum over the dims lam was broadcast along
+    broadcast_dims = [d for d in (0, 1) if lam.shape[d] == 1 and dlam.shape[d] != 1]
+    if broadcast_dims:
+        dlam = dlam.sum(dim=broadcast_dims, keepdim=True)
+    return dq, dk, dv, dlam.to(lam.dtype).contiguous()
+
+
+@attention_backward.register_fake
+def _(grad_out, q, k, v, lam, out, lse, start, scale, layout):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), lam.new_empty(lam.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, lam, scale, _epsilon, _prune, layout, _site = inputs
+    out, lse, start = output
+    ctx.save_for_backward(q, k, v, lam, out, lse, start)
+    ctx.scale, ctx.layout = scale, layout
+
+
+def _backward(ctx, grad_out, _grad_lse, _grad_start):
+    q, k, v, lam, out, lse, start = ctx.saved_tensors
+    dq, dk, dv, dlam = attention_backward(grad_out, q, k, v, lam, out, lse, start, ctx.scale,
+                                          ctx.layout)
+    return dq, dk, dv, dlam, None, None, None, None, None
+
+
+attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _computed_pairs(q: Tensor, k: Tensor, start: Tensor, layout: str) -> float:
+    """(i, j) pairs the launch computes: data-dependent where start is real (this reads it back,
+    which synchronises: FlopCounterMode is a measuring tool), the dense causal count otherwise."""
+    n_queries, n_keys = _dims(q, layout)[2], _dims(k, layout)[2]
+    head_dim = q.shape[-1]
+    block_m, block_n = tile_sizes(head_dim)
+    if isinstance(start, torch._subclasses.FakeTensor) or start.device.type == "meta":
+        start = torch.zeros(start.shape, dtype=torch.int32)
+    counts = tile_counts(start, n_queries, n_keys, block_m, block_n)
+    return float(counts.computed_pairs.sum())
+
+
+@register_flop_formula(torch.ops.foxcompile.attention, get_raw=True)
+def _attention_flops(q, k, v, lam, scale, epsilon, prune, layout, site, *, out_val=None, **_):
+    # QK^T and PV: 2 D multiply-adds each per computed (i, j) pair
+    return int(4 * q.shape[-1] * _computed_pairs(q, k, out_val[2], layout))
+
+
+@register_flop_formula(torch.ops.foxcompile.attention_backward, get_raw=True)
+def _attention_backward_flops(grad_out, q, k, v, lam, out, lse, start, scale, layout, *,
+                              out_val=None, **_):
+    # recomputed QK^T, dV, dP, dQ and dK: 2 D each per computed pair
+    return int(10 * q.shape[-1] * _computed_pairs(q, k, start, layout))
