@@ -1,0 +1,417 @@
+"""Forgetting attention on SYN70 (../shared/bench/anchors.md): foxcompile's Triton kernels with and
+without ACP against SDPA (flash, cuDNN; plain causal, no gate), FlexAttention with a FoX score_mod,
+fla's parallel_forgetting_attn (when installed) and, when the op is importable, foxcompile's
+autograd op end to end. One run, one card.
+
+    python benchmarks/bench_attention.py [--shapes B8-T4096-H24-D64,...] [--json out.json]
+    python benchmarks/bench_attention.py --sweep --json sweep.json    # launch-config sweep
+    python benchmarks/bench_attention.py --configs sweep.json ...       # time with the sweep's best
+
+Median milliseconds (triton.testing.do_bench) of the forward and of forward + backward;
+dense-equivalent TFLOP/s (causal forward 4 B H T^2 D / 2, forward + backward 3.5 times that, the
+unpruned count over the time); the fraction of causal tiles skipped (on the kernels' pruning grid,
+and on the anchors' 128 x 64 grid); the ratio to cuDNN.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from foxcompile.kernels import plan as plan_mod  # noqa: E402
+
+SHAPES = ["B8-T4096-H24-D64", "B2-T16384-H24-D64", "B1-T16384-H16-D128"]
+EPSILON = math.exp(-10.0)
+
+
+def parse_shape(name):
+    parts = dict((p[0], int(p[1:])) for p in name.split("-"))
+    return parts["B"], parts["T"], parts["H"], parts["D"]
+
+
+def syn70(batch, seq, heads, head_dim, device="cuda", seed=0):
+    """SYN70 exactly as anchors.md: bf16 (B, T, H, D) q/k/v ~ N(0, 1), q and k RMS-normalised per
+    head; head h decays with t_h log-spaced over [2, 512]; gate logit b_h + 0.3 N(0, 1) with
+    b_h = -log(expm1(1 / t_h)); log f = logsigmoid(logit) in fp32. Returns q, k, v (B, T, H, D)
+    bf16, log_f (B, T, H) fp32 and lam = cumsum(log_f) (B, H, T) fp32 contiguous."""
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device=device, dtype=torch.float32)
+
+    def rms(x):
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True))).to(torch.bfloat16)
+
+    q = rms(randn(batch, seq, heads, head_dim))
+    k = rms(randn(batch, seq, heads, head_dim))
+    v = randn(batch, seq, heads, head_dim).to(torch.bfloat16)
+    t = torch.exp(torch.linspace(math.log(2.0), math.log(512.0), heads, device=device))
+    bias = -torch.log(torch.expm1(1.0 / t))
+    logit = bias + 0.3 * randn(batch, seq, heads)
+    log_f = F.logsigmoid(logit.float())
+    lam = torch.cumsum(log_f, dim=1).transpose(1, 2).contiguous()
+    return q, k, v, log_f, lam
+
+
+def causal_flops(batch, seq, heads, head_dim):
+    return 4.0 * batch * heads * seq * seq * head_dim / 2.0
+
+
+def bench(fn, grad_to_none=None):
+    import triton.testing
+    return triton.testing.do_bench(fn, warmup=25, rep=120, grad_to_none=grad_to_none,
+                                   return_mode="median")
+
+
+# ----------------------------------------------------------------------------- implementations
+
+def fox_kernels(q, k, v, lam, prune):
+    """foxcompile's Triton engine called directly: plan (threshold + boundaries) + kernels, on
+    (B, H, T, D) views of the (B, T, H, D) tensors, outputs written through (B, T, H, D) views."""
+    from foxcompile.kernels import triton_attention as ta
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+    scale = q.shape[-1] ** -0.5
+    grad = torch.randn_like(q).transpose(1, 2)
+
+    def fwd():
+        plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, prune)
+        out = torch.empty_like(q).transpose(1, 2)
+        lse = ta.forward(qh, kh, vh, lam, plan, scale, out)
+        return plan, out, lse
+
+    def fwd_bwd():
+        plan, out, lse = fwd()
+        dq = torch.empty_like(q).transpose(1, 2)
+        dk = torch.empty_like(k).transpose(1, 2)
+        dv = torch.empty_like(v).transpose(1, 2)
+        ta.backward(grad, qh, kh, vh, lam, out, lse, plan, scale, dq, dk, dv)
+
+    return fwd, fwd_bwd, None
+
+
+def fox_op(q, k, v, log_f):
+    """The lead's autograd op (foxcompile.forgetting_attention), guarded pruning, bthd layout."""
+    import foxcompile
+    qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    fg = log_f.detach().clone().requires_grad_(True)
+    grad = torch.randn_like(q)
+
+    def fwd():
+        with torch.no_grad():
+            return foxcompile.forgetting_attention(qg, kg, vg, fg)
+
+    def fwd_bwd():
+        foxcompile.forgetting_attention(qg, kg, vg, fg).backward(grad)
+
+    return fwd, fwd_bwd, [qg, kg, vg, fg]
+
+
+def sdpa(q, k, v, backend):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    which = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+    qg, kg, vg = (t.detach().clone().transpose(1, 2).requires_grad_(True) for t in (q, k, v))
+    grad = torch.randn_like(qg)
+
+    def fwd():
+        with sdpa_kernel(which), torch.no_grad():
+            return F.scaled_dot_product_attention(qg, kg, vg, is_causal=True)
+
+    def fwd_bwd():
+        with sdpa_kernel(which):
+            F.scaled_dot_product_attention(qg, kg, vg, is_causal=True).backward(grad)
+
+    return fwd, fwd_bwd, [qg, kg, vg]
+
+
+_flex_compiled = None
+
+
+def flex(q, k, v, lam):
+    """FlexAttention with a FoX score_mod (score + c[q] - c[k]) and a causal block mask. The
+    cumulative gate is captured twice (c and c.clone()) as anchors.md says, and gets a gradient."""
+    global _flex_compiled
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    if _flex_compiled is None:
+        _flex_compiled = torch.compile(flex_attention, dynamic=False)
+    qg, kg, vg = (t.detach().clone().transpose(1, 2).requires_grad_(True) for t in (q, k, v))
+    c = lam.detach().clone().requires_grad_(True)
+    grad = torch.randn_like(qg)
+    seq = q.shape[1]
+
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx
+
+    mask = create_block_mask(causal, None, None, seq, seq, device=q.device)
+
+    c_k = c.clone()  # a second capture of the same gate (its compiled backward needs it)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + c[b, h, q_idx] - c_k[b, h, kv_idx]
+
+    def run():
+        return _flex_compiled(qg, kg, vg, score_mod=score_mod, block_mask=mask)
+
+    def fwd():
+        with torch.no_grad():
+            return run()
+
+    def fwd_bwd():
+        run().backward(grad)
+
+    return fwd, fwd_bwd, [qg, kg, vg, c]
+
+
+def fla(q, k, v, log_f):
+    from fla.ops.forgetting_attn import parallel_forgetting_attn
+    qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    g = log_f.detach().clone().requires_grad_(True)
+    grad = torch.randn_like(q)
+
+    def fwd():
+        with torch.no_grad():
+            return parallel_forgetting_attn(qg, kg, vg, g)
+
+    def fwd_bwd():
+        parallel_forgetting_attn(qg, kg, vg, g).backward(grad)
+
+    return fwd, fwd_bwd, [qg, kg, vg, g]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def skipped_fraction(q, k, lam, block_m, block_n):
+    qh, kh = q.transpose(1, 2), k.transpose(1, 2)
+    scale = q.shape[-1] ** -0.5
+    delta = plan_mod.threshold(qh, kh, lam, scale, EPSILON, plan_mod.PRUNE_PROVEN)
+    start = plan_mod.start_blocks(lam, delta, q.shape[1], block_m, block_n)
+    c = plan_mod.tile_counts(start, q.shape[1], k.shape[1], block_m, block_n)
+    return (c.skipped_tiles.sum() / c.causal_tiles.sum()).item()
+
+
+def set_configs(configs, head_dim):
+    """FOXCOMPILE_KERNEL_CONFIG from a sweep's best configs for this head dim (or clear it)."""
+    best = (configs or {}).get(str(head_dim))
+    if best:
+        os.environ["FOXCOMPILE_KERNEL_CONFIG"] = json.dumps(best)
+    else:
+        os.environ.pop("FOXCOMPILE_KERNEL_CONFIG", None)
+
+
+def versions():
+    import triton
+    return {
+        "card": torch.cuda.get_device_name(),
+        "capability": ".".join(map(str, torch.cuda.get_device_capability())),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def register_report():
+    """Registers, spills and shared memory of every compiled kernel variant so far."""
+    from foxcompile.kernels import triton_attention as ta
+    kern = ta.compiled_kernels()
+    rows = []
+    for name in ("_fwd_kernel", "_dkdv_kernel", "_dq_kernel"):
+        fn = getattr(kern, name)
+        for cache in getattr(fn, "device_caches", {}).values():
+            table = cache[0] if isinstance(cache, tuple) else cache
+            for compiled in getattr(table, "values", lambda: [])():
+                try:
+                    if hasattr(compiled, "_init_handles"):
+                        compiled._init_handles()
+                    meta = compiled.metadata
+                    consts = getattr(getattr(compiled, "src", None), "constants", {}) or {}
+                    shown = {str(k): v for k, v in consts.items()
+                             if isinstance(v, (int, bool, str))}
+                    rows.append({"kernel": name, "n_regs": getattr(compiled, "n_regs", None),
+                                 "n_spills": getattr(compiled, "n_spills", None),
+                                 "shared": getattr(meta, "shared", None),
+                                 "num_warps": getattr(meta, "num_warps", None),
+                                 "num_stages": getattr(meta, "num_stages", None),
+                                 "constexprs": shown})
+                except Exception as exc:  # report what we can
+                    rows.append({"kernel": name, "error": repr(exc)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- sweep
+
+SWEEP = {
+    64: {
+        "fwd": [(128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 4, 2)],
+        "dq": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4), (128, 64, 8, 2), (128, 128, 8, 2)],
+        "dkdv": [(128, 64, 8, 3), (128, 32, 4, 4), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+    },
+    128: {
+        "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 32, 4, 3)],
+        "dq": [(128, 64, 8, 2), (128, 32, 8, 3), (128, 64, 8, 3), (128, 32, 4, 3)],
+        "dkdv": [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3)],
+    },
+}
+SWEEP_SHAPES = {64: "B2-T16384-H24-D64", 128: "B1-T16384-H16-D128"}
+
+
+def sweep(args):
+    """Time each candidate launch config of each kernel, dense and with ACP; pick per head dim
+    the one with the smallest sum of (time / best time) over the two."""
+    from foxcompile.kernels import triton_attention as ta
+    results = {"versions": versions(), "candidates": {}, "best": {}}
+    for head_dim, shape in SWEEP_SHAPES.items():
+        batch, seq, heads, _ = parse_shape(shape)
+        q, k, v, _, lam = syn70(batch, seq, heads, head_dim)
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+        scale = head_dim ** -0.5
+        grad = torch.randn_like(q).transpose(1, 2)
+        plans = {p: plan_mod.make_plan(qh, kh, lam, scale, EPSILON, p)
+                 for p in (plan_mod.PRUNE_OFF, plan_mod.PRUNE_PROVEN)}
+        out = torch.empty_like(q).transpose(1, 2)
+        dq, dk, dv = (torch.empty_like(t).transpose(1, 2) for t in (q, k, v))
+        best = {}
+        for kernel, candidates in SWEEP[head_dim].items():
+            timings = []
+            for cfg in candidates:
+                os.environ["FOXCOMPILE_KERNEL_CONFIG"] = json.dumps({kernel: cfg})
+                row = {"config": cfg}
+                try:
+                    for prune, plan in plans.items():
+                        lse = ta.forward(qh, kh, vh, lam, plan, scale, out)
+                        if kernel == "fwd":
+                            ms = bench(lambda: ta.forward(qh, kh, vh, lam, plan, scale, out))
+                        else:
+                            ms = bench(lambda: ta.backward(grad, qh, kh, vh, lam, out, lse, plan,
+                                                          scale, dq, dk, dv))
+                        row["acp" if prune else "dense"] = ms
+                except Exception as exc:
+                    row["error"] = repr(exc)[:300]
+                timings.append(row)
+                print(f"sweep D{head_dim} {kernel} {cfg}: {row}", flush=True)
+            ok = [r for r in timings if "error" not in r]
+            if ok:
+                bd = min(r["dense"] for r in ok)
+                ba = min(r["acp"] for r in ok)
+                pick = min(ok, key=lambda r: r["dense"] / bd + r["acp"] / ba)
+                best[kernel] = list(pick["config"])
+            results["candidates"][f"{head_dim}/{kernel}"] = timings
+        os.environ.pop("FOXCOMPILE_KERNEL_CONFIG", None)
+        results["best"][str(head_dim)] = best
+        print(f"best D{head_dim}: {best}", flush=True)
+    results["registers"] = register_report()
+    return results
+
+
+# ----------------------------------------------------------------------------- main
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--configs", default=None, help="a sweep's JSON: time with its best configs")
+    parser.add_argument("--skip", default="", help="comma-separated rows to leave out (e.g. flex,fla)")
+    args = parser.parse_args()
+
+    if args.sweep:
+        results = sweep(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+        return
+
+    configs = None
+    if args.configs and os.path.exists(args.configs):
+        with open(args.configs) as f:
+            configs = json.load(f).get("best")
+    skip = set(filter(None, args.skip.split(",")))
+    info = versions()
+    print(json.dumps(info), flush=True)
+    results = {"versions": info, "configs": configs, "rows": []}
+    for shape in args.shapes.split(","):
+        batch, seq, heads, head_dim = parse_shape(shape)
+        torch.cuda.empty_cache()
+        q, k, v, log_f, lam = syn70(batch, seq, heads, head_dim)
+        set_configs(configs, head_dim)
+        flops = causal_flops(batch, seq, heads, head_dim)
+        grid = plan_mod.tile_sizes(head_dim)
+        skip_grid = skipped_fraction(q, k, lam, *grid)
+        skip_anchor = skipped_fraction(q, k, lam, 128, 64)
+        impls = [
+            ("foxcompile ACP", "fox-acp", lambda: fox_kernels(q, k, v, lam, plan_mod.PRUNE_PROVEN)),
+            ("foxcompile dense", "fox-dense", lambda: fox_kernels(q, k, v, lam, plan_mod.PRUNE_OFF)),
+            ("foxcompile op (autograd, guarded ACP)", "fox-op", lambda: fox_op(q, k, v, log_f)),
+            ("SDPA flash, causal, no gate", "flash", lambda: sdpa(q, k, v, "flash")),
+            ("SDPA cuDNN, causal, no gate", "cudnn", lambda: sdpa(q, k, v, "cudnn")),
+            ("FlexAttention, FoX score_mod", "flex", lambda: flex(q, k, v, lam)),
+            ("fla parallel_forgetting_attn", "fla", lambda: fla(q, k, v, log_f)),
+        ]
+        shape_rows = []
+        for label, key, make in impls:
+            row = {"shape": shape, "impl": label, "key": key}
+            if key in skip:
+                row["error"] = "skipped"
+            else:
+                try:
+                    fwd, fwd_bwd, leaves = make()
+                    fwd()
+                    fwd_bwd()
+                    torch.cuda.synchronize()
+                    row["fwd_ms"] = bench(fwd)
+                    row["fwd_bwd_ms"] = bench(fwd_bwd, grad_to_none=leaves)
+                    row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
+                    row["fwd_bwd_tflops"] = 3.5 * flops / row["fwd_bwd_ms"] / 1e9
+                except Exception as exc:
+                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" \
+                        if str(exc) else type(exc).__name__
+                    if not isinstance(exc, ImportError):
+                        traceback.print_exc(limit=3)
+                torch.cuda.synchronize()
+            if key in ("fox-acp", "fox-op"):
+                row["skipped_tiles"] = skip_grid
+                row["skipped_tiles_128x64"] = skip_anchor
+            shape_rows.append(row)
+            print(json.dumps(row), flush=True)
+        base = next((r for r in shape_rows if r["key"] == "cudnn" and "fwd_ms" in r), None)
+        for row in shape_rows:
+            if base and "fwd_ms" in row:
+                row["fwd_vs_cudnn"] = row["fwd_ms"] / base["fwd_ms"]
+                row["fwd_bwd_vs_cudnn"] = row["fwd_bwd_ms"] / base["fwd_bwd_ms"]
+        results["rows"].extend(shape_rows)
+        del q, k, v, log_f, lam
+    os.environ.pop("FOXCOMPILE_KERNEL_CONFIG", None)
+    results["registers"] = register_report()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    print_table(results)
+
+
+def print_table(results):
+    info = results["versions"]
+    print(f"\n{info['card']} (sm{info['capability']}), torch {info['torch']}, triton "
+          f"{info['triton']}, CUDA {info['cuda']}, cuDNN {info['cudnn']}, {info['date']}")
+    print(f"{'shape':<19} {'implementation':<38} {'fwd ms':>8} {'f+b ms':>8} {'fwdTF/s':>8} "
+          f"{'f+bTF/s':>8} {'skip':>6} {'f/cuDNN':>8} {'fb/cuDNN':>8}")
+    for r in results["rows"]:
+        if "fwd_ms" not in r:
+            print(f"{r['shape']:<19} {r['impl']:<38} {r.get('error', '')[:60]}")
+            continue
+        skip = f"{r['skipped_tiles']:.3f}" if "skipped_tiles" in r else ""
+        print(f"{r['shape']:<19} {r['impl']:<38} {r['fwd_ms']:8.2f} {r['fwd_bwd_ms']:8.2f} "
+              f"{r['fwd_tflops']:8.0f} {r['fwd_bwd_tflops']:8.0f} {skip:>6} "
+              f"{r.get('fwd_vs_cudnn', float('nan')):8.2f} {r.get('fwd_bwd_vs_cudnn', float('nan')):8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
+#
+#   bash benchmarks/run_gpu_kernels.sh [tests] [sweep] [bench] [regs]    (default: tests bench)
+#
+# Writes under $OUT (default ./out): env.txt, tests.log, sweep.json/sweep.log, bench.json/bench.log,
+# and cache.tgz (Triton + Inductor caches, to carry into the next call as .tcache).
+# Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
+#      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.tcache/triton}
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.tcache/inductor}
+mkdir -p "$TRITON_CACHE_DIR" "$TORCHINDUCTOR_CACHE_DIR"
+PY=${PY:-python3}
+steps=${*:-tests bench}
+T0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
+  $PY -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+  $PY -c "import fla; print('fla', fla.__version__)" 2>&1 | tail -1
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+for step in $steps; do
+  case $step in
+    tests)
+      stamp "GPU tests"
+      workers=${PYTEST_WORKERS:-8}
+      timeout 330 $PY -m pytest -q -m gpu -p no:cacheprovider -n "$workers" --timeout 240 \
+        tests/test_kernels.py -rf 2>&1 | tee "$OUT/tests.log" | tail -25
+      ;;
+    sweep)
+      stamp "launch-config sweep"
+      timeout 330 $PY benchmarks/bench_attention.py --sweep --json "$OUT/sweep.json" 2>&1 \
+        | tee "$OUT/sweep.log" | grep -E "^best|error" | tail -20
+      ;;
+    bench)
+      stamp "benchmark"
+      cfg=${CONFIGS:-}
+      if [ -z "$cfg" ] && [ -f "$OUT/sweep.json" ]; then cfg=$OUT/sweep.json; fi
+      timeout 400 $PY benchmarks/bench_attention.py --json "$OUT/bench.json" \
+        ${cfg:+--configs "$cfg"} ${SHAPES:+--shapes "$SHAPES"} ${SKIP:+--skip "$SKIP"} \
+        > "$OUT/bench.log" 2>&1
+      grep -E "Error|error" "$OUT/bench.log" | head -5
+      tail -24 "$OUT/bench.log"
+      ;;
+  esac
+done
+stamp "packing caches"
+tar czf "$OUT/cache.tgz" -C .tcache . 2>/dev/null
+ls -la "$OUT"
+stamp "done"
