@@ -113,3 +113,95 @@ def trainable(fn: Callable) -> list[torch.nn.Parameter]:
     if isinstance(owner, torch.nn.Module):
         return [p for p in owner.parameters() if p.requires_grad]
     return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by tests/test_corpus.py and tests/test_generated.py.
+
+TOLERANCES = {
+    # (dtype, mixed) -> (rtol, atol)
+    (torch.float32, False): (2e-4, 1e-4),
+    (torch.float32, True): (2e-4, 1e-4),
+    (torch.float64, False): (1e-8, 1e-8),
+    (torch.float64, True): (1e-5, 1e-5),  # the model itself rounds through fp32
+}
+
+
+def outputs_of(out: Any) -> list[Tensor]:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def run_with_grads(fn: Callable, inputs: tuple[Tensor, ...], *, cotangent_seed: int, rng_seed: int | None = None,
+                   params: list[torch.nn.Parameter] | None = None):
+    """Forward and backward once; returns (outputs, grads of floating inputs, grads of `params`).
+
+    `params` defaults to the parameters `fn` owns; pass the eager callable's parameters when `fn` is
+    a compiled wrapper of a bound method (which does not expose its module).
+
+    Every output gets a fixed random cotangent (positions holding -inf, such as a returned masked
+    score matrix, are left out of the loss). `rng_seed` seeds torch's RNG right before the forward,
+    so a model with active dropout draws the same mask in eager and compiled runs.
+    """
+    leaves = tuple(t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs)
+    params = trainable(fn) if params is None else params
+    for p in params:
+        p.grad = None
+    if rng_seed is not None:
+        torch.manual_seed(rng_seed)
+    outs = outputs_of(fn(*leaves))
+    gen = torch.Generator().manual_seed(cotangent_seed)
+    loss = 0
+    for o in outs:
+        if o.requires_grad:
+            w = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)
+            loss = loss + (torch.where(torch.isfinite(o), o, torch.zeros_like(o)) * w).sum()
+    if torch.is_tensor(loss):
+        loss.backward()
+    grads = [t.grad for t in leaves if t.requires_grad]
+    pgrads = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    return [o.detach() for o in outs], grads, pgrads
+
+
+def assert_same_run(eager, compiled, *, rtol: float, atol: float, what: str = "") -> None:
+    """Compare two run_with_grads results: outputs, input grads, parameter grads."""
+    for kind, a, b in zip(("output", "input grad", "parameter grad"), eager, compiled):
+        assert len(a) == len(b), f"{what}: number of {kind}s differs"
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x is None or y is None:
+                assert x is None and y is None, f"{what}: {kind} {i} is None on one side only"
+                continue
+            torch.testing.assert_close(y, x, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {kind} {i}: {m}")
+
+
+def check_report(report: Any, *, sites: int, decay: list[str], declined_min: int, may_decline: bool,
+                 what: str = "") -> None:
+    """Check a foxcompile.explain report against a label (see the module docstring)."""
+    from collections import Counter
+
+    got = list(report.sites)
+    declined = list(report.declined)
+    for s in got:
+        assert s.decay in DECAYS, f"{what}: site decay {s.decay!r}"
+        assert s.prunable == (s.decay != "none"), f"{what}: prunable={s.prunable} with decay {s.decay!r}"
+        assert isinstance(s.location, str) and s.location, f"{what}: site without a location"
+        assert isinstance(s.kind, str), f"{what}: site kind {s.kind!r}"
+    for d in declined:
+        assert isinstance(d.reason, str) and d.reason.strip(), f"{what}: a decline without a reason"
+        assert isinstance(d.location, str), f"{what}: decline location {d.location!r}"
+    want, have = Counter(decay), Counter(s.decay for s in got)
+    if may_decline:
+        extra = have - want
+        assert not extra, f"{what}: unexpected sites {dict(extra)} (expected at most {dict(want)})\n{report}"
+        missing = sum((want - have).values())
+        assert len(declined) >= declined_min + missing, (
+            f"{what}: {missing} expected site(s) neither rewritten nor declined\n{report}"
+        )
+    else:
+        assert len(got) == sites, f"{what}: {len(got)} sites rewritten, expected {sites}\n{report}"
+        assert have == want, f"{what}: site decays {dict(have)}, expected {dict(want)}\n{report}"
+        assert len(declined) >= declined_min, (
+            f"{what}: {len(declined)} declines reported, expected at least {declined_min}\n{report}"
+        )
+    assert str(report).strip(), f"{what}: empty str(report)"
