@@ -191,9 +191,9 @@ def evaluate(model, batches, device: torch.device, dtype: torch.dtype) -> float:
     return torch.stack(losses).mean().item()
 
 
-@torch.no_grad()
 def pruning_snapshot(model, inputs: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> dict:
-    """What fox_acp skipped in one forward: overall and per call site and head."""
+    """What fox_acp skipped in one forward (in the caller's grad mode, so that a compiled model
+    reuses the graph it already has): overall and per call site and head."""
     foxcompile = import_foxcompile()
     with foxcompile.pruning_stats() as stats:
         lm_loss(model, inputs, targets, dtype)
@@ -230,43 +230,53 @@ def acp_threshold(q: torch.Tensor, k: torch.Tensor, scale: float, epsilon: float
     return (math.log(epsilon) - 2 * bound - math.log(q.shape[-2])).clamp(max=0.0)
 
 
+def prunable_pairs(layer_inputs, grid: torch.Tensor, scale: float, epsilon: float):
+    """ACP on a grid of positions for one layer and one sequence.
+
+    layer_inputs: (q, k, v, log_f) of batch size 1; grid: (G,) positions. Returns D (H, G, G),
+    delta (H,) and the prunable causal pairs (H, G, G) bool.
+    """
+    q, k, _, log_f = (t[0].float().cpu() for t in layer_inputs)
+    delta = acp_threshold(q, k, scale, epsilon)
+    lam = torch.cumsum(log_f, dim=-1)[:, grid]  # (H, G): fp32 cumsum as in the model
+    D = lam[:, :, None] - lam[:, None, :]
+    causal = grid[:, None] >= grid[None, :]
+    return D, delta, causal & (D < delta[:, None, None])
+
+
 def plot_pruning_boundary(model, tokens: torch.Tensor, epsilon: float, dtype: torch.dtype,
-                          path: Path) -> dict:
+                          path: Path) -> list:
     """Picture D_ij = lam_i - lam_j with the ACP-prunable region D < delta for a few heads.
 
     tokens: (1, T); only the first BOUNDARY_MAX_TOKENS are used, and D is shown and counted
     on a grid of at most BOUNDARY_GRID positions. For the first, middle and last layer it shows
-    the heads with the most and the least prunable (i, j) pairs. Returns
-    {"layer/head": prunable fraction of the causal pairs} for the heads shown.
+    the heads with the most and the least prunable (i, j) pairs. Returns the prunable fraction
+    of the causal pairs, layers x heads.
     """
     tokens = tokens[:, :BOUNDARY_MAX_TOKENS]
     captured = capture_attention_inputs(model, tokens, dtype)
     T = tokens.shape[1]
     grid = torch.linspace(0, T - 1, min(T, BOUNDARY_GRID)).round().long()
     causal = grid[:, None] >= grid[None, :]
+    scale = model.config.head_dim**-0.5
+    fractions = torch.stack([prunable_pairs(inputs, grid, scale, epsilon)[2].sum((-2, -1))
+                             for inputs in captured]) / causal.sum()  # (L, H)
     layers = sorted({0, len(captured) // 2, len(captured) - 1})
     fig, axes = plt.subplots(2, len(layers), figsize=(4.4 * len(layers), 8), squeeze=False)
-    fractions = {}
+    extent = (0, T, T, 0)
     for col, layer in enumerate(layers):
-        q, k, _, log_f = (t[0].float().cpu() for t in captured[layer])
-        delta = acp_threshold(q, k, model.config.head_dim**-0.5, epsilon)  # (H,)
-        lam = torch.cumsum(log_f, dim=-1)[:, grid]  # (H, G): fp32 cumsum as in the model
-        D = lam[:, :, None] - lam[:, None, :]  # (H, G, G)
-        prunable = causal & (D < delta[:, None, None])
-        fraction = prunable.sum((-2, -1)) / causal.sum()
-        for row, head in enumerate((int(fraction.argmax()), int(fraction.argmin()))):
-            fractions[f"{layer}/{head}"] = float(fraction[head])
+        D, delta, prunable = prunable_pairs(captured[layer], grid, scale, epsilon)
+        for row, head in enumerate((int(fractions[layer].argmax()), int(fractions[layer].argmin()))):
             ax = axes[row, col]
-            extent = (0, T, T, 0)
             # colours saturate at 2 delta so that the band around the boundary stays readable
             image = ax.imshow(np.ma.masked_where(~causal.numpy(), D[head].numpy()), cmap="viridis",
                               vmin=2 * float(delta[head]), vmax=0, extent=extent,
                               interpolation="nearest")
             ax.imshow(np.ma.masked_where(~prunable[head].numpy(), np.ones(causal.shape)),
                       cmap="gray", vmin=0, vmax=1, alpha=0.6, extent=extent, interpolation="nearest")
-            ax.contour(grid.numpy(), grid.numpy(), prunable[head].numpy().astype(float), levels=[0.5],
-                       colors="red", linewidths=1)
-            ax.set_title(f"layer {layer} head {head}: {fraction[head]:.0%} prunable, "
+            ax.contour(grid.numpy(), grid.numpy(), prunable[head].numpy().astype(float),
+                       levels=[0.5], colors="red", linewidths=1)
+            ax.set_title(f"layer {layer} head {head}: {fractions[layer, head]:.0%} prunable, "
                          f"delta = {delta[head]:.1f}", fontsize=9)
             ax.set_xlabel("key j")
             ax.set_ylabel("query i")
@@ -276,7 +286,7 @@ def plot_pruning_boundary(model, tokens: torch.Tensor, epsilon: float, dtype: to
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return fractions
+    return fractions.tolist()
 
 
 # ---------------------------------------------------------------- plots of the log
@@ -308,15 +318,24 @@ def plot_losses(log: dict, path: Path):
     plt.close(fig)
 
 
+def site_label(index: int, site: str) -> str:
+    """A short name for a pruning_stats call site (whose name is a source line)."""
+    last_line = site.strip().splitlines()[-1].strip() if site.strip() else "?"
+    return f"{index}: {last_line[:40]}"
+
+
 def plot_pruning_heatmap(snapshot: dict, path: Path):
-    """Attention call sites (layers, in call order) x heads: fraction of causal tiles skipped."""
-    matrix = np.array([site["skipped_tile_fraction"] for site in snapshot["per_head"]])
-    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * matrix.shape[1], 1.0 + 0.35 * matrix.shape[0]))
+    """Attention call sites (in call order) x heads: fraction of causal tiles skipped. When
+    every layer is its own call site, the rows are the layers."""
+    sites = snapshot["per_head"]
+    matrix = np.array([site["skipped_tile_fraction"] for site in sites])
+    fig, ax = plt.subplots(figsize=(4.0 + 0.4 * matrix.shape[1], 1.5 + 0.35 * matrix.shape[0]))
     image = ax.imshow(matrix, cmap="magma", vmin=0, vmax=1, aspect="auto")
+    ax.set_yticks(range(len(sites)), [site_label(i, s["site"]) for i, s in enumerate(sites)],
+                  fontsize=7)
     ax.set_xlabel("head")
-    ax.set_ylabel("layer (attention call site)")
     ax.set_title(f"skipped tiles at step {snapshot['step']} "
-                 f"(FLOPs skipped overall: {snapshot['skipped_fraction']:.0%})", fontsize=9)
+                 f"(attention FLOPs skipped overall: {snapshot['skipped_fraction']:.0%})", fontsize=9)
     fig.colorbar(image, ax=ax, label="fraction of causal tiles skipped")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -324,17 +343,18 @@ def plot_pruning_heatmap(snapshot: dict, path: Path):
 
 
 def plot_pruning_over_training(snapshots: list, path: Path):
+    """Skipped fraction against the step: overall (FLOPs) and per call site (mean over heads)."""
     steps = [s["step"] for s in snapshots]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(steps, [s["skipped_fraction"] for s in snapshots], "o-", lw=2, color="black",
-            label="all layers (FLOPs)")
-    for layer in range(len(snapshots[-1]["per_head"])):
-        means = [np.mean(s["per_head"][layer]["skipped_tile_fraction"]) for s in snapshots]
-        ax.plot(steps, means, alpha=0.5, label=f"layer {layer} (mean over heads, tiles)")
+            label="all sites (FLOPs)")
+    for index, site in enumerate(snapshots[-1]["per_head"]):
+        means = [np.mean(s["per_head"][index]["skipped_tile_fraction"]) for s in snapshots]
+        ax.plot(steps, means, alpha=0.6, label=f"{site_label(index, site['site'])} (tiles)")
     ax.set_xlabel("step")
     ax.set_ylabel("fraction skipped")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -420,7 +440,8 @@ def train(args: argparse.Namespace) -> dict:
             log["evals"].append({"step": step, "loss": eval_loss})
             progress.write(f"step {step}: eval loss {eval_loss:.4f}")
             if track_pruning:
-                snapshot = pruning_snapshot(compiled, *(t.to(device) for t in evals[0]), dtype)
+                with torch.no_grad():  # the graph evaluate() compiled
+                    snapshot = pruning_snapshot(compiled, *(t.to(device) for t in evals[0]), dtype)
                 log["pruning"].append({"step": step, **snapshot})
             write_json(out / "log.json", log)
         if args.checkpoint_every and (step == args.steps or step % args.checkpoint_every == 0):

@@ -180,3 +180,29 @@ def test_train_rejects_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(argv + ["--device", "cpu"])
     assert message in capsys.readouterr().err
+
+
+def test_pruning_plots_read_the_pruning_stats_contract(tmp_path):
+    def site(index, fraction):
+        return {"site": f'File "fox_lm.py", line {110 + index}, in attend\n    scores = q @ k',
+                "heads": 4, "skipped_tile_fraction": [fraction] * 4,
+                "executed_flops": 1.0 - fraction, "dense_flops": 1.0}
+
+    snapshots = [{"step": step, "skipped_fraction": 0.2 * step,
+                  "per_head": [site(i, 0.2 * step) for i in range(2)]} for step in (1, 2, 3)]
+    train.plot_pruning_heatmap(snapshots[-1], tmp_path / "heatmap.png")
+    train.plot_pruning_over_training(snapshots, tmp_path / "over_training.png")
+    assert (tmp_path / "heatmap.png").stat().st_size > 0
+    assert (tmp_path / "over_training.png").stat().st_size > 0
+
+
+def test_bench_train_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(EXAMPLES.parent / "benchmarks" / "bench_train.py"),
+               "--device", "cpu", "--config", "tiny", "--seq-len", "32", "--batch-size", "2",
+               "--warmup-steps", "1", "--steps", "1", "--variants", "eager", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["variant"], r["status"]) for r in rows] == [("eager", "ok")]
+    assert rows[0]["tokens_per_s"] > 0

@@ -1,0 +1,389 @@
+"""Training throughput of the FoX language model under fox_acp, against Inductor and plain SDPA.
+
+Variants (the model is examples/fox_lm.py; data are windows of the stdlib corpus of train.py):
+    fox_acp        FoX, torch.compile(backend="fox_acp"), pruning on (eps = e^-10)
+    fox_acp_dense  FoX, fox_acp with {"fox.epsilon": 0.0}: the same kernels, pruning off
+    inductor       FoX, unmodified, plain torch.compile (materialises T x T scores; often "OOM")
+    sdpa           attention="sdpa" (no forget gate), torch.compile, cuDNN attention on CUDA
+    eager          FoX, unmodified, no compilation
+
+The batch size of each (config, seq len) is searched once, halving from a start that fills an
+80 GB card (scaled by the card's memory), by the first variant run (fox_acp variants run first);
+every variant then uses that batch, and one that does not fit is reported as "OOM". Pruning
+depends on the forget gates: by default each layer's gate biases give head h a decay time
+log-spaced over [2, 512] tokens (the SYN70 gates of shared/bench/anchors.md); at the zero init
+(--gate-init zero) an untrained FoX forgets within tens of tokens and almost everything is pruned.
+
+    python benchmarks/bench_train.py                  # 125m, 760m at T = 4096, 16384
+    python benchmarks/bench_train.py --quick          # 125m at 4096, few steps
+    python benchmarks/bench_train.py --loss-parity    # 125m with and without pruning, 2 seeds
+    python benchmarks/bench_train.py --device cpu --config tiny --seq-len 64 --steps 2
+
+Results are merged into --out (rows of the same config, seq len and variant are replaced) and
+written after every variant, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+import train  # noqa: E402
+from fox_lm import CONFIGS, build_model  # noqa: E402
+
+
+class Variant(NamedTuple):
+    attention: str
+    backend: str
+    epsilon: float = 0.0
+
+
+VARIANTS = {
+    "fox_acp": Variant("fox", "fox_acp", train.DEFAULT_EPSILON),
+    "fox_acp_dense": Variant("fox", "fox_acp", 0.0),
+    "sdpa": Variant("sdpa", "inductor"),
+    "inductor": Variant("fox", "inductor"),
+    "eager": Variant("fox", "eager"),
+}
+DEFAULT_VARIANTS = ("fox_acp", "fox_acp_dense", "sdpa", "inductor")
+SDPA_BACKENDS = {
+    "cudnn": "CUDNN_ATTENTION",
+    "flash": "FLASH_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "math": "MATH",
+}
+# Tokens per step that fit an 80 GB card in bf16 with room to spare (estimated from the
+# activations Inductor keeps: about (20 hidden + 6 mlp_hidden) bytes per token and layer).
+START_TOKENS = {"tiny": 2**12, "125m": 2**17, "360m": 2**16, "760m": 2**15}
+REFERENCE_CARD_BYTES = 80e9
+GATE_DECAY_RANGE = (2.0, 512.0)
+PARITY_RUNS = {"pruned": train.DEFAULT_EPSILON, "dense": 0.0}
+LR = 1e-4  # throughput runs only; the value does not matter
+
+
+# ---------------------------------------------------------------- setup
+
+
+def set_gate_decay_times(model, shortest: float, longest: float):
+    """Forget-gate biases such that at zero gate input head h has log f = -1 / t_h, with t_h
+    log-spaced over [shortest, longest] across the heads (the same in every layer)."""
+    times = torch.logspace(math.log10(shortest), math.log10(longest), model.config.heads)
+    bias = -torch.log(torch.expm1(1.0 / times))
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.fgate.bias.copy_(bias)
+
+
+def start_batch(config: str, seq_len: int, device: torch.device) -> int:
+    scale = 1.0
+    if device.type == "cuda":
+        scale = torch.cuda.get_device_properties(device).total_memory / REFERENCE_CARD_BYTES
+    return max(1, int(START_TOKENS[config] * scale) // seq_len)
+
+
+def sdpa_context(variant: Variant, device: torch.device, backend: str):
+    """The SDPA backend chosen for the sdpa variant on CUDA; nothing otherwise."""
+    if variant.attention != "sdpa" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend]))
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def release_memory(device: torch.device):
+    """Drop compiled graphs and cached blocks between variants."""
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """OOM, also when a compiler wraps it in its own exception."""
+    while error is not None:
+        if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+            return True
+        error = error.__cause__
+    return False
+
+
+# ---------------------------------------------------------------- one measurement
+
+
+def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus) -> dict:
+    """Train `variant` for warmup + timed steps; tokens/s of the timed steps, with CUDA synced."""
+    variant, device, dtype = VARIANTS[name], torch.device(args.device), train.DTYPES[args.dtype]
+    torch.manual_seed(0)
+    with device:
+        model = build_model(config, attention=variant.attention)
+    if args.gate_init == "decay" and variant.attention == "fox":
+        set_gate_decay_times(model, *GATE_DECAY_RANGE)
+    compiled = train.compile_model(model, variant.backend, variant.epsilon)
+    optimizer = train.make_optimizer(model, LR, weight_decay=0.1)
+    scheduler = train.make_scheduler(optimizer, 1, args.warmup_steps + args.steps + 1)
+    generator = torch.Generator().manual_seed(0)
+    batches = [tuple(t.to(device) for t in train.sample_batch(corpus, batch_size, seq_len, generator))
+               for _ in range(args.warmup_steps + args.steps)]
+
+    def run(steps) -> float:
+        start = time.perf_counter()
+        for inputs, targets in steps:
+            loss = train.training_step(compiled, optimizer, scheduler, inputs, targets, dtype)
+        synchronize(device)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"{name}: loss is {loss.item()}")
+        return time.perf_counter() - start
+
+    with sdpa_context(variant, device, args.sdpa_backend):
+        warmup_s = run(batches[: args.warmup_steps])
+        timed_s = run(batches[args.warmup_steps :])
+        row = {
+            "status": "ok",
+            "tokens_per_s": batch_size * seq_len * args.steps / timed_s,
+            "step_ms": 1e3 * timed_s / args.steps,
+            "warmup_s": warmup_s,
+        }
+        if device.type == "cuda":
+            row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+        if variant.backend == "fox_acp":
+            # One more forward in training mode (the compiled graph it already has).
+            snapshot = train.pruning_snapshot(compiled, *batches[0], dtype)
+            row["skipped_fraction"] = snapshot["skipped_fraction"]
+    return row
+
+
+def measure_safely(name, config, seq_len, batch_size, args, corpus) -> dict:
+    """measure(), with OOM and other failures turned into a status; memory released after."""
+    key = {"config": config, "seq_len": seq_len, "variant": name, "batch_size": batch_size}
+    try:
+        row = {**key, **measure(name, config, seq_len, batch_size, args, corpus)}
+    except Exception as error:  # a failing variant must not lose the others' results
+        if is_out_of_memory(error):
+            row = {**key, "status": "OOM"}
+        else:
+            traceback.print_exc()
+            first_line = (str(error).strip().splitlines() or [""])[0][:300]
+            row = {**key, "status": f"error: {type(error).__name__}: {first_line}"}
+    release_memory(torch.device(args.device))
+    return row
+
+
+def fitting_batch(name, config, seq_len, args, corpus) -> tuple[int, dict]:
+    """Halve the batch from the start (or take --batch-size) until `name` fits: (batch, row)."""
+    batch = args.batch_size or start_batch(config, seq_len, torch.device(args.device))
+    while True:
+        row = measure_safely(name, config, seq_len, batch, args, corpus)
+        if row["status"] != "OOM" or batch == 1 or args.batch_size:
+            return batch, row
+        print(f"{config} T={seq_len} {name}: OOM at batch {batch}, halving", flush=True)
+        batch //= 2
+
+
+# ---------------------------------------------------------------- results
+
+
+def add_ratios(rows: list[dict]):
+    """tokens/s relative to fox_acp_dense and to sdpa of the same config and seq len."""
+    speed = {(r["config"], r["seq_len"], r["variant"]): r["tokens_per_s"]
+             for r in rows if r["status"] == "ok"}
+    for row in rows:
+        for reference in ("fox_acp_dense", "sdpa"):
+            base = speed.get((row["config"], row["seq_len"], reference))
+            ok = row["status"] == "ok" and base
+            row[f"vs_{reference}"] = row["tokens_per_s"] / base if ok else None
+
+
+def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
+    """Rows already in `path`, less those that new_rows measure again, plus new_rows."""
+    key = lambda r: (r["config"], r["seq_len"], r["variant"])  # noqa: E731
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    fresh = {key(r) for r in new_rows}
+    return [r for r in old if key(r) not in fresh] + new_rows
+
+
+def format_table(rows: list[dict]) -> str:
+    def number(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    lines = [f"{'config':>6} {'T':>6} {'variant':>14} {'batch':>5} {'tokens/s':>10} "
+             f"{'vs dense':>8} {'vs sdpa':>8} {'skipped':>7} {'peak GB':>7}  status"]
+    for r in rows:
+        lines.append(
+            f"{r['config']:>6} {r['seq_len']:>6} {r['variant']:>14} {r['batch_size']:>5} "
+            f"{number(r.get('tokens_per_s'), ',.0f'):>10} {number(r['vs_fox_acp_dense'], '.2f'):>8} "
+            f"{number(r['vs_sdpa'], '.2f'):>8} {number(r.get('skipped_fraction'), '.0%'):>7} "
+            f"{number(r.get('peak_memory_gb'), '.1f'):>7}  {r['status']}")
+    return "\n".join(lines)
+
+
+def write_results(path: Path, args, rows: list[dict]):
+    device = torch.device(args.device)
+    train.write_json(path, {"device": train.device_name(device), "versions": train.versions(),
+                            "args": vars(args), "rows": rows})
+
+
+def throughput(args):
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    corpus = train.load_corpus()["train"]
+    variants = [v for v in VARIANTS if v in args.variants]  # fox_acp variants first
+    if any(VARIANTS[v].backend == "fox_acp" for v in variants):
+        try:
+            train.import_foxcompile()
+        except RuntimeError as error:
+            variants = [v for v in variants if VARIANTS[v].backend != "fox_acp"]
+            print(f"skipping the fox_acp variants: {error}", flush=True)
+    for config in args.configs:
+        for seq_len in args.seq_lens:
+            batch = None
+            for name in variants:
+                if batch is None:
+                    batch, row = fitting_batch(name, config, seq_len, args, corpus)
+                else:
+                    row = measure_safely(name, config, seq_len, batch, args, corpus)
+                rows = merge_rows(out, [row])
+                add_ratios(rows)
+                write_results(out, args, rows)
+                print(format_table([row]).splitlines()[1], flush=True)
+    rows = json.loads(out.read_text())["rows"]
+    print(f"\n{train.device_name(torch.device(args.device))}, torch {torch.__version__}, "
+          f"triton {train.versions()['triton']}\n{format_table(rows)}\nwrote {out}")
+
+
+# ---------------------------------------------------------------- loss parity
+
+
+def parity_run(config: str, seq_len: int, batch: int, steps: int, epsilon: float, seed: int,
+               run_dir: Path, args) -> dict:
+    """train.py's training with fox_acp; a finished run of the same settings in run_dir is
+    reused, so that the runs can be spread over several invocations."""
+    argv = ["--config", config, "--seq-len", str(seq_len), "--batch-size", str(batch),
+            "--steps", str(steps), "--backend", "fox_acp", "--epsilon", repr(epsilon),
+            "--seed", str(seed), "--device", args.device, "--dtype", args.dtype,
+            "--eval-every", str(max(1, steps // 10)), "--checkpoint-every", "0", "--out", str(run_dir)]
+    train_args = train.parse_args(argv)
+    log_path = run_dir / "log.json"
+    if log_path.exists():
+        log = json.loads(log_path.read_text())
+        if log["summary"] and log["args"] == {**vars(train_args), "out": str(run_dir)}:
+            print(f"reusing {run_dir}")
+            return log
+    return train.train(train_args)
+
+
+def loss_parity(args):
+    """Train the first of --configs at the first of --seq-lens for --parity-tokens, with and
+    without pruning, per seed; write parity.json (final eval losses) and parity.png."""
+    import matplotlib.pyplot as plt  # train.py has chosen the Agg backend
+
+    config, seq_len = args.configs[0], args.seq_lens[0]
+    batch = args.batch_size or start_batch(config, seq_len, torch.device(args.device))
+    steps = max(1, args.parity_tokens // (batch * seq_len))
+    out = Path(args.out).with_suffix("")
+    results = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run in args.parity_runs:
+        for seed in args.seeds:
+            epsilon = PARITY_RUNS[run]
+            log = parity_run(config, seq_len, batch, steps, epsilon, seed, out / f"{run}_seed{seed}", args)
+            results.append({"run": run, "epsilon": epsilon, "seed": seed,
+                            "final_eval_loss": log["summary"]["final_eval_loss"],
+                            "evals": log["evals"],
+                            "mean_tokens_per_s": log["summary"]["mean_tokens_per_s"]})
+            line, = ax.plot(*train.smoothed_losses(log)[:2], alpha=0.7, label=f"{run}, seed {seed}")
+            ax.plot([e["step"] for e in log["evals"]], [e["loss"] for e in log["evals"]], "o",
+                    color=line.get_color())
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per byte); lines train, dots eval")
+    ax.set_title(f"{config}, T = {seq_len}, batch {batch}, {steps} steps")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "parity.png", dpi=110)
+    plt.close(fig)
+    summary = {"config": config, "seq_len": seq_len, "batch_size": batch, "steps": steps,
+               "tokens": steps * batch * seq_len, "device": train.device_name(torch.device(args.device)),
+               "versions": train.versions(), "runs": results}
+    train.write_json(out / "parity.json", summary)
+    for r in results:
+        print(f"{r['run']:>6} seed {r['seed']}: final eval loss {r['final_eval_loss']:.4f}, "
+              f"{r['mean_tokens_per_s']:,.0f} tokens/s")
+    print(f"wrote {out / 'parity.json'} and {out / 'parity.png'}")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv=None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--configs", "--config", nargs="+", choices=sorted(CONFIGS),
+                        default=["125m", "760m"], help="model sizes")
+    parser.add_argument("--seq-lens", "--seq-len", nargs="+", type=int, default=[4096, 16384],
+                        help="sequence lengths (tokens)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS),
+                        help="what to measure (see the module docstring)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="fixed batch size (default: search down from a card-filling start)")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps (compilation)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="short run: 125m at T=4096, 2 warmup and 5 timed steps")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if cuda else "cpu",
+                        help="where to run")
+    parser.add_argument("--dtype", choices=sorted(train.DTYPES), default=None,
+                        help="autocast dtype; default bf16 on cuda, fp32 on cpu")
+    parser.add_argument("--gate-init", choices=("decay", "zero"), default="decay",
+                        help="forget-gate biases: decay times over [2, 512] tokens, or the zero init")
+    parser.add_argument("--sdpa-backend", choices=sorted(SDPA_BACKENDS), default="cudnn",
+                        help="SDPA backend of the sdpa variant on CUDA")
+    parser.add_argument("--out", default="runs/bench_train.json",
+                        help="results JSON (merged); --loss-parity writes into its stem as a directory")
+    parser.add_argument("--loss-parity", action="store_true",
+                        help="instead of throughput: train with and without pruning and compare losses")
+    parser.add_argument("--parity-tokens", type=int, default=2**26, help="tokens per parity run")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="parity seeds")
+    parser.add_argument("--parity-runs", nargs="+", choices=list(PARITY_RUNS), default=list(PARITY_RUNS),
+                        help="which parity runs (pruned: eps = e^-10, dense: eps = 0)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not cuda:
+        parser.error("--device cuda, but torch.cuda.is_available() is False")
+    if args.quick:
+        args.configs, args.seq_lens, args.warmup_steps, args.steps = ["125m"], [4096], 2, 5
+    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    if args.steps < 1 or args.warmup_steps < 1:
+        parser.error("--steps and --warmup-steps must be at least 1 (the first step compiles)")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if any(t < 2 for t in args.seq_lens):
+        parser.error("--seq-lens must be at least 2")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.loss_parity:
+        loss_parity(args)
+    else:
+        throughput(args)
+
+
+if __name__ == "__main__":
+    main()
