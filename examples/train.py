@@ -345,16 +345,18 @@ def plot_pruning_heatmap(snapshot: dict, path: Path):
 def plot_pruning_over_training(snapshots: list, path: Path):
     """Skipped fraction against the step: overall (FLOPs) and per call site (mean over heads)."""
     steps = [s["step"] for s in snapshots]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sites = len(snapshots[-1]["per_head"])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for index in range(sites):
+        means = [np.mean(s["per_head"][index]["skipped_tile_fraction"]) for s in snapshots]
+        ax.plot(steps, means, color=plt.cm.viridis(index / max(1, sites - 1)), alpha=0.8,
+                label=f"site {index} (tiles, mean of heads)")
     ax.plot(steps, [s["skipped_fraction"] for s in snapshots], "o-", lw=2, color="black",
             label="all sites (FLOPs)")
-    for index, site in enumerate(snapshots[-1]["per_head"]):
-        means = [np.mean(s["per_head"][index]["skipped_tile_fraction"]) for s in snapshots]
-        ax.plot(steps, means, alpha=0.6, label=f"{site_label(index, site['site'])} (tiles)")
     ax.set_xlabel("step")
     ax.set_ylabel("fraction skipped")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1), ncol=1 + sites // 20)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
