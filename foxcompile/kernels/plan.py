@@ -23,6 +23,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 PRUNE_OFF = 0      # run dense
 PRUNE_PROVEN = 1   # decay proven from the graph: prune with the data bound
@@ -57,18 +58,41 @@ def threshold(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
     Call only with pruning on (prune != PRUNE_OFF, epsilon > 0)."""
     q_heads = q.shape[1]
     acc = lam.dtype
-    q_norm = torch.linalg.vector_norm(q.to(acc), dim=-1).amax(dim=-1)             # (B, Hq)
-    k_norm = torch.linalg.vector_norm(k.to(acc), dim=-1).amax(dim=-1)             # (B, Hk)
+    # dtype= accumulates in acc without materialising an upcast copy of q and k
+    q_norm = torch.linalg.vector_norm(q, dim=-1, dtype=acc).amax(dim=-1)          # (B, Hq)
+    k_norm = torch.linalg.vector_norm(k, dim=-1, dtype=acc).amax(dim=-1)          # (B, Hk)
     k_norm = k_norm.repeat_interleave(q_heads // k.shape[1], dim=1)               # (B, Hq)
     bound = abs(scale) * q_norm * k_norm
     n_keys = lam.shape[-1]
     delta = (math.log(epsilon) - math.log(n_keys) - 2.0 * bound).clamp(max=0.0)
-    rise = (lam - torch.cummin(lam, dim=-1).values).amax(dim=-1)                  # (B, Hq), >= 0
+    rise = largest_rise(lam)                                                      # (B, Hq), >= 0
     delta = delta - 2.0 * rise
     if prune == PRUNE_GUARDED:
         tolerance = _GUARD_RELATIVE_TOLERANCE * (1.0 + lam.abs().amax(dim=-1))
         delta = torch.where(rise <= tolerance, delta, -math.inf)  # NaN rise fails the test too
     return torch.nan_to_num(delta, nan=-math.inf)
+
+
+_RISE_BLOCK = 256
+
+
+def largest_rise(lam: torch.Tensor) -> torch.Tensor:
+    """max over s <= t of lam_t - lam_s along the last dim (>= 0; NaN if lam has a NaN).
+
+    Equal, bit for bit, to (lam - cummin(lam)).amax(-1), but computed as a two-level scan:
+    torch's cummin over a long innermost dim runs a few thread blocks sequentially (about half
+    a millisecond for 48 rows of 16k on an H200), while cummin within blocks of 256 plus a cummin
+    over the block minima is fully parallel. min is exact, so no rounding differs."""
+    n = lam.shape[-1]
+    if n <= _RISE_BLOCK:
+        return (lam - torch.cummin(lam, dim=-1).values).amax(dim=-1)
+    n_blocks = num_blocks(n, _RISE_BLOCK)
+    blocks = F.pad(lam, (0, n_blocks * _RISE_BLOCK - n)).unflatten(-1, (n_blocks, _RISE_BLOCK))
+    local = torch.cummin(blocks, dim=-1).values                   # running min within a block
+    before = torch.cummin(local[..., -1], dim=-1).values          # min of blocks 0..b
+    before = F.pad(before[..., :-1], (1, 0), value=math.inf)      # min of blocks 0..b-1
+    running = torch.minimum(local, before[..., None]).flatten(-2)[..., :n]
+    return (lam - running).amax(dim=-1)
 
 
 def start_blocks(lam: torch.Tensor, delta: torch.Tensor, n_queries: int,

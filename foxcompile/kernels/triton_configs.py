@@ -61,9 +61,44 @@ def _fit(block: int, grid: int) -> int:
     return block
 
 
-def launch_config(kernel: str, d_pad: int, grid_m: int, grid_n: int, capability, interpret: bool):
+def shared_memory_estimate(kernel: str, outer: int, step: int, stages: int, d_pad: int,
+                           elem_bytes: int) -> int:
+    """Bytes of shared memory the software pipeline needs: the resident tiles (q for fwd; q and
+    dO for dq; k and v for dkdv) plus `stages` copies of the streamed pair of tiles."""
+    resident = (1 if kernel == "fwd" else 2) * outer * d_pad
+    return elem_bytes * (resident + stages * 2 * step * d_pad)
+
+
+def shared_memory_budget(capability) -> int:
+    if capability is None:
+        return 1 << 30
+    if capability[0] == 9:          # 227 KB per block on Hopper
+        return 220 * 1024
+    if capability == (8, 0):        # A100: 163 KB
+        return 156 * 1024
+    return 96 * 1024                # sm86 / sm89 / others: about 100 KB
+
+
+def fit_shared_memory(kernel, outer, step, stages, d_pad, elem_bytes, budget):
+    """Fewer stages, then smaller steps, until the pipeline fits the budget."""
+    while shared_memory_estimate(kernel, outer, step, stages, d_pad, elem_bytes) > budget:
+        if stages > 2:
+            stages -= 1
+        elif step > 16:
+            step //= 2
+        elif stages > 1:
+            stages -= 1
+        else:
+            break
+    return step, stages
+
+
+def launch_config(kernel: str, d_pad: int, grid_m: int, grid_n: int, capability, interpret: bool,
+                  elem_bytes: int = 2):
     """(outer block, step block, num_warps, num_stages) for 'fwd', 'dq' or 'dkdv', fitted to the
-    pruning grid (outer and step blocks divide it). capability: (major, minor) or None."""
+    pruning grid (outer and step blocks divide it) and to the shared memory of the device (the
+    table is for 2-byte inputs; float32 inputs get fewer stages or smaller steps).
+    capability: (major, minor) or None."""
     if interpret:
         outer, step, warps, stages = INTERPRET[kernel]
     else:
@@ -75,4 +110,17 @@ def launch_config(kernel: str, d_pad: int, grid_m: int, grid_n: int, capability,
     outer_grid, step_grid = (grid_n, grid_m) if kernel == "dkdv" else (grid_m, grid_n)
     outer = _fit(outer or outer_grid, outer_grid)
     step = _fit(step, step_grid)
+    if not interpret:
+        step, stages = fit_shared_memory(kernel, outer, step, stages, d_pad, elem_bytes,
+                                         shared_memory_budget(capability))
     return outer, step, warps, stages
+
+
+def smaller(kernel: str, config):
+    """A config that needs less shared memory (after an out-of-resources compile), or None."""
+    outer, step, warps, stages = config
+    if stages > 1:
+        return outer, step, warps, stages - 1
+    if step > 16:
+        return outer, step // 2, warps, stages
+    return None

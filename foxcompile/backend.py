@@ -1,0 +1,106 @@
+"""fox_acp: the torch.compile backend. Thin glue: find sites, rewrite them, log what happened,
+hand the graph to Inductor (or to "fox.compiler")."""
+import itertools
+import logging
+import os
+
+import torch
+from torch import fx
+
+from .options import FoxOptions
+from .report import GraphReport
+
+log = logging.getLogger("foxcompile")
+_dump_counter = itertools.count()
+
+
+def _buffer_constants(gm: fx.GraphModule, example_inputs) -> dict:
+    """Placeholders that carry module buffers, with their real values (for reading masks)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    constants = {}
+    for node, example in zip(placeholders, example_inputs):
+        if ("_buffers_" in node.name and isinstance(example, torch.Tensor)
+                and not isinstance(example, torch._subclasses.FakeTensor)):
+            constants[node] = example
+    return constants
+
+
+def rewrite_graphs(gm: fx.GraphModule, example_inputs, options: FoxOptions) -> list[GraphReport]:
+    """Find and rewrite forgetting attention in gm and every nested GraphModule (checkpoint
+    bodies and other higher-order-op subgraphs)."""
+    from .find import Matcher
+    from .rewrite import rewrite
+
+    constants = _buffer_constants(gm, example_inputs)
+    reports = []
+    for name, module in list(gm.named_modules()):
+        if not isinstance(module, fx.GraphModule):
+            continue
+        before = module.code
+        sites, declined = Matcher(module.graph, constants if module is gm else None).find()
+        for site in sites:
+            rewrite(module, site, options.epsilon)
+        reports.append(GraphReport(name or "<top>", before, module.code, sites, declined))
+    return reports
+
+
+def _enable_debug_logging() -> None:
+    if not any(getattr(h, "_foxcompile", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[foxcompile] %(message)s"))
+        handler._foxcompile = True
+        log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+
+
+def _log_reports(reports: list[GraphReport], debug: bool | str) -> None:
+    if debug:
+        _enable_debug_logging()
+    for report in reports:
+        for site in report.sites:
+            log.info("rewrote %s", site)
+        for decline in report.declined:
+            log.info("declined %s", decline)
+        if report.sites:
+            log.debug("graph %s before the rewrite:\n%s", report.name, report.before)
+            log.debug("graph %s after the rewrite:\n%s", report.name, report.after)
+    if isinstance(debug, str):
+        os.makedirs(debug, exist_ok=True)
+        for report in reports:
+            stem = os.path.join(debug, f"graph_{next(_dump_counter):03d}_{report.name.replace('.', '_')}")
+            with open(stem + "_before.py", "w") as f:
+                f.write(report.before)
+            with open(stem + "_after.py", "w") as f:
+                f.write(report.after)
+            with open(os.path.join(debug, "report.txt"), "a") as f:
+                f.writelines(f"rewrote  {s}\n" for s in report.sites)
+                f.writelines(f"declined {d}\n" for d in report.declined)
+        log.info("graphs and report written to %s", debug)
+
+
+def _compile(gm, example_inputs, options: FoxOptions, mode: str | None):
+    if options.compiler == "eager":
+        return gm.forward
+    if options.compiler == "aot_eager":
+        from torch._dynamo.backends.debugging import aot_eager
+        return aot_eager(gm, example_inputs)
+    from torch._inductor import list_mode_options
+    from torch._inductor.compile_fx import compile_fx
+    patches = dict(list_mode_options(mode)) if mode else {}
+    patches.update(options.inductor)
+    return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def fox_acp(gm: fx.GraphModule, example_inputs, *, mode: str | None = None,
+            options: dict | None = None):
+    """torch.compile backend: `torch.compile(model, backend="fox_acp", options={...})`.
+
+    Options: "fox.epsilon" (pruning tolerance, default e^-10, 0 = no pruning), "fox.debug" (True
+    logs every rewrite and decline with its source line and the graphs before and after; a
+    directory also dumps them there), "fox.compiler" ("inductor", "aot_eager" or "eager"). Every
+    other option, and `mode`, goes to Inductor.
+    """
+    parsed = FoxOptions.parse(options)
+    reports = rewrite_graphs(gm, example_inputs, parsed)
+    _log_reports(reports, parsed.debug)
+    return _compile(gm, example_inputs, parsed, mode)

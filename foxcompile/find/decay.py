@@ -1,0 +1,232 @@
+"""Does the forget gate provably decay? Sign and monotonicity read off the graph.
+
+ACP may prune only where the key-side vector lam never increases. `direction(node, axis)` returns
++1 if the tensor provably never decreases along `axis`, -1 if it never increases, 0 if it is
+constant along it, None if the graph does not say; `sign(node)` returns +1 (>= 0), -1 (<= 0) or
+None. Both are sound: every rule below is a theorem (logsigmoid <= 0, cumsum of x <= 0 never
+increases, an arange with a positive step increases, ...); whatever no rule covers is None, and
+the site is then guarded at run time instead of proven.
+"""
+from . import graph as g
+
+_NON_NEGATIVE = {"sigmoid", "exp", "exp2", "softplus", "abs", "relu", "square"}
+_SIGN_PRESERVING = {"cast", "identity", "getitem", "unsqueeze", "squeeze", "reshape", "flatten",
+                    "transpose", "permute", "expand", "repeat_interleave", "attr:mT", "attr:T"}
+
+
+def _combine(a, b):
+    """Sign of a product."""
+    if a is None or b is None:
+        return None
+    return a * b
+
+
+def sign(node) -> int | None:
+    num = g.number(node)
+    if num is not None:
+        return 1 if num > 0 else (-1 if num < 0 else 0)
+    k = g.kind(node)
+    if k == "logsigmoid":
+        return -1
+    if k in _NON_NEGATIVE:
+        return 1
+    if k == "log" and g.kind(node.args[0]) == "sigmoid":
+        return -1
+    if k == "neg":
+        s = sign(node.args[0])
+        return None if s is None else -s
+    if k in ("mul", "div"):
+        return _combine(sign(node.args[0]), sign(node.args[1]))
+    if k == "add":
+        a, b = sign(node.args[0]), sign(node.args[1])
+        return a if a is not None and a == b else None
+    if k in ("clamp", "clamp_max", "clamp_min"):
+        low = g.number(g.arg(node, 1, "min")) if k != "clamp_max" else None
+        high = g.number(g.arg(node, 2, "max")) if k == "clamp" else (
+            g.number(g.arg(node, 1, "max")) if k == "clamp_max" else None)
+        if high is not None and high <= 0:
+            return -1
+        if low is not None and low >= 0:
+            return 1
+        return sign(node.args[0])
+    if k == "minimum":
+        a, b = sign(node.args[0]), sign(node.args[1])
+        return -1 if -1 in (a, b) else None
+    if k in ("full", "full_like"):
+        return sign(g.arg(node, 1, "fill_value"))
+    if k in ("zeros", "zeros_like"):
+        return 0
+    if k in ("ones", "ones_like"):
+        return 1
+    if k == "cumsum":
+        s = sign(node.args[0])
+        return s if s in (1, -1, 0) else None
+    if k == "arange":
+        start = g.number(g.arg(node, 0)) if len(node.args) > 1 else 0.0
+        return 1 if start is not None and start >= 0 and g.arg(node, 2, "step", 1) == 1 else None
+    if k in _SIGN_PRESERVING:
+        return sign(node.args[0])
+    return None
+
+
+def _source_axis(node, axis: int) -> int | None:
+    """For view-like ops, the input axis that output `axis` comes from (None if new/unknown)."""
+    k = g.kind(node)
+    out_rank = g.rank(node)
+    in_rank = g.rank(node.args[0])
+    if out_rank is None or in_rank is None:
+        return None
+    axis = g.normalize_dim(axis, out_rank)
+    if k in ("cast", "identity", "expand", "repeat_interleave"):
+        return axis if in_rank == out_rank else None
+    if k in ("transpose", "attr:mT", "attr:T"):
+        if k == "transpose":
+            a, b = (g.normalize_dim(d, out_rank) for d in node.args[1:3])
+        else:
+            a, b = out_rank - 2, out_rank - 1
+        return b if axis == a else (a if axis == b else axis)
+    if k == "permute":
+        dims = node.args[1:] if not isinstance(node.args[1], (tuple, list)) else node.args[1]
+        return g.normalize_dim(dims[axis], out_rank)
+    if k == "unsqueeze":
+        new = g.normalize_dim(node.args[1], out_rank)
+        return None if axis == new else (axis if axis < new else axis - 1)
+    if k == "squeeze" and len(node.args) > 1:
+        gone = g.normalize_dim(node.args[1], in_rank)
+        if g.shape(node.args[0])[gone] != 1:
+            return axis
+        return axis if axis < gone else axis + 1
+    if k == "getitem":
+        return _getitem_source(node, axis, in_rank)
+    return None
+
+
+def _getitem_source(node, axis: int, in_rank: int) -> int | None:
+    index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+    if Ellipsis in index:
+        pos = index.index(Ellipsis)
+        consumed = sum(1 for i in index if i is not None and i is not Ellipsis)
+        index = index[:pos] + (slice(None),) * (in_rank - consumed) + index[pos + 1:]
+    out_axis, in_axis = 0, 0
+    for part in index:
+        if part is None:
+            if out_axis == axis:
+                return None
+            out_axis += 1
+        elif isinstance(part, slice):
+            if out_axis == axis:
+                step = part.step if part.step is not None else 1
+                return in_axis if isinstance(step, int) and step > 0 else None
+            out_axis += 1
+            in_axis += 1
+        elif isinstance(part, int):
+            in_axis += 1
+        else:
+            return None  # advanced indexing
+    return in_axis + (axis - out_axis) if axis >= out_axis else None
+
+
+def direction(node, axis: int) -> int | None:
+    """+1 non-decreasing, -1 non-increasing, 0 constant along axis; None if unproven."""
+    if g.number(node) is not None:
+        return 0
+    shp = g.shape(node)
+    if shp is None:
+        return None
+    axis = g.normalize_dim(axis, len(shp))
+    if shp[axis] == 1:
+        return 0
+    k = g.kind(node)
+    if k == "cumsum":
+        dim = g.normalize_dim(g.arg(node, 1, "dim"), len(shp))
+        if dim != axis:
+            return None
+        return sign(node.args[0])
+    if k == "arange":
+        step = g.arg(node, 2, "step", 1)
+        return 1 if g.number(step) is not None and g.number(step) > 0 else None
+    if k in ("zeros", "zeros_like", "ones", "ones_like", "full", "full_like"):
+        return 0
+    if k == "neg":
+        d = direction(node.args[0], axis - len(shp))
+        return None if d is None else -d
+    if k in ("add", "sub"):
+        a = _operand_direction(node.args[0], axis - len(shp))
+        b = _operand_direction(node.args[1], axis - len(shp))
+        if a is None or b is None:
+            return None
+        if k == "sub":
+            b = -b
+        if a == 0 or b == 0 or a == b:
+            return a if a != 0 else b
+        return None
+    if k in ("mul", "div"):
+        for tensor, scale in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+            if k == "div" and tensor is node.args[1]:
+                continue
+            if _operand_direction(scale, axis - len(shp)) != 0:
+                continue
+            d, s = _operand_direction(tensor, axis - len(shp)), sign(scale)
+            if d is None or s is None:
+                return None
+            return d * s
+        return None
+    if k == "cat":
+        return _cat_direction(node, axis)
+    source = _source_axis(node, axis) if k is not None else None
+    if source is not None:
+        return direction(node.args[0], source)
+    return None
+
+
+def _operand_direction(x, axis: int) -> int | None:
+    """Direction of a broadcast operand along a negative axis of the result."""
+    if g.number(x) is not None:
+        return 0
+    shp = g.shape(x)
+    if shp is None:
+        return None
+    if len(shp) < -axis or shp[axis] == 1:
+        return 0
+    return direction(x, axis)
+
+
+def _cat_direction(node, axis: int) -> int | None:
+    """cat([zeros, cumsum(x)], axis): prepending the empty sum keeps a cumsum monotone."""
+    pieces = list(g.arg(node, 0, "tensors"))
+    dim = g.normalize_dim(g.arg(node, 1, "dim", 0), g.rank(node))
+    if dim != axis:
+        agreed = {direction(p, axis - g.rank(node)) for p in pieces}
+        return agreed.pop() if len(agreed) == 1 else None
+    if len(pieces) != 2 or sign_constant(pieces[0]) != 0.0:
+        return None
+    d = direction(pieces[1], axis - g.rank(node))
+    second = pieces[1]
+    while g.kind(second) in ("cast", "identity"):
+        second = second.args[0]
+    if g.kind(second) == "cumsum" and d in (1, -1):
+        return d
+    return None
+
+
+def sign_constant(node) -> float | None:
+    """The value of an all-constant tensor (zeros, full), else None."""
+    k = g.kind(node)
+    if k in ("zeros", "zeros_like"):
+        return 0.0
+    if k in ("full", "full_like"):
+        return g.number(g.arg(node, 1, "fill_value"))
+    if k in ("cast", "identity"):
+        return sign_constant(node.args[0])
+    return None
+
+
+def decay_verdict(directions: list[int | None]) -> str:
+    """From the direction along j of each key-side term c_t w_t (scores = ... + sum_t c_t w_t),
+    decide the decay of lam = -sum_t c_t w_t: proven, guarded, or none (it grows to the past)."""
+    if all(d is not None and d >= 0 for d in directions):
+        return "proven"
+    if all(d is not None and d <= 0 for d in directions) and any(d == -1 for d in directions):
+        return "none"
+    return "guarded"
+

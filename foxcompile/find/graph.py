@@ -1,0 +1,177 @@
+"""Reading Dynamo's torch-level FX graphs: one spelling per operation.
+
+Dynamo records `a @ b`, `torch.matmul(a, b)` and `a.matmul(b)` as different nodes; `kind(node)`
+names them all "matmul", so the matcher reasons about operations, not spellings. `arg(node, i,
+name)` reads an argument the same way whether it was passed by position or keyword (for methods
+the tensor itself is argument 0).
+"""
+import builtins
+import math
+import operator
+
+import sympy
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+_FUNCTIONS = {
+    operator.add: "add", operator.iadd: "add", torch.add: "add",
+    operator.sub: "sub", operator.isub: "sub", torch.sub: "sub", torch.subtract: "sub",
+    operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", torch.multiply: "mul",
+    operator.truediv: "div", operator.itruediv: "div", torch.div: "div", torch.true_divide: "div",
+    operator.neg: "neg", torch.neg: "neg", torch.negative: "neg",
+    operator.matmul: "matmul", torch.matmul: "matmul", torch.bmm: "matmul",
+    torch.baddbmm: "baddbmm", torch.einsum: "einsum", torch.functional.einsum: "einsum",
+    torch.softmax: "softmax", F.softmax: "softmax", torch._C._nn.scaled_dot_product_attention: "sdpa",
+    F.scaled_dot_product_attention: "sdpa",
+    operator.getitem: "getitem", operator.invert: "invert", torch.logical_not: "invert",
+    operator.and_: "and", torch.logical_and: "and", torch.bitwise_and: "and",
+    operator.or_: "or", torch.logical_or: "or", torch.bitwise_or: "or",
+    operator.ge: "ge", operator.gt: "gt", operator.le: "le", operator.lt: "lt",
+    operator.eq: "eq", operator.ne: "ne", torch.ge: "ge", torch.gt: "gt", torch.le: "le",
+    torch.lt: "lt", torch.eq: "eq", torch.ne: "ne",
+    torch.where: "where", torch.tril: "tril", torch.triu: "triu", torch.ones: "ones",
+    torch.zeros: "zeros", torch.full: "full", torch.ones_like: "ones_like",
+    torch.zeros_like: "zeros_like", torch.full_like: "full_like", torch.arange: "arange",
+    torch.cumsum: "cumsum", torch.cat: "cat", torch.concat: "cat", torch.concatenate: "cat",
+    torch._C._nn.log_sigmoid: "logsigmoid", F.logsigmoid: "logsigmoid",
+    F.softplus: "softplus", torch._C._nn.softplus: "softplus", torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid", torch.exp: "exp", torch.exp2: "exp2", torch.abs: "abs",
+    torch.clamp: "clamp", torch.clip: "clamp", torch.relu: "relu", F.relu: "relu",
+    torch.amax: "amax", torch.max: "max", torch.sum: "sum", torch.transpose: "transpose",
+    torch.permute: "permute", torch.unsqueeze: "unsqueeze", torch.squeeze: "squeeze",
+    torch.nan_to_num: "nan_to_num", torch.isnan: "isnan", F.dropout: "dropout",
+    torch.dropout: "dropout", torch.repeat_interleave: "repeat_interleave",
+    torch.minimum: "minimum", torch.square: "square", torch.log: "log",
+    torch.masked_fill: "masked_fill", torch.reshape: "reshape", torch.flatten: "flatten",
+    builtins.getattr: "getattr",
+}
+
+_METHODS = {
+    "add": "add", "add_": "add", "__add__": "add", "sub": "sub", "sub_": "sub", "mul": "mul",
+    "mul_": "mul", "div": "div", "div_": "div", "neg": "neg", "matmul": "matmul", "bmm": "matmul",
+    "baddbmm": "baddbmm", "softmax": "softmax", "masked_fill": "masked_fill",
+    "masked_fill_": "masked_fill", "float": "cast", "to": "cast", "type_as": "cast", "half": "cast",
+    "bfloat16": "cast", "double": "cast", "type": "cast", "contiguous": "identity",
+    "clone": "identity", "detach": "identity", "transpose": "transpose", "permute": "permute",
+    "unsqueeze": "unsqueeze", "squeeze": "squeeze", "view": "reshape", "reshape": "reshape",
+    "flatten": "flatten", "expand": "expand", "expand_as": "expand",
+    "repeat_interleave": "repeat_interleave", "tril": "tril", "triu": "triu", "cumsum": "cumsum",
+    "exp": "exp", "exp2": "exp2", "amax": "amax", "max": "max", "sum": "sum", "bool": "bool",
+    "logical_not": "invert", "logical_and": "and", "logical_or": "or", "__invert__": "invert",
+    "ge": "ge", "gt": "gt", "le": "le", "lt": "lt", "eq": "eq", "ne": "ne",
+    "sigmoid": "sigmoid", "abs": "abs", "clamp": "clamp", "clip": "clamp", "clamp_max": "clamp_max",
+    "clamp_min": "clamp_min", "relu": "relu", "nan_to_num": "nan_to_num", "isnan": "isnan",
+    "where": "where", "square": "square", "log": "log", "exp_": "exp",
+}
+
+
+def kind(node) -> str | None:
+    """The operation a node performs, independent of its spelling; None for anything else."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "call_function":
+        name = _FUNCTIONS.get(node.target)
+        if name == "getattr":
+            return "attr:" + str(node.args[1])
+        return name
+    if node.op == "call_method":
+        return _METHODS.get(node.target)
+    return node.op  # placeholder, get_attr, output, call_module
+
+
+def arg(node: fx.Node, index: int, name: str | None = None, default=None):
+    """An argument by position or keyword."""
+    if index < len(node.args):
+        return node.args[index]
+    if name is not None and name in node.kwargs:
+        return node.kwargs[name]
+    return default
+
+
+def value(node):
+    """The example (fake) tensor Dynamo recorded for a node, or the Python value itself."""
+    if isinstance(node, fx.Node):
+        return node.meta.get("example_value", node.meta.get("val"))
+    return node
+
+
+def shape(node) -> tuple | None:
+    v = value(node)
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def rank(node) -> int | None:
+    s = shape(node)
+    return None if s is None else len(s)
+
+
+def dtype(node):
+    v = value(node)
+    return v.dtype if isinstance(v, torch.Tensor) else None
+
+
+def is_tensor(node) -> bool:
+    return isinstance(value(node), torch.Tensor)
+
+
+def number(x) -> float | None:
+    """A Python number (Dynamo folds constants such as 1 / sqrt(d) into the graph), else None."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, (int, float)):
+        return float(x)
+    if isinstance(x, (torch.SymInt, torch.SymFloat)):
+        try:
+            return float(x)
+        except Exception:  # an unbacked or unhinted symbol
+            return None
+    return None
+
+
+def sym(x) -> sympy.Expr:
+    """A size (int or SymInt) as a sympy expression, so sizes can be compared symbolically."""
+    if isinstance(x, torch.SymInt):
+        return x.node.expr
+    return sympy.Integer(int(x))
+
+
+def same_size(a, b) -> bool:
+    return sympy.simplify(sym(a) - sym(b)) == 0
+
+
+def location(node: fx.Node) -> str:
+    """The user's source line for a node ("file.py:42 in forward"), from Dynamo's stack trace."""
+    trace = node.meta.get("stack_trace") or ""
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip().startswith("File ")]
+    if not lines:
+        return f"<graph node {node.name}>"
+    last = lines[-1]  # 'File "/path/model.py", line 42, in forward'
+    try:
+        path = last.split('"')[1]
+        line_no = last.split("line ")[1].split(",")[0]
+        func = last.rsplit(" in ", 1)[1]
+        return f"{path.rsplit('/', 1)[-1]}:{line_no} in {func}"
+    except IndexError:
+        return last
+
+
+def module_path(node: fx.Node) -> str:
+    """The nn.Module path the node was traced in ("layers.3.attn"), or ""."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    for prefix in ("L['self'].", "L['self']"):
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+    return path.replace("._modules['", ".").replace("']", "").strip(".")
+
+
+def normalize_dim(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+def is_negative_infinity(x) -> bool:
+    v = number(x)
+    return v is not None and v == -math.inf

@@ -1,0 +1,306 @@
+"""Find forgetting attention in an FX graph by what it computes.
+
+From every softmax (library call or written by hand) and every SDPA call, the matcher works out
+the scores as a function of (batch, head, i, j): a scaled q.k product, key-side terms (the forget
+gate: lam_j, an ALiBi slope * j), query-side terms (ignored by softmax), and masks, which must
+remove exactly the keys j > i + P (P = N - M). Then it checks that the T x T intermediates belong
+to the site alone and decides from the graph whether the gate provably decays. The result is a
+Site to rewrite or a Decline with a reason a user can act on.
+"""
+import math
+
+import networkx as nx
+from torch import fx
+
+from . import graph as g
+from .decay import decay_verdict, direction, sign
+from .masks import Band, MaskReader, causal, either
+from .operands import NotAnOperand, pv_operand, qk_operands
+from .site import Decline, KeyTerm, Operand, Site
+from .terms import FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS, ScoreWalker
+
+_PRODUCTS = ("matmul", "einsum", "baddbmm")
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256  # what the CUDA kernels take; outside, the site is declined
+
+
+class Declined(Exception):
+    """Raised inside the matcher with the reason a candidate is left alone."""
+
+
+def _softmax_input(node):
+    """(scores node, coefficient) if node is a softmax over the last dim (library or by hand),
+    else None. exp2-based softmax is softmax of scores * ln 2."""
+    k = g.kind(node)
+    if k == "softmax":
+        scores = node.args[0]
+        dim = g.arg(node, 1, "dim")
+        if dim is None or g.normalize_dim(dim, g.rank(scores)) != g.rank(scores) - 1:
+            raise Declined(f"softmax over dim {dim}, not the last (key) axis")
+        return scores, 1.0
+    if k != "div":
+        return None
+    num, den = node.args[0], node.args[1]
+    if g.kind(num) not in ("exp", "exp2") or g.kind(den) != "sum" or den.args[0] is not num:
+        return None
+    dim = g.arg(den, 1, "dim")
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    if (len(dims) != 1 or dims[0] is None
+            or g.normalize_dim(dims[0], g.rank(num)) != g.rank(num) - 1):
+        raise Declined("hand-written softmax normalises over a dim other than the last")
+    coef = 1.0 if g.kind(num) == "exp" else math.log(2.0)
+    shifted = num.args[0]
+    if g.kind(shifted) == "sub" and _is_row_max(shifted.args[1], shifted.args[0]):
+        return shifted.args[0], coef
+    return shifted, coef
+
+
+def _is_row_max(node, of) -> bool:
+    """amax(of, -1, keepdim=True), of.max(-1, keepdim=True)[0] / .values, possibly detached."""
+    while g.kind(node) in ("identity", "cast"):
+        node = node.args[0]
+    if g.kind(node) == "getitem" and node.args[1] == 0:
+        node = node.args[0]
+    elif g.kind(node) == "attr:values":
+        node = node.args[0]
+    return g.kind(node) in ("amax", "max") and node.args[0] is of
+
+
+def _is_nan_repair(node, probs) -> bool:
+    """nan_to_num(p), where(isnan(p), 0, p) and masked_fill(isnan(p), 0)."""
+    k = g.kind(node)
+    if k == "nan_to_num":
+        return node.args[0] is probs
+    if k == "where":
+        cond = node.args[0]
+        return (g.kind(cond) == "isnan" and cond.args[0] is probs and node.args[2] is probs
+                and g.number(node.args[1]) == 0.0)
+    if k == "masked_fill":
+        cond = node.args[1]
+        return g.kind(cond) == "isnan" and cond.args[0] is probs and node.args[0] is probs
+    return False
+
+
+def _value_product(softmax_out):
+    """Follow the probabilities through casts, inactive dropout and NaN repair to the PV product."""
+    probs = softmax_out
+    while True:
+        users = [u for u in probs.users if not (g.kind(u) == "isnan" and len(u.users) == 1)]
+        if len(users) != 1:
+            raise Declined(f"the probabilities are used {len(users)} times (returned or logged?): "
+                           "the rewrite would have to keep them")
+        user = users[0]
+        k = g.kind(user)
+        if k in ("cast", "identity") or _is_nan_repair(user, probs):
+            probs = user
+            continue
+        if k == "dropout":
+            p = g.number(g.arg(user, 1, "p", 0.5))
+            training = g.arg(user, 2, "training", g.arg(user, 2, "train", True))
+            if p == 0.0 or training is False:
+                probs = user
+                continue
+            raise Declined(f"dropout (p={p}) is active on the probabilities: rewritten only in eval "
+                           "mode or with p=0")
+        if k in ("matmul", "einsum"):
+            return user, probs
+        raise Declined(f"the probabilities go through {getattr(user.target, '__name__', user.target)} "
+                       "before the value product")
+
+
+class Matcher:
+    """Finds sites in one graph. `constants` maps placeholders of buffers to their values."""
+
+    def __init__(self, graph: fx.Graph, constants: dict | None = None):
+        self.graph = graph
+        self.constants = constants or {}
+        self.flow = nx.DiGraph()
+        for node in graph.nodes:
+            self.flow.add_node(node)
+            for user in node.users:
+                self.flow.add_edge(node, user)
+
+    def find(self) -> tuple[list[Site], list[Decline]]:
+        sites, declined = [], []
+        for node in list(self.graph.nodes):
+            try:
+                site = self._match(node)
+            except Declined as why:
+                declined.append(Decline(g.location(node), g.module_path(node), str(why), node.name))
+                continue
+            if site is not None:
+                sites.append(site)
+        return sites, declined
+
+    def _match(self, node) -> Site | None:
+        if g.kind(node) == "sdpa":
+            return self._match_sdpa(node)
+        found = _softmax_input(node)
+        if found is None:
+            return None
+        scores, coef = found
+        if g.rank(scores) is None or g.rank(scores) < 2:
+            return None
+        nb = g.rank(scores) - 2
+        if nb > 2:
+            raise Declined(f"scores have {nb} batch dims (grouped heads?): not supported yet")
+        pv, probs = _value_product(node)
+        reader = MaskReader(self.constants)
+        walker = ScoreWalker(g.rank(scores), reader)
+        walker.walk(scores, coef)
+        qk_terms, key_terms, band = self._classify(walker.out, reader, scores, nb, implicit_qk=None)
+        if len(qk_terms) != 1:
+            raise Declined("no q.k product among the scores" if not qk_terms else
+                           f"{len(qk_terms)} q.k products in one softmax")
+        qk = qk_terms[0]
+        if qk.factors:
+            raise Declined("the q.k product has a per-head scale: not supported yet")
+        try:
+            q, k, spelling = qk_operands(qk.leaf, nb)
+            v, out_perm = pv_operand(pv, probs, nb)
+        except NotAnOperand as why:
+            raise Declined(str(why)) from None
+        self._check_owned(qk.leaf, pv)
+        return self._site(spelling, node, q, k, v, nb, qk.coef, key_terms, pv, out_perm, scores,
+                          reader.notes)
+
+    def _match_sdpa(self, node) -> Site | None:
+        q, k, v = node.args[:3]
+        mask = g.arg(node, 3, "attn_mask")
+        dropout = g.number(g.arg(node, 4, "dropout_p", 0.0))
+        is_causal = g.arg(node, 5, "is_causal", False)
+        if mask is None:
+            raise Declined("scaled_dot_product_attention without a float attn_mask has no "
+                           "forget-gate bias: " + ("plain causal attention, nothing to prune"
+                                                   if is_causal else "no causal mask"))
+        if dropout != 0.0:
+            raise Declined(f"dropout_p={dropout}: rewritten only without attention dropout")
+        if g.dtype(mask) is not None and not g.dtype(mask).is_floating_point:
+            raise Declined("boolean attn_mask carries no bias")
+        nb = g.rank(q) - 2
+        if nb > 2 or nb < 0:
+            raise Declined(f"SDPA with {nb} batch dims: not supported")
+        scale = g.number(node.kwargs.get("scale"))
+        if scale is None and node.kwargs.get("scale") is not None:
+            raise Declined("SDPA scale is a tensor")
+        if scale is None:
+            scale = g.shape(q)[-1] ** -0.5
+        reader = MaskReader(self.constants)
+        walker = ScoreWalker(nb + 2, reader)
+        walker.walk(mask)
+        qk_terms, key_terms, _ = self._classify(walker.out, reader, node, nb, implicit_qk=(q, k))
+        if qk_terms:
+            raise Declined("attn_mask contains a q.k product")
+        identity = tuple(range(nb + 2))
+        return self._site("sdpa", node, Operand(q, identity), Operand(k, identity),
+                          Operand(v, identity), nb, scale, key_terms, node, identity, None,
+                          reader.notes)
+
+    def _classify(self, scores_info, reader, scores, nb, implicit_qk):
+        """Split the terms into q.k products and key-side terms, check the masks are causal.
+        Returns (qk terms, key terms, band)."""
+        if implicit_qk is None:
+            n_queries, n_keys = g.shape(scores)[-2], g.shape(scores)[-1]
+        else:
+            n_queries, n_keys = g.shape(implicit_qk[0])[-2], g.shape(implicit_qk[1])[-2]
+        rank = nb + 2
+        qk_terms, key_terms, masks = [], [], list(scores_info.masks)
+        extra_bands = []
+        for term in scores_info.terms:
+            shp = g.shape(term.leaf)
+            if shp is None or len(shp) > rank:
+                raise Declined(f"cannot read the shape of {getattr(term.leaf, 'name', term.leaf)}")
+            along_i = len(shp) >= 2 and shp[-2] != 1
+            along_j = len(shp) >= 1 and shp[-1] != 1
+            if along_i and along_j:
+                if g.kind(term.leaf) in _PRODUCTS and g.rank(term.leaf) == rank:
+                    qk_terms.append(term)
+                    continue
+                band = None
+                if term.coef > 0 and not term.factors:
+                    band = reader.negative_infinity(term.leaf, FINITE_MASK_LIMIT_UNDER_BIAS / term.coef)
+                if band is None:
+                    raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): "
+                                   "not a forget gate")
+                extra_bands.append(band)
+            elif along_j:
+                key_terms.append(term)
+            # query-only and constant terms: softmax is blind to them
+        if any(g.kind(t.leaf) in _PRODUCTS for t in key_terms):
+            raise Declined("a matrix product enters the scores as a key-only term")
+        bands = []
+        for index, use in enumerate(masks):
+            if use.masked is None:
+                raise Declined(f"mask at {g.location(use.node)} not recognised as a function of "
+                               "(i, j) (built from data, or an unsupported construction)")
+            outside = [t for t in qk_terms + key_terms if index not in t.masked_by]
+            limit = FINITE_MASK_LIMIT_UNDER_BIAS if outside else FINITE_MASK_LIMIT
+            if not use.fill <= limit:
+                raise Declined(f"mask fills with {use.fill:g}, not -inf or a large negative number"
+                               + (" (a bias is added after it)" if outside else ""))
+            bands.append(use.masked)
+        bands += extra_bands
+        if not bands:
+            raise Declined("no causal mask: the bias would grow into the future")
+        masked = bands[0]
+        for band in bands[1:]:
+            masked = either(masked, band)
+            if masked is None:
+                raise Declined("the masks together are not one causal mask (a sliding window?)")
+        want = causal(n_queries, n_keys)
+        if not masked.equals(want):
+            raise Declined(f"mask removes {_describe_band(masked)}, not the causal future "
+                           f"{_describe_band(want)}")
+        if not key_terms:
+            raise Declined("no forget-gate bias: plain causal attention, nothing for ACP to prune")
+        return qk_terms, key_terms, masked
+
+    def _check_owned(self, qk_leaf, pv) -> None:
+        """Every node from the q.k product to the value product must serve this site alone."""
+        owned = (nx.descendants(self.flow, qk_leaf) & nx.ancestors(self.flow, pv)) | {qk_leaf}
+        for node in owned:
+            for user in node.users:
+                if user not in owned and user is not pv:
+                    raise Declined(f"the scores/probabilities ({node.name}) are also used by "
+                                   f"{user.name} at {g.location(user)}: the rewrite would have to "
+                                   "keep them")
+
+    def _site(self, spelling, anchor, q, k, v, nb, scale, key_terms, output, out_perm, scores, notes):
+        head_dim = g.shape(q.node)[q.perm[-1]]
+        v_dim = g.shape(v.node)[v.perm[-1]]
+        if not g.same_size(head_dim, v_dim):
+            raise Declined(f"value head dim {v_dim} differs from the q/k head dim {head_dim}")
+        device = g.value(q.node).device
+        if device.type == "cuda" and not (MIN_HEAD_DIM <= int(head_dim) <= MAX_HEAD_DIM):
+            raise Declined(f"head dim {head_dim} is outside the kernels' {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
+        directions = []
+        for term in key_terms:
+            s = 1 if term.coef > 0 else (-1 if term.coef < 0 else 0)
+            for factor, _power in term.factors:
+                fs = sign(factor)
+                s = None if fs is None or s is None else s * fs
+            d = direction(term.leaf, -1)
+            directions.append(None if s is None or d is None else s * d)
+        decay = decay_verdict(directions)
+        shapes = {name: tuple(g.shape(x.node)[d] for d in x.perm)
+                  for name, x in (("q", q), ("k", k), ("v", v))}
+        if scores is not None:
+            shapes["scores"] = g.shape(scores)
+        return Site(kind=spelling, location=g.location(anchor), module=g.module_path(anchor),
+                    decay=decay, q=q, k=k, v=v, batch_dims=nb, scale=float(scale),
+                    key_terms=[KeyTerm(t.coef, t.factors, t.leaf) for t in key_terms],
+                    output=output, out_perm=out_perm, shapes=shapes, notes=list(notes))
+
+
+def _describe(node) -> str:
+    if not isinstance(node, fx.Node):
+        return repr(node)
+    return f"{node.name} = {getattr(node.target, '__name__', node.target)}(...)"
+
+
+def _describe_band(band: Band) -> str:
+    if band.side == "all":
+        return "every position"
+    if band.side == "none":
+        return "nothing"
+    rel = ">=" if band.side == "ge" else "<="
+    return f"keys j with j - i {rel} {band.bound}"

@@ -1,0 +1,40 @@
+"""Backend options: foxcompile's own live under "fox."; everything else goes to Inductor."""
+from dataclasses import dataclass, field
+
+from .kernels.plan import DEFAULT_EPSILON
+
+COMPILERS = ("inductor", "aot_eager", "eager")
+PREFIX = "fox."
+
+
+@dataclass
+class FoxOptions:
+    epsilon: float = DEFAULT_EPSILON   # "fox.epsilon": pruning tolerance (0 turns pruning off)
+    debug: bool | str = False          # "fox.debug": True logs to stderr; a path also dumps files
+    compiler: str = "inductor"         # "fox.compiler": what runs the rewritten graph
+    inductor: dict = field(default_factory=dict)  # every other option, for Inductor
+
+    @classmethod
+    def parse(cls, options: dict | None) -> "FoxOptions":
+        parsed = cls()
+        for key, val in (options or {}).items():
+            if not key.startswith(PREFIX):
+                parsed.inductor[key] = val
+                continue
+            name = key[len(PREFIX):]
+            if name == "epsilon":
+                if not isinstance(val, (int, float)) or not 0.0 <= val < 1.0:
+                    raise ValueError(f'"fox.epsilon" must be a number in [0, 1), got {val!r}')
+                parsed.epsilon = float(val)
+            elif name == "debug":
+                if not isinstance(val, (bool, str)):
+                    raise ValueError(f'"fox.debug" must be True/False or a directory, got {val!r}')
+                parsed.debug = val
+            elif name == "compiler":
+                if val not in COMPILERS:
+                    raise ValueError(f'"fox.compiler" must be one of {COMPILERS}, got {val!r}')
+                parsed.compiler = val
+            else:
+                raise ValueError(f"unknown foxcompile option {key!r}; known: "
+                                 '"fox.epsilon", "fox.debug", "fox.compiler"')
+        return parsed
