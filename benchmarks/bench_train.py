@@ -139,8 +139,9 @@ def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus)
     optimizer = train.make_optimizer(model, LR, weight_decay=0.1)
     scheduler = train.make_scheduler(optimizer, 1, args.warmup_steps + args.steps + 1)
     generator = torch.Generator().manual_seed(0)
-    batches = [tuple(t.to(device) for t in train.sample_batch(corpus, batch_size, seq_len, generator))
+    batches = [train.sample_batch(corpus, batch_size, seq_len, generator)
                for _ in range(args.warmup_steps + args.steps)]
+    batches = [(inputs.to(device), targets.to(device)) for inputs, targets in batches]
 
     def run(steps) -> float:
         start = time.perf_counter()
@@ -227,8 +228,9 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"{r['config']:>6} {r['seq_len']:>6} {r['variant']:>14} {r['batch_size']:>5} "
-            f"{number(r.get('tokens_per_s'), ',.0f'):>10} {number(r['vs_fox_acp_dense'], '.2f'):>8} "
-            f"{number(r['vs_sdpa'], '.2f'):>8} {number(r.get('skipped_fraction'), '.0%'):>7} "
+            f"{number(r.get('tokens_per_s'), ',.0f'):>10} "
+            f"{number(r['vs_fox_acp_dense'], '.2f'):>8} {number(r['vs_sdpa'], '.2f'):>8} "
+            f"{number(r.get('skipped_fraction'), '.0%'):>7} "
             f"{number(r.get('peak_memory_gb'), '.1f'):>7}  {r['status']}")
     return "\n".join(lines)
 
@@ -277,12 +279,13 @@ def parity_run(config: str, seq_len: int, batch: int, steps: int, epsilon: float
     argv = ["--config", config, "--seq-len", str(seq_len), "--batch-size", str(batch),
             "--steps", str(steps), "--backend", "fox_acp", "--epsilon", repr(epsilon),
             "--seed", str(seed), "--device", args.device, "--dtype", args.dtype,
-            "--eval-every", str(max(1, steps // 10)), "--checkpoint-every", "0", "--out", str(run_dir)]
+            "--eval-every", str(max(1, steps // 10)), "--checkpoint-every", "0",
+            "--out", str(run_dir)]
     train_args = train.parse_args(argv)
     log_path = run_dir / "log.json"
     if log_path.exists():
         log = json.loads(log_path.read_text())
-        if log["summary"] and log["args"] == {**vars(train_args), "out": str(run_dir)}:
+        if log["summary"] and log["args"] == vars(train_args):
             print(f"reusing {run_dir}")
             return log
     return train.train(train_args)
@@ -302,7 +305,8 @@ def loss_parity(args):
     for run in args.parity_runs:
         for seed in args.seeds:
             epsilon = PARITY_RUNS[run]
-            log = parity_run(config, seq_len, batch, steps, epsilon, seed, out / f"{run}_seed{seed}", args)
+            run_dir = out / f"{run}_seed{seed}"
+            log = parity_run(config, seq_len, batch, steps, epsilon, seed, run_dir, args)
             results.append({"run": run, "epsilon": epsilon, "seed": seed,
                             "final_eval_loss": log["summary"]["final_eval_loss"],
                             "evals": log["evals"],
@@ -318,7 +322,8 @@ def loss_parity(args):
     fig.savefig(out / "parity.png", dpi=110)
     plt.close(fig)
     summary = {"config": config, "seq_len": seq_len, "batch_size": batch, "steps": steps,
-               "tokens": steps * batch * seq_len, "device": train.device_name(torch.device(args.device)),
+               "tokens": steps * batch * seq_len,
+               "device": train.device_name(torch.device(args.device)),
                "versions": train.versions(), "runs": results}
     train.write_json(out / "parity.json", summary)
     for r in results:
@@ -338,8 +343,8 @@ def parse_args(argv=None):
                         default=["125m", "760m"], help="model sizes")
     parser.add_argument("--seq-lens", "--seq-len", nargs="+", type=int, default=[4096, 16384],
                         help="sequence lengths (tokens)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS),
-                        help="what to measure (see the module docstring)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=list(DEFAULT_VARIANTS), help="what to measure (module docstring)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="fixed batch size (default: search down from a card-filling start)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps (compilation)")
@@ -351,16 +356,17 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=sorted(train.DTYPES), default=None,
                         help="autocast dtype; default bf16 on cuda, fp32 on cpu")
     parser.add_argument("--gate-init", choices=("decay", "zero"), default="decay",
-                        help="forget-gate biases: decay times over [2, 512] tokens, or the zero init")
+                        help="forget-gate biases: decay times over [2, 512] tokens, or zero")
     parser.add_argument("--sdpa-backend", choices=sorted(SDPA_BACKENDS), default="cudnn",
                         help="SDPA backend of the sdpa variant on CUDA")
     parser.add_argument("--out", default="runs/bench_train.json",
-                        help="results JSON (merged); --loss-parity writes into its stem as a directory")
+                        help="results JSON (merged); --loss-parity writes into its stem")
     parser.add_argument("--loss-parity", action="store_true",
-                        help="instead of throughput: train with and without pruning and compare losses")
+                        help="instead of throughput: compare losses with and without pruning")
     parser.add_argument("--parity-tokens", type=int, default=2**26, help="tokens per parity run")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="parity seeds")
-    parser.add_argument("--parity-runs", nargs="+", choices=list(PARITY_RUNS), default=list(PARITY_RUNS),
+    parser.add_argument("--parity-runs", nargs="+", choices=list(PARITY_RUNS),
+                        default=list(PARITY_RUNS),
                         help="which parity runs (pruned: eps = e^-10, dense: eps = 0)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not cuda:

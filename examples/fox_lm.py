@@ -50,9 +50,8 @@ class FoXConfig:
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.heads * self.head_dim != self.hidden:
-            raise ValueError(
-                f"heads * head_dim must equal hidden: {self.heads} * {self.head_dim} != {self.hidden}"
-            )
+            raise ValueError(f"heads * head_dim must equal hidden: "
+                             f"{self.heads} * {self.head_dim} != {self.hidden}")
 
 
 def swiglu_hidden(hidden: int, multiple_of: int = 256) -> int:
@@ -60,11 +59,16 @@ def swiglu_hidden(hidden: int, multiple_of: int = 256) -> int:
     return multiple_of * math.ceil(int(8 * hidden / 3) / multiple_of)
 
 
+def _config(hidden: int, layers: int, heads: int, head_dim: int = 64) -> FoXConfig:
+    return FoXConfig(hidden=hidden, layers=layers, heads=heads, head_dim=head_dim,
+                     mlp_hidden=swiglu_hidden(hidden))
+
+
 CONFIGS = {
     "tiny": FoXConfig(hidden=128, layers=2, heads=4, head_dim=32, mlp_hidden=384),
-    "125m": FoXConfig(hidden=768, layers=12, heads=12, head_dim=64, mlp_hidden=swiglu_hidden(768)),
-    "360m": FoXConfig(hidden=1024, layers=24, heads=16, head_dim=64, mlp_hidden=swiglu_hidden(1024)),
-    "760m": FoXConfig(hidden=1536, layers=24, heads=24, head_dim=64, mlp_hidden=swiglu_hidden(1536)),
+    "125m": _config(768, 12, 12),
+    "360m": _config(1024, 24, 16),
+    "760m": _config(1536, 24, 24),
 }
 
 
@@ -91,7 +95,9 @@ class FoXAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, hidden, bias=False)
         self.v_proj = nn.Linear(hidden, hidden, bias=False)
         self.o_proj = nn.Linear(hidden, hidden, bias=False)
-        self.fgate = nn.Linear(hidden, config.heads, bias=True) if config.attention == "fox" else None
+        self.fgate = None
+        if config.attention == "fox":
+            self.fgate = nn.Linear(hidden, config.heads, bias=True)
         if config.pro:
             self.shift_gate = nn.Linear(hidden, 2 * config.heads, bias=True)
             self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
@@ -120,7 +126,10 @@ class FoXAttention(nn.Module):
         return q, k, v, log_f
 
     def attend(self, q, k, v, log_f):
-        """Causal attention. q, k, v: (B, H, T, D); log_f: (B, H, T) fp32 or None -> (B, H, T, D)."""
+        """Causal attention -> (B, H, T, D).
+
+        q, k, v: (B, H, T, D); log_f: (B, H, T) fp32, or None for attention="sdpa".
+        """
         if log_f is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         lam = torch.cumsum(log_f, dim=-1)

@@ -43,7 +43,9 @@ from fox_lm import CONFIGS, build_model  # noqa: E402
 
 BACKENDS = ("fox_acp", "inductor", "eager")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-DEFAULT_EPSILON = math.exp(-10)  # the ACP paper's default tolerance
+# The ACP paper's default tolerance (foxcompile.DEFAULT_EPSILON too; repeated here so that the
+# eager and Inductor paths and the boundary analysis run without foxcompile).
+DEFAULT_EPSILON = math.exp(-10)
 EVAL_PER_MILLE = 20  # files whose path hash mod 1000 is below this go to the eval split
 EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 BETAS = (0.9, 0.95)
@@ -191,7 +193,8 @@ def evaluate(model, batches, device: torch.device, dtype: torch.dtype) -> float:
     return torch.stack(losses).mean().item()
 
 
-def pruning_snapshot(model, inputs: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> dict:
+def pruning_snapshot(model, inputs: torch.Tensor, targets: torch.Tensor,
+                     dtype: torch.dtype) -> dict:
     """What fox_acp skipped in one forward (in the caller's grad mode, so that a compiled model
     reuses the graph it already has): overall and per call site and head."""
     foxcompile = import_foxcompile()
@@ -208,10 +211,10 @@ def capture_attention_inputs(model, tokens: torch.Tensor, dtype: torch.dtype) ->
     """(q, k, v, log_f) entering each layer's attention, from one eager forward of the
     uncompiled model (forward pre-hooks on the attention modules). tokens: (B, T)."""
     captured = []
-    hooks = [
-        block.attn.register_forward_pre_hook(lambda module, args: captured.append(module.project(*args)))
-        for block in model.blocks
-    ]
+    def capture(module, args):
+        captured.append(module.project(*args))
+
+    hooks = [block.attn.register_forward_pre_hook(capture) for block in model.blocks]
     try:
         with autocast(tokens.device, dtype):
             model(tokens)
@@ -222,7 +225,8 @@ def capture_attention_inputs(model, tokens: torch.Tensor, dtype: torch.dtype) ->
 
 
 def acp_threshold(q: torch.Tensor, k: torch.Tensor, scale: float, epsilon: float) -> torch.Tensor:
-    """delta = min(log(eps) - 2U - log(N), 0) with U = scale max||q|| max||k||.
+    """delta = min(log(eps) - 2U - log(N), 0) with U = scale max||q|| max||k|| (acp.md), the
+    element-level rule on the eager tensors; foxcompile's kernels apply it per tile.
 
     q, k: (H, T, D) of one sequence -> (H,) fp32.
     """
@@ -266,14 +270,16 @@ def plot_pruning_boundary(model, tokens: torch.Tensor, epsilon: float, dtype: to
     extent = (0, T, T, 0)
     for col, layer in enumerate(layers):
         D, delta, prunable = prunable_pairs(captured[layer], grid, scale, epsilon)
-        for row, head in enumerate((int(fractions[layer].argmax()), int(fractions[layer].argmin()))):
+        most_and_least = (int(fractions[layer].argmax()), int(fractions[layer].argmin()))
+        for row, head in enumerate(most_and_least):
             ax = axes[row, col]
             # colours saturate at 2 delta so that the band around the boundary stays readable
             image = ax.imshow(np.ma.masked_where(~causal.numpy(), D[head].numpy()), cmap="viridis",
                               vmin=2 * float(delta[head]), vmax=0, extent=extent,
                               interpolation="nearest")
             ax.imshow(np.ma.masked_where(~prunable[head].numpy(), np.ones(causal.shape)),
-                      cmap="gray", vmin=0, vmax=1, alpha=0.6, extent=extent, interpolation="nearest")
+                      cmap="gray", vmin=0, vmax=1, alpha=0.6, extent=extent,
+                      interpolation="nearest")
             ax.contour(grid.numpy(), grid.numpy(), prunable[head].numpy().astype(float),
                        levels=[0.5], colors="red", linewidths=1)
             ax.set_title(f"layer {layer} head {head}: {fractions[layer, head]:.0%} prunable, "
@@ -307,7 +313,8 @@ def plot_losses(log: dict, path: Path):
     steps, means, window = smoothed_losses(log)
     ax.plot(steps, means, label=f"train (running mean of {window} steps)")
     if log["evals"]:
-        ax.plot([e["step"] for e in log["evals"]], [e["loss"] for e in log["evals"]], "o-", label="eval")
+        ax.plot([e["step"] for e in log["evals"]], [e["loss"] for e in log["evals"]], "o-",
+                label="eval")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per byte)")
     ax.set_title(f"{log['args']['config']}{' pro' if log['args']['pro'] else ''}, "
@@ -334,8 +341,8 @@ def plot_pruning_heatmap(snapshot: dict, path: Path):
     ax.set_yticks(range(len(sites)), [site_label(i, s["site"]) for i, s in enumerate(sites)],
                   fontsize=7)
     ax.set_xlabel("head")
-    ax.set_title(f"skipped tiles at step {snapshot['step']} "
-                 f"(attention FLOPs skipped overall: {snapshot['skipped_fraction']:.0%})", fontsize=9)
+    ax.set_title(f"skipped tiles at step {snapshot['step']} (attention FLOPs skipped overall: "
+                 f"{snapshot['skipped_fraction']:.0%})", fontsize=9)
     fig.colorbar(image, ax=ax, label="fraction of causal tiles skipped")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -378,7 +385,8 @@ def versions() -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return {"torch": torch.__version__, "triton": triton_version, "python": platform.python_version()}
+    return {"torch": torch.__version__, "triton": triton_version,
+            "python": platform.python_version()}
 
 
 def write_json(path: Path, data: dict):
@@ -413,7 +421,7 @@ def train(args: argparse.Namespace) -> dict:
     track_pruning = args.backend == "fox_acp" and args.attention == "fox"
 
     log = {
-        "args": {**vars(args), "out": str(out)},
+        "args": dict(vars(args)),
         "config": asdict(model.config),
         "parameters": sum(p.numel() for p in model.parameters()),
         "versions": versions(),

@@ -13,7 +13,16 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import fox_lm  # noqa: E402
-import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def train():
+    """examples/train.py, whose plots and progress bar need the `examples` extra."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("tqdm")
+    import train as module
+
+    return module
 
 
 @pytest.mark.parametrize("name, nominal", [("125m", 125e6), ("360m", 360e6), ("760m", 760e6)])
@@ -100,7 +109,8 @@ def test_sdpa_variant_is_forgetting_attention_without_forgetting():
     torch.manual_seed(0)
     layer = fox_lm.FoXAttention(fox_lm.CONFIGS["tiny"])
     q, k, v = (torch.randn(1, 4, 16, 32) for _ in range(3))
-    torch.testing.assert_close(layer.attend(q, k, v, None), layer.attend(q, k, v, torch.zeros(1, 4, 16)))
+    no_forgetting = torch.zeros(1, 4, 16)
+    torch.testing.assert_close(layer.attend(q, k, v, None), layer.attend(q, k, v, no_forgetting))
 
 
 def test_kv_shift_mixes_each_step_with_the_previous_one():
@@ -113,7 +123,7 @@ def test_kv_shift_mixes_each_step_with_the_previous_one():
         torch.testing.assert_close(shifted[:, :, t], want)
 
 
-def test_corpus_leaves_out_installed_packages(tmp_path):
+def test_corpus_leaves_out_installed_packages(tmp_path, train):
     for name in ("a.py", "pkg/b.py", "site-packages/c.py", "pkg/dist-packages/d.py",
                  "__pycache__/e.py", "notes.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +131,7 @@ def test_corpus_leaves_out_installed_packages(tmp_path):
     assert train.stdlib_files(tmp_path) == ["a.py", "pkg/b.py"]
 
 
-def test_corpus_split_is_deterministic_and_disjoint():
+def test_corpus_split_is_deterministic_and_disjoint(train):
     root = train.stdlib_root()
     split = train.split_files(root)
     assert split == train.split_files(root)
@@ -133,7 +143,7 @@ def test_corpus_split_is_deterministic_and_disjoint():
     assert len(corpus["eval"]) == sum((root / f).stat().st_size for f in split["eval"])
 
 
-def test_eval_batches_do_not_depend_on_the_seed():
+def test_eval_batches_do_not_depend_on_the_seed(train):
     data = torch.arange(1000) % 256
     first = train.eval_batches(data, batch_size=2, seq_len=16, count=3)
     assert len(first) == 3 and first[0][0].shape == (2, 16)
@@ -142,7 +152,7 @@ def test_eval_batches_do_not_depend_on_the_seed():
         assert torch.equal(x1[:, 1:], y1[:, :-1])
 
 
-def test_schedule_warms_up_then_decays_to_the_floor():
+def test_schedule_warms_up_then_decays_to_the_floor(train):
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = train.make_scheduler(optimizer, warmup_steps=4, total_steps=20)
     lrs = []
@@ -155,6 +165,7 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert math.isclose(scheduler.get_last_lr()[0], train.MIN_LR_RATIO)
 
 
+@pytest.mark.usefixtures("train")  # the scripts need the same packages
 def test_train_script_runs_eagerly_and_writes_its_log(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, str(EXAMPLES / "train.py"), "--config", "tiny", "--steps", "3",
@@ -176,13 +187,13 @@ def test_train_script_runs_eagerly_and_writes_its_log(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [(["--steps", "0"], "--steps must be at least 1"),
                                            (["--epsilon", "2"], "--epsilon must be in [0, 1)")])
-def test_train_rejects_bad_options(argv, message, capsys):
+def test_train_rejects_bad_options(argv, message, capsys, train):
     with pytest.raises(SystemExit):
         train.parse_args(argv + ["--device", "cpu"])
     assert message in capsys.readouterr().err
 
 
-def test_pruning_plots_read_the_pruning_stats_contract(tmp_path):
+def test_pruning_plots_read_the_pruning_stats_contract(tmp_path, train):
     def site(index, fraction):
         return {"site": f'File "fox_lm.py", line {110 + index}, in attend\n    scores = q @ k',
                 "heads": 4, "skipped_tile_fraction": [fraction] * 4,
@@ -196,6 +207,7 @@ def test_pruning_plots_read_the_pruning_stats_contract(tmp_path):
     assert (tmp_path / "over_training.png").stat().st_size > 0
 
 
+@pytest.mark.usefixtures("train")  # the scripts need the same packages
 def test_bench_train_smoke(tmp_path):
     out = tmp_path / "bench.json"
     command = [sys.executable, str(EXAMPLES.parent / "benchmarks" / "bench_train.py"),
