@@ -251,14 +251,14 @@ def register_report():
 
 SWEEP = {
     64: {
-        "fwd": [(128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 4, 2)],
-        "dq": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 4), (128, 64, 8, 2), (128, 128, 8, 2)],
-        "dkdv": [(128, 64, 8, 3), (128, 32, 4, 4), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
+        "fwd": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 8, 4)],
+        "dq": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4)],
+        "dkdv": [(64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4), (64, 64, 8, 3), (64, 128, 4, 2)],
     },
     128: {
-        "fwd": [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 32, 4, 3)],
-        "dq": [(128, 64, 8, 2), (128, 32, 8, 3), (128, 64, 8, 3), (128, 32, 4, 3)],
-        "dkdv": [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3)],
+        "fwd": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 4), (64, 64, 4, 3)],
+        "dq": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 4), (64, 64, 4, 3)],
+        "dkdv": [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 4)],
     },
 }
 SWEEP_SHAPES = {64: "B2-T16384-H24-D64", 128: "B1-T16384-H16-D128"}
@@ -312,6 +312,32 @@ def sweep(args):
     return results
 
 
+def profile_plan(shape="B2-T16384-H24-D64"):
+    """GPU time of the ACP plan (threshold + start blocks) and of end_blocks, and where it goes."""
+    batch, seq, heads, head_dim = parse_shape(shape)
+    q, k, v, log_f, lam = syn70(batch, seq, heads, head_dim)
+    qh, kh = q.transpose(1, 2), k.transpose(1, 2)
+    scale = head_dim ** -0.5
+    lam_t = log_f.cumsum(1).transpose(1, 2)        # the op's strided (B, H, T) view
+    out = {}
+    for name, lam_in, prune in (("proven", lam, plan_mod.PRUNE_PROVEN),
+                                ("guarded", lam, plan_mod.PRUNE_GUARDED),
+                                ("guarded, strided lam", lam_t, plan_mod.PRUNE_GUARDED)):
+        fn = lambda: plan_mod.make_plan(qh, kh, lam_in, scale, EPSILON, prune)  # noqa: E731
+        fn()
+        out[name] = bench(fn)
+    plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, plan_mod.PRUNE_PROVEN)
+    out["end_blocks"] = bench(lambda: plan_mod.end_blocks(plan.start, seq, plan.block_n))
+    print(f"plan ms at {shape}: {out}", flush=True)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            plan_mod.make_plan(qh, kh, lam, scale, EPSILON, plan_mod.PRUNE_GUARDED)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 
 def main():
@@ -319,10 +345,14 @@ def main():
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--json", default=None)
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--profile-plan", action="store_true")
     parser.add_argument("--configs", default=None, help="a sweep's JSON: time with its best configs")
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out (e.g. flex,fla)")
     args = parser.parse_args()
 
+    if args.profile_plan:
+        profile_plan()
+        return
     if args.sweep:
         results = sweep(args)
         if args.json:

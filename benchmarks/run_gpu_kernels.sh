@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
 #
-#   bash benchmarks/run_gpu_kernels.sh [tests] [sweep] [bench] [regs]    (default: tests bench)
+#   bash benchmarks/run_gpu_kernels.sh [tests] [plan] [sweep] [bench]    (default: tests bench)
 #
-# Writes under $OUT (default ./out): env.txt, tests.log, sweep.json/sweep.log, bench.json/bench.log,
-# and cache.tgz (Triton + Inductor caches, to carry into the next call as .tcache).
+# Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
+# bench.json/bench.log,
+# Triton and Inductor caches go to .tcache/ (git-ignored), kept while the machine stays warm.
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
 set -u
@@ -36,6 +37,10 @@ for step in $steps; do
       timeout 330 $PY -m pytest -q -m gpu -p no:cacheprovider -n "$workers" --timeout 240 \
         tests/test_kernels.py -rf 2>&1 | tee "$OUT/tests.log" | tail -25
       ;;
+    plan)
+      stamp "plan profile"
+      timeout 120 $PY benchmarks/bench_attention.py --profile-plan 2>&1 | tee "$OUT/plan.log" | grep "plan ms"
+      ;;
     sweep)
       stamp "launch-config sweep"
       timeout 330 $PY benchmarks/bench_attention.py --sweep --json "$OUT/sweep.json" 2>&1 \
@@ -53,7 +58,5 @@ for step in $steps; do
       ;;
   esac
 done
-stamp "packing caches"
-tar czf "$OUT/cache.tgz" -C .tcache . 2>/dev/null
 ls -la "$OUT"
 stamp "done"

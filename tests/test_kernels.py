@@ -86,11 +86,13 @@ def alloc_like(x, layout):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def rel(x, ref):
+def rel(x, ref, floor=0.0):
+    """||x - ref|| / max(||ref||, floor): floor keeps a gradient that vanishes analytically
+    (T = 1: dS = 0) from turning rounding into an infinite relative error."""
     x = x.double()
     ref = ref.double()
     assert torch.isfinite(x).all(), "non-finite values"
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    return ((x - ref).norm() / max(ref.norm().item(), floor, 1e-30)).item()
 
 
 def naive_grads(q, k, v, lam, grad_out, scale):
@@ -137,7 +139,12 @@ def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dt
 
     tol = tol or TOL[dtype]
     ref = naive_grads(q, k, v, lam, grad_out, scale)
-    errors = {name: rel(x, r) for name, x, r in
+    # Scale of the gradients that can vanish: dv = P^T dO never does; per element, as rms.
+    dv_rms = ref[3].norm().item() / math.sqrt(ref[3].numel())
+    floors = {"dq": 0.05 * dv_rms * math.sqrt(dq.numel()),
+              "dk": 0.05 * dv_rms * math.sqrt(dk.numel()),
+              "dlam": 0.05 * dv_rms * math.sqrt(dlam.numel())}
+    errors = {name: rel(x, r, floors.get(name, 0.0)) for name, x, r in
               zip(("out", "dq", "dk", "dv", "dlam"), (out, dq, dk, dv, dlam),
                   (ref[0], ref[1], ref[2], ref[3], ref[4]))}
     # lse against float64 (natural log)
@@ -162,7 +169,7 @@ def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dt
         rdlam = reference.backward(grad_out.double(), q64, k64, v64, lam64, ref_out, ref_lse, plan,
                                    scale, rdq, rdk, rdv)
         for name, x, r in (("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv), ("dlam", dlam, rdlam)):
-            err = rel(x, r)
+            err = rel(x, r, floors.get(name, 0.0))
             assert err < tol, f"pruned {name}: relative error {err:.2e} against the reference"
         # ... and (2) within the bound of acp.md of the unpruned definition: each row loses less
         # than eps of its mass, so the output moves by at most 2 eps max ||v_j|| (plus rounding).
@@ -180,7 +187,7 @@ INTERP_CASES = [
     pytest.param(1, 2, 1, 200, 200, 64, torch.float16, "bhtd", 0, 0.0, (2.0, 64.0), id="dense-gqa2-T200"),
     pytest.param(1, 4, 2, 37, 300, 80, torch.float16, "bthd", 0, 0.0, (2.0, 64.0), id="offset-d80-bthd"),
     pytest.param(1, 2, 2, 1, 130, 16, torch.float32, "bhtd", 0, 0.0, (2.0, 64.0), id="decode-d16-fp32"),
-    pytest.param(1, 1, 1, 1, 1, 32, torch.float16, "bhtd", 0, 0.0, (2.0, 64.0), id="T1"),
+    pytest.param(2, 2, 2, 1, 1, 32, torch.float16, "bhtd", 0, 0.0, (2.0, 64.0), id="T1"),
     pytest.param(1, 4, 1, 260, 260, 96, torch.bfloat16, "bthd", 1, 1e-3, (1.0, 4.0), id="pruned-gqa4-d96-bf16"),
     pytest.param(1, 2, 1, 100, 400, 32, torch.float16, "bhtd", 1, 1e-3, (1.0, 8.0), id="pruned-offset"),
 ]

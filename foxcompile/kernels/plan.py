@@ -53,7 +53,7 @@ def num_blocks(length, block: int):
 
 
 def threshold(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
-              epsilon: float, prune: int) -> torch.Tensor:
+              epsilon: float, prune: int, v: torch.Tensor | None = None) -> torch.Tensor:
     """delta per (b, h) as lam's dtype, shape (B, Hq); -inf where the guard turns pruning off.
     Call only with pruning on (prune != PRUNE_OFF, epsilon > 0)."""
     q_heads = q.shape[1]
@@ -63,6 +63,10 @@ def threshold(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
     k_norm = torch.linalg.vector_norm(k, dim=-1, dtype=acc).amax(dim=-1)          # (B, Hk)
     k_norm = k_norm.repeat_interleave(q_heads // k.shape[1], dim=1)               # (B, Hq)
     bound = abs(scale) * q_norm * k_norm
+    if v is not None:
+        # a NaN or inf value must reach every row that attends to it, as in eager: no pruning
+        v_finite = torch.isfinite(torch.linalg.vector_norm(v, dim=-1, dtype=acc).amax(dim=-1))
+        bound = torch.where(v_finite.repeat_interleave(q_heads // v.shape[1], dim=1), bound, math.inf)
     n_keys = lam.shape[-1]
     delta = (math.log(epsilon) - math.log(n_keys) - 2.0 * bound).clamp(max=0.0)
     rise = largest_rise(lam)                                                      # (B, Hq), >= 0
@@ -163,12 +167,13 @@ class Plan(NamedTuple):
 
 
 def make_plan(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
-              epsilon: float, prune: int) -> Plan:
+              epsilon: float, prune: int, v: torch.Tensor | None = None) -> Plan:
+    """The pruning plan of one launch; pass v so that a non-finite value turns pruning off."""
     block_m, block_n = tile_sizes(q.shape[-1])
     n_queries = q.shape[2]
     if prune == PRUNE_OFF or epsilon <= 0.0:
         start = torch.zeros(*lam.shape[:2], num_blocks(n_queries, block_m),
                             dtype=torch.int32, device=lam.device)
         return Plan(block_m, block_n, start)
-    delta = threshold(q, k, lam, scale, epsilon, prune)
+    delta = threshold(q, k, lam, scale, epsilon, prune, v)
     return Plan(block_m, block_n, start_blocks(lam, delta, n_queries, block_m, block_n))

@@ -29,7 +29,7 @@ import torch
 
 from . import plan as plan_mod
 from .plan import Plan
-from .triton_configs import launch_config
+from .triton_configs import launch_config, smaller
 
 LOG2E = 1.4426950408889634
 MIN_HEAD_DIM = 16
@@ -141,6 +141,28 @@ def _device_guard(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
+_fallbacks: dict = {}
+
+
+def _launch(kind: str, config, memo, launch):
+    """launch(config); on an out-of-shared-memory compile, retry with smaller pipelines and
+    remember the one that fits (the table and the estimate in triton_configs should make this
+    rare)."""
+    key = (kind, config, memo)
+    config = _fallbacks.get(key, config)
+    while True:
+        try:
+            return launch(config)
+        except Exception as exc:  # triton.runtime.errors.OutOfResources, without importing it
+            if type(exc).__name__ != "OutOfResources":
+                raise
+            reduced = smaller(kind, config)
+            if reduced is None:
+                raise
+            config = reduced
+            _fallbacks[key] = config
+
+
 def _f32(lam: torch.Tensor) -> torch.Tensor:
     return lam if lam.dtype == torch.float32 else lam.float()
 
@@ -155,12 +177,14 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.
     interpret = _mode(q)
     kern = _kernels(interpret)
     d_pad = _d_pad(head_dim)
-    block_m, block_n, warps, stages = launch_config(
-        "fwd", d_pad, plan.block_m, plan.block_n, _capability(q.device), interpret)
+    config = launch_config("fwd", d_pad, plan.block_m, plan.block_n, _capability(q.device),
+                           interpret, q.element_size())
     lam = _f32(lam)
     start = plan.start
-    grid = (triton_cdiv(n_queries, block_m) * batch * q_heads,)
-    with _device_guard(q):
+
+    def launch(config):
+        block_m, block_n, warps, stages = config
+        grid = (triton_cdiv(n_queries, block_m) * batch * q_heads,)
         kern._fwd_kernel[grid](
             q, k, v, lam, out, lse, start,
             *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *out.stride(), *lse.stride(),
@@ -170,6 +194,9 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.
             GRID_M=plan.block_m, GRID_N=plan.block_n,
             CAST_F32=interpret, DOT_PREC=_dot_precision(q.dtype, interpret),
             num_warps=warps, num_stages=stages)
+
+    with _device_guard(q):
+        _launch("fwd", config, (d_pad, q.dtype, q.device), launch)
     return lse
 
 
@@ -203,27 +230,33 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             out, grad_out, delta, *out.stride(), *grad_out.stride(), q_heads, n_queries,
             HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=rows, num_warps=4)
 
-        block_n, block_m, warps, stages = launch_config(
-            "dkdv", d_pad, plan.block_m, plan.block_n, cap, interpret)
-        kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
-            q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end,
-            *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
-            *lse.stride(), *dk.stride(), *dv.stride(), *dlam.stride(), *end.stride(),
-            kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
-            HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
-            GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
-            CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
+        def launch_dkdv(config):
+            block_n, block_m, warps, stages = config
+            kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
+                q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end,
+                *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
+                *lse.stride(), *dk.stride(), *dv.stride(), *dlam.stride(), *end.stride(),
+                kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
+                HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
+                GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
+                CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
 
-        block_m, block_n, warps, stages = launch_config(
-            "dq", d_pad, plan.block_m, plan.block_n, cap, interpret)
-        kern._dq_kernel[(triton_cdiv(n_queries, block_m) * batch * q_heads,)](
-            q, k, v, lam, grad_out, lse, delta, dq, plan.start,
-            *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
-            *lse.stride(), *dq.stride(), *plan.start.stride(),
-            q_heads, group, n_queries, n_keys, qk_scale, float(scale),
-            HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
-            GRID_M=plan.block_m, GRID_N=plan.block_n,
-            CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
+        def launch_dq(config):
+            block_m, block_n, warps, stages = config
+            kern._dq_kernel[(triton_cdiv(n_queries, block_m) * batch * q_heads,)](
+                q, k, v, lam, grad_out, lse, delta, dq, plan.start,
+                *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
+                *lse.stride(), *dq.stride(), *plan.start.stride(),
+                q_heads, group, n_queries, n_keys, qk_scale, float(scale),
+                HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
+                GRID_M=plan.block_m, GRID_N=plan.block_n,
+                CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
+
+        memo = (d_pad, q.dtype, q.device)
+        for kind, launch in (("dkdv", launch_dkdv), ("dq", launch_dq)):
+            config = launch_config(kind, d_pad, plan.block_m, plan.block_n, cap, interpret,
+                                   q.element_size())
+            _launch(kind, config, memo, launch)
     return dlam
 
 
