@@ -19,8 +19,8 @@ log-spaced over [2, 512] tokens (the SYN70 gates of shared/bench/anchors.md); at
     python benchmarks/bench_train.py --loss-parity    # 125m with and without pruning, 2 seeds
     python benchmarks/bench_train.py --device cpu --config tiny --seq-len 64 --steps 2
 
-Results are merged into --out (rows of the same config, seq len and variant are replaced) and
-written after every variant, so a run cut short keeps what it measured.
+Results are merged into --out (rows of the same card, config, seq len and variant are replaced)
+and written after every variant, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus) -> dict:
-    """Train `variant` for warmup + timed steps; tokens/s of the timed steps, with CUDA synced."""
+    """Train variant `name` for warmup + timed steps: tokens/s of the timed steps (synchronised),
+    warmup time (compilation), peak memory and, for fox_acp, the skipped FLOP fraction."""
     variant, device, dtype = VARIANTS[name], torch.device(args.device), train.DTYPES[args.dtype]
     torch.manual_seed(0)
     with device:
@@ -172,7 +173,8 @@ def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus)
 
 def measure_safely(name, config, seq_len, batch_size, args, corpus) -> dict:
     """measure(), with OOM and other failures turned into a status; memory released after."""
-    key = {"config": config, "seq_len": seq_len, "variant": name, "batch_size": batch_size}
+    key = {"device": train.device_name(torch.device(args.device)), "config": config,
+           "seq_len": seq_len, "variant": name, "batch_size": batch_size}
     try:
         row = {**key, **measure(name, config, seq_len, batch_size, args, corpus)}
     except Exception as error:  # a failing variant must not lose the others' results
@@ -200,23 +202,25 @@ def fitting_batch(name, config, seq_len, args, corpus) -> tuple[int, dict]:
 # ---------------------------------------------------------------- results
 
 
+def row_key(row: dict, variant: str | None = None) -> tuple:
+    return row["device"], row["config"], row["seq_len"], variant or row["variant"]
+
+
 def add_ratios(rows: list[dict]):
-    """tokens/s relative to fox_acp_dense and to sdpa of the same config and seq len."""
-    speed = {(r["config"], r["seq_len"], r["variant"]): r["tokens_per_s"]
-             for r in rows if r["status"] == "ok"}
+    """tokens/s relative to fox_acp_dense and to sdpa of the same card, config and seq len."""
+    speed = {row_key(r): r["tokens_per_s"] for r in rows if r["status"] == "ok"}
     for row in rows:
         for reference in ("fox_acp_dense", "sdpa"):
-            base = speed.get((row["config"], row["seq_len"], reference))
+            base = speed.get(row_key(row, reference))
             ok = row["status"] == "ok" and base
             row[f"vs_{reference}"] = row["tokens_per_s"] / base if ok else None
 
 
 def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
     """Rows already in `path`, less those that new_rows measure again, plus new_rows."""
-    key = lambda r: (r["config"], r["seq_len"], r["variant"])  # noqa: E731
     old = json.loads(path.read_text())["rows"] if path.exists() else []
-    fresh = {key(r) for r in new_rows}
-    return [r for r in old if key(r) not in fresh] + new_rows
+    fresh = {row_key(r) for r in new_rows}
+    return [r for r in old if row_key(r) not in fresh] + new_rows
 
 
 def format_table(rows: list[dict]) -> str:
@@ -264,9 +268,10 @@ def throughput(args):
                 add_ratios(rows)
                 write_results(out, args, rows)
                 print(format_table([row]).splitlines()[1], flush=True)
-    rows = json.loads(out.read_text())["rows"]
-    print(f"\n{train.device_name(torch.device(args.device))}, torch {torch.__version__}, "
-          f"triton {train.versions()['triton']}\n{format_table(rows)}\nwrote {out}")
+    card = train.device_name(torch.device(args.device))
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["device"] == card]
+    print(f"\n{card}, torch {torch.__version__}, triton {train.versions()['triton']}\n"
+          f"{format_table(rows)}\nwrote {out}")
 
 
 # ---------------------------------------------------------------- loss parity
