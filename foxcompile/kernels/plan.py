@@ -14,8 +14,8 @@ the largest bias of the tile, so every dropped weight is below eps / N.
 Robustness: a parallel cumsum can make lam rise by a few ulps. With R = the largest rise of lam
 (max over s < t of lam_t - lam_s) the true largest bias of a tile is at most the corner value + 2R,
 so using delta - 2R keeps the bound exact for any lam. Under the guard, a rise larger than rounding
-turns pruning off for that (b, h). NaN anywhere in q, k or lam turns pruning off, so NaN stays
-visible exactly as in eager.
+turns pruning off for that (b, h). A NaN or inf anywhere in q, k, v or lam turns pruning off
+for that (b, h), so it stays visible exactly as in eager.
 
 Everything here runs on the tensors' device with no host synchronisation (CUDA-graph safe).
 """

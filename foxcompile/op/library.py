@@ -46,7 +46,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
     batch, q_heads, n_queries, _ = _dims(q, layout)
     qh, kh, vh = _bhtd(q, layout), _bhtd(k, layout), _bhtd(v, layout)
     lam_full = _full_lam(lam, batch, q_heads, _accumulator(q))
-    plan = make_plan(qh, kh, lam_full, scale, epsilon, prune)
+    plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout))
     if stats.recording():

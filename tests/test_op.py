@@ -1,0 +1,210 @@
+"""foxcompile.forgetting_attention and the custom ops: correctness against the fp64 definition,
+gradients, opcheck, input errors, NaN, the guard and the pruning guarantee (CPU engine)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import foxcompile
+from foxcompile.kernels import naive
+from foxcompile.kernels.plan import (PRUNE_GUARDED, PRUNE_OFF, PRUNE_PROVEN, make_plan,
+                                     tile_sizes)
+
+F64 = torch.float64
+
+
+def _inputs(batch, n_queries, n_keys, q_heads, kv_heads, head_dim, layout="bthd", dtype=F64,
+            gate_bias=2.0, seed=0, grad=True):
+    gen = torch.Generator().manual_seed(seed)
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+    if layout == "bthd":
+        q, k, v = rand(batch, n_queries, q_heads, head_dim), rand(batch, n_keys, kv_heads, head_dim), \
+            rand(batch, n_keys, kv_heads, head_dim)
+        gates = F.logsigmoid(rand(batch, n_keys, q_heads).to(F64) + gate_bias).to(dtype)
+    else:
+        q, k, v = rand(batch, q_heads, n_queries, head_dim), rand(batch, kv_heads, n_keys, head_dim), \
+            rand(batch, kv_heads, n_keys, head_dim)
+        gates = F.logsigmoid(rand(batch, q_heads, n_keys).to(F64) + gate_bias).to(dtype)
+    tensors = [q, k, v, gates]
+    if grad:
+        tensors = [t.requires_grad_() for t in tensors]
+    return tensors
+
+
+def _reference(q, k, v, gates, layout="bthd", scale=None):
+    """The fp64 T x T definition, in the same layout as the inputs."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    to_bhtd = (lambda x: x.transpose(1, 2)) if layout == "bthd" else (lambda x: x)
+    lam = torch.cumsum(gates.to(F64), dim=1 if layout == "bthd" else 2)
+    lam = lam.transpose(1, 2) if layout == "bthd" else lam
+    out = naive.forgetting_attention(*(to_bhtd(x.to(F64)) for x in (q, k, v)), lam, scale)
+    return to_bhtd(out)
+
+
+SHAPES = [  # batch, M, N, Hq, Hk, D
+    (2, 37, 37, 4, 2, 16),
+    (1, 1, 1, 2, 2, 8),        # T = 1
+    (1, 1, 90, 3, 1, 12),      # decode: one query against 90 keys, GQA 3
+    (2, 50, 130, 2, 2, 24),    # fewer queries than keys, T not a multiple of a block
+    (1, 200, 200, 2, 1, 20),   # several query blocks, head dim not a power of two
+]
+
+
+@pytest.mark.parametrize("layout", ["bthd", "bhtd"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_definition_with_gradients(shape, layout):
+    q, k, v, gates = _inputs(*shape, layout=layout)
+    out = foxcompile.forgetting_attention(q, k, v, gates, layout=layout)
+    ref = _reference(q, k, v, gates, layout)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert out.is_contiguous() and out.shape == q.shape
+    grad_out = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v, gates), grad_out)
+    want = torch.autograd.grad(ref, (q, k, v, gates), grad_out)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_close_to_fp64(dtype):
+    q, k, v, gates = _inputs(2, 45, 45, 2, 2, 16, dtype=dtype, grad=False)
+    out = foxcompile.forgetting_attention(q, k, v, gates)
+    assert out.dtype == dtype
+    ref = _reference(q, k, v, gates)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    assert (out.to(F64) - ref).norm() / ref.norm() < tol
+
+
+def test_gradcheck_with_pruning_on():
+    q, k, v, gates = _inputs(1, 20, 33, 2, 1, 8, gate_bias=-1.0)
+    assert torch.autograd.gradcheck(
+        lambda *x: foxcompile.forgetting_attention(*x, epsilon=1e-3), (q, k, v, gates))
+
+
+def test_opcheck_contiguous_and_strided():
+    q, k, v, gates = _inputs(2, 20, 30, 4, 2, 8)
+    lam = gates.detach().cumsum(1).transpose(1, 2).requires_grad_()
+    args = (q, k, v, lam, 0.3, 1e-4, PRUNE_GUARDED, "bthd", "test")
+    torch.library.opcheck(torch.ops.foxcompile.attention.default, args)
+    # strided: bhtd tensors viewed as bthd, lam broadcast over the batch
+    qs = torch.randn(2, 4, 20, 8, dtype=F64).transpose(1, 2).requires_grad_()
+    ks = torch.randn(2, 2, 30, 8, dtype=F64).transpose(1, 2).requires_grad_()
+    lam_b = lam.detach()[:1].clone().requires_grad_()
+    torch.library.opcheck(torch.ops.foxcompile.attention.default,
+                          (qs, ks, ks.detach().clone().requires_grad_(), lam_b, 0.3, 1e-4,
+                           PRUNE_PROVEN, "bthd", "test"))
+
+
+def test_direct_op_float32_rejects_nothing_and_matches():
+    q, k, v, gates = _inputs(1, 64, 64, 2, 2, 16, dtype=torch.float32, grad=False)
+    out = foxcompile.forgetting_attention(q, k, v, gates, scale=0.1)
+    ref = _reference(q, k, v, gates, scale=0.1)
+    assert (out.to(F64) - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda q, k, v, g: (q[..., :4], k, v, g), "head dim"),
+    (lambda q, k, v, g: (q, k, v[:, :-1], g), "same shape"),
+    (lambda q, k, v, g: (q.float(), k, v, g), "share a dtype"),
+    (lambda q, k, v, g: (q[:, :, :3], k, v, g[..., :3]), "multiple of"),
+    (lambda q, k, v, g: (q, k, v, g[:, :-1]), "log_fgate must have shape"),
+    (lambda q, k, v, g: (q[0], k, v, g), "4-D"),
+    (lambda q, k, v, g: (q, k, v, g.to(torch.int64)), "floating point"),
+    (lambda q, k, v, g: (q, k, v, g.to("meta")), "one device"),
+    (lambda q, k, v, g: (torch.cat([q, q], 1), k, v, g), "queries <= keys"),
+])
+def test_bad_input_errors(bad, message):
+    q, k, v, gates = _inputs(1, 10, 10, 4, 2, 8, grad=False)
+    with pytest.raises((ValueError, TypeError), match=message):
+        foxcompile.forgetting_attention(*bad(q, k, v, gates))
+    with pytest.raises(ValueError, match="layout"):
+        foxcompile.forgetting_attention(q, k, v, gates, layout="bsd")
+    with pytest.raises(ValueError, match="epsilon"):
+        foxcompile.forgetting_attention(q, k, v, gates, epsilon=-1.0)
+
+
+def test_nan_stays_visible_like_eager():
+    q, k, v, gates = _inputs(1, 300, 300, 2, 2, 8, gate_bias=-3.0, grad=False)
+    q[0, 250, 1, 3] = float("nan")      # one query row of head 1
+    v[0, 20, 0, 0] = float("nan")       # a distant value of head 0 (pruned tiles would hide it)
+    out = foxcompile.forgetting_attention(q, k, v, gates)
+    ref = _reference(q, k, v, gates)
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert out.isnan().any()
+    torch.testing.assert_close(out.nan_to_num(), ref.nan_to_num(), rtol=1e-6, atol=1e-6)
+
+
+def _fast_decay(n=600, heads=2, head_dim=16, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(1, heads, n, head_dim, generator=gen, dtype=F64), dim=-1)
+    k = F.normalize(torch.randn(1, heads, n, head_dim, generator=gen, dtype=F64), dim=-1)
+    v = torch.randn(1, heads, n, head_dim, generator=gen, dtype=F64)
+    lam = F.logsigmoid(torch.randn(1, heads, n, generator=gen, dtype=F64) - 1.0).cumsum(-1)
+    return q, k, v, lam
+
+
+def _run(q, k, v, lam, prune, epsilon=foxcompile.DEFAULT_EPSILON):
+    out, _, start = torch.ops.foxcompile.attention(q, k, v, lam, q.shape[-1] ** -0.5, epsilon,
+                                                   prune, "bhtd", "test")
+    return out, start
+
+
+def test_pruning_guarantee_holds():
+    q, k, v, lam = _fast_decay()
+    pruned, start = _run(q, k, v, lam, PRUNE_PROVEN)
+    dense, dense_start = _run(q, k, v, lam, PRUNE_OFF)
+    assert int(start.sum()) > 0 and int(dense_start.sum()) == 0   # tiles were skipped
+    eps = foxcompile.DEFAULT_EPSILON
+    bound = 2 * eps / (1 - eps) * v.norm(dim=-1).amax()
+    assert (pruned - dense).norm(dim=-1).max() <= bound
+    assert (pruned - dense).abs().max() > 0  # pruning really changed something (tiny)
+
+
+def test_guard_turns_pruning_off_where_lam_rises():
+    q, k, v, lam = _fast_decay()
+    block_n = tile_sizes(q.shape[-1])[1]
+    spiked = lam.clone()
+    spiked[0, 0, block_n - 1::block_n] += 40.0   # upward spikes exactly at tile corners, head 0
+    guarded, start = _run(q, k, v, spiked, PRUNE_GUARDED)
+    assert int(start[0, 0].sum()) == 0 and int(start[0, 1].sum()) > 0
+    scale = q.shape[-1] ** -0.5
+    ref = naive.forgetting_attention(q, k, v, spiked, scale)
+    torch.testing.assert_close(guarded[0, 0], ref[0, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_plan_boundaries_respect_offset_and_terminate():
+    q, k, v, lam = _fast_decay(n=700)
+    for n_queries in (1, 5, 129, 700):
+        plan = make_plan(q[:, :, -n_queries:], k, lam, 0.25, 0.5, PRUNE_PROVEN)  # huge epsilon
+        block_m, block_n = plan.block_m, plan.block_n
+        first_rows = 700 - n_queries + torch.arange(plan.start.shape[-1]) * block_m
+        assert (plan.start.long() <= first_rows // block_n).all()     # never past the diagonal
+        assert (plan.start[..., 1:] >= plan.start[..., :-1]).all()
+
+
+def test_flop_counter_counts_executed_flops():
+    q, k, v, lam = _fast_decay()
+    with FlopCounterMode(display=False) as dense_counter:
+        _run(q, k, v, lam, PRUNE_OFF)
+    with FlopCounterMode(display=False) as pruned_counter:
+        _run(q, k, v, lam, PRUNE_PROVEN)
+    n, d, heads = q.shape[2], q.shape[3], q.shape[1]
+    assert dense_counter.get_total_flops() == 4 * d * heads * n * (n + 1) // 2
+    assert 0 < pruned_counter.get_total_flops() < dense_counter.get_total_flops()
+
+
+def test_pruning_stats_records_sites_and_heads():
+    q, k, v, lam = _fast_decay()
+    _run(q, k, v, lam, PRUNE_PROVEN)   # outside the context: nothing recorded anywhere
+    with foxcompile.pruning_stats() as stats:
+        _run(q, k, v, lam, PRUNE_PROVEN)
+        _run(q, k, v, lam, PRUNE_PROVEN)
+    rows = stats.per_head()
+    assert len(rows) == 1 and rows[0]["site"] == "test" and rows[0]["calls"] == 2
+    assert rows[0]["heads"] == 2 and all(0 < f < 1 for f in rows[0]["skipped_tile_fraction"])
+    assert 0 < stats.skipped_fraction() < 1
+    assert rows[0]["executed_flops"] < rows[0]["dense_flops"]
+    assert "test" in str(stats)
