@@ -524,6 +524,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--epsilon must be in [0, 1)")
     if args.lr <= 0:
         parser.error("--lr must be positive")
+    if args.backend == "fox_acp":
+        try:
+            import_foxcompile()
+        except RuntimeError as error:
+            parser.error(str(error))
     args.out = args.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     return args
 
