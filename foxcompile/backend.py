@@ -15,13 +15,29 @@ _dump_counter = itertools.count()
 
 
 def _buffer_constants(gm: fx.GraphModule, example_inputs) -> dict:
-    """Placeholders that carry module buffers, with their real values (for reading masks)."""
+    """For gm and each nested GraphModule: placeholders that carry module buffers, with their
+    real values (the matcher reads mask buffers). A higher-order op (checkpoint, ...) passes
+    buffers on to its body's placeholders."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    constants = {}
+    constants = {gm: {}}
     for node, example in zip(placeholders, example_inputs):
         if ("_buffers_" in node.name and isinstance(example, torch.Tensor)
                 and not isinstance(example, torch._subclasses.FakeTensor)):
-            constants[node] = example
+            constants[gm][node] = example
+    for module in gm.modules():  # parents come before their bodies
+        known = constants.get(module, {})
+        if not isinstance(module, fx.GraphModule) or not known:
+            continue
+        for node in module.graph.nodes:
+            for position, body_ref in enumerate(node.args):
+                body = getattr(module, body_ref.target, None) if (
+                    isinstance(body_ref, fx.Node) and body_ref.op == "get_attr") else None
+                if not isinstance(body, fx.GraphModule):
+                    continue
+                inner = [n for n in body.graph.nodes if n.op == "placeholder"]
+                passed = node.args[position + 1:]
+                constants.setdefault(body, {}).update(
+                    {p: known[a] for p, a in zip(inner, passed) if isinstance(a, fx.Node) and a in known})
     return constants
 
 
@@ -37,7 +53,7 @@ def rewrite_graphs(gm: fx.GraphModule, example_inputs, options: FoxOptions) -> l
         if not isinstance(module, fx.GraphModule):
             continue
         before = module.code
-        sites, declined = Matcher(module.graph, constants if module is gm else None).find()
+        sites, declined = Matcher(module.graph, constants.get(module)).find()
         for site in sites:
             rewrite(module, site, options.epsilon)
         reports.append(GraphReport(name or "<top>", before, module.code, sites, declined))

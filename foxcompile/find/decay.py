@@ -14,6 +14,10 @@ _SIGN_PRESERVING = {"cast", "identity", "getitem", "unsqueeze", "squeeze", "resh
                     "transpose", "permute", "expand", "repeat_interleave", "attr:mT", "attr:T"}
 
 
+_VIEWS = {"cast", "identity", "expand", "repeat_interleave", "transpose", "attr:mT", "attr:T",
+          "permute", "unsqueeze", "squeeze", "getitem"}
+
+
 def _combine(a, b):
     """Sign of a product."""
     if a is None or b is None:
@@ -173,7 +177,7 @@ def direction(node, axis: int) -> int | None:
         return None
     if k == "cat":
         return _cat_direction(node, axis)
-    source = _source_axis(node, axis) if k is not None else None
+    source = _source_axis(node, axis) if k in _VIEWS else None
     if source is not None:
         return direction(node.args[0], source)
     return None

@@ -7,6 +7,7 @@ remove exactly the keys j > i + P (P = N - M). Then it checks that the T x T int
 to the site alone and decides from the graph whether the gate provably decays. The result is a
 Site to rewrite or a Decline with a reason a user can act on.
 """
+import logging
 import math
 
 import networkx as nx
@@ -19,6 +20,7 @@ from .operands import NotAnOperand, pv_operand, qk_operands
 from .site import Decline, KeyTerm, Operand, Site
 from .terms import FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS, ScoreWalker
 
+log = logging.getLogger("foxcompile")
 _PRODUCTS = ("matmul", "einsum", "baddbmm")
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256  # what the CUDA kernels take; outside, the site is declined
 
@@ -126,6 +128,12 @@ class Matcher:
                 site = self._match(node)
             except Declined as why:
                 declined.append(Decline(g.location(node), g.module_path(node), str(why), node.name))
+                continue
+            except Exception as error:  # never let a matcher bug break a model that runs in eager
+                log.warning("matcher error at %s, site left alone: %r", g.location(node), error)
+                declined.append(Decline(g.location(node), g.module_path(node),
+                                        f"internal matcher error ({error!r}); please report it",
+                                        node.name))
                 continue
             if site is not None:
                 sites.append(site)
