@@ -326,7 +326,7 @@ def plot_losses(log: dict, path: Path):
 
 
 def site_label(index: int, site: str) -> str:
-    """A short name for a pruning_stats call site (whose name is a source line)."""
+    """A short name for a pruning_stats call site (module path and source line)."""
     last_line = site.strip().splitlines()[-1].strip() if site.strip() else "?"
     return f"{index}: {last_line[:40]}"
 
@@ -336,12 +336,13 @@ def plot_pruning_heatmap(snapshot: dict, path: Path):
     every layer is its own call site, the rows are the layers."""
     sites = snapshot["per_head"]
     matrix = np.array([site["skipped_tile_fraction"] for site in sites])
-    fig, ax = plt.subplots(figsize=(4.0 + 0.4 * matrix.shape[1], 1.5 + 0.35 * matrix.shape[0]))
+    fig, ax = plt.subplots(figsize=(6.0 + 0.3 * matrix.shape[1], 2.0 + 0.3 * matrix.shape[0]))
     image = ax.imshow(matrix, cmap="magma", vmin=0, vmax=1, aspect="auto")
     ax.set_yticks(range(len(sites)), [site_label(i, s["site"]) for i, s in enumerate(sites)],
                   fontsize=7)
+    ax.set_xticks(range(matrix.shape[1]))
     ax.set_xlabel("head")
-    ax.set_title(f"skipped tiles at step {snapshot['step']} (attention FLOPs skipped overall: "
+    ax.set_title(f"skipped tiles at step {snapshot['step']}\n(attention FLOPs skipped overall: "
                  f"{snapshot['skipped_fraction']:.0%})", fontsize=9)
     fig.colorbar(image, ax=ax, label="fraction of causal tiles skipped")
     fig.tight_layout()
