@@ -352,3 +352,22 @@ def test_gpu_cuda_graph_capture(cuda_engine):
         for a, b in zip(results[:5], eager[:5]):
             assert torch.equal(a, b)
     assert (results[5] > 0).any(), "the replayed data should prune"
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("head_dim", [16, 64, 80, 128, 256])
+def test_gpu_max_row_norms(cuda_engine, head_dim):
+    """The plan's one-pass norm kernel: equal to vector_norm(...).amax(-1) on strided views,
+    with NaN and inf propagating (they turn pruning off)."""
+    x = torch.randn(2, 1000, 3, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    ref = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).amax(-1)
+    got = cuda_engine.max_row_norms(x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)
+    assert torch.equal(plan_mod.max_norm(x, torch.float32), got)
+    x = x.clone()
+    x[0, 1, 777, 3] = float("nan")
+    x[1, 2, 5, 0] = float("inf")
+    got = cuda_engine.max_row_norms(x)
+    assert torch.isnan(got[0, 1]) and torch.isinf(got[1, 2])
+    assert torch.isfinite(got[0, 0]) and torch.isfinite(got[1, 0])

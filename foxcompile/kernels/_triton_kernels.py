@@ -405,3 +405,26 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
              dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
     tl.store(DV + offs_n[:, None] * stride_yvn + offs_d[None, :] * stride_yvd,
              dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _max_norm_kernel(X, PARTIAL, stride_b, stride_h, stride_t, stride_d, n_heads, n_rows, n_tiles,
+                     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """PARTIAL[bh, tile] = max over the tile's rows of ||x_row|| (float32; NaN and inf kept)."""
+    pid = tl.program_id(0)
+    tile = pid % n_tiles
+    bh = pid // n_tiles
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, D_PAD)
+    x = tl.load(X + b * stride_b + h * stride_h + rows[:, None] * stride_t + cols[None, :] * stride_d,
+                mask=(rows < n_rows)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+    x = x.to(tl.float32)
+    norm = tl.sqrt(_sum_rows(x * x))
+    tl.store(PARTIAL + pid.to(tl.int64), tl.reduce(norm, 0, _max_nan))

@@ -260,6 +260,21 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     return dlam
 
 
+def max_row_norms(x: torch.Tensor) -> torch.Tensor:
+    """max over t of ||x[b, h, t, :]|| in float32, (B, H), for a CUDA tensor (B, H, T, D) of any
+    strides: one pass over x (torch's vector_norm over a short strided last dim runs at a tenth
+    of the memory bandwidth). NaN and inf propagate, as in vector_norm(...).amax(-1)."""
+    batch, heads, rows, head_dim = x.shape
+    block_t = 64
+    tiles = triton_cdiv(rows, block_t)
+    partial = torch.empty((batch, heads, tiles), dtype=torch.float32, device=x.device)
+    with _device_guard(x):
+        _kernels(False)._max_norm_kernel[(batch * heads * tiles,)](
+            x, partial, *x.stride(), heads, rows, tiles,
+            HEAD_DIM=head_dim, D_PAD=_d_pad(head_dim), BLOCK_T=block_t, num_warps=4)
+    return partial.amax(dim=-1)
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
