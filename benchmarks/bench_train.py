@@ -71,6 +71,7 @@ START_TOKENS = {"tiny": 2**12, "125m": 2**17, "360m": 2**16, "760m": 2**15}
 REFERENCE_CARD_BYTES = 80e9
 GATE_DECAY_RANGE = (2.0, 512.0)
 PARITY_RUNS = {"pruned": train.DEFAULT_EPSILON, "dense": 0.0}
+PARITY_STYLES = {"pruned": ("-", "o"), "dense": ("--", "x")}  # train line, eval marker
 LR = 1e-4  # throughput runs only; the value does not matter
 
 
@@ -308,32 +309,40 @@ def loss_parity(args):
     results = []
     fig, ax = plt.subplots(figsize=(8, 5))
     for run in args.parity_runs:
-        for seed in args.seeds:
+        line, marker = PARITY_STYLES[run]
+        for color, seed in enumerate(args.seeds):
             epsilon = PARITY_RUNS[run]
-            run_dir = out / f"{run}_seed{seed}"
-            log = parity_run(config, seq_len, batch, steps, epsilon, seed, run_dir, args)
-            results.append({"run": run, "epsilon": epsilon, "seed": seed,
-                            "final_eval_loss": log["summary"]["final_eval_loss"],
+            log = parity_run(config, seq_len, batch, steps, epsilon, seed,
+                             out / f"{run}_seed{seed}", args)
+            final = log["summary"]["final_eval_loss"]
+            results.append({"run": run, "epsilon": epsilon, "seed": seed, "final_eval_loss": final,
                             "evals": log["evals"],
                             "mean_tokens_per_s": log["summary"]["mean_tokens_per_s"]})
-            line, = ax.plot(*train.smoothed_losses(log)[:2], alpha=0.7, label=f"{run}, seed {seed}")
-            ax.plot([e["step"] for e in log["evals"]], [e["loss"] for e in log["evals"]], "o",
-                    color=line.get_color())
+            ax.plot(*train.smoothed_losses(log)[:2], line, color=f"C{color}", alpha=0.7,
+                    label=f"{run}, seed {seed}: final eval {final:.4f}")
+            ax.plot([e["step"] for e in log["evals"]], [e["loss"] for e in log["evals"]], marker,
+                    color=f"C{color}")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per byte); lines train, dots eval")
+    ax.set_ylabel("loss (nats per byte); lines train, markers eval")
     ax.set_title(f"{config}, T = {seq_len}, batch {batch}, {steps} steps")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "parity.png", dpi=110)
     plt.close(fig)
+    final = {(r["run"], r["seed"]): r["final_eval_loss"] for r in results}
+    difference = {seed: final[("pruned", seed)] - final[("dense", seed)] for seed in args.seeds
+                  if ("pruned", seed) in final and ("dense", seed) in final}
     summary = {"config": config, "seq_len": seq_len, "batch_size": batch, "steps": steps,
                "tokens": steps * batch * seq_len,
                "device": train.device_name(torch.device(args.device)),
-               "versions": train.versions(), "runs": results}
+               "versions": train.versions(), "runs": results,
+               "pruned_minus_dense_final_eval_loss": difference}
     train.write_json(out / "parity.json", summary)
     for r in results:
         print(f"{r['run']:>6} seed {r['seed']}: final eval loss {r['final_eval_loss']:.4f}, "
               f"{r['mean_tokens_per_s']:,.0f} tokens/s")
+    for seed, delta in difference.items():
+        print(f"seed {seed}: pruned - dense final eval loss = {delta:+.4f}")
     print(f"wrote {out / 'parity.json'} and {out / 'parity.png'}")
 
 
