@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
 #
-#   bash benchmarks/run_gpu_kernels.sh [tests] [plan] [sweep] [bench]    (default: tests bench)
+#   bash benchmarks/run_gpu_kernels.sh [tests] [plan] [profile] [sweep] [bench]    (default: tests bench)
 #
 # Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
 # bench.json/bench.log,
@@ -40,6 +40,10 @@ for step in $steps; do
     plan)
       stamp "plan profile"
       timeout 120 $PY benchmarks/bench_attention.py --profile-plan 2>&1 | tee "$OUT/plan.log" | grep "plan ms"
+      ;;
+    profile)
+      stamp "per-kernel profile"
+      timeout 200 $PY benchmarks/profile_kernels.py 2>&1 | tee "$OUT/profile.log" | grep -v Warning
       ;;
     sweep)
       stamp "launch-config sweep"

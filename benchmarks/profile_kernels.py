@@ -1,0 +1,63 @@
+"""Where the time goes: per-kernel CUDA time (torch.profiler) of foxcompile's kernels on SYN70,
+dense and with ACP, and of the autograd op end to end.
+
+    python benchmarks/profile_kernels.py [--shapes B2-T16384-H24-D64,B1-T16384-H16-D128]
+"""
+import argparse
+import os
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_attention import fox_kernels, fox_op, parse_shape, syn70  # noqa: E402
+from foxcompile.kernels import plan as plan_mod  # noqa: E402
+
+
+def kernel_table(fn, reps=5, rows=8):
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
+              or getattr(e, "self_device_time_total", 0) > 0]
+    total = sum(getattr(e, "self_device_time_total", 0) for e in events) / reps / 1e3
+    out = []
+    for e in sorted(events, key=lambda e: -getattr(e, "self_device_time_total", 0))[:rows]:
+        ms = getattr(e, "self_device_time_total", 0) / reps / 1e3
+        out.append(f"    {ms:8.3f} ms  {e.count // reps:3d}x  {e.key[:90]}")
+    return total, out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default="B2-T16384-H24-D64,B1-T16384-H16-D128")
+    args = parser.parse_args()
+    for shape in args.shapes.split(","):
+        batch, seq, heads, head_dim = parse_shape(shape)
+        q, k, v, log_f, lam = syn70(batch, seq, heads, head_dim)
+        cases = [("kernels dense", fox_kernels(q, k, v, lam, plan_mod.PRUNE_OFF)[1]),
+                 ("kernels ACP", fox_kernels(q, k, v, lam, plan_mod.PRUNE_PROVEN)[1])]
+        try:
+            cases.append(("op (autograd, guarded)", fox_op(q, k, v, log_f)[1]))
+        except Exception as exc:  # the op is optional here
+            print(f"{shape} op: {exc!r}")
+        for name, fn in cases:
+            try:
+                total, lines = kernel_table(fn)
+            except Exception as exc:
+                print(f"{shape} {name}: {exc!r}")
+                continue
+            print(f"{shape} {name}: {total:.3f} ms of GPU kernels per forward+backward")
+            print("\n".join(lines), flush=True)
+        del q, k, v, log_f, lam
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
