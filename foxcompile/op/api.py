@@ -64,10 +64,9 @@ def forgetting_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if scale is None:
         scale = q.shape[-1] ** -0.5
     accumulate = torch.float64 if q.dtype == torch.float64 else torch.float32
-    time_dim = 1 if layout == "bthd" else 2
-    lam = torch.cumsum(log_fgate.to(accumulate), dim=time_dim)
-    if layout == "bthd":
-        lam = lam.transpose(1, 2)
+    if layout == "bthd":  # scan along a contiguous last dim: a strided cumsum is ~100x slower
+        log_fgate = log_fgate.transpose(1, 2)
+    lam = torch.cumsum(log_fgate.to(accumulate).contiguous(), dim=-1)   # (B, Hq, N)
     out, _, _ = attention(q, k, v, lam, float(scale), float(epsilon), PRUNE_GUARDED, layout,
                           "forgetting_attention")
     return out
