@@ -81,7 +81,7 @@ def _buffer_band(tensor: torch.Tensor, truth) -> Band | None:
     """Read a constant 2-D mask buffer: is truth(tensor) exactly one side of a diagonal?"""
     if tensor.dim() < 2 or any(s != 1 for s in tensor.shape[:-2]):
         return None
-    held = truth(tensor.reshape(tensor.shape[-2:]))
+    held = truth(tensor.reshape(tensor.shape[-2:])).cpu()
     rows = torch.arange(held.shape[0])[:, None]
     cols = torch.arange(held.shape[1])[None, :]
     diag = cols - rows

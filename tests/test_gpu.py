@@ -1,0 +1,77 @@
+"""The op and the backend on a CUDA GPU (Triton kernels): skipped without one. Kernel-level GPU
+tests live in test_kernels.py."""
+import pytest
+import torch
+
+import foxcompile
+from test_backend import FORMS, GatedAttention
+from test_op import _inputs, _reference
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("layout", ["bthd", "bhtd"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_op_on_cuda_matches_definition(dtype, layout):
+    q, k, v, gates = _inputs(2, 300, 333, 8, 2, 64, layout=layout, dtype=dtype, gate_bias=-1.0,
+                             grad=False)
+    q, k, v, gates = (x.cuda().requires_grad_() for x in (q, k, v, gates))
+    with foxcompile.pruning_stats() as stats:
+        out = foxcompile.forgetting_attention(q, k, v, gates, layout=layout)
+    ref = _reference(q, k, v, gates, layout)
+    tol = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}[dtype]
+    assert (out.double() - ref).norm() / ref.norm() < tol
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v, gates), grad.to(dtype))
+    want = torch.autograd.grad(ref, (q, k, v, gates), grad)
+    for g, w in zip(got, want):
+        assert (g.double() - w).norm() / w.norm() < 4 * tol
+    assert stats.skipped_fraction() > 0
+
+
+@pytest.mark.parametrize("style", FORMS)
+def test_compiled_forms_on_cuda(style):
+    torch.manual_seed(0)
+    model = GatedAttention(style, dim=128, heads=2).cuda()
+    x = torch.randn(2, 60, 128, device="cuda", requires_grad=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="fox_acp")
+    out, ref = compiled(x), model(x)
+    torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3)  # TF32 dots in the kernels
+    g_out, g_ref = (torch.autograd.grad(o.square().sum(), [x, model.fgate.weight]) for o in (out, ref))
+    for a, b in zip(g_out, g_ref):
+        assert (a - b).norm() / b.norm() < 5e-3
+
+
+def test_reduce_overhead_runs_under_cuda_graphs():
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    model = GatedAttention("matmul_masked_fill", dim=128, heads=2).cuda()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="fox_acp", mode="reduce-overhead")
+    for step in range(4):  # warm-up, record, then replays on fresh data
+        x = torch.randn(2, 64, 128, device="cuda")
+        with torch.no_grad():
+            out = compiled(x).clone()
+            torch.testing.assert_close(out, model(x), rtol=2e-3, atol=2e-3)
+    assert counters["inductor"]["cudagraph_skips"] == 0
+
+
+def test_training_bf16_autocast_on_cuda():
+    torch.manual_seed(0)
+    model = GatedAttention("einsum_where", dim=128, heads=2).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="fox_acp")
+    x = torch.randn(4, 256, 128, device="cuda")
+    losses = []
+    for _ in range(5):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = (compiled(x).float() - x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
