@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
 #
-#   bash benchmarks/run_gpu_kernels.sh [tests] [plan] [profile] [sweep] [bench]    (default: tests bench)
+#   bash benchmarks/run_gpu_kernels.sh [tests] [alltests] [quickstart] [plan] [profile] [sweep] [bench] [train]
+#   (default: tests bench)
 #
 # Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
 # bench.json/bench.log,
@@ -36,6 +37,21 @@ for step in $steps; do
       workers=${PYTEST_WORKERS:-8}
       timeout 330 $PY -m pytest -q -m gpu -p no:cacheprovider -n "$workers" --timeout 240 \
         tests/test_kernels.py -rf 2>&1 | tee "$OUT/tests.log" | tail -25
+      ;;
+    alltests)
+      stamp "all GPU tests (kernels, op, backend)"
+      workers=${PYTEST_WORKERS:-8}
+      timeout 400 $PY -m pytest -q -m gpu -p no:cacheprovider -n "$workers" --timeout 300 \
+        tests/ -rf 2>&1 | tee "$OUT/alltests.log" | tail -25
+      ;;
+    quickstart)
+      stamp "quickstart"
+      timeout 200 $PY examples/quickstart.py --seq-len 4096 2>&1 | tee "$OUT/quickstart.log" | tail -12
+      ;;
+    train)
+      stamp "training throughput (bench_train.py)"
+      timeout 560 $PY benchmarks/bench_train.py --device cuda ${TRAIN_ARGS:---configs 125m --seq-lens 16384 --variants fox_acp fox_acp_dense sdpa --batch-size 2 --warmup-steps 2 --steps 5} \
+        --out "$OUT/bench_train.json" 2>&1 | tee "$OUT/train.log" | grep -v Warning | tail -30
       ;;
     plan)
       stamp "plan profile"

@@ -183,7 +183,7 @@ def _row_dot_kernel(OUT, DO, DELTA,
 
 
 @triton.jit
-def _dq_steps(dq, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd,
+def _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd,
               stride_ln, lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok,
               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, D_MASK: tl.constexpr,
               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -208,12 +208,13 @@ def _dq_steps(dq, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd, stride_v
         p = tl.exp2(s)
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
+        ds_rows += _sum_rows(ds)
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
-    return dq
+    return dq, ds_rows
 
 
 @triton.jit
-def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, START,
+def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START,
                stride_qb, stride_qh, stride_qm, stride_qd,
                stride_kb, stride_kh, stride_kn, stride_kd,
                stride_vb, stride_vh, stride_vn, stride_vd,
@@ -221,6 +222,7 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, START,
                stride_gb, stride_gh, stride_gm, stride_gd,
                stride_eb, stride_eh, stride_em,
                stride_xb, stride_xh, stride_xm, stride_xd,
+               stride_rb, stride_rh, stride_rn,
                stride_sb, stride_sh, stride_sm,
                n_heads, group, n_queries, n_keys, qk_scale, scale,
                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
@@ -242,6 +244,7 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, START,
     LSE += b * stride_eb + h * stride_eh
     DELTA += pid_bh.to(tl.int64) * n_queries
     DQ += b * stride_xb + h * stride_xh
+    DLAM_ROW += b * stride_rb + h * stride_rh
     START += b * stride_sb + h * stride_sh
 
     D_MASK: tl.constexpr = HEAD_DIM != D_PAD
@@ -273,15 +276,20 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, START,
     hi = tl.minimum(pos0 + BLOCK_M, n_keys)
 
     dq = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
-    dq = _dq_steps(dq, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd,
-                   stride_ln, lam_ref, qk_scale, pos_q, lo, mid, n_keys, offs_d, d_ok,
-                   BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC)
-    dq = _dq_steps(dq, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd,
-                   stride_ln, lam_ref, qk_scale, pos_q, mid, hi, n_keys, offs_d, d_ok,
-                   BLOCK_N, True, D_MASK, CAST_F32, DOT_PREC)
+    ds_rows = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    dq, ds_rows = _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
+                            stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid,
+                            n_keys, offs_d, d_ok, BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC)
+    dq, ds_rows = _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
+                            stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi,
+                            n_keys, offs_d, d_ok, BLOCK_N, True, D_MASK, CAST_F32, DOT_PREC)
     dq = dq * scale
     tl.store(DQ + offs_m[:, None] * stride_xm + offs_d[None, :] * stride_xd,
              dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    # Row sums of dS: analytically zero, but adding them to dlam (at the query's own position)
+    # makes sum_t dlam_t cancel exactly, so the gates' gradient (a reverse cumsum of dlam) does
+    # not accumulate the rounding of dS over the sequence.
+    tl.store(DLAM_ROW + pos_q * stride_rn, ds_rows, mask=m_ok)
 
 
 @triton.jit

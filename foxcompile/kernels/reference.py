@@ -68,8 +68,9 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.
 def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
              dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
     """Gradients of the pruned forward: writes dq, dk, dv (shapes of q, k, v, any strides) and
-    returns dlam (B, Hq, N) float32 (float64 for float64 inputs). dlam_t = -(column sum of dS at key t); the row sums vanish because
-    softmax is blind to a query-only bias."""
+    returns dlam (B, Hq, N) float32 (float64 for float64 inputs): dlam_t = (row sum of dS of the
+    query at t) - (column sum of dS at key t). The row sums vanish analytically (softmax is blind
+    to a query-only bias) but keep sum_t dlam_t exactly zero under rounding."""
     acc = _accumulator(q)
     batch, q_heads, n_queries, _ = q.shape
     kv_heads, n_keys = k.shape[1], k.shape[2]
@@ -94,6 +95,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
         dq[:, :, rows] = torch.matmul(ds, k_all[:, :, key_lo:key_hi]) * scale
         dk_all[:, :, key_lo:key_hi] += torch.matmul(ds.transpose(-2, -1), q_blk) * scale
         dlam[..., key_lo:key_hi] -= ds.sum(dim=-2)
+        dlam[..., offset + rows.start:offset + rows.stop] += ds.sum(dim=-1)
     dk.copy_(_sum_groups(dk_all, kv_heads))
     dv.copy_(_sum_groups(dv_all, kv_heads))
     return dlam

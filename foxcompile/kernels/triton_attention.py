@@ -7,7 +7,7 @@
 Shapes and semantics as in plan.py / reference.py: q (B, Hq, M, D), k and v (B, Hk, N, D),
 lam (B, Hq, N) float32, any strides (views of (B, T, H, D) or (B, H, T, D) tensors are read in
 place); out, dq, dk, dv are written in place through their strides; lse (B, Hq, M) float32 is the
-natural-log normaliser; dlam (B, Hq, N) float32 = -(column sums of dS).
+natural-log normaliser; dlam (B, Hq, N) float32 = (row sums) - (column sums) of dS.
 
 Triton itself is imported only when a kernel is launched (or unsupported_reason is asked about a
 CUDA tensor). CUDA tensors run the compiled kernels; CPU tensors run the same kernels under
@@ -129,8 +129,9 @@ def _d_pad(head_dim: int) -> int:
 def _dot_precision(dtype: torch.dtype, interpret: bool) -> str:
     if interpret:
         return "ieee"
-    if dtype == torch.float32:
-        return os.environ.get("FOXCOMPILE_FP32_DOT", "tf32")
+    if dtype == torch.float32:  # as torch does: TF32 only when the user allowed it
+        default = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        return os.environ.get("FOXCOMPILE_FP32_DOT", default)
     return "tf32"  # the default; Triton ignores it for 16-bit operands
 
 
@@ -223,6 +224,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     qk_scale = float(scale) * LOG2E
 
     delta = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
+    dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     with _device_guard(q):
         rows = 64
@@ -244,9 +246,9 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
         def launch_dq(config):
             block_m, block_n, warps, stages = config
             kern._dq_kernel[(triton_cdiv(n_queries, block_m) * batch * q_heads,)](
-                q, k, v, lam, grad_out, lse, delta, dq, plan.start,
+                q, k, v, lam, grad_out, lse, delta, dq, dlam_row, plan.start,
                 *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
-                *lse.stride(), *dq.stride(), *plan.start.stride(),
+                *lse.stride(), *dq.stride(), *dlam_row.stride(), *plan.start.stride(),
                 q_heads, group, n_queries, n_keys, qk_scale, float(scale),
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
                 GRID_M=plan.block_m, GRID_N=plan.block_n,
@@ -257,7 +259,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             config = launch_config(kind, d_pad, plan.block_m, plan.block_n, cap, interpret,
                                    q.element_size())
             _launch(kind, config, memo, launch)
-    return dlam
+    return dlam.add_(dlam_row)
 
 
 def max_row_norms(x: torch.Tensor) -> torch.Tensor:
