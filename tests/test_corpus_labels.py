@@ -17,15 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus import DECAYS, all_cases, seed_of, trainable  # noqa: E402
+from corpus import DECAYS, all_cases, outputs_of, seed_of, trainable  # noqa: E402
 from corpus.reference import is_nonincreasing  # noqa: E402
 
 CASES = all_cases()
 IDS = [c.name for c in CASES]
-
-
-def _outputs(out):
-    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def test_corpus_shape():
@@ -62,7 +58,7 @@ def test_sizes_small_and_inputs_fresh(case):
     assert any(not torch.equal(a, b) for a, b in zip(inputs, inputs_b)), "inputs must be random per seed"
     for p in trainable(fn):
         assert p.dtype == torch.float32
-    out = _outputs(fn(*inputs))
+    out = outputs_of(fn(*inputs))
     assert torch.isfinite(out[0]).all(), case.name
     for o in out[1:]:  # returned scores may hold the -inf mask
         assert not torch.isnan(o).any(), case.name
@@ -84,8 +80,8 @@ def test_label_against_reference(case):
     torch.manual_seed(seed_of(case.name, "labels"))
     fn, inputs = case.build(torch.float64)
     with torch.no_grad():
-        got = case.reference(fn, inputs).select(fn(*inputs))
         ref = case.reference(fn, inputs)
+        got = ref.select(fn(*inputs))
     want = ref.output.to(got.dtype)
     assert got.shape == want.shape, (got.shape, want.shape)
     if case.relation == "equal":

@@ -13,17 +13,17 @@ file names and line numbers), and derives the expected label. Two kinds of test:
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import importlib.util
-import math
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
@@ -417,6 +417,7 @@ def _wrap(src: _Src) -> str:
 
 
 _TMP = Path(tempfile.mkdtemp(prefix="fox_generated_"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 _LOADED: dict[str, object] = {}
 
 
