@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -528,6 +528,9 @@ SETTINGS = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+# Compiling is slow: against foxcompile, report the first failing program (its source is in the
+# message) instead of spending minutes shrinking it.
+COMPILE_SETTINGS = settings(SETTINGS, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,7 +618,7 @@ def _foxcompile():
     return foxcompile
 
 
-@SETTINGS
+@COMPILE_SETTINGS
 @given(specs())
 def test_generated_compiled_matches_eager(spec):
     novel(spec, "test_generated_compiled_matches_eager")
@@ -635,7 +638,7 @@ def test_generated_compiled_matches_eager(spec):
     passed(spec, "test_generated_compiled_matches_eager")
 
 
-@SETTINGS
+@COMPILE_SETTINGS
 @given(specs())
 def test_generated_explain(spec):
     novel(spec, "test_generated_explain")
