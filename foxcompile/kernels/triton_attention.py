@@ -15,10 +15,10 @@ Triton's interpreter when TRITON_INTERPRET=1 is set (operands are cast to float3
 bf16 dots are broken in the interpreter). Triton decides between compiling and interpreting when
 a kernel is decorated, so the kernel file is loaded once per mode, whatever was imported first.
 
-float32 inputs: the matrix products run on the tensor cores in TF32 (10-bit mantissa, float32
-accumulation), like torch's default SDPA on float32 with TF32 enabled; set
-FOXCOMPILE_FP32_DOT=ieee (before the first launch) for exact float32 products at several times
-the cost. The softmax, the normaliser and every accumulator are float32 for every input dtype.
+float32 inputs: the matrix products follow torch.get_float32_matmul_precision(), as torch's own
+matmuls do: exact float32 ("ieee") under the default "highest", TF32 on the tensor cores (10-bit
+mantissa, float32 accumulation) under "high" or "medium". FOXCOMPILE_FP32_DOT=ieee|tf32
+overrides it. The softmax, the normaliser and every accumulator are float32 for every input dtype.
 """
 import importlib.util
 import os
@@ -111,14 +111,12 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         return "query heads must be a multiple of key/value heads"
     if q.shape[2] > k.shape[2]:
         return "more queries than keys"
-    if q.device.type == "cuda":
-        cap = _capability(q.device)
-        if cap < (8, 0):
-            return f"compute capability {cap} is below 8.0"
-        try:
-            import triton  # noqa: F401
-        except ImportError:  # pragma: no cover - depends on the install
-            return "triton is not installed"
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the install
+        return "triton is not installed"
+    if q.device.type == "cuda" and _capability(q.device) < (8, 0):
+        return f"compute capability {_capability(q.device)} is below 8.0"
     return None
 
 
