@@ -1,8 +1,10 @@
 """Replace a matched Site by one call of foxcompile::attention.
 
-New nodes view q, k, v as (B, H, T, D) (permute/unsqueeze only), build the key-side vector
+New nodes view q, k, v as (B, H, T, D) (permute, flatten, unsqueeze), build the key-side vector
 lam = -sum_t c_t prod(factors) w_t as (B or 1, H or 1, N), call the op, and view its output in the
-order of the replaced node. The T x T nodes are then dead and removed.
+dims of the replaced node. Then the site's own nodes, now dead, go: its in-place changes to the
+scores and every pure node that only fed the old output. Nothing else is touched (a whole-graph
+dead-code pass would also drop in-place method calls whose result is unused).
 """
 import operator
 
@@ -10,10 +12,12 @@ import torch
 from torch import fx
 
 from .find import graph as g
+from .find.inplace import targets
 from .find.site import Operand, Site
 from .kernels.plan import PRUNE_GUARDED, PRUNE_OFF, PRUNE_PROVEN
 
 _PRUNE = {"proven": PRUNE_PROVEN, "guarded": PRUNE_GUARDED, "none": PRUNE_OFF}
+_BTHD = ((0,), (2,), (1,), (3,))  # an output already in (B, T, H, D): the op writes it directly
 
 
 def _call(graph: fx.Graph, fn, *args) -> fx.Node:
@@ -24,22 +28,42 @@ def _method(graph: fx.Graph, name: str, *args) -> fx.Node:
     return graph.call_method(name, args)
 
 
-def _four_d(graph, node, nb: int):
-    """(batch..., T, D) with nb batch dims -> (B, H, T, D)."""
-    if nb == 1:
-        return _method(graph, "unsqueeze", node, 1)
-    if nb == 0:
-        return _call(graph, operator.getitem, node, (None, None))
+def _size(graph, node, dim):
+    """A size to pass to a view: the int when static, else a node asking the tensor."""
+    size = g.shape(node)[dim]
+    return size if isinstance(size, int) else _method(graph, "size", node, dim)
+
+
+def _four_d(graph, operand: Operand, dtype) -> fx.Node:
+    """The operand as a (B, H, T, D) view."""
+    node, order = operand.node, operand.order
+    if order != tuple(range(len(order))):
+        node = _method(graph, "permute", node, *order)
+    if g.dtype(operand.node) != dtype:
+        node = _method(graph, "to", node, dtype)
+    for axis in reversed(range(4)):  # right to left: earlier positions stay put
+        start, count = sum(map(len, operand.groups[:axis])), len(operand.groups[axis])
+        if count == 0:
+            node = _method(graph, "unsqueeze", node, start)
+        elif count > 1:
+            node = _method(graph, "flatten", node, start, start + count - 1)
     return node
 
 
-def _operand(graph, operand: Operand, nb: int, dtype) -> fx.Node:
-    node = operand.node
-    if operand.perm != tuple(range(len(operand.perm))):
-        node = _method(graph, "permute", node, *operand.perm)
-    if g.dtype(operand.node) != dtype:
-        node = _method(graph, "to", node, dtype)
-    return _four_d(graph, node, nb)
+def _as_output(graph, out: fx.Node, site: Site) -> fx.Node:
+    """The op's (B, H, M, D) output in the dims of the replaced node."""
+    for axis in reversed(range(4)):
+        group = site.out.groups[axis]
+        if not group:
+            out = _method(graph, "squeeze", out, axis)
+        elif len(group) > 1:  # (B, Hk * G) back to (B, Hk, G): sizes from q, which has them all
+            sizes = [-1] + [_size(graph, site.q.node, d) for d in site.q.groups[axis][1:]]
+            out = _method(graph, "unflatten", out, axis, tuple(sizes))
+    order = site.out.order
+    inverse = tuple(order.index(d) for d in range(len(order)))
+    if inverse != tuple(range(len(order))):
+        out = _method(graph, "permute", out, *inverse)
+    return out
 
 
 def _key_vector(graph, site: Site) -> fx.Node:
@@ -56,24 +80,52 @@ def _key_vector(graph, site: Site) -> fx.Node:
             x = _call(graph, operator.mul, x, -term.coef)
         if x_rank < rank:
             x = _call(graph, operator.getitem, x, (None,) * (rank - x_rank) + (Ellipsis,))
-        x = _method(graph, "select", x, -2, 0)            # (batch..., N)
+        x = _method(graph, "select", x, term.pick, 0)      # (batch..., N)
+        if term.cumulative:
+            x = _method(graph, "cumsum", x, -1)
         total = x if total is None else _call(graph, operator.add, total, x)
-    if site.batch_dims == 1:
-        return _method(graph, "unsqueeze", total, 1)
     if site.batch_dims == 0:
         return _call(graph, operator.getitem, total, (None, None))
+    if site.batch_dims == 1:
+        return _method(graph, "unsqueeze", total, 1)
+    if site.batch_dims == 3:  # (B, Hk, G, N) -> (B, Hk * G, N)
+        heads = [_size(graph, site.q.node, d) for d in site.q.groups[1]]
+        total = _method(graph, "expand", total, -1, *heads, -1)
+        return _method(graph, "flatten", total, 1, 2)
     return total
+
+
+def _impure(node: fx.Node) -> bool:
+    try:
+        return node.is_impure()
+    except Exception:  # a call_module whose module cannot be found: keep it
+        return True
+
+
+def _remove_dead(graph: fx.Graph, site: Site) -> list[str]:
+    """Erase the old output and what only it used: the site's in-place changes, and every pure
+    node left without users, walking back from them."""
+    changes = set(site.changes)
+    pending, removed = [site.output, *site.changes], []
+    while pending:
+        node = pending.pop()
+        if (node.name in removed or node.users or node.op in ("placeholder", "output")
+                or node not in changes and (targets(node) or _impure(node))):
+            continue
+        pending.extend(node.all_input_nodes)
+        graph.erase_node(node)
+        removed.append(node.name)
+    return sorted(removed)
 
 
 def rewrite(gm: fx.GraphModule, site: Site, epsilon: float) -> fx.Node:
     """Insert the op before site.output, reroute its users, and return the new output node."""
     graph = gm.graph
-    nb = site.batch_dims
     dtype = torch.promote_types(torch.promote_types(g.dtype(site.q.node), g.dtype(site.k.node)),
                                 g.dtype(site.v.node))
-    bthd = nb == 2 and site.out_perm == (0, 2, 1, 3)
+    bthd = site.batch_dims == 2 and site.out.groups == _BTHD
     with graph.inserting_before(site.output):
-        q, k, v = (_operand(graph, x, nb, dtype) for x in (site.q, site.k, site.v))
+        q, k, v = (_four_d(graph, x, dtype) for x in (site.q, site.k, site.v))
         if bthd:
             q, k, v = (_method(graph, "transpose", x, 1, 2) for x in (q, k, v))
         lam = _key_vector(graph, site)
@@ -81,17 +133,10 @@ def rewrite(gm: fx.GraphModule, site: Site, epsilon: float) -> fx.Node:
                        float(epsilon), _PRUNE[site.decay], "bthd" if bthd else "bhtd", site.label())
         out = _call(graph, operator.getitem, result, 0)
         if not bthd:
-            if nb == 1:
-                out = _method(graph, "squeeze", out, 1)
-            elif nb == 0:
-                out = _call(graph, operator.getitem, out, (0, 0))
-            if site.out_perm != tuple(range(nb + 2)):
-                out = _method(graph, "permute", out, *site.out_perm)
+            out = _as_output(graph, out, site)
         if g.dtype(site.output) is not None and g.dtype(site.output) != dtype:
             out = _method(graph, "to", out, g.dtype(site.output))
     site.output.replace_all_uses_with(out)
-    before = {n.name for n in graph.nodes}
-    graph.eliminate_dead_code()
-    site.removed = sorted(before - {n.name for n in graph.nodes})
+    site.removed = _remove_dead(graph, site)
     gm.recompile()
     return out

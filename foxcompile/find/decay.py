@@ -11,11 +11,12 @@ from . import graph as g
 
 _NON_NEGATIVE = {"sigmoid", "exp", "exp2", "softplus", "abs", "relu", "square"}
 _SIGN_PRESERVING = {"cast", "identity", "getitem", "unsqueeze", "squeeze", "reshape", "flatten",
-                    "transpose", "permute", "expand", "repeat_interleave", "attr:mT", "attr:T"}
+                    "transpose", "permute", "expand", "repeat", "repeat_interleave", "attr:mT",
+                    "attr:T"}
 
 
-_VIEWS = {"cast", "identity", "expand", "repeat_interleave", "transpose", "attr:mT", "attr:T",
-          "permute", "unsqueeze", "squeeze", "getitem"}
+_VIEWS = {"cast", "identity", "expand", "repeat", "repeat_interleave", "transpose", "attr:mT",
+          "attr:T", "permute", "unsqueeze", "squeeze", "getitem", "reshape", "flatten"}
 
 
 def _combine(a, b):
@@ -81,8 +82,10 @@ def _source_axis(node, axis: int) -> int | None:
     if out_rank is None or in_rank is None:
         return None
     axis = g.normalize_dim(axis, out_rank)
-    if k in ("cast", "identity", "expand", "repeat_interleave"):
+    if k in ("cast", "identity", "repeat_interleave"):
         return axis if in_rank == out_rank else None
+    if k == "expand":  # may prepend dims
+        return axis - (out_rank - in_rank) if axis >= out_rank - in_rank else None
     if k in ("transpose", "attr:mT", "attr:T"):
         if k == "transpose":
             a, b = (g.normalize_dim(d, out_rank) for d in node.args[1:3])
@@ -100,34 +103,25 @@ def _source_axis(node, axis: int) -> int | None:
         if g.shape(node.args[0])[gone] != 1:
             return axis
         return axis if axis < gone else axis + 1
+    if k == "repeat":
+        return _repeat_source(node, axis, in_rank, out_rank)
+    if k in ("reshape", "flatten"):
+        return g.reshape_source(g.shape(node.args[0]), g.shape(node), axis)
     if k == "getitem":
-        return _getitem_source(node, axis, in_rank)
+        dims = g.index_map(node.args[1], in_rank)
+        if dims is None or dims[axis] is None:
+            return None
+        source, part = dims[axis]
+        step = part.step if part.step is not None else 1
+        return source if isinstance(step, int) and step > 0 else None
     return None
 
 
-def _getitem_source(node, axis: int, in_rank: int) -> int | None:
-    index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-    if Ellipsis in index:
-        pos = index.index(Ellipsis)
-        consumed = sum(1 for i in index if i is not None and i is not Ellipsis)
-        index = index[:pos] + (slice(None),) * (in_rank - consumed) + index[pos + 1:]
-    out_axis, in_axis = 0, 0
-    for part in index:
-        if part is None:
-            if out_axis == axis:
-                return None
-            out_axis += 1
-        elif isinstance(part, slice):
-            if out_axis == axis:
-                step = part.step if part.step is not None else 1
-                return in_axis if isinstance(step, int) and step > 0 else None
-            out_axis += 1
-            in_axis += 1
-        elif isinstance(part, int):
-            in_axis += 1
-        else:
-            return None  # advanced indexing
-    return in_axis + (axis - out_axis) if axis >= out_axis else None
+def _repeat_source(node, axis: int, in_rank: int, out_rank: int) -> int | None:
+    """repeat tiles: order along an axis survives only where that axis is not tiled."""
+    reps = node.args[1:] if not isinstance(node.args[1], (tuple, list)) else node.args[1]
+    source = axis - (out_rank - in_rank)
+    return source if source >= 0 and reps[axis] == 1 else None
 
 
 def direction(node, axis: int) -> int | None:
@@ -202,7 +196,7 @@ def _cat_direction(node, axis: int) -> int | None:
     if dim != axis:
         agreed = {direction(p, axis - g.rank(node)) for p in pieces}
         return agreed.pop() if len(agreed) == 1 else None
-    if len(pieces) != 2 or sign_constant(pieces[0]) != 0.0:
+    if len(pieces) != 2 or g.constant(pieces[0]) != 0.0:
         return None
     d = direction(pieces[1], axis - g.rank(node))
     second = pieces[1]
@@ -210,18 +204,6 @@ def _cat_direction(node, axis: int) -> int | None:
         second = second.args[0]
     if g.kind(second) == "cumsum" and d in (1, -1):
         return d
-    return None
-
-
-def sign_constant(node) -> float | None:
-    """The value of an all-constant tensor (zeros, full), else None."""
-    k = g.kind(node)
-    if k in ("zeros", "zeros_like"):
-        return 0.0
-    if k in ("full", "full_like"):
-        return g.number(g.arg(node, 1, "fill_value"))
-    if k in ("cast", "identity"):
-        return sign_constant(node.args[0])
     return None
 
 

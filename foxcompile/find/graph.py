@@ -44,7 +44,7 @@ _FUNCTIONS = {
     torch.dropout: "dropout", torch.repeat_interleave: "repeat_interleave",
     torch.minimum: "minimum", torch.square: "square", torch.log: "log",
     torch.masked_fill: "masked_fill", torch.reshape: "reshape", torch.flatten: "flatten",
-    builtins.getattr: "getattr",
+    operator.setitem: "setitem", builtins.getattr: "getattr",
 }
 
 _METHODS = {
@@ -62,7 +62,8 @@ _METHODS = {
     "ge": "ge", "gt": "gt", "le": "le", "lt": "lt", "eq": "eq", "ne": "ne",
     "sigmoid": "sigmoid", "abs": "abs", "clamp": "clamp", "clip": "clamp", "clamp_max": "clamp_max",
     "clamp_min": "clamp_min", "relu": "relu", "nan_to_num": "nan_to_num", "isnan": "isnan",
-    "where": "where", "square": "square", "log": "log", "exp_": "exp",
+    "where": "where", "square": "square", "log": "log", "exp_": "exp", "tril_": "tril",
+    "triu_": "triu", "repeat": "repeat",
 }
 
 
@@ -129,6 +130,25 @@ def number(x) -> float | None:
     return None
 
 
+def constant(x) -> float | None:
+    """The value of a Python number or of an all-constant tensor (full, zeros, ones and their
+    _like forms, possibly cast to another floating dtype), else None."""
+    num = number(x)
+    if num is not None:
+        return num
+    k = kind(x)
+    if k in ("full", "full_like"):
+        return number(arg(x, 1, "fill_value"))
+    if k in ("zeros", "zeros_like"):
+        return 0.0
+    if k in ("ones", "ones_like"):
+        return 1.0
+    if k == "identity" or (k == "cast" and dtype(x) is not None and dtype(x).is_floating_point
+                           and dtype(x.args[0]) is not None and dtype(x.args[0]).is_floating_point):
+        return constant(x.args[0])
+    return None
+
+
 def sym(x) -> sympy.Expr:
     """A size (int or SymInt) as a sympy expression, so sizes can be compared symbolically."""
     if isinstance(x, torch.SymInt):
@@ -138,6 +158,48 @@ def sym(x) -> sympy.Expr:
 
 def same_size(a, b) -> bool:
     return sympy.simplify(sym(a) - sym(b)) == 0
+
+
+def numel(sizes) -> sympy.Expr:
+    return sympy.Mul(*(sym(s) for s in sizes))
+
+
+def index_map(index, in_rank: int) -> list | None:
+    """The dims of x[index] for a basic index (ints, slices, None, at most one Ellipsis): one entry
+    per output dim, (input dim, slice) or None for a new axis; None for advanced indexing."""
+    index = index if isinstance(index, tuple) else (index,)
+    basic = (int, slice, torch.SymInt)
+    if (index.count(Ellipsis) > 1 or any(isinstance(p, bool) for p in index)
+            or not all(p is None or p is Ellipsis or isinstance(p, basic) for p in index)):
+        return None
+    missing = in_rank - sum(1 for p in index if p is not None and p is not Ellipsis)
+    if missing < 0:
+        return None
+    if Ellipsis in index:
+        pos = index.index(Ellipsis)
+        index = index[:pos] + (slice(None),) * missing + index[pos + 1:]
+    else:
+        index = index + (slice(None),) * missing
+    dims, in_dim = [], 0
+    for part in index:
+        if part is None:
+            dims.append(None)
+            continue
+        if isinstance(part, slice):
+            dims.append((in_dim, part))
+        in_dim += 1
+    return dims
+
+
+def reshape_source(in_shape, out_shape, axis: int) -> int | None:
+    """The input dim that output dim `axis` of a reshape runs along, when the reshape keeps it:
+    same size and as many elements before it (row-major), so a step along it is a step along
+    that input dim with every other input index fixed. None when the reshape merges or splits it."""
+    before = numel(out_shape[:axis])
+    for dim, size in enumerate(in_shape):
+        if same_size(size, out_shape[axis]) and sympy.simplify(numel(in_shape[:dim]) - before) == 0:
+            return dim
+    return None
 
 
 def location(node: fx.Node) -> str:

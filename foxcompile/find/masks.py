@@ -72,6 +72,24 @@ def either(a: Band | None, b: Band | None) -> Band | None:
     return None if neither is None else neither.negate()
 
 
+def _within(band: Band, n_queries, n_keys) -> Band:
+    """The band as it falls on the scores: d = j - i runs over -(M - 1) .. N - 1, so a band
+    beyond either end removes nothing or everything (when sympy can tell)."""
+    if band.side in ("all", "none"):
+        return band
+    low, high = 1 - g.sym(n_queries), g.sym(n_keys) - 1
+    if band.side == "ge":
+        empty, full = (band.bound - high).is_positive, (band.bound - low).is_nonpositive
+    else:
+        empty, full = (low - band.bound).is_positive, (band.bound - high).is_nonnegative
+    return NONE if empty else (ALL if full else band)
+
+
+def same_on(a: Band, b: Band, n_queries, n_keys) -> bool:
+    """Whether two bands remove the same positions of an M x N score matrix."""
+    return _within(a, n_queries, n_keys).equals(_within(b, n_queries, n_keys))
+
+
 def causal(n_queries, n_keys) -> Band:
     """The positions a causal mask removes: d >= N - M + 1."""
     return Band("ge", sympy.simplify(g.sym(n_keys) - g.sym(n_queries) + 1))
@@ -152,18 +170,18 @@ class MaskReader:
         """Where an additive mask holds a value <= threshold (and 0 elsewhere)."""
         k = g.kind(node)
         if k in ("tril", "triu"):
-            fill = self._constant_fill(node.args[0])
+            fill = g.constant(node.args[0])
             if fill is None or fill > threshold:
                 return None
             diagonal = g.arg(node, 1, "diagonal", 0)
             return Band("le" if k == "tril" else "ge", g.sym(diagonal))
         if k == "masked_fill":
             base, fill = node.args[0], g.number(node.args[2])
-            if self._constant_fill(base) == 0.0 and fill is not None and fill <= threshold:
+            if g.constant(base) == 0.0 and fill is not None and fill <= threshold:
                 return self.truth(node.args[1])
             return None
         if k == "where":
-            a, b = g.number(node.args[1]), g.number(node.args[2])
+            a, b = g.constant(node.args[1]), g.constant(node.args[2])
             cond = self.truth(node.args[0])
             if cond is None:
                 return None
@@ -189,19 +207,8 @@ class MaskReader:
             return band
         return None
 
-    @staticmethod
-    def _constant_fill(node) -> float | None:
-        k = g.kind(node)
-        if k in ("full", "full_like"):
-            return g.number(g.arg(node, 1, "fill_value"))
-        if k in ("zeros", "zeros_like"):
-            return 0.0
-        if k in ("ones", "ones_like"):
-            return 1.0
-        return None
-
     def _sliced(self, node, read) -> Band | None:
-        """x[..., a:, b:] style slices of the last two dims: d shifts by (b - a)."""
+        """x[..., a:, b:] (leading dims indexed or new axes added at will): d shifts by b - a."""
         base, index = node.args
         band = read(base)
         if band is None:
@@ -209,7 +216,6 @@ class MaskReader:
         base_shape = g.shape(base)
         if base_shape is None or len(base_shape) < 2:
             return None
-        index = index if isinstance(index, tuple) else (index,)
         starts = _last_two_starts(index, base_shape)
         if starts is None:
             return None
@@ -241,22 +247,23 @@ class MaskReader:
         return Band(side, sympy.simplify(bound + step))
 
 
-def _last_two_starts(index: tuple, shape: tuple):
-    """Start offsets along the last two dims of a basic index, or None if not a plain slice."""
-    if any(i is None for i in index):
+def _last_two_starts(index, shape: tuple):
+    """Start offsets of a basic index along the last two dims, when it keeps them as the last two
+    dims with unit steps; else None."""
+    dims = g.index_map(index, len(shape))
+    if dims is None or len(dims) < 2 or None in dims[-2:]:
         return None
-    if Ellipsis in index:
-        pos = index.index(Ellipsis)
-        index = index[:pos] + (slice(None),) * (len(shape) - len(index) + 1) + index[pos + 1:]
-    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    rank = len(shape)
+    if [d for d, _ in dims[-2:]] != [rank - 2, rank - 1]:
+        return None
     starts = []
-    for part, size in zip(index[-2:], shape[-2:]):
-        if not isinstance(part, slice) or part.step not in (None, 1):
+    for (dim, part) in dims[-2:]:
+        if part.step not in (None, 1):
             return None
-        start = part.start or 0
+        start = g.value(part.start) if part.start is not None else 0
         if isinstance(start, int) and start < 0:
-            start = g.sym(size) + start
-        starts.append(g.sym(start) if not isinstance(start, sympy.Expr) else start)
+            start = g.sym(shape[dim]) + start
+        starts.append(start if isinstance(start, sympy.Expr) else g.sym(start))
     return starts
 
 

@@ -15,14 +15,17 @@ from torch import fx
 
 from . import graph as g
 from .decay import decay_verdict, direction, sign
-from .masks import Band, MaskReader, causal, either
-from .operands import NotAnOperand, pv_operand, qk_operands
+from .inplace import InPlace, targets
+from .masks import NONE, Band, MaskReader, causal, either, same_on
+from .operands import NotAnOperand, key_value, pv_operand, qk_operands
+from .separable import constant_along, segsum
 from .site import Decline, KeyTerm, Operand, Site
 from .terms import FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS, ScoreWalker
 
 log = logging.getLogger("foxcompile")
 _PRODUCTS = ("matmul", "einsum", "baddbmm")
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256  # what the CUDA kernels take; outside, the site is declined
+MAX_BATCH_DIMS = 3                    # (B, Hk, G): q split into groups of heads
 
 
 class Declined(Exception):
@@ -30,15 +33,15 @@ class Declined(Exception):
 
 
 def _softmax_input(node):
-    """(scores node, coefficient) if node is a softmax over the last dim (library or by hand),
-    else None. exp2-based softmax is softmax of scores * ln 2."""
+    """(scores node, coefficient, the node reading the scores) if node is a softmax over the last
+    dim (library or by hand), else None. exp2-based softmax is softmax of scores * ln 2."""
     k = g.kind(node)
     if k == "softmax":
         scores = node.args[0]
         dim = g.arg(node, 1, "dim")
         if dim is None or g.normalize_dim(dim, g.rank(scores)) != g.rank(scores) - 1:
             raise Declined(f"softmax over dim {dim}, not the last (key) axis")
-        return scores, 1.0
+        return scores, 1.0, node
     if k != "div":
         return None
     num, den = node.args[0], node.args[1]
@@ -52,8 +55,8 @@ def _softmax_input(node):
     coef = 1.0 if g.kind(num) == "exp" else math.log(2.0)
     shifted = num.args[0]
     if g.kind(shifted) == "sub" and _is_row_max(shifted.args[1], shifted.args[0]):
-        return shifted.args[0], coef
-    return shifted, coef
+        return shifted.args[0], coef, shifted
+    return shifted, coef, num
 
 
 def _is_row_max(node, of) -> bool:
@@ -115,11 +118,13 @@ class Matcher:
     def __init__(self, graph: fx.Graph, constants: dict | None = None):
         self.graph = graph
         self.constants = constants or {}
-        self.flow = nx.DiGraph()
+        self.inplace = InPlace(graph)
+        self.flow = nx.DiGraph()  # data flow, with the reads after in-place changes
         for node in graph.nodes:
             self.flow.add_node(node)
             for user in node.users:
                 self.flow.add_edge(node, user)
+        self.flow.add_edges_from(self.inplace.hidden_edges())
 
     def find(self) -> tuple[list[Site], list[Decline]]:
         sites, declined = [], []
@@ -145,17 +150,18 @@ class Matcher:
         found = _softmax_input(node)
         if found is None:
             return None
-        scores, coef = found
+        scores, coef, reading = found
         if g.rank(scores) is None or g.rank(scores) < 2:
             return None
         nb = g.rank(scores) - 2
-        if nb > 2:
-            raise Declined(f"scores have {nb} batch dims (grouped heads?): not supported yet")
+        if nb > MAX_BATCH_DIMS:
+            raise Declined(f"scores have {nb} batch dims: not supported")
         pv, probs = _value_product(node)
         reader = MaskReader(self.constants)
-        walker = ScoreWalker(g.rank(scores), reader)
-        walker.walk(scores, coef)
-        qk_terms, key_terms, band = self._classify(walker.out, reader, scores, nb, implicit_qk=None)
+        walker = ScoreWalker(g.rank(scores), reader, self.inplace)
+        walker.walk(scores, reading, coef)
+        shape = g.shape(scores)
+        qk_terms, key_terms = self._classify(walker.out, reader, shape[-2], shape[-1], nb)
         if len(qk_terms) != 1:
             raise Declined("no q.k product among the scores" if not qk_terms else
                            f"{len(qk_terms)} q.k products in one softmax")
@@ -164,12 +170,15 @@ class Matcher:
             raise Declined("the q.k product has a per-head scale: not supported yet")
         try:
             q, k, spelling = qk_operands(qk.leaf, nb)
-            v, out_perm = pv_operand(pv, probs, nb)
+            v, out = pv_operand(pv, probs, nb)
+            k, v = key_value(k, v)
         except NotAnOperand as why:
             raise Declined(str(why)) from None
-        self._check_owned(qk.leaf, pv)
-        return self._site(spelling, node, q, k, v, nb, qk.coef, key_terms, pv, out_perm, scores,
-                          reader.notes)
+        changes = self._check_owned(qk.leaf, pv)
+        site = self._site(spelling, node, q, k, v, out, nb, qk.coef, key_terms, scores, reader.notes)
+        self._check_in_place(site, walker.reads)
+        site.changes = changes
+        return site
 
     def _match_sdpa(self, node) -> Site | None:
         q, k, v = node.args[:3]
@@ -185,96 +194,131 @@ class Matcher:
         if g.dtype(mask) is not None and not g.dtype(mask).is_floating_point:
             raise Declined("boolean attn_mask carries no bias")
         nb = g.rank(q) - 2
-        if nb > 2 or nb < 0:
+        if nb > 2 or nb < 0 or g.rank(k) != nb + 2 or g.rank(v) != nb + 2:
             raise Declined(f"SDPA with {nb} batch dims: not supported")
+        shared = nb - 1 if node.kwargs.get("enable_gqa") else nb  # enable_gqa: k, v have Hk heads
+        if not (_same_sizes(g.shape(k)[:shared], g.shape(q)[:shared])
+                and _same_sizes(g.shape(k)[:nb], g.shape(v)[:nb])):
+            raise Declined("SDPA with k or v broadcast over batch or heads: not supported")
         scale = g.number(node.kwargs.get("scale"))
         if scale is None and node.kwargs.get("scale") is not None:
             raise Declined("SDPA scale is a tensor")
         if scale is None:
             scale = g.shape(q)[-1] ** -0.5
         reader = MaskReader(self.constants)
-        walker = ScoreWalker(nb + 2, reader)
-        walker.walk(mask)
-        qk_terms, key_terms, _ = self._classify(walker.out, reader, node, nb, implicit_qk=(q, k))
+        walker = ScoreWalker(nb + 2, reader, self.inplace)
+        walker.walk(mask, node)
+        qk_terms, key_terms = self._classify(walker.out, reader, g.shape(q)[-2], g.shape(k)[-2], nb)
         if qk_terms:
             raise Declined("attn_mask contains a q.k product")
-        identity = tuple(range(nb + 2))
-        return self._site("sdpa", node, Operand(q, identity), Operand(k, identity),
-                          Operand(v, identity), nb, scale, key_terms, node, identity, None,
-                          reader.notes)
+        groups = {2: ((0,), (1,), (2,), (3,)), 1: ((0,), (), (1,), (2,)), 0: ((), (), (0,), (1,))}[nb]
+        operands = [Operand(x, groups) for x in (q, k, v, node)]
+        site = self._site("sdpa", node, *operands, nb, scale, key_terms, None, reader.notes)
+        self._check_in_place(site, walker.reads)
+        return site
 
-    def _classify(self, scores_info, reader, scores, nb, implicit_qk):
+    def _classify(self, scores_info, reader, n_queries, n_keys, nb):
         """Split the terms into q.k products and key-side terms, check the masks are causal.
-        Returns (qk terms, key terms, band)."""
-        if implicit_qk is None:
-            n_queries, n_keys = g.shape(scores)[-2], g.shape(scores)[-1]
-        else:
-            n_queries, n_keys = g.shape(implicit_qk[0])[-2], g.shape(implicit_qk[1])[-2]
+        Returns (qk terms, key terms)."""
+        if scores_info.problem:
+            raise Declined(scores_info.problem)
         rank = nb + 2
-        qk_terms, key_terms, masks = [], [], list(scores_info.masks)
-        extra_bands = []
+        square = g.same_size(n_queries, n_keys)
+        qk_terms, key_terms, extra_bands = [], [], []
+        kept = []  # the terms that vary along j: a finite mask must hold against them
         for term in scores_info.terms:
             shp = g.shape(term.leaf)
             if shp is None or len(shp) > rank:
                 raise Declined(f"cannot read the shape of {getattr(term.leaf, 'name', term.leaf)}")
+            if not math.isfinite(term.coef):
+                raise Declined(f"{_describe(term.leaf)} enters the scores times {term.coef}")
+            if g.kind(term.leaf) in _PRODUCTS and len(shp) == rank:
+                qk_terms.append(term)  # before looking at its shape: with one query it is (..., 1, N)
+                kept.append(term)
+                continue
             along_i = len(shp) >= 2 and shp[-2] != 1
             along_j = len(shp) >= 1 and shp[-1] != 1
-            if along_i and along_j:
-                if g.kind(term.leaf) in _PRODUCTS and g.rank(term.leaf) == rank:
-                    qk_terms.append(term)
-                    continue
-                band = None
-                if term.coef > 0 and not term.factors:
-                    band = reader.negative_infinity(term.leaf, FINITE_MASK_LIMIT_UNDER_BIAS / term.coef)
-                if band is None:
-                    raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): "
-                                   "not a forget gate")
-                extra_bands.append(band)
-            elif along_j:
-                key_terms.append(term)
-            # query-only and constant terms: softmax is blind to them
-        if any(g.kind(t.leaf) in _PRODUCTS for t in key_terms):
-            raise Declined("a matrix product enters the scores as a key-only term")
+            if not along_j:
+                continue  # query-only and constant terms: softmax is blind to them
+            if g.kind(term.leaf) in _PRODUCTS:
+                raise Declined("a matrix product enters the scores as a key-only term")
+            if not along_i:
+                key_terms.append(KeyTerm(term.coef, term.factors, term.leaf))
+                kept.append(term)
+                continue
+            if constant_along(term.leaf, -1) is not None:
+                continue  # a copy of a query-side vector
+            found = constant_along(term.leaf, -2)
+            if found is not None:
+                key_terms.append(KeyTerm(term.coef, term.factors, *found))
+                kept.append(term)
+                continue
+            found = segsum(term.leaf, reader) if square else None
+            if found is not None:  # c_i - c_j: the key side is -c_j
+                key_terms.append(KeyTerm(-term.coef, term.factors, *found, cumulative=True))
+                reader.notes.append(f"{term.leaf.name} read as a segment sum c_i - c_j")
+                kept.append(term)
+                continue
+            band = None
+            if term.coef > 0 and not term.factors:
+                band = reader.negative_infinity(term.leaf, FINITE_MASK_LIMIT_UNDER_BIAS / term.coef)
+            if band is None:
+                raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): "
+                               "not a forget gate")
+            extra_bands.append(band)
         bands = []
-        for index, use in enumerate(masks):
+        for index, use in enumerate(scores_info.masks):
             if use.masked is None:
                 raise Declined(f"mask at {g.location(use.node)} not recognised as a function of "
                                "(i, j) (built from data, or an unsupported construction)")
-            outside = [t for t in qk_terms + key_terms if index not in t.masked_by]
+            outside = [t for t in kept if index not in t.masked_by]
             limit = FINITE_MASK_LIMIT_UNDER_BIAS if outside else FINITE_MASK_LIMIT
             if not use.fill <= limit:
                 raise Declined(f"mask fills with {use.fill:g}, not -inf or a large negative number"
                                + (" (a bias is added after it)" if outside else ""))
             bands.append(use.masked)
         bands += extra_bands
-        if not bands:
-            raise Declined("no causal mask: the bias would grow into the future")
-        masked = bands[0]
+        masked = bands[0] if bands else NONE
         for band in bands[1:]:
             masked = either(masked, band)
             if masked is None:
                 raise Declined("the masks together are not one causal mask (a sliding window?)")
         want = causal(n_queries, n_keys)
-        if not masked.equals(want):
+        if not same_on(masked, want, n_queries, n_keys):
+            if not bands:
+                raise Declined("no causal mask: the bias would grow into the future")
             raise Declined(f"mask removes {_describe_band(masked)}, not the causal future "
                            f"{_describe_band(want)}")
         if not key_terms:
             raise Declined("no forget-gate bias: plain causal attention, nothing for ACP to prune")
-        return qk_terms, key_terms, masked
+        return qk_terms, key_terms
 
-    def _check_owned(self, qk_leaf, pv) -> None:
-        """Every node from the q.k product to the value product must serve this site alone."""
+    def _check_owned(self, qk_leaf, pv) -> list[fx.Node]:
+        """Every node from the q.k product to the value product must serve this site alone.
+        Returns the in-place ops among them (they change the site's own tensors)."""
         owned = (nx.descendants(self.flow, qk_leaf) & nx.ancestors(self.flow, pv)) | {qk_leaf}
         for node in owned:
-            for user in node.users:
+            for user in self.flow.successors(node):
                 if user not in owned and user is not pv:
                     raise Declined(f"the scores/probabilities ({node.name}) are also used by "
                                    f"{user.name} at {g.location(user)}: the rewrite would have to "
                                    "keep them")
+        return [node for node in self.graph.nodes if node in owned and targets(node)]
 
-    def _site(self, spelling, anchor, q, k, v, nb, scale, key_terms, output, out_perm, scores, notes):
-        head_dim = g.shape(q.node)[q.perm[-1]]
-        v_dim = g.shape(v.node)[v.perm[-1]]
+    def _check_in_place(self, site: Site, resolved: set) -> None:
+        """Decline when an in-place op could make the values differ from what the matcher read,
+        or from what the rewrite reads where it inserts the op."""
+        scope = nx.ancestors(self.flow, site.output) | {site.output}
+        reads = [x.node for x in (site.q, site.k, site.v)]
+        reads += [x for t in site.key_terms for x in (t.leaf, *(f for f, _ in t.factors))]
+        why = self.inplace.problem(scope, resolved, [x for x in reads if isinstance(x, fx.Node)],
+                                   site.output)
+        if why is not None:
+            raise Declined(why)
+
+    def _site(self, spelling, anchor, q, k, v, out, nb, scale, key_terms, scores, notes):
+        head_dim = _size(q, 3)
+        v_dim = _size(v, 3)
         if not g.same_size(head_dim, v_dim):
             raise Declined(f"value head dim {v_dim} differs from the q/k head dim {head_dim}")
         device = g.value(q.node).device
@@ -286,17 +330,29 @@ class Matcher:
             for factor, _power in term.factors:
                 fs = sign(factor)
                 s = None if fs is None or s is None else s * fs
-            d = direction(term.leaf, -1)
+            d = sign(term.leaf) if term.cumulative else direction(term.leaf, -3 - term.pick)
             directions.append(None if s is None or d is None else s * d)
         decay = decay_verdict(directions)
-        shapes = {name: tuple(g.shape(x.node)[d] for d in x.perm)
+        shapes = {name: tuple(_size(x, a) for a in range(4))
                   for name, x in (("q", q), ("k", k), ("v", v))}
         if scores is not None:
             shapes["scores"] = g.shape(scores)
         return Site(kind=spelling, location=g.location(anchor), module=g.module_path(anchor),
-                    decay=decay, q=q, k=k, v=v, batch_dims=nb, scale=float(scale),
-                    key_terms=[KeyTerm(t.coef, t.factors, t.leaf) for t in key_terms],
-                    output=output, out_perm=out_perm, shapes=shapes, notes=list(notes))
+                    decay=decay, q=q, k=k, v=v, out=out, batch_dims=nb, scale=float(scale),
+                    key_terms=key_terms, shapes=shapes, notes=list(notes))
+
+
+def _size(x: Operand, dim: int):
+    """The size of the op's dim (B, H, T, D) of an operand."""
+    sizes = [g.shape(x.node)[d] for d in x.groups[dim]]
+    if len(sizes) == 1:
+        return sizes[0]
+    total = g.numel(sizes)
+    return int(total) if total.is_number else total
+
+
+def _same_sizes(a, b) -> bool:
+    return len(a) == len(b) and all(g.same_size(x, y) for x, y in zip(a, b))
 
 
 def _describe(node) -> str:

@@ -1,9 +1,13 @@
-"""Which graph tensors are q, k and v, and how to view them as (batch..., T, D).
+"""Which graph tensors are q, k and v, and how to view them as the op's (B, H, T, D).
 
-The scores are (batch..., i, j) with `nb` batch dims (0, 1 or 2: (B, H), (B*H,) or none). The QK
-product gives q as (batch..., i, d) and k as (batch..., j, d); the PV product gives v as
-(batch..., j, e) and the order of the output's dims. Each is an Operand: a node and the permutation
-that puts its dims in that order (a view: nothing is copied).
+The scores are (batch..., i, j) with nb batch dims: none, (B*H,), (B, H), or (B, Hk, G) when q is
+split into groups of heads. The op's B is the first batch dim and its H the others merged, so
+(B, Hk, G) gives H = Hk * G. An Operand lists, for each of B, H, T, D, the node dims that form it
+(several are merged in order, none means size 1): permute, flatten and unsqueeze, nothing copied.
+q and the output must have every batch dim in full. k and v may have fewer heads, Hk, with q head h
+reading key head h // (H / Hk): a head dim of size 1 or a missing group letter (broadcast), or a
+repeat `ungroup` removes (repeat_interleave, or unsqueeze + expand + reshape); never a tiled repeat
+(head h reading h % Hk), which stays as it is.
 """
 from . import graph as g
 from .site import Operand
@@ -29,26 +33,57 @@ def _einsum_parts(node):
     return eq, operands
 
 
-def _same_batch(nodes, nb: int, scores) -> None:
+def _batch_groups(nb: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The score batch dims that form the op's B and H."""
+    return ((0,) if nb else ()), tuple(range(1, nb))
+
+
+def _operand(node, dims: list, nb: int) -> Operand:
+    """dims: for each score dim (batch..., time, feature), the node dim holding it or None."""
+    b, h = _batch_groups(nb)
+    pick = lambda group: tuple(dims[c] for c in group if dims[c] is not None)  # noqa: E731
+    return Operand(node, (pick(b), pick(h), (dims[nb],), (dims[nb + 1],)))
+
+
+def _matmul_dims(x, nb: int, last_two: tuple[int, int]) -> list:
+    """A matmul operand's dims: batch dims broadcast from the right, then `last_two` (offsets from
+    the end) for the time and feature dims."""
+    rank = g.rank(x)
+    if rank is None or rank < 2:
+        raise NotAnOperand(f"{getattr(x, 'name', x)} is not a batch of matrices")
+    lead = nb - (rank - 2)
+    return [c - lead if c >= lead else None for c in range(nb)] + [rank + d for d in last_two]
+
+
+def _size(node, dim):
+    return 1 if dim is None else g.shape(node)[dim]
+
+
+def _check(name: str, x, dims: list, scores, nb: int, full_heads: bool) -> None:
+    """q (full_heads) has every batch dim of the scores; k and v have the batch in full and a
+    prefix of the head dims (the rest size 1), so that head h reads key head h // G."""
     want = g.shape(scores)[:nb]
-    for node in nodes:
-        have = g.shape(node)
-        if len(have) != nb + 2 or not all(g.same_size(a, b) for a, b in zip(have[:nb], want)):
-            raise NotAnOperand(f"{node.name} {tuple(have)} does not line up with the scores "
-                               f"{tuple(g.shape(scores))} (broadcast or grouped batch dims)")
+    have = [_size(x, dims[c]) for c in range(nb)]
+    b, h = _batch_groups(nb)
+    heads = [c for c in h if have[c] != 1]
+    prefix = list(h[:h.index(heads[-1]) + 1]) if heads else []
+    needed = list(b) + (list(h) if full_heads else prefix)
+    if not all(g.same_size(have[c], want[c]) for c in needed):
+        layout = "the heads of q" if full_heads else "whole heads of q (or a tiled order)"
+        raise NotAnOperand(f"{name} {tuple(g.shape(x))} does not line up with the scores "
+                           f"{tuple(want) + tuple(g.shape(scores)[nb:])}: its batch dims are not "
+                           f"{layout}")
 
 
 def qk_operands(leaf, nb: int) -> tuple[Operand, Operand, str]:
     """q and k of a QK product leaf, and the product's spelling."""
     k = g.kind(leaf)
-    identity = tuple(range(nb + 2))
-    transposed = tuple(range(nb)) + (nb + 1, nb)
     if k in ("matmul", "baddbmm"):
-        a, b = (leaf.args[0], leaf.args[1]) if k == "matmul" else (leaf.args[1], leaf.args[2])
-        _same_batch((a, b), nb, leaf)
+        a, b = ((g.arg(leaf, 0), g.arg(leaf, 1)) if k == "matmul"
+                else (g.arg(leaf, 1, "batch1"), g.arg(leaf, 2, "batch2")))
+        q_dims, k_dims = _matmul_dims(a, nb, (-2, -1)), _matmul_dims(b, nb, (-1, -2))
         spelling = "bmm" if k == "matmul" and "bmm" in str(leaf.target) else k
-        return Operand(a, identity), Operand(b, transposed), spelling
-    if k == "einsum":
+    elif k == "einsum":
         eq, operands = _einsum_parts(leaf)
         (la, lb), lo = _letters(eq)
         if len(operands) != 2 or len(lo) != nb + 2:
@@ -59,42 +94,137 @@ def qk_operands(leaf, nb: int) -> tuple[Operand, Operand, str]:
             a, b, la, lb = b, a, lb, la
         contracted = (set(la) & set(lb)) - set(lo)
         batch = lo[:-2]
-        if (i not in la or i in lb or j not in lb or j in la or len(contracted) != 1
-                or len(la) != nb + 2 or len(lb) != nb + 2 or any(x not in la or x not in lb for x in batch)):
+        if (i not in la or j not in lb or len(contracted) != 1 or len(set(la)) != len(la)
+                or len(set(lb)) != len(lb) or not set(la) <= set(batch) | {i} | contracted
+                or not set(lb) <= set(batch) | {j} | contracted):
             raise NotAnOperand(f"einsum {eq!r} is not q.k over one feature dim")
         d = contracted.pop()
-        q_perm = tuple(la.index(x) for x in batch) + (la.index(i), la.index(d))
-        k_perm = tuple(lb.index(x) for x in batch) + (lb.index(j), lb.index(d))
-        return Operand(a, q_perm), Operand(b, k_perm), "einsum"
-    raise NotAnOperand(f"{leaf.name} is not a matrix product")
+        q_dims = [la.index(x) if x in la else None for x in batch] + [la.index(i), la.index(d)]
+        k_dims = [lb.index(x) if x in lb else None for x in batch] + [lb.index(j), lb.index(d)]
+        spelling = "einsum"
+    else:
+        raise NotAnOperand(f"{leaf.name} is not a matrix product")
+    _check("q", a, q_dims, leaf, nb, full_heads=True)
+    _check("k", b, k_dims, leaf, nb, full_heads=False)
+    return _operand(a, q_dims, nb), _operand(b, k_dims, nb), spelling
 
 
-def pv_operand(pv, probs, nb: int) -> tuple[Operand, tuple[int, ...]]:
-    """v of the probabilities-times-values product, and the output's order of the canonical
-    (batch..., i, e) dims."""
+def pv_operand(pv, probs, nb: int) -> tuple[Operand, Operand]:
+    """v of the probabilities-times-values product, and the product's output as an Operand (its
+    dims for the op's (B, H, M, D))."""
     k = g.kind(pv)
-    identity = tuple(range(nb + 2))
+    rank = nb + 2
     if k == "matmul":
         if pv.args[0] is not probs:
             raise NotAnOperand("the probabilities are the right operand of the value product")
-        _same_batch((pv.args[1],), nb, probs)
-        return Operand(pv.args[1], identity), identity
-    if k == "einsum":
+        v = pv.args[1]
+        v_dims, out_dims = _matmul_dims(v, nb, (-2, -1)), list(range(rank))
+        if g.rank(pv) != rank:
+            raise NotAnOperand("the value product broadcasts the probabilities")
+    elif k == "einsum":
         eq, operands = _einsum_parts(pv)
         letters, lo = _letters(eq)
         if len(operands) != 2 or probs not in operands:
             raise NotAnOperand(f"einsum {eq!r} is not probabilities times values")
         p_index = operands.index(probs)
         lp, lv, v = letters[p_index], letters[1 - p_index], operands[1 - p_index]
-        if len(lp) != nb + 2 or len(lv) != nb + 2 or len(lo) != nb + 2:
+        if len(lp) != rank or len(set(lp)) != rank or len(set(lv)) != len(lv):
             raise NotAnOperand(f"einsum {eq!r} does not keep {nb} batch dims")
         batch, i, j = lp[:nb], lp[nb], lp[nb + 1]
         features = [x for x in lv if x not in lp]
-        if (j not in lv or j in lo or len(features) != 1 or any(x not in lv or x not in lo for x in batch)
-                or i not in lo):
+        if (j not in lv or j in lo or len(features) != 1 or i in lv
+                or sorted(lo) != sorted(batch + i + features[0])):
             raise NotAnOperand(f"einsum {eq!r} is not a sum over keys of p times v")
         e = features[0]
-        canonical = list(batch) + [i, e]
-        v_perm = tuple(lv.index(x) for x in batch) + (lv.index(j), lv.index(e))
-        return Operand(v, v_perm), tuple(canonical.index(x) for x in lo)
-    raise NotAnOperand(f"the probabilities feed {pv.target}, not a value product")
+        v_dims = [lv.index(x) if x in lv else None for x in batch] + [lv.index(j), lv.index(e)]
+        out_dims = [lo.index(x) for x in batch + i + e]
+    else:
+        raise NotAnOperand(f"the probabilities feed {pv.target}, not a value product")
+    _check("v", v, v_dims, probs, nb, full_heads=False)
+    return _operand(v, v_dims, nb), _operand(pv, out_dims, nb)
+
+
+def _unpermuted(x: Operand) -> Operand:
+    """The same tensor seen through its transposes and permutes: fewer views to stack."""
+    node, groups = x.node, x.groups
+    while True:
+        k, rank = g.kind(node), g.rank(node)
+        if k == "transpose":
+            a, b = (g.normalize_dim(d, rank) for d in node.args[1:3])
+            source = {a: b, b: a}
+        elif k == "attr:mT":
+            source = {rank - 2: rank - 1, rank - 1: rank - 2}
+        elif k == "permute":
+            dims = node.args[1] if isinstance(node.args[1], (tuple, list)) else node.args[1:]
+            source = {d: g.normalize_dim(s, rank) for d, s in enumerate(dims)}
+        else:
+            return Operand(node, groups)
+        groups = tuple(tuple(source.get(d, d) for d in group) for group in groups)
+        node = node.args[0]
+
+
+def _new_axis_at(node, axis: int):
+    """x when node is x.unsqueeze(axis) or x[..., None, ...] with the None at `axis`, else None."""
+    k = g.kind(node)
+    if k == "unsqueeze" and g.normalize_dim(node.args[1], g.rank(node)) == axis:
+        return node.args[0]
+    if k == "getitem":
+        dims = g.index_map(node.args[1], g.rank(node.args[0]) or 0)
+        whole = [(d, p) for d, p in enumerate(dims or ()) if d != axis]
+        if (dims is not None and dims[axis] is None
+                and all(p is not None and p[1] == slice(None) and p[0] == n
+                        for n, (_, p) in enumerate(whole))):
+            return node.args[0]
+    return None
+
+
+def ungroup(x: Operand) -> Operand | None:
+    """k or v built by repeating each head of a tensor G times in a row (head h reads head
+    h // G): that tensor, with Hk = H / G heads. None for anything else."""
+    x = _unpermuted(x)
+    if len(x.groups[1]) != 1:
+        return None
+    node, h = x.node, x.groups[1][0]
+    k = g.kind(node)
+    if k == "repeat_interleave":
+        repeats, dim = g.arg(node, 1, "repeats"), g.arg(node, 2, "dim")
+        if (isinstance(repeats, int) and dim is not None and g.arg(node, 3, "output_size") is None
+                and g.normalize_dim(dim, g.rank(node)) == h):
+            return Operand(node.args[0], x.groups)
+        return None
+    if k == "expand":  # a head dim of size 1 broadcast to H
+        base, shp = node.args[0], g.shape(node)
+        base_shape = g.shape(base)
+        if (len(base_shape) == len(shp) and base_shape[h] == 1
+                and all(g.same_size(a, b) for d, (a, b) in enumerate(zip(base_shape, shp)) if d != h)):
+            return Operand(base, x.groups)
+        return None
+    if k != "reshape":
+        return None
+    expanded, shp = node.args[0], g.shape(node)
+    split = g.shape(expanded)
+    if (g.kind(expanded) != "expand" or len(split) != len(shp) + 1
+            or not all(g.same_size(a, b) for a, b in zip(split[:h] + split[h + 2:], shp[:h] + shp[h + 1:]))
+            or not g.same_size(g.numel(split[h:h + 2]), shp[h])):
+        return None
+    single = expanded.args[0]
+    single_shape = g.shape(single)
+    if (len(single_shape) != len(split) or single_shape[h + 1] != 1
+            or not all(g.same_size(a, b) for d, (a, b) in enumerate(zip(single_shape, split)) if d != h + 1)):
+        return None
+    base = _new_axis_at(single, h + 1)
+    return None if base is None else Operand(base, x.groups)
+
+
+def heads(x: Operand):
+    return g.numel(g.shape(x.node)[d] for d in x.groups[1])
+
+
+def key_value(k: Operand, v: Operand) -> tuple[Operand, Operand]:
+    """k and v with one head count (the op takes them with one shape): both with their repeats
+    peeled off where both can be, else as written."""
+    for k_form in (ungroup(k), _unpermuted(k)):
+        for v_form in (ungroup(v), _unpermuted(v)):
+            if k_form is not None and v_form is not None and g.same_size(heads(k_form), heads(v_form)):
+                return k_form, v_form
+    raise NotAnOperand(f"k has {heads(k)} heads and v has {heads(v)}: the op takes one count")

@@ -6,19 +6,26 @@ from torch import fx
 
 @dataclass
 class Operand:
-    """A graph tensor and how to view it as (batch..., T, D): `perm` reorders its dims into
-    (batch dims in score order..., time, feature)."""
+    """A graph tensor as the op's (B, H, T, D): `groups[a]` lists the node dims that form dim a,
+    merged in order (none: size 1). Every node dim is in exactly one group."""
     node: fx.Node
-    perm: tuple[int, ...]
+    groups: tuple[tuple[int, ...], ...]
+
+    @property
+    def order(self) -> tuple[int, ...]:
+        return tuple(d for group in self.groups for d in group)
 
 
 @dataclass
 class KeyTerm:
-    """coef * prod(factor ** power) * leaf: a key-side part of the scores (leaf broadcasts
-    against the (..., i, j) scores with size 1 along i)."""
+    """coef * prod(factor ** power) * w_j: a key-side part of the scores. w = leaf.select(pick, 0)
+    with leaf aligned to the scores from the right (size 1 along its dim `pick`), or the cumsum of
+    that along the keys when `cumulative`."""
     coef: float
     factors: tuple
     leaf: fx.Node
+    pick: int = -2
+    cumulative: bool = False
 
 
 @dataclass
@@ -31,14 +38,18 @@ class Site:
     q: Operand
     k: Operand
     v: Operand
-    batch_dims: int           # leading (batch/head) dims of the scores: 0, 1 or 2
+    out: Operand              # the node whose value the op replaces, as (B, H, M, D)
+    batch_dims: int           # leading (batch/head) dims of the scores: 0 to 3
     scale: float
     key_terms: list[KeyTerm]
-    output: fx.Node           # the node whose value the op replaces
-    out_perm: tuple[int, ...]  # canonical (batch..., i, e) -> output dim order
     shapes: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    changes: list[fx.Node] = field(default_factory=list)  # in-place ops on the site's own tensors
     removed: list[str] = field(default_factory=list)  # T x T nodes the rewrite makes dead
+
+    @property
+    def output(self) -> fx.Node:
+        return self.out.node
 
     @property
     def prunable(self) -> bool:

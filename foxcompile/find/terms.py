@@ -2,15 +2,19 @@
 
 The walk goes down from the softmax input through everything linear (add, sub, neg, scalar or
 per-head multiply and divide, dtype casts, baddbmm's beta and alpha) and through masking
-(masked_fill, where, additive 0/-inf tensors). What it cannot look through becomes a leaf. Each
-leaf is then classified by how it varies over the last two axes (query i, key j): the QK product,
-query-only (softmax ignores it), key-only (the gate), or joint (not separable).
+(masked_fill, where, additive 0/-inf tensors, `s[..., m] = -inf`). What it cannot look through
+becomes a leaf, classified later by how it varies over the last two axes (query i, key j). Each
+read is of a node as its consumer sees it: an in-place change made before the consumer (a chain,
+see inplace.py) is walked as the op it is.
 """
+import math
 from dataclasses import dataclass, field
 
+import torch
 from torch import fx
 
 from . import graph as g
+from .inplace import InPlace
 from .masks import Band, MaskReader
 
 # A finite mask value counts as -inf when it is at least this negative (after scaling): masked
@@ -40,7 +44,7 @@ class Scores:
     terms: list[Term] = field(default_factory=list)
     masks: list[MaskUse] = field(default_factory=list)
     walked: list[fx.Node] = field(default_factory=list)  # the linear/mask nodes passed through
-    problem: str | None = None
+    problem: str | None = None                            # why the scores cannot be read
 
 
 def _varies(node, score_rank: int) -> tuple[bool, bool] | None:
@@ -55,42 +59,67 @@ def _varies(node, score_rank: int) -> tuple[bool, bool] | None:
     return along_i, along_j
 
 
+def _boolean_index(index, rank: int):
+    """The mask of `x[index]` when index is a boolean tensor over the last two dims
+    (`x[..., m]`) or over all of them (`x[m]`), else None."""
+    parts = index if isinstance(index, tuple) else (index,)
+    if len(parts) == 2 and parts[0] is Ellipsis:
+        mask = parts[1]
+        want = 2
+    elif len(parts) == 1:
+        mask = parts[0]
+        want = rank
+    else:
+        return None
+    ok = isinstance(mask, fx.Node) and g.dtype(mask) == torch.bool and g.rank(mask) == want
+    return mask if ok else None
+
+
 class ScoreWalker:
-    def __init__(self, score_rank: int, reader: MaskReader):
+    def __init__(self, score_rank: int, reader: MaskReader, inplace: InPlace):
         self.rank = score_rank
         self.reader = reader
+        self.inplace = inplace
         self.out = Scores()
+        self.reads: set = set()  # (node, consumer): reads made with in-place changes applied
         self._enclosing: tuple = ()
 
     def _per_head(self, x) -> bool:
         varies = _varies(x, self.rank)
         return varies is not None and not any(varies)
 
-    def walk(self, node, coef: float = 1.0, factors: tuple = ()) -> None:
+    def walk(self, node, at, coef: float = 1.0, factors: tuple = ()) -> None:
+        """Add the terms and masks of `node` as read by its consumer `at`."""
+        if isinstance(node, fx.Node):
+            self.reads.add((node, at))
+            changed = self.inplace.latest(node, at)
+            node = node if changed is None else changed
         k = g.kind(node)
         if k in ("cast", "identity") and isinstance(node, fx.Node):
             self._through(node)
-            return self.walk(node.args[0], coef, factors)
+            return self.walk(node.args[0], node, coef, factors)
         if k == "add":
             alpha = g.number(node.kwargs.get("alpha", 1.0))
             self._through(node)
-            self._operand(node.args[0], coef, factors)
-            self._operand(node.args[1], coef * (alpha if alpha is not None else float("nan")), factors)
+            self._operand(node.args[0], node, coef, factors)
+            self._operand(node.args[1], node, coef * (alpha if alpha is not None else math.nan), factors)
             return None
         if k == "sub":
             self._through(node)
-            self._operand(node.args[0], coef, factors)
-            self._operand(node.args[1], -coef, factors)
+            self._operand(node.args[0], node, coef, factors)
+            self._operand(node.args[1], node, -coef, factors)
             return None
         if k == "neg":
             self._through(node)
-            return self.walk(node.args[0], -coef, factors)
+            return self.walk(node.args[0], node, -coef, factors)
         if k in ("mul", "div"):
             return self._product(node, k, coef, factors)
         if k == "masked_fill":
             return self._masked_fill(node, coef, factors)
         if k == "where":
             return self._where(node, coef, factors)
+        if k == "setitem":
+            return self._setitem(node, coef, factors)
         if k == "baddbmm":
             beta = g.number(g.arg(node, 3, "beta", 1.0))
             alpha = g.number(g.arg(node, 4, "alpha", 1.0))
@@ -98,38 +127,39 @@ class ScoreWalker:
                 return self._leaf(node, coef, factors)
             self.out.terms.append(Term(coef * alpha, factors, node, self._enclosing))
             if beta != 0.0:
-                self._operand(node.args[0], coef * beta, factors)
+                self._operand(g.arg(node, 0, "input"), node, coef * beta, factors)
             return None
         return self._leaf(node, coef, factors)
 
     def _through(self, node) -> None:
         self.out.walked.append(node)
 
-    def _operand(self, x, coef, factors):
-        if g.number(x) is not None:
-            return None  # a constant shift: softmax ignores it
-        return self.walk(x, coef, factors)
+    def _operand(self, x, at, coef, factors):
+        shift = g.constant(x)
+        if shift is None:
+            return self.walk(x, at, coef, factors)
+        if not math.isfinite(shift * coef):
+            self.out.problem = f"adds the constant {shift * coef:g} to every score"
+        return None  # a finite constant shift: softmax ignores it
 
     def _product(self, node, k, coef, factors):
         a, b = node.args[0], node.args[1]
         for tensor, scale, power in ((a, b, 1), (b, a, 1)) if k == "mul" else ((a, b, -1),):
             num = g.number(scale)
-            if num is not None:
-                if num == 0.0:
-                    return None
+            if num is not None and (power == 1 or num != 0.0):
                 self._through(node)
-                return self.walk(tensor, coef * (num if power == 1 else 1.0 / num), factors)
-            if self._per_head(scale) and not self._per_head(tensor):
+                return self.walk(tensor, node, coef * (num if power == 1 else 1.0 / num), factors)
+            if num is None and self._per_head(scale) and not self._per_head(tensor):
                 self._through(node)
-                return self.walk(tensor, coef, factors + ((scale, power),))
+                return self.walk(tensor, node, coef, factors + ((scale, power),))
         return self._leaf(node, coef, factors)
 
     def _mask(self, node, masked: Band | None, fill: float | None, coef: float, inner) -> None:
         self._through(node)
-        self.out.masks.append(MaskUse(node, masked, fill * coef if fill is not None else float("nan")))
+        self.out.masks.append(MaskUse(node, masked, fill * coef if fill is not None else math.nan))
         outer = self._enclosing
         self._enclosing = outer + (len(self.out.masks) - 1,)
-        self.walk(inner, coef, ())
+        self.walk(inner, node, coef, ())
         self._enclosing = outer
 
     def _masked_fill(self, node, coef, factors):
@@ -142,12 +172,23 @@ class ScoreWalker:
         cond, a, b = node.args[0], node.args[1], node.args[2]
         if factors:
             return self._leaf(node, coef, factors)
-        if g.number(b) is not None and g.number(a) is None:
+        fill_a, fill_b = g.constant(a), g.constant(b)
+        if fill_b is not None and fill_a is None:
             keep = self.reader.truth(cond)
-            return self._mask(node, None if keep is None else keep.negate(), g.number(b), coef, a)
-        if g.number(a) is not None and g.number(b) is None:
-            return self._mask(node, self.reader.truth(cond), g.number(a), coef, b)
+            return self._mask(node, None if keep is None else keep.negate(), fill_b, coef, a)
+        if fill_a is not None and fill_b is None:
+            return self._mask(node, self.reader.truth(cond), fill_a, coef, b)
         return self._leaf(node, coef, factors)
+
+    def _setitem(self, node, coef, factors):
+        """`s[..., m] = v` (Dynamo's operator.setitem): masked_fill(s, m, v)."""
+        base, index, fill = node.args
+        mask = _boolean_index(index, g.rank(base) or 0)
+        if factors or mask is None or g.number(fill) is None:
+            self.out.problem = (f"index assignment at {g.location(node)} is not a boolean mask "
+                                "filled with a number")
+            return None
+        return self._mask(node, self.reader.truth(mask), g.number(fill), coef, base)
 
     def _leaf(self, node, coef, factors):
         self.out.terms.append(Term(coef, factors, node, self._enclosing))

@@ -1,0 +1,128 @@
+"""In-place ops: which value a read sees, and which changes the matcher cannot follow.
+
+Dynamo records `s *= c`, `s.masked_fill_(m, v)` and `s[..., m] = v` as nodes that change their
+first argument in place. A later read of `s`, or of any node sharing its storage, sees the change,
+yet the graph edge still points at the node that made `s`. The matcher follows one safe shape, a
+*chain*: a fresh tensor (not an input, not a view) changed only by in-place ops on the tensor
+itself, with no views of it. Every node of a chain is the same tensor, so a read at node c sees the
+chain's last change before c (`latest`); the score walker applies it. Storage identity comes from
+Dynamo's fake tensors (views share a storage). `problem` says why a site's values could differ
+from what the matcher read; the site is then declined.
+"""
+import operator
+
+import torch
+from torch import fx
+from torch.multiprocessing.reductions import StorageWeakRef
+
+from . import graph as g
+
+_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
+              operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior,
+              operator.ixor, operator.ilshift, operator.irshift, operator.imatmul}
+
+
+def targets(node) -> list[fx.Node]:
+    """The tensors a node changes in place (none for a pure node)."""
+    if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
+        return []
+    out = node.kwargs.get("out")
+    changed = [x for x in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(x, fx.Node)]
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    first = node.args[0] if node.args else None
+    if isinstance(first, fx.Node) and (
+            node.target in _OPERATORS or node.kwargs.get("inplace") is True
+            or (isinstance(name, str) and name.endswith("_") and not name.endswith("__"))):
+        changed.append(first)
+    return [x for x in changed if g.is_tensor(x)]
+
+
+def _storage(node):
+    v = g.value(node)
+    if not isinstance(v, torch.Tensor):
+        return None
+    try:
+        return StorageWeakRef(v.untyped_storage())
+    except (RuntimeError, NotImplementedError):  # sparse and other tensors without one storage
+        return None
+
+
+class InPlace:
+    """The in-place ops of one graph, grouped by the storage they change (a node whose storage
+    is unknown is its own group)."""
+
+    def __init__(self, graph: fx.Graph):
+        self.order = {node: index for index, node in enumerate(graph.nodes)}
+        self.key = {}
+        self.members = {}    # storage -> nodes holding it, in graph order
+        for node in graph.nodes:
+            storage = _storage(node)
+            if storage is not None:
+                self.key[node] = storage
+                self.members.setdefault(storage, []).append(node)
+        self.changes = {}    # storage -> in-place nodes changing it, in graph order
+        for node in graph.nodes:
+            for x in targets(node):
+                key = self.key.get(x, x)
+                self.members.setdefault(key, [x])
+                self.changes.setdefault(key, []).append(node)
+
+    def _between(self, key, start, stop) -> list[fx.Node]:
+        lo, hi = self.order[start], self.order[stop]
+        return [m for m in self.changes.get(key, ()) if lo < self.order[m] < hi]
+
+    def _chain(self, key) -> bool:
+        """A fresh tensor changed only in place: the first node holding the storage made it (it is
+        no input), and every node holding it is that tensor itself (no views)."""
+        nodes = self.members[key]
+        if not isinstance(key, StorageWeakRef) or nodes[0].op in ("placeholder", "get_attr"):
+            return False
+        tensor = g.value(nodes[0])
+        return all(g.value(n) is tensor for n in nodes)
+
+    def latest(self, node, at) -> fx.Node | None:
+        """The last in-place change of node's chain before `at` reads it, or None."""
+        key = self.key.get(node)
+        if key not in self.changes or not self._chain(key):
+            return None
+        found = self._between(key, node, at)
+        return found[-1] if found else None
+
+    def hidden_edges(self):
+        """(m, c) for every node c that reads, after the in-place node m, the tensor m changed:
+        data flow the graph's edges do not show."""
+        for key, changes in self.changes.items():
+            holders = set(self.members[key])
+            for m in changes:
+                for c in self.order:
+                    if self.order[c] > self.order[m] and holders.intersection(c.all_input_nodes):
+                        yield m, c
+
+    def problem(self, scope: set, resolved: set, reads, at) -> str | None:
+        """Why in-place ops could change a site's values, or None. scope: the nodes the site's
+        output depends on (hidden edges included); resolved: (node, consumer) reads the score
+        walker applied changes to; reads: nodes the rewrite reads at `at` instead of where the
+        graph read them."""
+        for key, changes in self.changes.items():
+            holders = self.members[key]
+            if not scope.intersection(holders):
+                continue
+            if not self._chain(key):
+                return (f"in-place {_name(changes[0])} changes {_name(holders[0])}, which this "
+                        "attention reads (an input, a view or an aliased tensor): not followed")
+            for x in holders:
+                for c in x.users:
+                    stale = self._between(key, x, c)
+                    if c in scope and (x, c) not in resolved and stale:
+                        return (f"{_name(c)} reads {_name(x)} after the in-place "
+                                f"{_name(stale[-1])}: not followed")
+        for x in reads:
+            stale = self._between(self.key.get(x, x), x, at)
+            if stale:
+                return (f"in-place {_name(stale[-1])} changes {_name(x)} between its use and the "
+                        "value product: the rewrite would read the changed tensor")
+        return None
+
+
+def _name(node) -> str:
+    return f"{node.name} ({g.location(node)})"
