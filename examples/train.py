@@ -186,9 +186,11 @@ def training_step(model, optimizer, scheduler, inputs, targets, dtype) -> torch.
 
 
 @torch.no_grad()
+@torch.no_grad()
 def evaluate(model, batches, device: torch.device, dtype: torch.dtype) -> float:
-    """Mean loss over the eval batches. The model has no dropout, so it stays in train mode
-    (switching modes would make torch.compile compile it again)."""
+    """Mean loss over the eval batches, without autograd (which would keep every batch's
+    activations alive until the mean). The model has no dropout, so it stays in train mode;
+    torch.compile compiles one inference graph for it, which pruning_snapshot reuses."""
     losses = [lm_loss(model, x.to(device), y.to(device), dtype) for x, y in batches]
     return torch.stack(losses).mean().item()
 
