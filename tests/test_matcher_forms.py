@@ -1,0 +1,325 @@
+"""Matcher rules one at a time: decoding without a mask, MQA/GQA passed to the op with Hk heads,
+grouped-query einsum, in-place score forms, separable T x T copies, Mamba-2's segsum, decay through
+views, and the declines that keep each rule sound. Every case checks `foxcompile.explain` and, where
+it rewrites, that the compiled function (aot_eager) equals eager in outputs and gradients."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+import foxcompile
+
+AOT = {"fox.compiler": "aot_eager"}
+
+
+def _compiled_matches_eager(fn, *args, grads=True):
+    """Outputs and input gradients, compiled (aot_eager) versus eager, in fp64."""
+    args = [a.double() for a in args]
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="fox_acp", options=AOT)
+    runs = []
+    for f in (fn, compiled):
+        leaves = [a.clone().requires_grad_(grads) for a in args]
+        out = f(*leaves)
+        if grads:
+            out.backward(torch.ones_like(out))
+        runs.append((out.detach(), [a.grad for a in leaves]))
+    (out_e, grads_e), (out_c, grads_c) = runs
+    torch.testing.assert_close(out_c, out_e, rtol=1e-8, atol=1e-8)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
+def _one_site(fn, *args, decay="proven"):
+    report = foxcompile.explain(fn, *args)
+    assert len(report.sites) == 1 and not report.declined, str(report)
+    assert report.sites[0].decay == decay, str(report)
+    _compiled_matches_eager(fn, *args)
+    return report.sites[0]
+
+
+def _declined(fn, *args, reason="", grads=True):
+    report = foxcompile.explain(fn, *args)
+    assert not report.sites and report.declined, str(report)
+    assert reason in report.declined[0].reason, str(report)
+    _compiled_matches_eager(fn, *args, grads=grads)
+    return report.declined[0].reason
+
+
+def _qkvg(B=1, H=2, M=7, N=7, D=8, Hk=None):
+    Hk = H if Hk is None else Hk
+    return (torch.randn(B, H, M, D), torch.randn(B, Hk, N, D), torch.randn(B, Hk, N, D),
+            torch.randn(B, H, N))
+
+
+def _causal(t):
+    return torch.ones(t, t, dtype=torch.bool).tril()
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding: one query needs no mask
+
+
+def decode(q, k, v, g):
+    lam = F.logsigmoid(g).cumsum(-1)
+    s = q @ k.mT * q.shape[-1] ** -0.5 + (lam[..., -1:, None] - lam[..., None, :])
+    return s.softmax(-1) @ v
+
+
+def test_one_query_needs_no_mask():
+    _one_site(decode, *_qkvg(M=1, N=9))
+
+
+def test_two_queries_without_a_mask_are_declined():
+    _declined(decode, *_qkvg(M=2, N=9), reason="no causal mask")
+
+
+def sdpa_decode(q, k, v, g):
+    lam = F.logsigmoid(g).cumsum(-1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=-lam[..., None, :])
+
+
+def test_sdpa_one_query_with_a_key_only_bias():
+    _one_site(sdpa_decode, *_qkvg(M=1, N=9))
+
+
+# ---------------------------------------------------------------------------------------------
+# MQA and GQA: k and v with Hk heads, head h reading kv head h // (H / Hk)
+
+
+def gqa(form):
+    def attend(q, k, v, g):
+        H, Hk = q.shape[1], k.shape[1]
+        G = H // Hk
+        if form == "repeat_interleave":
+            k, v = (torch.repeat_interleave(x, G, dim=1) for x in (k, v))
+        elif form == "expand_reshape":
+            k, v = (x[:, :, None].expand(-1, -1, G, -1, -1).reshape(x.shape[0], H, *x.shape[2:])
+                    for x in (k, v))
+        elif form == "tiled_expand":  # head h reads kv head h % Hk
+            k, v = (x[:, None].expand(-1, G, -1, -1, -1).reshape(x.shape[0], H, *x.shape[2:])
+                    for x in (k, v))
+        elif form == "tiled_repeat":
+            k, v = k.repeat(1, G, 1, 1), v.repeat(1, G, 1, 1)
+        elif form == "k_only_broadcast":  # k expanded, v broadcast by the value product
+            k = k.expand(-1, H, -1, -1)
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(~_causal(s.shape[-1]), -math.inf)
+        return s.softmax(-1) @ v
+    return attend
+
+
+def test_grouped_kv_heads_reach_the_op():
+    for form in ("repeat_interleave", "expand_reshape"):
+        site = _one_site(gqa(form), *_qkvg(H=4, Hk=2))
+        assert site.shapes["k"] == (1, 2, 7, 8) and site.shapes["q"] == (1, 4, 7, 8), form
+
+
+def test_tiled_kv_heads_stay_repeated():
+    for form in ("tiled_expand", "tiled_repeat"):
+        site = _one_site(gqa(form), *_qkvg(H=4, Hk=2))
+        assert site.shapes["k"] == (1, 4, 7, 8), form
+
+
+def test_one_kv_head_broadcast():
+    site = _one_site(gqa("k_only_broadcast"), *_qkvg(H=3, Hk=1))
+    assert site.shapes["k"] == site.shapes["v"] == (1, 1, 7, 8)
+
+
+def test_different_kv_head_counts_are_declined():
+    def attend(q, k, v, g):  # k broadcasts one head, v has all of them
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+        return s.masked_fill(~_causal(s.shape[-1]), -math.inf).softmax(-1) @ v
+    q, k, v, g = _qkvg(H=3)
+    _declined(attend, q, k[:, :1], v, g, reason="heads")
+
+
+def grouped_einsum(q, k, v, g, eq="bihgd,bjhd->bhgij"):
+    B, T, H, D = q.shape
+    Hk = k.shape[2]
+    q = q.view(B, T, Hk, H // Hk, D)
+    lam = F.logsigmoid(g).cumsum(-1).view(B, Hk, H // Hk, T)
+    s = torch.einsum(eq, q, k) + lam[..., :, None] - lam[..., None, :]
+    s = s.masked_fill(~_causal(T), -math.inf)
+    return torch.einsum("bhgij,bjhd->bihgd", s.softmax(-1), v).reshape(B, T, H * D)
+
+
+def test_grouped_query_einsum_is_one_site_with_all_heads():
+    B, T, H, Hk, D = 2, 6, 6, 2, 4
+    args = (torch.randn(B, T, H, D), torch.randn(B, T, Hk, D), torch.randn(B, T, Hk, D),
+            torch.randn(B, H, T))
+    site = _one_site(grouped_einsum, *args)
+    assert site.shapes["q"] == (B, H, T, D) and site.shapes["k"] == (B, Hk, T, D)
+
+
+def test_sdpa_enable_gqa():
+    def attend(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        bias = (lam[..., :, None] - lam[..., None, :]).masked_fill(~_causal(q.shape[2]), -math.inf)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=True)
+    site = _one_site(attend, *_qkvg(H=4, Hk=2))
+    assert site.shapes["k"] == (1, 2, 7, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-place forms: changes applied where the graph reads them, anything else declined
+
+
+def inplace(q, k, v, g):
+    lam = F.logsigmoid(g).cumsum(-1)
+    s = q @ k.mT
+    s *= q.shape[-1] ** -0.5
+    s += lam[..., :, None] - lam[..., None, :]
+    s.masked_fill_(~_causal(s.shape[-1]), -math.inf)
+    return s.softmax(-1) @ v
+
+
+def index_assign(q, k, v, g):
+    lam = F.logsigmoid(g).cumsum(-1)
+    s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+    s[..., ~_causal(s.shape[-1])] = -math.inf
+    return s.softmax(-1) @ v
+
+
+def test_in_place_scores_are_followed():
+    for fn in (inplace, index_assign):
+        site = _one_site(fn, *_qkvg())
+        assert "softmax" in " ".join(site.removed), fn.__name__
+
+
+def test_gate_changed_after_the_bias_is_built_is_declined():
+    def attend(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(~_causal(s.shape[-1]), -math.inf)
+        lam.mul_(2.0)  # changes the key leaf's tensor before the value product
+        return s.softmax(-1) @ v
+    _declined(attend, *_qkvg(), reason="in-place")
+
+
+def test_mask_changed_in_place_is_declined():
+    def attend(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        keep = _causal(q.shape[2])
+        keep[0, 3] = True  # one future key made visible
+        s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+        return s.masked_fill(~keep, -math.inf).softmax(-1) @ v
+    _declined(attend, *_qkvg(), reason="in-place")
+
+
+def test_query_changed_after_the_scores_is_declined():
+    def attend(q, k, v, g):
+        q = q * 1.0
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(~_causal(s.shape[-1]), -math.inf)
+        q.mul_(3.0)  # the op would read q after this (eager autograd refuses it: forward only)
+        return s.softmax(-1) @ v + q
+    _declined(attend, *_qkvg(), reason="in-place", grads=False)
+
+
+def test_unrelated_in_place_method_survives_the_rewrite():
+    def attend(q, k, v, g):
+        extra = v * 2.0
+        extra.add_(1.0)  # its result is unused: a whole-graph dead-code pass would drop it
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(~_causal(s.shape[-1]), -math.inf)
+        return s.softmax(-1) @ v + extra
+    _one_site(attend, *_qkvg())
+
+
+def test_mask_from_in_place_tril_into_baddbmm():
+    def attend(q, k, v, g):  # (B*H, T, D)
+        c = F.logsigmoid(g).cumsum(-1)
+        bias = (c.unsqueeze(2) - c.unsqueeze(1)).masked_fill(
+            ~torch.ones(q.shape[1], q.shape[1], dtype=torch.bool).tril_(), -math.inf)
+        return torch.bmm(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=0.5).softmax(-1), v)
+    q, k, v, g = _qkvg()
+    _one_site(attend, q[0], k[0], v[0], g[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Separable T x T leaves, segsum, decay through views
+
+
+def repeat_transpose(q, k, v, g):
+    lam = F.logsigmoid(g).cumsum(-1)
+    rows = lam.unsqueeze(-1).repeat(1, 1, 1, q.shape[2])
+    s = q @ k.mT + rows - rows.transpose(-1, -2)
+    return s.masked_fill(~_causal(q.shape[2]), -math.inf).softmax(-1) @ v
+
+
+def test_copies_of_a_vector_are_separable():
+    _one_site(repeat_transpose, *_qkvg())
+
+
+def test_a_tiled_copy_is_not_separable():
+    def attend(q, k, v, g):  # rows tiled along j: rows[i, j] = lam[(i + j) % T]-like mixing
+        lam = F.logsigmoid(g).cumsum(-1)
+        rows = lam.unsqueeze(-2).repeat(1, 1, 2, 1).reshape(*lam.shape[:2], -1, lam.shape[-1] // 2)
+        s = q @ k.mT + rows[..., :q.shape[2], :]
+        return s.masked_fill(~_causal(q.shape[2]), -math.inf).softmax(-1) @ v
+    q, k, v, g = _qkvg(M=4, N=4)
+    _declined(attend, q, k, v, torch.randn(1, 2, 8), reason="jointly")
+
+
+def segsum_attention(diagonal):
+    def attend(q, k, v, g):
+        T = g.shape[-1]
+        x = F.logsigmoid(g)[..., None].repeat(1, 1, 1, T)
+        x = x.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=diagonal), 0)
+        seg = torch.cumsum(x, dim=-2).masked_fill(~_causal(T), -math.inf)
+        return (q @ k.mT + seg).softmax(-1) @ v
+    return attend
+
+
+def test_segsum_is_proven_separable():
+    _one_site(segsum_attention(-1), *_qkvg())
+
+
+def test_segsum_with_the_diagonal_kept_is_declined():
+    # c_i - c_(j-1): separable too, but not the form the sympy identity proves
+    _declined(segsum_attention(0), *_qkvg(), reason="jointly")
+
+
+def test_decay_through_views():
+    def attend(q, k, v, fg):  # fg (B, T, H)
+        B, T, H = fg.shape
+        lam = F.logsigmoid(fg).cumsum(1).permute(0, 2, 1).contiguous()
+        s = q @ k.mT + lam.view(B, H, T, 1) - lam.view(B, H, 1, T)
+        return s.masked_fill(~_causal(T), -math.inf).softmax(-1) @ v
+    q, k, v, _ = _qkvg()
+    _one_site(attend, q, k, v, torch.randn(1, 7, 2))
+
+
+def test_a_reshape_that_mixes_heads_and_time_is_not_proven():
+    def attend(q, k, v, fg):  # fg (B, T, H) misread as (B, H, T): lam is not monotone along j
+        B, T, H = fg.shape
+        lam = F.logsigmoid(fg).cumsum(1).reshape(B, H, T)
+        s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+        return s.masked_fill(~_causal(T), -math.inf).softmax(-1) @ v
+    q, k, v, _ = _qkvg()
+    _one_site(attend, q, k, v, torch.randn(1, 7, 2), decay="guarded")
+
+
+def test_where_mask_with_a_full_tensor_and_distance_bias():
+    def attend(q, k, v):
+        T = q.shape[2]
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        s = q @ k.mT - 0.25 * (i - j).to(q.dtype)
+        s = torch.where(i >= j, s, torch.full_like(s, -math.inf))
+        return s.softmax(-1) @ v
+    _one_site(attend, *_qkvg()[:3])
+
+
+def test_additive_mask_with_new_axes():
+    def attend(q, k, v, g):
+        T = q.shape[2]
+        lam = F.logsigmoid(g).cumsum(-1)
+        mask = torch.full((T, T), torch.finfo(q.dtype).min, dtype=q.dtype).triu(1)
+        s = q @ k.mT + lam[..., :, None] - lam[..., None, :] + mask[None, None]
+        return s.softmax(-1) @ v
+    _one_site(attend, *_qkvg())
