@@ -323,3 +323,18 @@ def test_additive_mask_with_new_axes():
         s = q @ k.mT + lam[..., :, None] - lam[..., None, :] + mask[None, None]
         return s.softmax(-1) @ v
     _one_site(attend, *_qkvg())
+
+
+def test_grouped_query_heads_that_merge_only_by_copying_are_declined():
+    def attend(q, k, v, g):  # q's (Hk, G) dims come from a (G, Hk) layout
+        B, T, H, D = q.shape
+        Hk = k.shape[2]
+        q = q.view(B, T, H // Hk, Hk, D).transpose(2, 3)
+        lam = F.logsigmoid(g).cumsum(-1).view(B, Hk, H // Hk, T)
+        s = torch.einsum("bihgd,bjhd->bhgij", q, k) + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(~_causal(T), -math.inf)
+        return torch.einsum("bhgij,bjhd->bihgd", s.softmax(-1), v).reshape(B, T, H * D)
+    B, T, H, Hk, D = 1, 5, 4, 2, 4
+    args = (torch.randn(B, T, H, D), torch.randn(B, T, Hk, D), torch.randn(B, T, Hk, D),
+            torch.randn(B, H, T))
+    _declined(attend, *args, reason="copying")

@@ -176,6 +176,9 @@ class Matcher:
             raise Declined(str(why)) from None
         changes = self._check_owned(qk.leaf, pv)
         site = self._site(spelling, node, q, k, v, out, nb, qk.coef, key_terms, scores, reader.notes)
+        if not g.same_size(site.shapes["k"][1], site.shapes["q"][1]):
+            site.notes.append(f"k and v go to the op with {site.shapes['k'][1]} heads "
+                              f"(query head h reads key head h // {site.shapes['q'][1] // site.shapes['k'][1]})")
         self._check_in_place(site, walker.reads)
         site.changes = changes
         return site
@@ -222,62 +225,33 @@ class Matcher:
         Returns (qk terms, key terms)."""
         if scores_info.problem:
             raise Declined(scores_info.problem)
-        rank = nb + 2
-        square = g.same_size(n_queries, n_keys)
-        qk_terms, key_terms, extra_bands = [], [], []
-        kept = []  # the terms that vary along j: a finite mask must hold against them
+        qk_terms, key_terms, kept, additive = [], [], [], []
         for term in scores_info.terms:
-            shp = g.shape(term.leaf)
-            if shp is None or len(shp) > rank:
-                raise Declined(f"cannot read the shape of {getattr(term.leaf, 'name', term.leaf)}")
-            if not math.isfinite(term.coef):
-                raise Declined(f"{_describe(term.leaf)} enters the scores times {term.coef}")
-            if g.kind(term.leaf) in _PRODUCTS and len(shp) == rank:
-                qk_terms.append(term)  # before looking at its shape: with one query it is (..., 1, N)
+            found = self._term(term, reader, nb, g.same_size(n_queries, n_keys))
+            if found == "additive":
+                additive.append(term)
+            elif found == "qk":
+                qk_terms.append(term)
+            elif found is not None:
+                key_terms.append(found)
+            if found not in (None, "additive"):
                 kept.append(term)
-                continue
-            along_i = len(shp) >= 2 and shp[-2] != 1
-            along_j = len(shp) >= 1 and shp[-1] != 1
-            if not along_j:
-                continue  # query-only and constant terms: softmax is blind to them
-            if g.kind(term.leaf) in _PRODUCTS:
-                raise Declined("a matrix product enters the scores as a key-only term")
-            if not along_i:
-                key_terms.append(KeyTerm(term.coef, term.factors, term.leaf))
-                kept.append(term)
-                continue
-            if constant_along(term.leaf, -1) is not None:
-                continue  # a copy of a query-side vector
-            found = constant_along(term.leaf, -2)
-            if found is not None:
-                key_terms.append(KeyTerm(term.coef, term.factors, *found))
-                kept.append(term)
-                continue
-            found = segsum(term.leaf, reader) if square else None
-            if found is not None:  # c_i - c_j: the key side is -c_j
-                key_terms.append(KeyTerm(-term.coef, term.factors, *found, cumulative=True))
-                reader.notes.append(f"{term.leaf.name} read as a segment sum c_i - c_j")
-                kept.append(term)
-                continue
-            band = None
-            if term.coef > 0 and not term.factors:
-                band = reader.negative_infinity(term.leaf, FINITE_MASK_LIMIT_UNDER_BIAS / term.coef)
+        bands = []
+        for term in additive:
+            band = reader.negative_infinity(term.leaf, _mask_limit(kept) / term.coef)
             if band is None:
                 raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): "
                                "not a forget gate")
-            extra_bands.append(band)
-        bands = []
+            bands.append(band)
         for index, use in enumerate(scores_info.masks):
             if use.masked is None:
                 raise Declined(f"mask at {g.location(use.node)} not recognised as a function of "
                                "(i, j) (built from data, or an unsupported construction)")
             outside = [t for t in kept if index not in t.masked_by]
-            limit = FINITE_MASK_LIMIT_UNDER_BIAS if outside else FINITE_MASK_LIMIT
-            if not use.fill <= limit:
+            if not use.fill <= _mask_limit(outside):
                 raise Declined(f"mask fills with {use.fill:g}, not -inf or a large negative number"
                                + (" (a bias is added after it)" if outside else ""))
             bands.append(use.masked)
-        bands += extra_bands
         masked = bands[0] if bands else NONE
         for band in bands[1:]:
             masked = either(masked, band)
@@ -292,6 +266,37 @@ class Matcher:
         if not key_terms:
             raise Declined("no forget-gate bias: plain causal attention, nothing for ACP to prune")
         return qk_terms, key_terms
+
+    @staticmethod
+    def _term(term, reader, nb: int, square: bool):
+        """What one term is: "qk", a KeyTerm, "additive" (a candidate additive mask, varying along
+        i and j), or None (softmax is blind to it)."""
+        shp = g.shape(term.leaf)
+        if shp is None or len(shp) > nb + 2:
+            raise Declined(f"cannot read the shape of {getattr(term.leaf, 'name', term.leaf)}")
+        if not math.isfinite(term.coef):
+            raise Declined(f"{_describe(term.leaf)} enters the scores times {term.coef}")
+        if g.kind(term.leaf) in _PRODUCTS and len(shp) == nb + 2:
+            return "qk"  # before looking at its shape: with one query it is (..., 1, N)
+        along_i = len(shp) >= 2 and shp[-2] != 1
+        if len(shp) < 1 or shp[-1] == 1:
+            return None  # query-only and constant terms
+        if g.kind(term.leaf) in _PRODUCTS:
+            raise Declined("a matrix product enters the scores as a key-only term")
+        if not along_i:
+            return KeyTerm(term.coef, term.factors, term.leaf)
+        if constant_along(term.leaf, -1) is not None:
+            return None  # a copy of a query-side vector
+        found = constant_along(term.leaf, -2)
+        if found is not None:
+            return KeyTerm(term.coef, term.factors, *found)
+        found = segsum(term.leaf, reader) if square else None
+        if found is not None:  # c_i - c_j: the key side is -c_j
+            reader.notes.append(f"{term.leaf.name} read as a segment sum c_i - c_j")
+            return KeyTerm(-term.coef, term.factors, *found, cumulative=True)
+        if term.coef > 0 and not term.factors:
+            return "additive"
+        raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): not a forget gate")
 
     def _check_owned(self, qk_leaf, pv) -> list[fx.Node]:
         """Every node from the q.k product to the value product must serve this site alone.
@@ -349,6 +354,17 @@ def _size(x: Operand, dim: int):
         return sizes[0]
     total = g.numel(sizes)
     return int(total) if total.is_number else total
+
+
+def _mask_limit(terms) -> float:
+    """How negative a finite mask value must be, as the softmax sees it, to count as -inf: below
+    FINITE_MASK_LIMIT, and when terms are added after the mask, below FINITE_MASK_LIMIT_UNDER_BIAS
+    in their units (a term scaled by c lifts the mask by c times its value). A term with a
+    per-head factor counts as scaled by at least 1."""
+    if not terms:
+        return FINITE_MASK_LIMIT
+    scale = max(abs(t.coef) if not t.factors else max(abs(t.coef), 1.0) for t in terms)
+    return min(FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS * scale * (1 - 1e-9))
 
 
 def _same_sizes(a, b) -> bool:

@@ -75,6 +75,18 @@ def _check(name: str, x, dims: list, scores, nb: int, full_heads: bool) -> None:
                            f"{layout}")
 
 
+def _merged(name: str, x: Operand) -> Operand:
+    """x, when merging each group of its dims (q split into (Hk, G) heads) is a view: each dim
+    steps over the whole of the next one. A merge that would copy is declined."""
+    tensor = g.value(x.node)
+    size, stride = tensor.shape, tensor.stride()
+    for group in x.groups:
+        for a, b in zip(group, group[1:]):
+            if 1 not in (size[a], size[b]) and not g.same_size(stride[a], stride[b] * size[b]):
+                raise NotAnOperand(f"{name}'s head dims {group} merge into one only by copying")
+    return x
+
+
 def qk_operands(leaf, nb: int) -> tuple[Operand, Operand, str]:
     """q and k of a QK product leaf, and the product's spelling."""
     k = g.kind(leaf)
@@ -106,7 +118,7 @@ def qk_operands(leaf, nb: int) -> tuple[Operand, Operand, str]:
         raise NotAnOperand(f"{leaf.name} is not a matrix product")
     _check("q", a, q_dims, leaf, nb, full_heads=True)
     _check("k", b, k_dims, leaf, nb, full_heads=False)
-    return _operand(a, q_dims, nb), _operand(b, k_dims, nb), spelling
+    return _merged("q", _operand(a, q_dims, nb)), _merged("k", _operand(b, k_dims, nb)), spelling
 
 
 def pv_operand(pv, probs, nb: int) -> tuple[Operand, Operand]:
@@ -141,7 +153,7 @@ def pv_operand(pv, probs, nb: int) -> tuple[Operand, Operand]:
     else:
         raise NotAnOperand(f"the probabilities feed {pv.target}, not a value product")
     _check("v", v, v_dims, probs, nb, full_heads=False)
-    return _operand(v, v_dims, nb), _operand(pv, out_dims, nb)
+    return _merged("v", _operand(v, v_dims, nb)), _operand(pv, out_dims, nb)
 
 
 def _unpermuted(x: Operand) -> Operand:
