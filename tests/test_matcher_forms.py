@@ -338,3 +338,25 @@ def test_grouped_query_heads_that_merge_only_by_copying_are_declined():
     args = (torch.randn(B, T, H, D), torch.randn(B, T, Hk, D), torch.randn(B, T, Hk, D),
             torch.randn(B, H, T))
     _declined(attend, *args, reason="copying")
+
+
+def sliced_rows(sliced):
+    def attend(q, k, v, g):  # M queries at the end of N keys, the bias rows sliced
+        M, N = q.shape[2], k.shape[2]
+        lam = F.logsigmoid(g).cumsum(-1)
+        rows = lam.unsqueeze(-1).repeat(1, 1, 1, N)
+        keep = torch.ones(M, N, dtype=torch.bool).tril(diagonal=N - M)
+        if sliced == "bias":
+            s = q @ k.mT + (rows - rows.mT)[..., N - M:, :]
+            return s.masked_fill(~keep, -math.inf).softmax(-1) @ v
+        s = (torch.cat([k, k], dim=2)[:, :, :N] @ k.mT + rows - rows.mT)[..., N - M:, :]
+        return s.masked_fill(~keep, -math.inf).softmax(-1) @ v
+    return attend
+
+
+def test_bias_rows_sliced_for_queries_at_the_end():
+    _one_site(sliced_rows("bias"), *_qkvg(M=3, N=8))
+
+
+def test_sliced_q_k_product_is_declined():
+    _declined(sliced_rows("scores"), *_qkvg(M=3, N=8), reason="sliced")

@@ -118,10 +118,13 @@ def _source_axis(node, axis: int) -> int | None:
 
 
 def _repeat_source(node, axis: int, in_rank: int, out_rank: int) -> int | None:
-    """repeat tiles: order along an axis survives only where that axis is not tiled."""
+    """repeat tiles: order along an axis survives where it is not tiled, or where it had size 1
+    (a broadcast: constant along it)."""
     reps = node.args[1:] if not isinstance(node.args[1], (tuple, list)) else node.args[1]
     source = axis - (out_rank - in_rank)
-    return source if source >= 0 and reps[axis] == 1 else None
+    if source < 0:
+        return None
+    return source if reps[axis] == 1 or g.shape(node.args[0])[source] == 1 else None
 
 
 def direction(node, axis: int) -> int | None:

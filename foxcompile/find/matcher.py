@@ -176,9 +176,10 @@ class Matcher:
             raise Declined(str(why)) from None
         changes = self._check_owned(qk.leaf, pv)
         site = self._site(spelling, node, q, k, v, out, nb, qk.coef, key_terms, scores, reader.notes)
-        if not g.same_size(site.shapes["k"][1], site.shapes["q"][1]):
-            site.notes.append(f"k and v go to the op with {site.shapes['k'][1]} heads "
-                              f"(query head h reads key head h // {site.shapes['q'][1] // site.shapes['k'][1]})")
+        q_heads, kv_heads = site.shapes["q"][1], site.shapes["k"][1]
+        if not g.same_size(q_heads, kv_heads):
+            site.notes.append(f"k and v go to the op with {kv_heads} heads (query head h reads key "
+                              f"head h // {q_heads // kv_heads})")
         self._check_in_place(site, walker.reads)
         site.changes = changes
         return site
@@ -199,7 +200,8 @@ class Matcher:
         nb = g.rank(q) - 2
         if nb > 2 or nb < 0 or g.rank(k) != nb + 2 or g.rank(v) != nb + 2:
             raise Declined(f"SDPA with {nb} batch dims: not supported")
-        shared = nb - 1 if node.kwargs.get("enable_gqa") else nb  # enable_gqa: k, v have Hk heads
+        gqa = node.kwargs.get("enable_gqa") is True and nb == 2
+        shared = nb - 1 if gqa else nb  # enable_gqa: k and v have Hk heads, read as h // G
         if not (_same_sizes(g.shape(k)[:shared], g.shape(q)[:shared])
                 and _same_sizes(g.shape(k)[:nb], g.shape(v)[:nb])):
             raise Declined("SDPA with k or v broadcast over batch or heads: not supported")
@@ -277,6 +279,8 @@ class Matcher:
         if not math.isfinite(term.coef):
             raise Declined(f"{_describe(term.leaf)} enters the scores times {term.coef}")
         if g.kind(term.leaf) in _PRODUCTS and len(shp) == nb + 2:
+            if term.rows_sliced:
+                raise Declined(f"the q.k product {_describe(term.leaf)} is sliced before the softmax")
             return "qk"  # before looking at its shape: with one query it is (..., 1, N)
         along_i = len(shp) >= 2 and shp[-2] != 1
         if len(shp) < 1 or shp[-1] == 1:
@@ -294,7 +298,7 @@ class Matcher:
         if found is not None:  # c_i - c_j: the key side is -c_j
             reader.notes.append(f"{term.leaf.name} read as a segment sum c_i - c_j")
             return KeyTerm(-term.coef, term.factors, *found, cumulative=True)
-        if term.coef > 0 and not term.factors:
+        if term.coef > 0 and not term.factors and not term.rows_sliced:
             return "additive"
         raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): not a forget gate")
 

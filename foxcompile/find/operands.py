@@ -40,9 +40,8 @@ def _batch_groups(nb: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def _operand(node, dims: list, nb: int) -> Operand:
     """dims: for each score dim (batch..., time, feature), the node dim holding it or None."""
-    b, h = _batch_groups(nb)
-    pick = lambda group: tuple(dims[c] for c in group if dims[c] is not None)  # noqa: E731
-    return Operand(node, (pick(b), pick(h), (dims[nb],), (dims[nb + 1],)))
+    batch = [tuple(dims[c] for c in group if dims[c] is not None) for group in _batch_groups(nb)]
+    return Operand(node, (*batch, (dims[nb],), (dims[nb + 1],)))
 
 
 def _matmul_dims(x, nb: int, last_two: tuple[int, int]) -> list:

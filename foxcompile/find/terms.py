@@ -30,6 +30,7 @@ class Term:
     factors: tuple  # ((node, power), ...): tensors constant over i and j (per-head scales)
     leaf: fx.Node
     masked_by: tuple = ()  # indices of the masks applied on top of this term
+    rows_sliced: bool = False  # under x[..., a:b, :]: only a key-side or query-only term can be
 
 
 @dataclass
@@ -75,6 +76,18 @@ def _boolean_index(index, rank: int):
     return mask if ok else None
 
 
+def _slices_rows_only(node) -> bool:
+    """x[..., a:b, :]: the same dims, only the query rows selected (a key-side term stays one)."""
+    x = node.args[0]
+    rank = g.rank(x)
+    dims = g.index_map(node.args[1], rank) if rank is not None and rank >= 2 else None
+    if dims is None or len(dims) != rank or None in dims:
+        return False
+    whole = slice(None)
+    return (all(d == n for n, (d, _) in enumerate(dims))
+            and all(part == whole for d, part in dims if d != rank - 2))
+
+
 class ScoreWalker:
     def __init__(self, score_rank: int, reader: MaskReader, inplace: InPlace):
         self.rank = score_rank
@@ -83,6 +96,7 @@ class ScoreWalker:
         self.out = Scores()
         self.reads: set = set()  # (node, consumer): reads made with in-place changes applied
         self._enclosing: tuple = ()
+        self._rows_sliced = False
 
     def _per_head(self, x) -> bool:
         varies = _varies(x, self.rank)
@@ -120,12 +134,19 @@ class ScoreWalker:
             return self._where(node, coef, factors)
         if k == "setitem":
             return self._setitem(node, coef, factors)
+        if k == "getitem" and _slices_rows_only(node):
+            self._through(node)
+            outer, self._rows_sliced = self._rows_sliced, True
+            self.walk(node.args[0], node, coef, factors)
+            self._rows_sliced = outer
+            return None
         if k == "baddbmm":
             beta = g.number(g.arg(node, 3, "beta", 1.0))
             alpha = g.number(g.arg(node, 4, "alpha", 1.0))
             if beta is None or alpha is None:
                 return self._leaf(node, coef, factors)
-            self.out.terms.append(Term(coef * alpha, factors, node, self._enclosing))
+            self.out.terms.append(Term(coef * alpha, factors, node, self._enclosing,
+                                       self._rows_sliced))
             if beta != 0.0:
                 self._operand(g.arg(node, 0, "input"), node, coef * beta, factors)
             return None
@@ -155,6 +176,9 @@ class ScoreWalker:
         return self._leaf(node, coef, factors)
 
     def _mask(self, node, masked: Band | None, fill: float | None, coef: float, inner) -> None:
+        if self._rows_sliced:
+            self.out.problem = f"a mask at {g.location(node)} inside a slice of the score rows"
+            return None
         self._through(node)
         self.out.masks.append(MaskUse(node, masked, fill * coef if fill is not None else math.nan))
         outer = self._enclosing
@@ -191,5 +215,5 @@ class ScoreWalker:
         return self._mask(node, self.reader.truth(mask), g.number(fill), coef, base)
 
     def _leaf(self, node, coef, factors):
-        self.out.terms.append(Term(coef, factors, node, self._enclosing))
+        self.out.terms.append(Term(coef, factors, node, self._enclosing, self._rows_sliced))
         return None
