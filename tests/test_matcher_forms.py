@@ -360,3 +360,33 @@ def test_bias_rows_sliced_for_queries_at_the_end():
 
 def test_sliced_q_k_product_is_declined():
     _declined(sliced_rows("scores"), *_qkvg(M=3, N=8), reason="sliced")
+
+
+def broadcast_mask(form):
+    def attend(q, k, v, g):
+        T = q.shape[2]
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+        row = torch.ones(1, T, dtype=torch.bool).triu(1)  # one row: a function of j only
+        if form == "masked_fill":
+            return s.masked_fill(row, -math.inf).softmax(-1) @ v
+        if form == "and":
+            return s.masked_fill(~(_causal(T) & ~row), -math.inf).softmax(-1) @ v
+        additive = torch.full((1, T), -math.inf, dtype=q.dtype).triu(1)
+        return (s + additive).softmax(-1) @ v
+    return attend
+
+
+def test_masks_broadcast_along_the_queries_are_not_causal():
+    for form in ("masked_fill", "and", "additive"):
+        _declined(broadcast_mask(form), *_qkvg(), reason="")
+
+
+def test_one_query_with_a_one_row_additive_mask():
+    def attend(q, k, v, g):
+        M, N = q.shape[2], k.shape[2]
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT + lam[..., N - M:, None] - lam[..., None, :]
+        return (s + torch.full((M, N), -math.inf, dtype=q.dtype).triu(N - M + 1)).softmax(-1) @ v
+    _one_site(attend, *_qkvg(M=1, N=9))
+    _one_site(attend, *_qkvg(M=4, N=9))

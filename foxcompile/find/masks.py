@@ -72,6 +72,22 @@ def either(a: Band | None, b: Band | None) -> Band | None:
     return None if neither is None else neither.negate()
 
 
+def _last_two(shape) -> tuple:
+    shape = tuple(shape or ())
+    return (1,) * (2 - len(shape)) + shape[-2:]
+
+
+def lift(band: Band | None, source, target) -> Band | None:
+    """A band read on a tensor of shape `source`, as it falls on the shape `target` it is
+    broadcast to. Unchanged when their last two dims agree; a tensor broadcast along a size-1 row
+    or column dim is a function of one index, so its diagonal band does not carry over (None),
+    while everywhere / nowhere does."""
+    if band is None or band.side in ("all", "none"):
+        return band
+    a, b = _last_two(source), _last_two(target)
+    return band if all(g.same_size(x, y) for x, y in zip(a, b)) else None
+
+
 def _within(band: Band, n_queries, n_keys) -> Band:
     """The band as it falls on the scores: d = j - i runs over -(M - 1) .. N - 1, so a band
     beyond either end removes nothing or everything (when sympy can tell)."""
@@ -145,15 +161,17 @@ class MaskReader:
         if k == "invert":
             inner = self.truth(node.args[0])
             return None if inner is None else inner.negate()
-        if k in ("bool", "cast", "identity", "expand"):
+        if k in ("bool", "cast", "identity"):
             return self.truth(node.args[0])
+        if k == "expand":
+            return self._lifted(self.truth, node.args[0], node)
         if k in ("eq", "ne") and g.number(node.args[1]) == 0.0:
             inner = self.truth(node.args[0])
             return None if inner is None else (inner.negate() if k == "eq" else inner)
         if k in ("eq", "gt", "ge", "lt", "le", "ne"):
             return self._compare(k, node.args[0], node.args[1])
         if k in ("and", "or"):
-            a, b = self.truth(node.args[0]), self.truth(node.args[1])
+            a, b = (self._lifted(self.truth, x, node) for x in node.args[:2])
             return both(a, b) if k == "and" else either(a, b)
         if k == "getitem":
             return self._sliced(node, self.truth)
@@ -178,11 +196,11 @@ class MaskReader:
         if k == "masked_fill":
             base, fill = node.args[0], g.number(node.args[2])
             if g.constant(base) == 0.0 and fill is not None and fill <= threshold:
-                return self.truth(node.args[1])
+                return self._lifted(self.truth, node.args[1], node)
             return None
         if k == "where":
             a, b = g.constant(node.args[1]), g.constant(node.args[2])
-            cond = self.truth(node.args[0])
+            cond = self._lifted(self.truth, node.args[0], node)
             if cond is None:
                 return None
             if a == 0.0 and b is not None and b <= threshold:
@@ -190,8 +208,10 @@ class MaskReader:
             if b == 0.0 and a is not None and a <= threshold:
                 return cond
             return None
-        if k in ("cast", "identity", "expand"):
+        if k in ("cast", "identity"):
             return self.negative_infinity(node.args[0], threshold)
+        if k == "expand":
+            return self._lifted(lambda x: self.negative_infinity(x, threshold), node.args[0], node)
         if k == "getitem":
             return self._sliced(node, lambda n: self.negative_infinity(n, threshold))
         if k == "unsqueeze" and g.normalize_dim(node.args[1], g.rank(node)) < g.rank(node) - 2:
@@ -206,6 +226,14 @@ class MaskReader:
                 self.notes.append(f"additive mask buffer {node.name} checked by value at compile time")
             return band
         return None
+
+    def truth_on(self, mask, target) -> Band | None:
+        """Where `mask` is true, as it falls on the tensor `target` it masks."""
+        return self._lifted(self.truth, mask, target)
+
+    @staticmethod
+    def _lifted(read, x, into) -> Band | None:
+        return lift(read(x), g.shape(x), g.shape(into))
 
     def _sliced(self, node, read) -> Band | None:
         """x[..., a:, b:] (leading dims indexed or new axes added at will): d shifts by b - a."""

@@ -16,7 +16,7 @@ from torch import fx
 from . import graph as g
 from .decay import decay_verdict, direction, sign
 from .inplace import InPlace, targets
-from .masks import NONE, Band, MaskReader, causal, either, same_on
+from .masks import NONE, Band, MaskReader, causal, either, lift, same_on
 from .operands import NotAnOperand, key_value, pv_operand, qk_operands
 from .separable import constant_along, segsum
 from .site import Decline, KeyTerm, Operand, Site
@@ -238,17 +238,23 @@ class Matcher:
                 key_terms.append(found)
             if found not in (None, "additive"):
                 kept.append(term)
+        scores = (n_queries, n_keys)
         bands = []
         for term in additive:
             band = reader.negative_infinity(term.leaf, _mask_limit(kept) / term.coef)
+            band = lift(band, g.shape(term.leaf), scores)
+            if band is None and g.shape(term.leaf)[-2:-1] in ((), (1,)):
+                raise Declined(f"{_describe(term.leaf)} masks keys for every query: not a causal "
+                               "mask, and as a gate it would be infinite")
             if band is None:
                 raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): "
                                "not a forget gate")
             bands.append(band)
         for index, use in enumerate(scores_info.masks):
-            if use.masked is None:
+            if lift(use.masked, use.shape, scores) is None:
                 raise Declined(f"mask at {g.location(use.node)} not recognised as a function of "
-                               "(i, j) (built from data, or an unsupported construction)")
+                               "(i, j) (built from data, broadcast along the queries or keys, or "
+                               "an unsupported construction)")
             outside = [t for t in kept if index not in t.masked_by]
             if not use.fill <= _mask_limit(outside):
                 raise Declined(f"mask fills with {use.fill:g}, not -inf or a large negative number"
@@ -287,7 +293,10 @@ class Matcher:
             return None  # query-only and constant terms
         if g.kind(term.leaf) in _PRODUCTS:
             raise Declined("a matrix product enters the scores as a key-only term")
+        maskable = term.coef > 0 and not term.factors and not term.rows_sliced
         if not along_i:
+            if maskable and reader.negative_infinity(term.leaf, FINITE_MASK_LIMIT / term.coef) is not None:
+                return "additive"  # a constant key-only mask: as a gate it would be infinite
             return KeyTerm(term.coef, term.factors, term.leaf)
         if constant_along(term.leaf, -1) is not None:
             return None  # a copy of a query-side vector
@@ -298,7 +307,7 @@ class Matcher:
         if found is not None:  # c_i - c_j: the key side is -c_j
             reader.notes.append(f"{term.leaf.name} read as a segment sum c_i - c_j")
             return KeyTerm(-term.coef, term.factors, *found, cumulative=True)
-        if term.coef > 0 and not term.factors and not term.rows_sliced:
+        if maskable:
             return "additive"
         raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): not a forget gate")
 
@@ -348,7 +357,7 @@ class Matcher:
             shapes["scores"] = g.shape(scores)
         return Site(kind=spelling, location=g.location(anchor), module=g.module_path(anchor),
                     decay=decay, q=q, k=k, v=v, out=out, batch_dims=nb, scale=float(scale),
-                    key_terms=key_terms, shapes=shapes, notes=list(notes))
+                    key_terms=key_terms, shapes=shapes, notes=list(dict.fromkeys(notes)))
 
 
 def _size(x: Operand, dim: int):

@@ -76,7 +76,7 @@ def segsum(leaf, reader: MaskReader):
     filled = leaf.args[0]
     if g.kind(filled) != "masked_fill" or g.number(g.arg(filled, 2, "value")) != 0.0:
         return None
-    zeroed = reader.truth(filled.args[1])
+    zeroed = reader.truth_on(filled.args[1], filled)
     keep = None if zeroed is None else zeroed.negate()
     if keep is None or keep.side != "le" or not _cumulative_identity(keep.bound):
         return None

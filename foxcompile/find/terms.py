@@ -38,6 +38,7 @@ class MaskUse:
     node: fx.Node
     masked: Band | None  # positions set to (near) -inf, None when not understood
     fill: float          # the fill value as the softmax sees it (times outer coefficients)
+    shape: tuple         # the shape of the masked tensor (it may broadcast into the scores)
 
 
 @dataclass
@@ -180,7 +181,9 @@ class ScoreWalker:
             self.out.problem = f"a mask at {g.location(node)} inside a slice of the score rows"
             return None
         self._through(node)
-        self.out.masks.append(MaskUse(node, masked, fill * coef if fill is not None else math.nan))
+        fill = fill * coef if fill is not None else math.nan
+        shape = g.shape(node) if g.is_tensor(node) else g.shape(inner)  # setitem returns None
+        self.out.masks.append(MaskUse(node, masked, fill, shape))
         outer = self._enclosing
         self._enclosing = outer + (len(self.out.masks) - 1,)
         self.walk(inner, node, coef, ())
@@ -190,7 +193,7 @@ class ScoreWalker:
         if factors:
             return self._leaf(node, coef, factors)
         fill = g.number(g.arg(node, 2, "value"))
-        return self._mask(node, self.reader.truth(node.args[1]), fill, coef, node.args[0])
+        return self._mask(node, self.reader.truth_on(node.args[1], node), fill, coef, node.args[0])
 
     def _where(self, node, coef, factors):
         cond, a, b = node.args[0], node.args[1], node.args[2]
@@ -198,10 +201,10 @@ class ScoreWalker:
             return self._leaf(node, coef, factors)
         fill_a, fill_b = g.constant(a), g.constant(b)
         if fill_b is not None and fill_a is None:
-            keep = self.reader.truth(cond)
+            keep = self.reader.truth_on(cond, node)
             return self._mask(node, None if keep is None else keep.negate(), fill_b, coef, a)
         if fill_a is not None and fill_b is None:
-            return self._mask(node, self.reader.truth(cond), fill_a, coef, b)
+            return self._mask(node, self.reader.truth_on(cond, node), fill_a, coef, b)
         return self._leaf(node, coef, factors)
 
     def _setitem(self, node, coef, factors):
@@ -212,7 +215,7 @@ class ScoreWalker:
             self.out.problem = (f"index assignment at {g.location(node)} is not a boolean mask "
                                 "filled with a number")
             return None
-        return self._mask(node, self.reader.truth(mask), g.number(fill), coef, base)
+        return self._mask(node, self.reader.truth_on(mask, base), g.number(fill), coef, base)
 
     def _leaf(self, node, coef, factors):
         self.out.terms.append(Term(coef, factors, node, self._enclosing, self._rows_sliced))
