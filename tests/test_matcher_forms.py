@@ -25,9 +25,9 @@ def _compiled_matches_eager(fn, *args, grads=True):
             out.backward(torch.ones_like(out))
         runs.append((out.detach(), [a.grad for a in leaves]))
     (out_e, grads_e), (out_c, grads_c) = runs
-    torch.testing.assert_close(out_c, out_e, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-8, atol=1e-8, equal_nan=True)
     for a, b in zip(grads_c, grads_e):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8, equal_nan=True)
 
 
 def _one_site(fn, *args, decay="proven"):
@@ -390,3 +390,32 @@ def test_one_query_with_a_one_row_additive_mask():
         return (s + torch.full((M, N), -math.inf, dtype=q.dtype).triu(N - M + 1)).softmax(-1) @ v
     _one_site(attend, *_qkvg(M=1, N=9))
     _one_site(attend, *_qkvg(M=4, N=9))
+
+
+def spelled(form):
+    def attend(q, k, v, g):
+        T = q.shape[2]
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT + lam[..., :, None]
+        s = torch.sub(s, lam[..., None, :], alpha=3.0) if form == "sub_alpha" else s - lam[..., None, :]
+        s = s.masked_fill(~_causal(T), -math.inf)
+        if form == "floor_div":
+            return torch.div(s, 0.3, rounding_mode="floor").softmax(-1) @ v
+        if form == "column_max":  # a per-key shift: a key-side term, not a row max
+            e = torch.exp(s - s.amax(-2, keepdim=True))
+            return e / e.sum(-1, keepdim=True) @ v
+        if form == "sums_without_keepdim":  # broadcast along the keys: not a softmax
+            e = torch.exp(s - s.amax(-1, keepdim=True))
+            return (e / e.sum(-1)) @ v
+        return s.softmax(-1) @ v
+    return attend
+
+
+def test_spellings_that_change_the_arithmetic():
+    args = _qkvg(H=1)
+    _one_site(spelled("sub_alpha"), *args)
+    _one_site(spelled("column_max"), *args, decay="guarded")
+    _declined(spelled("floor_div"), *args, reason="jointly", grads=False)
+    report = foxcompile.explain(spelled("sums_without_keepdim"), *args)
+    assert not report.sites
+    _compiled_matches_eager(spelled("sums_without_keepdim"), *args)

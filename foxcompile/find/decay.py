@@ -69,7 +69,7 @@ def sign(node) -> int | None:
     if k == "arange":
         start = g.number(g.arg(node, 0)) if len(node.args) > 1 else 0.0
         return 1 if start is not None and start >= 0 and g.arg(node, 2, "step", 1) == 1 else None
-    if k in _SIGN_PRESERVING:
+    if k in _SIGN_PRESERVING and (k != "cast" or g.floating(node)):  # bool, uint8 casts do not
         return sign(node.args[0])
     return None
 
@@ -174,7 +174,7 @@ def direction(node, axis: int) -> int | None:
         return None
     if k == "cat":
         return _cat_direction(node, axis)
-    source = _source_axis(node, axis) if k in _VIEWS else None
+    source = _source_axis(node, axis) if k in _VIEWS and (k != "cast" or g.floating(node)) else None
     if source is not None:
         return direction(node.args[0], source)
     return None

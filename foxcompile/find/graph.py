@@ -112,6 +112,10 @@ def dtype(node):
     return v.dtype if isinstance(v, torch.Tensor) else None
 
 
+def floating(node) -> bool:
+    return dtype(node) is not None and dtype(node).is_floating_point
+
+
 def is_tensor(node) -> bool:
     return isinstance(value(node), torch.Tensor)
 
@@ -143,8 +147,7 @@ def constant(x) -> float | None:
         return 0.0
     if k in ("ones", "ones_like"):
         return 1.0
-    if k == "identity" or (k == "cast" and dtype(x) is not None and dtype(x).is_floating_point
-                           and dtype(x.args[0]) is not None and dtype(x.args[0]).is_floating_point):
+    if k == "identity" or (k == "cast" and floating(x) and floating(x.args[0])):
         return constant(x.args[0])
     return None
 

@@ -52,22 +52,12 @@ def _softmax_input(node):
     if (len(dims) != 1 or dims[0] is None
             or g.normalize_dim(dims[0], g.rank(num)) != g.rank(num) - 1):
         raise Declined("hand-written softmax normalises over a dim other than the last")
+    if g.rank(den) != g.rank(num):
+        return None  # row sums without keepdim broadcast along the wrong axis: not a softmax
     coef = 1.0 if g.kind(num) == "exp" else math.log(2.0)
-    shifted = num.args[0]
-    if g.kind(shifted) == "sub" and _is_row_max(shifted.args[1], shifted.args[0]):
-        return shifted.args[0], coef, shifted
-    return shifted, coef, num
-
-
-def _is_row_max(node, of) -> bool:
-    """amax(of, -1, keepdim=True), of.max(-1, keepdim=True)[0] / .values, possibly detached."""
-    while g.kind(node) in ("identity", "cast"):
-        node = node.args[0]
-    if g.kind(node) == "getitem" and node.args[1] == 0:
-        node = node.args[0]
-    elif g.kind(node) == "attr:values":
-        node = node.args[0]
-    return g.kind(node) in ("amax", "max") and node.args[0] is of
+    # exp(s - m) with m a row max: m has size 1 along the keys, so the walk drops it like any
+    # query-only term
+    return num.args[0], coef, num
 
 
 def _is_nan_repair(node, probs) -> bool:

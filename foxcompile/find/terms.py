@@ -110,7 +110,7 @@ class ScoreWalker:
             changed = self.inplace.latest(node, at)
             node = node if changed is None else changed
         k = g.kind(node)
-        if k in ("cast", "identity") and isinstance(node, fx.Node):
+        if k == "identity" or k == "cast" and g.floating(node):  # not to int: that rounds
             self._through(node)
             return self.walk(node.args[0], node, coef, factors)
         if k == "add":
@@ -120,14 +120,15 @@ class ScoreWalker:
             self._operand(node.args[1], node, coef * (alpha if alpha is not None else math.nan), factors)
             return None
         if k == "sub":
+            alpha = g.number(node.kwargs.get("alpha", 1.0))
             self._through(node)
             self._operand(node.args[0], node, coef, factors)
-            self._operand(node.args[1], node, -coef, factors)
+            self._operand(node.args[1], node, -coef * (alpha if alpha is not None else math.nan), factors)
             return None
         if k == "neg":
             self._through(node)
             return self.walk(node.args[0], node, -coef, factors)
-        if k in ("mul", "div"):
+        if k == "mul" or k == "div" and g.arg(node, 2, "rounding_mode") is None:
             return self._product(node, k, coef, factors)
         if k == "masked_fill":
             return self._masked_fill(node, coef, factors)
