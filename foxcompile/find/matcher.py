@@ -4,8 +4,9 @@ From every softmax (library call or written by hand) and every SDPA call, the ma
 the scores as a function of (batch, head, i, j): a scaled q.k product, key-side terms (the forget
 gate: lam_j, an ALiBi slope * j), query-side terms (ignored by softmax), and masks, which must
 remove exactly the keys j > i + P (P = N - M). Then it checks that the T x T intermediates belong
-to the site alone and decides from the graph whether the gate provably decays. The result is a
-Site to rewrite or a Decline with a reason a user can act on.
+to the site alone, that no in-place op changes what it read (inplace.py), and decides from the
+graph whether the gate provably decays. The result is a Site to rewrite or a Decline with a reason
+a user can act on. docs/matching.md lists the forms and the reasons.
 """
 import logging
 import math
