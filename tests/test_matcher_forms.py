@@ -419,3 +419,14 @@ def test_spellings_that_change_the_arithmetic():
     report = foxcompile.explain(spelled("sums_without_keepdim"), *args)
     assert not report.sites
     _compiled_matches_eager(spelled("sums_without_keepdim"), *args)
+
+
+def test_symbolic_diagonal_offset():
+    def attend(q, k, v, g):  # with dynamic shapes, N - M is a graph node
+        M, N = q.shape[2], k.shape[2]
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT * 0.125 + lam[..., N - M:, None] - lam[..., None, :]
+        keep = torch.ones(M, N, dtype=torch.bool).tril(diagonal=N - M)
+        return s.masked_fill(~keep, -math.inf).softmax(-1) @ v
+    report = foxcompile.explain(torch.compile(attend, dynamic=True), *_qkvg(M=3, N=8))
+    assert len(report.sites) == 1, str(report)

@@ -153,7 +153,10 @@ def constant(x) -> float | None:
 
 
 def sym(x) -> sympy.Expr:
-    """A size (int or SymInt) as a sympy expression, so sizes can be compared symbolically."""
+    """A size (int, SymInt, or a graph node computing one) as a sympy expression, so sizes can be
+    compared symbolically."""
+    if isinstance(x, fx.Node):
+        x = value(x)
     if isinstance(x, torch.SymInt):
         return x.node.expr
     return sympy.Integer(int(x))
