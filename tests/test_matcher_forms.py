@@ -397,7 +397,8 @@ def spelled(form):
         T = q.shape[2]
         lam = F.logsigmoid(g).cumsum(-1)
         s = q @ k.mT + lam[..., :, None]
-        s = torch.sub(s, lam[..., None, :], alpha=3.0) if form == "sub_alpha" else s - lam[..., None, :]
+        alpha = 3.0 if form == "sub_alpha" else 1.0
+        s = torch.sub(s, lam[..., None, :], alpha=alpha)
         s = s.masked_fill(~_causal(T), -math.inf)
         if form == "floor_div":
             return torch.div(s, 0.3, rounding_mode="floor").softmax(-1) @ v

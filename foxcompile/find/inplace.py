@@ -27,7 +27,8 @@ def targets(node) -> list[fx.Node]:
     if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
         return []
     out = node.kwargs.get("out")
-    changed = [x for x in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(x, fx.Node)]
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    changed = [x for x in outs if isinstance(x, fx.Node)]
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     first = node.args[0] if node.args else None
     if isinstance(first, fx.Node) and (

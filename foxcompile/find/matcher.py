@@ -285,10 +285,10 @@ class Matcher:
         if g.kind(term.leaf) in _PRODUCTS:
             raise Declined("a matrix product enters the scores as a key-only term")
         maskable = term.coef > 0 and not term.factors and not term.rows_sliced
-        if not along_i:
-            if maskable and reader.negative_infinity(term.leaf, FINITE_MASK_LIMIT / term.coef) is not None:
-                return "additive"  # a constant key-only mask: as a gate it would be infinite
-            return KeyTerm(term.coef, term.factors, term.leaf)
+        if not along_i:  # a constant key-only mask is a mask: as a gate it would be infinite
+            limit = FINITE_MASK_LIMIT / term.coef if maskable else None
+            mask = None if limit is None else reader.negative_infinity(term.leaf, limit)
+            return "additive" if mask is not None else KeyTerm(term.coef, term.factors, term.leaf)
         if constant_along(term.leaf, -1) is not None:
             return None  # a copy of a query-side vector
         found = constant_along(term.leaf, -2)

@@ -204,27 +204,28 @@ def ungroup(x: Operand) -> Operand | None:
             return Operand(node.args[0], x.groups)
         return None
     if k == "expand":  # a head dim of size 1 broadcast to H
-        base, shp = node.args[0], g.shape(node)
-        base_shape = g.shape(base)
-        if (len(base_shape) == len(shp) and base_shape[h] == 1
-                and all(g.same_size(a, b) for d, (a, b) in enumerate(zip(base_shape, shp)) if d != h)):
+        base = node.args[0]
+        if g.shape(base)[h:h + 1] == (1,) and _same_except(g.shape(base), g.shape(node), h):
             return Operand(base, x.groups)
         return None
-    if k != "reshape":
+    if k != "reshape" or g.kind(node.args[0]) != "expand":
         return None
     expanded, shp = node.args[0], g.shape(node)
-    split = g.shape(expanded)
-    if (g.kind(expanded) != "expand" or len(split) != len(shp) + 1
-            or not all(g.same_size(a, b) for a, b in zip(split[:h] + split[h + 2:], shp[:h] + shp[h + 1:]))
-            or not g.same_size(g.numel(split[h:h + 2]), shp[h])):
+    split = g.shape(expanded)  # (..., Hk, G, ...) merged into (..., H, ...)
+    if (len(split) != len(shp) + 1 or not g.same_size(g.numel(split[h:h + 2]), shp[h])
+            or not _same_except(split[:h + 1] + split[h + 2:], shp, h)):
         return None
     single = expanded.args[0]
-    single_shape = g.shape(single)
-    if (len(single_shape) != len(split) or single_shape[h + 1] != 1
-            or not all(g.same_size(a, b) for d, (a, b) in enumerate(zip(single_shape, split)) if d != h + 1)):
+    if g.shape(single)[h + 1:h + 2] != (1,) or not _same_except(g.shape(single), split, h + 1):
         return None
     base = _new_axis_at(single, h + 1)
     return None if base is None else Operand(base, x.groups)
+
+
+def _same_except(a, b, skip: int) -> bool:
+    """Shapes a and b agree in every dim but `skip`."""
+    pairs = [(x, y) for d, (x, y) in enumerate(zip(a, b)) if d != skip]
+    return len(a) == len(b) and all(g.same_size(x, y) for x, y in pairs)
 
 
 def heads(x: Operand):
@@ -236,6 +237,6 @@ def key_value(k: Operand, v: Operand) -> tuple[Operand, Operand]:
     peeled off where both can be, else as written."""
     for k_form in (ungroup(k), _unpermuted(k)):
         for v_form in (ungroup(v), _unpermuted(v)):
-            if k_form is not None and v_form is not None and g.same_size(heads(k_form), heads(v_form)):
+            if None not in (k_form, v_form) and g.same_size(heads(k_form), heads(v_form)):
                 return k_form, v_form
     raise NotAnOperand(f"k has {heads(k)} heads and v has {heads(v)}: the op takes one count")

@@ -61,6 +61,12 @@ def _varies(node, score_rank: int) -> tuple[bool, bool] | None:
     return along_i, along_j
 
 
+def _alpha(node) -> float:
+    """add/sub's `alpha` (the second operand's multiplier); NaN, and so a decline, if not a number."""
+    alpha = g.number(node.kwargs.get("alpha", 1.0))
+    return math.nan if alpha is None else alpha
+
+
 def _boolean_index(index, rank: int):
     """The mask of `x[index]` when index is a boolean tensor over the last two dims
     (`x[..., m]`) or over all of them (`x[m]`), else None."""
@@ -114,16 +120,14 @@ class ScoreWalker:
             self._through(node)
             return self.walk(node.args[0], node, coef, factors)
         if k == "add":
-            alpha = g.number(node.kwargs.get("alpha", 1.0))
             self._through(node)
             self._operand(node.args[0], node, coef, factors)
-            self._operand(node.args[1], node, coef * (alpha if alpha is not None else math.nan), factors)
+            self._operand(node.args[1], node, coef * _alpha(node), factors)
             return None
         if k == "sub":
-            alpha = g.number(node.kwargs.get("alpha", 1.0))
             self._through(node)
             self._operand(node.args[0], node, coef, factors)
-            self._operand(node.args[1], node, -coef * (alpha if alpha is not None else math.nan), factors)
+            self._operand(node.args[1], node, -coef * _alpha(node), factors)
             return None
         if k == "neg":
             self._through(node)
