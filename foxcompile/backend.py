@@ -7,6 +7,7 @@ import os
 import torch
 from torch import fx
 
+from .find.site import Decline
 from .options import FoxOptions
 from .report import GraphReport
 
@@ -53,9 +54,17 @@ def rewrite_graphs(gm: fx.GraphModule, example_inputs, options: FoxOptions) -> l
         if not isinstance(module, fx.GraphModule):
             continue
         before = module.code
-        sites, declined = Matcher(module.graph, constants.get(module)).find()
-        for site in sites:
-            rewrite(module, site, options.epsilon)
+        found, declined = Matcher(module.graph, constants.get(module)).find()
+        sites = []
+        for site in found:
+            try:
+                rewrite(module, site, options.epsilon)
+            except Exception as error:  # a model that runs in eager must still compile
+                log.warning("rewrite error at %s, site left alone: %r", site.location, error)
+                declined.append(Decline(site.location, site.module,
+                                        f"internal rewrite error ({error!r}); please report it"))
+                continue
+            sites.append(site)
         reports.append(GraphReport(name or "<top>", before, module.code, sites, declined))
     return reports
 

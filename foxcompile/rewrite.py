@@ -124,6 +124,21 @@ def rewrite(gm: fx.GraphModule, site: Site, epsilon: float) -> fx.Node:
     dtype = torch.promote_types(torch.promote_types(g.dtype(site.q.node), g.dtype(site.k.node)),
                                 g.dtype(site.v.node))
     bthd = site.batch_dims == 2 and site.out.groups == _BTHD
+    existing = set(graph.nodes)
+    try:
+        out = _insert(graph, site, dtype, bthd, epsilon)
+    except Exception:  # leave the graph as it was
+        for node in reversed([n for n in graph.nodes if n not in existing]):
+            graph.erase_node(node)
+        raise
+    site.output.replace_all_uses_with(out)
+    site.removed = _remove_dead(graph, site)
+    gm.recompile()
+    return out
+
+
+def _insert(graph: fx.Graph, site: Site, dtype, bthd: bool, epsilon: float) -> fx.Node:
+    """The new nodes, before site.output; returns the one that replaces it."""
     with graph.inserting_before(site.output):
         q, k, v = (_four_d(graph, x, dtype) for x in (site.q, site.k, site.v))
         if bthd:
@@ -136,7 +151,4 @@ def rewrite(gm: fx.GraphModule, site: Site, epsilon: float) -> fx.Node:
             out = _as_output(graph, out, site)
         if g.dtype(site.output) is not None and g.dtype(site.output) != dtype:
             out = _method(graph, "to", out, g.dtype(site.output))
-    site.output.replace_all_uses_with(out)
-    site.removed = _remove_dead(graph, site)
-    gm.recompile()
     return out

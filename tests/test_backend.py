@@ -286,3 +286,44 @@ def test_callable_backend_and_stats_under_compile():
     assert len(rows) == 1 and "test_backend.py" in rows[0]["site"]
     assert stats.skipped_fraction() > 0
     torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_right_padding_as_key_bias_stays_finite_like_eager():
+    """A -inf key-side bias (padding folded into the scores) is a key term: padded queries, whose
+    own key is masked, still attend the real keys in eager, and must not turn into NaN."""
+    def attend(q, k, v, lam, key_bias):
+        t = q.shape[-2]
+        s = q @ k.mT * 0.3 + lam[..., :, None] - lam[..., None, :] + key_bias
+        s = s.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+        return s.softmax(-1) @ v
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 23, 8) for _ in range(3))
+    lam = F.logsigmoid(torch.randn(2, 2, 23)).cumsum(-1)
+    key_bias = torch.zeros(2, 1, 1, 23)
+    key_bias[0, ..., 17:] = float("-inf")          # the first sequence has 6 padded keys
+    report = foxcompile.explain(attend, q, k, v, lam, key_bias)
+    assert len(report.sites) == 1
+    torch._dynamo.reset()
+    out = torch.compile(attend, backend="fox_acp", options=AOT)(q, k, v, lam, key_bias)
+    ref = attend(q, k, v, lam, key_bias)
+    assert torch.isfinite(ref).all() and torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], ref[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0, :, :17], ref[0, :, :17], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0, :, 17:], ref[0, :, 17:], rtol=1e-2, atol=1e-2)
+
+
+def test_a_failing_rewrite_leaves_the_site_to_inductor(monkeypatch):
+    import foxcompile.rewrite as rewrite_module
+
+    def broken(graph, site):
+        graph.call_function(torch.neg, (site.q.node,))   # a half-built rewrite...
+        raise RuntimeError("simulated bug")               # ...that then fails
+    monkeypatch.setattr(rewrite_module, "_key_vector", broken)
+    model = GatedAttention("matmul_masked_fill")
+    x = torch.randn(1, 9, 24)
+    report = foxcompile.explain(model, x)
+    assert not report.sites and "internal rewrite error" in report.declined[0].reason
+    assert "torch.neg" not in report.graphs[0].after and "softmax" in report.graphs[0].after
+    torch._dynamo.reset()
+    out = torch.compile(model, backend="fox_acp", options=AOT)(x)
+    torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)

@@ -36,10 +36,22 @@ def _accumulator(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
+# A key whose lam is +inf (a -inf key-side bias: a padding mask folded into the bias) is masked
+# for every query. The op adds lam at the query's own position too, which for such a query would
+# be +inf - lam_j = NaN where eager still attends the other keys (right padding). Such keys get
+# lam = (largest finite lam) + this offset instead: still exp(-1e4) = 0 for every other query,
+# and a finite row for the padded query, as in eager.
+_MASKED_KEY_OFFSET = 1e4
+
+
 def _full_lam(lam: Tensor, batch: int, q_heads: int, dtype: torch.dtype) -> Tensor:
-    """(B, Hq, N) contiguous in the accumulator dtype: the kernels read lam rows with unit
-    stride (a strided lam made them ~40% slower), and the copy is only B x Hq x N floats."""
-    return lam.to(dtype).expand(batch, q_heads, lam.shape[-1]).contiguous()
+    """(B, Hq, N) contiguous in the accumulator dtype, +inf replaced as above: the kernels read
+    lam rows with unit stride (a strided lam made them ~40% slower), and the copy is only
+    B x Hq x N floats."""
+    lam = lam.to(dtype).expand(batch, q_heads, lam.shape[-1])
+    masked = lam == torch.inf
+    finite_max = torch.where(torch.isfinite(lam), lam, -torch.inf).amax(dim=-1, keepdim=True)
+    return torch.where(masked, finite_max + _MASKED_KEY_OFFSET, lam).contiguous()
 
 
 @torch.library.custom_op("foxcompile::attention", mutates_args=())
