@@ -14,6 +14,7 @@ import math
 import networkx as nx
 from torch import fx
 
+from ..kernels.triton_attention import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
 from . import graph as g
 from .decay import decay_verdict, direction, sign
 from .inplace import InPlace, targets
@@ -25,7 +26,6 @@ from .terms import FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS, ScoreWalker
 
 log = logging.getLogger("foxcompile")
 _PRODUCTS = ("matmul", "einsum", "baddbmm")
-MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256  # what the CUDA kernels take; outside, the site is declined
 MAX_BATCH_DIMS = 3                    # (B, Hk, G): q split into groups of heads
 
 
