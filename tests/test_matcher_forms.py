@@ -431,3 +431,22 @@ def test_symbolic_diagonal_offset():
         return s.masked_fill(~keep, -math.inf).softmax(-1) @ v
     report = foxcompile.explain(torch.compile(attend, dynamic=True), *_qkvg(M=3, N=8))
     assert len(report.sites) == 1, str(report)
+
+
+def test_scale_from_a_symbolic_head_dim_under_dynamic_true():
+    """dynamic=True makes q.shape[-1] ** -0.5 a graph node; its value specialises the head dim
+    (with a guard), and a new head dim recompiles instead of reusing the wrong scale."""
+    def attend(q, k, v, lam):
+        t = q.shape[-2]
+        s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+        return s.softmax(-1) @ v
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, backend="fox_acp", dynamic=True,
+                             options={"fox.compiler": "aot_eager"})
+    for head_dim in (8, 16, 8):
+        args = [torch.randn(1, 2, 19, head_dim) for _ in range(3)]
+        args.append(F.logsigmoid(torch.randn(1, 2, 19)).cumsum(-1))
+        torch.testing.assert_close(compiled(*args), attend(*args), rtol=1e-5, atol=1e-6)
+    report = foxcompile.explain(torch.compile(attend, dynamic=True), *args)
+    assert len(report.sites) == 1

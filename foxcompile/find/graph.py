@@ -128,9 +128,13 @@ def number(x) -> float | None:
         return float(x)
     if isinstance(x, (torch.SymInt, torch.SymFloat)):
         try:
-            return float(x)
+            return float(x)  # specialises the symbol: the shape env records a guard
         except Exception:  # an unbacked or unhinted symbol
             return None
+    if isinstance(x, fx.Node) and x.op == "call_function":  # a size computed in the graph
+        held = value(x)
+        if isinstance(held, (int, float, torch.SymInt, torch.SymFloat)) and not isinstance(held, bool):
+            return number(held)
     return None
 
 
@@ -159,6 +163,8 @@ def sym(x) -> sympy.Expr:
         x = value(x)
     if isinstance(x, torch.SymInt):
         return x.node.expr
+    if isinstance(x, sympy.Basic):
+        return x
     return sympy.Integer(int(x))
 
 
