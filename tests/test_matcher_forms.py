@@ -450,3 +450,37 @@ def test_scale_from_a_symbolic_head_dim_under_dynamic_true():
         torch.testing.assert_close(compiled(*args), attend(*args), rtol=1e-5, atol=1e-6)
     report = foxcompile.explain(torch.compile(attend, dynamic=True), *args)
     assert len(report.sites) == 1
+
+
+def test_in_place_nan_repair_of_the_probabilities():
+    """p[isnan(p)] = 0 (inference code: it breaks eager autograd) is a NaN repair like nan_to_num;
+    the rewrite drops it with the probabilities."""
+    def attend(q, k, v, lam):
+        t = q.shape[-2]
+        s = q @ k.mT * 0.3 + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+        p = s.softmax(-1)
+        p[torch.isnan(p)] = 0.0
+        return p @ v
+    args = [torch.randn(1, 2, 17, 8) for _ in range(3)]
+    args.append(F.logsigmoid(torch.randn(1, 2, 17)).cumsum(-1))
+    report = foxcompile.explain(attend, *args)
+    assert len(report.sites) == 1, str(report)
+    assert "setitem" not in report.graphs[0].after and "isnan" not in report.graphs[0].after
+    torch._dynamo.reset()
+    out = torch.compile(attend, backend="fox_acp", options={"fox.compiler": "aot_eager"})(*args)
+    torch.testing.assert_close(out, attend(*args), rtol=1e-5, atol=1e-6)
+
+
+def test_in_place_change_of_the_probabilities_other_than_repair_is_declined():
+    def attend(q, k, v, lam):
+        t = q.shape[-2]
+        s = q @ k.mT * 0.3 + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+        p = s.softmax(-1)
+        p[torch.isnan(p)] = 0.5          # not a repair to zero: changes what p @ v computes
+        return p @ v
+    args = [torch.randn(1, 2, 17, 8) for _ in range(3)]
+    args.append(F.logsigmoid(torch.randn(1, 2, 17)).cumsum(-1))
+    report = foxcompile.explain(attend, *args)
+    assert not report.sites and report.declined

@@ -10,6 +10,7 @@ a user can act on. docs/matching.md lists the forms and the reasons.
 """
 import logging
 import math
+import operator
 
 import networkx as nx
 from torch import fx
@@ -76,11 +77,27 @@ def _is_nan_repair(node, probs) -> bool:
     return False
 
 
+def _is_nan_repair_in_place(node, probs) -> bool:
+    """p[isnan(p)] = 0 (Dynamo records operator.setitem on p): like nan_to_num, a no-op for the
+    op, whose rows always hold their diagonal."""
+    if not (isinstance(node, fx.Node) and node.target is operator.setitem):
+        return False
+    p, index, fill = node.args
+    return (p is probs and g.kind(index) == "isnan" and index.args[0] is probs
+            and g.number(fill) == 0.0)
+
+
+def _nan_repairs(pv, probs) -> set:
+    """(probs, pv) reads that see only an in-place NaN repair of the probabilities."""
+    return {(probs, pv)} if any(_is_nan_repair_in_place(u, probs) for u in probs.users) else set()
+
+
 def _value_product(softmax_out):
     """Follow the probabilities through casts, inactive dropout and NaN repair to the PV product."""
     probs = softmax_out
     while True:
-        users = [u for u in probs.users if not (g.kind(u) == "isnan" and len(u.users) == 1)]
+        users = [u for u in probs.users if not (g.kind(u) == "isnan" and len(u.users) == 1)
+                 and not _is_nan_repair_in_place(u, probs)]
         if len(users) != 1:
             raise Declined(f"the probabilities are used {len(users)} times (returned or logged?): "
                            "the rewrite would have to keep them")
@@ -171,7 +188,7 @@ class Matcher:
         if not g.same_size(q_heads, kv_heads):
             site.notes.append(f"k and v go to the op with {kv_heads} heads (query head h reads key "
                               f"head h // {q_heads // kv_heads})")
-        self._check_in_place(site, walker.reads)
+        self._check_in_place(site, walker.reads | _nan_repairs(pv, probs))
         site.changes = changes
         return site
 
