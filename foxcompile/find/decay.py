@@ -128,12 +128,15 @@ def _repeat_source(node, axis: int, in_rank: int, out_rank: int) -> int | None:
 
 
 def direction(node, axis: int) -> int | None:
-    """+1 non-decreasing, -1 non-increasing, 0 constant along axis; None if unproven."""
+    """+1 non-decreasing, -1 non-increasing, 0 constant along axis; None if unproven. A negative
+    axis past the node's rank is one it broadcasts along (a broadcast operand): constant."""
     if g.number(node) is not None:
         return 0
     shp = g.shape(node)
     if shp is None:
         return None
+    if len(shp) < -axis:
+        return 0
     axis = g.normalize_dim(axis, len(shp))
     if shp[axis] == 1:
         return 0
@@ -152,8 +155,8 @@ def direction(node, axis: int) -> int | None:
         d = direction(node.args[0], axis - len(shp))
         return None if d is None else -d
     if k in ("add", "sub"):
-        a = _operand_direction(node.args[0], axis - len(shp))
-        b = _operand_direction(node.args[1], axis - len(shp))
+        a = direction(node.args[0], axis - len(shp))
+        b = direction(node.args[1], axis - len(shp))
         if a is None or b is None:
             return None
         if k == "sub":
@@ -165,9 +168,9 @@ def direction(node, axis: int) -> int | None:
         for tensor, scale in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
             if k == "div" and tensor is node.args[1]:
                 continue
-            if _operand_direction(scale, axis - len(shp)) != 0:
+            if direction(scale, axis - len(shp)) != 0:
                 continue
-            d, s = _operand_direction(tensor, axis - len(shp)), sign(scale)
+            d, s = direction(tensor, axis - len(shp)), sign(scale)
             if d is None or s is None:
                 return None
             return d * s
@@ -178,18 +181,6 @@ def direction(node, axis: int) -> int | None:
     if source is not None:
         return direction(node.args[0], source)
     return None
-
-
-def _operand_direction(x, axis: int) -> int | None:
-    """Direction of a broadcast operand along a negative axis of the result."""
-    if g.number(x) is not None:
-        return 0
-    shp = g.shape(x)
-    if shp is None:
-        return None
-    if len(shp) < -axis or shp[axis] == 1:
-        return 0
-    return direction(x, axis)
 
 
 def _cat_direction(node, axis: int) -> int | None:

@@ -4,6 +4,7 @@ import math
 import torch
 
 from ..kernels.plan import DEFAULT_EPSILON, PRUNE_GUARDED
+from ..kernels.reference import accumulator
 from .library import LAYOUTS, _dims, attention
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -63,10 +64,9 @@ def forgetting_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     _check(q, k, v, log_fgate, layout, epsilon)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    accumulate = torch.float64 if q.dtype == torch.float64 else torch.float32
     if layout == "bthd":  # scan along a contiguous last dim: a strided cumsum is ~100x slower
         log_fgate = log_fgate.transpose(1, 2)
-    lam = torch.cumsum(log_fgate.to(accumulate).contiguous(), dim=-1)   # (B, Hq, N)
+    lam = torch.cumsum(log_fgate.to(accumulator(q)).contiguous(), dim=-1)   # (B, Hq, N)
     out, _, _ = attention(q, k, v, lam, float(scale), float(epsilon), PRUNE_GUARDED, layout,
                           "forgetting_attention")
     return out

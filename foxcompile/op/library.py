@@ -16,6 +16,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import stats
 from ..kernels import engine_for
+from ..kernels.reference import accumulator
 from ..kernels.plan import Plan, make_plan, num_blocks, tile_counts, tile_sizes
 
 LAYOUTS = ("bthd", "bhtd")
@@ -30,10 +31,6 @@ def _dims(q: Tensor, layout: str) -> tuple[int, int, int, int]:
     """(B, H, T, D) of a tensor in the given layout."""
     batch, a, b, head_dim = q.shape
     return (batch, b, a, head_dim) if layout == "bthd" else (batch, a, b, head_dim)
-
-
-def _accumulator(q: Tensor) -> torch.dtype:
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
 # A key whose lam is +inf (a -inf key-side bias: a padding mask folded into the bias) is masked
@@ -59,14 +56,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
               prune: int, layout: str, site: str) -> tuple[Tensor, Tensor, Tensor]:
     batch, q_heads, n_queries, _ = _dims(q, layout)
     qh, kh, vh = _bhtd(q, layout), _bhtd(k, layout), _bhtd(v, layout)
-    lam_full = _full_lam(lam, batch, q_heads, _accumulator(q))
+    lam_full = _full_lam(lam, batch, q_heads, accumulator(q))
     plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout))
     if stats.recording():
         counts = tile_counts(plan.start, n_queries, kh.shape[2], plan.block_m, plan.block_n)
         stats.record(site, counts, q.shape[-1])
-    return out, lse.to(_accumulator(q)), plan.start
+    return out, lse.to(accumulator(q)), plan.start
 
 
 @attention.register_fake
@@ -74,7 +71,7 @@ def _(q, k, v, lam, scale, epsilon, prune, layout, site):
     batch, q_heads, n_queries, head_dim = _dims(q, layout)
     block_m, _ = tile_sizes(head_dim)
     out = q.new_empty(q.shape)
-    lse = q.new_empty((batch, q_heads, n_queries), dtype=_accumulator(q))
+    lse = q.new_empty((batch, q_heads, n_queries), dtype=accumulator(q))
     start = q.new_empty((batch, q_heads, num_blocks(n_queries, block_m)), dtype=torch.int32)
     return out, lse, start
 
@@ -85,7 +82,7 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: T
                        layout: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     batch, q_heads, _, head_dim = _dims(q, layout)
     qh, kh, vh = _bhtd(q, layout), _bhtd(k, layout), _bhtd(v, layout)
-    lam_full = _full_lam(lam, batch, q_heads, _accumulator(q))
+    lam_full = _full_lam(lam, batch, q_heads, accumulator(q))
     plan = Plan(*tile_sizes(head_dim), start)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
