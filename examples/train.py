@@ -186,7 +186,6 @@ def training_step(model, optimizer, scheduler, inputs, targets, dtype) -> torch.
 
 
 @torch.no_grad()
-@torch.no_grad()
 def evaluate(model, batches, device: torch.device, dtype: torch.dtype) -> float:
     """Mean loss over the eval batches, without autograd (which would keep every batch's
     activations alive until the mean). The model has no dropout, so it stays in train mode;
