@@ -297,6 +297,15 @@ def parity_run(config: str, seq_len: int, batch: int, steps: int, epsilon: float
     return train.train(train_args)
 
 
+def finished_log(run_dir: Path) -> dict:
+    """The log of a finished parity run (for --parity-report-only)."""
+    log_path = run_dir / "log.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    if not log.get("summary"):
+        raise FileNotFoundError(f"no finished run in {run_dir}")
+    return log
+
+
 def loss_parity(args):
     """Train the first of --configs at the first of --seq-lens for --parity-tokens, with and
     without pruning, per seed; write parity.json (final eval losses) and parity.png."""
@@ -312,11 +321,14 @@ def loss_parity(args):
         line, marker = PARITY_STYLES[run]
         for color, seed in enumerate(args.seeds):
             epsilon = PARITY_RUNS[run]
-            log = parity_run(config, seq_len, batch, steps, epsilon, seed,
-                             out / f"{run}_seed{seed}", args)
+            run_dir = out / f"{run}_seed{seed}"
+            log = (finished_log(run_dir) if args.parity_report_only else
+                   parity_run(config, seq_len, batch, steps, epsilon, seed, run_dir, args))
             final = log["summary"]["final_eval_loss"]
             results.append({"run": run, "epsilon": epsilon, "seed": seed, "final_eval_loss": final,
-                            "evals": log["evals"],
+                            "evals": log["evals"], "device": log["device"],
+                            "versions": log["versions"],
+                            "skipped_fraction": [p["skipped_fraction"] for p in log["pruning"]],
                             "mean_tokens_per_s": log["summary"]["mean_tokens_per_s"]})
             ax.plot(*train.smoothed_losses(log)[:2], line, color=f"C{color}", alpha=0.7,
                     label=f"{run}, seed {seed}: final eval {final:.4f}")
@@ -332,17 +344,24 @@ def loss_parity(args):
     final = {(r["run"], r["seed"]): r["final_eval_loss"] for r in results}
     difference = {seed: final[("pruned", seed)] - final[("dense", seed)] for seed in args.seeds
                   if ("pruned", seed) in final and ("dense", seed) in final}
+    spread = {run: max(losses) - min(losses) for run in args.parity_runs
+              if len(losses := [final[(run, seed)] for seed in args.seeds]) > 1}
     summary = {"config": config, "seq_len": seq_len, "batch_size": batch, "steps": steps,
                "tokens": steps * batch * seq_len,
-               "device": train.device_name(torch.device(args.device)),
-               "versions": train.versions(), "runs": results,
-               "pruned_minus_dense_final_eval_loss": difference}
+               "devices": sorted({r["device"] for r in results}),
+               "versions": list({json.dumps(r["versions"], sort_keys=True): r["versions"]
+                                 for r in results}.values()),
+               "runs": results,
+               "pruned_minus_dense_final_eval_loss": difference,
+               "seed_spread_final_eval_loss": spread}
     train.write_json(out / "parity.json", summary)
     for r in results:
         print(f"{r['run']:>6} seed {r['seed']}: final eval loss {r['final_eval_loss']:.4f}, "
               f"{r['mean_tokens_per_s']:,.0f} tokens/s")
     for seed, delta in difference.items():
         print(f"seed {seed}: pruned - dense final eval loss = {delta:+.4f}")
+    for run, width in spread.items():
+        print(f"{run}: seed-to-seed spread of the final eval loss = {width:.4f}")
     print(f"wrote {out / 'parity.json'} and {out / 'parity.png'}")
 
 
@@ -379,12 +398,16 @@ def parse_args(argv=None):
                         help="instead of throughput: compare losses with and without pruning")
     parser.add_argument("--parity-tokens", type=int, default=2**26, help="tokens per parity run")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="parity seeds")
+    parser.add_argument("--parity-report-only", action="store_true",
+                        help="no training: summarise finished parity runs found under --out's stem")
     parser.add_argument("--parity-runs", nargs="+", choices=list(PARITY_RUNS),
                         default=list(PARITY_RUNS),
                         help="which parity runs (pruned: eps = e^-10, dense: eps = 0)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not cuda:
         parser.error("--device cuda, but torch.cuda.is_available() is False")
+    if args.parity_report_only and args.batch_size is None:
+        parser.error("--parity-report-only needs the runs' --batch-size")
     if args.quick:
         args.configs, args.seq_lens, args.warmup_steps, args.steps = ["125m"], [4096], 2, 5
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")

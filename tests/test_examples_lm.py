@@ -218,3 +218,33 @@ def test_bench_train_smoke(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["variant"], r["status"]) for r in rows] == [("eager", "ok")]
     assert rows[0]["tokens_per_s"] > 0
+
+
+@pytest.mark.usefixtures("train")  # the scripts need the same packages
+def test_bench_train_parity_report_reads_finished_runs(tmp_path):
+    """--parity-report-only gathers runs made elsewhere (e.g. on two GPUs) without training,
+    and reports the pruned - dense difference per seed."""
+    stem = tmp_path / "parity"
+    final = {("pruned", 0): 1.50, ("dense", 0): 1.52, ("pruned", 1): 1.61, ("dense", 1): 1.58}
+    for (run, seed), loss in final.items():
+        run_dir = stem / f"{run}_seed{seed}"
+        run_dir.mkdir(parents=True)
+        log = {"steps": [{"step": s, "loss": 3.0 - s / 10} for s in range(1, 11)],
+               "evals": [{"step": 10, "loss": loss}], "device": "cpu", "versions": {"torch": "x"},
+               "pruning": [{"step": 10, "skipped_fraction": 0.5}] if run == "pruned" else [],
+               "summary": {"final_eval_loss": loss, "mean_tokens_per_s": 1.0}}
+        (run_dir / "log.json").write_text(json.dumps(log))
+    command = [sys.executable, str(EXAMPLES.parent / "benchmarks" / "bench_train.py"),
+               "--device", "cpu", "--loss-parity", "--parity-report-only", "--config", "tiny",
+               "--seq-len", "32", "--batch-size", "2", "--out", str(stem) + ".json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((stem / "parity.json").read_text())
+    assert summary["pruned_minus_dense_final_eval_loss"] == {
+        "0": pytest.approx(-0.02), "1": pytest.approx(0.03)}
+    assert summary["seed_spread_final_eval_loss"] == {
+        "pruned": pytest.approx(0.11), "dense": pytest.approx(0.06)}
+    assert (stem / "parity.png").stat().st_size > 0
+    (stem / "dense_seed1" / "log.json").unlink()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "no finished run" in result.stderr

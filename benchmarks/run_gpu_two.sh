@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Spreads issue 5's GPU work over the two GPUs of an nvidia-h200-x2 (or h100-x2) machine in one
+# device call: each argument is "GPU:STEP" and the steps of one GPU run in order, the GPUs in
+# parallel. Logs and results go under $OUT (default ./out).
+#
+#   bash benchmarks/run_gpu_two.sh 0:alltests 0:parity-dense-0 1:parity-pruned-0 1:parity-pruned-1
+#
+# Steps: any step of run_gpu_kernels.sh (alltests, bench, ...); parity-RUN-SEED (one loss-parity
+# run of bench_train.py: 125m, T = $PARITY_T, batch $PARITY_BATCH, $PARITY_TOKENS tokens, into
+# $OUT/parity/RUN_seedSEED); throughput (bench_train.py with $TRAIN_ARGS, into
+# $OUT/bench_train_gpuN.json). Each GPU's output: $OUT/gpuN.log.
+set -u
+cd "$(dirname "$0")/.."
+export OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.tcache/triton}
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.tcache/inductor}
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+PY=${PY:-python3}
+PARITY_T=${PARITY_T:-16384} PARITY_BATCH=${PARITY_BATCH:-4} PARITY_TOKENS=${PARITY_TOKENS:-33554432}
+
+run_step() {  # gpu step
+  case $2 in
+    parity-*-*)
+      local run=${2#parity-}; local seed=${run##*-}; run=${run%-*}
+      TORCH_LOGS=foxcompile,recompiles $PY benchmarks/bench_train.py --loss-parity \
+        --config 125m --seq-len "$PARITY_T" --batch-size "$PARITY_BATCH" \
+        --parity-tokens "$PARITY_TOKENS" --parity-runs "$run" --seeds "$seed" \
+        --out "$OUT/parity.json" 2>&1 | tr '\r' '\n' | grep -v "^train: " ;;
+    throughput)
+      $PY benchmarks/bench_train.py --device cuda ${TRAIN_ARGS:-} \
+        --out "$OUT/bench_train_gpu$1.json" 2>&1 | grep -v Warning ;;
+    *)
+      OUT=$OUT/gpu$1 bash benchmarks/run_gpu_kernels.sh "$2" ;;
+  esac
+}
+
+for gpu in $(printf '%s\n' "$@" | cut -d: -f1 | sort -u); do
+  (
+    export CUDA_VISIBLE_DEVICES=$gpu
+    for item in "$@"; do
+      [ "${item%%:*}" = "$gpu" ] || continue
+      echo "== [$(date +%T)] GPU $gpu: ${item#*:}"
+      run_step "$gpu" "${item#*:}"
+    done
+    echo "== [$(date +%T)] GPU $gpu done"
+  ) > "$OUT/gpu$gpu.log" 2>&1 &
+done
+wait
+nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$OUT/gpus.txt"
+tail -n 30 "$OUT"/gpu*.log
