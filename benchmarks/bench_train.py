@@ -12,7 +12,7 @@ The batch size of each (config, seq len) is searched once, halving from a start 
 every variant then uses that batch, and one that does not fit is reported as "OOM". Pruning
 depends on the forget gates: by default each layer's gate biases give head h a decay time
 log-spaced over [2, 512] tokens (the SYN70 gates of shared/bench/anchors.md); at the zero init
-(--gate-init zero) an untrained FoX forgets within tens of tokens and almost everything is pruned.
+(--gate-init default, nn.Linear's) an untrained FoX forgets within tens of tokens and almost everything is pruned.
 
     python benchmarks/bench_train.py                  # 125m, 760m at T = 4096, 16384
     python benchmarks/bench_train.py --quick          # 125m at 4096, few steps
@@ -69,23 +69,12 @@ SDPA_BACKENDS = {
 # activations Inductor keeps: about (20 hidden + 6 mlp_hidden) bytes per token and layer).
 START_TOKENS = {"tiny": 2**12, "125m": 2**17, "360m": 2**16, "760m": 2**15}
 REFERENCE_CARD_BYTES = 80e9
-GATE_DECAY_RANGE = (2.0, 512.0)
 PARITY_RUNS = {"pruned": train.DEFAULT_EPSILON, "dense": 0.0}
 PARITY_STYLES = {"pruned": ("-", "o"), "dense": ("--", "x")}  # train line, eval marker
 LR = 1e-4  # throughput runs only; the value does not matter
 
 
 # ---------------------------------------------------------------- setup
-
-
-def set_gate_decay_times(model, shortest: float, longest: float):
-    """Forget-gate biases such that at zero gate input head h has log f = -1 / t_h, with t_h
-    log-spaced over [shortest, longest] across the heads (the same in every layer)."""
-    times = torch.logspace(math.log10(shortest), math.log10(longest), model.config.heads)
-    bias = -torch.log(torch.expm1(1.0 / times))
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.fgate.bias.copy_(bias)
 
 
 def start_batch(config: str, seq_len: int, device: torch.device) -> int:
@@ -136,7 +125,7 @@ def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus)
     with device:
         model = build_model(config, attention=variant.attention)
     if args.gate_init == "decay" and variant.attention == "fox":
-        set_gate_decay_times(model, *GATE_DECAY_RANGE)
+        train.set_gate_decay_times(model, *train.GATE_DECAY_RANGE)
     compiled = train.compile_model(model, variant.backend, variant.epsilon)
     optimizer = train.make_optimizer(model, LR, weight_decay=0.1)
     scheduler = train.make_scheduler(optimizer, 1, args.warmup_steps + args.steps + 1)
@@ -284,7 +273,8 @@ def parity_run(config: str, seq_len: int, batch: int, steps: int, epsilon: float
     reused, so that the runs can be spread over several invocations."""
     argv = ["--config", config, "--seq-len", str(seq_len), "--batch-size", str(batch),
             "--steps", str(steps), "--backend", "fox_acp", "--epsilon", repr(epsilon),
-            "--seed", str(seed), "--device", args.device, "--dtype", args.dtype,
+            "--seed", str(seed), "--gate-init", args.gate_init,
+            "--device", args.device, "--dtype", args.dtype,
             "--eval-every", str(max(1, steps // 10)), "--checkpoint-every", "0",
             "--out", str(run_dir)]
     train_args = train.parse_args(argv)
@@ -336,7 +326,8 @@ def loss_parity(args):
                     color=f"C{color}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per byte); lines train, markers eval")
-    ax.set_title(f"{config}, T = {seq_len}, batch {batch}, {steps} steps")
+    ax.set_title(f"{config}, T = {seq_len}, batch {batch}, {steps} steps, "
+                 f"forget-gate init: {args.gate_init}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "parity.png", dpi=110)
@@ -346,7 +337,7 @@ def loss_parity(args):
                   if ("pruned", seed) in final and ("dense", seed) in final}
     spread = {run: max(losses) - min(losses) for run in args.parity_runs
               if len(losses := [final[(run, seed)] for seed in args.seeds]) > 1}
-    summary = {"config": config, "seq_len": seq_len, "batch_size": batch, "steps": steps,
+    summary = {"config": config, "seq_len": seq_len, "gate_init": args.gate_init, "batch_size": batch, "steps": steps,
                "tokens": steps * batch * seq_len,
                "devices": sorted({r["device"] for r in results}),
                "versions": list({json.dumps(r["versions"], sort_keys=True): r["versions"]
@@ -388,8 +379,9 @@ def parse_args(argv=None):
                         help="where to run")
     parser.add_argument("--dtype", choices=sorted(train.DTYPES), default=None,
                         help="autocast dtype; default bf16 on cuda, fp32 on cpu")
-    parser.add_argument("--gate-init", choices=("decay", "zero"), default="decay",
-                        help="forget-gate biases: decay times over [2, 512] tokens, or zero")
+    parser.add_argument("--gate-init", choices=("decay", "default"), default="decay",
+                        help="forget-gate biases: decay times over [2, 512] tokens, "
+                             "or nn.Linear's init")
     parser.add_argument("--sdpa-backend", choices=sorted(SDPA_BACKENDS), default="cudnn",
                         help="SDPA backend of the sdpa variant on CUDA")
     parser.add_argument("--out", default="runs/bench_train.json",

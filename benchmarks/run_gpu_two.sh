@@ -6,9 +6,11 @@
 #   bash benchmarks/run_gpu_two.sh 0:alltests 0:parity-dense-0 1:parity-pruned-0 1:parity-pruned-1
 #
 # Steps: any step of run_gpu_kernels.sh (alltests, bench, ...); parity-RUN-SEED (one loss-parity
-# run of bench_train.py: 125m, T = $PARITY_T, batch $PARITY_BATCH, $PARITY_TOKENS tokens, into
-# $OUT/parity/RUN_seedSEED); throughput (bench_train.py with $TRAIN_ARGS, into
-# $OUT/bench_train_gpuN.json). Each GPU's output: $OUT/gpuN.log.
+# run of bench_train.py: 125m, T = $PARITY_T, batch $PARITY_BATCH, $PARITY_TOKENS tokens, forget
+# gates initialised by --gate-init $PARITY_GATE_INIT, into
+# $OUT/parity_$PARITY_GATE_INIT/RUN_seedSEED); throughput (bench_train.py with $TRAIN_ARGS, into
+# $OUT/bench_train_gpuN.json). Each GPU's output: $OUT/gpuN.log. The device tool brings back only
+# a few files: tar what you need under $OUT at the end of the call.
 set -u
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-$PWD/out}
@@ -19,6 +21,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.tcache/inductor}
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 PY=${PY:-python3}
 PARITY_T=${PARITY_T:-16384} PARITY_BATCH=${PARITY_BATCH:-4} PARITY_TOKENS=${PARITY_TOKENS:-33554432}
+PARITY_GATE_INIT=${PARITY_GATE_INIT:-decay}
 
 run_step() {  # gpu step
   case $2 in
@@ -27,7 +30,7 @@ run_step() {  # gpu step
       TORCH_LOGS=foxcompile,recompiles $PY benchmarks/bench_train.py --loss-parity \
         --config 125m --seq-len "$PARITY_T" --batch-size "$PARITY_BATCH" \
         --parity-tokens "$PARITY_TOKENS" --parity-runs "$run" --seeds "$seed" \
-        --out "$OUT/parity.json" 2>&1 | tr '\r' '\n' | grep -v "^train: " ;;
+        --gate-init "$PARITY_GATE_INIT" --out "$OUT/parity_$PARITY_GATE_INIT.json" 2>&1 | tr '\r' '\n' | grep -v "^train: " ;;
     throughput)
       $PY benchmarks/bench_train.py --device cuda ${TRAIN_ARGS:-} \
         --out "$OUT/bench_train_gpu$1.json" 2>&1 | grep -v Warning ;;

@@ -51,6 +51,7 @@ EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 BETAS = (0.9, 0.95)
 GRAD_CLIP = 1.0
 MIN_LR_RATIO = 0.1  # the cosine decays to this fraction of --lr
+GATE_DECAY_RANGE = (2.0, 512.0)  # --gate-init decay: the SYN70 decay times of the anchors
 BOUNDARY_MAX_TOKENS = 4096  # the eager forward behind the boundary picture is T x T per head
 BOUNDARY_GRID = 512  # the picture and its fractions use at most this many positions
 
@@ -126,6 +127,16 @@ def import_foxcompile():
             f"repository root ({error})"
         ) from error
     return foxcompile
+
+
+def set_gate_decay_times(model, shortest: float, longest: float):
+    """Forget-gate biases such that at zero gate input head h has log f = -1 / t_h, with t_h
+    log-spaced over [shortest, longest] across the heads (the same in every layer)."""
+    times = torch.logspace(math.log10(shortest), math.log10(longest), model.config.heads)
+    bias = -torch.log(torch.expm1(1.0 / times))
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.fgate.bias.copy_(bias.to(block.attn.fgate.bias.device))
 
 
 def compile_model(model: torch.nn.Module, backend: str, epsilon: float):
@@ -414,6 +425,8 @@ def train(args: argparse.Namespace) -> dict:
     with device:
         model = build_model(args.config, pro=args.pro, attention=args.attention,
                             activation_checkpointing=args.activation_checkpointing)
+    if args.gate_init == "decay" and args.attention == "fox":
+        set_gate_decay_times(model, *GATE_DECAY_RANGE)
     compiled = compile_model(model, args.backend, args.epsilon)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.steps // 20)
@@ -486,6 +499,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pro", action="store_true", help="use the FoX Pro block")
     parser.add_argument("--attention", choices=("fox", "sdpa"), default="fox",
                         help="forgetting attention, or plain causal SDPA without a forget gate")
+    parser.add_argument("--gate-init", choices=("default", "decay"), default="default",
+                        help="forget-gate biases: nn.Linear's init, or decay times log-spaced "
+                             "over [2, 512] tokens across the heads")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute each block in the backward (torch.utils.checkpoint)")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps")
