@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Spreads issue 5's GPU work over the two GPUs of an nvidia-h200-x2 (or h100-x2) machine in one
-# device call: each argument is "GPU:STEP" and the steps of one GPU run in order, the GPUs in
-# parallel. Logs and results go under $OUT (default ./out).
+# Spreads GPU work over the GPUs of a multi-GPU machine (nvidia-h200-x2, -x4, ...) in one device
+# call: each argument is "GPU:STEP"; the steps of one GPU run in order, the GPUs in parallel. Logs and results go under $OUT (default ./out).
 #
-#   bash benchmarks/run_gpu_two.sh 0:alltests 0:parity-dense-0 1:parity-pruned-0 1:parity-pruned-1
+#   bash benchmarks/run_gpu_parallel.sh 0:alltests 0:parity-dense-0 1:parity-pruned-0 1:parity-pruned-1
 #
 # Steps: any step of run_gpu_kernels.sh (alltests, bench, ...); parity-RUN-SEED (one loss-parity
 # run of bench_train.py: 125m, T = $PARITY_T, batch $PARITY_BATCH, $PARITY_TOKENS tokens, forget
