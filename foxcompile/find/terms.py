@@ -191,7 +191,7 @@ class ScoreWalker:
         self.out.masks.append(MaskUse(node, masked, fill, shape))
         outer = self._enclosing
         self._enclosing = outer + (len(self.out.masks) - 1,)
-        self.walk(inner, node, coef, ())
+        self._operand(inner, node, coef, ())  # a constant inner (zeros.masked_fill) shifts nothing
         self._enclosing = outer
 
     def _masked_fill(self, node, coef, factors):
