@@ -228,7 +228,7 @@ class MaskReader:
             return None if inner is None else (inner.negate() if k == "eq" else inner)
         if k in ("eq", "gt", "ge", "lt", "le", "ne"):
             return self._compare(k, node.args[0], node.args[1])
-        if k in ("and", "or") or k == "mul" and all(_integral(x) for x in node.args[:2]):
+        if k in ("and", "or") or k == "mul" and all(g.dtype(x) == torch.bool for x in node.args[:2]):
             a, b = (self._lifted(self.truth, x, node) for x in node.args[:2])
             return either(a, b) if k == "or" else both(a, b)
         if k == "getitem":
@@ -345,12 +345,6 @@ class MaskReader:
         return Band(side, sympy.simplify(bound + step))
 
 
-def _integral(x) -> bool:
-    """A boolean or integer tensor (a product of two such masks is their logical and)."""
-    dtype = g.dtype(x)
-    return dtype is not None and not dtype.is_floating_point and not dtype.is_complex
-
-
 def _dim_moves(node) -> dict | None:
     """For a view node (getitem with a basic index, unsqueeze, expand, identity, a reshape that
     only adds or removes size-1 dims) of x: the dims of x, counted from the right, that stay dims
@@ -363,7 +357,7 @@ def _dim_moves(node) -> dict | None:
     if k in ("expand", "identity"):
         return {d: d for d in range(-in_rank, 0)}
     if k == "unsqueeze":
-        new = g.normalize_dim(node.args[1], out_rank)
+        new = g.normalize_dim(g.arg(node, 1, "dim"), out_rank)
         return {d: d - 1 if d + in_rank < new else d for d in range(-in_rank, 0)}
     if k == "getitem":
         dims = g.index_map(node.args[1], in_rank)
