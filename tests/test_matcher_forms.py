@@ -565,3 +565,24 @@ def test_packed_masks_that_stay_declined():
     _declined(per_head, q, k, v, g, doc, reason="vary along the heads")
     _declined(shifted, q, k, v, g, doc, reason="other positions")
     _declined(float_ids, q, k, v, g, doc, reason="only integer ids")
+
+
+def test_packed_chunk_under_dynamic_shapes():
+    """Symbolic M and N: the query rows doc[:, -M:] and tril(N - M) read through the sizes'
+    symbols; `same_view & causal` (operator.and_, a pure op named like an in-place one) on a view
+    of the comparison."""
+    def chunk(q, k, v, g, doc):
+        M, N = q.shape[2], k.shape[2]
+        same = (doc[:, -M:, None] == doc[:, None, :])[:, None]
+        keep = same & torch.ones(M, N, dtype=torch.bool).tril(N - M)
+        return _fox_scores(q, k, g).masked_fill(~keep, -math.inf).softmax(-1) @ v
+
+    torch._dynamo.reset()
+    compiled = torch.compile(chunk, backend="fox_acp", dynamic=True, options=AOT)
+    for M, N in ((5, 19), (7, 23)):
+        q, k, v, g = _qkvg(B=2, H=3, M=M, N=N)
+        doc = torch.cumsum(torch.rand(2, N) < 0.2, dim=-1)
+        with foxcompile.pruning_stats() as stats:
+            out = compiled(q, k, v, g, doc)
+        assert stats.per_head(), "the site was not rewritten"
+        torch.testing.assert_close(out, chunk(q, k, v, g, doc), rtol=1e-5, atol=1e-5)

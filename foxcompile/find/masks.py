@@ -85,6 +85,9 @@ class Split:
         return Split(self.docs, self.same.negate(), self.other.negate())
 
 
+Mask = Band | Split  # what a boolean mask is read as
+
+
 def _split(op, a, b):
     """op (both or either) of two masks, at least one a Split: the two cases apart."""
     if a is None or b is None:
@@ -98,7 +101,7 @@ def _split(op, a, b):
     return None if same is None or other is None else Split(docs, same, other)
 
 
-def both(a, b):
+def both(a: Mask | None, b: Mask | None) -> Mask | None:
     """Logical and."""
     if isinstance(a, Split) or isinstance(b, Split):
         return _split(both, a, b)
@@ -120,7 +123,7 @@ def both(a, b):
     return None  # a band (sliding window) or unknown order
 
 
-def either(a, b):
+def either(a: Mask | None, b: Mask | None) -> Mask | None:
     """Logical or."""
     if isinstance(a, Split) or isinstance(b, Split):
         return _split(either, a, b)
@@ -135,7 +138,7 @@ def _last_two(shape) -> tuple:
     return (1,) * (2 - len(shape)) + shape[-2:]
 
 
-def lift(band: Band | None, source, target) -> Band | None:
+def lift(band: Mask | None, source, target) -> Mask | None:
     """A band read on a tensor of shape `source`, as it falls on the shape `target` it is
     broadcast to. Unchanged when their last two dims agree; a tensor broadcast along a size-1 row
     or column dim is a function of one index, so its diagonal band (or document atom) does not
@@ -197,7 +200,7 @@ class MaskReader:
         self.constants = constants or {}
         self.notes: list[str] = []
 
-    def truth(self, node) -> Band | None:
+    def truth(self, node) -> Mask | None:
         """Where a boolean (or 0/1) tensor is true."""
         if isinstance(node, bool):
             return ALL if node else NONE
@@ -242,7 +245,7 @@ class MaskReader:
             return band
         return None
 
-    def negative_infinity(self, node, threshold: float) -> Band | None:
+    def negative_infinity(self, node, threshold: float) -> Mask | None:
         """Where an additive mask holds a value <= threshold (and 0 elsewhere)."""
         k = g.kind(node)
         if k in ("tril", "triu"):
@@ -285,15 +288,15 @@ class MaskReader:
             return band
         return None
 
-    def truth_on(self, mask, target) -> Band | None:
+    def truth_on(self, mask, target) -> Mask | None:
         """Where `mask` is true, as it falls on the tensor `target` it masks."""
         return self._lifted(self.truth, mask, target)
 
     @staticmethod
-    def _lifted(read, x, into) -> Band | None:
+    def _lifted(read, x, into) -> Mask | None:
         return lift(read(x), g.shape(x), g.shape(into))
 
-    def _sliced(self, node, read):
+    def _sliced(self, node, read) -> Mask | None:
         """x[..., a:, b:] (leading dims indexed or new axes added at will): d shifts by b - a;
         document ids shift by a along the rows and b along the columns."""
         base, index = node.args
@@ -317,7 +320,7 @@ class MaskReader:
                          band.other.shift(-(col_start - row_start)))
         return band.shift(-(col_start - row_start))
 
-    def _compare(self, op: str, a, b):
+    def _compare(self, op: str, a, b) -> Mask | None:
         """Comparisons of row and column index tensors, a OP b over (r, c), or of the document ids
         of the rows and of the columns (doc_r == doc_c)."""
         fa, fb = _index_form(a), _index_form(b)
@@ -387,7 +390,7 @@ def _moved_docs(docs: SameDocument, node) -> SameDocument | None:
     return SameDocument(docs.doc, docs.seq, batch, docs.row_start, docs.col_start)
 
 
-def _moved(mask, node):
+def _moved(mask: Mask | None, node) -> Mask | None:
     """A mask read on node's input, on node (an unsqueeze of a leading dim)."""
     if not isinstance(mask, Split):
         return mask
@@ -434,14 +437,12 @@ def _slice_starts(node) -> dict | None:
         dim, part = entry
         if part.step not in (None, 1):
             return None
-        start = g.value(part.start) if part.start is not None else 0
-        if isinstance(start, int) and start < 0:
-            start = g.sym(shape[dim]) + start
-        starts[dim - in_rank] = g.sym(start)
+        start = g.sym(part.start if part.start is not None else 0)
+        starts[dim - in_rank] = g.sym(shape[dim]) + start if start.is_negative else start
     return starts
 
 
-def _document_compare(op: str, a, b):
+def _document_compare(op: str, a, b) -> Split | None:
     """doc_r OP doc_c: a query-side copy (varying along the rows) and a key-side copy (along the
     columns) of one graph tensor. == is a Split that holds within documents, != one that holds
     between them; None when a and b are not such copies; MaskDeclined for other comparisons of
