@@ -315,3 +315,37 @@ def test_packed_bad_doc_errors(bad, message):
     doc = _doc_ids(2, 10, [3])
     with pytest.raises((ValueError, TypeError), match=message):
         foxcompile.forgetting_attention(q, k, v, gates, doc=bad(doc))
+
+
+def test_document_start_blocks_never_skip_a_visible_pair():
+    """Brute force on small blocks: every skipped tile has no (i, j) with j <= P + i in one
+    document; for ids that never decrease, every tile of earlier documents is skipped."""
+    from foxcompile.kernels.plan import document_start_blocks
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        n_keys = int(torch.randint(1, 60, (1,), generator=gen))
+        n_queries = int(torch.randint(1, n_keys + 1, (1,), generator=gen))
+        block_m, block_n = (4, 4) if trial % 2 else (8, 4)
+        ends = torch.rand(2, n_keys, generator=gen) < 0.15
+        doc = torch.cumsum(ends.long(), dim=-1)
+        if trial % 3 == 0:
+            doc[1] = doc[1, torch.randperm(n_keys, generator=gen)]        # row 1 not monotone
+        start = document_start_blocks(doc, n_queries, block_m, block_n)
+        offset = n_keys - n_queries
+        rows = offset + torch.arange(n_queries)
+        visible = (torch.arange(n_keys)[None, :] <= rows[:, None]) & \
+            (doc[:, rows, None] == doc[:, None, :])                        # (B, M, N)
+        for b in range(2):
+            monotone = bool((doc[b, 1:] >= doc[b, :-1]).all())
+            for m in range(start.shape[-1]):
+                block = visible[b, m * block_m:(m + 1) * block_m]
+                seen = block.any(dim=0).nonzero()
+                first = int(seen.min()) // block_n if len(seen) else None
+                assert first is None or int(start[b, m]) <= first
+                if monotone:
+                    first_row = offset + m * block_m
+                    earlier = [n for n in range(-(-n_keys // block_n))
+                               if doc[b, min(n * block_n + block_n - 1, n_keys - 1)] < doc[b, first_row]]
+                    assert int(start[b, m]) == len(earlier)
+                else:
+                    assert int(start[b, m]) == 0
