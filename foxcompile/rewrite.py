@@ -1,8 +1,8 @@
 """Replace a matched Site by one call of foxcompile::attention.
 
 New nodes view q, k, v as (B, H, T, D) (permute, flatten, unsqueeze), build the key-side vector
-lam = -sum_t c_t prod(factors) w_t as (B or 1, H or 1, N), call the op, and view its output in the
-dims of the replaced node. Then the site's own nodes, now dead, go: its in-place changes to the
+lam = -sum_t c_t prod(factors) w_t as (B or 1, H or 1, N), view packed sequences' document ids as
+(B, N) or (N,), call the op, and view its output in the dims of the replaced node. Then the site's own nodes, now dead, go: its in-place changes to the
 scores and every pure node that only fed the old output. Nothing else is touched (a whole-graph
 dead-code pass would also drop in-place method calls whose result is unused).
 """
@@ -95,6 +95,23 @@ def _key_vector(graph, site: Site) -> fx.Node:
     return total
 
 
+def _document_ids(graph, site: Site) -> fx.Node | None:
+    """The op's doc input: the site's document ids as (B, N) or (N,) (its size-1 dims dropped),
+    int64 unless already int32 or int64."""
+    docs = site.documents
+    if docs is None:
+        return None
+    x = docs.node
+    for dim in reversed(range(g.rank(x))):
+        if dim not in (docs.seq, docs.batch):
+            x = _method(graph, "select", x, dim, 0)
+    if docs.batch is not None and docs.batch > docs.seq:
+        x = _method(graph, "transpose", x, 0, 1)
+    if g.dtype(docs.node) not in (torch.int32, torch.int64):
+        x = _method(graph, "to", x, torch.int64)
+    return x
+
+
 def _impure(node: fx.Node) -> bool:
     try:
         return node.is_impure()
@@ -144,8 +161,11 @@ def _insert(graph: fx.Graph, site: Site, dtype, bthd: bool, epsilon: float) -> f
         if bthd:
             q, k, v = (_method(graph, "transpose", x, 1, 2) for x in (q, k, v))
         lam = _key_vector(graph, site)
-        result = _call(graph, torch.ops.foxcompile.attention.default, q, k, v, lam, site.scale,
-                       float(epsilon), _PRUNE[site.decay], "bthd" if bthd else "bhtd", site.label())
+        args = (q, k, v, lam, site.scale, float(epsilon), _PRUNE[site.decay],
+                "bthd" if bthd else "bhtd", site.label())
+        doc = _document_ids(graph, site)
+        result = graph.call_function(torch.ops.foxcompile.attention.default, args,
+                                     {"doc": doc} if doc is not None else {})
         out = _call(graph, operator.getitem, result, 0)
         if not bthd:
             out = _as_output(graph, out, site)

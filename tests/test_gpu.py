@@ -5,7 +5,7 @@ import torch
 
 import foxcompile
 from test_backend import FORMS, GatedAttention
-from test_op import _inputs, _reference
+from test_op import _doc_ids, _inputs, _reference, _reference_packed
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -75,3 +75,23 @@ def test_training_bf16_autocast_on_cuda():
         opt.step()
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_packed_sequences_on_cuda(dtype):
+    """Documents of 100-700 tokens packed into T = 2048: within the document, causal, and the
+    tiles of earlier documents skipped."""
+    q, k, v, gates = _inputs(2, 2048, 2048, 4, 2, 64, dtype=dtype, gate_bias=2.0, grad=False)
+    doc = _doc_ids(2, 2048, [700, 100, 450, 300]).cuda()
+    q, k, v, gates = (x.cuda().requires_grad_() for x in (q, k, v, gates))
+    with foxcompile.pruning_stats() as stats:
+        out = foxcompile.forgetting_attention(q, k, v, gates, doc=doc)
+    ref = _reference_packed(q, k, v, gates, doc)
+    tol = {torch.float16: 5e-3, torch.bfloat16: 2e-2}[dtype]
+    assert (out.double() - ref).norm() / ref.norm() < tol
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v, gates), grad.to(dtype))
+    want = torch.autograd.grad(ref, (q, k, v, gates), grad)
+    for g, w in zip(got, want):
+        assert (g.double() - w).norm() / w.norm() < 4 * tol
+    assert stats.skipped_fraction() > 0.3

@@ -95,22 +95,22 @@ def rel(x, ref, floor=0.0):
     return ((x - ref).norm() / max(ref.norm().item(), floor, 1e-30)).item()
 
 
-def naive_grads(q, k, v, lam, grad_out, scale):
+def naive_grads(q, k, v, lam, grad_out, scale, doc=None):
     """float64 output and gradients of the T x T definition (unpruned)."""
     q64, k64, v64, lam64 = (t.detach().double().requires_grad_(True) for t in (q, k, v, lam))
-    out = naive.forgetting_attention(q64, k64, v64, lam64, scale)
+    out = naive.forgetting_attention(q64, k64, v64, lam64, scale, doc)
     out.backward(grad_out.double())
     return out.detach(), q64.grad, k64.grad, v64.grad, lam64.grad
 
 
-def run_kernels(engine, q, k, v, lam, plan, scale, grad_out, layout):
+def run_kernels(engine, q, k, v, lam, plan, scale, grad_out, layout, doc=None):
     out = alloc_like(q, layout)
     out.fill_(float("nan"))  # every element must be written
-    lse = engine.forward(q, k, v, lam, plan, scale, out)
+    lse = engine.forward(q, k, v, lam, plan, scale, out, doc=doc)
     dq, dk, dv = alloc_like(q, layout), alloc_like(k, layout), alloc_like(v, layout)
     for t in (dq, dk, dv):
         t.fill_(float("nan"))
-    dlam = engine.backward(grad_out, q, k, v, lam, out, lse, plan, scale, dq, dk, dv)
+    dlam = engine.backward(grad_out, q, k, v, lam, out, lse, plan, scale, dq, dk, dv, doc=doc)
     return out, lse, dq, dk, dv, dlam
 
 
@@ -120,15 +120,17 @@ TOL = {torch.float16: 4e-3, torch.bfloat16: 2e-2, torch.float32: 4e-3}
 
 def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, device,
                layout="bhtd", prune=plan_mod.PRUNE_OFF, epsilon=math.exp(-10.0), decay=(2.0, 64.0),
-               expect_skips=False, rising_head=None, tol=None):
+               expect_skips=False, rising_head=None, tol=None, doc=None):
+    """doc: document ids (B, N) of packed sequences, or None."""
     q, k, v, lam = make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype,
                                device, decay=decay, layout=layout, rising_head=rising_head)
     scale = head_dim ** -0.5
-    plan = plan_mod.make_plan(q, k, lam, scale, epsilon, prune)
+    plan = plan_mod.make_plan(q, k, lam, scale, epsilon, prune, doc=doc)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(dtype).to(device)
     if layout == "bthd":
         grad_out = grad_out.transpose(1, 2).contiguous().transpose(1, 2)
-    out, lse, dq, dk, dv, dlam = run_kernels(engine, q, k, v, lam, plan, scale, grad_out, layout)
+    out, lse, dq, dk, dv, dlam = run_kernels(engine, q, k, v, lam, plan, scale, grad_out, layout,
+                                             doc)
 
     counts = plan_mod.tile_counts(plan.start, n_queries, n_keys, plan.block_m, plan.block_n)
     skipped = counts.skipped_tiles.sum().item()
@@ -138,7 +140,7 @@ def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dt
         assert (plan.start[:, rising_head] == 0).all(), "guard left pruning on for a rising gate"
 
     tol = tol or TOL[dtype]
-    ref = naive_grads(q, k, v, lam, grad_out, scale)
+    ref = naive_grads(q, k, v, lam, grad_out, scale, doc)
     # Scale of the gradients that can vanish: dv = P^T dO never does; per element, as rms.
     dv_rms = ref[3].norm().item() / math.sqrt(ref[3].numel())
     floors = {"dq": 0.05 * dv_rms * math.sqrt(dq.numel()),
@@ -151,7 +153,10 @@ def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dt
     s = torch.matmul(q.double(), k.double().repeat_interleave(q_heads // kv_heads, 1).transpose(-2, -1))
     s = s * scale + lam.double()[..., n_keys - n_queries:, None] - lam.double()[..., None, :]
     rows = torch.arange(n_queries, device=q.device)[:, None] + n_keys - n_queries
-    s = s.masked_fill(torch.arange(n_keys, device=q.device)[None, :] > rows, float("-inf"))
+    hidden = torch.arange(n_keys, device=q.device)[None, :] > rows
+    if doc is not None:
+        hidden = hidden | (doc[:, n_keys - n_queries:, None] != doc[:, None, :])[:, None]
+    s = s.masked_fill(hidden, float("-inf"))
     lse_err = (lse.double() - torch.logsumexp(s, -1)).abs().max().item()
 
     if skipped == 0:
@@ -162,12 +167,12 @@ def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dt
         # Pruned: (1) tile for tile the same function as the blockwise reference in float64 ...
         ref_out = torch.empty(q.shape, dtype=torch.float64, device=q.device)
         q64, k64, v64, lam64 = q.double(), k.double(), v.double(), lam.double()
-        ref_lse = reference.forward(q64, k64, v64, lam64, plan, scale, ref_out)
+        ref_lse = reference.forward(q64, k64, v64, lam64, plan, scale, ref_out, doc=doc)
         assert rel(out, ref_out) < tol
         assert (lse.double() - ref_lse).abs().max().item() < 50 * tol
         rdq, rdk, rdv = (torch.empty(t.shape, dtype=torch.float64, device=q.device) for t in (q, k, v))
         rdlam = reference.backward(grad_out.double(), q64, k64, v64, lam64, ref_out, ref_lse, plan,
-                                   scale, rdq, rdk, rdv)
+                                   scale, rdq, rdk, rdv, doc=doc)
         for name, x, r in (("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv), ("dlam", dlam, rdlam)):
             err = rel(x, r, floors.get(name, 0.0))
             assert err < tol, f"pruned {name}: relative error {err:.2e} against the reference"
@@ -220,6 +225,42 @@ def test_interpreter_guard_turns_pruning_off(interpret_env):
     check_case(interpret_env, 1, 2, 2, 300, 300, 32, torch.float16, torch.device("cpu"),
                prune=plan_mod.PRUNE_GUARDED, epsilon=1e-3, decay=(1.0, 4.0), rising_head=1,
                tol=4e-3)
+
+
+def packed_doc(batch, n_keys, mean_length, monotone=True, seed=0):
+    """Document ids (B, N) int64 of packed sequences with random lengths around mean_length; when
+    not monotone, the positions are shuffled (still exact, nothing extra skipped)."""
+    g = torch.Generator().manual_seed(seed)
+    ends = torch.rand(batch, n_keys, generator=g) < 1.0 / mean_length
+    doc = torch.cumsum(ends.long(), dim=-1)
+    if not monotone:
+        doc = doc[:, torch.randperm(n_keys, generator=g)] % 3
+    return doc
+
+
+PACKED_CASES = [
+    # batch, Hq, Hk, M, N, D, dtype, layout, prune, epsilon, decay, mean length, monotone
+    pytest.param(2, 2, 1, 300, 300, 32, torch.float32, "bhtd", 0, 0.0, (2.0, 64.0), 40, True,
+                 id="packed-gqa2-T300-fp32"),
+    pytest.param(1, 2, 2, 100, 300, 16, torch.float16, "bthd", 1, 1e-3, (1.0, 8.0), 70, True,
+                 id="packed-offset-pruned-fp16"),
+    pytest.param(2, 2, 2, 200, 200, 16, torch.float32, "bhtd", 0, 0.0, (2.0, 64.0), 30, False,
+                 id="packed-non-monotone"),
+]
+
+
+@interp
+@pytest.mark.parametrize("batch,q_heads,kv_heads,n_queries,n_keys,head_dim,dtype,layout,prune,"
+                         "epsilon,decay,length,monotone", PACKED_CASES)
+def test_interpreter_packed_sequences(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys,
+                                      head_dim, dtype, layout, prune, epsilon, decay, length,
+                                      monotone):
+    doc = packed_doc(batch, n_keys, length, monotone)
+    tol = {torch.float16: 4e-3, torch.float32: 1e-4}[dtype]
+    _, skipped = check_case(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys, head_dim,
+                            dtype, torch.device("cpu"), layout=layout, prune=prune,
+                            epsilon=epsilon, decay=decay, tol=tol, doc=doc)
+    assert (skipped > 0) == monotone
 
 
 def test_unsupported_reason(monkeypatch):
@@ -299,6 +340,24 @@ def test_gpu_pruned_within_bound(cuda_engine, case, dtype, prune):
     *shape, decay = case
     check_case(cuda_engine, *shape, dtype, torch.device("cuda"), prune=prune,
                decay=decay, layout="bthd", expect_skips=True)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", [
+    # batch, Hq, Hk, M, N, D, prune, mean document length, monotone
+    (2, 4, 2, 2048, 2048, 64, plan_mod.PRUNE_OFF, 300, True),
+    (2, 4, 2, 2048, 2048, 64, plan_mod.PRUNE_GUARDED, 700, True),
+    (1, 4, 1, 300, 3000, 128, plan_mod.PRUNE_PROVEN, 500, True),
+    (2, 6, 3, 1000, 1000, 80, plan_mod.PRUNE_OFF, 50, False),
+], ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-prune{}-len{}-mono{}".format(*s))
+def test_gpu_packed_sequences(cuda_engine, case, dtype):
+    *shape, prune, length, monotone = case
+    doc = packed_doc(shape[0], shape[4], length, monotone).cuda()
+    _, skipped = check_case(cuda_engine, *shape, dtype, torch.device("cuda"), prune=prune,
+                            decay=(1.0, 32.0), layout="bthd", doc=doc)
+    assert skipped > 0 or not monotone
 
 
 @gpu

@@ -13,13 +13,14 @@ AOT = {"fox.compiler": "aot_eager"}
 
 
 def _compiled_matches_eager(fn, *args, grads=True):
-    """Outputs and input gradients, compiled (aot_eager) versus eager, in fp64."""
-    args = [a.double() for a in args]
+    """Outputs and input gradients, compiled (aot_eager) versus eager, in fp64 (integer inputs,
+    document ids, as they are)."""
+    args = [a.double() if a.is_floating_point() else a for a in args]
     torch._dynamo.reset()
     compiled = torch.compile(fn, backend="fox_acp", options=AOT)
     runs = []
     for f in (fn, compiled):
-        leaves = [a.clone().requires_grad_(grads) for a in args]
+        leaves = [a.clone().requires_grad_(grads and a.is_floating_point()) for a in args]
         out = f(*leaves)
         if grads:
             out.backward(torch.ones_like(out))
@@ -27,6 +28,9 @@ def _compiled_matches_eager(fn, *args, grads=True):
     (out_e, grads_e), (out_c, grads_c) = runs
     torch.testing.assert_close(out_c, out_e, rtol=1e-8, atol=1e-8, equal_nan=True)
     for a, b in zip(grads_c, grads_e):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8, equal_nan=True)
 
 
@@ -484,3 +488,101 @@ def test_in_place_change_of_the_probabilities_other_than_repair_is_declined():
     args.append(F.logsigmoid(torch.randn(1, 2, 17)).cumsum(-1))
     report = foxcompile.explain(attend, *args)
     assert not report.sites and report.declined
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed sequences: doc_i == doc_j of one vector of ids, with the causal mask, in any order
+
+def _fox_scores(q, k, g):
+    c = torch.cumsum(F.logsigmoid(g), dim=-1)
+    return q @ k.mT * q.shape[-1] ** -0.5 + c[..., -q.shape[2]:, None] - c[..., None, :]
+
+
+def _ids(*lengths):
+    return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+
+
+def test_packed_masks_in_either_order_and_as_views():
+    q, k, v, g = _qkvg(B=2, M=9, N=9)
+    doc = torch.stack([_ids(3, 6), _ids(4, 2, 3)])
+
+    def two_fills(q, k, v, g, doc):  # != as the removed set, then the causal mask
+        s = _fox_scores(q, k, g).masked_fill((doc[:, :, None] != doc[:, None, :])[:, None], -math.inf)
+        return s.masked_fill(~_causal(9), -math.inf).softmax(-1) @ v
+
+    def reshaped(q, k, v, g, doc):  # views by reshape, causal mask first
+        same = doc.view(2, 1, 9, 1) == doc.view(2, 1, 1, 9)
+        s = _fox_scores(q, k, g).masked_fill(~_causal(9), -math.inf)
+        return torch.where(same, s, -math.inf).softmax(-1) @ v
+
+    for fn in (two_fills, reshaped):
+        site = _one_site(fn, q, k, v, g, doc)
+        assert site.documents is not None and site.documents.batch == 0
+        assert any("packed sequences (document mask)" in n for n in site.notes)
+
+
+def test_packed_queries_at_the_end_and_decoding():
+    doc = _ids(5, 4, 3)                                   # (12,), one row for the whole batch
+
+    def chunk(q, k, v, g, doc):  # M = 4 queries: rows doc[-4:], tril(diagonal=N-M)
+        same = doc[-q.shape[2]:, None] == doc[None, :]
+        keep = same & torch.ones(4, 12, dtype=torch.bool).tril(8)
+        return _fox_scores(q, k, g).masked_fill(~keep, -math.inf).softmax(-1) @ v
+
+    def decode(q, k, v, g, doc):  # one query: the document mask alone
+        same = doc[-1:, None] == doc[None, :]
+        return _fox_scores(q, k, g).masked_fill(~same, -math.inf).softmax(-1) @ v
+
+    site = _one_site(chunk, *_qkvg(M=4, N=12), doc)
+    assert site.documents.batch is None
+    _one_site(decode, *_qkvg(M=1, N=12), doc)
+
+
+def test_packed_masks_that_stay_declined():
+    q, k, v, g = _qkvg(B=2, M=9, N=9)
+    doc = torch.stack([_ids(3, 6), _ids(4, 2, 3)])
+
+    def other_documents(q, k, v, g, doc):  # keeps the pairs of different documents
+        keep = (doc[:, None, :, None] != doc[:, None, None, :]) & _causal(9)
+        return torch.where(keep, _fox_scores(q, k, g), -math.inf).softmax(-1).nan_to_num() @ v
+
+    def per_head(q, k, v, g, doc):  # ids vary along the heads
+        ids = torch.stack([doc, doc.flip(-1)], dim=1)               # (B, H, T)
+        keep = (ids[..., :, None] == ids[..., None, :]) & _causal(9)
+        return _fox_scores(q, k, g).masked_fill(~keep, -math.inf).softmax(-1) @ v
+
+    def shifted(q, k, v, g, doc):  # doc[i + 1] == doc[j]
+        ids = torch.cat([doc, doc[:, -1:]], dim=1)
+        keep = (ids[:, None, 1:, None] == ids[:, None, None, :-1]) & _causal(9)
+        return _fox_scores(q, k, g).masked_fill(~keep, -math.inf).softmax(-1) @ v
+
+    def float_ids(q, k, v, g, doc):
+        ids = doc.float()
+        keep = (ids[:, None, :, None] == ids[:, None, None, :]) & _causal(9)
+        return _fox_scores(q, k, g).masked_fill(~keep, -math.inf).softmax(-1) @ v
+
+    _declined(other_documents, q, k, v, g, doc, reason="keeps some pairs of different documents")
+    _declined(per_head, q, k, v, g, doc, reason="vary along the heads")
+    _declined(shifted, q, k, v, g, doc, reason="other positions")
+    _declined(float_ids, q, k, v, g, doc, reason="only integer ids")
+
+
+def test_packed_chunk_under_dynamic_shapes():
+    """Symbolic M and N: the query rows doc[:, -M:] and tril(N - M) read through the sizes'
+    symbols; `same_view & causal` (operator.and_, a pure op named like an in-place one) on a view
+    of the comparison."""
+    def chunk(q, k, v, g, doc):
+        M, N = q.shape[2], k.shape[2]
+        same = (doc[:, -M:, None] == doc[:, None, :])[:, None]
+        keep = same & torch.ones(M, N, dtype=torch.bool).tril(N - M)
+        return _fox_scores(q, k, g).masked_fill(~keep, -math.inf).softmax(-1) @ v
+
+    torch._dynamo.reset()
+    compiled = torch.compile(chunk, backend="fox_acp", dynamic=True, options=AOT)
+    for M, N in ((5, 19), (7, 23)):
+        q, k, v, g = _qkvg(B=2, H=3, M=M, N=N)
+        doc = torch.cumsum(torch.rand(2, N) < 0.2, dim=-1)
+        with foxcompile.pruning_stats() as stats:
+            out = compiled(q, k, v, g, doc)
+        assert stats.per_head(), "the site was not rewritten"
+        torch.testing.assert_close(out, chunk(q, k, v, g, doc), rtol=1e-5, atol=1e-5)

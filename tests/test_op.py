@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import foxcompile
 from foxcompile.kernels import naive
 from foxcompile.kernels.plan import (PRUNE_GUARDED, PRUNE_OFF, PRUNE_PROVEN, make_plan,
-                                     tile_sizes)
+                                     tile_counts, tile_sizes)
 
 F64 = torch.float64
 
@@ -208,3 +208,144 @@ def test_pruning_stats_records_sites_and_heads():
     assert 0 < stats.skipped_fraction() < 1
     assert rows[0]["executed_flops"] < rows[0]["dense_flops"]
     assert "test" in str(stats)
+
+
+# ----------------------------------------------------------------------------- packed sequences
+
+def _doc_ids(batch, n_keys, lengths, seed=0, shuffle=False):
+    """(B, N) int64 document ids: consecutive documents of the given lengths (cycled), or the
+    same ids at shuffled positions (not monotone)."""
+    ids = torch.cat([torch.full((n,), d) for d, n in enumerate(lengths * n_keys)])[:n_keys]
+    doc = ids.expand(batch, n_keys).clone()
+    if shuffle:
+        gen = torch.Generator().manual_seed(seed)
+        doc = doc[:, torch.randperm(n_keys, generator=gen)]
+    return doc
+
+
+def _reference_packed(q, k, v, gates, doc, layout="bthd"):
+    to_bhtd = (lambda x: x.transpose(1, 2)) if layout == "bthd" else (lambda x: x)
+    lam = torch.cumsum(gates.to(F64), dim=1 if layout == "bthd" else 2)
+    lam = lam.transpose(1, 2) if layout == "bthd" else lam
+    doc = doc.expand(q.shape[0], doc.shape[-1])
+    out = naive.forgetting_attention(*(to_bhtd(x.to(F64)) for x in (q, k, v)), lam,
+                                     q.shape[-1] ** -0.5, doc)
+    return to_bhtd(out)
+
+
+PACKED = [  # batch, M, N, Hq, Hk, D, document lengths, shuffled
+    (2, 37, 37, 4, 2, 16, [5, 11, 3], False),
+    (1, 1, 1, 2, 2, 8, [1], False),              # T = 1
+    (2, 20, 90, 3, 1, 12, [7, 30], False),       # queries at the end (M < N), GQA 3
+    (1, 1, 60, 2, 2, 8, [13], False),            # decode: one query of the last document
+    (2, 300, 300, 2, 1, 8, [40, 7, 90], False),  # several blocks: tiles of other documents skipped
+    (2, 41, 41, 2, 2, 8, [4, 9], True),          # ids not monotone: exact, nothing extra skipped
+]
+
+
+@pytest.mark.parametrize("shape", PACKED)
+def test_packed_sequences_match_definition_with_gradients(shape):
+    *dims, lengths, shuffle = shape
+    q, k, v, gates = _inputs(*dims, gate_bias=0.0)
+    doc = _doc_ids(dims[0], dims[2], lengths, shuffle=shuffle)
+    out = foxcompile.forgetting_attention(q, k, v, gates, doc=doc)
+    ref = _reference_packed(q, k, v, gates, doc)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    grad_out = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v, gates), grad_out)
+    want = torch.autograd.grad(ref, (q, k, v, gates), grad_out)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_one_row_of_ids_pruned(dtype):
+    """(N,) int32 ids broadcast over the batch, bhtd, pruning on: within the bound of acp.md."""
+    q, k, v, gates = _inputs(2, 150, 150, 2, 2, 16, layout="bhtd", dtype=dtype, gate_bias=-2.0,
+                             grad=False)
+    doc = _doc_ids(1, 150, [33, 60])[0].to(torch.int32)
+    out = foxcompile.forgetting_attention(q, k, v, gates, layout="bhtd", doc=doc)
+    ref = _reference_packed(q, k, v, gates, doc, layout="bhtd")
+    bound = 2 * foxcompile.DEFAULT_EPSILON * v.to(F64).norm(dim=-1).amax()
+    rounding = 1e-5 if dtype == torch.float32 else 1e-12
+    assert (out.to(F64) - ref).norm(dim=-1).max() < bound + rounding
+
+
+def test_packed_plan_skips_tiles_of_earlier_documents():
+    """T = 512 in documents of 128: with 128 x 128 tiles every off-diagonal tile holds two
+    documents, so only the diagonal tiles run, and the counts and FLOPs say so."""
+    q, k, v, lam = _fast_decay(n=512)
+    block_m, block_n = tile_sizes(q.shape[-1])
+    doc = (torch.arange(512) // 128)[None]
+    plan = make_plan(q, k, lam, 0.25, 0.0, PRUNE_OFF, doc=doc)
+    assert plan.start.tolist() == [[[0, 1, 2, 3]] * 2]
+    counts = tile_counts(plan.start, 512, 512, block_m, block_n)
+    assert counts.skipped_tiles.tolist() == [[6.0, 6.0]] and counts.causal_tiles[0, 0] == 10
+    pos = torch.arange(512)
+    uneven = ((pos >= 200).long() + (pos >= 300).long())[None]   # documents [0, 200, 300, 512)
+    shifted = make_plan(q, k, lam, 0.25, 0.0, PRUNE_OFF, doc=uneven)
+    assert shifted.start.tolist() == [[[0, 0, 1, 2]] * 2]
+    shuffled = make_plan(q, k, lam, 0.25, 0.0, PRUNE_OFF, doc=doc.flip(-1))
+    assert int(shuffled.start.sum()) == 0                     # decreasing ids: nothing skipped
+    with FlopCounterMode(display=False) as counter:
+        out, _, start = torch.ops.foxcompile.attention(q, k, v, lam, 0.25, 0.0, PRUNE_OFF, "bhtd",
+                                                       "test", doc=doc)
+    heads, d = q.shape[1], q.shape[3]
+    assert counter.get_total_flops() == 4 * d * heads * 4 * (128 * 129 // 2)
+    torch.testing.assert_close(out, naive.forgetting_attention(q, k, v, lam, 0.25, doc))
+
+
+def test_packed_opcheck():
+    q, k, v, gates = _inputs(2, 20, 30, 4, 2, 8)
+    lam = gates.detach().cumsum(1).transpose(1, 2).requires_grad_()
+    doc = _doc_ids(2, 30, [7, 12])
+    torch.library.opcheck(torch.ops.foxcompile.attention.default,
+                          (q, k, v, lam, 0.3, 1e-4, PRUNE_GUARDED, "bthd", "test"), {"doc": doc})
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda doc: doc.float(), "int32 or int64"),
+    (lambda doc: doc[:, :-1], "doc must have shape"),
+    (lambda doc: doc[None], "doc must have shape"),
+    (lambda doc: doc.to("meta"), "q's device"),
+    (lambda doc: [0] * 10, "must be a tensor"),
+])
+def test_packed_bad_doc_errors(bad, message):
+    q, k, v, gates = _inputs(2, 10, 10, 4, 2, 8, grad=False)
+    doc = _doc_ids(2, 10, [3])
+    with pytest.raises((ValueError, TypeError), match=message):
+        foxcompile.forgetting_attention(q, k, v, gates, doc=bad(doc))
+
+
+def test_document_start_blocks_never_skip_a_visible_pair():
+    """Brute force on small blocks: every skipped tile has no (i, j) with j <= P + i in one
+    document; for ids that never decrease, every tile of earlier documents is skipped."""
+    from foxcompile.kernels.plan import document_start_blocks
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        n_keys = int(torch.randint(1, 60, (1,), generator=gen))
+        n_queries = int(torch.randint(1, n_keys + 1, (1,), generator=gen))
+        block_m, block_n = (4, 4) if trial % 2 else (8, 4)
+        ends = torch.rand(2, n_keys, generator=gen) < 0.15
+        doc = torch.cumsum(ends.long(), dim=-1)
+        if trial % 3 == 0:
+            doc[1] = doc[1, torch.randperm(n_keys, generator=gen)]        # row 1 not monotone
+        start = document_start_blocks(doc, n_queries, block_m, block_n)
+        offset = n_keys - n_queries
+        rows = offset + torch.arange(n_queries)
+        visible = (torch.arange(n_keys)[None, :] <= rows[:, None]) & \
+            (doc[:, rows, None] == doc[:, None, :])                        # (B, M, N)
+        for b in range(2):
+            monotone = bool((doc[b, 1:] >= doc[b, :-1]).all())
+            for m in range(start.shape[-1]):
+                block = visible[b, m * block_m:(m + 1) * block_m]
+                seen = block.any(dim=0).nonzero()
+                first = int(seen.min()) // block_n if len(seen) else None
+                assert first is None or int(start[b, m]) <= first
+                if monotone:
+                    first_row = offset + m * block_m
+                    earlier = [n for n in range(-(-n_keys // block_n))
+                               if doc[b, min(n * block_n + block_n - 1, n_keys - 1)] < doc[b, first_row]]
+                    assert int(start[b, m]) == len(earlier)
+                else:
+                    assert int(start[b, m]) == 0

@@ -20,6 +20,7 @@ from . import graph as g
 _OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
               operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior,
               operator.ixor, operator.ilshift, operator.irshift, operator.imatmul}
+_PURE_OPERATORS = {operator.and_, operator.or_, operator.not_, operator.is_}
 
 
 def targets(node) -> list[fx.Node]:
@@ -30,6 +31,8 @@ def targets(node) -> list[fx.Node]:
     outs = out if isinstance(out, (tuple, list)) else (out,)
     changed = [x for x in outs if isinstance(x, fx.Node)]
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if node.target in _PURE_OPERATORS:  # `a & b`, `a | b`: named like in-place methods, pure
+        name = ""
     first = node.args[0] if node.args else None
     if isinstance(first, fx.Node) and (
             node.target in _OPERATORS or node.kwargs.get("inplace") is True

@@ -7,13 +7,25 @@ tril/triu (with diagonals), arange comparisons, negation, slicing (which shifts 
 buffers, whose values are checked at compile time. Anything else is None: not understood.
 
 A causal mask for M queries at the end of N keys removes exactly d >= P + 1, P = N - M.
+
+Packed sequences add one more atom: `doc[i] == doc[j]` for a vector of document ids, read from a
+comparison of a query-side copy of a graph tensor with a key-side copy of the same tensor
+(`SameDocument`). A mask built from bands and that atom is a `Split`: one band where the two
+positions share a document, another where they do not. Comparing the ids of two different tensors,
+or with anything but == and !=, raises MaskDeclined with the reason.
 """
 from dataclasses import dataclass
 
 import sympy
 import torch
+from torch import fx
 
 from . import graph as g
+
+
+class MaskDeclined(Exception):
+    """A mask that must not be rewritten, with the reason (a comparison of document ids that is
+    not doc_i == doc_j of one vector)."""
 
 
 @dataclass(frozen=True)
@@ -44,8 +56,55 @@ ALL = Band("all")
 NONE = Band("none")
 
 
-def both(a: Band | None, b: Band | None) -> Band | None:
+@dataclass(frozen=True)
+class SameDocument:
+    """doc[..., row_start + r] == doc[..., col_start + c] over the rows r and columns c of a mask.
+    `doc` is a graph tensor whose dim `seq` runs along the sequence; `batch` pairs each of its
+    other dims of size > 1 with the mask dim (counted from the right, < -2) it runs along."""
+    doc: fx.Node
+    seq: int
+    batch: tuple[tuple[int, int], ...]
+    row_start: sympy.Expr
+    col_start: sympy.Expr
+
+    def same_as(self, other: "SameDocument") -> bool:
+        return (self.doc is other.doc and self.seq == other.seq and self.batch == other.batch
+                and sympy.simplify(self.row_start - other.row_start) == 0
+                and sympy.simplify(self.col_start - other.col_start) == 0)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A mask that holds `same` where the two positions lie in one document of `docs` and
+    `other` where they do not."""
+    docs: SameDocument
+    same: Band
+    other: Band
+
+    def negate(self) -> "Split":
+        return Split(self.docs, self.same.negate(), self.other.negate())
+
+
+Mask = Band | Split  # what a boolean mask is read as
+
+
+def _split(op, a, b):
+    """op (both or either) of two masks, at least one a Split: the two cases apart."""
+    if a is None or b is None:
+        return None
+    if isinstance(a, Split) and isinstance(b, Split) and not a.docs.same_as(b.docs):
+        raise MaskDeclined(f"masks compare document ids of {a.docs.doc.name} and of "
+                           f"{b.docs.doc.name} (or at other offsets): not one packed-sequence mask")
+    docs = a.docs if isinstance(a, Split) else b.docs
+    a, b = (x if isinstance(x, Split) else Split(docs, x, x) for x in (a, b))
+    same, other = op(a.same, b.same), op(a.other, b.other)
+    return None if same is None or other is None else Split(docs, same, other)
+
+
+def both(a: Mask | None, b: Mask | None) -> Mask | None:
     """Logical and."""
+    if isinstance(a, Split) or isinstance(b, Split):
+        return _split(both, a, b)
     if a is None or b is None:
         return None
     if a.side == "all":
@@ -64,8 +123,10 @@ def both(a: Band | None, b: Band | None) -> Band | None:
     return None  # a band (sliding window) or unknown order
 
 
-def either(a: Band | None, b: Band | None) -> Band | None:
+def either(a: Mask | None, b: Mask | None) -> Mask | None:
     """Logical or."""
+    if isinstance(a, Split) or isinstance(b, Split):
+        return _split(either, a, b)
     if a is None or b is None:
         return None
     neither = both(a.negate(), b.negate())
@@ -77,12 +138,12 @@ def _last_two(shape) -> tuple:
     return (1,) * (2 - len(shape)) + shape[-2:]
 
 
-def lift(band: Band | None, source, target) -> Band | None:
+def lift(band: Mask | None, source, target) -> Mask | None:
     """A band read on a tensor of shape `source`, as it falls on the shape `target` it is
     broadcast to. Unchanged when their last two dims agree; a tensor broadcast along a size-1 row
-    or column dim is a function of one index, so its diagonal band does not carry over (None),
-    while everywhere / nowhere does."""
-    if band is None or band.side in ("all", "none"):
+    or column dim is a function of one index, so its diagonal band (or document atom) does not
+    carry over (None), while everywhere / nowhere does."""
+    if band is None or isinstance(band, Band) and band.side in ("all", "none"):
         return band
     a, b = _last_two(source), _last_two(target)
     return band if all(g.same_size(x, y) for x, y in zip(a, b)) else None
@@ -139,7 +200,7 @@ class MaskReader:
         self.constants = constants or {}
         self.notes: list[str] = []
 
-    def truth(self, node) -> Band | None:
+    def truth(self, node) -> Mask | None:
         """Where a boolean (or 0/1) tensor is true."""
         if isinstance(node, bool):
             return ALL if node else NONE
@@ -170,13 +231,13 @@ class MaskReader:
             return None if inner is None else (inner.negate() if k == "eq" else inner)
         if k in ("eq", "gt", "ge", "lt", "le", "ne"):
             return self._compare(k, node.args[0], node.args[1])
-        if k in ("and", "or"):
+        if k in ("and", "or") or k == "mul" and all(g.dtype(x) == torch.bool for x in node.args[:2]):
             a, b = (self._lifted(self.truth, x, node) for x in node.args[:2])
-            return both(a, b) if k == "and" else either(a, b)
+            return either(a, b) if k == "or" else both(a, b)
         if k == "getitem":
             return self._sliced(node, self.truth)
         if k == "unsqueeze" and g.normalize_dim(node.args[1], g.rank(node)) < g.rank(node) - 2:
-            return self.truth(node.args[0])
+            return _moved(self.truth(node.args[0]), node)
         if k == "placeholder" and node in self.constants:
             band = _buffer_band(self.constants[node], lambda t: t.bool())
             if band is not None:
@@ -184,7 +245,7 @@ class MaskReader:
             return band
         return None
 
-    def negative_infinity(self, node, threshold: float) -> Band | None:
+    def negative_infinity(self, node, threshold: float) -> Mask | None:
         """Where an additive mask holds a value <= threshold (and 0 elsewhere)."""
         k = g.kind(node)
         if k in ("tril", "triu"):
@@ -215,7 +276,7 @@ class MaskReader:
         if k == "getitem":
             return self._sliced(node, lambda n: self.negative_infinity(n, threshold))
         if k == "unsqueeze" and g.normalize_dim(node.args[1], g.rank(node)) < g.rank(node) - 2:
-            return self.negative_infinity(node.args[0], threshold)
+            return _moved(self.negative_infinity(node.args[0], threshold), node)
         if k == "placeholder" and node in self.constants:
             t = self.constants[node]
             if not t.is_floating_point():
@@ -227,16 +288,17 @@ class MaskReader:
             return band
         return None
 
-    def truth_on(self, mask, target) -> Band | None:
+    def truth_on(self, mask, target) -> Mask | None:
         """Where `mask` is true, as it falls on the tensor `target` it masks."""
         return self._lifted(self.truth, mask, target)
 
     @staticmethod
-    def _lifted(read, x, into) -> Band | None:
+    def _lifted(read, x, into) -> Mask | None:
         return lift(read(x), g.shape(x), g.shape(into))
 
-    def _sliced(self, node, read) -> Band | None:
-        """x[..., a:, b:] (leading dims indexed or new axes added at will): d shifts by b - a."""
+    def _sliced(self, node, read) -> Mask | None:
+        """x[..., a:, b:] (leading dims indexed or new axes added at will): d shifts by b - a;
+        document ids shift by a along the rows and b along the columns."""
         base, index = node.args
         band = read(base)
         if band is None:
@@ -248,12 +310,23 @@ class MaskReader:
         if starts is None:
             return None
         row_start, col_start = starts
+        if isinstance(band, Split):
+            docs = _moved_docs(band.docs, node)
+            if docs is None:
+                return None
+            docs = SameDocument(docs.doc, docs.seq, docs.batch, docs.row_start + row_start,
+                                docs.col_start + col_start)
+            return Split(docs, band.same.shift(-(col_start - row_start)),
+                         band.other.shift(-(col_start - row_start)))
         return band.shift(-(col_start - row_start))
 
-    def _compare(self, op: str, a, b) -> Band | None:
-        """Comparisons of row and column index tensors: a OP b over (r, c)."""
+    def _compare(self, op: str, a, b) -> Mask | None:
+        """Comparisons of row and column index tensors, a OP b over (r, c), or of the document ids
+        of the rows and of the columns (doc_r == doc_c)."""
         fa, fb = _index_form(a), _index_form(b)
         if fa is None or fb is None:
+            if fa is None and fb is None:
+                return _document_compare(op, a, b)
             return None
         # (alpha_r * r + alpha_c * c + gamma)  OP  0
         ar, ac, ga = (x - y for x, y in zip(fa, fb))
@@ -273,6 +346,141 @@ class MaskReader:
         if flip:
             side, step = ("le", -step) if side == "ge" else ("ge", -step)
         return Band(side, sympy.simplify(bound + step))
+
+
+def _dim_moves(node) -> dict | None:
+    """For a view node (getitem with a basic index, unsqueeze, expand, identity, a reshape that
+    only adds or removes size-1 dims) of x: the dims of x, counted from the right, that stay dims
+    of node, mapped to their place in node (from the right); dims that an integer index drops (or
+    a reshape's size-1 dims) are missing. None for any other node."""
+    k, x = g.kind(node), node.args[0] if isinstance(node, fx.Node) and node.args else None
+    in_rank, out_rank = g.rank(x), g.rank(node)
+    if in_rank is None or out_rank is None:
+        return None
+    if k in ("expand", "identity"):
+        return {d: d for d in range(-in_rank, 0)}
+    if k == "unsqueeze":
+        new = g.normalize_dim(g.arg(node, 1, "dim"), out_rank)
+        return {d: d - 1 if d + in_rank < new else d for d in range(-in_rank, 0)}
+    if k == "getitem":
+        dims = g.index_map(node.args[1], in_rank)
+        if dims is None:
+            return None
+        return {entry[0] - in_rank: o - out_rank for o, entry in enumerate(dims) if entry is not None}
+    if k == "reshape":
+        in_shape, out_shape = g.shape(x), g.shape(node)
+        kept_in = [d for d in range(in_rank) if not g.same_size(in_shape[d], 1)]
+        kept_out = [d for d in range(out_rank) if not g.same_size(out_shape[d], 1)]
+        if len(kept_in) != len(kept_out) or not all(
+                g.same_size(in_shape[a], out_shape[b]) for a, b in zip(kept_in, kept_out)):
+            return None
+        return {a - in_rank: b - out_rank for a, b in zip(kept_in, kept_out)}
+    return None
+
+
+def _moved_docs(docs: SameDocument, node) -> SameDocument | None:
+    """The document atom of node's input as it falls on node (a view of it): its batch dims
+    move; None when a view drops or moves one of them off the leading dims."""
+    moves = _dim_moves(node)
+    if moves is None:
+        return None
+    batch = tuple((d, moves.get(m)) for d, m in docs.batch)
+    if any(m is None or m >= -2 for _, m in batch):
+        return None
+    return SameDocument(docs.doc, docs.seq, batch, docs.row_start, docs.col_start)
+
+
+def _moved(mask: Mask | None, node) -> Mask | None:
+    """A mask read on node's input, on node (an unsqueeze of a leading dim)."""
+    if not isinstance(mask, Split):
+        return mask
+    docs = _moved_docs(mask.docs, node)
+    return None if docs is None else Split(docs, mask.same, mask.other)
+
+
+def _vector_view(node):
+    """node as a view of a graph tensor `base` made only of new size-1 dims, unit-step slices and
+    broadcasts: (base, {base dim: (dim of node counted from the right, slice start)}) for the
+    dims of base of size > 1; None when node is no such view (or is a number)."""
+    if not isinstance(node, fx.Node) or not g.is_tensor(node):
+        return None
+    moves = _dim_moves(node)
+    if moves is None:
+        rank = g.rank(node)
+        shape = g.shape(node)
+        return node, {d: (d - rank, sympy.Integer(0)) for d in range(rank)
+                      if not g.same_size(shape[d], 1)}
+    inner = _vector_view(node.args[0])
+    if inner is None:
+        return None
+    base, placed = inner
+    starts = _slice_starts(node)
+    out = {}
+    for d, (at, start) in placed.items():
+        if moves.get(at) is None or starts is None:
+            return None
+        out[d] = (moves[at], start + starts.get(at, 0))
+    return base, out
+
+
+def _slice_starts(node) -> dict | None:
+    """Start offsets of a view's slices, by input dim counted from the right ({} for a view that
+    slices nothing); None for slices with a step other than 1."""
+    if g.kind(node) != "getitem":
+        return {}
+    x = node.args[0]
+    in_rank, shape = g.rank(x), g.shape(x)
+    starts = {}
+    for entry in g.index_map(node.args[1], in_rank):
+        if entry is None:
+            continue
+        dim, part = entry
+        if part.step not in (None, 1):
+            return None
+        start = g.sym(part.start if part.start is not None else 0)
+        starts[dim - in_rank] = g.sym(shape[dim]) + start if start.is_negative else start
+    return starts
+
+
+def _document_compare(op: str, a, b) -> Split | None:
+    """doc_r OP doc_c: a query-side copy (varying along the rows) and a key-side copy (along the
+    columns) of one graph tensor. == is a Split that holds within documents, != one that holds
+    between them; None when a and b are not such copies; MaskDeclined for other comparisons of
+    such copies, or copies of two different tensors."""
+    va, vb = _vector_view(a), _vector_view(b)
+    if va is None or vb is None:
+        return None
+    sides = []
+    for base, placed in (va, vb):
+        rows = [d for d, (at, _) in placed.items() if at == -2]
+        cols = [d for d, (at, _) in placed.items() if at == -1]
+        if len(rows) + len(cols) != 1:
+            return None  # not a copy of a vector along one axis
+        sides.append((base, placed, "row" if rows else "col", (rows or cols)[0]))
+    if {sides[0][2], sides[1][2]} != {"row", "col"}:
+        return None
+    (row_base, row_placed, _, seq), (col_base, col_placed, _, col_seq) = sorted(
+        sides, key=lambda side: side[2] != "row")
+    if row_base is not col_base or seq != col_seq:
+        raise MaskDeclined(f"compares {row_base.name} along the queries with {col_base.name} "
+                           "along the keys: a document mask compares one vector of ids with itself")
+    if op not in ("eq", "ne"):
+        raise MaskDeclined(f"compares {row_base.name} along the queries and the keys with {op}: of "
+                           "such comparisons only equality (document ids, doc_i == doc_j) is "
+                           "understood")
+    dtype = g.dtype(row_base)
+    if dtype is None or dtype.is_floating_point or dtype.is_complex:
+        raise MaskDeclined(f"document ids {row_base.name} are {dtype}: only integer ids go to the op")
+    batch = []
+    for d in row_placed:
+        if d == seq:
+            continue
+        (at, start), other = row_placed[d], col_placed.get(d)
+        if other is None or other[0] != at or start != 0 or other[1] != 0:
+            return None
+        batch.append((d, at))
+    docs = SameDocument(row_base, seq, tuple(batch), row_placed[seq][1], col_placed[seq][1])
+    return Split(docs, ALL, NONE) if op == "eq" else Split(docs, NONE, ALL)
 
 
 def _last_two_starts(index, shape: tuple):

@@ -13,16 +13,17 @@ import math
 import operator
 
 import networkx as nx
+import sympy
 from torch import fx
 
 from ..kernels.triton_attention import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
 from . import graph as g
 from .decay import decay_verdict, direction, sign
 from .inplace import InPlace, targets
-from .masks import NONE, Band, MaskReader, causal, either, lift, same_on
+from .masks import ALL, NONE, Band, MaskDeclined, MaskReader, Split, causal, either, lift, same_on
 from .operands import NotAnOperand, key_value, pv_operand, qk_operands
 from .separable import constant_along, segsum
-from .site import Decline, KeyTerm, Operand, Site
+from .site import Decline, Documents, KeyTerm, Operand, Site
 from .terms import FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS, ScoreWalker
 
 log = logging.getLogger("foxcompile")
@@ -139,7 +140,7 @@ class Matcher:
         for node in list(self.graph.nodes):
             try:
                 site = self._match(node)
-            except Declined as why:
+            except (Declined, MaskDeclined) as why:
                 declined.append(Decline(g.location(node), g.module_path(node), str(why), node.name))
                 continue
             except Exception as error:  # never let a matcher bug break a model that runs in eager
@@ -169,7 +170,8 @@ class Matcher:
         walker = ScoreWalker(g.rank(scores), reader, self.inplace)
         walker.walk(scores, reading, coef)
         shape = g.shape(scores)
-        qk_terms, key_terms = self._classify(walker.out, reader, shape[-2], shape[-1], nb)
+        qk_terms, key_terms, documents = self._classify(walker.out, reader, shape[-2], shape[-1],
+                                                        nb, shape[0] if nb else 1)
         if len(qk_terms) != 1:
             raise Declined("no q.k product among the scores" if not qk_terms else
                            f"{len(qk_terms)} q.k products in one softmax")
@@ -183,7 +185,8 @@ class Matcher:
         except NotAnOperand as why:
             raise Declined(str(why)) from None
         changes = self._check_owned(qk.leaf, pv)
-        site = self._site(spelling, node, q, k, v, out, nb, qk.coef, key_terms, scores, reader.notes)
+        site = self._site(spelling, node, q, k, v, out, nb, qk.coef, key_terms, scores, reader.notes,
+                          documents)
         q_heads, kv_heads = site.shapes["q"][1], site.shapes["k"][1]
         if not g.same_size(q_heads, kv_heads):
             site.notes.append(f"k and v go to the op with {kv_heads} heads (query head h reads key "
@@ -221,18 +224,20 @@ class Matcher:
         reader = MaskReader(self.constants)
         walker = ScoreWalker(nb + 2, reader, self.inplace)
         walker.walk(mask, node)
-        qk_terms, key_terms = self._classify(walker.out, reader, g.shape(q)[-2], g.shape(k)[-2], nb)
+        qk_terms, key_terms, documents = self._classify(walker.out, reader, g.shape(q)[-2],
+                                                        g.shape(k)[-2], nb, g.shape(q)[0] if nb else 1)
         if qk_terms:
             raise Declined("attn_mask contains a q.k product")
         groups = {2: ((0,), (1,), (2,), (3,)), 1: ((0,), (), (1,), (2,)), 0: ((), (), (0,), (1,))}[nb]
         operands = [Operand(x, groups) for x in (q, k, v, node)]
-        site = self._site("sdpa", node, *operands, nb, scale, key_terms, None, reader.notes)
+        site = self._site("sdpa", node, *operands, nb, scale, key_terms, None, reader.notes,
+                          documents)
         self._check_in_place(site, walker.reads)
         return site
 
-    def _classify(self, scores_info, reader, n_queries, n_keys, nb):
-        """Split the terms into q.k products and key-side terms, check the masks are causal.
-        Returns (qk terms, key terms)."""
+    def _classify(self, scores_info, reader, n_queries, n_keys, nb, batch):
+        """Split the terms into q.k products and key-side terms, check the masks are causal (within
+        documents, for packed sequences). Returns (qk terms, key terms, Documents or None)."""
         if scores_info.problem:
             raise Declined(scores_info.problem)
         qk_terms, key_terms, kept, additive = [], [], [], []
@@ -273,15 +278,26 @@ class Matcher:
             masked = either(masked, band)
             if masked is None:
                 raise Declined("the masks together are not one causal mask (a sliding window?)")
+        documents = None
+        if isinstance(masked, Split):
+            if same_on(masked.same, masked.other, n_queries, n_keys):
+                masked = masked.same  # the document ids make no difference
+            elif not same_on(masked.other, ALL, n_queries, n_keys):
+                raise Declined(f"the mask comparing document ids {masked.docs.doc.name} keeps some "
+                               "pairs of different documents: not a packed-sequence mask")
+            else:
+                documents = _documents(masked.docs, n_queries, n_keys, nb, batch)
+                masked = masked.same
         want = causal(n_queries, n_keys)
         if not same_on(masked, want, n_queries, n_keys):
             if not bands:
                 raise Declined("no causal mask: the bias would grow into the future")
-            raise Declined(f"mask removes {_describe_band(masked)}, not the causal future "
-                           f"{_describe_band(want)}")
+            raise Declined(f"mask removes {_describe_band(masked)}"
+                           + (" within a document" if documents else "")
+                           + f", not the causal future {_describe_band(want)}")
         if not key_terms:
             raise Declined("no forget-gate bias: plain causal attention, nothing for ACP to prune")
-        return qk_terms, key_terms
+        return qk_terms, key_terms, documents
 
     @staticmethod
     def _term(term, reader, nb: int, square: bool):
@@ -337,12 +353,14 @@ class Matcher:
         scope = nx.ancestors(self.flow, site.output) | {site.output}
         reads = [x.node for x in (site.q, site.k, site.v)]
         reads += [x for t in site.key_terms for x in (t.leaf, *(f for f, _ in t.factors))]
+        reads += [site.documents.node] if site.documents else []
         why = self.inplace.problem(scope, resolved, [x for x in reads if isinstance(x, fx.Node)],
                                    site.output)
         if why is not None:
             raise Declined(why)
 
-    def _site(self, spelling, anchor, q, k, v, out, nb, scale, key_terms, scores, notes):
+    def _site(self, spelling, anchor, q, k, v, out, nb, scale, key_terms, scores, notes,
+              documents):
         head_dim = _size(q, 3)
         v_dim = _size(v, 3)
         if not g.same_size(head_dim, v_dim):
@@ -359,13 +377,35 @@ class Matcher:
             d = sign(term.leaf) if term.cumulative else direction(term.leaf, -3 - term.pick)
             directions.append(None if s is None or d is None else s * d)
         decay = decay_verdict(directions)
+        if documents is not None:
+            notes = [*notes, f"packed sequences (document mask): document ids {documents.node.name}"]
         shapes = {name: tuple(_size(x, a) for a in range(4))
                   for name, x in (("q", q), ("k", k), ("v", v))}
         if scores is not None:
             shapes["scores"] = g.shape(scores)
         return Site(kind=spelling, location=g.location(anchor), module=g.module_path(anchor),
                     decay=decay, q=q, k=k, v=v, out=out, batch_dims=nb, scale=float(scale),
-                    key_terms=key_terms, shapes=shapes, notes=list(dict.fromkeys(notes)))
+                    key_terms=key_terms, shapes=shapes, notes=list(dict.fromkeys(notes)),
+                    documents=documents)
+
+
+def _documents(docs, n_queries, n_keys, nb: int, batch) -> Documents:
+    """The op's document ids from a mask's doc[P + i] == doc[j]: doc runs along exactly the N
+    keys (no slice of the columns, the queries' rows start at P = N - M) and varies at most along
+    the batch (the scores' first dim), not along heads."""
+    name = docs.doc.name
+    shape = g.shape(docs.doc)
+    starts_ok = (sympy.simplify(docs.col_start) == 0
+                 and sympy.simplify(docs.row_start - (g.sym(n_keys) - g.sym(n_queries))) == 0)
+    if not starts_ok or not g.same_size(shape[docs.seq], n_keys):
+        raise Declined(f"document ids {name} are compared at other positions than the queries' "
+                       "and the keys' own (a shifted or partial slice)")
+    rank = nb + 2
+    batch_dims = [d for d, at in docs.batch if at + rank == 0]
+    if len(batch_dims) != len(docs.batch) or batch_dims and not g.same_size(shape[batch_dims[0]], batch):
+        raise Declined(f"document ids {name} vary along the heads or other dims of the scores, "
+                       "not only along the batch")
+    return Documents(docs.doc, docs.seq, batch_dims[0] if batch_dims else None)
 
 
 def _size(x: Operand, dim: int):

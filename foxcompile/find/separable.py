@@ -8,7 +8,7 @@ c_i - c_j on and below the diagonal, with c the cumsum of a vector, and sympy pr
 import sympy
 
 from . import graph as g
-from .masks import MaskReader
+from .masks import Band, MaskReader
 
 
 def _swaps_last_two(node) -> bool:
@@ -78,6 +78,6 @@ def segsum(leaf, reader: MaskReader):
         return None
     zeroed = reader.truth_on(filled.args[1], filled)
     keep = None if zeroed is None else zeroed.negate()
-    if keep is None or keep.side != "le" or not _cumulative_identity(keep.bound):
+    if not isinstance(keep, Band) or keep.side != "le" or not _cumulative_identity(keep.bound):
         return None
     return constant_along(filled.args[0], -1)

@@ -29,6 +29,16 @@ class KeyTerm:
 
 
 @dataclass
+class Documents:
+    """Document ids of packed sequences: the graph tensor `node`, whose dim `seq` runs along the
+    N key positions and whose dim `batch` (None: none) along the op's batch; every other dim has
+    size 1. Query i sees key j only when the ids at positions P + i and j agree."""
+    node: fx.Node
+    seq: int
+    batch: int | None = None
+
+
+@dataclass
 class Site:
     """One forgetting-attention computation the backend replaces by foxcompile::attention."""
     kind: str                 # how it was written: "matmul", "einsum", "bmm", "sdpa", ...
@@ -46,6 +56,7 @@ class Site:
     notes: list[str] = field(default_factory=list)
     changes: list[fx.Node] = field(default_factory=list)  # in-place ops on the site's own tensors
     removed: list[str] = field(default_factory=list)  # T x T nodes the rewrite makes dead
+    documents: Documents | None = None  # packed sequences: the op's doc input
 
     @property
     def output(self) -> fx.Node:

@@ -15,7 +15,7 @@ from torch import fx
 
 from . import graph as g
 from .inplace import InPlace
-from .masks import Band, MaskReader
+from .masks import Mask, MaskReader
 
 # A finite mask value counts as -inf when it is at least this negative (after scaling): masked
 # entries then vanish from the softmax against any realistic bias.
@@ -36,7 +36,7 @@ class Term:
 @dataclass
 class MaskUse:
     node: fx.Node
-    masked: Band | None  # positions set to (near) -inf, None when not understood
+    masked: Mask | None  # positions set to (near) -inf, None when not understood
     fill: float          # the fill value as the softmax sees it (times outer coefficients)
     shape: tuple         # the shape of the masked tensor (it may broadcast into the scores)
 
@@ -181,7 +181,7 @@ class ScoreWalker:
                 return self.walk(tensor, node, coef, factors + ((scale, power),))
         return self._leaf(node, coef, factors)
 
-    def _mask(self, node, masked: Band | None, fill: float | None, coef: float, inner) -> None:
+    def _mask(self, node, masked: Mask | None, fill: float | None, coef: float, inner) -> None:
         if self._rows_sliced:
             self.out.problem = f"a mask at {g.location(node)} inside a slice of the score rows"
             return None
@@ -191,7 +191,7 @@ class ScoreWalker:
         self.out.masks.append(MaskUse(node, masked, fill, shape))
         outer = self._enclosing
         self._enclosing = outer + (len(self.out.masks) - 1,)
-        self.walk(inner, node, coef, ())
+        self._operand(inner, node, coef, ())  # a constant inner (zeros.masked_fill) shifts nothing
         self._enclosing = outer
 
     def _masked_fill(self, node, coef, factors):

@@ -16,6 +16,11 @@ query block (BLOCK_M divides GRID_M) over key steps of BLOCK_N (divides GRID_N) 
 first computed key block START[m] * GRID_N; dkdv walks a key block (BLOCK_N divides GRID_N) over
 query steps of BLOCK_M (divides GRID_M) up to END[n] * GRID_M rows. Steps that cross the causal
 diagonal or an edge take the masked path; all others load and compute with no masks at all.
+
+Packed sequences (HAS_DOC): DOC holds a document id per key position (B, N); key j is visible to
+query i only when DOC[P+i] == DOC[j] too. Every step applies that equality mask (START / END
+already leave out the tiles that hold only earlier documents), and the forward keeps a row that
+has seen no key of its document yet at m = -inf without computing -inf - (-inf).
 """
 import triton
 import triton.language as tl
@@ -57,9 +62,9 @@ def _load(ptrs, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
 
 @triton.jit
 def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd, stride_ln,
-               lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok,
+               lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok, DOC, stride_dn, doc_q,
                BLOCK_N: tl.constexpr, MASKED: tl.constexpr, D_MASK: tl.constexpr,
-               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
@@ -74,9 +79,15 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
         s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale + ((lam_ref - lam_k) * LOG2E)[None, :]
         if MASKED:
             s = tl.where(offs_n[None, :] <= pos_q[:, None], s, float("-inf"))
+        if HAS_DOC:
+            doc_k = tl.load(DOC + offs_n * stride_dn, mask=n_ok, other=-1)
+            s = tl.where(doc_q[:, None] == doc_k[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, _max_rows(s))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        m_ref = m_new
+        if HAS_DOC:  # a row with no key of its document so far: alpha = p = 0, not NaN
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + _sum_rows(p)
         v = _load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                   n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
@@ -89,7 +100,7 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START,
+def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC,
                 stride_qb, stride_qh, stride_qm, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
                 stride_vb, stride_vh, stride_vn, stride_vd,
@@ -97,11 +108,12 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START,
                 stride_ob, stride_oh, stride_om, stride_od,
                 stride_eb, stride_eh, stride_em,
                 stride_sb, stride_sh, stride_sm,
+                stride_db, stride_dn,
                 n_heads, group, n_queries, n_keys, qk_scale,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 GRID_M: tl.constexpr, GRID_N: tl.constexpr,
-                CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+                CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     # One flat grid (no 65535 limit on B * H); within a head the heavy (late) query blocks,
     # which have the most key blocks under the causal mask, start first.
     m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
@@ -135,6 +147,8 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START,
         q = q.to(tl.float32)
     lam_ref = tl.load(LAM + pos0 * stride_ln)
     lam_q = tl.load(LAM + pos_q * stride_ln, mask=m_ok, other=0.0)
+    DOC += b * stride_db
+    doc_q = tl.load(DOC + pos_q * stride_dn, mask=m_ok, other=-1) if HAS_DOC else 0
 
     # Key blocks [0, START) are pruned; START never passes the block of the first row's diagonal.
     lo = tl.load(START + (row0 // GRID_M) * stride_sm) * GRID_N
@@ -146,10 +160,12 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START,
     acc = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
     acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
                                stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid, n_keys,
-                               offs_d, d_ok, BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC)
+                               offs_d, d_ok, DOC, stride_dn, doc_q,
+                               BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
     acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
                                stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi, n_keys,
-                               offs_d, d_ok, BLOCK_N, True, D_MASK, CAST_F32, DOT_PREC)
+                               offs_d, d_ok, DOC, stride_dn, doc_q,
+                               BLOCK_N, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
 
     out = acc / l_i[:, None]
     tl.store(OUT + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
@@ -184,9 +200,9 @@ def _row_dot_kernel(OUT, DO, DELTA,
 
 @triton.jit
 def _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd,
-              stride_ln, lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok,
-              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, D_MASK: tl.constexpr,
-              CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+              stride_ln, lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok, DOC, stride_dn,
+              doc_q, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, D_MASK: tl.constexpr,
+              CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
@@ -205,6 +221,9 @@ def _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
         s = s + ((lam_ref - lam_k) * LOG2E)[None, :]
         if MASKED:
             s = tl.where(offs_n[None, :] <= pos_q[:, None], s, float("-inf"))
+        if HAS_DOC:
+            doc_k = tl.load(DOC + offs_n * stride_dn, mask=n_ok, other=-1)
+            s = tl.where(doc_q[:, None] == doc_k[None, :], s, float("-inf"))
         p = tl.exp2(s)
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
@@ -214,7 +233,7 @@ def _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
 
 
 @triton.jit
-def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START,
+def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START, DOC,
                stride_qb, stride_qh, stride_qm, stride_qd,
                stride_kb, stride_kh, stride_kn, stride_kd,
                stride_vb, stride_vh, stride_vn, stride_vd,
@@ -224,11 +243,12 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START,
                stride_xb, stride_xh, stride_xm, stride_xd,
                stride_rb, stride_rh, stride_rn,
                stride_sb, stride_sh, stride_sm,
+               stride_db, stride_dn,
                n_heads, group, n_queries, n_keys, qk_scale, scale,
                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                GRID_M: tl.constexpr, GRID_N: tl.constexpr,
-               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
     pid = tl.program_id(0)
     pid_m = m_blocks - 1 - pid % m_blocks
@@ -268,6 +288,8 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START,
     lam_q = tl.load(LAM + pos_q * stride_ln, mask=m_ok, other=0.0)
     lse = tl.load(LSE + offs_m * stride_em, mask=m_ok, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
+    DOC += b * stride_db
+    doc_q = tl.load(DOC + pos_q * stride_dn, mask=m_ok, other=-1) if HAS_DOC else 0
     # p = exp2(qk * qk_scale + a_row + (lam_ref - lam_k) log2 e); padded rows get p = 0.
     a_row = (lam_q - lam_ref - lse) * LOG2E
 
@@ -279,10 +301,12 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START,
     ds_rows = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     dq, ds_rows = _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
                             stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid,
-                            n_keys, offs_d, d_ok, BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC)
+                            n_keys, offs_d, d_ok, DOC, stride_dn, doc_q,
+                            BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
     dq, ds_rows = _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
                             stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi,
-                            n_keys, offs_d, d_ok, BLOCK_N, True, D_MASK, CAST_F32, DOT_PREC)
+                            n_keys, offs_d, d_ok, DOC, stride_dn, doc_q,
+                            BLOCK_N, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
     dq = dq * scale
     tl.store(DQ + offs_m[:, None] * stride_xm + offs_d[None, :] * stride_xd,
              dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
@@ -296,8 +320,10 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START,
 def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA,
                 stride_qm, stride_qd, stride_gm, stride_gd, stride_ln, stride_em,
                 lam_ref, b_key, qk_scale, offs_n, offset, lo, hi, n_queries, offs_d, d_ok,
+                DOC, stride_dn, doc_k,
                 BLOCK_M: tl.constexpr, MASKED: tl.constexpr, ROW_MASK: tl.constexpr,
-                D_MASK: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+                D_MASK: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+                HAS_DOC: tl.constexpr):
     for start in range(lo, hi, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         m_ok = offs_m < n_queries
@@ -322,6 +348,9 @@ def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA,
         st = st + a_row[None, :]
         if MASKED:
             st = tl.where(offs_n[:, None] <= pos_q[None, :], st, float("-inf"))
+        if HAS_DOC:
+            doc_q = tl.load(DOC + pos_q * stride_dn, mask=m_ok, other=-1)
+            st = tl.where(doc_k[:, None] == doc_q[None, :], st, float("-inf"))
         pt = tl.exp2(st)
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
@@ -332,7 +361,7 @@ def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA,
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
+def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC,
                  stride_qb, stride_qh, stride_qm, stride_qd,
                  stride_kb, stride_kh, stride_kn, stride_kd,
                  stride_vb, stride_vh, stride_vn, stride_vd,
@@ -343,11 +372,12 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
                  stride_yvb, stride_yvh, stride_yvn, stride_yvd,
                  stride_zb, stride_zh, stride_zn,
                  stride_nb, stride_nh, stride_nn,
+                 stride_db, stride_dn,
                  n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                  GRID_M: tl.constexpr, GRID_N: tl.constexpr, ROW_EDGE: tl.constexpr,
-                 CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+                 CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     # Key block 0 sees every query: launch in key order, heavy first.
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
@@ -374,6 +404,8 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
     if CAST_F32:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
+    DOC += b * stride_db
+    doc_k = tl.load(DOC + offs_n * stride_dn, mask=n_ok, other=-1) if HAS_DOC else 0
 
     # Query steps: [lo, mid) cross the diagonal (masked), [mid, END * GRID_M) see the whole block.
     lo = (tl.maximum(key0 - offset, 0) // BLOCK_M) * BLOCK_M
@@ -400,12 +432,13 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
                                      stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
                                      stride_em, lam_ref, b_key, qk_scale, offs_n, offset,
                                      lo, tl.minimum(mid, hi), n_queries, offs_d, d_ok,
-                                     BLOCK_M, True, True, D_MASK, CAST_F32, DOT_PREC)
+                                     DOC, stride_dn, doc_k,
+                                     BLOCK_M, True, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
         dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh,
                                      stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
                                      stride_em, lam_ref, b_key, qk_scale, offs_n, offset,
-                                     mid, hi, n_queries, offs_d, d_ok,
-                                     BLOCK_M, False, ROW_EDGE, D_MASK, CAST_F32, DOT_PREC)
+                                     mid, hi, n_queries, offs_d, d_ok, DOC, stride_dn, doc_k,
+                                     BLOCK_M, False, ROW_EDGE, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
         tl.store(DLAM + b * stride_zb + h * stride_zh + offs_n * stride_zn, -colsum, mask=n_ok)
 
     dk = dk * scale

@@ -2,13 +2,16 @@
 against (in float64). Not used to run models.
 
 Shapes as in plan.py: q (B, Hq, M, D); k, v (B, Hk, N, D); lam (B, Hq, N); M <= N, query i at
-absolute position P + i with P = N - M; query head h reads key head h // (Hq // Hk).
+absolute position P + i with P = N - M; query head h reads key head h // (Hq // Hk). doc (B or 1,
+N) integer document ids of the key positions, or None: with it, query i sees key j only when
+doc[P+i] == doc[j] too (packed sequences).
 """
 import torch
 
 
-def forgetting_attention(q, k, v, lam, scale: float) -> torch.Tensor:
-    """softmax_j(scale q_i.k_j + lam[P+i] - lam[j], j <= P+i) v_j, unpruned, in q's dtype."""
+def forgetting_attention(q, k, v, lam, scale: float, doc=None) -> torch.Tensor:
+    """softmax_j(scale q_i.k_j + lam[P+i] - lam[j], j <= P+i and doc[P+i] == doc[j]) v_j,
+    unpruned, in q's dtype."""
     q_heads, n_queries, n_keys = q.shape[1], q.shape[2], k.shape[2]
     offset = n_keys - n_queries
     group = q_heads // k.shape[1]
@@ -18,5 +21,8 @@ def forgetting_attention(q, k, v, lam, scale: float) -> torch.Tensor:
     scores = scores + lam[..., offset:, None] - lam[..., None, :]
     rows = torch.arange(n_queries, device=q.device)[:, None] + offset
     cols = torch.arange(n_keys, device=q.device)[None, :]
-    scores = scores.masked_fill(cols > rows, float("-inf"))
+    hidden = cols > rows                                                  # (M, N)
+    if doc is not None:
+        hidden = hidden | (doc[:, offset:, None] != doc[:, None, :])[:, None]  # (B, 1, M, N)
+    scores = scores.masked_fill(hidden, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v)

@@ -17,6 +17,11 @@ so using delta - 2R keeps the bound exact for any lam. Under the guard, a rise l
 turns pruning off for that (b, h). A NaN or inf anywhere in q, k, v or lam turns pruning off
 for that (b, h), so it stays visible exactly as in eager.
 
+Packed sequences: with document ids doc (B, N) a query sees only keys of its own document. When
+doc never decreases along the sequence (checked on the device), the first key block that can share
+a document with a query block is the first whose last key's id reaches the block's first query's
+id; the blocks before it are skipped too (document_start_blocks), whatever the gate does.
+
 Everything here runs on the tensors' device with no host synchronisation (CUDA-graph safe).
 """
 import math
@@ -139,6 +144,25 @@ def start_blocks(lam: torch.Tensor, delta: torch.Tensor, n_queries: int,
     return start.to(torch.int32)
 
 
+def document_start_blocks(doc: torch.Tensor, n_queries: int, block_m: int,
+                          block_n: int) -> torch.Tensor:
+    """First key block that can hold a key of the same document as some query of each query
+    block, (B, MB) int64: for a doc (B, N) that never decreases along N, key block n holds only
+    documents before every query of query block m when doc[last key of n] < doc[first query of m].
+    0 for every block of a batch row whose doc decreases anywhere (nothing skipped, still exact).
+    Non-decreasing in the query block and never past the block of the first query's diagonal."""
+    n_keys = doc.shape[-1]
+    offset = n_keys - n_queries
+    device = doc.device
+    key_blocks = torch.arange(num_blocks(n_keys, block_n), device=device)
+    last_col = (key_blocks * block_n + block_n - 1).clamp(max=n_keys - 1)
+    first_row = offset + torch.arange(num_blocks(n_queries, block_m), device=device) * block_m
+    start = torch.searchsorted(doc[:, last_col].contiguous(), doc[:, first_row].contiguous(),
+                               side="left")
+    monotone = (doc[:, 1:] >= doc[:, :-1]).all(dim=-1, keepdim=True)
+    return torch.where(monotone, start, 0)
+
+
 def end_blocks(start: torch.Tensor, n_keys: int, block_n: int) -> torch.Tensor:
     """For each key block n, one past the last query block that computes it, (B, Hq, NB) int32:
     query blocks [causal start, end) use key block n (start is non-decreasing)."""
@@ -184,13 +208,19 @@ class Plan(NamedTuple):
 
 
 def make_plan(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
-              epsilon: float, prune: int, v: torch.Tensor | None = None) -> Plan:
-    """The pruning plan of one launch; pass v so that a non-finite value turns pruning off."""
+              epsilon: float, prune: int, v: torch.Tensor | None = None,
+              doc: torch.Tensor | None = None) -> Plan:
+    """The pruning plan of one launch; pass v so that a non-finite value turns pruning off, and
+    the document ids doc (B, N) of packed sequences to skip the tiles of other documents."""
     block_m, block_n = tile_sizes(q.shape[-1])
     n_queries = q.shape[2]
     if prune == PRUNE_OFF or epsilon <= 0.0:
         start = torch.zeros(*lam.shape[:2], num_blocks(n_queries, block_m),
                             dtype=torch.int32, device=lam.device)
-        return Plan(block_m, block_n, start)
-    delta = threshold(q, k, lam, scale, epsilon, prune, v)
-    return Plan(block_m, block_n, start_blocks(lam, delta, n_queries, block_m, block_n))
+    else:
+        delta = threshold(q, k, lam, scale, epsilon, prune, v)
+        start = start_blocks(lam, delta, n_queries, block_m, block_n)
+    if doc is not None:  # both starts are non-decreasing, so their maximum is too
+        other_documents = document_start_blocks(doc, n_queries, block_m, block_n)
+        start = torch.maximum(start, other_documents[:, None, :].to(start.dtype))
+    return Plan(block_m, block_n, start)

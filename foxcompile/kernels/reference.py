@@ -6,6 +6,7 @@ It walks query blocks of BLOCK_M rows and skips exactly the key tiles the Triton
 never N x N. Arithmetic is float32, or float64 for float64 inputs (gradcheck).
 
 Shapes as in plan.py: q (B, Hq, M, D); k, v (B, Hk, N, D); lam (B, Hq, N); any strides.
+doc (B, N) integer document ids or None: with it, query i sees key j only when doc[P+i] == doc[j].
 """
 import torch
 
@@ -28,9 +29,10 @@ def _sum_groups(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
     return x.view(batch, kv_heads, q_heads // kv_heads, n, d).sum(dim=2)
 
 
-def _block_scores(q_blk, k_all, lam, rows, start_blk, scale, block_n, offset):
-    """Scores of query rows [row_lo, row_hi) against keys [key_lo, key_hi), with the causal mask
-    and the pruned tiles set to -inf. Returns (scores (B, H, R, K), key_lo, key_hi)."""
+def _block_scores(q_blk, k_all, lam, rows, start_blk, scale, block_n, offset, doc):
+    """Scores of query rows [row_lo, row_hi) against keys [key_lo, key_hi), with the causal mask,
+    the document mask (doc not None) and the pruned tiles set to -inf. Returns (scores (B, H, R,
+    K), key_lo, key_hi)."""
     row_lo, row_hi = rows
     abs_rows = offset + torch.arange(row_lo, row_hi, device=q_blk.device)  # (R,)
     key_hi = offset + row_hi
@@ -40,12 +42,14 @@ def _block_scores(q_blk, k_all, lam, rows, start_blk, scale, block_n, offset):
     s = torch.matmul(q_blk, k_all[:, :, key_lo:key_hi].transpose(-2, -1)) * scale
     s = s + lam[..., abs_rows, None] - lam[..., None, key_lo:key_hi]
     dropped = keys[None, :] > abs_rows[:, None]                           # causal (R, K)
+    if doc is not None:
+        dropped = dropped | (doc[:, abs_rows, None] != doc[:, None, key_lo:key_hi])[:, None]
     pruned = (keys // block_n)[None, None, :] < start_blk[..., None].to(keys.dtype)  # (B, H, K)
     s = s.masked_fill(dropped | pruned[..., None, :], float("-inf"))
     return s, key_lo, key_hi
 
 
-def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.Tensor:
+def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None) -> torch.Tensor:
     """Writes out (B, Hq, M, D), any strides, and returns lse (B, Hq, M) float32 (float64 for
     float64 inputs): the natural log of each row's normaliser."""
     acc = accumulator(q)
@@ -58,7 +62,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.
     for m in range(plan.start.shape[-1]):
         rows = slice(m * plan.block_m, min((m + 1) * plan.block_m, n_queries))
         s, key_lo, key_hi = _block_scores(q[:, :, rows].to(acc), k_all, lam, (rows.start, rows.stop),
-                                          plan.start[..., m], scale, plan.block_n, offset)
+                                          plan.start[..., m], scale, plan.block_n, offset, doc)
         row_lse = torch.logsumexp(s, dim=-1)
         p = torch.exp(s - row_lse[..., None])
         out[:, :, rows] = torch.matmul(p, v_all[:, :, key_lo:key_hi])
@@ -67,7 +71,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.
 
 
 def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
-             dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+             dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, doc=None) -> torch.Tensor:
     """Gradients of the pruned forward: writes dq, dk, dv (shapes of q, k, v, any strides) and
     returns dlam (B, Hq, N) float32 (float64 for float64 inputs): dlam_t = (row sum of dS of the
     query at t) - (column sum of dS at key t). The row sums vanish analytically (softmax is blind
@@ -87,7 +91,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
         rows = slice(m * plan.block_m, min((m + 1) * plan.block_m, n_queries))
         q_blk = q[:, :, rows].to(acc)
         s, key_lo, key_hi = _block_scores(q_blk, k_all, lam, (rows.start, rows.stop),
-                                          plan.start[..., m], scale, plan.block_n, offset)
+                                          plan.start[..., m], scale, plan.block_n, offset, doc)
         p = torch.exp(s - lse[:, :, rows, None].to(acc))
         do_blk = grad_out[:, :, rows]
         dv_all[:, :, key_lo:key_hi] += torch.matmul(p.transpose(-2, -1), do_blk)

@@ -1,13 +1,14 @@
 """Triton engine of forgetting attention with ACP: same interface as reference.py.
 
-    forward(q, k, v, lam, plan, scale, out) -> lse
-    backward(grad_out, q, k, v, lam, out, lse, plan, scale, dq, dk, dv) -> dlam
+    forward(q, k, v, lam, plan, scale, out, doc=None) -> lse
+    backward(grad_out, q, k, v, lam, out, lse, plan, scale, dq, dk, dv, doc=None) -> dlam
     unsupported_reason(q, k, v) -> str | None
 
 Shapes and semantics as in plan.py / reference.py: q (B, Hq, M, D), k and v (B, Hk, N, D),
 lam (B, Hq, N) float32, any strides (views of (B, T, H, D) or (B, H, T, D) tensors are read in
 place); out, dq, dk, dv are written in place through their strides; lse (B, Hq, M) float32 is the
-natural-log normaliser; dlam (B, Hq, N) float32 = (row sums) - (column sums) of dS.
+natural-log normaliser; dlam (B, Hq, N) float32 = (row sums) - (column sums) of dS. doc (B, N)
+int32/int64 document ids of packed sequences (any strides), or None.
 
 Triton itself is imported only when a kernel is launched (or unsupported_reason is asked about a
 CUDA tensor). CUDA tensors run the compiled kernels; CPU tensors run the same kernels under
@@ -166,7 +167,15 @@ def _f32(lam: torch.Tensor) -> torch.Tensor:
     return lam if lam.dtype == torch.float32 else lam.float()
 
 
-def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.Tensor:
+def _doc_args(doc, lam):
+    """(DOC pointer, its batch and sequence strides, HAS_DOC): lam stands in when there is no doc
+    (never read then)."""
+    if doc is None:
+        return lam, 0, 0, False
+    return doc, doc.stride(0), doc.stride(1), True
+
+
+def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None) -> torch.Tensor:
     """Writes out (B, Hq, M, D) through its strides and returns lse (B, Hq, M) float32."""
     batch, q_heads, n_queries, head_dim = q.shape
     kv_heads, n_keys = k.shape[1], k.shape[2]
@@ -180,18 +189,19 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.
                            interpret, q.element_size())
     lam = _f32(lam)
     start = plan.start
+    doc_ptr, *doc_strides, has_doc = _doc_args(doc, lam)
 
     def launch(config):
         block_m, block_n, warps, stages = config
         grid = (triton_cdiv(n_queries, block_m) * batch * q_heads,)
         kern._fwd_kernel[grid](
-            q, k, v, lam, out, lse, start,
+            q, k, v, lam, out, lse, start, doc_ptr,
             *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *out.stride(), *lse.stride(),
-            *start.stride(),
+            *start.stride(), *doc_strides,
             q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
             GRID_M=plan.block_m, GRID_N=plan.block_n,
-            CAST_F32=interpret, DOT_PREC=_dot_precision(q.dtype, interpret),
+            CAST_F32=interpret, DOT_PREC=_dot_precision(q.dtype, interpret), HAS_DOC=has_doc,
             num_warps=warps, num_stages=stages)
 
     with _device_guard(q):
@@ -200,7 +210,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.
 
 
 def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
-             dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+             dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, doc=None) -> torch.Tensor:
     """Writes dq, dk, dv through their strides and returns dlam (B, Hq, N) float32."""
     batch, q_heads, n_queries, head_dim = q.shape
     kv_heads, n_keys = k.shape[1], k.shape[2]
@@ -224,6 +234,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     delta = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
     dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
+    doc_ptr, *doc_strides, has_doc = _doc_args(doc, lam)
     with _device_guard(q):
         rows = 64
         kern._row_dot_kernel[(triton_cdiv(n_queries, rows) * batch * q_heads,)](
@@ -233,24 +244,26 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
         def launch_dkdv(config):
             block_n, block_m, warps, stages = config
             kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
-                q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end,
+                q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end, doc_ptr,
                 *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
                 *lse.stride(), *dk.stride(), *dv.stride(), *dlam.stride(), *end.stride(),
-                kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
+                *doc_strides, kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
                 GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
-                CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
+                CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, num_warps=warps,
+                num_stages=stages)
 
         def launch_dq(config):
             block_m, block_n, warps, stages = config
             kern._dq_kernel[(triton_cdiv(n_queries, block_m) * batch * q_heads,)](
-                q, k, v, lam, grad_out, lse, delta, dq, dlam_row, plan.start,
+                q, k, v, lam, grad_out, lse, delta, dq, dlam_row, plan.start, doc_ptr,
                 *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
                 *lse.stride(), *dq.stride(), *dlam_row.stride(), *plan.start.stride(),
-                q_heads, group, n_queries, n_keys, qk_scale, float(scale),
+                *doc_strides, q_heads, group, n_queries, n_keys, qk_scale, float(scale),
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
                 GRID_M=plan.block_m, GRID_N=plan.block_n,
-                CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
+                CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, num_warps=warps,
+                num_stages=stages)
 
         memo = (d_pad, q.dtype, q.device)
         for kind, launch in (("dkdv", launch_dkdv), ("dq", launch_dq)):

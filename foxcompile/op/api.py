@@ -8,9 +8,23 @@ from ..kernels.reference import accumulator
 from .library import LAYOUTS, _dims, attention
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_DOC_DTYPES = (torch.int32, torch.int64)
 
 
-def _check(q, k, v, log_fgate, layout, epsilon) -> None:
+def _check_doc(doc, batch: int, n_keys: int, device: torch.device) -> None:
+    """Document ids: an int32/int64 tensor (B, N) or (N,) on q's device."""
+    if not isinstance(doc, torch.Tensor):
+        raise TypeError(f"doc must be a tensor, got {type(doc).__name__}")
+    if doc.dtype not in _DOC_DTYPES:
+        raise TypeError(f"doc must be int32 or int64 document ids, got {doc.dtype}")
+    if tuple(doc.shape) not in ((batch, n_keys), (n_keys,)):
+        raise ValueError(f"doc must have shape ({batch}, {n_keys}) or ({n_keys},) (batch, keys), "
+                         f"got {tuple(doc.shape)}")
+    if doc.device != device:
+        raise ValueError(f"doc must be on q's device {device}, got {doc.device}")
+
+
+def _check(q, k, v, log_fgate, layout, epsilon, doc) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     for name, x in (("q", q), ("k", k), ("v", v), ("log_fgate", log_fgate)):
@@ -46,11 +60,14 @@ def _check(q, k, v, log_fgate, layout, epsilon) -> None:
                          f"layout {layout!r}), got {tuple(log_fgate.shape)}")
     if not (epsilon >= 0.0 and math.isfinite(epsilon)):
         raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon}")
+    if doc is not None:
+        _check_doc(doc, batch, n_keys, q.device)
 
 
 def forgetting_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          log_fgate: torch.Tensor, *, scale: float | None = None,
-                         layout: str = "bthd", epsilon: float = DEFAULT_EPSILON) -> torch.Tensor:
+                         layout: str = "bthd", epsilon: float = DEFAULT_EPSILON,
+                         doc: torch.Tensor | None = None) -> torch.Tensor:
     """Causal softmax attention with a forget gate (FoX), pruned by ACP.
 
     layout "bthd": q (B, M, Hq, D), k and v (B, N, Hk, D), log_fgate (B, N, Hq);
@@ -59,14 +76,17 @@ def forgetting_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Query head h reads key head h // (Hq // Hk); M <= N with the queries at the last M positions.
     scale defaults to D ** -0.5. epsilon bounds the attention mass each query may lose to pruning
     (default e^-10; 0 turns pruning off). Pruning is guarded: it stays off for any (batch, head)
-    whose gates are positive anywhere. Returns (B, M, Hq, D) or (B, Hq, M, D), contiguous.
+    whose gates are positive anywhere. doc: packed sequences, int32/int64 document ids of the N
+    key positions, (B, N) or (N,); query i (at position N - M + i) then sees only the keys of its
+    own document. Ids that never decrease along N also skip the tiles of earlier documents.
+    Returns (B, M, Hq, D) or (B, Hq, M, D), contiguous.
     """
-    _check(q, k, v, log_fgate, layout, epsilon)
+    _check(q, k, v, log_fgate, layout, epsilon, doc)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if layout == "bthd":  # scan along a contiguous last dim: a strided cumsum is ~100x slower
         log_fgate = log_fgate.transpose(1, 2)
     lam = torch.cumsum(log_fgate.to(accumulator(q)).contiguous(), dim=-1)   # (B, Hq, N)
     out, _, _ = attention(q, k, v, lam, float(scale), float(epsilon), PRUNE_GUARDED, layout,
-                          "forgetting_attention")
+                          "forgetting_attention", doc=doc)
     return out

@@ -1,15 +1,22 @@
 """The torch.library custom ops: forward and backward forgetting attention with ACP.
 
-    foxcompile::attention(q, k, v, lam, scale, epsilon, prune, layout, site) -> (out, lse, start)
-    foxcompile::attention_backward(grad_out, q, k, v, lam, out, lse, start, scale, layout)
-        -> (dq, dk, dv, dlam)
+    foxcompile::attention(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None)
+        -> (out, lse, start)
+    foxcompile::attention_backward(grad_out, q, k, v, lam, out, lse, start, scale, layout,
+                                   doc=None) -> (dq, dk, dv, dlam)
 
 layout "bthd": q (B, M, Hq, D), k/v (B, N, Hk, D); layout "bhtd": q (B, Hq, M, D), k/v (B, Hk, N, D).
 Any strides. lam (B or 1, Hq or 1, N): key-side cumulative log forget gate (broadcast over the
 size-1 dims). out is contiguous in q's layout; lse (B, Hq, M) and the pruning plan's start blocks
 (B, Hq, MB) int32 are saved for the backward, so both passes skip the same tiles. `prune` is one
 of plan.PRUNE_OFF / PRUNE_PROVEN / PRUNE_GUARDED; `site` names the call site for pruning_stats.
+doc (B or 1, N) or (N,) int32/int64, optional: document ids of packed sequences, one per key
+position (query i sits at position P + i); query i sees key j only when doc[P+i] == doc[j], on top
+of the causal mask. No gradient. The tiles of earlier documents are skipped when doc never
+decreases along N.
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
@@ -51,15 +58,25 @@ def _full_lam(lam: Tensor, batch: int, q_heads: int, dtype: torch.dtype) -> Tens
     return torch.where(masked, finite_max + _MASKED_KEY_OFFSET, lam).contiguous()
 
 
+def _batch_doc(doc: Optional[Tensor], batch: int) -> Optional[Tensor]:
+    """Document ids as (B, N), a broadcast view for (N,) or (1, N); None stays None."""
+    if doc is None:
+        return None
+    return doc.expand(batch, doc.shape[-1])
+
+
 @torch.library.custom_op("foxcompile::attention", mutates_args=())
 def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilon: float,
-              prune: int, layout: str, site: str) -> tuple[Tensor, Tensor, Tensor]:
+              prune: int, layout: str, site: str,
+              doc: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     batch, q_heads, n_queries, _ = _dims(q, layout)
     qh, kh, vh = _bhtd(q, layout), _bhtd(k, layout), _bhtd(v, layout)
     lam_full = _full_lam(lam, batch, q_heads, accumulator(q))
-    plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh)
+    doc = _batch_doc(doc, batch)
+    plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh, doc=doc)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout))
+    lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout),
+                                         doc=doc)
     if stats.recording():
         counts = tile_counts(plan.start, n_queries, kh.shape[2], plan.block_m, plan.block_n)
         stats.record(site, counts, q.shape[-1])
@@ -67,7 +84,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
 
 
 @attention.register_fake
-def _(q, k, v, lam, scale, epsilon, prune, layout, site):
+def _(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None):
     batch, q_heads, n_queries, head_dim = _dims(q, layout)
     block_m, _ = tile_sizes(head_dim)
     out = q.new_empty(q.shape)
@@ -78,8 +95,8 @@ def _(q, k, v, lam, scale, epsilon, prune, layout, site):
 
 @torch.library.custom_op("foxcompile::attention_backward", mutates_args=())
 def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: Tensor,
-                       out: Tensor, lse: Tensor, start: Tensor, scale: float,
-                       layout: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                       out: Tensor, lse: Tensor, start: Tensor, scale: float, layout: str,
+                       doc: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     batch, q_heads, _, head_dim = _dims(q, layout)
     qh, kh, vh = _bhtd(q, layout), _bhtd(k, layout), _bhtd(v, layout)
     lam_full = _full_lam(lam, batch, q_heads, accumulator(q))
@@ -89,7 +106,7 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: T
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     dlam = engine_for(qh, kh, vh).backward(
         _bhtd(grad_out, layout), qh, kh, vh, lam_full, _bhtd(out, layout), lse, plan, scale,
-        _bhtd(dq, layout), _bhtd(dk, layout), _bhtd(dv, layout))
+        _bhtd(dq, layout), _bhtd(dk, layout), _bhtd(dv, layout), doc=_batch_doc(doc, batch))
     # sum over the dims lam was broadcast along
     broadcast_dims = [d for d in (0, 1) if lam.shape[d] == 1 and dlam.shape[d] != 1]
     if broadcast_dims:
@@ -98,22 +115,22 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: T
 
 
 @attention_backward.register_fake
-def _(grad_out, q, k, v, lam, out, lse, start, scale, layout):
+def _(grad_out, q, k, v, lam, out, lse, start, scale, layout, doc=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), lam.new_empty(lam.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, lam, scale, _epsilon, _prune, layout, _site = inputs
+    q, k, v, lam, scale, _epsilon, _prune, layout, _site, doc = inputs
     out, lse, start = output
-    ctx.save_for_backward(q, k, v, lam, out, lse, start)
+    ctx.save_for_backward(q, k, v, lam, out, lse, start, doc)
     ctx.scale, ctx.layout = scale, layout
 
 
 def _backward(ctx, grad_out, _grad_lse, _grad_start):
-    q, k, v, lam, out, lse, start = ctx.saved_tensors
+    q, k, v, lam, out, lse, start, doc = ctx.saved_tensors
     dq, dk, dv, dlam = attention_backward(grad_out, q, k, v, lam, out, lse, start, ctx.scale,
-                                          ctx.layout)
-    return dq, dk, dv, dlam, None, None, None, None, None
+                                          ctx.layout, doc)
+    return dq, dk, dv, dlam, None, None, None, None, None, None
 
 
 attention.register_autograd(_backward, setup_context=_setup_context)
@@ -132,13 +149,14 @@ def _computed_pairs(q: Tensor, k: Tensor, start: Tensor, layout: str) -> float:
 
 
 @register_flop_formula(torch.ops.foxcompile.attention, get_raw=True)
-def _attention_flops(q, k, v, lam, scale, epsilon, prune, layout, site, *, out_val=None, **_):
+def _attention_flops(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None, *,
+                     out_val=None, **_):
     # QK^T and PV: 2 D multiply-adds each per computed (i, j) pair
     return int(4 * q.shape[-1] * _computed_pairs(q, k, out_val[2], layout))
 
 
 @register_flop_formula(torch.ops.foxcompile.attention_backward, get_raw=True)
-def _attention_backward_flops(grad_out, q, k, v, lam, out, lse, start, scale, layout, *,
-                              out_val=None, **_):
+def _attention_backward_flops(grad_out, q, k, v, lam, out, lse, start, scale, layout, doc=None,
+                              *, out_val=None, **_):
     # recomputed QK^T, dV, dP, dQ and dK: 2 D each per computed pair
     return int(10 * q.shape[-1] * _computed_pairs(q, k, start, layout))

@@ -2,7 +2,8 @@
 
 Every case is a `Case`. `build(dtype)` returns `(fn, inputs)`: `fn` is an nn.Module, a bound method
 or a plain function, already in `dtype` and in the mode (train/eval) the case is about; `inputs` is a
-tuple of fresh random tensors drawn from torch's global RNG (the tests seed it per case).
+tuple of fresh random tensors drawn from torch's global RNG (the tests seed it per case): floating
+tensors in `dtype`, integer ones for ids (packed sequences' cu_seqlens, token or document ids).
 
 Labels
 ------

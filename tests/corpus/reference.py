@@ -7,7 +7,8 @@ not speed: one (batch, head, query) at a time.
     o[b, h, i] = sum_{j <= P + i} softmax_j( scale * q[b,h,i] . k[b,kv(h),j] + lam[b,h,P+i] - lam[b,h,j] ) v[b,kv(h),j]
 
 with P = N - M (the M queries are the last M of the N positions), kv(h) = h // (H // Hkv) for
-grouped-query attention ("group") or h % Hkv for the tiled order ("tile").
+grouped-query attention ("group") or h % Hkv for the tiled order ("tile"). Packed sequences
+(`doc` given) keep only the keys j with doc[b, j] == doc[b, P + i].
 """
 
 from __future__ import annotations
@@ -47,12 +48,14 @@ def fox_reference(
     scale: float | None = None,
     *,
     gqa: str = "group",
+    doc: Tensor | None = None,
 ) -> Tensor:
     """Naive forgetting attention in fp64.
 
     q: (B, H, M, D); k: (B, Hkv, N, D); v: (B, Hkv, N, Dv); lam: cumulative log forget gate over
     the N positions, anything broadcastable to (B, H, N), or None for no decay. scale defaults to
-    D ** -0.5. Returns (B, H, M, Dv) in fp64.
+    D ** -0.5. doc: document ids of the N positions, (N,) or (B, N), or None. Returns
+    (B, H, M, Dv) in fp64.
     """
     q, k, v = q.double(), k.double(), v.double()
     B, H, M, D = q.shape
@@ -67,20 +70,22 @@ def fox_reference(
         lam = torch.zeros(B, H, N, dtype=torch.float64)
     lam = lam.double().expand(B, H, N)
     P = N - M
+    doc = torch.zeros(B, N, dtype=torch.long) if doc is None else doc.expand(B, N)
     out = torch.zeros(B, H, M, v.shape[-1], dtype=torch.float64)
     for b in range(B):
         for h in range(H):
             g = kv_head(h, H, Hkv, gqa)
             for i in range(M):
-                last = P + i  # keys 0..last are visible
+                last = P + i  # keys 0..last of the query's own document are visible
+                keys = [j for j in range(last + 1) if doc[b, j] == doc[b, last]]
                 logits = []
-                for j in range(last + 1):
+                for j in keys:
                     logits.append(scale * float(q[b, h, i] @ k[b, g, j]) + float(lam[b, h, last] - lam[b, h, j]))
                 top = max(logits)
                 w = [math.exp(x - top) for x in logits]
                 z = math.fsum(w)
                 acc = torch.zeros(v.shape[-1], dtype=torch.float64)
-                for j, wj in enumerate(w):
+                for j, wj in zip(keys, w):
                     acc = acc + (wj / z) * v[b, g, j]
                 out[b, h, i] = acc
     return out
