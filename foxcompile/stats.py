@@ -20,7 +20,7 @@ def recording() -> bool:
 
 @dataclass
 class _SiteTotals:
-    head_dim: int
+    flops_per_pair: float  # forward multiply-adds x 2 per computed (i, j) pair
     skipped_tiles: torch.Tensor   # (H,) float64, summed over batch and calls
     causal_tiles: torch.Tensor    # (H,)
     computed_pairs: torch.Tensor  # (H,)
@@ -42,11 +42,12 @@ class PruningStats(contextlib.AbstractContextManager):
         _active.remove(self)
         return False
 
-    def _add(self, site: str, counts, head_dim: int) -> None:
+    def _add(self, site: str, counts, flops_per_pair: float) -> None:
         per_head = [c.sum(dim=0) for c in counts]  # (B, H) -> (H,)
         totals = self._sites.get(site)
         if totals is None or totals.skipped_tiles.shape != per_head[0].shape:
-            self._sites[site] = totals = _SiteTotals(head_dim, *[torch.zeros_like(c) for c in per_head])
+            zeros = [torch.zeros_like(c) for c in per_head]
+            self._sites[site] = totals = _SiteTotals(flops_per_pair, *zeros)
         for total, add in zip((totals.skipped_tiles, totals.causal_tiles, totals.computed_pairs,
                                totals.causal_pairs), per_head):
             total.add_(add)
@@ -57,14 +58,13 @@ class PruningStats(contextlib.AbstractContextManager):
         executed_flops and dense_flops (forward, summed over heads and calls)."""
         rows = []
         for site, t in self._sites.items():
-            flops_per_pair = 4 * t.head_dim
             rows.append({
                 "site": site,
                 "calls": t.calls,
                 "heads": int(t.skipped_tiles.numel()),
                 "skipped_tile_fraction": (t.skipped_tiles / t.causal_tiles.clamp(min=1)).tolist(),
-                "executed_flops": float(t.computed_pairs.sum()) * flops_per_pair,
-                "dense_flops": float(t.causal_pairs.sum()) * flops_per_pair,
+                "executed_flops": float(t.computed_pairs.sum()) * t.flops_per_pair,
+                "dense_flops": float(t.causal_pairs.sum()) * t.flops_per_pair,
             })
         return rows
 
@@ -84,10 +84,11 @@ class PruningStats(contextlib.AbstractContextManager):
         return "\n".join(lines)
 
 
-def record(site: str, counts, head_dim: int) -> None:
-    """Called by the op with plan.TileCounts (each (B, H) float64 on the device)."""
+def record(site: str, counts, flops_per_pair: float) -> None:
+    """Called by the op with plan.TileCounts (each (B, H) float64 on the device) and the forward
+    FLOPs of one (i, j) pair (2 D for q.k plus 2 Dv for p.v)."""
     for recorder in _active:
-        recorder._add(site or "forgetting_attention", counts, head_dim)
+        recorder._add(site or "forgetting_attention", counts, flops_per_pair)
 
 
 def pruning_stats() -> PruningStats:

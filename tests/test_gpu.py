@@ -95,3 +95,21 @@ def test_packed_sequences_on_cuda(dtype):
     for g, w in zip(got, want):
         assert (g.double() - w).norm() / w.norm() < 4 * tol
     assert stats.skipped_fraction() > 0.3
+
+
+@pytest.mark.parametrize("head_dim, value_dim", [(64, 128), (128, 48)])
+def test_value_head_dim_of_its_own_on_cuda(head_dim, value_dim):
+    """v wider or narrower than q and k: the op pads the narrower side for the kernels."""
+    q, k, _, gates = _inputs(1, 300, 300, 4, 2, head_dim, dtype=torch.bfloat16, gate_bias=-1.0,
+                             grad=False)
+    v = torch.randn(*k.shape[:-1], value_dim, dtype=torch.bfloat16)
+    q, k, v, gates = (x.cuda().requires_grad_() for x in (q, k, v, gates))
+    out = foxcompile.forgetting_attention(q, k, v, gates)
+    ref = _reference(q, k, v, gates, scale=head_dim ** -0.5)
+    assert out.shape == (*q.shape[:-1], value_dim)
+    assert (out.double() - ref).norm() / ref.norm() < 2e-2
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v, gates), grad.to(torch.bfloat16))
+    want = torch.autograd.grad(ref, (q, k, v, gates), grad)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and (g.double() - w).norm() / w.norm() < 8e-2

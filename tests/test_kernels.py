@@ -263,6 +263,24 @@ def test_interpreter_packed_sequences(interpret_env, batch, q_heads, kv_heads, n
     assert (skipped > 0) == monotone
 
 
+@interp
+def test_interpreter_value_head_dim_of_its_own(interpret_env):
+    """The op pads q and k (or v) to one head dim for the kernels: v of 40 against q, k of 24."""
+    import foxcompile
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 70, 2, 24, generator=g), torch.randn(1, 70, 1, 24, generator=g)
+    v = torch.randn(1, 70, 1, 40, generator=g)
+    gates = F.logsigmoid(torch.randn(1, 70, 2, generator=g))
+    bhtd = [x.transpose(1, 2) for x in (q, k, k)]
+    assert interpret_env.unsupported_reason(*bhtd) is None   # the op runs the Triton engine
+    out = foxcompile.forgetting_attention(q, k, v, gates, epsilon=0.0)
+    lam = gates.double().cumsum(1).transpose(1, 2)
+    ref = naive.forgetting_attention(*(x.double().transpose(1, 2) for x in (q, k, v)), lam,
+                                     24 ** -0.5).transpose(1, 2)
+    assert out.shape == (1, 70, 2, 40)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_unsupported_reason(monkeypatch):
     from foxcompile.kernels import triton_attention as ta
     q = torch.randn(1, 2, 8, 64)

@@ -456,6 +456,25 @@ def test_scale_from_a_symbolic_head_dim_under_dynamic_true():
     assert len(report.sites) == 1
 
 
+def test_dynamic_head_dims_of_q_and_v_vary_independently():
+    """Under dynamic=True, v's head dim gets a symbol of its own once it differs from q's: the
+    site is still rewritten (the op pads the narrower side) and matches eager for each shape."""
+    def attend(q, k, v, lam):
+        t = q.shape[-2]
+        s = q @ k.transpose(-2, -1) * 0.25 + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+        return s.softmax(-1) @ v
+    torch._dynamo.reset()
+    compiled = torch.compile(attend, backend="fox_acp", dynamic=True,
+                             options={"fox.compiler": "aot_eager"})
+    for t, head_dim, value_dim in ((19, 8, 8), (23, 16, 16), (17, 8, 12), (21, 12, 6)):
+        args = [torch.randn(1, 2, t, head_dim), torch.randn(1, 2, t, head_dim),
+                torch.randn(1, 2, t, value_dim), F.logsigmoid(torch.randn(1, 2, t)).cumsum(-1)]
+        torch.testing.assert_close(compiled(*args), attend(*args), rtol=1e-5, atol=1e-6)
+    report = foxcompile.explain(torch.compile(attend, dynamic=True), *args)
+    assert len(report.sites) == 1 and report.sites[0].shapes["v"][-1] != report.sites[0].shapes["q"][-1]
+
+
 def test_in_place_nan_repair_of_the_probabilities():
     """p[isnan(p)] = 0 (inference code: it breaks eager autograd) is a NaN repair like nan_to_num;
     the rewrite drops it with the probabilities."""

@@ -68,6 +68,34 @@ def test_matches_definition_with_gradients(shape, layout):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("layout", ["bthd", "bhtd"])
+@pytest.mark.parametrize("head_dim, value_dim", [(16, 24), (24, 8)])
+def test_value_head_dim_of_its_own(head_dim, value_dim, layout):
+    """v may be wider or narrower than q and k: out has v's head dim, gradients match."""
+    q, k, _, gates = _inputs(2, 30, 41, 4, 2, head_dim, layout=layout)
+    v_shape = (*k.shape[:-1], value_dim)
+    v = torch.randn(v_shape, dtype=F64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    out = foxcompile.forgetting_attention(q, k, v, gates, layout=layout, epsilon=0.0)
+    ref = _reference(q, k, v, gates, layout, scale=head_dim ** -0.5)
+    assert out.shape == (*q.shape[:-1], value_dim) and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    grad_out = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v, gates), grad_out)
+    want = torch.autograd.grad(ref, (q, k, v, gates), grad_out)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    lam = gates.detach().cumsum(1 if layout == "bthd" else 2)
+    lam = (lam.transpose(1, 2) if layout == "bthd" else lam).requires_grad_()
+    torch.library.opcheck(torch.ops.foxcompile.attention.default,
+                          (q, k, v, lam, 0.3, 1e-4, PRUNE_GUARDED, layout, "test"))
+    with FlopCounterMode(display=False) as counter:
+        foxcompile.forgetting_attention(q.detach(), k.detach(), v.detach(), gates.detach(),
+                                        layout=layout, epsilon=0.0)
+    pairs = 2 * 4 * sum(min(41, 11 + i + 1) for i in range(30))   # batch x heads x causal pairs
+    assert counter.get_total_flops() == 2 * (head_dim + value_dim) * pairs
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_close_to_fp64(dtype):
     q, k, v, gates = _inputs(2, 45, 45, 2, 2, 16, dtype=dtype, grad=False)
@@ -107,7 +135,7 @@ def test_direct_op_float32_rejects_nothing_and_matches():
 
 @pytest.mark.parametrize("bad, message", [
     (lambda q, k, v, g: (q[..., :4], k, v, g), "head dim"),
-    (lambda q, k, v, g: (q, k, v[:, :-1], g), "same shape"),
+    (lambda q, k, v, g: (q, k, v[:, :-1], g), "all but the head dim"),
     (lambda q, k, v, g: (q.float(), k, v, g), "share a dtype"),
     (lambda q, k, v, g: (q[:, :, :3], k, v, g[..., :3]), "multiple of"),
     (lambda q, k, v, g: (q, k, v, g[:, :-1]), "log_fgate must have shape"),

@@ -361,13 +361,11 @@ class Matcher:
 
     def _site(self, spelling, anchor, q, k, v, out, nb, scale, key_terms, scores, notes,
               documents):
-        head_dim = _size(q, 3)
-        v_dim = _size(v, 3)
-        if not g.same_size(head_dim, v_dim):
-            raise Declined(f"value head dim {v_dim} differs from the q/k head dim {head_dim}")
         device = g.value(q.node).device
-        if device.type == "cuda" and not (MIN_HEAD_DIM <= int(head_dim) <= MAX_HEAD_DIM):
-            raise Declined(f"head dim {head_dim} is outside the kernels' {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
+        for dim in (_size(q, 3), _size(v, 3)):  # v's may differ: the op pads the narrower side
+            if device.type == "cuda" and isinstance(dim, int) and not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
+                raise Declined(f"head dim {dim} is outside the kernels' "
+                               f"{MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
         directions = []
         for term in key_terms:
             s = 1 if term.coef > 0 else (-1 if term.coef < 0 else 0)

@@ -44,8 +44,9 @@ def _check(q, k, v, log_fgate, layout, epsilon, doc) -> None:
         raise ValueError(f"q, k, v and log_fgate must be on one device, got {sorted(map(str, devices))}")
     batch, q_heads, n_queries, head_dim = _dims(q, layout)
     k_batch, kv_heads, n_keys, k_dim = _dims(k, layout)
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"k and v must agree on all but the head dim, got {tuple(k.shape)} and "
+                         f"{tuple(v.shape)}")
     if k_batch != batch or k_dim != head_dim:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head dim "
                          f"(layout {layout!r})")
@@ -70,8 +71,9 @@ def forgetting_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          doc: torch.Tensor | None = None) -> torch.Tensor:
     """Causal softmax attention with a forget gate (FoX), pruned by ACP.
 
-    layout "bthd": q (B, M, Hq, D), k and v (B, N, Hk, D), log_fgate (B, N, Hq);
-    layout "bhtd": q (B, Hq, M, D), k and v (B, Hk, N, D), log_fgate (B, Hq, N).
+    layout "bthd": q (B, M, Hq, D), k (B, N, Hk, D), v (B, N, Hk, Dv), log_fgate (B, N, Hq);
+    layout "bhtd": q (B, Hq, M, D), k (B, Hk, N, D), v (B, Hk, N, Dv), log_fgate (B, Hq, N).
+    v's head dim Dv may differ from D (the narrower side is zero-padded for the kernels).
     log_fgate holds log f_t <= 0 per key step and query head (lam = its cumulative sum, in fp32).
     Query head h reads key head h // (Hq // Hk); M <= N with the queries at the last M positions.
     scale defaults to D ** -0.5. epsilon bounds the attention mass each query may lose to pruning
@@ -79,7 +81,7 @@ def forgetting_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     whose gates are positive anywhere. doc: packed sequences, int32/int64 document ids of the N
     key positions, (B, N) or (N,); query i (at position N - M + i) then sees only the keys of its
     own document. Ids that never decrease along N also skip the tiles of earlier documents.
-    Returns (B, M, Hq, D) or (B, Hq, M, D), contiguous.
+    Returns (B, M, Hq, Dv) or (B, Hq, M, Dv), contiguous.
     """
     _check(q, k, v, log_fgate, layout, epsilon, doc)
     if scale is None:

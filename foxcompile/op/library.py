@@ -5,8 +5,8 @@
     foxcompile::attention_backward(grad_out, q, k, v, lam, out, lse, start, scale, layout,
                                    doc=None) -> (dq, dk, dv, dlam)
 
-layout "bthd": q (B, M, Hq, D), k/v (B, N, Hk, D); layout "bhtd": q (B, Hq, M, D), k/v (B, Hk, N, D).
-Any strides. lam (B or 1, Hq or 1, N): key-side cumulative log forget gate (broadcast over the
+layout "bthd": q (B, M, Hq, D), k (B, N, Hk, D), v (B, N, Hk, Dv); layout "bhtd": q (B, Hq, M, D),
+k (B, Hk, N, D), v (B, Hk, N, Dv); out has v's head dim Dv, which may differ from D. Any strides. lam (B or 1, Hq or 1, N): key-side cumulative log forget gate (broadcast over the
 size-1 dims). out is contiguous in q's layout; lse (B, Hq, M) and the pruning plan's start blocks
 (B, Hq, MB) int32 are saved for the backward, so both passes skip the same tiles. `prune` is one
 of plan.PRUNE_OFF / PRUNE_PROVEN / PRUNE_GUARDED; `site` names the call site for pruning_stats.
@@ -18,6 +18,7 @@ decreases along N.
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
@@ -58,6 +59,23 @@ def _full_lam(lam: Tensor, batch: int, q_heads: int, dtype: torch.dtype) -> Tens
     return torch.where(masked, finite_max + _MASKED_KEY_OFFSET, lam).contiguous()
 
 
+def engine_head_dim(q: Tensor, v: Tensor) -> int:
+    """The one head dim the engines run. v's may differ from q's and k's (a value width of its
+    own, or dynamic shapes that give them unrelated sizes); the narrower side is then zero-padded
+    to the wider, which adds nothing to q.k and only zero output columns."""
+    return max(q.shape[-1], v.shape[-1])
+
+
+def _widened(x: Tensor, width: int) -> Tensor:
+    """x zero-padded along its last (head) dim to `width`; x itself when it is that wide."""
+    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1]))
+
+
+def _narrowed(x: Tensor, width: int) -> Tensor:
+    """The first `width` columns of the last dim, contiguous; x itself when it is that wide."""
+    return x if x.shape[-1] == width else x[..., :width].contiguous()
+
+
 def _batch_doc(doc: Optional[Tensor], batch: int) -> Optional[Tensor]:
     """Document ids as (B, N), a broadcast view for (N,) or (1, N); None stays None."""
     if doc is None:
@@ -70,24 +88,25 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
               prune: int, layout: str, site: str,
               doc: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     batch, q_heads, n_queries, _ = _dims(q, layout)
-    qh, kh, vh = _bhtd(q, layout), _bhtd(k, layout), _bhtd(v, layout)
+    width = engine_head_dim(q, v)
+    qh, kh, vh = (_bhtd(_widened(x, width), layout) for x in (q, k, v))
     lam_full = _full_lam(lam, batch, q_heads, accumulator(q))
     doc = _batch_doc(doc, batch)
     plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh, doc=doc)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    out = torch.empty((*q.shape[:-1], width), dtype=q.dtype, device=q.device)
     lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout),
                                          doc=doc)
     if stats.recording():
         counts = tile_counts(plan.start, n_queries, kh.shape[2], plan.block_m, plan.block_n)
-        stats.record(site, counts, q.shape[-1])
-    return out, lse.to(accumulator(q)), plan.start
+        stats.record(site, counts, 2 * (q.shape[-1] + v.shape[-1]))
+    return _narrowed(out, v.shape[-1]), lse.to(accumulator(q)), plan.start
 
 
 @attention.register_fake
 def _(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None):
-    batch, q_heads, n_queries, head_dim = _dims(q, layout)
-    block_m, _ = tile_sizes(head_dim)
-    out = q.new_empty(q.shape)
+    batch, q_heads, n_queries, _ = _dims(q, layout)
+    block_m, _ = tile_sizes(engine_head_dim(q, v))
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
     lse = q.new_empty((batch, q_heads, n_queries), dtype=accumulator(q))
     start = q.new_empty((batch, q_heads, num_blocks(n_queries, block_m)), dtype=torch.int32)
     return out, lse, start
@@ -97,16 +116,19 @@ def _(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None):
 def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: Tensor,
                        out: Tensor, lse: Tensor, start: Tensor, scale: float, layout: str,
                        doc: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    batch, q_heads, _, head_dim = _dims(q, layout)
-    qh, kh, vh = _bhtd(q, layout), _bhtd(k, layout), _bhtd(v, layout)
+    batch, q_heads = _dims(q, layout)[:2]
+    width = engine_head_dim(q, v)
+    q_wide, k_wide, v_wide = (_widened(x, width) for x in (q, k, v))
+    qh, kh, vh = (_bhtd(x, layout) for x in (q_wide, k_wide, v_wide))
     lam_full = _full_lam(lam, batch, q_heads, accumulator(q))
-    plan = Plan(*tile_sizes(head_dim), start)
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    plan = Plan(*tile_sizes(width), start)
+    dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device)
+                  for x in (q_wide, k_wide, v_wide))
+    grad_out, out = _widened(grad_out, width), _widened(out, width)
     dlam = engine_for(qh, kh, vh).backward(
         _bhtd(grad_out, layout), qh, kh, vh, lam_full, _bhtd(out, layout), lse, plan, scale,
         _bhtd(dq, layout), _bhtd(dk, layout), _bhtd(dv, layout), doc=_batch_doc(doc, batch))
+    dq, dk, dv = (_narrowed(d, x.shape[-1]) for d, x in ((dq, q), (dk, k), (dv, v)))
     # sum over the dims lam was broadcast along
     broadcast_dims = [d for d in (0, 1) if lam.shape[d] == 1 and dlam.shape[d] != 1]
     if broadcast_dims:
@@ -136,12 +158,11 @@ def _backward(ctx, grad_out, _grad_lse, _grad_start):
 attention.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _computed_pairs(q: Tensor, k: Tensor, start: Tensor, layout: str) -> float:
+def _computed_pairs(q: Tensor, k: Tensor, v: Tensor, start: Tensor, layout: str) -> float:
     """(i, j) pairs the launch computes: data-dependent where start is real (this reads it back,
     which synchronises: FlopCounterMode is a measuring tool), the dense causal count otherwise."""
     n_queries, n_keys = _dims(q, layout)[2], _dims(k, layout)[2]
-    head_dim = q.shape[-1]
-    block_m, block_n = tile_sizes(head_dim)
+    block_m, block_n = tile_sizes(engine_head_dim(q, v))
     if isinstance(start, torch._subclasses.FakeTensor) or start.device.type == "meta":
         start = torch.zeros(start.shape, dtype=torch.int32)
     counts = tile_counts(start, n_queries, n_keys, block_m, block_n)
@@ -151,12 +172,12 @@ def _computed_pairs(q: Tensor, k: Tensor, start: Tensor, layout: str) -> float:
 @register_flop_formula(torch.ops.foxcompile.attention, get_raw=True)
 def _attention_flops(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None, *,
                      out_val=None, **_):
-    # QK^T and PV: 2 D multiply-adds each per computed (i, j) pair
-    return int(4 * q.shape[-1] * _computed_pairs(q, k, out_val[2], layout))
+    # QK^T and PV: 2 D and 2 Dv per computed (i, j) pair
+    return int(2 * (q.shape[-1] + v.shape[-1]) * _computed_pairs(q, k, v, out_val[2], layout))
 
 
 @register_flop_formula(torch.ops.foxcompile.attention_backward, get_raw=True)
 def _attention_backward_flops(grad_out, q, k, v, lam, out, lse, start, scale, layout, doc=None,
                               *, out_val=None, **_):
-    # recomputed QK^T, dV, dP, dQ and dK: 2 D each per computed pair
-    return int(10 * q.shape[-1] * _computed_pairs(q, k, start, layout))
+    # recomputed QK^T, dQ and dK: 2 D each per computed pair; dV and dP: 2 Dv each
+    return int(2 * (3 * q.shape[-1] + 2 * v.shape[-1]) * _computed_pairs(q, k, v, start, layout))
