@@ -467,6 +467,70 @@ def build_prefill_chunk(dtype):
 
 
 # ---------------------------------------------------------------------------------------------
+# 13b. A Python loop over query chunks (chunked prefill in one call): chunk c attends keys
+#      [0, end_c), rows of lam sliced per chunk, tril(diagonal=start_c); outputs concatenated.
+def fox_query_chunk_loop(q, k, v, fg, chunk=16):  # q, k, v: (B, H, T, D); fg: (B, H, T)
+    T = q.shape[2]
+    lam = torch.cumsum(F.logsigmoid(fg), dim=-1)
+    outs = []
+    for start in range(0, T, chunk):
+        end = min(start + chunk, T)
+        s = torch.matmul(q[:, :, start:end], k[:, :, :end].transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        s = s + lam[:, :, start:end].unsqueeze(-1) - lam[:, :, :end].unsqueeze(-2)
+        keep = torch.ones(end - start, end, dtype=torch.bool, device=q.device).tril(diagonal=start)
+        s = torch.where(keep, s, torch.finfo(s.dtype).min)
+        outs.append(torch.matmul(F.softmax(s, dim=-1), v[:, :, :end]))
+    return torch.cat(outs, dim=2)
+
+
+def ref_query_chunk_loop(fn, inputs, chunk=16):
+    """The chunks together compute the whole sequence's attention; each site reads the same lam."""
+    whole = ref_bhtd_qkvg(fn, inputs)
+    return Ref(whole.output, whole.lams * math.ceil(inputs[0].shape[2] / chunk))
+
+
+def build_query_chunk_loop(dtype):
+    B, H, T, D = 2, 2, 41, 8
+    return fox_query_chunk_loop, (_randn(B, H, T, D, dtype=dtype), _randn(B, H, T, D, dtype=dtype),
+                                  _randn(B, H, T, D, dtype=dtype), _gate(B, H, T, dtype=dtype))
+
+
+# 13c. A Python loop over equal segments (documents of a fixed length): each segment is its own
+#      sequence, with its own cumsum, in (B, T, H, D) through einsum.
+def fox_segment_loop(q, k, v, fg, segment=12):  # q, k, v: (B, T, H, D); fg: (B, T, H)
+    T, D = q.shape[1], q.shape[-1]
+    outs = []
+    for start in range(0, T, segment):
+        part = slice(start, min(start + segment, T))
+        lam = F.logsigmoid(fg[:, part]).cumsum(1).transpose(1, 2)            # (B, H, L)
+        s = torch.einsum("bihd,bjhd->bhij", q[:, part], k[:, part]) * D ** -0.5
+        s = s + (lam[..., :, None] - lam[..., None, :])
+        length = s.shape[-1]
+        s = s.masked_fill(torch.triu(torch.ones(length, length, dtype=torch.bool, device=q.device), 1),
+                          float("-inf"))
+        outs.append(torch.einsum("bhij,bjhd->bihd", s.softmax(-1), v[:, part]))
+    return torch.cat(outs, dim=1)
+
+
+def build_segment_loop(dtype):
+    B, T, H, D = 2, 30, 2, 8
+    return fox_segment_loop, (_randn(B, T, H, D, dtype=dtype), _randn(B, T, H, D, dtype=dtype),
+                              _randn(B, T, H, D, dtype=dtype), _gate(B, T, H, dtype=dtype))
+
+
+def ref_segment_loop(fn, inputs, segment=12):
+    q, k, v, g = (x.transpose(1, 2) for x in inputs)  # (B, H, T, .)
+    T = q.shape[2]
+    outs, lams = [], []
+    for start in range(0, T, segment):
+        part = slice(start, min(start + segment, T))
+        lam = _logsig_lam(g[..., part])
+        outs.append(fox_reference(q[:, :, part], k[:, :, part], v[:, :, part], lam))
+        lams.append(lam)
+    return Ref(torch.cat(outs, dim=2).transpose(1, 2), lams)
+
+
+# ---------------------------------------------------------------------------------------------
 # 14. BLOOM-style ALiBi: key-only slope * j from a slopes buffer, alibi.baddbmm(q, k^T, alpha),
 #     finfo.min mask, softmax in fp32 then cast. Slopes are tensor data: guarded.
 class BloomAlibiCore(nn.Module):
@@ -1654,6 +1718,13 @@ POSITIVES: list[Case] = [
     _case("prefill_chunk_tril_offset", build_prefill_chunk,
           "M<N bias=rows_sliced[-M:] mask=tril(diagonal=N-M)",
           "queries at the end", ref_bhtd_qkvg),
+    _case("query_chunk_loop", build_query_chunk_loop,
+          "M<N loop=query_chunks bias=rows_sliced mask=tril(diagonal=start) where_finfo_min",
+          "a Python loop over query chunks: one site per chunk", ref_query_chunk_loop, sites=3),
+    _case("segment_loop_bthd_einsum", build_segment_loop,
+          "layout=bthd loop=segments qk=einsum cumsum=dim1+transpose mask=masked_fill_triu",
+          "a Python loop over fixed-length segments: one site per segment", ref_segment_loop,
+          sites=3),
     _case("bloom_alibi_baddbmm", build_bloom,
           "alibi=key_only_slope*j(buffer) qk=baddbmm(alpha,beta) mask=finfo.min softmax=dtype_f32",
           "ALiBi slopes from a buffer: guarded", ref_bloom, decay="guarded", mixed=True),
