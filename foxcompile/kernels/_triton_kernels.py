@@ -40,6 +40,11 @@ def _sum_rows(x):
 
 
 @triton.jit
+def _sum_cols(x):
+    return tl.reduce(x, 0, _sum_combine)
+
+
+@triton.jit
 def _load(ptrs, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
     """Load a tile, masking (with zeros) only along the dimensions that need it."""
     if ROW_MASK:
@@ -53,6 +58,22 @@ def _load(ptrs, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
         else:
             x = tl.load(ptrs)
     return x
+
+
+@triton.jit
+def _atomic_add(ptrs, x, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
+    """Relaxed float32 atomic add of a tile (no ordering needed: the sums are only read after
+    the kernel), masking only along the dimensions that need it."""
+    if ROW_MASK:
+        if COL_MASK:
+            tl.atomic_add(ptrs, x, mask=row_ok & col_ok, sem="relaxed")
+        else:
+            tl.atomic_add(ptrs, x, mask=row_ok, sem="relaxed")
+    else:
+        if COL_MASK:
+            tl.atomic_add(ptrs, x, mask=col_ok, sem="relaxed")
+        else:
+            tl.atomic_add(ptrs, x, sem="relaxed")
 
 
 @triton.jit
@@ -293,11 +314,16 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START,
 
 
 @triton.jit
-def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA,
+def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA, DQ, DLAM_ROW,
                 stride_qm, stride_qd, stride_gm, stride_gd, stride_ln, stride_em,
-                lam_ref, b_key, qk_scale, offs_n, offset, lo, hi, n_queries, offs_d, d_ok,
+                stride_xm, stride_xd, stride_rn,
+                lam_ref, b_key, qk_scale, scale, offs_n, offset, lo, hi, n_queries, offs_d, d_ok,
                 BLOCK_M: tl.constexpr, MASKED: tl.constexpr, ROW_MASK: tl.constexpr,
-                D_MASK: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+                D_MASK: tl.constexpr, FUSED: tl.constexpr, CAST_F32: tl.constexpr,
+                DOT_PREC: tl.constexpr):
+    """Query steps [lo, hi) of one key block: accumulates dk (unscaled), dv and the column sums
+    of dS. FUSED: also adds this key block's share of dq (scaled, float32) and of the dS row
+    sums to DQ and DLAM_ROW with atomics (5 products per step instead of 4 here plus 3 in dq)."""
     for start in range(lo, hi, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         m_ok = offs_m < n_queries
@@ -326,13 +352,19 @@ def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA,
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         dst = pt * (dpt - delta[None, :])
-        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
+        ds_in = dst.to(qt.dtype)
+        dk = tl.dot(ds_in, tl.trans(qt), dk, input_precision=DOT_PREC)
         colsum += _sum_rows(dst)
+        if FUSED:
+            dq = tl.dot(tl.trans(ds_in), k, input_precision=DOT_PREC) * scale
+            _atomic_add(DQ + offs_m[:, None] * stride_xm + offs_d[None, :] * stride_xd, dq,
+                        m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
+            _atomic_add(DLAM_ROW + pos_q * stride_rn, _sum_cols(dst), m_ok, m_ok, ROW_MASK, False)
     return dk, dv, colsum
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
+def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DQ, DLAM_ROW,
                  stride_qb, stride_qh, stride_qm, stride_qd,
                  stride_kb, stride_kh, stride_kn, stride_kd,
                  stride_vb, stride_vh, stride_vn, stride_vd,
@@ -343,11 +375,17 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
                  stride_yvb, stride_yvh, stride_yvn, stride_yvd,
                  stride_zb, stride_zh, stride_zn,
                  stride_nb, stride_nh, stride_nn,
+                 stride_xb, stride_xh, stride_xm, stride_xd,
+                 stride_rb, stride_rh, stride_rn,
                  n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                  GRID_M: tl.constexpr, GRID_N: tl.constexpr, ROW_EDGE: tl.constexpr,
-                 CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+                 FUSED: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One program per (b, key head, key block of BLOCK_N): dk, dv summed over the query heads
+    of the group, and -(column sums of dS) into DLAM (B, Hq, N) for each of them.
+    FUSED: dq (B, Hq, M, D) and DLAM_ROW (B, Hq, N), both float32 and zeroed by the caller, also
+    receive every tile's contribution (atomics); otherwise DQ and DLAM_ROW are not touched."""
     # Key block 0 sees every query: launch in key order, heavy first.
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
@@ -390,22 +428,26 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END,
         LAMh = LAM + b * stride_lb + h * stride_lh
         LSEh = LSE + b * stride_eb + h * stride_eh
         DELTAh = DELTA + (b * (n_kv_heads * group) + h) * n_queries
+        DQh = DQ + b * stride_xb + h * stride_xh
+        DLAM_ROWh = DLAM_ROW + b * stride_rb + h * stride_rh
         end = tl.load(END + b * stride_nb + h * stride_nh + key_grid * stride_nn)
         hi = tl.minimum(end * GRID_M, n_queries)
         lam_ref = tl.load(LAMh + key0 * stride_ln)
         lam_k = tl.load(LAMh + offs_n * stride_ln, mask=n_ok, other=0.0)
         b_key = (lam_ref - lam_k) * LOG2E
         colsum = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
-        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh,
-                                     stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
-                                     stride_em, lam_ref, b_key, qk_scale, offs_n, offset,
+        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh, DQh,
+                                     DLAM_ROWh, stride_qm, stride_qd, stride_gm, stride_gd,
+                                     stride_ln, stride_em, stride_xm, stride_xd, stride_rn,
+                                     lam_ref, b_key, qk_scale, scale, offs_n, offset,
                                      lo, tl.minimum(mid, hi), n_queries, offs_d, d_ok,
-                                     BLOCK_M, True, True, D_MASK, CAST_F32, DOT_PREC)
-        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh,
-                                     stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
-                                     stride_em, lam_ref, b_key, qk_scale, offs_n, offset,
+                                     BLOCK_M, True, True, D_MASK, FUSED, CAST_F32, DOT_PREC)
+        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh, DQh,
+                                     DLAM_ROWh, stride_qm, stride_qd, stride_gm, stride_gd,
+                                     stride_ln, stride_em, stride_xm, stride_xd, stride_rn,
+                                     lam_ref, b_key, qk_scale, scale, offs_n, offset,
                                      mid, hi, n_queries, offs_d, d_ok,
-                                     BLOCK_M, False, ROW_EDGE, D_MASK, CAST_F32, DOT_PREC)
+                                     BLOCK_M, False, ROW_EDGE, D_MASK, FUSED, CAST_F32, DOT_PREC)
         tl.store(DLAM + b * stride_zb + h * stride_zh + offs_n * stride_zn, -colsum, mask=n_ok)
 
     dk = dk * scale

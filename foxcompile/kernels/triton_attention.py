@@ -162,6 +162,22 @@ def _launch(kind: str, config, memo, launch):
             _fallbacks[key] = config
 
 
+BACKWARD_VARIANTS = ("split", "fused")
+
+
+def backward_variant() -> str:
+    """FOXCOMPILE_BWD: "split" (default: a dkdv kernel and a dq kernel, deterministic) or
+    "fused" (one kernel per key block, dq and the dS row sums accumulated with float32 atomics:
+    5 matrix products per tile instead of 7, but dq and dlam vary in their last bits from run
+    to run). torch.use_deterministic_algorithms(True) keeps "split"."""
+    name = os.environ.get("FOXCOMPILE_BWD", "split").strip().lower() or "split"
+    if name not in BACKWARD_VARIANTS:
+        raise ValueError(f"FOXCOMPILE_BWD={name!r}: expected one of {BACKWARD_VARIANTS}")
+    if name == "fused" and torch.are_deterministic_algorithms_enabled():
+        return "split"
+    return name
+
+
 def _f32(lam: torch.Tensor) -> torch.Tensor:
     return lam if lam.dtype == torch.float32 else lam.float()
 
@@ -221,8 +237,14 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     group = q_heads // kv_heads
     qk_scale = float(scale) * LOG2E
 
+    fused = backward_variant() == "fused"
     delta = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
     dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
+    # Fused: dq is accumulated with float32 atomics, in place when dq is float32.
+    dq_acc = dq
+    if fused:
+        dq_acc = dq.zero_() if dq.dtype == torch.float32 else torch.zeros(
+            q.shape, dtype=torch.float32, device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     with _device_guard(q):
         rows = 64
@@ -233,13 +255,15 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
         def launch_dkdv(config):
             block_n, block_m, warps, stages = config
             kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
-                q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end,
+                q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end, dq_acc, dlam_row,
                 *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
                 *lse.stride(), *dk.stride(), *dv.stride(), *dlam.stride(), *end.stride(),
+                *dq_acc.stride(), *dlam_row.stride(),
                 kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
                 GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
-                CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
+                FUSED=fused, CAST_F32=interpret, DOT_PREC=prec, num_warps=warps,
+                num_stages=stages)
 
         def launch_dq(config):
             block_m, block_n, warps, stages = config
@@ -253,10 +277,13 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                 CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
 
         memo = (d_pad, q.dtype, q.device)
-        for kind, launch in (("dkdv", launch_dkdv), ("dq", launch_dq)):
+        launches = (("fused", launch_dkdv),) if fused else (("dkdv", launch_dkdv), ("dq", launch_dq))
+        for kind, launch in launches:
             config = launch_config(kind, d_pad, plan.block_m, plan.block_n, cap, interpret,
                                    q.element_size())
             _launch(kind, config, memo, launch)
+    if dq_acc is not dq:
+        dq.copy_(dq_acc)
     return dlam.add_(dlam_row)
 
 

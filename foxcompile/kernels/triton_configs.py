@@ -11,34 +11,39 @@ that divide it exactly, so forward and backward skip exactly the same (i, j) pai
     dq    (BLOCK_M, BLOCK_N, num_warps, num_stages)  same walk as fwd
     dkdv  (BLOCK_N, BLOCK_M, num_warps, num_stages)  BLOCK_N keys per program (divides GRID_N),
                                                      query steps of BLOCK_M (divides GRID_M)
+    fused (BLOCK_N, BLOCK_M, num_warps, num_stages)  same walk as dkdv (FOXCOMPILE_BWD=fused:
+                                                     the dkdv kernel also adds dq with atomics)
 
 Keys of the tables are the head dim padded to a power of two (16 .. 256). See docs/kernels.md for
 how the sm90 table was chosen. FOXCOMPILE_KERNEL_CONFIG (a JSON object with any of the keys
-"fwd", "dq", "dkdv", each a list of four ints) overrides the table, for tuning sweeps.
+"fwd", "dq", "dkdv", "fused", each a list of four ints) overrides the table, for tuning sweeps.
 """
 import json
 import os
 
 # Hopper (H100 / H200), chosen by the sweep in benchmarks/run_gpu_kernels.sh (docs/kernels.md).
+# The "fused" entries are first guesses, not yet swept: dkdv's plus a float32 BLOCK_M x D dq tile
+# live per step, so D128 drops to 64 keys per program over 8 warps.
 SM90 = {
-    16: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(64, 64, 4, 3)),
-    32: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 3)),
-    64: dict(fwd=(128, 64, 8, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 4)),
-    128: dict(fwd=(64, 64, 4, 3), dq=(128, 64, 8, 4), dkdv=(128, 64, 8, 3)),
-    256: dict(fwd=(64, 32, 4, 2), dq=(64, 32, 4, 2), dkdv=(64, 32, 8, 1)),
+    16: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(64, 64, 4, 3), fused=(64, 64, 4, 3)),
+    32: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 3), fused=(64, 64, 4, 3)),
+    64: dict(fwd=(128, 64, 8, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 4), fused=(64, 64, 4, 3)),
+    128: dict(fwd=(64, 64, 4, 3), dq=(128, 64, 8, 4), dkdv=(128, 64, 8, 3), fused=(64, 64, 8, 2)),
+    256: dict(fwd=(64, 32, 4, 2), dq=(64, 32, 4, 2), dkdv=(64, 32, 8, 1), fused=(64, 32, 8, 1)),
 }
 
 # Anything else (Ampere, Ada, unknown): modest tiles that fit 100 KB of shared memory.
 DEFAULT = {
-    16: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2)),
-    32: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2)),
-    64: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 8, 2)),
-    128: dict(fwd=(128, 32, 8, 2), dq=(128, 32, 8, 1), dkdv=(64, 32, 8, 1)),
-    256: dict(fwd=(64, 32, 4, 1), dq=(64, 32, 4, 1), dkdv=(32, 32, 4, 1)),
+    16: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2), fused=(64, 64, 4, 2)),
+    32: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2), fused=(64, 64, 4, 2)),
+    64: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 8, 2), fused=(64, 64, 4, 2)),
+    128: dict(fwd=(128, 32, 8, 2), dq=(128, 32, 8, 1), dkdv=(64, 32, 8, 1), fused=(64, 32, 8, 1)),
+    256: dict(fwd=(64, 32, 4, 1), dq=(64, 32, 4, 1), dkdv=(32, 32, 4, 1), fused=(32, 32, 4, 1)),
 }
 
 # Under TRITON_INTERPRET=1 warps and stages mean nothing; small steps keep numpy's work down.
-INTERPRET = dict(fwd=(None, 32, 1, 1), dq=(None, 32, 1, 1), dkdv=(None, 32, 1, 1))
+INTERPRET = dict(fwd=(None, 32, 1, 1), dq=(None, 32, 1, 1), dkdv=(None, 32, 1, 1),
+                 fused=(None, 32, 1, 1))
 
 _override_cache: dict = {}
 
@@ -95,8 +100,8 @@ def fit_shared_memory(kernel, outer, step, stages, d_pad, elem_bytes, budget):
 
 def launch_config(kernel: str, d_pad: int, grid_m: int, grid_n: int, capability, interpret: bool,
                   elem_bytes: int = 2):
-    """(outer block, step block, num_warps, num_stages) for 'fwd', 'dq' or 'dkdv', fitted to the
-    pruning grid (outer and step blocks divide it) and to the shared memory of the device (the
+    """(outer block, step block, num_warps, num_stages) for 'fwd', 'dq', 'dkdv' or 'fused', fitted
+    to the pruning grid (outer and step blocks divide it) and to the shared memory of the device (the
     table is for 2-byte inputs; float32 inputs get fewer stages or smaller steps).
     capability: (major, minor) or None."""
     if interpret:
@@ -107,7 +112,7 @@ def launch_config(kernel: str, d_pad: int, grid_m: int, grid_n: int, capability,
     over = _override().get(kernel)
     if over is not None:
         outer, step, warps, stages = over
-    outer_grid, step_grid = (grid_n, grid_m) if kernel == "dkdv" else (grid_m, grid_n)
+    outer_grid, step_grid = (grid_n, grid_m) if kernel in ("dkdv", "fused") else (grid_m, grid_n)
     outer = _fit(outer or outer_grid, outer_grid)
     step = _fit(step, step_grid)
     if not interpret:
