@@ -77,15 +77,24 @@ def _atomic_add(ptrs, x, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.co
 
 
 @triton.jit
-def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd, stride_ln,
+def _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, b, hk,
+               stride_kn, stride_kd, stride_vn, stride_vd, stride_ln,
                lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok,
-               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, D_MASK: tl.constexpr,
+               BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
+               D_MASK: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
                CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
-    for start in range(lo, hi, BLOCK_N):
+    """Key steps [lo, hi) of one query block (online softmax in the exp2 domain). TMA: k and v
+    come through the descriptors KD, VD over (B, Hk, N, D) (zeros past the edges), indexed by
+    (b, hk) as int32; otherwise through pointers K, V already offset to (b, hk). WS asks Triton
+    to warp-specialise the loop."""
+    for start in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
-        kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                   n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
+        if TMA:
+            kt = tl.trans(KD.load([b, hk, start, 0]).reshape([BLOCK_N, D_PAD]))
+        else:
+            kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                       n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
         if MASKED:
             lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
         else:
@@ -99,8 +108,11 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + _sum_rows(p)
-        v = _load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                  n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
+        if TMA:
+            v = VD.load([b, hk, start, 0]).reshape([BLOCK_N, D_PAD])
+        else:
+            v = _load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                      n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
         if CAST_F32:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None]
@@ -110,7 +122,7 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START,
+def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, KD, VD,
                 stride_qb, stride_qh, stride_qm, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
                 stride_vb, stride_vh, stride_vn, stride_vd,
@@ -121,8 +133,11 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START,
                 n_heads, group, n_queries, n_keys, qk_scale,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                GRID_M: tl.constexpr, GRID_N: tl.constexpr,
+                GRID_M: tl.constexpr, GRID_N: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
                 CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One program per (b, query head, block of BLOCK_M queries): OUT and LSE (natural log).
+    TMA: KD, VD are tensor descriptors of k, v with blocks [1, 1, BLOCK_N, D_PAD] (else None);
+    WS: warp-specialise the unmasked key loop (forward variants, see forward_variant())."""
     # One flat grid (no 65535 limit on B * H); within a head the heavy (late) query blocks,
     # which have the most key blocks under the causal mask, start first.
     m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
@@ -165,12 +180,16 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
-    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
-                               stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid, n_keys,
-                               offs_d, d_ok, BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC)
-    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
-                               stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi, n_keys,
-                               offs_d, d_ok, BLOCK_N, True, D_MASK, CAST_F32, DOT_PREC)
+    b32 = b.to(tl.int32)
+    hk32 = hk.to(tl.int32)
+    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, b32, hk32, stride_kn, stride_kd,
+                               stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid,
+                               n_keys, offs_d, d_ok, BLOCK_N, D_PAD, False, D_MASK, TMA, WS,
+                               CAST_F32, DOT_PREC)
+    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, b32, hk32, stride_kn, stride_kd,
+                               stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi,
+                               n_keys, offs_d, d_ok, BLOCK_N, D_PAD, True, D_MASK, TMA, False,
+                               CAST_F32, DOT_PREC)
 
     out = acc / l_i[:, None]
     tl.store(OUT + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,

@@ -162,7 +162,36 @@ def _launch(kind: str, config, memo, launch):
             _fallbacks[key] = config
 
 
+FORWARD_FLAGS = ("tma", "ws")
 BACKWARD_VARIANTS = ("split", "fused")
+
+
+def forward_variant() -> frozenset:
+    """FOXCOMPILE_FWD: "base" (default) or flags joined by "+" (opt-in, for timing):
+    "tma" loads k and v through TMA tensor descriptors (Hopper; 16-byte aligned strides, else
+    pointers), "ws" asks Triton to warp-specialise the unmasked key loop (Triton's automatic
+    warp specialisation; on Hopper it is meant to work with descriptor loads, so "tma+ws")."""
+    text = os.environ.get("FOXCOMPILE_FWD", "base").strip().lower()
+    flags = frozenset(f for f in text.replace(",", "+").split("+") if f and f != "base")
+    unknown = flags - set(FORWARD_FLAGS)
+    if unknown:
+        raise ValueError(f"FOXCOMPILE_FWD={text!r}: unknown {sorted(unknown)}; "
+                         f"expected base or a '+' join of {FORWARD_FLAGS}")
+    return flags
+
+
+def _tma_ok(*tensors, interpret: bool) -> bool:
+    """Tensor descriptors need sm90+ (or the interpreter), a unit last stride and 16-byte
+    aligned base and strides."""
+    if not interpret and _capability(tensors[0].device) < (9, 0):
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
 
 
 def backward_variant() -> str:
@@ -196,22 +225,30 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.
                            interpret, q.element_size())
     lam = _f32(lam)
     start = plan.start
+    flags = forward_variant()
+    tma = "tma" in flags and _tma_ok(k, v, interpret=interpret)
 
     def launch(config):
         block_m, block_n, warps, stages = config
+        kd = vd = None
+        if tma:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+            block = [1, 1, block_n, d_pad]
+            kd = TensorDescriptor(k, list(k.shape), list(k.stride()), block)
+            vd = TensorDescriptor(v, list(v.shape), list(v.stride()), block)
         grid = (triton_cdiv(n_queries, block_m) * batch * q_heads,)
         kern._fwd_kernel[grid](
-            q, k, v, lam, out, lse, start,
+            q, k, v, lam, out, lse, start, kd, vd,
             *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *out.stride(), *lse.stride(),
             *start.stride(),
             q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
-            GRID_M=plan.block_m, GRID_N=plan.block_n,
+            GRID_M=plan.block_m, GRID_N=plan.block_n, TMA=tma, WS="ws" in flags,
             CAST_F32=interpret, DOT_PREC=_dot_precision(q.dtype, interpret),
             num_warps=warps, num_stages=stages)
 
     with _device_guard(q):
-        _launch("fwd", config, (d_pad, q.dtype, q.device), launch)
+        _launch("fwd", config, (d_pad, q.dtype, q.device, flags), launch)
     return lse
 
 
