@@ -333,24 +333,30 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START,
 
 
 @triton.jit
-def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA, DQ, DLAM_ROW,
+def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA, DQ, DLAM_ROW, QD, GD, XD, b, h,
                 stride_qm, stride_qd, stride_gm, stride_gd, stride_ln, stride_em,
                 stride_xm, stride_xd, stride_rn,
                 lam_ref, b_key, qk_scale, scale, offs_n, offset, lo, hi, n_queries, offs_d, d_ok,
-                BLOCK_M: tl.constexpr, MASKED: tl.constexpr, ROW_MASK: tl.constexpr,
-                D_MASK: tl.constexpr, FUSED: tl.constexpr, CAST_F32: tl.constexpr,
-                DOT_PREC: tl.constexpr):
+                BLOCK_M: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
+                ROW_MASK: tl.constexpr, D_MASK: tl.constexpr, FUSED: tl.constexpr,
+                TMA: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
     """Query steps [lo, hi) of one key block: accumulates dk (unscaled), dv and the column sums
     of dS. FUSED: also adds this key block's share of dq (scaled, float32) and of the dS row
-    sums to DQ and DLAM_ROW with atomics (5 products per step instead of 4 here plus 3 in dq)."""
+    sums to DQ and DLAM_ROW with atomics (5 products per step instead of 4 here plus 3 in dq).
+    TMA: q and dO tiles come through the descriptors QD, GD, and dq goes to XD by a bulk
+    reduction (XD's last dim is D_PAD), indexed by (b, h) as int32; else pointers."""
     for start in range(lo, hi, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         m_ok = offs_m < n_queries
         pos_q = offset + offs_m
-        qt = _load(Q + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
-                   m_ok[None, :], d_ok[:, None], ROW_MASK, D_MASK)
-        do = _load(DO + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
-                   m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
+        if TMA:
+            qt = tl.trans(QD.load([b, h, start, 0]).reshape([BLOCK_M, D_PAD]))
+            do = GD.load([b, h, start, 0]).reshape([BLOCK_M, D_PAD])
+        else:
+            qt = _load(Q + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
+                       m_ok[None, :], d_ok[:, None], ROW_MASK, D_MASK)
+            do = _load(DO + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+                       m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
         if ROW_MASK:
             lse = tl.load(LSE + offs_m * stride_em, mask=m_ok, other=float("inf"))
             delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
@@ -376,14 +382,17 @@ def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA, DQ, DLAM_ROW,
         colsum += _sum_rows(dst)
         if FUSED:
             dq = tl.dot(tl.trans(ds_in), k, input_precision=DOT_PREC) * scale
-            _atomic_add(DQ + offs_m[:, None] * stride_xm + offs_d[None, :] * stride_xd, dq,
-                        m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
+            if TMA:
+                XD.atomic_add([b, h, start, 0], dq.reshape([1, 1, BLOCK_M, D_PAD]))
+            else:
+                _atomic_add(DQ + offs_m[:, None] * stride_xm + offs_d[None, :] * stride_xd, dq,
+                            m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
             _atomic_add(DLAM_ROW + pos_q * stride_rn, _sum_cols(dst), m_ok, m_ok, ROW_MASK, False)
     return dk, dv, colsum
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DQ, DLAM_ROW,
+def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DQ, DLAM_ROW, QD, GD, XD,
                  stride_qb, stride_qh, stride_qm, stride_qd,
                  stride_kb, stride_kh, stride_kn, stride_kd,
                  stride_vb, stride_vh, stride_vn, stride_vd,
@@ -400,11 +409,14 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DQ, DLAM_ROW,
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                  GRID_M: tl.constexpr, GRID_N: tl.constexpr, ROW_EDGE: tl.constexpr,
-                 FUSED: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+                 FUSED: tl.constexpr, TMA: tl.constexpr, CAST_F32: tl.constexpr,
+                 DOT_PREC: tl.constexpr):
     """One program per (b, key head, key block of BLOCK_N): dk, dv summed over the query heads
     of the group, and -(column sums of dS) into DLAM (B, Hq, N) for each of them.
     FUSED: dq (B, Hq, M, D) and DLAM_ROW (B, Hq, N), both float32 and zeroed by the caller, also
-    receive every tile's contribution (atomics); otherwise DQ and DLAM_ROW are not touched."""
+    receive every tile's contribution (atomics); otherwise DQ and DLAM_ROW are not touched.
+    TMA: QD, GD are descriptors of q and dO with blocks [1, 1, BLOCK_M, D_PAD] and, when FUSED,
+    XD one of the float32 dq accumulator (B, Hq, M, D_PAD) (else all None)."""
     # Key block 0 sees every query: launch in key order, heavy first.
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
@@ -440,6 +452,7 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DQ, DLAM_ROW,
 
     dk = tl.full([BLOCK_N, D_PAD], 0.0, dtype=tl.float32)
     dv = tl.full([BLOCK_N, D_PAD], 0.0, dtype=tl.float32)
+    b32 = b.to(tl.int32)
     for g in range(0, group):
         h = hk * group + g
         Qh = Q + b * stride_qb + h * stride_qh
@@ -448,6 +461,7 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DQ, DLAM_ROW,
         LSEh = LSE + b * stride_eb + h * stride_eh
         DELTAh = DELTA + (b * (n_kv_heads * group) + h) * n_queries
         DQh = DQ + b * stride_xb + h * stride_xh
+        h32 = h.to(tl.int32)
         DLAM_ROWh = DLAM_ROW + b * stride_rb + h * stride_rh
         end = tl.load(END + b * stride_nb + h * stride_nh + key_grid * stride_nn)
         hi = tl.minimum(end * GRID_M, n_queries)
@@ -456,17 +470,21 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DQ, DLAM_ROW,
         b_key = (lam_ref - lam_k) * LOG2E
         colsum = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
         dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh, DQh,
-                                     DLAM_ROWh, stride_qm, stride_qd, stride_gm, stride_gd,
+                                     DLAM_ROWh, QD, GD, XD, b32, h32,
+                                     stride_qm, stride_qd, stride_gm, stride_gd,
                                      stride_ln, stride_em, stride_xm, stride_xd, stride_rn,
                                      lam_ref, b_key, qk_scale, scale, offs_n, offset,
                                      lo, tl.minimum(mid, hi), n_queries, offs_d, d_ok,
-                                     BLOCK_M, True, True, D_MASK, FUSED, CAST_F32, DOT_PREC)
+                                     BLOCK_M, D_PAD, True, True, D_MASK, FUSED, TMA, CAST_F32,
+                                     DOT_PREC)
         dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh, DQh,
-                                     DLAM_ROWh, stride_qm, stride_qd, stride_gm, stride_gd,
+                                     DLAM_ROWh, QD, GD, XD, b32, h32,
+                                     stride_qm, stride_qd, stride_gm, stride_gd,
                                      stride_ln, stride_em, stride_xm, stride_xd, stride_rn,
                                      lam_ref, b_key, qk_scale, scale, offs_n, offset,
                                      mid, hi, n_queries, offs_d, d_ok,
-                                     BLOCK_M, False, ROW_EDGE, D_MASK, FUSED, CAST_F32, DOT_PREC)
+                                     BLOCK_M, D_PAD, False, ROW_EDGE, D_MASK, FUSED, TMA,
+                                     CAST_F32, DOT_PREC)
         tl.store(DLAM + b * stride_zb + h * stride_zh + offs_n * stride_zn, -colsum, mask=n_ok)
 
     dk = dk * scale

@@ -163,48 +163,82 @@ def _launch(kind: str, config, memo, launch):
 
 
 FORWARD_FLAGS = ("tma", "ws")
-BACKWARD_VARIANTS = ("split", "fused")
+BACKWARD_FLAGS = ("fused", "tma")
+
+
+def _flags(name: str, default: str, allowed) -> frozenset:
+    text = os.environ.get(name, default).strip().lower()
+    flags = frozenset(f for f in text.replace(",", "+").split("+") if f and f != default)
+    if flags - set(allowed):
+        raise ValueError(f"{name}={text!r}: unknown {sorted(flags - set(allowed))}; expected "
+                         f"{default} or a '+' join of {allowed}")
+    return flags
 
 
 def forward_variant() -> frozenset:
     """FOXCOMPILE_FWD: "base" (default) or flags joined by "+" (opt-in, for timing):
-    "tma" loads k and v through TMA tensor descriptors (Hopper; 16-byte aligned strides, else
-    pointers), "ws" asks Triton to warp-specialise the unmasked key loop (Triton's automatic
-    warp specialisation; on Hopper it is meant to work with descriptor loads, so "tma+ws")."""
-    text = os.environ.get("FOXCOMPILE_FWD", "base").strip().lower()
-    flags = frozenset(f for f in text.replace(",", "+").split("+") if f and f != "base")
-    unknown = flags - set(FORWARD_FLAGS)
-    if unknown:
-        raise ValueError(f"FOXCOMPILE_FWD={text!r}: unknown {sorted(unknown)}; "
-                         f"expected base or a '+' join of {FORWARD_FLAGS}")
+    "tma" loads k and v through TMA tensor descriptors (sm90+, layouts with 16-byte aligned
+    strides, else pointers); "ws" asks Triton to warp-specialise the unmasked key loop (Triton's
+    automatic warp specialisation; on Hopper it is meant for descriptor loads, so "tma+ws")."""
+    return _flags("FOXCOMPILE_FWD", "base", FORWARD_FLAGS)
+
+
+def backward_variant() -> frozenset:
+    """FOXCOMPILE_BWD: "split" (default: a dkdv kernel and a dq kernel, deterministic) or flags
+    joined by "+" (opt-in, for timing): "fused" (the dkdv kernel also accumulates dq and the dS
+    row sums with float32 atomics: 5 matrix products per tile instead of 7, no dq kernel, but
+    dq and dlam vary in their last bits from run to run; torch.use_deterministic_algorithms(True)
+    drops it); "tma" (q and dO tiles of the dkdv kernel through TMA descriptors, no per-element
+    addresses in registers; with "fused", dq is added by TMA bulk reductions)."""
+    flags = _flags("FOXCOMPILE_BWD", "split", BACKWARD_FLAGS)
+    if "fused" in flags and torch.are_deterministic_algorithms_enabled():
+        flags = flags - {"fused"}
     return flags
 
 
 def _tma_ok(*tensors, interpret: bool) -> bool:
-    """Tensor descriptors need sm90+ (or the interpreter), a unit last stride and 16-byte
-    aligned base and strides."""
+    """Tensor descriptors need sm90+ (or the interpreter), a unit last stride, positive strides
+    and a 16-byte aligned base and strides (strides of size-1 dims are replaced, see
+    _descriptor)."""
     if not interpret and _capability(tensors[0].device) < (9, 0):
         return False
     for t in tensors:
         size = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
+        strides = [st for st, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1]
+        if (t.stride(-1) != 1 or t.data_ptr() % 16
+                or any(st <= 0 or st * size % 16 for st in strides)):
             return False
     return True
 
 
+def _descriptor(t: torch.Tensor, rows: int, d_pad: int):
+    """TMA descriptor of a (B, H, T, D) tensor with blocks [1, 1, rows, d_pad] (zeros past the
+    edges on loads, clipped on reductions). Size-1 dims get a 16-byte stride (never used)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    unit = 16 // t.element_size()
+    strides = [st if n > 1 else unit for st, n in zip(t.stride(), t.shape)]
+    strides[-1] = 1
+    return TensorDescriptor(t, list(t.shape), strides, [1, 1, rows, d_pad])
 
 
-def backward_variant() -> str:
-    """FOXCOMPILE_BWD: "split" (default: a dkdv kernel and a dq kernel, deterministic) or
-    "fused" (one kernel per key block, dq and the dS row sums accumulated with float32 atomics:
-    5 matrix products per tile instead of 7, but dq and dlam vary in their last bits from run
-    to run). torch.use_deterministic_algorithms(True) keeps "split"."""
-    name = os.environ.get("FOXCOMPILE_BWD", "split").strip().lower() or "split"
-    if name not in BACKWARD_VARIANTS:
-        raise ValueError(f"FOXCOMPILE_BWD={name!r}: expected one of {BACKWARD_VARIANTS}")
-    if name == "fused" and torch.are_deterministic_algorithms_enabled():
-        return "split"
-    return name
+def _interpreter_descriptor_reduce():
+    """Triton's interpreter has no descriptor reduction (desc.atomic_add); give it one: an
+    atomic add through the descriptor's pointers, masked to its bounds."""
+    from triton._C.libtriton import ir
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if hasattr(builder, "create_descriptor_reduce"):
+        return
+
+    def create_descriptor_reduce(self, kind, desc, value, indices):
+        if kind != ir.DESCRIPTOR_REDUCE_KIND.ADD:
+            raise NotImplementedError(f"descriptor reduce {kind} in the interpreter")
+        ptrs, mask = desc.materialize_pointers(indices)
+        return self.create_atomic_rmw(ir.ATOMIC_OP.FADD, ptrs, value, mask,
+                                      ir.MEM_SEMANTIC.RELAXED, ir.MEM_SYNC_SCOPE.GPU)
+
+    builder.create_descriptor_reduce = create_descriptor_reduce
 
 
 def _f32(lam: torch.Tensor) -> torch.Tensor:
@@ -230,12 +264,8 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.
 
     def launch(config):
         block_m, block_n, warps, stages = config
-        kd = vd = None
-        if tma:
-            from triton.tools.tensor_descriptor import TensorDescriptor
-            block = [1, 1, block_n, d_pad]
-            kd = TensorDescriptor(k, list(k.shape), list(k.stride()), block)
-            vd = TensorDescriptor(v, list(v.shape), list(v.stride()), block)
+        kd = _descriptor(k, block_n, d_pad) if tma else None
+        vd = _descriptor(v, block_n, d_pad) if tma else None
         grid = (triton_cdiv(n_queries, block_m) * batch * q_heads,)
         kern._fwd_kernel[grid](
             q, k, v, lam, out, lse, start, kd, vd,
@@ -274,14 +304,22 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     group = q_heads // kv_heads
     qk_scale = float(scale) * LOG2E
 
-    fused = backward_variant() == "fused"
+    flags = backward_variant()
+    fused = "fused" in flags
+    tma = "tma" in flags and _tma_ok(q, grad_out, interpret=interpret)
     delta = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
     dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
-    # Fused: dq is accumulated with float32 atomics, in place when dq is float32.
+    # Fused: dq is accumulated in float32 (atomics), in place when dq is float32; a TMA
+    # reduction needs the accumulator's rows padded to D_PAD.
     dq_acc = dq
-    if fused:
+    if fused and tma:
+        dq_acc = torch.zeros((batch, q_heads, n_queries, d_pad), dtype=torch.float32,
+                             device=q.device)
+    elif fused:
         dq_acc = dq.zero_() if dq.dtype == torch.float32 else torch.zeros(
             q.shape, dtype=torch.float32, device=q.device)
+    if tma and interpret:
+        _interpreter_descriptor_reduce()
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     with _device_guard(q):
         rows = 64
@@ -291,15 +329,19 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
 
         def launch_dkdv(config):
             block_n, block_m, warps, stages = config
+            qd = _descriptor(q, block_m, d_pad) if tma else None
+            gd = _descriptor(grad_out, block_m, d_pad) if tma else None
+            xd = _descriptor(dq_acc, block_m, d_pad) if tma and fused else None
             kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
                 q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end, dq_acc, dlam_row,
+                qd, gd, xd,
                 *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
                 *lse.stride(), *dk.stride(), *dv.stride(), *dlam.stride(), *end.stride(),
                 *dq_acc.stride(), *dlam_row.stride(),
                 kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
                 GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
-                FUSED=fused, CAST_F32=interpret, DOT_PREC=prec, num_warps=warps,
+                FUSED=fused, TMA=tma, CAST_F32=interpret, DOT_PREC=prec, num_warps=warps,
                 num_stages=stages)
 
         def launch_dq(config):
@@ -313,14 +355,14 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                 GRID_M=plan.block_m, GRID_N=plan.block_n,
                 CAST_F32=interpret, DOT_PREC=prec, num_warps=warps, num_stages=stages)
 
-        memo = (d_pad, q.dtype, q.device)
+        memo = (d_pad, q.dtype, q.device, flags)
         launches = (("fused", launch_dkdv),) if fused else (("dkdv", launch_dkdv), ("dq", launch_dq))
         for kind, launch in launches:
             config = launch_config(kind, d_pad, plan.block_m, plan.block_n, cap, interpret,
                                    q.element_size())
             _launch(kind, config, memo, launch)
     if dq_acc is not dq:
-        dq.copy_(dq_acc)
+        dq.copy_(dq_acc[..., :head_dim])
     return dlam.add_(dlam_row)
 
 
