@@ -42,8 +42,8 @@ _INTERP_OK, _INTERP_WHY = _interpreter_usable()
 interp = pytest.mark.skipif(not _INTERP_OK, reason=_INTERP_WHY)
 
 
-# Kernel variants (triton_attention.forward_variant / backward_variant): every correctness test
-# of the kernels runs under each, so the opt-in variants stay checked in CI.
+# Kernel variants (triton_attention.forward_variant / backward_variant). The opt-in variants
+# stay checked in CI: see VARIANT_CASES for which interpreter cases each runs.
 VARIANTS = {
     "base": {"FOXCOMPILE_FWD": "base", "FOXCOMPILE_BWD": "split"},
     "fused": {"FOXCOMPILE_FWD": "base", "FOXCOMPILE_BWD": "fused"},
@@ -52,15 +52,13 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(params=list(VARIANTS))
-def variant(request, monkeypatch):
-    for name, value in VARIANTS[request.param].items():
-        monkeypatch.setenv(name, value)
-    return request.param
+def use_variant(monkeypatch, name):
+    for var, value in VARIANTS[name].items():
+        monkeypatch.setenv(var, value)
 
 
 @pytest.fixture
-def interpret_env(monkeypatch, variant):
+def interpret_env(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     from foxcompile.kernels import triton_attention
     return triton_attention
@@ -210,11 +208,31 @@ INTERP_CASES = [
 ]
 
 
+# Interpreter cases per variant (None: all). "fused-tma" goes through every new code path
+# (TMA loads, warp-specialised loop, fused backward, bulk dq reduction); the pointer-atomic and
+# split+TMA variants skip the slowest case to keep CI short.
+VARIANT_CASES = {
+    "base": None,
+    "fused-tma": None,
+    "fused": ("dense-gqa2-T200", "offset-d80-bthd", "decode-d16-fp32", "T1", "pruned-offset"),
+    "tma": ("offset-d80-bthd", "decode-d16-fp32", "T1", "pruned-offset"),
+}
+
+
+def _variant_cases():
+    for name, ids in VARIANT_CASES.items():
+        for case in INTERP_CASES:
+            if ids is None or case.id in ids:
+                yield pytest.param(name, *case.values, id=f"{name}-{case.id}")
+
+
 @interp
-@pytest.mark.parametrize("batch,q_heads,kv_heads,n_queries,n_keys,head_dim,dtype,layout,prune,epsilon,decay",
-                         INTERP_CASES)
-def test_interpreter_matches_fp64(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys,
-                                  head_dim, dtype, layout, prune, epsilon, decay):
+@pytest.mark.parametrize("variant,batch,q_heads,kv_heads,n_queries,n_keys,head_dim,dtype,layout,"
+                         "prune,epsilon,decay", list(_variant_cases()))
+def test_interpreter_matches_fp64(interpret_env, monkeypatch, variant, batch, q_heads, kv_heads,
+                                  n_queries, n_keys, head_dim, dtype, layout, prune, epsilon,
+                                  decay):
+    use_variant(monkeypatch, variant)
     tol = {torch.float16: 4e-3, torch.bfloat16: 1e-2, torch.float32: 1e-4}[dtype]
     check_case(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype,
                torch.device("cpu"), layout=layout, prune=prune, epsilon=epsilon, decay=decay,
@@ -222,9 +240,11 @@ def test_interpreter_matches_fp64(interpret_env, batch, q_heads, kv_heads, n_que
 
 
 @interp
-def test_interpreter_subdivided_steps(interpret_env, monkeypatch):
+@pytest.mark.parametrize("variant", ["base", "fused", "fused-tma"])
+def test_interpreter_subdivided_steps(interpret_env, monkeypatch, variant):
     """Kernel blocks that subdivide the pruning grid (64-row forward/dq blocks, 64-key dkdv
     blocks, 16/32 steps) must skip exactly the grid's tiles."""
+    use_variant(monkeypatch, variant)
     monkeypatch.setenv("FOXCOMPILE_KERNEL_CONFIG",
                        '{"fwd": [64, 16, 4, 1], "dq": [64, 32, 4, 1], "dkdv": [64, 16, 4, 1], '
                        '"fused": [64, 16, 4, 1]}')
@@ -305,8 +325,11 @@ VARIANT_SHAPES = [
 @pytest.mark.parametrize("shape", VARIANT_SHAPES,
                          ids=lambda x: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-{}-{}".format(*x))
 @pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
-def test_gpu_variants(cuda_engine, variant, shape, pruned):
-    """Every kernel variant, dense and pruned, against float64 (see VARIANTS)."""
+@pytest.mark.parametrize("variant", [name for name in VARIANTS if name != "base"])
+def test_gpu_variants(cuda_engine, monkeypatch, variant, shape, pruned):
+    """Every opt-in kernel variant, dense and pruned, against float64 (see VARIANTS; "base" is
+    what the other GPU tests check)."""
+    use_variant(monkeypatch, variant)
     *dims, dtype, layout = shape
     check_case(cuda_engine, *dims, dtype, torch.device("cuda"), layout=layout,
                prune=plan_mod.PRUNE_PROVEN if pruned else plan_mod.PRUNE_OFF,
