@@ -192,14 +192,17 @@ def fla(q, k, v, log_f):
 
 # ----------------------------------------------------------------------------- variants
 
-# token -> what it sets: the backward ("split" | "fused"), forward flags ("tma", "ws"), or launch
-# configs per padded head dim merged over the table / --configs ("lowreg": D128 dkdv over 64 keys
-# and 8 warps, half the accumulator registers per thread of the table's 128-key program).
+# token -> what it sets: backward flags (FOXCOMPILE_BWD: "fused", "tma"), forward flags
+# (FOXCOMPILE_FWD: "tma", "ws"), or launch configs per padded head dim merged over the table and
+# --configs ("lowreg": D128 dkdv over 64 keys and 8 warps, half the accumulator registers per
+# thread of the table's 128-key program; fused over 32-query steps).
 VARIANT_TOKENS = {
     "base": {},
-    "split": {"bwd": "split"},
+    "split": {},
     "fused": {"bwd": "fused"},
-    "tma": {"fwd": "tma"},
+    "tma": {"fwd": "tma", "bwd": "tma"},
+    "fwdtma": {"fwd": "tma"},
+    "bwdtma": {"bwd": "tma"},
     "ws": {"fwd": "ws"},
     "lowreg": {"configs": {128: {"dkdv": [64, 64, 8, 3], "fused": [64, 32, 8, 3]}}},
 }
@@ -207,16 +210,16 @@ VARIANT_TOKENS = {
 
 def parse_variant(name):
     """'fused+tma+ws' -> (FOXCOMPILE_BWD, FOXCOMPILE_FWD, {head dim: {kernel: config}})."""
-    bwd, fwd, configs = "split", [], {}
+    bwd, fwd, configs = set(), set(), {}
     for token in name.split("+"):
         if token not in VARIANT_TOKENS:
             raise SystemExit(f"unknown variant token {token!r} in {name!r}: {sorted(VARIANT_TOKENS)}")
         spec = VARIANT_TOKENS[token]
-        bwd = spec.get("bwd", bwd)
-        fwd += [spec["fwd"]] if "fwd" in spec else []
+        bwd |= {spec["bwd"]} if "bwd" in spec else set()
+        fwd |= {spec["fwd"]} if "fwd" in spec else set()
         for d, table in spec.get("configs", {}).items():
             configs.setdefault(d, {}).update(table)
-    return bwd, "+".join(fwd) or "base", configs
+    return "+".join(sorted(bwd)) or "split", "+".join(sorted(fwd)) or "base", configs
 
 
 def set_variant(name, configs, head_dim):
@@ -421,7 +424,7 @@ def main():
     parser.add_argument("--variants", default="base",
                         help="comma-separated kernel variants for the foxcompile rows, each tokens "
                              "joined by + from " + ",".join(VARIANT_TOKENS) + " (e.g. base,fused,"
-                             "tma+ws,fused+tma+ws)")
+                             "tma,fused+tma+ws)")
     parser.add_argument("--profile-plan", action="store_true")
     parser.add_argument("--configs", default=None, help="a sweep's JSON: time with its best configs")
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out (e.g. flex,fla)")
