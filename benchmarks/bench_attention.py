@@ -194,8 +194,8 @@ def fla(q, k, v, log_f):
 
 # token -> what it sets: backward flags (FOXCOMPILE_BWD: "fused", "tma"), forward flags
 # (FOXCOMPILE_FWD: "tma", "ws"), or launch configs per padded head dim merged over the table and
-# --configs ("lowreg": D128 dkdv over 64 keys and 8 warps, half the accumulator registers per
-# thread of the table's 128-key program; fused over 32-query steps).
+# --configs ("lowreg": D128 dkdv and fused over 64 keys and 8 warps, half the accumulator
+# registers per thread of the tables' 128-key programs).
 VARIANT_TOKENS = {
     "base": {},
     "split": {},
@@ -204,7 +204,7 @@ VARIANT_TOKENS = {
     "fwdtma": {"fwd": "tma"},
     "bwdtma": {"bwd": "tma"},
     "ws": {"fwd": "ws"},
-    "lowreg": {"configs": {128: {"dkdv": [64, 64, 8, 3], "fused": [64, 32, 8, 3]}}},
+    "lowreg": {"configs": {128: {"dkdv": [64, 64, 8, 3], "fused": [64, 64, 8, 2]}}},
 }
 
 
@@ -314,18 +314,17 @@ def register_report():
 
 SWEEP = {
     64: {
-        "fwd": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 8, 4),
-                (128, 128, 8, 2)],
+        "fwd": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 8, 4)],
         "dq": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4)],
         "dkdv": [(64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4), (64, 64, 8, 3), (64, 128, 4, 2)],
-        "fused": [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 2), (128, 64, 8, 3), (64, 32, 4, 4),
-                  (128, 32, 8, 3)],
+        "fused": [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 64, 4, 2), (64, 64, 4, 3),
+                  (64, 64, 4, 4)],
     },
     128: {
-        "fwd": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 4), (64, 64, 4, 3), (128, 128, 8, 2)],
+        "fwd": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 4), (64, 64, 4, 3)],
         "dq": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 4), (64, 64, 4, 3)],
         "dkdv": [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 4)],
-        "fused": [(64, 64, 8, 2), (64, 64, 8, 3), (64, 32, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3),
+        "fused": [(128, 32, 8, 3), (128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 8, 3),
                   (64, 64, 4, 2)],
     },
 }

@@ -22,13 +22,14 @@ import json
 import os
 
 # Hopper (H100 / H200), chosen by the sweep in benchmarks/run_gpu_kernels.sh (docs/kernels.md).
-# The "fused" entries are first guesses, not yet swept: dkdv's plus a float32 BLOCK_M x D dq tile
-# live per step, so D128 drops to 64 keys per program over 8 warps.
+# The "fused" entries are first guesses, not yet swept. Each element of dq receives one float32
+# atomic add per key block, so 128-key programs halve that traffic against 64; at D128 the
+# query steps shrink to 32 rows to make room for the dq tile next to the dk, dv accumulators.
 SM90 = {
-    16: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(64, 64, 4, 3), fused=(64, 64, 4, 3)),
-    32: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 3), fused=(64, 64, 4, 3)),
-    64: dict(fwd=(128, 64, 8, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 4), fused=(64, 64, 4, 3)),
-    128: dict(fwd=(64, 64, 4, 3), dq=(128, 64, 8, 4), dkdv=(128, 64, 8, 3), fused=(64, 64, 8, 2)),
+    16: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(64, 64, 4, 3), fused=(128, 64, 4, 3)),
+    32: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 3), fused=(128, 64, 4, 3)),
+    64: dict(fwd=(128, 64, 8, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 4), fused=(128, 64, 8, 2)),
+    128: dict(fwd=(64, 64, 4, 3), dq=(128, 64, 8, 4), dkdv=(128, 64, 8, 3), fused=(128, 32, 8, 3)),
     256: dict(fwd=(64, 32, 4, 2), dq=(64, 32, 4, 2), dkdv=(64, 32, 8, 1), fused=(64, 32, 8, 1)),
 }
 
