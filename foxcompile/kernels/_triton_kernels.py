@@ -16,6 +16,11 @@ query block (BLOCK_M divides GRID_M) over key steps of BLOCK_N (divides GRID_N) 
 first computed key block START[m] * GRID_N; dkdv walks a key block (BLOCK_N divides GRID_N) over
 query steps of BLOCK_M (divides GRID_M) up to END[n] * GRID_M rows. Steps that cross the causal
 diagonal or an edge take the masked path; all others load and compute with no masks at all.
+
+Opt-in variants (constexpr switches; triton_attention.forward_variant / backward_variant):
+FUSED makes the dkdv kernel the whole backward (dq and the dS row sums added with float32
+atomics, no dq kernel); TMA reads the streamed tiles through tensor descriptors (and, with FUSED,
+adds dq by bulk reductions); WS asks for warp specialisation of the forward's unmasked loop.
 """
 import triton
 import triton.language as tl
