@@ -20,7 +20,7 @@ diagonal or an edge take the masked path; all others load and compute with no ma
 Opt-in variants (constexpr switches; triton_attention.forward_variant / backward_variant):
 FUSED makes the dkdv kernel the whole backward (dq and the dS row sums added with float32
 atomics, no dq kernel); TMA reads the streamed tiles through tensor descriptors (and, with FUSED,
-adds dq by bulk reductions); WS asks for warp specialisation of the forward's unmasked loop.
+adds dq by bulk reductions); WS makes the forward one warp-specialised key loop.
 """
 import triton
 import triton.language as tl
@@ -82,16 +82,17 @@ def _atomic_add(ptrs, x, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.co
 
 
 @triton.jit
-def _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, b, hk,
+def _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, LD, b, h, hk,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_ln,
                lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok,
                BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
-               D_MASK: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
-               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+               D_MASK: tl.constexpr, TMA: tl.constexpr, LAM_TMA: tl.constexpr,
+               WS: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
     """Key steps [lo, hi) of one query block (online softmax in the exp2 domain). TMA: k and v
     come through the descriptors KD, VD over (B, Hk, N, D) (zeros past the edges), indexed by
-    (b, hk) as int32; otherwise through pointers K, V already offset to (b, hk). WS asks Triton
-    to warp-specialise the loop."""
+    (b, hk) as int32; otherwise through pointers K, V already offset to (b, hk). LAM_TMA: lam
+    through LD over (B, Hq, N), indexed by (b, h); else pointer LAM. WS asks Triton to
+    warp-specialise the loop (its producer takes descriptor loads only)."""
     for start in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
@@ -100,7 +101,9 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, b, hk,
         else:
             kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                        n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
-        if MASKED:
+        if LAM_TMA:
+            lam_k = LD.load([b, h, start]).reshape([BLOCK_N])
+        elif MASKED:
             lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
         else:
             lam_k = tl.load(LAM + offs_n * stride_ln)
@@ -127,7 +130,7 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, b, hk,
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, KD, VD,
+def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, QD, KD, VD, LD,
                 stride_qb, stride_qh, stride_qm, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
                 stride_vb, stride_vh, stride_vn, stride_vd,
@@ -138,11 +141,14 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, KD, VD,
                 n_heads, group, n_queries, n_keys, qk_scale,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                GRID_M: tl.constexpr, GRID_N: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr,
-                CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+                GRID_M: tl.constexpr, GRID_N: tl.constexpr, TMA: tl.constexpr,
+                LAM_TMA: tl.constexpr, WS: tl.constexpr, CAST_F32: tl.constexpr,
+                DOT_PREC: tl.constexpr):
     """One program per (b, query head, block of BLOCK_M queries): OUT and LSE (natural log).
-    TMA: KD, VD are tensor descriptors of k, v with blocks [1, 1, BLOCK_N, D_PAD] (else None);
-    WS: warp-specialise the unmasked key loop (forward variants, see forward_variant())."""
+    TMA: QD is a tensor descriptor of q with blocks [1, 1, BLOCK_M, D_PAD], KD and VD ones of
+    k and v with blocks [1, 1, BLOCK_N, D_PAD] (else all None);
+    LAM_TMA: LD one of lam with blocks [1, 1, BLOCK_N] (else None); WS: one key loop, masked at
+    every step, warp-specialised (forward variants, see forward_variant())."""
     # One flat grid (no 65535 limit on B * H); within a head the heavy (late) query blocks,
     # which have the most key blocks under the causal mask, start first.
     m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
@@ -170,8 +176,11 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, KD, VD,
     pos_q = offset + offs_m
     pos0 = offset + row0
 
-    q = _load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-              m_ok[:, None], d_ok[None, :], True, D_MASK)
+    if TMA:  # warp specialisation also needs the dot's resident operand from a descriptor
+        q = QD.load([b.to(tl.int32), h.to(tl.int32), row0, 0]).reshape([BLOCK_M, D_PAD])
+    else:
+        q = _load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                  m_ok[:, None], d_ok[None, :], True, D_MASK)
     if CAST_F32:
         q = q.to(tl.float32)
     lam_ref = tl.load(LAM + pos0 * stride_ln)
@@ -186,15 +195,23 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, KD, VD,
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
     b32 = b.to(tl.int32)
+    h32 = h.to(tl.int32)
     hk32 = hk.to(tl.int32)
-    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, b32, hk32, stride_kn, stride_kd,
-                               stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid,
-                               n_keys, offs_d, d_ok, BLOCK_N, D_PAD, False, D_MASK, TMA, WS,
-                               CAST_F32, DOT_PREC)
-    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, b32, hk32, stride_kn, stride_kd,
-                               stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi,
-                               n_keys, offs_d, d_ok, BLOCK_N, D_PAD, True, D_MASK, TMA, False,
-                               CAST_F32, DOT_PREC)
+    if WS:
+        # Triton's Hopper warp specialisation takes one loop per kernel: every step masked
+        acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, LD, b32, h32, hk32,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_ln, lam_ref,
+                                   qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok, BLOCK_N, D_PAD,
+                                   True, D_MASK, TMA, LAM_TMA, True, CAST_F32, DOT_PREC)
+    else:
+        acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, LD, b32, h32, hk32,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_ln, lam_ref,
+                                   qk_scale, pos_q, lo, mid, n_keys, offs_d, d_ok, BLOCK_N, D_PAD,
+                                   False, D_MASK, TMA, LAM_TMA, False, CAST_F32, DOT_PREC)
+        acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, LD, b32, h32, hk32,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_ln, lam_ref,
+                                   qk_scale, pos_q, mid, hi, n_keys, offs_d, d_ok, BLOCK_N, D_PAD,
+                                   True, D_MASK, TMA, LAM_TMA, False, CAST_F32, DOT_PREC)
 
     out = acc / l_i[:, None]
     tl.store(OUT + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,

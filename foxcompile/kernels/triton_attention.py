@@ -177,9 +177,11 @@ def _flags(name: str, default: str, allowed) -> frozenset:
 
 def forward_variant() -> frozenset:
     """FOXCOMPILE_FWD: "base" (default) or flags joined by "+" (opt-in, for timing):
-    "tma" loads k and v through TMA tensor descriptors (sm90+, layouts with 16-byte aligned
-    strides, else pointers); "ws" asks Triton to warp-specialise the unmasked key loop (Triton's
-    automatic warp specialisation; on Hopper it is meant for descriptor loads, so "tma+ws")."""
+    "tma" loads q, k and v through TMA tensor descriptors (sm90+, layouts with 16-byte aligned
+    strides, else pointers; lam too where its last stride is 1); "ws" makes the key walk one
+    loop, masked at every step, for Triton's automatic warp specialisation (on Hopper: one loop
+    per kernel, 64-row blocks on 4 warps, launch table key "fwd_ws"), only with "tma" and only
+    where every load went through a descriptor (its producer warps take nothing else)."""
     return _flags("FOXCOMPILE_FWD", "base", FORWARD_FLAGS)
 
 
@@ -211,14 +213,14 @@ def _tma_ok(*tensors, interpret: bool) -> bool:
     return True
 
 
-def _descriptor(t: torch.Tensor, rows: int, d_pad: int):
-    """TMA descriptor of a (B, H, T, D) tensor with blocks [1, 1, rows, d_pad] (zeros past the
-    edges on loads, clipped on reductions). Size-1 dims get a 16-byte stride (never used)."""
+def _descriptor(t: torch.Tensor, *block: int):
+    """TMA descriptor of a (B, H, T, D) or (B, H, T) tensor with blocks [1, 1, *block] (zeros
+    past the edges on loads, clipped on reductions). Size-1 dims get a 16-byte stride (unused)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     unit = 16 // t.element_size()
     strides = [st if n > 1 else unit for st, n in zip(t.stride(), t.shape)]
     strides[-1] = 1
-    return TensorDescriptor(t, list(t.shape), strides, [1, 1, rows, d_pad])
+    return TensorDescriptor(t, list(t.shape), strides, [1, 1, *block])
 
 
 def _interpreter_descriptor_reduce():
@@ -255,30 +257,35 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor) -> torch.
     interpret = _mode(q)
     kern = _kernels(interpret)
     d_pad = _d_pad(head_dim)
-    config = launch_config("fwd", d_pad, plan.block_m, plan.block_n, _capability(q.device),
-                           interpret, q.element_size())
     lam = _f32(lam)
     start = plan.start
     flags = forward_variant()
-    tma = "tma" in flags and _tma_ok(k, v, interpret=interpret)
+    tma = "tma" in flags and _tma_ok(q, k, v, interpret=interpret)
+    lam_tma = tma and _tma_ok(lam, interpret=interpret)   # a (B, T, H) view of lam has none
+    ws = "ws" in flags and lam_tma  # the specialised loop's producer takes descriptor loads only
+    kind = "fwd_ws" if ws else "fwd"
+    config = launch_config(kind, d_pad, plan.block_m, plan.block_n, _capability(q.device),
+                           interpret, q.element_size())
 
     def launch(config):
         block_m, block_n, warps, stages = config
+        qd = _descriptor(q, block_m, d_pad) if tma else None
         kd = _descriptor(k, block_n, d_pad) if tma else None
         vd = _descriptor(v, block_n, d_pad) if tma else None
+        ld = _descriptor(lam, block_n) if lam_tma else None
         grid = (triton_cdiv(n_queries, block_m) * batch * q_heads,)
         kern._fwd_kernel[grid](
-            q, k, v, lam, out, lse, start, kd, vd,
+            q, k, v, lam, out, lse, start, qd, kd, vd, ld,
             *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *out.stride(), *lse.stride(),
             *start.stride(),
             q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
-            GRID_M=plan.block_m, GRID_N=plan.block_n, TMA=tma, WS="ws" in flags,
+            GRID_M=plan.block_m, GRID_N=plan.block_n, TMA=tma, LAM_TMA=lam_tma, WS=ws,
             CAST_F32=interpret, DOT_PREC=_dot_precision(q.dtype, interpret),
             num_warps=warps, num_stages=stages)
 
     with _device_guard(q):
-        _launch("fwd", config, (d_pad, q.dtype, q.device, flags), launch)
+        _launch(kind, config, (d_pad, q.dtype, q.device, flags), launch)
     return lse
 
 

@@ -13,10 +13,11 @@ that divide it exactly, so forward and backward skip exactly the same (i, j) pai
                                                      query steps of BLOCK_M (divides GRID_M)
     fused (BLOCK_N, BLOCK_M, num_warps, num_stages)  same walk as dkdv (FOXCOMPILE_BWD=fused:
                                                      the dkdv kernel also adds dq with atomics)
+    fwd_ws                                           fwd's, for FOXCOMPILE_FWD=tma+ws (FWD_WS)
 
 Keys of the tables are the head dim padded to a power of two (16 .. 256). See docs/kernels.md for
 how the sm90 table was chosen. FOXCOMPILE_KERNEL_CONFIG (a JSON object with any of the keys
-"fwd", "dq", "dkdv", "fused", each a list of four ints) overrides the table, for tuning sweeps.
+"fwd", "dq", "dkdv", "fused", "fwd_ws", each a list of four ints) overrides the table, for tuning sweeps.
 """
 import json
 import os
@@ -42,9 +43,14 @@ DEFAULT = {
     256: dict(fwd=(64, 32, 4, 1), dq=(64, 32, 4, 1), dkdv=(32, 32, 4, 1), fused=(32, 32, 4, 1)),
 }
 
+# The warp-specialised forward (FOXCOMPILE_FWD=tma+ws), every head dim and GPU: Triton's Hopper
+# warp specialisation wants one consumer warpgroup of 64 rows (with Triton 3.9 it declines
+# 8 warps and fails on 128 rows over 4 warps).
+FWD_WS = (64, 64, 4, 3)
+
 # Under TRITON_INTERPRET=1 warps and stages mean nothing; small steps keep numpy's work down.
 INTERPRET = dict(fwd=(None, 32, 1, 1), dq=(None, 32, 1, 1), dkdv=(None, 32, 1, 1),
-                 fused=(None, 32, 1, 1))
+                 fused=(None, 32, 1, 1), fwd_ws=(64, 32, 1, 1))
 
 _override_cache: dict = {}
 
@@ -71,7 +77,7 @@ def shared_memory_estimate(kernel: str, outer: int, step: int, stages: int, d_pa
                            elem_bytes: int) -> int:
     """Bytes of shared memory the software pipeline needs: the resident tiles (q for fwd; q and
     dO for dq; k and v for dkdv) plus `stages` copies of the streamed pair of tiles."""
-    resident = (1 if kernel == "fwd" else 2) * outer * d_pad
+    resident = (1 if kernel.startswith("fwd") else 2) * outer * d_pad
     return elem_bytes * (resident + stages * 2 * step * d_pad)
 
 
@@ -101,12 +107,15 @@ def fit_shared_memory(kernel, outer, step, stages, d_pad, elem_bytes, budget):
 
 def launch_config(kernel: str, d_pad: int, grid_m: int, grid_n: int, capability, interpret: bool,
                   elem_bytes: int = 2):
-    """(outer block, step block, num_warps, num_stages) for 'fwd', 'dq', 'dkdv' or 'fused', fitted
-    to the pruning grid (outer and step blocks divide it) and to the shared memory of the device (the
-    table is for 2-byte inputs; float32 inputs get fewer stages or smaller steps).
+    """(outer block, step block, num_warps, num_stages) for 'fwd', 'dq', 'dkdv', 'fused' or
+    'fwd_ws', fitted to the pruning grid (outer and step blocks divide it) and to the shared
+    memory of the device (the table is for 2-byte inputs; float32 inputs get fewer stages or
+    smaller steps).
     capability: (major, minor) or None."""
     if interpret:
         outer, step, warps, stages = INTERPRET[kernel]
+    elif kernel == "fwd_ws":
+        outer, step, warps, stages = FWD_WS
     else:
         table = SM90 if capability is not None and capability[0] == 9 else DEFAULT
         outer, step, warps, stages = table[d_pad][kernel]
