@@ -403,14 +403,17 @@ def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA, DQ, DLAM_ROW, QD, 
         dk = tl.dot(ds_in, tl.trans(qt), dk, input_precision=DOT_PREC)
         colsum += _sum_rows(dst)
         if FUSED:
-            # dq^T = k^T dS^T: D_PAD rows, so the product stays a warpgroup MMA (M >= 64) for
-            # any BLOCK_M from D = 64 up
-            dqt = tl.dot(tl.trans(k), ds_in, input_precision=DOT_PREC) * scale
-            if TMA:
-                XD.atomic_add([b, h, start, 0], tl.trans(dqt).reshape([1, 1, BLOCK_M, D_PAD]))
+            # The product's M (rows) should be >= 64 for a warpgroup MMA: dq^T = k^T dS^T has
+            # D_PAD rows, dq = dS k has BLOCK_M.
+            if D_PAD >= 64:
+                dq = tl.trans(tl.dot(tl.trans(k), ds_in, input_precision=DOT_PREC)) * scale
             else:
-                _atomic_add(DQ + offs_d[:, None] * stride_xd + offs_m[None, :] * stride_xm, dqt,
-                            d_ok[:, None], m_ok[None, :], D_MASK, ROW_MASK)
+                dq = tl.dot(tl.trans(ds_in), k, input_precision=DOT_PREC) * scale
+            if TMA:
+                XD.atomic_add([b, h, start, 0], dq.reshape([1, 1, BLOCK_M, D_PAD]))
+            else:
+                _atomic_add(DQ + offs_m[:, None] * stride_xm + offs_d[None, :] * stride_xd, dq,
+                            m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
             _atomic_add(DLAM_ROW + pos_q * stride_rn, _sum_cols(dst), m_ok, m_ok, ROW_MASK, False)
     return dk, dv, colsum
 

@@ -27,8 +27,8 @@ import os
 # atomic add per key block, so 128-key programs halve that traffic against 64; at D128 the
 # query steps shrink to 32 rows to make room for the dq tile next to the dk, dv accumulators.
 SM90 = {
-    16: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(64, 64, 4, 3), fused=(128, 64, 4, 3)),
-    32: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 3), fused=(128, 64, 4, 3)),
+    16: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(64, 64, 4, 3), fused=(128, 64, 8, 3)),
+    32: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 3), fused=(128, 64, 8, 3)),
     64: dict(fwd=(128, 64, 8, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 4), fused=(128, 64, 8, 2)),
     128: dict(fwd=(64, 64, 4, 3), dq=(128, 64, 8, 4), dkdv=(128, 64, 8, 3), fused=(128, 32, 8, 3)),
     256: dict(fwd=(64, 32, 4, 2), dq=(64, 32, 4, 2), dkdv=(64, 32, 8, 1), fused=(64, 32, 8, 1)),
