@@ -19,6 +19,9 @@ float32 inputs: the matrix products follow torch.get_float32_matmul_precision(),
 matmuls do: exact float32 ("ieee") under the default "highest", TF32 on the tensor cores (10-bit
 mantissa, float32 accumulation) under "high" or "medium". FOXCOMPILE_FP32_DOT=ieee|tf32
 overrides it. The softmax, the normaliser and every accumulator are float32 for every input dtype.
+
+Opt-in kernel variants, read at every launch so one process can time them side by side:
+FOXCOMPILE_FWD and FOXCOMPILE_BWD (forward_variant, backward_variant; docs/kernels.md).
 """
 import importlib.util
 import os
