@@ -62,7 +62,7 @@ for step in $steps; do
       ;;
     profile)
       stamp "per-kernel profile"
-      timeout 200 $PY benchmarks/profile_kernels.py 2>&1 | tee "$OUT/profile.log" | grep -v Warning
+      timeout 200 $PY benchmarks/profile_kernels.py ${VARIANTS:+--variants "$VARIANTS"} 2>&1 | tee "$OUT/profile.log" | grep -v Warning
       ;;
     sweep)
       stamp "launch-config sweep"
