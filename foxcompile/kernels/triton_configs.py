@@ -17,7 +17,8 @@ that divide it exactly, so forward and backward skip exactly the same (i, j) pai
 
 Keys of the tables are the head dim padded to a power of two (16 .. 256). See docs/kernels.md for
 how the sm90 table was chosen. FOXCOMPILE_KERNEL_CONFIG (a JSON object with any of the keys
-"fwd", "dq", "dkdv", "fused", "fwd_ws", each a list of four ints) overrides the table, for tuning sweeps.
+"fwd", "dq", "dkdv", "fused", "fwd_ws", each a list of four ints) overrides the table, for tuning
+sweeps.
 """
 import json
 import os
@@ -76,7 +77,9 @@ def _fit(block: int, grid: int) -> int:
 def shared_memory_estimate(kernel: str, outer: int, step: int, stages: int, d_pad: int,
                            elem_bytes: int) -> int:
     """Bytes of shared memory the software pipeline needs: the resident tiles (q for fwd; q and
-    dO for dq; k and v for dkdv) plus `stages` copies of the streamed pair of tiles."""
+    dO for dq; k and v for dkdv and fused) plus `stages` copies of the streamed pair of tiles.
+    Smaller buffers (dS, fused's dq staging) are not counted: an out-of-resources compile still
+    falls back (triton_attention._launch)."""
     resident = (1 if kernel.startswith("fwd") else 2) * outer * d_pad
     return elem_bytes * (resident + stages * 2 * step * d_pad)
 
