@@ -6,16 +6,11 @@ autograd op end to end. One run, one card.
     python benchmarks/bench_attention.py [--shapes B8-T4096-H24-D64,...] [--json out.json]
     python benchmarks/bench_attention.py --sweep --json sweep.json    # launch-config sweep
     python benchmarks/bench_attention.py --configs sweep.json ...       # time with the sweep's best
-    python benchmarks/bench_attention.py --variants base,fused,tma+ws   # kernel variants, one run
 
 Median milliseconds (triton.testing.do_bench) of the forward and of forward + backward;
 dense-equivalent TFLOP/s (causal forward 4 B H T^2 D / 2, forward + backward 3.5 times that, the
 unpruned count over the time); the fraction of causal tiles skipped (on the kernels' pruning grid,
 and on the anchors' 128 x 64 grid); the ratio to cuDNN.
-
---variants times foxcompile's dense and ACP rows once per kernel variant (see VARIANT_TOKENS; a
-variant is tokens joined by "+", e.g. fused+tma+ws), setting FOXCOMPILE_FWD / FOXCOMPILE_BWD for
-its rows only, and checks each variant's dense outputs and gradients against the first one's.
 """
 import argparse
 import datetime
@@ -190,74 +185,6 @@ def fla(q, k, v, log_f):
     return fwd, fwd_bwd, [qg, kg, vg, g]
 
 
-# ----------------------------------------------------------------------------- variants
-
-# token -> what it sets: backward flags (FOXCOMPILE_BWD: "fused", "tma"), forward flags
-# (FOXCOMPILE_FWD: "tma", "ws"), or launch configs per padded head dim merged over the table and
-# --configs ("lowreg": D128 dkdv and fused with shorter query steps, 32 and 16 rows, which
-# compile without spills for sm90 where the table's 64 and 32 spill; see compile_offline.py).
-VARIANT_TOKENS = {
-    "base": {},
-    "split": {},
-    "fused": {"bwd": "fused"},
-    "tma": {"fwd": "tma", "bwd": "tma"},
-    "fwdtma": {"fwd": "tma"},
-    "bwdtma": {"bwd": "tma"},
-    "ws": {"fwd": "ws"},
-    "lowreg": {"configs": {128: {"dkdv": [128, 32, 8, 3], "fused": [128, 16, 8, 3]}}},
-}
-
-
-def parse_variant(name):
-    """'fused+tma+ws' -> (FOXCOMPILE_BWD, FOXCOMPILE_FWD, {head dim: {kernel: config}})."""
-    bwd, fwd, configs = set(), set(), {}
-    for token in name.split("+"):
-        if token not in VARIANT_TOKENS:
-            raise SystemExit(f"unknown variant token {token!r} in {name!r}: "
-                             f"{sorted(VARIANT_TOKENS)}")
-        spec = VARIANT_TOKENS[token]
-        bwd |= {spec["bwd"]} if "bwd" in spec else set()
-        fwd |= {spec["fwd"]} if "fwd" in spec else set()
-        for d, table in spec.get("configs", {}).items():
-            configs.setdefault(d, {}).update(table)
-    return "+".join(sorted(bwd)) or "split", "+".join(sorted(fwd)) or "base", configs
-
-
-def set_variant(name, configs, head_dim):
-    """Environment of one variant for one shape: FOXCOMPILE_BWD, FOXCOMPILE_FWD and
-    FOXCOMPILE_KERNEL_CONFIG (the sweep's best for this head dim, then the variant's own)."""
-    bwd, fwd, own = parse_variant(name)
-    os.environ["FOXCOMPILE_BWD"] = bwd
-    os.environ["FOXCOMPILE_FWD"] = fwd
-    best = dict((configs or {}).get(str(head_dim)) or {})
-    d_pad = max(16, 1 << (head_dim - 1).bit_length())
-    best.update(own.get(d_pad, {}))
-    if best:
-        os.environ["FOXCOMPILE_KERNEL_CONFIG"] = json.dumps(best)
-    else:
-        os.environ.pop("FOXCOMPILE_KERNEL_CONFIG", None)
-
-
-def fox_outputs(q, k, v, lam):
-    """Dense out, dq, dk, dv, dlam of the kernels under the current variant (float32 copies)."""
-    from foxcompile.kernels import triton_attention as ta
-    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
-    scale = q.shape[-1] ** -0.5
-    grad = torch.randn(q.shape, generator=torch.Generator(device=q.device).manual_seed(7),
-                       device=q.device).to(q.dtype).transpose(1, 2)
-    plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, plan_mod.PRUNE_OFF)
-    out = torch.empty_like(q).transpose(1, 2)
-    lse = ta.forward(qh, kh, vh, lam, plan, scale, out)
-    dq, dk, dv = (torch.empty_like(t).transpose(1, 2) for t in (q, k, v))
-    dlam = ta.backward(grad, qh, kh, vh, lam, out, lse, plan, scale, dq, dk, dv)
-    return [t.float() for t in (out, dq, dk, dv, dlam)]
-
-
-def max_rel_diff(got, ref):
-    """max over out, dq, dk, dv, dlam of ||got - ref|| / ||ref||."""
-    return max(((g - r).norm() / r.norm().clamp_min(1e-30)).item() for g, r in zip(got, ref))
-
-
 # ----------------------------------------------------------------------------- helpers
 
 def skipped_fraction(q, k, lam, block_m, block_n):
@@ -267,6 +194,15 @@ def skipped_fraction(q, k, lam, block_m, block_n):
     start = plan_mod.start_blocks(lam, delta, q.shape[1], block_m, block_n)
     c = plan_mod.tile_counts(start, q.shape[1], k.shape[1], block_m, block_n)
     return (c.skipped_tiles.sum() / c.causal_tiles.sum()).item()
+
+
+def set_configs(configs, head_dim):
+    """FOXCOMPILE_KERNEL_CONFIG from a sweep's best configs for this head dim (or clear it)."""
+    best = (configs or {}).get(str(head_dim))
+    if best:
+        os.environ["FOXCOMPILE_KERNEL_CONFIG"] = json.dumps(best)
+    else:
+        os.environ.pop("FOXCOMPILE_KERNEL_CONFIG", None)
 
 
 def versions():
@@ -318,16 +254,11 @@ SWEEP = {
         "fwd": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 64, 8, 2), (64, 64, 4, 3), (128, 32, 8, 4)],
         "dq": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4)],
         "dkdv": [(64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4), (64, 64, 8, 3), (64, 128, 4, 2)],
-        "fused": [(128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3),
-                  (64, 64, 4, 4)],
     },
     128: {
         "fwd": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 4), (64, 64, 4, 3)],
         "dq": [(128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 4), (64, 64, 4, 3)],
-        "dkdv": [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 4),
-                 (128, 32, 8, 3)],
-        "fused": [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 3), (128, 64, 8, 2),
-                  (64, 64, 8, 2)],
+        "dkdv": [(128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 4)],
     },
 }
 SWEEP_SHAPES = {64: "B2-T16384-H24-D64", 128: "B1-T16384-H16-D128"}
@@ -335,9 +266,7 @@ SWEEP_SHAPES = {64: "B2-T16384-H24-D64", 128: "B1-T16384-H16-D128"}
 
 def sweep(args):
     """Time each candidate launch config of each kernel, dense and with ACP; pick per head dim
-    the one with the smallest sum of (time / best time) over the two. "fused" candidates run with
-    FOXCOMPILE_BWD=fused, "dkdv" and "dq" with split; the forward keeps FOXCOMPILE_FWD as set.
-    --sweep-kernels limits the kernels (e.g. fused,fwd)."""
+    the one with the smallest sum of (time / best time) over the two."""
     from foxcompile.kernels import triton_attention as ta
     results = {"versions": versions(), "candidates": {}, "best": {}}
     for head_dim, shape in SWEEP_SHAPES.items():
@@ -352,9 +281,6 @@ def sweep(args):
         dq, dk, dv = (torch.empty_like(t).transpose(1, 2) for t in (q, k, v))
         best = {}
         for kernel, candidates in SWEEP[head_dim].items():
-            if args.sweep_kernels and kernel not in args.sweep_kernels.split(","):
-                continue
-            os.environ["FOXCOMPILE_BWD"] = "fused" if kernel == "fused" else "split"
             timings = []
             for cfg in candidates:
                 os.environ["FOXCOMPILE_KERNEL_CONFIG"] = json.dumps({kernel: cfg})
@@ -380,7 +306,6 @@ def sweep(args):
                 best[kernel] = list(pick["config"])
             results["candidates"][f"{head_dim}/{kernel}"] = timings
         os.environ.pop("FOXCOMPILE_KERNEL_CONFIG", None)
-        os.environ.pop("FOXCOMPILE_BWD", None)
         results["best"][str(head_dim)] = best
         print(f"best D{head_dim}: {best}", flush=True)
     results["registers"] = register_report()
@@ -420,12 +345,6 @@ def main():
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--json", default=None)
     parser.add_argument("--sweep", action="store_true")
-    parser.add_argument("--sweep-kernels", default="", help="comma-separated kernels to sweep "
-                        "(fwd,dq,dkdv,fused; default all)")
-    parser.add_argument("--variants", default="base",
-                        help="comma-separated kernel variants for the foxcompile rows, each tokens "
-                             "joined by + from " + ",".join(VARIANT_TOKENS) + " (e.g. base,fused,"
-                             "tma,fused+tma+ws)")
     parser.add_argument("--profile-plan", action="store_true")
     parser.add_argument("--configs", default=None, help="a sweep's JSON: time with its best configs")
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out (e.g. flex,fla)")
@@ -446,59 +365,53 @@ def main():
         with open(args.configs) as f:
             configs = json.load(f).get("best")
     skip = set(filter(None, args.skip.split(",")))
-    variants = [v for v in args.variants.split(",") if v]
-    for name in variants:
-        parse_variant(name)  # fail early on a typo
     info = versions()
     print(json.dumps(info), flush=True)
-    results = {"versions": info, "configs": configs, "variants": variants, "rows": []}
+    results = {"versions": info, "configs": configs, "rows": []}
     for shape in args.shapes.split(","):
         batch, seq, heads, head_dim = parse_shape(shape)
         torch.cuda.empty_cache()
         q, k, v, log_f, lam = syn70(batch, seq, heads, head_dim)
+        set_configs(configs, head_dim)
         flops = causal_flops(batch, seq, heads, head_dim)
         grid = plan_mod.tile_sizes(head_dim)
         skip_grid = skipped_fraction(q, k, lam, *grid)
         skip_anchor = skipped_fraction(q, k, lam, 128, 64)
-        # Baselines first: a variant that breaks the CUDA context cannot take them down.
-        others = [
+        impls = [
+            ("foxcompile ACP", "fox-acp", lambda: fox_kernels(q, k, v, lam, plan_mod.PRUNE_PROVEN)),
+            ("foxcompile dense", "fox-dense", lambda: fox_kernels(q, k, v, lam, plan_mod.PRUNE_OFF)),
+            ("foxcompile op (autograd, guarded ACP)", "fox-op", lambda: fox_op(q, k, v, log_f)),
             ("SDPA flash, causal, no gate", "flash", lambda: sdpa(q, k, v, "flash")),
             ("SDPA cuDNN, causal, no gate", "cudnn", lambda: sdpa(q, k, v, "cudnn")),
             ("FlexAttention, FoX score_mod", "flex", lambda: flex(q, k, v, lam)),
             ("fla parallel_forgetting_attn", "fla", lambda: fla(q, k, v, log_f)),
         ]
-        fox = [
-            ("foxcompile ACP", "fox-acp", lambda: fox_kernels(q, k, v, lam, plan_mod.PRUNE_PROVEN)),
-            ("foxcompile dense", "fox-dense", lambda: fox_kernels(q, k, v, lam, plan_mod.PRUNE_OFF)),
-            ("foxcompile op (autograd, guarded ACP)", "fox-op", lambda: fox_op(q, k, v, log_f)),
-        ]
-        set_variant(variants[0], configs, head_dim)
-        shape_rows = [time_row(shape, label, key, make, skip, flops) for label, key, make in others]
-        reference = None
-        for variant in variants:
-            set_variant(variant, configs, head_dim)
-            check = {}
-            if len(variants) > 1:
+        shape_rows = []
+        for label, key, make in impls:
+            row = {"shape": shape, "impl": label, "key": key}
+            if key in skip:
+                row["error"] = "skipped"
+            else:
                 try:
-                    got = fox_outputs(q, k, v, lam)
-                    if variant == variants[0]:
-                        reference = got
-                    elif reference is not None:
-                        check["max_rel_diff"] = max_rel_diff(got, reference)
-                    del got
+                    fwd, fwd_bwd, leaves = make()
+                    fwd()
+                    fwd_bwd()
+                    torch.cuda.synchronize()
+                    row["fwd_ms"] = bench(fwd)
+                    row["fwd_bwd_ms"] = bench(fwd_bwd, grad_to_none=leaves)
+                    row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
+                    row["fwd_bwd_tflops"] = 3.5 * flops / row["fwd_bwd_ms"] / 1e9
                 except Exception as exc:
-                    check["check_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-            for label, key, make in fox:
-                if len(variants) > 1:
-                    label = f"{label} [{variant}]"
-                row = time_row(shape, label, key, make, skip, flops)
-                row.update(variant=variant, **check)
-                if key in ("fox-acp", "fox-op"):
-                    row["skipped_tiles"] = skip_grid
-                    row["skipped_tiles_128x64"] = skip_anchor
-                shape_rows.append(row)
-                print(json.dumps(row), flush=True)
-        reference = None
+                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" \
+                        if str(exc) else type(exc).__name__
+                    if not isinstance(exc, ImportError):
+                        traceback.print_exc(limit=3)
+                torch.cuda.synchronize()
+            if key in ("fox-acp", "fox-op"):
+                row["skipped_tiles"] = skip_grid
+                row["skipped_tiles_128x64"] = skip_anchor
+            shape_rows.append(row)
+            print(json.dumps(row), flush=True)
         base = next((r for r in shape_rows if r["key"] == "cudnn" and "fwd_ms" in r), None)
         for row in shape_rows:
             if base and "fwd_ms" in row:
@@ -506,11 +419,7 @@ def main():
                 row["fwd_bwd_vs_cudnn"] = row["fwd_bwd_ms"] / base["fwd_bwd_ms"]
         results["rows"].extend(shape_rows)
         del q, k, v, log_f, lam
-        if args.json:  # after every shape, so a run cut short keeps what it measured
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=1)
-    for name in ("FOXCOMPILE_KERNEL_CONFIG", "FOXCOMPILE_FWD", "FOXCOMPILE_BWD"):
-        os.environ.pop(name, None)
+    os.environ.pop("FOXCOMPILE_KERNEL_CONFIG", None)
     results["registers"] = register_report()
     if args.json:
         with open(args.json, "w") as f:
@@ -518,48 +427,20 @@ def main():
     print_table(results)
 
 
-def time_row(shape, label, key, make, skip, flops):
-    """One table row: median forward and forward + backward times of make()'s functions."""
-    row = {"shape": shape, "impl": label, "key": key}
-    if key in skip:
-        row["error"] = "skipped"
-        return row
-    try:
-        fwd, fwd_bwd, leaves = make()
-        fwd()
-        fwd_bwd()
-        torch.cuda.synchronize()
-        row["fwd_ms"] = bench(fwd)
-        row["fwd_bwd_ms"] = bench(fwd_bwd, grad_to_none=leaves)
-        row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
-        row["fwd_bwd_tflops"] = 3.5 * flops / row["fwd_bwd_ms"] / 1e9
-    except Exception as exc:
-        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" \
-            if str(exc) else type(exc).__name__
-        if not isinstance(exc, ImportError):
-            traceback.print_exc(limit=3)
-    torch.cuda.synchronize()
-    if key not in ("fox-acp", "fox-dense", "fox-op"):
-        print(json.dumps(row), flush=True)
-    return row
-
-
 def print_table(results):
     info = results["versions"]
     print(f"\n{info['card']} (sm{info['capability']}), torch {info['torch']}, triton "
           f"{info['triton']}, CUDA {info['cuda']}, cuDNN {info['cudnn']}, {info['date']}")
-    print(f"{'shape':<19} {'implementation':<52} {'fwd ms':>8} {'f+b ms':>8} {'fwdTF/s':>8} "
-          f"{'f+bTF/s':>8} {'skip':>6} {'f/cuDNN':>8} {'fb/cuDNN':>8} {'diff':>8}")
+    print(f"{'shape':<19} {'implementation':<38} {'fwd ms':>8} {'f+b ms':>8} {'fwdTF/s':>8} "
+          f"{'f+bTF/s':>8} {'skip':>6} {'f/cuDNN':>8} {'fb/cuDNN':>8}")
     for r in results["rows"]:
         if "fwd_ms" not in r:
-            print(f"{r['shape']:<19} {r['impl']:<52} {r.get('error', '')[:60]}")
+            print(f"{r['shape']:<19} {r['impl']:<38} {r.get('error', '')[:60]}")
             continue
         skip = f"{r['skipped_tiles']:.3f}" if "skipped_tiles" in r else ""
-        diff = f"{r['max_rel_diff']:8.1e}" if "max_rel_diff" in r else r.get("check_error", "")[:30]
-        print(f"{r['shape']:<19} {r['impl']:<52} {r['fwd_ms']:8.2f} {r['fwd_bwd_ms']:8.2f} "
+        print(f"{r['shape']:<19} {r['impl']:<38} {r['fwd_ms']:8.2f} {r['fwd_bwd_ms']:8.2f} "
               f"{r['fwd_tflops']:8.0f} {r['fwd_bwd_tflops']:8.0f} {skip:>6} "
-              f"{r.get('fwd_vs_cudnn', float('nan')):8.2f} "
-              f"{r.get('fwd_bwd_vs_cudnn', float('nan')):8.2f} {diff:>8}")
+              f"{r.get('fwd_vs_cudnn', float('nan')):8.2f} {r.get('fwd_bwd_vs_cudnn', float('nan')):8.2f}")
 
 
 if __name__ == "__main__":

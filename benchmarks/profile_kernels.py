@@ -2,7 +2,6 @@
 dense and with ACP, and of the autograd op end to end.
 
     python benchmarks/profile_kernels.py [--shapes B2-T16384-H24-D64,B1-T16384-H16-D128]
-        [--variants base,fused+tma]     # kernel variants (bench_attention.py --variants)
 """
 import argparse
 import os
@@ -14,8 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_attention import (fox_kernels, fox_op, parse_shape, parse_variant,  # noqa: E402
-                             set_variant, syn70)
+from bench_attention import fox_kernels, fox_op, parse_shape, syn70  # noqa: E402
 from foxcompile.kernels import plan as plan_mod  # noqa: E402
 
 
@@ -39,32 +37,24 @@ def kernel_table(fn, reps=5, rows=8):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", default="B2-T16384-H24-D64,B1-T16384-H16-D128")
-    parser.add_argument("--variants", default="base")
     args = parser.parse_args()
-    variants = args.variants.split(",")
-    for name in variants:
-        parse_variant(name)
     for shape in args.shapes.split(","):
         batch, seq, heads, head_dim = parse_shape(shape)
         q, k, v, log_f, lam = syn70(batch, seq, heads, head_dim)
-        for variant in variants:
-            set_variant(variant, None, head_dim)
-            cases = [("kernels dense", fox_kernels(q, k, v, lam, plan_mod.PRUNE_OFF)[1]),
-                     ("kernels ACP", fox_kernels(q, k, v, lam, plan_mod.PRUNE_PROVEN)[1])]
-            if variant == variants[0]:
-                try:
-                    cases.append(("op (autograd, guarded)", fox_op(q, k, v, log_f)[1]))
-                except Exception as exc:  # the op is optional here
-                    print(f"{shape} op: {exc!r}")
-            for name, fn in cases:
-                try:
-                    total, lines = kernel_table(fn)
-                except Exception as exc:
-                    print(f"{shape} [{variant}] {name}: {exc!r}")
-                    continue
-                print(f"{shape} [{variant}] {name}: {total:.3f} ms of GPU kernels per "
-                      "forward+backward")
-                print("\n".join(lines), flush=True)
+        cases = [("kernels dense", fox_kernels(q, k, v, lam, plan_mod.PRUNE_OFF)[1]),
+                 ("kernels ACP", fox_kernels(q, k, v, lam, plan_mod.PRUNE_PROVEN)[1])]
+        try:
+            cases.append(("op (autograd, guarded)", fox_op(q, k, v, log_f)[1]))
+        except Exception as exc:  # the op is optional here
+            print(f"{shape} op: {exc!r}")
+        for name, fn in cases:
+            try:
+                total, lines = kernel_table(fn)
+            except Exception as exc:
+                print(f"{shape} {name}: {exc!r}")
+                continue
+            print(f"{shape} {name}: {total:.3f} ms of GPU kernels per forward+backward")
+            print("\n".join(lines), flush=True)
         del q, k, v, log_f, lam
         torch.cuda.empty_cache()
 

@@ -8,10 +8,7 @@
 # bench.json/bench.log,
 # Triton and Inductor caches go to .tcache/ (git-ignored), kept while the machine stays warm.
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
-#      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8;
-#      VARIANTS=base,fused,tma+ws,... times the foxcompile rows once per kernel variant
-#      (bench_attention.py --variants); SWEEP_KERNELS=fused,fwd sweeps only those kernels;
-#      BENCH_TIMEOUT=400 / SWEEP_TIMEOUT=330 (seconds).
+#      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -62,24 +59,22 @@ for step in $steps; do
       ;;
     profile)
       stamp "per-kernel profile"
-      timeout 200 $PY benchmarks/profile_kernels.py ${VARIANTS:+--variants "$VARIANTS"} 2>&1 | tee "$OUT/profile.log" | grep -v Warning
+      timeout 200 $PY benchmarks/profile_kernels.py 2>&1 | tee "$OUT/profile.log" | grep -v Warning
       ;;
     sweep)
       stamp "launch-config sweep"
-      timeout "${SWEEP_TIMEOUT:-330}" $PY benchmarks/bench_attention.py --sweep --json "$OUT/sweep.json" \
-        ${SWEEP_KERNELS:+--sweep-kernels "$SWEEP_KERNELS"} 2>&1 \
+      timeout 330 $PY benchmarks/bench_attention.py --sweep --json "$OUT/sweep.json" 2>&1 \
         | tee "$OUT/sweep.log" | grep -E "^best|error" | tail -20
       ;;
     bench)
       stamp "benchmark"
       cfg=${CONFIGS:-}
       if [ -z "$cfg" ] && [ -f "$OUT/sweep.json" ]; then cfg=$OUT/sweep.json; fi
-      timeout "${BENCH_TIMEOUT:-400}" $PY benchmarks/bench_attention.py --json "$OUT/bench.json" \
+      timeout 400 $PY benchmarks/bench_attention.py --json "$OUT/bench.json" \
         ${cfg:+--configs "$cfg"} ${SHAPES:+--shapes "$SHAPES"} ${SKIP:+--skip "$SKIP"} \
-        ${VARIANTS:+--variants "$VARIANTS"} > "$OUT/bench.log" 2>&1
+        > "$OUT/bench.log" 2>&1
       grep -E "Error|error" "$OUT/bench.log" | head -5
-      if grep -q "^shape " "$OUT/bench.log"; then sed -n '/^shape /,$p' "$OUT/bench.log"
-      else tail -30 "$OUT/bench.log"; fi
+      tail -24 "$OUT/bench.log"
       ;;
   esac
 done

@@ -42,21 +42,6 @@ _INTERP_OK, _INTERP_WHY = _interpreter_usable()
 interp = pytest.mark.skipif(not _INTERP_OK, reason=_INTERP_WHY)
 
 
-# Kernel variants (triton_attention.forward_variant / backward_variant). The opt-in variants
-# stay checked in CI: see VARIANT_CASES for which interpreter cases each runs.
-VARIANTS = {
-    "base": {"FOXCOMPILE_FWD": "base", "FOXCOMPILE_BWD": "split"},
-    "fused": {"FOXCOMPILE_FWD": "base", "FOXCOMPILE_BWD": "fused"},
-    "tma": {"FOXCOMPILE_FWD": "tma+ws", "FOXCOMPILE_BWD": "split+tma"},
-    "fused-tma": {"FOXCOMPILE_FWD": "tma+ws", "FOXCOMPILE_BWD": "fused+tma"},
-}
-
-
-def use_variant(monkeypatch, name):
-    for var, value in VARIANTS[name].items():
-        monkeypatch.setenv(var, value)
-
-
 @pytest.fixture
 def interpret_env(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -213,31 +198,11 @@ INTERP_CASES = [
 ]
 
 
-# Interpreter cases per variant (None: all). "fused-tma" goes through every new code path
-# (TMA loads, warp-specialised loop, fused backward, bulk dq reduction); the pointer-atomic and
-# split+TMA variants run a few cases (edges, offset, GQA, D80, pruning) to keep CI short.
-VARIANT_CASES = {
-    "base": None,
-    "fused-tma": None,
-    "fused": ("offset-d80-bthd", "decode-d16-fp32", "T1", "pruned-offset"),
-    "tma": ("offset-d80-bthd", "pruned-offset"),
-}
-
-
-def _variant_cases():
-    for name, ids in VARIANT_CASES.items():
-        for case in INTERP_CASES:
-            if ids is None or case.id in ids:
-                yield pytest.param(name, *case.values, id=f"{name}-{case.id}")
-
-
 @interp
-@pytest.mark.parametrize("variant,batch,q_heads,kv_heads,n_queries,n_keys,head_dim,dtype,layout,"
-                         "prune,epsilon,decay", list(_variant_cases()))
-def test_interpreter_matches_fp64(interpret_env, monkeypatch, variant, batch, q_heads, kv_heads,
-                                  n_queries, n_keys, head_dim, dtype, layout, prune, epsilon,
-                                  decay):
-    use_variant(monkeypatch, variant)
+@pytest.mark.parametrize("batch,q_heads,kv_heads,n_queries,n_keys,head_dim,dtype,layout,prune,epsilon,decay",
+                         INTERP_CASES)
+def test_interpreter_matches_fp64(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys,
+                                  head_dim, dtype, layout, prune, epsilon, decay):
     tol = {torch.float16: 4e-3, torch.bfloat16: 1e-2, torch.float32: 1e-4}[dtype]
     check_case(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype,
                torch.device("cpu"), layout=layout, prune=prune, epsilon=epsilon, decay=decay,
@@ -245,14 +210,11 @@ def test_interpreter_matches_fp64(interpret_env, monkeypatch, variant, batch, q_
 
 
 @interp
-@pytest.mark.parametrize("variant", ["base", "fused-tma"])
-def test_interpreter_subdivided_steps(interpret_env, monkeypatch, variant):
+def test_interpreter_subdivided_steps(interpret_env, monkeypatch):
     """Kernel blocks that subdivide the pruning grid (64-row forward/dq blocks, 64-key dkdv
     blocks, 16/32 steps) must skip exactly the grid's tiles."""
-    use_variant(monkeypatch, variant)
     monkeypatch.setenv("FOXCOMPILE_KERNEL_CONFIG",
-                       '{"fwd": [64, 16, 4, 1], "dq": [64, 32, 4, 1], "dkdv": [64, 16, 4, 1], '
-                       '"fused": [64, 16, 4, 1]}')
+                       '{"fwd": [64, 16, 4, 1], "dq": [64, 32, 4, 1], "dkdv": [64, 16, 4, 1]}')
     check_case(interpret_env, 1, 2, 1, 200, 290, 48, torch.float32, torch.device("cpu"),
                prune=plan_mod.PRUNE_PROVEN, epsilon=1e-3, decay=(1.0, 4.0), expect_skips=True,
                tol=1e-4)
@@ -288,13 +250,11 @@ PACKED_CASES = [
 
 
 @interp
-@pytest.mark.parametrize("variant", ["base", "fused-tma"])
 @pytest.mark.parametrize("batch,q_heads,kv_heads,n_queries,n_keys,head_dim,dtype,layout,prune,"
                          "epsilon,decay,length,monotone", PACKED_CASES)
-def test_interpreter_packed_sequences(interpret_env, monkeypatch, variant, batch, q_heads,
-                                      kv_heads, n_queries, n_keys, head_dim, dtype, layout, prune,
-                                      epsilon, decay, length, monotone):
-    use_variant(monkeypatch, variant)
+def test_interpreter_packed_sequences(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys,
+                                      head_dim, dtype, layout, prune, epsilon, decay, length,
+                                      monotone):
     doc = packed_doc(batch, n_keys, length, monotone)
     tol = {torch.float16: 4e-3, torch.float32: 1e-4}[dtype]
     _, skipped = check_case(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys, head_dim,
@@ -319,25 +279,6 @@ def test_interpreter_value_head_dim_of_its_own(interpret_env):
                                      24 ** -0.5).transpose(1, 2)
     assert out.shape == (1, 70, 2, 40)
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
-
-
-def test_variant_names(monkeypatch):
-    from foxcompile.kernels import triton_attention as ta
-    monkeypatch.delenv("FOXCOMPILE_BWD", raising=False)
-    monkeypatch.delenv("FOXCOMPILE_FWD", raising=False)
-    assert ta.backward_variant() == frozenset() and ta.forward_variant() == frozenset()
-    monkeypatch.setenv("FOXCOMPILE_BWD", "tma+fused")
-    assert ta.backward_variant() == {"fused", "tma"}
-    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
-    assert ta.backward_variant() == {"tma"}, "atomics are not deterministic"
-    monkeypatch.setenv("FOXCOMPILE_BWD", "fast")
-    with pytest.raises(ValueError):
-        ta.backward_variant()
-    monkeypatch.setenv("FOXCOMPILE_FWD", "ws+tma")
-    assert ta.forward_variant() == {"tma", "ws"}
-    monkeypatch.setenv("FOXCOMPILE_FWD", "tma+fast")
-    with pytest.raises(ValueError):
-        ta.forward_variant()
 
 
 def test_unsupported_reason(monkeypatch):
@@ -367,34 +308,6 @@ def cuda_engine(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from foxcompile.kernels import triton_attention
     return triton_attention
-
-
-VARIANT_SHAPES = [
-    # batch, Hq, Hk, M, N, D, dtype, layout
-    (2, 4, 2, 17, 17, 64, torch.bfloat16, "bthd"),
-    (1, 4, 1, 300, 1000, 128, torch.bfloat16, "bthd"),
-    (2, 6, 2, 257, 257, 80, torch.float16, "bhtd"),
-    (1, 4, 2, 1, 777, 64, torch.bfloat16, "bhtd"),
-    (1, 2, 1, 333, 1500, 256, torch.bfloat16, "bthd"),
-    (1, 8, 8, 2048, 2048, 16, torch.float16, "bthd"),
-    (1, 2, 2, 513, 513, 192, torch.float32, "bthd"),
-]
-
-
-@gpu
-@needs_cuda
-@pytest.mark.parametrize("shape", VARIANT_SHAPES,
-                         ids=lambda x: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-{}-{}".format(*x))
-@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
-@pytest.mark.parametrize("variant", [name for name in VARIANTS if name != "base"])
-def test_gpu_variants(cuda_engine, monkeypatch, variant, shape, pruned):
-    """Every opt-in kernel variant, dense and pruned, against float64 (see VARIANTS; "base" is
-    what the other GPU tests check)."""
-    use_variant(monkeypatch, variant)
-    *dims, dtype, layout = shape
-    check_case(cuda_engine, *dims, dtype, torch.device("cuda"), layout=layout,
-               prune=plan_mod.PRUNE_PROVEN if pruned else plan_mod.PRUNE_OFF,
-               decay=(1.0, 16.0) if pruned else (2.0, 64.0))
 
 
 GPU_SHAPES = [
@@ -457,9 +370,7 @@ def test_gpu_pruned_within_bound(cuda_engine, case, dtype, prune):
     (1, 4, 1, 300, 3000, 128, plan_mod.PRUNE_PROVEN, 500, True),
     (2, 6, 3, 1000, 1000, 80, plan_mod.PRUNE_OFF, 50, False),
 ], ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-prune{}-len{}-mono{}".format(*s))
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_gpu_packed_sequences(cuda_engine, monkeypatch, variant, case, dtype):
-    use_variant(monkeypatch, variant)
+def test_gpu_packed_sequences(cuda_engine, case, dtype):
     *shape, prune, length, monotone = case
     doc = packed_doc(shape[0], shape[4], length, monotone).cuda()
     _, skipped = check_case(cuda_engine, *shape, dtype, torch.device("cuda"), prune=prune,
@@ -515,11 +426,8 @@ def test_gpu_cuda_graph_capture(cuda_engine):
         eager = step(*static)
         torch.cuda.synchronize()
         assert torch.equal(results[5], eager[5]), "captured plan differs from the eager plan"
-        for name, a, b in zip(("out", "dq", "dk", "dv", "dlam"), results[:5], eager[:5]):
-            if name in ("dq", "dlam") and "fused" in cuda_engine.backward_variant():
-                torch.testing.assert_close(a, b)  # float32 atomics: any order of the sums
-            else:
-                assert torch.equal(a, b), name
+        for a, b in zip(results[:5], eager[:5]):
+            assert torch.equal(a, b)
     assert (results[5] > 0).any(), "the replayed data should prune"
 
 

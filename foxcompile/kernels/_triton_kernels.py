@@ -21,11 +21,6 @@ Packed sequences (HAS_DOC): DOC holds a document id per key position (B, N); key
 query i only when DOC[P+i] == DOC[j] too. Every step applies that equality mask (START / END
 already leave out the tiles that hold only earlier documents), and the forward keeps a row that
 has seen no key of its document yet at m = -inf without computing -inf - (-inf).
-
-Opt-in variants (constexpr switches; triton_attention.forward_variant / backward_variant):
-FUSED makes the dkdv kernel the whole backward (dq and the dS row sums added with float32
-atomics, no dq kernel); TMA reads the streamed tiles through tensor descriptors (and, with FUSED,
-adds dq by bulk reductions); WS makes the forward one warp-specialised key loop.
 """
 import triton
 import triton.language as tl
@@ -50,11 +45,6 @@ def _sum_rows(x):
 
 
 @triton.jit
-def _sum_cols(x):
-    return tl.reduce(x, 0, _sum_combine)
-
-
-@triton.jit
 def _load(ptrs, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
     """Load a tile, masking (with zeros) only along the dimensions that need it."""
     if ROW_MASK:
@@ -71,46 +61,16 @@ def _load(ptrs, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
 
 
 @triton.jit
-def _atomic_add(ptrs, x, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
-    """Relaxed float32 atomic add of a tile (no ordering needed: the sums are only read after
-    the kernel), masking only along the dimensions that need it."""
-    if ROW_MASK:
-        if COL_MASK:
-            tl.atomic_add(ptrs, x, mask=row_ok & col_ok, sem="relaxed")
-        else:
-            tl.atomic_add(ptrs, x, mask=row_ok, sem="relaxed")
-    else:
-        if COL_MASK:
-            tl.atomic_add(ptrs, x, mask=col_ok, sem="relaxed")
-        else:
-            tl.atomic_add(ptrs, x, sem="relaxed")
-
-
-@triton.jit
-def _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, LD, b, h, hk,
-               stride_kn, stride_kd, stride_vn, stride_vd, stride_ln,
+def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd, stride_ln,
                lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok, DOC, stride_dn, doc_q,
-               BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
-               D_MASK: tl.constexpr, TMA: tl.constexpr, LAM_TMA: tl.constexpr,
-               WS: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
-               HAS_DOC: tl.constexpr):
-    """Key steps [lo, hi) of one query block (online softmax in the exp2 domain). TMA: k and v
-    come through the descriptors KD, VD over (B, Hk, N, D) (zeros past the edges), indexed by
-    (b, hk) as int32; otherwise through pointers K, V already offset to (b, hk). LAM_TMA: lam
-    through LD over (B, Hq, N), indexed by (b, h); else pointer LAM. WS asks Triton to
-    warp-specialise the loop (its producer takes descriptor loads only). HAS_DOC: keys of other
-    documents than the row's (doc_q) are masked."""
-    for start in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, D_MASK: tl.constexpr,
+               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
+    for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
-        if TMA:
-            kt = tl.trans(KD.load([b, hk, start, 0]).reshape([BLOCK_N, D_PAD]))
-        else:
-            kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                       n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
-        if LAM_TMA:
-            lam_k = LD.load([b, h, start]).reshape([BLOCK_N])
-        elif MASKED:
+        kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                   n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
+        if MASKED:
             lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
         else:
             lam_k = tl.load(LAM + offs_n * stride_ln)
@@ -129,11 +89,8 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, LD, b, h, hk,
         alpha = tl.exp2(m_i - m_ref)
         p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + _sum_rows(p)
-        if TMA:
-            v = VD.load([b, hk, start, 0]).reshape([BLOCK_N, D_PAD])
-        else:
-            v = _load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                      n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
+        v = _load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                  n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
         if CAST_F32:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None]
@@ -143,7 +100,7 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, LD, b, h, hk,
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, QD, KD, VD, LD,
+def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC,
                 stride_qb, stride_qh, stride_qm, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
                 stride_vb, stride_vh, stride_vn, stride_vd,
@@ -155,15 +112,8 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, QD, KD, VD, LD,
                 n_heads, group, n_queries, n_keys, qk_scale,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                GRID_M: tl.constexpr, GRID_N: tl.constexpr, TMA: tl.constexpr,
-                LAM_TMA: tl.constexpr, WS: tl.constexpr, CAST_F32: tl.constexpr,
-                DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
-    """One program per (b, query head, block of BLOCK_M queries): OUT and LSE (natural log).
-    TMA: QD is a tensor descriptor of q with blocks [1, 1, BLOCK_M, D_PAD], KD and VD ones of
-    k and v with blocks [1, 1, BLOCK_N, D_PAD] (else all None);
-    LAM_TMA: LD one of lam with blocks [1, 1, BLOCK_N] (else None); WS: one key loop, masked at
-    every step, warp-specialised (forward variants, see forward_variant()). HAS_DOC: DOC holds
-    (B, N) document ids (packed sequences)."""
+                GRID_M: tl.constexpr, GRID_N: tl.constexpr,
+                CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     # One flat grid (no 65535 limit on B * H); within a head the heavy (late) query blocks,
     # which have the most key blocks under the causal mask, start first.
     m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
@@ -191,11 +141,8 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, QD, KD, VD, LD,
     pos_q = offset + offs_m
     pos0 = offset + row0
 
-    if TMA:  # warp specialisation also needs the dot's resident operand from a descriptor
-        q = QD.load([b.to(tl.int32), h.to(tl.int32), row0, 0]).reshape([BLOCK_M, D_PAD])
-    else:
-        q = _load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                  m_ok[:, None], d_ok[None, :], True, D_MASK)
+    q = _load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+              m_ok[:, None], d_ok[None, :], True, D_MASK)
     if CAST_F32:
         q = q.to(tl.float32)
     lam_ref = tl.load(LAM + pos0 * stride_ln)
@@ -211,27 +158,14 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, QD, KD, VD, LD,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
-    b32 = b.to(tl.int32)
-    h32 = h.to(tl.int32)
-    hk32 = hk.to(tl.int32)
-    if WS:
-        # Triton's Hopper warp specialisation takes one loop per kernel: every step masked
-        acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, LD, b32, h32, hk32,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_ln, lam_ref,
-                                   qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok, DOC, stride_dn,
-                                   doc_q, BLOCK_N, D_PAD,
-                                   True, D_MASK, TMA, LAM_TMA, True, CAST_F32, DOT_PREC, HAS_DOC)
-    else:
-        acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, LD, b32, h32, hk32,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_ln, lam_ref,
-                                   qk_scale, pos_q, lo, mid, n_keys, offs_d, d_ok, DOC, stride_dn,
-                                   doc_q, BLOCK_N, D_PAD,
-                                   False, D_MASK, TMA, LAM_TMA, False, CAST_F32, DOT_PREC, HAS_DOC)
-        acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, KD, VD, LAM, LD, b32, h32, hk32,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_ln, lam_ref,
-                                   qk_scale, pos_q, mid, hi, n_keys, offs_d, d_ok, DOC, stride_dn,
-                                   doc_q, BLOCK_N, D_PAD,
-                                   True, D_MASK, TMA, LAM_TMA, False, CAST_F32, DOT_PREC, HAS_DOC)
+    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
+                               stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid, n_keys,
+                               offs_d, d_ok, DOC, stride_dn, doc_q,
+                               BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
+    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
+                               stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi, n_keys,
+                               offs_d, d_ok, DOC, stride_dn, doc_q,
+                               BLOCK_N, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
 
     out = acc / l_i[:, None]
     tl.store(OUT + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
@@ -383,33 +317,21 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START, DOC,
 
 
 @triton.jit
-def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA, DQ, DLAM_ROW, QD, GD, XD, b, h,
+def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA,
                 stride_qm, stride_qd, stride_gm, stride_gd, stride_ln, stride_em,
-                stride_xm, stride_xd, stride_rn,
-                lam_ref, b_key, qk_scale, scale, offs_n, offset, lo, hi, n_queries, offs_d, d_ok,
+                lam_ref, b_key, qk_scale, offs_n, offset, lo, hi, n_queries, offs_d, d_ok,
                 DOC, stride_dn, doc_k,
-                BLOCK_M: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
-                ROW_MASK: tl.constexpr, D_MASK: tl.constexpr, FUSED: tl.constexpr,
-                TMA: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, MASKED: tl.constexpr, ROW_MASK: tl.constexpr,
+                D_MASK: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
                 HAS_DOC: tl.constexpr):
-    """Query steps [lo, hi) of one key block: accumulates dk (unscaled), dv and the column sums
-    of dS. FUSED: also adds this key block's share of dq (scaled, float32) and of the dS row
-    sums to DQ and DLAM_ROW with atomics (5 products per step instead of 4 here plus 3 in dq).
-    TMA: q and dO tiles come through the descriptors QD, GD, and dq goes to XD by a bulk
-    reduction (XD's last dim is D_PAD), indexed by (b, h) as int32; else pointers. HAS_DOC:
-    queries of other documents than the keys' (doc_k) are masked."""
     for start in range(lo, hi, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         m_ok = offs_m < n_queries
         pos_q = offset + offs_m
-        if TMA:
-            qt = tl.trans(QD.load([b, h, start, 0]).reshape([BLOCK_M, D_PAD]))
-            do = GD.load([b, h, start, 0]).reshape([BLOCK_M, D_PAD])
-        else:
-            qt = _load(Q + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
-                       m_ok[None, :], d_ok[:, None], ROW_MASK, D_MASK)
-            do = _load(DO + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
-                       m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
+        qt = _load(Q + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
+                   m_ok[None, :], d_ok[:, None], ROW_MASK, D_MASK)
+        do = _load(DO + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+                   m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
         if ROW_MASK:
             lse = tl.load(LSE + offs_m * stride_em, mask=m_ok, other=float("inf"))
             delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
@@ -433,28 +355,13 @@ def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA, DQ, DLAM_ROW, QD, 
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         dst = pt * (dpt - delta[None, :])
-        ds_in = dst.to(qt.dtype)
-        dk = tl.dot(ds_in, tl.trans(qt), dk, input_precision=DOT_PREC)
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
         colsum += _sum_rows(dst)
-        if FUSED:
-            # The product's M (rows) should be >= 64 for a warpgroup MMA: dq^T = k^T dS^T has
-            # D_PAD rows, dq = dS k has BLOCK_M.
-            if D_PAD >= 64:
-                dq = tl.trans(tl.dot(tl.trans(k), ds_in, input_precision=DOT_PREC)) * scale
-            else:
-                dq = tl.dot(tl.trans(ds_in), k, input_precision=DOT_PREC) * scale
-            if TMA:
-                XD.atomic_add([b, h, start, 0], dq.reshape([1, 1, BLOCK_M, D_PAD]))
-            else:
-                _atomic_add(DQ + offs_m[:, None] * stride_xm + offs_d[None, :] * stride_xd, dq,
-                            m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
-            _atomic_add(DLAM_ROW + pos_q * stride_rn, _sum_cols(dst), m_ok, m_ok, ROW_MASK, False)
     return dk, dv, colsum
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC, DQ, DLAM_ROW, QD, GD,
-                 XD,
+def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC,
                  stride_qb, stride_qh, stride_qm, stride_qd,
                  stride_kb, stride_kh, stride_kn, stride_kd,
                  stride_vb, stride_vh, stride_vn, stride_vd,
@@ -466,21 +373,11 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC, DQ, DLAM_
                  stride_zb, stride_zh, stride_zn,
                  stride_nb, stride_nh, stride_nn,
                  stride_db, stride_dn,
-                 stride_xb, stride_xh, stride_xm, stride_xd,
-                 stride_rb, stride_rh, stride_rn,
                  n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                  GRID_M: tl.constexpr, GRID_N: tl.constexpr, ROW_EDGE: tl.constexpr,
-                 FUSED: tl.constexpr, TMA: tl.constexpr, CAST_F32: tl.constexpr,
-                 DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
-    """One program per (b, key head, key block of BLOCK_N): dk, dv summed over the query heads
-    of the group, and -(column sums of dS) into DLAM (B, Hq, N) for each of them.
-    FUSED: dq (B, Hq, M, D) and DLAM_ROW (B, Hq, N), both float32 and zeroed by the caller, also
-    receive every tile's contribution (atomics); otherwise DQ and DLAM_ROW are not touched.
-    TMA: QD, GD are descriptors of q and dO with blocks [1, 1, BLOCK_M, D_PAD] and, when FUSED,
-    XD one of the float32 dq accumulator (B, Hq, M, D_PAD) (else all None). HAS_DOC: DOC holds
-    (B, N) document ids (packed sequences)."""
+                 CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     # Key block 0 sees every query: launch in key order, heavy first.
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
@@ -518,7 +415,6 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC, DQ, DLAM_
 
     dk = tl.full([BLOCK_N, D_PAD], 0.0, dtype=tl.float32)
     dv = tl.full([BLOCK_N, D_PAD], 0.0, dtype=tl.float32)
-    b32 = b.to(tl.int32)
     for g in range(0, group):
         h = hk * group + g
         Qh = Q + b * stride_qb + h * stride_qh
@@ -526,32 +422,23 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC, DQ, DLAM_
         LAMh = LAM + b * stride_lb + h * stride_lh
         LSEh = LSE + b * stride_eb + h * stride_eh
         DELTAh = DELTA + (b * (n_kv_heads * group) + h) * n_queries
-        DQh = DQ + b * stride_xb + h * stride_xh
-        h32 = h.to(tl.int32)
-        DLAM_ROWh = DLAM_ROW + b * stride_rb + h * stride_rh
         end = tl.load(END + b * stride_nb + h * stride_nh + key_grid * stride_nn)
         hi = tl.minimum(end * GRID_M, n_queries)
         lam_ref = tl.load(LAMh + key0 * stride_ln)
         lam_k = tl.load(LAMh + offs_n * stride_ln, mask=n_ok, other=0.0)
         b_key = (lam_ref - lam_k) * LOG2E
         colsum = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
-        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh, DQh,
-                                     DLAM_ROWh, QD, GD, XD, b32, h32,
-                                     stride_qm, stride_qd, stride_gm, stride_gd,
-                                     stride_ln, stride_em, stride_xm, stride_xd, stride_rn,
-                                     lam_ref, b_key, qk_scale, scale, offs_n, offset,
+        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh,
+                                     stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
+                                     stride_em, lam_ref, b_key, qk_scale, offs_n, offset,
                                      lo, tl.minimum(mid, hi), n_queries, offs_d, d_ok,
                                      DOC, stride_dn, doc_k,
-                                     BLOCK_M, D_PAD, True, True, D_MASK, FUSED, TMA, CAST_F32,
-                                     DOT_PREC, HAS_DOC)
-        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh, DQh,
-                                     DLAM_ROWh, QD, GD, XD, b32, h32,
-                                     stride_qm, stride_qd, stride_gm, stride_gd,
-                                     stride_ln, stride_em, stride_xm, stride_xd, stride_rn,
-                                     lam_ref, b_key, qk_scale, scale, offs_n, offset,
+                                     BLOCK_M, True, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
+        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh,
+                                     stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
+                                     stride_em, lam_ref, b_key, qk_scale, offs_n, offset,
                                      mid, hi, n_queries, offs_d, d_ok, DOC, stride_dn, doc_k,
-                                     BLOCK_M, D_PAD, False, ROW_EDGE, D_MASK, FUSED, TMA,
-                                     CAST_F32, DOT_PREC, HAS_DOC)
+                                     BLOCK_M, False, ROW_EDGE, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
         tl.store(DLAM + b * stride_zb + h * stride_zh + offs_n * stride_zn, -colsum, mask=n_ok)
 
     dk = dk * scale

@@ -20,9 +20,6 @@ float32 inputs: the matrix products follow torch.get_float32_matmul_precision(),
 matmuls do: exact float32 ("ieee") under the default "highest", TF32 on the tensor cores (10-bit
 mantissa, float32 accumulation) under "high" or "medium". FOXCOMPILE_FP32_DOT=ieee|tf32
 overrides it. The softmax, the normaliser and every accumulator are float32 for every input dtype.
-
-Opt-in kernel variants, read at every launch so one process can time them side by side:
-FOXCOMPILE_FWD and FOXCOMPILE_BWD (forward_variant, backward_variant; docs/kernels.md).
 """
 import importlib.util
 import os
@@ -166,87 +163,6 @@ def _launch(kind: str, config, memo, launch):
             _fallbacks[key] = config
 
 
-FORWARD_FLAGS = ("tma", "ws")
-BACKWARD_FLAGS = ("fused", "tma")
-
-
-def _flags(name: str, default: str, allowed) -> frozenset:
-    text = os.environ.get(name, default).strip().lower()
-    flags = frozenset(f for f in text.replace(",", "+").split("+") if f and f != default)
-    if flags - set(allowed):
-        raise ValueError(f"{name}={text!r}: unknown {sorted(flags - set(allowed))}; expected "
-                         f"{default} or a '+' join of {allowed}")
-    return flags
-
-
-def forward_variant() -> frozenset:
-    """FOXCOMPILE_FWD: "base" (default) or flags joined by "+" (opt-in, for timing):
-    "tma" loads q, k and v through TMA tensor descriptors (sm90+, layouts with 16-byte aligned
-    strides, else pointers; lam too where its last stride is 1); "ws" makes the key walk one
-    loop, masked at every step, for Triton's automatic warp specialisation (on Hopper: one loop
-    per kernel, 64-row blocks on 4 warps, launch table key "fwd_ws"), only with "tma" and only
-    where every load went through a descriptor (its producer warps take nothing else)."""
-    return _flags("FOXCOMPILE_FWD", "base", FORWARD_FLAGS)
-
-
-def backward_variant() -> frozenset:
-    """FOXCOMPILE_BWD: "split" (default: a dkdv kernel and a dq kernel, deterministic) or flags
-    joined by "+" (opt-in, for timing): "fused" (the dkdv kernel also accumulates dq and the dS
-    row sums with float32 atomics: 5 matrix products per tile instead of 7, no dq kernel, but
-    dq and dlam vary in their last bits from run to run; torch.use_deterministic_algorithms(True)
-    drops it); "tma" (q and dO tiles of the dkdv kernel through TMA descriptors, no per-element
-    addresses in registers; with "fused", dq is added by TMA bulk reductions)."""
-    flags = _flags("FOXCOMPILE_BWD", "split", BACKWARD_FLAGS)
-    if "fused" in flags and torch.are_deterministic_algorithms_enabled():
-        flags = flags - {"fused"}
-    return flags
-
-
-def _tma_ok(*tensors, interpret: bool) -> bool:
-    """Tensor descriptors need sm90+ (or the interpreter), a unit last stride, positive strides
-    and a 16-byte aligned base and strides (strides of size-1 dims are replaced, see
-    _descriptor)."""
-    if not interpret and _capability(tensors[0].device) < (9, 0):
-        return False
-    for t in tensors:
-        size = t.element_size()
-        strides = [st for st, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1]
-        if (t.stride(-1) != 1 or t.data_ptr() % 16
-                or any(st <= 0 or st * size % 16 for st in strides)):
-            return False
-    return True
-
-
-def _descriptor(t: torch.Tensor, *block: int):
-    """TMA descriptor of a (B, H, T, D) or (B, H, T) tensor with blocks [1, 1, *block] (zeros
-    past the edges on loads, clipped on reductions). Size-1 dims get a 16-byte stride (unused)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-    unit = 16 // t.element_size()
-    strides = [st if n > 1 else unit for st, n in zip(t.stride(), t.shape)]
-    strides[-1] = 1
-    return TensorDescriptor(t, list(t.shape), strides, [1, 1, *block])
-
-
-def _interpreter_descriptor_reduce():
-    """Triton's interpreter has no descriptor reduction (desc.atomic_add); give it one: an
-    atomic add through the descriptor's pointers, masked to its bounds."""
-    from triton._C.libtriton import ir
-    from triton.runtime import interpreter
-
-    builder = interpreter.InterpreterBuilder
-    if hasattr(builder, "create_descriptor_reduce"):
-        return
-
-    def create_descriptor_reduce(self, kind, desc, value, indices):
-        if kind != ir.DESCRIPTOR_REDUCE_KIND.ADD:
-            raise NotImplementedError(f"descriptor reduce {kind} in the interpreter")
-        ptrs, mask = desc.materialize_pointers(indices)
-        return self.create_atomic_rmw(ir.ATOMIC_OP.FADD, ptrs, value, mask,
-                                      ir.MEM_SEMANTIC.RELAXED, ir.MEM_SYNC_SCOPE.GPU)
-
-    builder.create_descriptor_reduce = create_descriptor_reduce
-
-
 def _f32(lam: torch.Tensor) -> torch.Tensor:
     return lam if lam.dtype == torch.float32 else lam.float()
 
@@ -269,37 +185,27 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
     interpret = _mode(q)
     kern = _kernels(interpret)
     d_pad = _d_pad(head_dim)
+    config = launch_config("fwd", d_pad, plan.block_m, plan.block_n, _capability(q.device),
+                           interpret, q.element_size())
     lam = _f32(lam)
     start = plan.start
     doc_ptr, *doc_strides, has_doc = _doc_args(doc, lam)
-    flags = forward_variant()
-    tma = "tma" in flags and _tma_ok(q, k, v, interpret=interpret)
-    lam_tma = tma and _tma_ok(lam, interpret=interpret)   # a (B, T, H) view of lam has none
-    # the specialised loop's producer takes descriptor loads only (no lam or doc pointer loads)
-    ws = "ws" in flags and lam_tma and not has_doc
-    kind = "fwd_ws" if ws else "fwd"
-    config = launch_config(kind, d_pad, plan.block_m, plan.block_n, _capability(q.device),
-                           interpret, q.element_size())
 
     def launch(config):
         block_m, block_n, warps, stages = config
-        qd = _descriptor(q, block_m, d_pad) if tma else None
-        kd = _descriptor(k, block_n, d_pad) if tma else None
-        vd = _descriptor(v, block_n, d_pad) if tma else None
-        ld = _descriptor(lam, block_n) if lam_tma else None
         grid = (triton_cdiv(n_queries, block_m) * batch * q_heads,)
         kern._fwd_kernel[grid](
-            q, k, v, lam, out, lse, start, doc_ptr, qd, kd, vd, ld,
+            q, k, v, lam, out, lse, start, doc_ptr,
             *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *out.stride(), *lse.stride(),
             *start.stride(), *doc_strides,
             q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
-            GRID_M=plan.block_m, GRID_N=plan.block_n, TMA=tma, LAM_TMA=lam_tma, WS=ws,
+            GRID_M=plan.block_m, GRID_N=plan.block_n,
             CAST_F32=interpret, DOT_PREC=_dot_precision(q.dtype, interpret), HAS_DOC=has_doc,
             num_warps=warps, num_stages=stages)
 
     with _device_guard(q):
-        _launch(kind, config, (d_pad, q.dtype, q.device, flags), launch)
+        _launch("fwd", config, (d_pad, q.dtype, q.device), launch)
     return lse
 
 
@@ -325,22 +231,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     group = q_heads // kv_heads
     qk_scale = float(scale) * LOG2E
 
-    flags = backward_variant()
-    fused = "fused" in flags
-    tma = "tma" in flags and _tma_ok(q, grad_out, interpret=interpret)
     delta = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
     dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
-    # Fused: dq is accumulated in float32 (atomics), in place when dq is float32; a TMA
-    # reduction needs the accumulator's rows padded to D_PAD.
-    dq_acc = dq
-    if fused and tma:
-        dq_acc = torch.zeros((batch, q_heads, n_queries, d_pad), dtype=torch.float32,
-                             device=q.device)
-    elif fused:
-        dq_acc = dq.zero_() if dq.dtype == torch.float32 else torch.zeros(
-            q.shape, dtype=torch.float32, device=q.device)
-    if tma and interpret:
-        _interpreter_descriptor_reduce()
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc_ptr, *doc_strides, has_doc = _doc_args(doc, lam)
     with _device_guard(q):
@@ -351,20 +243,15 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
 
         def launch_dkdv(config):
             block_n, block_m, warps, stages = config
-            qd = _descriptor(q, block_m, d_pad) if tma else None
-            gd = _descriptor(grad_out, block_m, d_pad) if tma else None
-            xd = _descriptor(dq_acc, block_m, d_pad) if tma and fused else None
             kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
-                q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end, doc_ptr, dq_acc, dlam_row,
-                qd, gd, xd,
+                q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end, doc_ptr,
                 *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
                 *lse.stride(), *dk.stride(), *dv.stride(), *dlam.stride(), *end.stride(),
-                *doc_strides, *dq_acc.stride(), *dlam_row.stride(),
-                kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
+                *doc_strides, kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
                 GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
-                FUSED=fused, TMA=tma, CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc,
-                num_warps=warps, num_stages=stages)
+                CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, num_warps=warps,
+                num_stages=stages)
 
         def launch_dq(config):
             block_m, block_n, warps, stages = config
@@ -378,14 +265,11 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                 CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, num_warps=warps,
                 num_stages=stages)
 
-        memo = (d_pad, q.dtype, q.device, flags)
-        launches = (("fused", launch_dkdv),) if fused else (("dkdv", launch_dkdv), ("dq", launch_dq))
-        for kind, launch in launches:
+        memo = (d_pad, q.dtype, q.device)
+        for kind, launch in (("dkdv", launch_dkdv), ("dq", launch_dq)):
             config = launch_config(kind, d_pad, plan.block_m, plan.block_n, cap, interpret,
                                    q.element_size())
             _launch(kind, config, memo, launch)
-    if dq_acc is not dq:
-        dq.copy_(dq_acc[..., :head_dim])
     return dlam.add_(dlam_row)
 
 

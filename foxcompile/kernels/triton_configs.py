@@ -11,47 +11,34 @@ that divide it exactly, so forward and backward skip exactly the same (i, j) pai
     dq    (BLOCK_M, BLOCK_N, num_warps, num_stages)  same walk as fwd
     dkdv  (BLOCK_N, BLOCK_M, num_warps, num_stages)  BLOCK_N keys per program (divides GRID_N),
                                                      query steps of BLOCK_M (divides GRID_M)
-    fused (BLOCK_N, BLOCK_M, num_warps, num_stages)  same walk as dkdv (FOXCOMPILE_BWD=fused:
-                                                     the dkdv kernel also adds dq with atomics)
-    fwd_ws                                           fwd's, for FOXCOMPILE_FWD=tma+ws (FWD_WS)
 
 Keys of the tables are the head dim padded to a power of two (16 .. 256). See docs/kernels.md for
 how the sm90 table was chosen. FOXCOMPILE_KERNEL_CONFIG (a JSON object with any of the keys
-"fwd", "dq", "dkdv", "fused", "fwd_ws", each a list of four ints) overrides the table, for tuning
-sweeps.
+"fwd", "dq", "dkdv", each a list of four ints) overrides the table, for tuning sweeps.
 """
 import json
 import os
 
 # Hopper (H100 / H200), chosen by the sweep in benchmarks/run_gpu_kernels.sh (docs/kernels.md).
-# The "fused" entries are first guesses, not yet swept. Each element of dq receives one float32
-# atomic add per key block, so 128-key programs halve that traffic against 64; at D128 the
-# query steps shrink to 32 rows to make room for the dq tile next to the dk, dv accumulators.
 SM90 = {
-    16: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(64, 64, 4, 3), fused=(128, 64, 8, 3)),
-    32: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 3), fused=(128, 64, 8, 3)),
-    64: dict(fwd=(128, 64, 8, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 4), fused=(128, 64, 8, 2)),
-    128: dict(fwd=(64, 64, 4, 3), dq=(128, 64, 8, 4), dkdv=(128, 64, 8, 3), fused=(128, 32, 8, 3)),
-    256: dict(fwd=(64, 32, 4, 2), dq=(64, 32, 4, 2), dkdv=(64, 32, 8, 1), fused=(64, 32, 8, 1)),
+    16: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 4, 3), dkdv=(64, 64, 4, 3)),
+    32: dict(fwd=(128, 64, 4, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 3)),
+    64: dict(fwd=(128, 64, 8, 3), dq=(128, 64, 8, 3), dkdv=(64, 64, 4, 4)),
+    128: dict(fwd=(64, 64, 4, 3), dq=(128, 64, 8, 4), dkdv=(128, 64, 8, 3)),
+    256: dict(fwd=(64, 32, 4, 2), dq=(64, 32, 4, 2), dkdv=(64, 32, 8, 1)),
 }
 
 # Anything else (Ampere, Ada, unknown): modest tiles that fit 100 KB of shared memory.
 DEFAULT = {
-    16: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2), fused=(64, 64, 4, 2)),
-    32: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2), fused=(64, 64, 4, 2)),
-    64: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 8, 2), fused=(64, 64, 4, 2)),
-    128: dict(fwd=(128, 32, 8, 2), dq=(128, 32, 8, 1), dkdv=(64, 32, 8, 1), fused=(64, 32, 8, 1)),
-    256: dict(fwd=(64, 32, 4, 1), dq=(64, 32, 4, 1), dkdv=(32, 32, 4, 1), fused=(32, 32, 4, 1)),
+    16: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2)),
+    32: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2)),
+    64: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 8, 2)),
+    128: dict(fwd=(128, 32, 8, 2), dq=(128, 32, 8, 1), dkdv=(64, 32, 8, 1)),
+    256: dict(fwd=(64, 32, 4, 1), dq=(64, 32, 4, 1), dkdv=(32, 32, 4, 1)),
 }
 
-# The warp-specialised forward (FOXCOMPILE_FWD=tma+ws), every head dim and GPU: Triton's Hopper
-# warp specialisation wants one consumer warpgroup of 64 rows (with Triton 3.9 it declines
-# 8 warps and fails on 128 rows over 4 warps).
-FWD_WS = (64, 64, 4, 3)
-
 # Under TRITON_INTERPRET=1 warps and stages mean nothing; small steps keep numpy's work down.
-INTERPRET = dict(fwd=(None, 32, 1, 1), dq=(None, 32, 1, 1), dkdv=(None, 32, 1, 1),
-                 fused=(None, 32, 1, 1), fwd_ws=(64, 32, 1, 1))
+INTERPRET = dict(fwd=(None, 32, 1, 1), dq=(None, 32, 1, 1), dkdv=(None, 32, 1, 1))
 
 _override_cache: dict = {}
 
@@ -77,10 +64,8 @@ def _fit(block: int, grid: int) -> int:
 def shared_memory_estimate(kernel: str, outer: int, step: int, stages: int, d_pad: int,
                            elem_bytes: int) -> int:
     """Bytes of shared memory the software pipeline needs: the resident tiles (q for fwd; q and
-    dO for dq; k and v for dkdv and fused) plus `stages` copies of the streamed pair of tiles.
-    Smaller buffers (dS, fused's dq staging) are not counted: an out-of-resources compile still
-    falls back (triton_attention._launch)."""
-    resident = (1 if kernel.startswith("fwd") else 2) * outer * d_pad
+    dO for dq; k and v for dkdv) plus `stages` copies of the streamed pair of tiles."""
+    resident = (1 if kernel == "fwd" else 2) * outer * d_pad
     return elem_bytes * (resident + stages * 2 * step * d_pad)
 
 
@@ -110,22 +95,19 @@ def fit_shared_memory(kernel, outer, step, stages, d_pad, elem_bytes, budget):
 
 def launch_config(kernel: str, d_pad: int, grid_m: int, grid_n: int, capability, interpret: bool,
                   elem_bytes: int = 2):
-    """(outer block, step block, num_warps, num_stages) for 'fwd', 'dq', 'dkdv', 'fused' or
-    'fwd_ws', fitted to the pruning grid (outer and step blocks divide it) and to the shared
-    memory of the device (the table is for 2-byte inputs; float32 inputs get fewer stages or
-    smaller steps).
+    """(outer block, step block, num_warps, num_stages) for 'fwd', 'dq' or 'dkdv', fitted to the
+    pruning grid (outer and step blocks divide it) and to the shared memory of the device (the
+    table is for 2-byte inputs; float32 inputs get fewer stages or smaller steps).
     capability: (major, minor) or None."""
     if interpret:
         outer, step, warps, stages = INTERPRET[kernel]
-    elif kernel == "fwd_ws":
-        outer, step, warps, stages = FWD_WS
     else:
         table = SM90 if capability is not None and capability[0] == 9 else DEFAULT
         outer, step, warps, stages = table[d_pad][kernel]
     over = _override().get(kernel)
     if over is not None:
         outer, step, warps, stages = over
-    outer_grid, step_grid = (grid_n, grid_m) if kernel in ("dkdv", "fused") else (grid_m, grid_n)
+    outer_grid, step_grid = (grid_n, grid_m) if kernel == "dkdv" else (grid_m, grid_n)
     outer = _fit(outer or outer_grid, outer_grid)
     step = _fit(step, step_grid)
     if not interpret:
