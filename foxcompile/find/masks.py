@@ -327,7 +327,12 @@ class MaskReader:
         return None
 
     def negative_infinity(self, node, threshold: float) -> Mask | None:
-        """Where an additive mask holds a value <= threshold (and 0 elsewhere)."""
+        """Where an additive mask holds a value <= threshold (and 0 elsewhere): read from how it
+        was built, else, for one that is the same for every row, on a key flag."""
+        found = self._additive(node, threshold)
+        return found if found is not None else _additive_key_flag(node, threshold)
+
+    def _additive(self, node, threshold: float) -> Mask | None:
         k = g.kind(node)
         if k in ("tril", "triu"):
             fill = g.constant(node.args[0])
@@ -335,21 +340,10 @@ class MaskReader:
                 return None
             diagonal = g.arg(node, 1, "diagonal", 0)
             return Band("le" if k == "tril" else "ge", g.sym(diagonal))
-        if k == "masked_fill":
-            base, fill = node.args[0], g.number(node.args[2])
-            if g.constant(base) == 0.0 and fill is not None and fill <= threshold:
-                return self._lifted(self.truth, node.args[1], node)
-            return None
-        if k == "where":
-            a, b = g.constant(node.args[1]), g.constant(node.args[2])
-            cond = self._lifted(self.truth, node.args[0], node)
-            if cond is None:
-                return None
-            if a == 0.0 and b is not None and b <= threshold:
-                return cond.negate()
-            if b == 0.0 and a is not None and a <= threshold:
-                return cond
-            return None
+        if k in ("masked_fill", "where"):
+            found = _filled_where(node, threshold)
+            cond = None if found is None else self._lifted(self.truth, found[0], node)
+            return None if cond is None else (cond if found[1] else cond.negate())
         if k in ("cast", "identity"):
             return self.negative_infinity(node.args[0], threshold)
         if k == "expand":
@@ -504,14 +498,55 @@ def _key_flag(node) -> Split | None:
         return None
     rows, cols = _last_two(g.shape(node))
     view = _vector_view(node) if g.same_size(rows, 1) and not g.same_size(cols, 1) else None
-    if view is None:
+    return None if view is None else _flag_of(*view)
+
+
+def _flag_of(flag, placed: dict) -> Split | None:
+    """The mask "flag is True" for a boolean graph tensor placed along a mask's dims as
+    `_vector_view` says; None unless one dim runs along the columns and the others, unsliced,
+    along the leading dims."""
+    if g.dtype(flag) != torch.bool:
         return None
-    flag, placed = view
     keys = [d for d, (at, _) in placed.items() if at == -1]
     batch = tuple((d, at) for d, (at, start) in sorted(placed.items()) if at < -2 and start == 0)
     if len(keys) != 1 or len(batch) + 1 != len(placed):
         return None  # a leading dim sliced: not followed
     return Split(KeyFlag(flag, keys[0], batch, placed[keys[0]][1]), ALL, NONE)
+
+
+def _filled_where(node, threshold: float) -> tuple[fx.Node, bool] | None:
+    """(cond, held) when node is 0 except for a value <= threshold where the boolean `cond` is
+    `held`: masked_fill(0, cond, fill), where(cond, fill, 0) or where(cond, 0, fill)."""
+    k = g.kind(node)
+    if k == "masked_fill":
+        fill = g.number(node.args[2])
+        ok = g.constant(node.args[0]) == 0.0 and fill is not None and fill <= threshold
+        return (node.args[1], True) if ok else None
+    if k == "where":
+        a, b = g.constant(node.args[1]), g.constant(node.args[2])
+        if a == 0.0 and b is not None and b <= threshold:
+            return node.args[0], False
+        if b == 0.0 and a is not None and a <= threshold:
+            return node.args[0], True
+    return None
+
+
+def _additive_key_flag(node, threshold: float) -> Split | None:
+    """A floating tensor of size 1 along the rows that is a view of a 0 / <= threshold vector
+    `_filled_where` reads, its condition of the same shape: the mask on that condition (with its
+    negations peeled off) as a key flag."""
+    if not isinstance(node, fx.Node) or not g.floating(node):
+        return None
+    rows, cols = _last_two(g.shape(node))
+    view = _vector_view(node) if g.same_size(rows, 1) and not g.same_size(cols, 1) else None
+    found = None if view is None else _filled_where(view[0], threshold)
+    if found is None or g.shape(found[0]) != g.shape(view[0]):
+        return None
+    cond, held = found
+    while g.kind(cond) == "invert":
+        cond, held = cond.args[0], not held
+    flag = _flag_of(cond, view[1])
+    return None if flag is None else (flag if held else flag.negate())
 
 
 def _slice_starts(node) -> dict | None:
