@@ -778,3 +778,45 @@ def test_key_masks_with_flattened_heads_queries_at_the_end_and_sdpa():
     site = _key_masked(chunk, *_qkvg(B=2, M=4, N=12), valid, rows=_rows(valid[:, -4:]))
     assert site.masked_keys.batch == ((0, -4),)
     _key_masked(sdpa, *_qkvg(B=2, M=12, N=12), valid, rows=_rows(valid))
+
+
+def test_key_masks_that_stay_declined():
+    q, k, v, g = _qkvg(B=2, M=11, N=11)
+    valid = _left_padded()
+    doc = torch.stack([_ids(4, 7), _ids(5, 6)])
+
+    def query_side(q, k, v, g, valid):  # valid[:, None, :, None]: a mask of the queries
+        keep = _causal(11) & valid[:, None, :, None]
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    def pairwise(q, k, v, g, valid):  # a (B, 1, T, T) mask from data
+        keep = valid[:, None, :, None] & valid[:, None, None, :] & _causal(11)
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    def with_documents(q, k, v, g, valid, doc):
+        keep = (doc[:, None, :, None] == doc[:, None, None, :]) & _causal(11)
+        s = _gated_scores(q, k, g).masked_fill(~keep, -math.inf)
+        return s.masked_fill(~valid[:, None, None, :], -math.inf).softmax(-1).nan_to_num() @ v
+
+    def two_flags(q, k, v, g, valid):
+        keep = _causal(11) & valid[:, None, None, :] & valid.flip(-1)[:, None, None, :]
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    def partly_masked(q, k, v, g, valid):  # masked keys still seen from 3 or more rows below
+        keep = _causal(11) & (valid[:, None, None, :] | torch.ones(11, 11, dtype=torch.bool).tril(-3))
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    def without_causal(q, k, v, g, valid):
+        return _gated_scores(q, k, g).masked_fill(~valid[:, None, None, :], -1e9).softmax(-1) @ v
+
+    def sdpa_boolean(q, k, v, g, valid):  # True = keep; a boolean mask has no room for a gate
+        keep = _causal(11) & valid[:, None, None, :]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+    _declined(query_side, q, k, v, g, valid, reason="not recognised")
+    _declined(pairwise, q, k, v, g, valid, reason="not recognised")
+    _declined(with_documents, q, k, v, g, valid, doc, reason="combined with a packed-sequence")
+    _declined(two_flags, q, k, v, g, valid, reason="two key masks")
+    _declined(partly_masked, q, k, v, g, valid, reason="only whole keys can be masked")
+    _declined(without_causal, q, k, v, g, valid, reason="not the causal future")
+    _declined(sdpa_boolean, q, k, v, g, valid, reason="boolean attn_mask")
