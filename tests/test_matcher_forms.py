@@ -813,10 +813,42 @@ def test_key_masks_that_stay_declined():
         keep = _causal(11) & valid[:, None, None, :]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
 
+    def flag_changed_later(q, k, v, g, valid):  # the op would read the flag after the change
+        flag = valid.clone()
+        keep = _causal(11) & flag[:, None, None, :]
+        flag[:, :3] = True
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
     _declined(query_side, q, k, v, g, valid, reason="not recognised")
+    _declined(flag_changed_later, q, k, v, g, valid, reason="in-place setitem")
     _declined(pairwise, q, k, v, g, valid, reason="not recognised")
     _declined(with_documents, q, k, v, g, valid, doc, reason="combined with a packed-sequence")
     _declined(two_flags, q, k, v, g, valid, reason="two key masks")
     _declined(partly_masked, q, k, v, g, valid, reason="only whole keys can be masked")
     _declined(without_causal, q, k, v, g, valid, reason="not the causal future")
     _declined(sdpa_boolean, q, k, v, g, valid, reason="boolean attn_mask")
+
+
+def test_gates_zeroed_on_the_padding_stay_non_positive():
+    """masked_fill / where with 0, or times a boolean, keep logsigmoid's sign: proven without a key
+    mask; a positive fill does not."""
+    def zeroed(form):
+        def attend(q, k, v, g, valid):
+            log_f, flags = F.logsigmoid(g), valid[:, None, :]
+            if form == "masked_fill":
+                log_f = log_f.masked_fill(~flags, 0.0)
+            elif form == "where":
+                log_f = torch.where(flags, log_f, 0.0)
+            elif form == "times_flag":
+                log_f = log_f * flags
+            else:
+                log_f = log_f.masked_fill(~flags, 0.5)
+            lam = torch.cumsum(log_f, dim=-1)
+            s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+            return s.masked_fill(~_causal(q.shape[2]), -math.inf).softmax(-1) @ v
+        return attend
+
+    q, k, v, g = _qkvg(B=2, M=11, N=11)
+    for form in ("masked_fill", "where", "times_flag"):
+        _one_site(zeroed(form), q, k, v, g, _left_padded())
+    _one_site(zeroed("positive_fill"), q, k, v, g, _left_padded(), decay="guarded")

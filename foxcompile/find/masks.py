@@ -77,10 +77,6 @@ class SameDocument:
     row_start: sympy.Expr
     col_start: sympy.Expr
 
-    @property
-    def node(self) -> fx.Node:
-        return self.doc
-
     def same_as(self, other) -> bool:
         return (isinstance(other, SameDocument) and self.doc is other.doc and self.seq == other.seq
                 and self.batch == other.batch
@@ -105,10 +101,6 @@ class KeyFlag:
     key: int
     batch: tuple[tuple[int, int], ...]
     start: sympy.Expr
-
-    @property
-    def node(self) -> fx.Node:
-        return self.flag
 
     def same_as(self, other) -> bool:
         return (isinstance(other, KeyFlag) and self.flag is other.flag and self.key == other.key
@@ -540,13 +532,17 @@ def _additive_key_flag(node, threshold: float) -> Split | None:
     rows, cols = _last_two(g.shape(node))
     view = _vector_view(node) if g.same_size(rows, 1) and not g.same_size(cols, 1) else None
     found = None if view is None else _filled_where(view[0], threshold)
-    if found is None or g.shape(found[0]) != g.shape(view[0]):
+    if found is None or not _same_shape(g.shape(found[0]), g.shape(view[0])):
         return None
     cond, held = found
     while g.kind(cond) == "invert":
         cond, held = cond.args[0], not held
     flag = _flag_of(cond, view[1])
     return None if flag is None else (flag if held else flag.negate())
+
+
+def _same_shape(a, b) -> bool:
+    return a is not None and b is not None and len(a) == len(b) and all(map(g.same_size, a, b))
 
 
 def _slice_starts(node) -> dict | None:
