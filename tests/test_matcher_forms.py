@@ -852,3 +852,35 @@ def test_gates_zeroed_on_the_padding_stay_non_positive():
     for form in ("masked_fill", "where", "times_flag"):
         _one_site(zeroed(form), q, k, v, g, _left_padded())
     _one_site(zeroed("positive_fill"), q, k, v, g, _left_padded(), decay="guarded")
+
+
+def test_key_masks_with_grouped_heads_no_batch_and_dynamic_shapes():
+    def grouped(q, k, v, g, valid):  # q (B, T, Hk, G, D); k, v (B, T, Hk, D); g (B, Hk, G, T)
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = torch.einsum("bihgd,bjhd->bhgij", q, k) + lam[..., :, None] - lam[..., None, :]
+        keep = _causal(q.shape[1]) & valid[:, None, None, None, :]
+        return torch.einsum("bhgij,bjhd->bihgd", s.masked_fill(~keep, -1e9).softmax(-1), v)
+
+    def unbatched(q, k, v, g, valid):  # (T, D), a (T,) flag
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.T + lam[:, None] - lam[None, :]
+        return s.masked_fill(~(_causal(q.shape[0]) & valid), -math.inf).softmax(-1) @ v
+
+    valid = torch.arange(10)[None] >= torch.tensor([[3], [0]])
+    args = (torch.randn(2, 10, 2, 3, 8), torch.randn(2, 10, 2, 8), torch.randn(2, 10, 2, 8),
+            torch.randn(2, 2, 3, 10))
+    _key_masked(grouped, *args, valid, rows=valid[:, :, None, None, None])
+    args = (torch.randn(10, 8), torch.randn(10, 8), torch.randn(10, 8), torch.randn(10))
+    _key_masked(unbatched, *args, valid[0], rows=valid[0][:, None])
+
+    fn = key_masked("combined", "-1e9")
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="fox_acp", dynamic=True, options=AOT)
+    for T in (9, 13):
+        q, k, v, g = _qkvg(B=3, H=2, M=T, N=T)
+        valid = torch.arange(T)[None] >= torch.tensor([[3], [0], [5]])
+        with foxcompile.pruning_stats() as stats:
+            out = compiled(q, k, v, g, valid)
+        assert stats.per_head(), "the site was not rewritten"
+        rows = _rows(valid).expand(out.shape)
+        torch.testing.assert_close(out[rows], fn(q, k, v, g, valid)[rows], rtol=1e-5, atol=1e-5)

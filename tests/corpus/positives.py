@@ -1892,6 +1892,7 @@ POSITIVES: list[Case] = [
           "padding=left(attention_mask 0/1 ints, [:,None,None,:].bool()) mask=buffer&pad finfo.min "
           "gate=masked_fill(mask==0,0).float() softmax=F",
           "HF-style left padding: a key mask", ref_left_padded_hf, decay="guarded", mixed=True,
+          inductor=True,
           rows=_valid_rows_bt),
     _case("prefill_left_padded_cache", build_prefill_left_padded,
           "padding=left(valid (B,N)) decode=prefill(M<N) mask=tril(N-M)_then_masked_fill(~valid) qk=einsum",
