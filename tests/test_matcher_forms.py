@@ -819,6 +819,17 @@ def test_key_masks_that_stay_declined():
         flag[:, :3] = True
         return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
 
+    def arithmetic_extended_mask(q, k, v, g, attention_mask):  # old HF: (1 - m) * finfo.min
+        s = _gated_scores(q, k, g)
+        s = s + (1.0 - attention_mask[:, None, None, :].to(s.dtype)) * torch.finfo(s.dtype).min
+        return s.masked_fill(~_causal(11), -math.inf).softmax(-1) @ v
+
+    def arithmetic_padding_bias(q, k, v, g, valid):  # -1e9 times the padding indicator
+        s = _gated_scores(q, k, g) + (~valid)[:, None, None, :].to(q.dtype) * -1e9
+        return s.masked_fill(~_causal(11), -math.inf).softmax(-1) @ v
+
+    _declined(arithmetic_extended_mask, q, k, v, g, valid.long(), reason="lost in the rounding")
+    _declined(arithmetic_padding_bias, q, k, v, g, valid, reason="written as arithmetic")
     _declined(query_side, q, k, v, g, valid, reason="not recognised")
     _declined(flag_changed_later, q, k, v, g, valid, reason="in-place setitem")
     _declined(pairwise, q, k, v, g, valid, reason="not recognised")

@@ -250,6 +250,11 @@ class Matcher:
             elif found == "qk":
                 qk_terms.append(term)
             elif found is not None:
+                if abs(found.coef) >= -FINITE_MASK_LIMIT:
+                    raise Declined(f"{_describe(found.leaf)} enters the scores times "
+                                   f"{found.coef:g}: a key mask written as arithmetic (m * -1e9) "
+                                   "is not read as a mask, and as a gate it would drown the "
+                                   "others in the rounding; mask with masked_fill or where")
                 key_terms.append(found)
             if found not in (None, "additive"):
                 kept.append(term)
