@@ -1,10 +1,11 @@
 """Replace a matched Site by one call of foxcompile::attention.
 
 New nodes view q, k, v as (B, H, T, D) (permute, flatten, unsqueeze), build the key-side vector
-lam = -sum_t c_t prod(factors) w_t as (B or 1, H or 1, N), view packed sequences' document ids as
-(B, N) or (N,), call the op, and view its output in the dims of the replaced node. Then the site's own nodes, now dead, go: its in-place changes to the
-scores and every pure node that only fed the old output. Nothing else is touched (a whole-graph
-dead-code pass would also drop in-place method calls whose result is unused).
+lam = -sum_t c_t prod(factors) w_t as (B or 1, H or 1, N), +inf on the keys of a key mask, view
+packed sequences' document ids as (B, N) or (N,), call the op, and view its output in the dims of
+the replaced node. Then the site's own nodes, now dead, go: its in-place changes to the scores and
+every pure node that only fed the old output. Nothing else is touched (a whole-graph dead-code
+pass would also drop in-place method calls whose result is unused).
 """
 import math
 import operator
