@@ -1,11 +1,13 @@
 """Replace a matched Site by one call of foxcompile::attention.
 
 New nodes view q, k, v as (B, H, T, D) (permute, flatten, unsqueeze), build the key-side vector
-lam = -sum_t c_t prod(factors) w_t as (B or 1, H or 1, N), view packed sequences' document ids as
-(B, N) or (N,), call the op, and view its output in the dims of the replaced node. Then the site's own nodes, now dead, go: its in-place changes to the
-scores and every pure node that only fed the old output. Nothing else is touched (a whole-graph
-dead-code pass would also drop in-place method calls whose result is unused).
+lam = -sum_t c_t prod(factors) w_t as (B or 1, H or 1, N), +inf on the keys of a key mask, view
+packed sequences' document ids as (B, N) or (N,), call the op, and view its output in the dims of
+the replaced node. Then the site's own nodes, now dead, go: its in-place changes to the scores and
+every pure node that only fed the old output. Nothing else is touched (a whole-graph dead-code
+pass would also drop in-place method calls whose result is unused).
 """
+import math
 import operator
 
 import torch
@@ -66,8 +68,27 @@ def _as_output(graph, out: fx.Node, site: Site) -> fx.Node:
     return out
 
 
+def _removed_keys(graph, site: Site) -> fx.Node:
+    """The masked keys as a boolean (batch..., N) tensor over the scores' batch dims (size 1 where
+    the mask does not vary): the flag tensor with its other size-1 dims dropped and new ones
+    added where the scores have batch dims it lacks."""
+    keys = site.masked_keys
+    x, places = keys.node, dict(keys.batch)
+    places[keys.key] = -1
+    for dim in reversed(range(g.rank(x))):
+        if dim not in places:
+            x = _method(graph, "select", x, dim, 0)
+    present = sorted(at + 1 if at < -2 else -1 for at in places.values())  # the row dim is gone
+    width = site.batch_dims + 1
+    for position in range(width):  # left to right: the dims placed so far stay put
+        if position - width not in present:
+            x = _method(graph, "unsqueeze", x, position)
+    return x if keys.removed_when else _call(graph, operator.invert, x)
+
+
 def _key_vector(graph, site: Site) -> fx.Node:
-    """lam (B or 1, H or 1, N) = -sum of the key-side terms, with the i axis dropped."""
+    """lam (B or 1, H or 1, N) = -sum of the key-side terms, with the i axis dropped; +inf on the
+    masked keys (the op keeps them out of every other query's row)."""
     rank = site.batch_dims + 2
     total = None
     for term in site.key_terms:
@@ -84,6 +105,8 @@ def _key_vector(graph, site: Site) -> fx.Node:
         if term.cumulative:
             x = _method(graph, "cumsum", x, -1)
         total = x if total is None else _call(graph, operator.add, total, x)
+    if site.masked_keys is not None:
+        total = _call(graph, torch.where, _removed_keys(graph, site), math.inf, total)
     if site.batch_dims == 0:
         return _call(graph, operator.getitem, total, (None, None))
     if site.batch_dims == 1:

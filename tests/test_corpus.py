@@ -46,11 +46,13 @@ def _compare(case, dtype, options):
     rng = seed_of(case.name, "dropout") if case.training else None
     cot = seed_of(case.name, "cotangent")
     params = trainable(fn)
-    eager = run_with_grads(fn, inputs, cotangent_seed=cot, rng_seed=rng, params=params)
+    rows = case.rows(inputs) if case.rows else None
+    eager = run_with_grads(fn, inputs, cotangent_seed=cot, rng_seed=rng, params=params, rows=rows)
     compiled_fn = torch.compile(fn, backend="fox_acp", options=options)
-    compiled = run_with_grads(compiled_fn, inputs, cotangent_seed=cot, rng_seed=rng, params=params)
+    compiled = run_with_grads(compiled_fn, inputs, cotangent_seed=cot, rng_seed=rng, params=params,
+                              rows=rows)
     rtol, atol = TOLERANCES[(dtype, case.mixed)]
-    assert_same_run(eager, compiled, rtol=rtol, atol=atol, what=f"{case.name} {dtype}")
+    assert_same_run(eager, compiled, rtol=rtol, atol=atol, what=f"{case.name} {dtype}", rows=rows)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))

@@ -605,3 +605,312 @@ def test_packed_chunk_under_dynamic_shapes():
             out = compiled(q, k, v, g, doc)
         assert stats.per_head(), "the site was not rewritten"
         torch.testing.assert_close(out, chunk(q, k, v, g, doc), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Key masks (padding): causal AND a boolean flag per key, broadcast along the queries
+
+def _fill(name, dtype):
+    return {"-inf": -math.inf, "finfo.min": torch.finfo(dtype).min, "-1e9": -1e9}[name]
+
+
+def _left_padded(B=2, T=11, starts=(4, 0)):
+    """(B, T) validity: False on the first starts[b] positions of row b."""
+    return torch.arange(T)[None, :] >= torch.tensor(starts)[:, None]
+
+
+def _padded_matches_eager(fn, *args, rows):
+    """Compiled versus eager in fp64 and fp32 where eager has a visible key: outputs on `rows`
+    (bool, broadcast to the output: the queries that see at least one key), the gradients of a loss over those rows
+    only (where eager's are finite: its rows without a visible key are NaN under a -inf fill, and
+    NaN times a zero cotangent stays NaN in v's gradient); the compiled run is finite everywhere."""
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 2e-5)):
+        cast = [a.to(dtype) if a.is_floating_point() else a for a in args]
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, backend="fox_acp", options=AOT)
+        runs = []
+        for f in (fn, compiled):
+            leaves = [a.clone().requires_grad_(a.is_floating_point()) for a in cast]
+            out = f(*leaves)
+            weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+            keep = rows.expand(out.shape)
+            (torch.where(keep, out, 0) * weight).sum().backward()
+            runs.append((out.detach(), [a.grad for a in leaves if a.requires_grad], keep))
+        (out_e, grads_e, keep), (out_c, grads_c, _) = runs
+        assert torch.isfinite(out_c).all() and all(torch.isfinite(x).all() for x in grads_c)
+        torch.testing.assert_close(out_c[keep], out_e[keep], rtol=tol, atol=tol)
+        for a, b in zip(grads_c, grads_e):
+            finite = torch.isfinite(b)
+            torch.testing.assert_close(a[finite], b[finite], rtol=tol, atol=tol)
+
+
+def _rows(valid):
+    """(B, M) queries with a visible key, broadcast to a (B, H, M, D) output."""
+    return valid[:, None, :, None]
+
+
+def _key_masked(fn, *args, rows, decay="guarded", removed_when=False):
+    report = foxcompile.explain(fn, *args)
+    assert len(report.sites) == 1 and not report.declined, str(report)
+    site = report.sites[0]
+    assert site.decay == decay and site.masked_keys is not None, str(report)
+    assert site.masked_keys.removed_when is removed_when
+    _padded_matches_eager(fn, *args, rows=rows)
+    return site
+
+
+def _gated_scores(q, k, g, valid=None):
+    """scale q.k + lam_i - lam_j, the gates before the start zeroed (valid (B, T), or none)."""
+    log_f = F.logsigmoid(g)
+    if valid is not None:
+        log_f = log_f.masked_fill(~valid[:, None, :], 0.0)
+    lam = torch.cumsum(log_f, dim=-1)
+    return q @ k.mT * q.shape[-1] ** -0.5 + lam[..., -q.shape[2]:, None] - lam[..., None, :]
+
+
+def key_masked(form, fill="-inf"):
+    def attend(q, k, v, g, valid):
+        T = q.shape[2]
+        s = _gated_scores(q, k, g, valid)
+        value = _fill(fill, s.dtype)
+        if form == "combined":
+            keep = _causal(T) & valid[:, None, None, :]
+            return s.masked_fill(~keep, value).softmax(-1) @ v
+        if form == "separate":
+            s = s.masked_fill(~_causal(T), value)
+            return s.masked_fill(~valid[:, None, None, :], value).softmax(-1) @ v
+        if form == "where":
+            keep = valid[:, None, None, :] & torch.ones(T, T, dtype=torch.bool).tril()
+            return torch.where(keep, s, value).softmax(-1) @ v
+        if form == "removed_or":
+            removed = torch.ones(T, T, dtype=torch.bool).triu(1) | ~valid[:, None, None, :]
+            return s.masked_fill(removed, value).softmax(-1) @ v
+        if form == "index_assign":
+            keep = _causal(T) & valid[:, None, None, :]
+            s[~keep.expand(s.shape)] = value
+            return s.softmax(-1) @ v
+        if form == "additive":
+            pad = torch.zeros(valid.shape, dtype=s.dtype).masked_fill(~valid, value)
+            future = torch.full((T, T), value, dtype=s.dtype).triu(1)
+            return (s + future + pad[:, None, None, :]).softmax(-1) @ v
+        if form == "nan_repair":
+            keep = _causal(T) & valid[:, None, None, :]
+            return s.masked_fill(~keep, value).softmax(-1).nan_to_num() @ v
+        raise ValueError(form)
+    return attend
+
+
+def test_key_masks_in_every_form_and_fill():
+    q, k, v, g = _qkvg(B=2, M=11, N=11)
+    valid = _left_padded()
+    for form in ("combined", "separate", "where", "removed_or", "index_assign", "nan_repair",
+                 "additive"):
+        for fill in ("-inf", "finfo.min", "-1e9") if form == "combined" else ("-inf",):
+            _key_masked(key_masked(form, fill), q, k, v, g, valid, rows=_rows(valid))
+    _key_masked(key_masked("additive", "-1e9"), q, k, v, g, valid, rows=_rows(valid))
+
+
+def test_rows_without_a_visible_key_are_finite_and_keep_the_others_exact():
+    """Left padding: the padded queries see no key (eager: NaN under -inf, a uniform average of
+    all T values under finfo.min); the op gives them a finite row, and a loss over the other rows
+    has eager's gradients, including those of the gate logits."""
+    q, k, v, g = _qkvg(B=2, M=11, N=11)
+    valid = _left_padded(starts=(6, 2))
+    fn = key_masked("combined", "finfo.min")
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend="fox_acp", options=AOT)(q, k, v, g, valid)
+    assert torch.isfinite(out).all()
+    _padded_matches_eager(fn, q, k, v, g, valid, rows=_rows(valid))
+
+
+def test_right_padding_is_a_key_mask_whose_lam_rises():
+    """Padding at the end: the padded queries still see the real keys, as in eager (in fp32 to
+    the precision of a lam 1e4 above the others, their own key's stand-in); lam rises where the
+    padding starts, so the guard turns pruning off."""
+    q, k, v, g = _qkvg(B=2, M=11, N=11)
+    valid = torch.arange(11)[None, :] < torch.tensor([[7], [11]])
+    fn = key_masked("combined")
+    _key_masked(fn, q, k, v, g, valid, rows=_rows(valid))
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="fox_acp", options=AOT)
+    args64 = [a.double() if a.is_floating_point() else a for a in (q, k, v, g)]
+    torch.testing.assert_close(compiled(*args64, valid), fn(*args64, valid), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(compiled(q, k, v, g, valid), fn(q, k, v, g, valid),
+                               rtol=1e-2, atol=1e-2)
+
+
+def test_key_flags_of_other_shapes_and_spellings():
+    q, k, v, g = _qkvg(B=2, M=11, N=11)
+    valid = _left_padded()
+
+    def int_attention_mask(q, k, v, g, attention_mask):  # (B, T) of 0/1, HF style
+        s = _gated_scores(q, k, g)
+        keep = (attention_mask == 1)[:, None, None, :] & _causal(11)
+        return s.masked_fill(~keep, torch.finfo(s.dtype).min).softmax(-1) @ v
+
+    def bool_cast(q, k, v, g, attention_mask):
+        s = _gated_scores(q, k, g).masked_fill(~_causal(11), -math.inf)
+        return s.masked_fill(attention_mask.bool()[:, None, None, :] == 0, -math.inf).softmax(-1) @ v
+
+    def four_d_flag(q, k, v, g, valid4):  # (B, 1, 1, T) handed in
+        return torch.where(valid4 & _causal(11), _gated_scores(q, k, g), -math.inf).softmax(-1) @ v
+
+    def padding_flag(q, k, v, g, pad):  # True on the padding: the removed set itself
+        s = _gated_scores(q, k, g).masked_fill(pad.unsqueeze(1).unsqueeze(2), -math.inf)
+        return s.masked_fill(~_causal(11), -math.inf).softmax(-1) @ v
+
+    def per_head(q, k, v, g, valid):  # (B, H, 1, T): the op's lam is per head anyway
+        flags = torch.stack([valid, valid.roll(1, -1)], dim=1)[:, :, None, :]
+        return torch.where(flags & _causal(11), _gated_scores(q, k, g), -math.inf).softmax(-1) @ v
+
+    ints = valid.long()
+    _key_masked(int_attention_mask, q, k, v, g, ints, rows=_rows(valid))
+    _key_masked(bool_cast, q, k, v, g, ints, rows=_rows(valid))
+    _key_masked(four_d_flag, q, k, v, g, valid[:, None, None, :], rows=_rows(valid))
+    _key_masked(padding_flag, q, k, v, g, ~valid, rows=_rows(valid), removed_when=True)
+    seen = torch.stack([valid, valid.roll(1, -1)], dim=1).int().cummax(-1).values.bool()
+    _key_masked(per_head, q, k, v, g, valid, rows=seen[..., None])  # (B, H, T, 1)
+
+
+def test_key_masks_with_flattened_heads_queries_at_the_end_and_sdpa():
+    valid = _left_padded(T=12, starts=(5, 1))
+
+    def flat(q, k, v, g, valid):  # (B*H, T, T) scores, a (B*H, T) flag
+        s = torch.bmm(q, k.mT) + g.cumsum(-1)[:, :, None] - g.cumsum(-1)[:, None, :]
+        keep = torch.ones(12, 12, dtype=torch.bool).tril() & valid[:, None, :]
+        return torch.bmm(s.masked_fill(~keep, -1e9).softmax(-1), v)
+
+    def chunk(q, k, v, g, valid):  # the last 4 queries of 12 keys
+        keep = torch.ones(4, 12, dtype=torch.bool).tril(8) & valid[:, None, None, :]
+        return _gated_scores(q, k, g).masked_fill(~keep, -math.inf).softmax(-1) @ v
+
+    def sdpa(q, k, v, g, valid):
+        lam = F.logsigmoid(g).cumsum(-1)
+        keep = torch.ones(12, 12, dtype=torch.bool).tril() & valid[:, None, None, :]
+        bias = torch.where(keep, lam[..., :, None] - lam[..., None, :], -math.inf)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+    q, k, v, g = (x.flatten(0, 1) for x in _qkvg(B=2, H=2, M=12, N=12))
+    g = F.logsigmoid(g)
+    flat_valid = valid.repeat_interleave(2, dim=0)
+    _key_masked(flat, q, k, v, g, flat_valid, rows=flat_valid[:, :, None])
+    site = _key_masked(chunk, *_qkvg(B=2, M=4, N=12), valid, rows=_rows(valid[:, -4:]))
+    assert site.masked_keys.batch == ((0, -4),)
+    _key_masked(sdpa, *_qkvg(B=2, M=12, N=12), valid, rows=_rows(valid))
+
+
+def test_key_masks_that_stay_declined():
+    q, k, v, g = _qkvg(B=2, M=11, N=11)
+    valid = _left_padded()
+    doc = torch.stack([_ids(4, 7), _ids(5, 6)])
+
+    def query_side(q, k, v, g, valid):  # valid[:, None, :, None]: a mask of the queries
+        keep = _causal(11) & valid[:, None, :, None]
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    def pairwise(q, k, v, g, valid):  # a (B, 1, T, T) mask from data
+        keep = valid[:, None, :, None] & valid[:, None, None, :] & _causal(11)
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    def with_documents(q, k, v, g, valid, doc):
+        keep = (doc[:, None, :, None] == doc[:, None, None, :]) & _causal(11)
+        s = _gated_scores(q, k, g).masked_fill(~keep, -math.inf)
+        return s.masked_fill(~valid[:, None, None, :], -math.inf).softmax(-1).nan_to_num() @ v
+
+    def two_flags(q, k, v, g, valid):
+        keep = _causal(11) & valid[:, None, None, :] & valid.flip(-1)[:, None, None, :]
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    def partly_masked(q, k, v, g, valid):  # masked keys still seen from 3 or more rows below
+        keep = _causal(11) & (valid[:, None, None, :] | torch.ones(11, 11, dtype=torch.bool).tril(-3))
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    def without_causal(q, k, v, g, valid):
+        return _gated_scores(q, k, g).masked_fill(~valid[:, None, None, :], -1e9).softmax(-1) @ v
+
+    def sdpa_boolean(q, k, v, g, valid):  # True = keep; a boolean mask has no room for a gate
+        keep = _causal(11) & valid[:, None, None, :]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+    def flag_changed_later(q, k, v, g, valid):  # the op would read the flag after the change
+        flag = valid.clone()
+        keep = _causal(11) & flag[:, None, None, :]
+        flag[:, :3] = True
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    def arithmetic_extended_mask(q, k, v, g, attention_mask):  # old HF: (1 - m) * finfo.min
+        s = _gated_scores(q, k, g)
+        s = s + (1.0 - attention_mask[:, None, None, :].to(s.dtype)) * torch.finfo(s.dtype).min
+        return s.masked_fill(~_causal(11), -math.inf).softmax(-1) @ v
+
+    def arithmetic_padding_bias(q, k, v, g, valid):  # -1e9 times the padding indicator
+        s = _gated_scores(q, k, g) + (~valid)[:, None, None, :].to(q.dtype) * -1e9
+        return s.masked_fill(~_causal(11), -math.inf).softmax(-1) @ v
+
+    _declined(arithmetic_extended_mask, q, k, v, g, valid.long(), reason="lost in the rounding")
+    _declined(arithmetic_padding_bias, q, k, v, g, valid, reason="written as arithmetic")
+    _declined(query_side, q, k, v, g, valid, reason="not recognised")
+    _declined(flag_changed_later, q, k, v, g, valid, reason="in-place setitem")
+    _declined(pairwise, q, k, v, g, valid, reason="not recognised")
+    _declined(with_documents, q, k, v, g, valid, doc, reason="combined with a packed-sequence")
+    _declined(two_flags, q, k, v, g, valid, reason="two key masks")
+    _declined(partly_masked, q, k, v, g, valid, reason="only whole keys can be masked")
+    _declined(without_causal, q, k, v, g, valid, reason="not the causal future")
+    _declined(sdpa_boolean, q, k, v, g, valid, reason="boolean attn_mask")
+
+
+def test_gates_zeroed_on_the_padding_stay_non_positive():
+    """masked_fill / where with 0, or times a boolean, keep logsigmoid's sign: proven without a key
+    mask; a positive fill does not."""
+    def zeroed(form):
+        def attend(q, k, v, g, valid):
+            log_f, flags = F.logsigmoid(g), valid[:, None, :]
+            if form == "masked_fill":
+                log_f = log_f.masked_fill(~flags, 0.0)
+            elif form == "where":
+                log_f = torch.where(flags, log_f, 0.0)
+            elif form == "times_flag":
+                log_f = log_f * flags
+            else:
+                log_f = log_f.masked_fill(~flags, 0.5)
+            lam = torch.cumsum(log_f, dim=-1)
+            s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+            return s.masked_fill(~_causal(q.shape[2]), -math.inf).softmax(-1) @ v
+        return attend
+
+    q, k, v, g = _qkvg(B=2, M=11, N=11)
+    for form in ("masked_fill", "where", "times_flag"):
+        _one_site(zeroed(form), q, k, v, g, _left_padded())
+    _one_site(zeroed("positive_fill"), q, k, v, g, _left_padded(), decay="guarded")
+
+
+def test_key_masks_with_grouped_heads_no_batch_and_dynamic_shapes():
+    def grouped(q, k, v, g, valid):  # q (B, T, Hk, G, D); k, v (B, T, Hk, D); g (B, Hk, G, T)
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = torch.einsum("bihgd,bjhd->bhgij", q, k) + lam[..., :, None] - lam[..., None, :]
+        keep = _causal(q.shape[1]) & valid[:, None, None, None, :]
+        return torch.einsum("bhgij,bjhd->bihgd", s.masked_fill(~keep, -1e9).softmax(-1), v)
+
+    def unbatched(q, k, v, g, valid):  # (T, D), a (T,) flag
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.T + lam[:, None] - lam[None, :]
+        return s.masked_fill(~(_causal(q.shape[0]) & valid), -math.inf).softmax(-1) @ v
+
+    valid = torch.arange(10)[None] >= torch.tensor([[3], [0]])
+    args = (torch.randn(2, 10, 2, 3, 8), torch.randn(2, 10, 2, 8), torch.randn(2, 10, 2, 8),
+            torch.randn(2, 2, 3, 10))
+    _key_masked(grouped, *args, valid, rows=valid[:, :, None, None, None])
+    args = (torch.randn(10, 8), torch.randn(10, 8), torch.randn(10, 8), torch.randn(10))
+    _key_masked(unbatched, *args, valid[0], rows=valid[0][:, None])
+
+    fn = key_masked("combined", "-1e9")
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="fox_acp", dynamic=True, options=AOT)
+    for T in (9, 13):
+        q, k, v, g = _qkvg(B=3, H=2, M=T, N=T)
+        valid = torch.arange(T)[None] >= torch.tensor([[3], [0], [5]])
+        with foxcompile.pruning_stats() as stats:
+            out = compiled(q, k, v, g, valid)
+        assert stats.per_head(), "the site was not rewritten"
+        rows = _rows(valid).expand(out.shape)
+        torch.testing.assert_close(out[rows], fn(q, k, v, g, valid)[rows], rtol=1e-5, atol=1e-5)

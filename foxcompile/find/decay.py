@@ -7,6 +7,8 @@ None. Both are sound: every rule below is a theorem (logsigmoid <= 0, cumsum of 
 increases, an arange with a positive step increases, ...); whatever no rule covers is None, and
 the site is then guarded at run time instead of proven.
 """
+import torch
+
 from . import graph as g
 
 _NON_NEGATIVE = {"sigmoid", "exp", "exp2", "softplus", "abs", "relu", "square"}
@@ -26,10 +28,21 @@ def _combine(a, b):
     return a * b
 
 
+def _either(a, b):
+    """Sign of a value that is one of two values, of signs a and b."""
+    if a is None or b is None:
+        return None
+    if a == b or b == 0:
+        return a
+    return b if a == 0 else None
+
+
 def sign(node) -> int | None:
     num = g.number(node)
     if num is not None:
         return 1 if num > 0 else (-1 if num < 0 else 0)
+    if g.dtype(node) == torch.bool:  # 0 or 1
+        return 1
     k = g.kind(node)
     if k == "logsigmoid":
         return -1
@@ -57,6 +70,10 @@ def sign(node) -> int | None:
     if k == "minimum":
         a, b = sign(node.args[0]), sign(node.args[1])
         return -1 if -1 in (a, b) else None
+    if k == "masked_fill":  # x, or the fill where the mask holds
+        return _either(sign(node.args[0]), sign(g.arg(node, 2, "value")))
+    if k == "where":
+        return _either(sign(node.args[1]), sign(node.args[2]))
     if k in ("full", "full_like"):
         return sign(g.arg(node, 1, "fill_value"))
     if k in ("zeros", "zeros_like"):

@@ -8,13 +8,16 @@ buffers, whose values are checked at compile time. Anything else is None: not un
 
 A causal mask for M queries at the end of N keys removes exactly d >= P + 1, P = N - M.
 
-Packed sequences add one more atom: `doc[i] == doc[j]` for a vector of document ids, read from a
-comparison of a query-side copy of a graph tensor with a key-side copy of the same tensor
-(`SameDocument`). A mask built from bands and that atom is a `Split`: one band where the two
-positions share a document, another where they do not. Comparing the ids of two different tensors,
-or with anything but == and !=, raises MaskDeclined with the reason.
+Two atoms that are not functions of d extend this, one per mask:
+- `SameDocument`, doc[i] == doc[j] for a vector of document ids (packed sequences), read from a
+  comparison of a query-side copy of a graph tensor with a key-side copy of the same tensor;
+- `KeyFlag`, flag[j]: a boolean graph tensor that varies along the keys (and the leading dims) but
+  not along the queries, such as the key-validity mask `valid[:, None, None, :]` of padding.
+A mask built from bands and one atom is a `Split`: one band where the atom holds, another where it
+does not. Comparing the ids of two different tensors, or with anything but == and !=, and masks
+that combine two different atoms, raise MaskDeclined with the reason.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 import torch
@@ -25,7 +28,7 @@ from . import graph as g
 
 class MaskDeclined(Exception):
     """A mask that must not be rewritten, with the reason (a comparison of document ids that is
-    not doc_i == doc_j of one vector)."""
+    not doc_i == doc_j of one vector, two different atoms in one mask)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,13 @@ ALL = Band("all")
 NONE = Band("none")
 
 
+def _moved_batch(batch: tuple, moves: dict) -> tuple | None:
+    """(atom dim, mask dim) pairs after a view that moves the mask dims as `moves` says; None when
+    the view drops one of them or moves it off the leading dims (< -2)."""
+    moved = tuple((d, moves.get(m)) for d, m in batch)
+    return None if any(m is None or m >= -2 for _, m in moved) else moved
+
+
 @dataclass(frozen=True)
 class SameDocument:
     """doc[..., row_start + r] == doc[..., col_start + c] over the rows r and columns c of a mask.
@@ -67,38 +77,85 @@ class SameDocument:
     row_start: sympy.Expr
     col_start: sympy.Expr
 
-    def same_as(self, other: "SameDocument") -> bool:
-        return (self.doc is other.doc and self.seq == other.seq and self.batch == other.batch
+    def same_as(self, other) -> bool:
+        return (isinstance(other, SameDocument) and self.doc is other.doc and self.seq == other.seq
+                and self.batch == other.batch
                 and sympy.simplify(self.row_start - other.row_start) == 0
                 and sympy.simplify(self.col_start - other.col_start) == 0)
+
+    def moved(self, moves: dict) -> "SameDocument | None":
+        batch = _moved_batch(self.batch, moves)
+        return None if batch is None else replace(self, batch=batch)
+
+    def sliced(self, row_start, col_start) -> "SameDocument":
+        return replace(self, row_start=self.row_start + row_start,
+                       col_start=self.col_start + col_start)
+
+
+@dataclass(frozen=True)
+class KeyFlag:
+    """flag[..., start + c] over the columns c of a mask, the same for every row: `flag` is a
+    boolean graph tensor whose dim `key` runs along the columns; `batch` pairs each of its other
+    dims of size > 1 with the mask dim (counted from the right, < -2) it runs along, in order."""
+    flag: fx.Node
+    key: int
+    batch: tuple[tuple[int, int], ...]
+    start: sympy.Expr
+
+    def same_as(self, other) -> bool:
+        return (isinstance(other, KeyFlag) and self.flag is other.flag and self.key == other.key
+                and self.batch == other.batch and sympy.simplify(self.start - other.start) == 0)
+
+    def moved(self, moves: dict) -> "KeyFlag | None":
+        batch = _moved_batch(self.batch, moves)
+        return None if batch is None or moves.get(-1) != -1 else replace(self, batch=batch)
+
+    def sliced(self, row_start, col_start) -> "KeyFlag":
+        return replace(self, start=self.start + col_start)
+
+
+Atom = SameDocument | KeyFlag
 
 
 @dataclass(frozen=True)
 class Split:
-    """A mask that holds `same` where the two positions lie in one document of `docs` and
-    `other` where they do not."""
-    docs: SameDocument
-    same: Band
-    other: Band
+    """A mask that holds `on` where `atom` holds (the two positions share a document, the key's
+    flag is True) and `off` where it does not."""
+    atom: Atom
+    on: Band
+    off: Band
 
     def negate(self) -> "Split":
-        return Split(self.docs, self.same.negate(), self.other.negate())
+        return Split(self.atom, self.on.negate(), self.off.negate())
 
 
 Mask = Band | Split  # what a boolean mask is read as
+
+
+def _atoms_differ(a: Atom, b: Atom) -> str:
+    """Why one mask cannot hold the two atoms a and b."""
+    if isinstance(a, SameDocument) and isinstance(b, SameDocument):
+        return (f"masks compare document ids of {a.doc.name} and of {b.doc.name} (or at other "
+                "offsets): not one packed-sequence mask")
+    if isinstance(a, KeyFlag) and isinstance(b, KeyFlag):
+        return (f"masks read two key masks, {a.flag.name} and {b.flag.name} (or one at other "
+                "positions): combine them into one boolean tensor before masking")
+    docs, keys = (a, b) if isinstance(a, SameDocument) else (b, a)
+    return (f"a key mask ({keys.flag.name}) combined with a packed-sequence document mask "
+            f"({docs.doc.name}): not supported; drop the key mask (padding lies in its own "
+            "document) or mask the keys through the gate")
 
 
 def _split(op, a, b):
     """op (both or either) of two masks, at least one a Split: the two cases apart."""
     if a is None or b is None:
         return None
-    if isinstance(a, Split) and isinstance(b, Split) and not a.docs.same_as(b.docs):
-        raise MaskDeclined(f"masks compare document ids of {a.docs.doc.name} and of "
-                           f"{b.docs.doc.name} (or at other offsets): not one packed-sequence mask")
-    docs = a.docs if isinstance(a, Split) else b.docs
-    a, b = (x if isinstance(x, Split) else Split(docs, x, x) for x in (a, b))
-    same, other = op(a.same, b.same), op(a.other, b.other)
-    return None if same is None or other is None else Split(docs, same, other)
+    if isinstance(a, Split) and isinstance(b, Split) and not a.atom.same_as(b.atom):
+        raise MaskDeclined(_atoms_differ(a.atom, b.atom))
+    atom = a.atom if isinstance(a, Split) else b.atom
+    a, b = (x if isinstance(x, Split) else Split(atom, x, x) for x in (a, b))
+    on, off = op(a.on, b.on), op(a.off, b.off)
+    return None if on is None or off is None else Split(atom, on, off)
 
 
 def both(a: Mask | None, b: Mask | None) -> Mask | None:
@@ -139,14 +196,25 @@ def _last_two(shape) -> tuple:
 
 
 def lift(band: Mask | None, source, target) -> Mask | None:
-    """A band read on a tensor of shape `source`, as it falls on the shape `target` it is
-    broadcast to. Unchanged when their last two dims agree; a tensor broadcast along a size-1 row
+    """A mask read on a tensor of shape `source`, as it falls on the shape `target` it is
+    broadcast to. Unchanged when their last two dims agree. A tensor broadcast along a size-1 row
     or column dim is a function of one index, so its diagonal band (or document atom) does not
-    carry over (None), while everywhere / nowhere does."""
-    if band is None or isinstance(band, Band) and band.side in ("all", "none"):
-        return band
-    a, b = _last_two(source), _last_two(target)
-    return band if all(g.same_size(x, y) for x, y in zip(a, b)) else None
+    carry over (None), while everywhere / nowhere does, and so does a key flag broadcast along
+    the rows."""
+    if band is None:
+        return None
+    rows, cols = (g.same_size(x, y) for x, y in zip(_last_two(source), _last_two(target)))
+    return _broadcast(band, rows, cols)
+
+
+def _broadcast(band: Mask, rows: bool, cols: bool) -> Mask | None:
+    """`band` on a tensor broadcast along its rows (unless `rows`) or columns (unless `cols`)."""
+    if isinstance(band, Band):
+        return band if band.side in ("all", "none") or rows and cols else None
+    if not cols or not rows and not isinstance(band.atom, KeyFlag):
+        return None
+    on, off = _broadcast(band.on, rows, cols), _broadcast(band.off, rows, cols)
+    return None if on is None or off is None else Split(band.atom, on, off)
 
 
 def _within(band: Band, n_queries, n_keys) -> Band:
@@ -201,7 +269,12 @@ class MaskReader:
         self.notes: list[str] = []
 
     def truth(self, node) -> Mask | None:
-        """Where a boolean (or 0/1) tensor is true."""
+        """Where a boolean (or 0/1) tensor is true: read from how it was built, else, for a boolean
+        tensor that is the same for every row, a key flag."""
+        found = self._built(node)
+        return found if found is not None else _key_flag(node)
+
+    def _built(self, node) -> Mask | None:
         if isinstance(node, bool):
             return ALL if node else NONE
         k = g.kind(node)
@@ -246,7 +319,12 @@ class MaskReader:
         return None
 
     def negative_infinity(self, node, threshold: float) -> Mask | None:
-        """Where an additive mask holds a value <= threshold (and 0 elsewhere)."""
+        """Where an additive mask holds a value <= threshold (and 0 elsewhere): read from how it
+        was built, else, for one that is the same for every row, on a key flag."""
+        found = self._additive(node, threshold)
+        return found if found is not None else _additive_key_flag(node, threshold)
+
+    def _additive(self, node, threshold: float) -> Mask | None:
         k = g.kind(node)
         if k in ("tril", "triu"):
             fill = g.constant(node.args[0])
@@ -254,21 +332,10 @@ class MaskReader:
                 return None
             diagonal = g.arg(node, 1, "diagonal", 0)
             return Band("le" if k == "tril" else "ge", g.sym(diagonal))
-        if k == "masked_fill":
-            base, fill = node.args[0], g.number(node.args[2])
-            if g.constant(base) == 0.0 and fill is not None and fill <= threshold:
-                return self._lifted(self.truth, node.args[1], node)
-            return None
-        if k == "where":
-            a, b = g.constant(node.args[1]), g.constant(node.args[2])
-            cond = self._lifted(self.truth, node.args[0], node)
-            if cond is None:
-                return None
-            if a == 0.0 and b is not None and b <= threshold:
-                return cond.negate()
-            if b == 0.0 and a is not None and a <= threshold:
-                return cond
-            return None
+        if k in ("masked_fill", "where"):
+            found = _filled_where(node, threshold)
+            cond = None if found is None else self._lifted(self.truth, found[0], node)
+            return None if cond is None else (cond if found[1] else cond.negate())
         if k in ("cast", "identity"):
             return self.negative_infinity(node.args[0], threshold)
         if k == "expand":
@@ -311,13 +378,11 @@ class MaskReader:
             return None
         row_start, col_start = starts
         if isinstance(band, Split):
-            docs = _moved_docs(band.docs, node)
-            if docs is None:
+            atom = _moved_atom(band.atom, node)
+            if atom is None:
                 return None
-            docs = SameDocument(docs.doc, docs.seq, docs.batch, docs.row_start + row_start,
-                                docs.col_start + col_start)
-            return Split(docs, band.same.shift(-(col_start - row_start)),
-                         band.other.shift(-(col_start - row_start)))
+            return Split(atom.sliced(row_start, col_start), band.on.shift(-(col_start - row_start)),
+                         band.off.shift(-(col_start - row_start)))
         return band.shift(-(col_start - row_start))
 
     def _compare(self, op: str, a, b) -> Mask | None:
@@ -378,24 +443,19 @@ def _dim_moves(node) -> dict | None:
     return None
 
 
-def _moved_docs(docs: SameDocument, node) -> SameDocument | None:
-    """The document atom of node's input as it falls on node (a view of it): its batch dims
-    move; None when a view drops or moves one of them off the leading dims."""
+def _moved_atom(atom: Atom, node) -> Atom | None:
+    """The atom of node's input as it falls on node (a view of it); None when the view drops or
+    moves one of its dims where the atom cannot follow."""
     moves = _dim_moves(node)
-    if moves is None:
-        return None
-    batch = tuple((d, moves.get(m)) for d, m in docs.batch)
-    if any(m is None or m >= -2 for _, m in batch):
-        return None
-    return SameDocument(docs.doc, docs.seq, batch, docs.row_start, docs.col_start)
+    return None if moves is None else atom.moved(moves)
 
 
 def _moved(mask: Mask | None, node) -> Mask | None:
     """A mask read on node's input, on node (an unsqueeze of a leading dim)."""
     if not isinstance(mask, Split):
         return mask
-    docs = _moved_docs(mask.docs, node)
-    return None if docs is None else Split(docs, mask.same, mask.other)
+    atom = _moved_atom(mask.atom, node)
+    return None if atom is None else Split(atom, mask.on, mask.off)
 
 
 def _vector_view(node):
@@ -421,6 +481,68 @@ def _vector_view(node):
             return None
         out[d] = (moves[at], start + starts.get(at, 0))
     return base, out
+
+
+def _key_flag(node) -> Split | None:
+    """A boolean graph tensor of size 1 along the rows and not along the columns, as the mask
+    "flag[j] is True" (a Split on a KeyFlag); None for anything else."""
+    if not isinstance(node, fx.Node) or g.dtype(node) != torch.bool:
+        return None
+    rows, cols = _last_two(g.shape(node))
+    view = _vector_view(node) if g.same_size(rows, 1) and not g.same_size(cols, 1) else None
+    return None if view is None else _flag_of(*view)
+
+
+def _flag_of(flag, placed: dict) -> Split | None:
+    """The mask "flag is True" for a boolean graph tensor placed along a mask's dims as
+    `_vector_view` says; None unless one dim runs along the columns and the others, unsliced,
+    along the leading dims."""
+    if g.dtype(flag) != torch.bool:
+        return None
+    keys = [d for d, (at, _) in placed.items() if at == -1]
+    batch = tuple((d, at) for d, (at, start) in sorted(placed.items()) if at < -2 and start == 0)
+    if len(keys) != 1 or len(batch) + 1 != len(placed):
+        return None  # a leading dim sliced: not followed
+    return Split(KeyFlag(flag, keys[0], batch, placed[keys[0]][1]), ALL, NONE)
+
+
+def _filled_where(node, threshold: float) -> tuple[fx.Node, bool] | None:
+    """(cond, held) when node is 0 except for a value <= threshold where the boolean `cond` is
+    `held`: masked_fill(0, cond, fill), where(cond, fill, 0) or where(cond, 0, fill)."""
+    k = g.kind(node)
+    if k == "masked_fill":
+        fill = g.number(node.args[2])
+        ok = g.constant(node.args[0]) == 0.0 and fill is not None and fill <= threshold
+        return (node.args[1], True) if ok else None
+    if k == "where":
+        a, b = g.constant(node.args[1]), g.constant(node.args[2])
+        if a == 0.0 and b is not None and b <= threshold:
+            return node.args[0], False
+        if b == 0.0 and a is not None and a <= threshold:
+            return node.args[0], True
+    return None
+
+
+def _additive_key_flag(node, threshold: float) -> Split | None:
+    """A floating tensor of size 1 along the rows that is a view of a 0 / <= threshold vector
+    `_filled_where` reads, its condition of the same shape: the mask on that condition (with its
+    negations peeled off) as a key flag."""
+    if not isinstance(node, fx.Node) or not g.floating(node):
+        return None
+    rows, cols = _last_two(g.shape(node))
+    view = _vector_view(node) if g.same_size(rows, 1) and not g.same_size(cols, 1) else None
+    found = None if view is None else _filled_where(view[0], threshold)
+    if found is None or not _same_shape(g.shape(found[0]), g.shape(view[0])):
+        return None
+    cond, held = found
+    while g.kind(cond) == "invert":
+        cond, held = cond.args[0], not held
+    flag = _flag_of(cond, view[1])
+    return None if flag is None else (flag if held else flag.negate())
+
+
+def _same_shape(a, b) -> bool:
+    return a is not None and b is not None and len(a) == len(b) and all(map(g.same_size, a, b))
 
 
 def _slice_starts(node) -> dict | None:

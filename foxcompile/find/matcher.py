@@ -20,10 +20,11 @@ from ..kernels.triton_attention import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites 
 from . import graph as g
 from .decay import decay_verdict, direction, sign
 from .inplace import InPlace, targets
-from .masks import ALL, NONE, Band, MaskDeclined, MaskReader, Split, causal, either, lift, same_on
+from .masks import (ALL, NONE, Band, KeyFlag, MaskDeclined, MaskReader, Split, causal, either, lift,
+                    same_on)
 from .operands import NotAnOperand, key_value, pv_operand, qk_operands
 from .separable import constant_along, segsum
-from .site import Decline, Documents, KeyTerm, Operand, Site
+from .site import Decline, Documents, KeyTerm, MaskedKeys, Operand, Site
 from .terms import FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS, ScoreWalker
 
 log = logging.getLogger("foxcompile")
@@ -170,8 +171,8 @@ class Matcher:
         walker = ScoreWalker(g.rank(scores), reader, self.inplace)
         walker.walk(scores, reading, coef)
         shape = g.shape(scores)
-        qk_terms, key_terms, documents = self._classify(walker.out, reader, shape[-2], shape[-1],
-                                                        nb, shape[0] if nb else 1)
+        qk_terms, key_terms, documents, masked_keys = self._classify(
+            walker.out, reader, shape[-2], shape[-1], nb, shape[0] if nb else 1)
         if len(qk_terms) != 1:
             raise Declined("no q.k product among the scores" if not qk_terms else
                            f"{len(qk_terms)} q.k products in one softmax")
@@ -186,7 +187,7 @@ class Matcher:
             raise Declined(str(why)) from None
         changes = self._check_owned(qk.leaf, pv)
         site = self._site(spelling, node, q, k, v, out, nb, qk.coef, key_terms, scores, reader.notes,
-                          documents)
+                          documents, masked_keys)
         q_heads, kv_heads = site.shapes["q"][1], site.shapes["k"][1]
         if not g.same_size(q_heads, kv_heads):
             site.notes.append(f"k and v go to the op with {kv_heads} heads (query head h reads key "
@@ -224,20 +225,21 @@ class Matcher:
         reader = MaskReader(self.constants)
         walker = ScoreWalker(nb + 2, reader, self.inplace)
         walker.walk(mask, node)
-        qk_terms, key_terms, documents = self._classify(walker.out, reader, g.shape(q)[-2],
-                                                        g.shape(k)[-2], nb, g.shape(q)[0] if nb else 1)
+        qk_terms, key_terms, documents, masked_keys = self._classify(
+            walker.out, reader, g.shape(q)[-2], g.shape(k)[-2], nb, g.shape(q)[0] if nb else 1)
         if qk_terms:
             raise Declined("attn_mask contains a q.k product")
         groups = {2: ((0,), (1,), (2,), (3,)), 1: ((0,), (), (1,), (2,)), 0: ((), (), (0,), (1,))}[nb]
         operands = [Operand(x, groups) for x in (q, k, v, node)]
         site = self._site("sdpa", node, *operands, nb, scale, key_terms, None, reader.notes,
-                          documents)
+                          documents, masked_keys)
         self._check_in_place(site, walker.reads)
         return site
 
     def _classify(self, scores_info, reader, n_queries, n_keys, nb, batch):
         """Split the terms into q.k products and key-side terms, check the masks are causal (within
-        documents, for packed sequences). Returns (qk terms, key terms, Documents or None)."""
+        documents, for packed sequences; for the keys a key mask leaves). Returns (qk terms, key
+        terms, Documents or None, MaskedKeys or None)."""
         if scores_info.problem:
             raise Declined(scores_info.problem)
         qk_terms, key_terms, kept, additive = [], [], [], []
@@ -248,6 +250,11 @@ class Matcher:
             elif found == "qk":
                 qk_terms.append(term)
             elif found is not None:
+                if abs(found.coef) >= -FINITE_MASK_LIMIT:
+                    raise Declined(f"{_describe(found.leaf)} enters the scores times "
+                                   f"{found.coef:g}: a key mask written as arithmetic (m * -1e9) "
+                                   "is not read as a mask, and as a gate it would drown the "
+                                   "others in the rounding; mask with masked_fill or where")
                 key_terms.append(found)
             if found not in (None, "additive"):
                 kept.append(term)
@@ -256,7 +263,7 @@ class Matcher:
         for term in additive:
             band = reader.negative_infinity(term.leaf, _mask_limit(kept) / term.coef)
             band = lift(band, g.shape(term.leaf), scores)
-            if band is None and g.shape(term.leaf)[-2:-1] in ((), (1,)):
+            if band is None and g.shape(term.leaf)[-2:-1] in ((), (1,)):  # a constant along the rows
                 raise Declined(f"{_describe(term.leaf)} masks keys for every query: not a causal "
                                "mask, and as a gate it would be infinite")
             if band is None:
@@ -264,40 +271,44 @@ class Matcher:
                                "not a forget gate")
             bands.append(band)
         for index, use in enumerate(scores_info.masks):
-            if lift(use.masked, use.shape, scores) is None:
+            band = lift(use.masked, use.shape, scores)
+            if band is None:
                 raise Declined(f"mask at {g.location(use.node)} not recognised as a function of "
-                               "(i, j) (built from data, broadcast along the queries or keys, or "
-                               "an unsupported construction)")
+                               "(i, j), nor as one of the keys alone (built from data that varies "
+                               "along the queries, broadcast along the keys, or an unsupported "
+                               "construction)")
             outside = [t for t in kept if index not in t.masked_by]
             if not use.fill <= _mask_limit(outside):
                 raise Declined(f"mask fills with {use.fill:g}, not -inf or a large negative number"
                                + (" (a bias is added after it)" if outside else ""))
-            bands.append(use.masked)
+            bands.append(band)
         masked = bands[0] if bands else NONE
         for band in bands[1:]:
             masked = either(masked, band)
             if masked is None:
                 raise Declined("the masks together are not one causal mask (a sliding window?)")
-        documents = None
-        if isinstance(masked, Split):
-            if same_on(masked.same, masked.other, n_queries, n_keys):
-                masked = masked.same  # the document ids make no difference
-            elif not same_on(masked.other, ALL, n_queries, n_keys):
-                raise Declined(f"the mask comparing document ids {masked.docs.doc.name} keeps some "
+        documents = masked_keys = None
+        if isinstance(masked, Split) and same_on(masked.on, masked.off, n_queries, n_keys):
+            masked = masked.on  # the atom makes no difference
+        elif isinstance(masked, Split) and isinstance(masked.atom, KeyFlag):
+            masked_keys, masked = _masked_keys(masked, n_queries, n_keys, nb)
+        elif isinstance(masked, Split):
+            if not same_on(masked.off, ALL, n_queries, n_keys):
+                raise Declined(f"the mask comparing document ids {masked.atom.doc.name} keeps some "
                                "pairs of different documents: not a packed-sequence mask")
-            else:
-                documents = _documents(masked.docs, n_queries, n_keys, nb, batch)
-                masked = masked.same
+            documents = _documents(masked.atom, n_queries, n_keys, nb, batch)
+            masked = masked.on
         want = causal(n_queries, n_keys)
         if not same_on(masked, want, n_queries, n_keys):
             if not bands:
                 raise Declined("no causal mask: the bias would grow into the future")
             raise Declined(f"mask removes {_describe_band(masked)}"
                            + (" within a document" if documents else "")
+                           + (" of the keys it keeps" if masked_keys else "")
                            + f", not the causal future {_describe_band(want)}")
         if not key_terms:
             raise Declined("no forget-gate bias: plain causal attention, nothing for ACP to prune")
-        return qk_terms, key_terms, documents
+        return qk_terms, key_terms, documents, masked_keys
 
     @staticmethod
     def _term(term, reader, nb: int, square: bool):
@@ -353,14 +364,14 @@ class Matcher:
         scope = nx.ancestors(self.flow, site.output) | {site.output}
         reads = [x.node for x in (site.q, site.k, site.v)]
         reads += [x for t in site.key_terms for x in (t.leaf, *(f for f, _ in t.factors))]
-        reads += [site.documents.node] if site.documents else []
+        reads += [x.node for x in (site.documents, site.masked_keys) if x is not None]
         why = self.inplace.problem(scope, resolved, [x for x in reads if isinstance(x, fx.Node)],
                                    site.output)
         if why is not None:
             raise Declined(why)
 
     def _site(self, spelling, anchor, q, k, v, out, nb, scale, key_terms, scores, notes,
-              documents):
+              documents, masked_keys):
         device = g.value(q.node).device
         for dim in (_size(q, 3), _size(v, 3)):  # v's may differ: the op pads the narrower side
             if device.type == "cuda" and isinstance(dim, int) and not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
@@ -374,9 +385,14 @@ class Matcher:
                 s = None if fs is None or s is None else s * fs
             d = sign(term.leaf) if term.cumulative else direction(term.leaf, -3 - term.pick)
             directions.append(None if s is None or d is None else s * d)
+        if masked_keys is not None:  # -inf on the masked keys: lam rises where padding ends
+            directions.append(None)
         decay = decay_verdict(directions)
         if documents is not None:
             notes = [*notes, f"packed sequences (document mask): document ids {documents.node.name}"]
+        if masked_keys is not None:
+            notes = [*notes, f"key mask: keys where {masked_keys.node.name} is "
+                             f"{masked_keys.removed_when} are masked for every query"]
         shapes = {name: tuple(_size(x, a) for a in range(4))
                   for name, x in (("q", q), ("k", k), ("v", v))}
         if scores is not None:
@@ -384,7 +400,7 @@ class Matcher:
         return Site(kind=spelling, location=g.location(anchor), module=g.module_path(anchor),
                     decay=decay, q=q, k=k, v=v, out=out, batch_dims=nb, scale=float(scale),
                     key_terms=key_terms, shapes=shapes, notes=list(dict.fromkeys(notes)),
-                    documents=documents)
+                    documents=documents, masked_keys=masked_keys)
 
 
 def _documents(docs, n_queries, n_keys, nb: int, batch) -> Documents:
@@ -404,6 +420,29 @@ def _documents(docs, n_queries, n_keys, nb: int, batch) -> Documents:
         raise Declined(f"document ids {name} vary along the heads or other dims of the scores, "
                        "not only along the batch")
     return Documents(docs.doc, docs.seq, batch_dims[0] if batch_dims else None)
+
+
+def _masked_keys(split: Split, n_queries, n_keys, nb: int) -> tuple[MaskedKeys, Band]:
+    """The keys a mask on a key flag removes for every query, and the band it removes from the
+    other keys. The flag runs along exactly the N keys, its other dims along the scores' batch
+    dims in order."""
+    flag = split.atom
+    name = flag.flag.name
+    if same_on(split.off, ALL, n_queries, n_keys):
+        removed_when, band = False, split.on
+    elif same_on(split.on, ALL, n_queries, n_keys):
+        removed_when, band = True, split.off
+    else:
+        raise Declined(f"the mask on the keys' flags {name} keeps some (i, j) of the keys it masks "
+                       "(or masks some of the others): only whole keys can be masked")
+    shape = g.shape(flag.flag)
+    if sympy.simplify(flag.start) != 0 or not g.same_size(shape[flag.key], n_keys):
+        raise Declined(f"the key mask {name} is sliced along the keys: only a mask over exactly "
+                       "the N keys is understood")
+    places = [at for _, at in flag.batch]
+    if places != sorted(places) or any(at < -(nb + 2) for at in places):
+        raise Declined(f"the key mask {name} runs along the scores' batch dims out of order")
+    return MaskedKeys(flag.flag, flag.key, flag.batch, removed_when), band
 
 
 def _size(x: Operand, dim: int):

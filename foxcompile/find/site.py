@@ -39,6 +39,18 @@ class Documents:
 
 
 @dataclass
+class MaskedKeys:
+    """Keys masked (-inf) for every query: those where the boolean graph tensor `node` equals
+    `removed_when` (False for a validity mask such as `attention_mask.bool()`). Its dim `key` runs
+    along the N keys and `batch` pairs each other dim of size > 1 with the scores' dim (counted
+    from the right, < -2) it runs along, in the same order; every other dim has size 1."""
+    node: fx.Node
+    key: int
+    batch: tuple[tuple[int, int], ...]
+    removed_when: bool
+
+
+@dataclass
 class Site:
     """One forgetting-attention computation the backend replaces by foxcompile::attention."""
     kind: str                 # how it was written: "matmul", "einsum", "bmm", "sdpa", ...
@@ -57,6 +69,7 @@ class Site:
     changes: list[fx.Node] = field(default_factory=list)  # in-place ops on the site's own tensors
     removed: list[str] = field(default_factory=list)  # T x T nodes the rewrite makes dead
     documents: Documents | None = None  # packed sequences: the op's doc input
+    masked_keys: MaskedKeys | None = None  # padding: keys lam sets to +inf
 
     @property
     def output(self) -> fx.Node:

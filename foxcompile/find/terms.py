@@ -167,7 +167,12 @@ class ScoreWalker:
             return self.walk(x, at, coef, factors)
         if not math.isfinite(shift * coef):
             self.out.problem = f"adds the constant {shift * coef:g} to every score"
-        return None  # a finite constant shift: softmax ignores it
+        elif abs(shift * coef) >= -FINITE_MASK_LIMIT:  # (1 - m) * finfo.min = finfo.min - ...
+            self.out.problem = (f"adds the constant {shift * coef:g} to every score: a mask "
+                                "written as arithmetic, such as (1 - m) * finfo.min, where the "
+                                "rest would be lost in the rounding; mask with masked_fill or "
+                                "where instead")
+        return None  # a moderate constant shift: softmax ignores it
 
     def _product(self, node, k, coef, factors):
         a, b = node.args[0], node.args[1]

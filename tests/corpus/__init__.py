@@ -26,6 +26,10 @@ mixed        the model downcasts inside (`.float()`, `dtype=torch.float32`), so 
              rounding and are compared with fp32-level tolerances.
 training     dropout is active: outputs are random; compiled and eager are compared under one seed.
 inductor     also run with the default Inductor compiler (tests select these with `-k inductor`).
+rows         for key-padding masks: `rows(inputs)` is a boolean broadcast to the first output, True
+             on the queries that see at least one key. Only those are compared (eager's other rows
+             are NaN or an average over masked keys; the op's are finite, docs/design.md), and the
+             loss is taken over those rows only, so every gradient is compared in full.
 
 Reference hook
 --------------
@@ -75,6 +79,7 @@ class Case:
     mixed: bool = False
     training: bool = False
     inductor: bool = False
+    rows: Optional[Callable[[tuple[Tensor, ...]], Tensor]] = None
 
     def __post_init__(self):
         assert len(self.decay) == self.sites, self.name
@@ -133,7 +138,7 @@ def outputs_of(out: Any) -> list[Tensor]:
 
 
 def run_with_grads(fn: Callable, inputs: tuple[Tensor, ...], *, cotangent_seed: int, rng_seed: int | None = None,
-                   params: list[torch.nn.Parameter] | None = None):
+                   params: list[torch.nn.Parameter] | None = None, rows: Tensor | None = None):
     """Forward and backward once; returns (outputs, grads of floating inputs, grads of `params`).
 
     `params` defaults to the parameters `fn` owns; pass the eager callable's parameters when `fn` is
@@ -141,7 +146,8 @@ def run_with_grads(fn: Callable, inputs: tuple[Tensor, ...], *, cotangent_seed: 
 
     Every output gets a fixed random cotangent (positions holding -inf, such as a returned masked
     score matrix, are left out of the loss). `rng_seed` seeds torch's RNG right before the forward,
-    so a model with active dropout draws the same mask in eager and compiled runs.
+    so a model with active dropout draws the same mask in eager and compiled runs. `rows` (a
+    boolean broadcast to the first output) keeps only those positions of it in the loss.
     """
     leaves = tuple(t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs)
     params = trainable(fn) if params is None else params
@@ -152,9 +158,11 @@ def run_with_grads(fn: Callable, inputs: tuple[Tensor, ...], *, cotangent_seed: 
     outs = outputs_of(fn(*leaves))
     gen = torch.Generator().manual_seed(cotangent_seed)
     loss = 0
-    for o in outs:
+    for n, o in enumerate(outs):
         if o.requires_grad:
             w = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)
+            if n == 0 and rows is not None:
+                o = torch.where(rows, o, torch.zeros_like(o))
             loss = loss + (torch.where(torch.isfinite(o), o, torch.zeros_like(o)) * w).sum()
     if torch.is_tensor(loss):
         loss.backward()
@@ -165,8 +173,14 @@ def run_with_grads(fn: Callable, inputs: tuple[Tensor, ...], *, cotangent_seed: 
     return [o.detach() for o in outs], grads, pgrads
 
 
-def assert_same_run(eager, compiled, *, rtol: float, atol: float, what: str = "") -> None:
-    """Compare two run_with_grads results: outputs, input grads, parameter grads."""
+def assert_same_run(eager, compiled, *, rtol: float, atol: float, what: str = "",
+                    rows: Tensor | None = None) -> None:
+    """Compare two run_with_grads results: outputs (the first only on `rows`, when given), input
+    grads, parameter grads."""
+    if rows is not None:
+        keep = rows.expand(eager[0][0].shape)
+        eager = ([eager[0][0][keep], *eager[0][1:]], *eager[1:])
+        compiled = ([compiled[0][0][keep], *compiled[0][1:]], *compiled[1:])
     for kind, a, b in zip(("output", "input grad", "parameter grad"), eager, compiled):
         assert len(a) == len(b), f"{what}: number of {kind}s differs"
         for i, (x, y) in enumerate(zip(a, b)):

@@ -579,6 +579,42 @@ def _packed_builder(fn, B, H, T, D):
     return build
 
 
+# ---------------------------------------------------------------------------------------------
+# Padding masks that are not key masks. The careless rewrite would read the validity vector as a
+# mask of the keys (lam = +inf on them).
+def query_padding_mask(q, k, v, g, valid):  # valid[:, None, :, None]: masks queries, not keys
+    T = q.shape[2]
+    lam = torch.cumsum(F.logsigmoid(g), dim=-1)
+    s = q @ k.mT * q.shape[-1] ** -0.5 + lam[..., :, None] - lam[..., None, :]
+    keep = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() & valid[:, None, :, None]
+    return s.masked_fill(~keep, torch.finfo(s.dtype).min).softmax(-1) @ v
+
+
+def prefix_lm_mask(q, k, v, g, valid):  # bidirectional over each row's prefix: varies along i and j
+    T = q.shape[2]
+    lam = torch.cumsum(F.logsigmoid(g), dim=-1)
+    s = q @ k.mT * q.shape[-1] ** -0.5 + lam[..., :, None] - lam[..., None, :]
+    prefix = ~valid                      # the first positions of each row
+    keep = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() | (
+        prefix[:, None, :, None] & prefix[:, None, None, :])
+    return torch.where(keep, s, float("-inf")).softmax(-1) @ v
+
+
+def _padded_builder(fn, B, H, T, D):
+    def build(dtype):
+        starts = torch.randint(3, T // 2, (B, 1))
+        return fn, (*_qkvg(B, H, T, D, dtype), torch.arange(T)[None, :] >= starts)
+
+    return build
+
+
+def ref_fox_key_masked(fn, inputs):
+    """FoX with the validity vector as a key mask (its padded rows NaN: compared on `rows`)."""
+    q, k, v, g, valid = inputs
+    lam = cumlog(F.logsigmoid(g.double()))
+    return Ref(fox_reference(q, k, v, lam, keys=valid), [lam])
+
+
 def _nm(name, build, axes, note, ref, relation="differs", declined_min=1, decay=(), **kw):
     return Case(
         name=name,
@@ -668,4 +704,11 @@ NEAR_MISSES: list[Case] = [
     _nm("nm_packed_doc_le", _packed_builder(packed_doc_le, 2, 2, 23, 8),
         "padding=packed mask=doc_i<=doc_j&tril", "equal to the packed mask only for monotone ids",
         ref_packed, relation="equal"),
+    _nm("nm_query_padding_mask", _padded_builder(query_padding_mask, 2, 2, 17, 8),
+        "padding=valid[:,None,:,None](queries) mask=tril&valid finfo.min",
+        "a mask of the queries is not a key mask", ref_fox_key_masked,
+        rows=lambda inputs: inputs[-1][:, None, :, None]),
+    _nm("nm_prefix_lm_data_mask", _padded_builder(prefix_lm_mask, 2, 2, 19, 8),
+        "padding=prefix_lm mask=tril|(prefix_i&prefix_j) where",
+        "a mask from data varying along i and j (the prefix sees its future)", ref_fox_logsig),
 ]

@@ -8,7 +8,8 @@ not speed: one (batch, head, query) at a time.
 
 with P = N - M (the M queries are the last M of the N positions), kv(h) = h // (H // Hkv) for
 grouped-query attention ("group") or h % Hkv for the tiled order ("tile"). Packed sequences
-(`doc` given) keep only the keys j with doc[b, j] == doc[b, P + i].
+(`doc` given) keep only the keys j with doc[b, j] == doc[b, P + i]; a key mask (`keys` given) only
+the keys j with keys[b, j], and a query that sees no key then gets a NaN row (as eager with -inf).
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ def fox_reference(
     *,
     gqa: str = "group",
     doc: Tensor | None = None,
+    keys: Tensor | None = None,
 ) -> Tensor:
     """Naive forgetting attention in fp64.
 
     q: (B, H, M, D); k: (B, Hkv, N, D); v: (B, Hkv, N, Dv); lam: cumulative log forget gate over
     the N positions, anything broadcastable to (B, H, N), or None for no decay. scale defaults to
-    D ** -0.5. doc: document ids of the N positions, (N,) or (B, N), or None. Returns
+    D ** -0.5. doc: document ids of the N positions, (N,) or (B, N), or None. keys: which of the
+    N keys may be attended, bool (N,) or (B, N), or None for all. Returns
     (B, H, M, Dv) in fp64.
     """
     q, k, v = q.double(), k.double(), v.double()
@@ -71,21 +74,25 @@ def fox_reference(
     lam = lam.double().expand(B, H, N)
     P = N - M
     doc = torch.zeros(B, N, dtype=torch.long) if doc is None else doc.expand(B, N)
+    keys = torch.ones(B, N, dtype=torch.bool) if keys is None else keys.expand(B, N)
     out = torch.zeros(B, H, M, v.shape[-1], dtype=torch.float64)
     for b in range(B):
         for h in range(H):
             g = kv_head(h, H, Hkv, gqa)
             for i in range(M):
                 last = P + i  # keys 0..last of the query's own document are visible
-                keys = [j for j in range(last + 1) if doc[b, j] == doc[b, last]]
+                seen = [j for j in range(last + 1) if doc[b, j] == doc[b, last] and keys[b, j]]
+                if not seen:
+                    out[b, h, i] = math.nan
+                    continue
                 logits = []
-                for j in keys:
+                for j in seen:
                     logits.append(scale * float(q[b, h, i] @ k[b, g, j]) + float(lam[b, h, last] - lam[b, h, j]))
                 top = max(logits)
                 w = [math.exp(x - top) for x in logits]
                 z = math.fsum(w)
                 acc = torch.zeros(v.shape[-1], dtype=torch.float64)
-                for j, wj in zip(keys, w):
+                for j, wj in zip(seen, w):
                     acc = acc + (wj / z) * v[b, g, j]
                 out[b, h, i] = acc
     return out
