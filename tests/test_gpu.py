@@ -11,6 +11,16 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
+def _assert_gradients_close(out, ref, inputs, tol):
+    """Gradients of out (the op, CUDA) and ref (fp64) for one random grad_out: relative norm error
+    below tol for every input."""
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, inputs, grad.to(out.dtype))
+    want = torch.autograd.grad(ref, inputs, grad)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and (g.double() - w).norm() / w.norm() < tol
+
+
 @pytest.mark.parametrize("layout", ["bthd", "bhtd"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_op_on_cuda_matches_definition(dtype, layout):
@@ -22,11 +32,7 @@ def test_op_on_cuda_matches_definition(dtype, layout):
     ref = _reference(q, k, v, gates, layout)
     tol = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}[dtype]
     assert (out.double() - ref).norm() / ref.norm() < tol
-    grad = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (q, k, v, gates), grad.to(dtype))
-    want = torch.autograd.grad(ref, (q, k, v, gates), grad)
-    for g, w in zip(got, want):
-        assert (g.double() - w).norm() / w.norm() < 4 * tol
+    _assert_gradients_close(out, ref, (q, k, v, gates), 4 * tol)
     assert stats.skipped_fraction() > 0
 
 
@@ -89,11 +95,7 @@ def test_packed_sequences_on_cuda(dtype):
     ref = _reference_packed(q, k, v, gates, doc)
     tol = {torch.float16: 5e-3, torch.bfloat16: 2e-2}[dtype]
     assert (out.double() - ref).norm() / ref.norm() < tol
-    grad = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (q, k, v, gates), grad.to(dtype))
-    want = torch.autograd.grad(ref, (q, k, v, gates), grad)
-    for g, w in zip(got, want):
-        assert (g.double() - w).norm() / w.norm() < 4 * tol
+    _assert_gradients_close(out, ref, (q, k, v, gates), 4 * tol)
     assert stats.skipped_fraction() > 0.3
 
 
@@ -108,8 +110,4 @@ def test_value_head_dim_of_its_own_on_cuda(head_dim, value_dim):
     ref = _reference(q, k, v, gates, scale=head_dim ** -0.5)
     assert out.shape == (*q.shape[:-1], value_dim)
     assert (out.double() - ref).norm() / ref.norm() < 2e-2
-    grad = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (q, k, v, gates), grad.to(torch.bfloat16))
-    want = torch.autograd.grad(ref, (q, k, v, gates), grad)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and (g.double() - w).norm() / w.norm() < 8e-2
+    _assert_gradients_close(out, ref, (q, k, v, gates), 8e-2)

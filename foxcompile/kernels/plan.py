@@ -121,17 +121,22 @@ def largest_rise(lam: torch.Tensor) -> torch.Tensor:
     return (lam - running).amax(dim=-1)
 
 
+def _block_corners(n_queries: int, n_keys: int, block_m: int, block_n: int, device):
+    """(last key position of each key block (NB,), absolute position of each query block's first
+    query (MB,)): the two corners a skip test reads."""
+    key_blocks = torch.arange(num_blocks(n_keys, block_n), device=device)
+    last_col = (key_blocks * block_n + block_n - 1).clamp(max=n_keys - 1)
+    offset = n_keys - n_queries
+    first_row = offset + torch.arange(num_blocks(n_queries, block_m), device=device) * block_m
+    return last_col, first_row
+
+
 def start_blocks(lam: torch.Tensor, delta: torch.Tensor, n_queries: int,
                  block_m: int, block_n: int) -> torch.Tensor:
     """First key block each query block computes, (B, Hq, MB) int32, non-decreasing in the
     query block. Key blocks [0, start) are skipped; start never passes the block holding the
     first row's diagonal, so no row is ever empty."""
-    n_keys = lam.shape[-1]
-    offset = n_keys - n_queries
-    device = lam.device
-    key_blocks = torch.arange(num_blocks(n_keys, block_n), device=device)
-    last_col = (key_blocks * block_n + block_n - 1).clamp(max=n_keys - 1)
-    first_row = offset + torch.arange(num_blocks(n_queries, block_m), device=device) * block_m
+    last_col, first_row = _block_corners(n_queries, lam.shape[-1], block_m, block_n, lam.device)
     # -lam at each key block's last column, made non-decreasing so searchsorted is valid; a
     # larger value only makes a tile harder to skip.
     key_side = torch.cummax(torch.nan_to_num(-lam[..., last_col], nan=math.inf), dim=-1).values
@@ -151,12 +156,7 @@ def document_start_blocks(doc: torch.Tensor, n_queries: int, block_m: int,
     documents before every query of query block m when doc[last key of n] < doc[first query of m].
     0 for every block of a batch row whose doc decreases anywhere (nothing skipped, still exact).
     Non-decreasing in the query block and never past the block of the first query's diagonal."""
-    n_keys = doc.shape[-1]
-    offset = n_keys - n_queries
-    device = doc.device
-    key_blocks = torch.arange(num_blocks(n_keys, block_n), device=device)
-    last_col = (key_blocks * block_n + block_n - 1).clamp(max=n_keys - 1)
-    first_row = offset + torch.arange(num_blocks(n_queries, block_m), device=device) * block_m
+    last_col, first_row = _block_corners(n_queries, doc.shape[-1], block_m, block_n, doc.device)
     start = torch.searchsorted(doc[:, last_col].contiguous(), doc[:, first_row].contiguous(),
                                side="left")
     monotone = (doc[:, 1:] >= doc[:, :-1]).all(dim=-1, keepdim=True)
