@@ -75,16 +75,23 @@ def max_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=-1, dtype=acc).amax(dim=-1)
 
 
+def score_bound(q: torch.Tensor, k: torch.Tensor, scale: float, acc: torch.dtype) -> torch.Tensor:
+    """U = |scale| max_i ||q_i|| max_j ||k_j|| per (b, h), (B, Hq) in acc: no scaled score
+    scale q_i.k_j of that head is larger than U in magnitude (NaN and inf propagate)."""
+    q_heads = q.shape[1]
+    k_norm = max_norm(k, acc).repeat_interleave(q_heads // k.shape[1], dim=1)       # (B, Hq)
+    return abs(scale) * max_norm(q, acc) * k_norm
+
+
 def threshold(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
-              epsilon: float, prune: int, v: torch.Tensor | None = None) -> torch.Tensor:
+              epsilon: float, prune: int, v: torch.Tensor | None = None,
+              bound: torch.Tensor | None = None) -> torch.Tensor:
     """delta per (b, h) as lam's dtype, shape (B, Hq); -inf where the guard turns pruning off.
-    Call only with pruning on (prune != PRUNE_OFF, epsilon > 0)."""
+    Call only with pruning on (prune != PRUNE_OFF, epsilon > 0). bound: score_bound(q, k, ...)
+    when the caller has it."""
     q_heads = q.shape[1]
     acc = lam.dtype
-    q_norm = max_norm(q, acc)                                                     # (B, Hq)
-    k_norm = max_norm(k, acc)                                                     # (B, Hk)
-    k_norm = k_norm.repeat_interleave(q_heads // k.shape[1], dim=1)               # (B, Hq)
-    bound = abs(scale) * q_norm * k_norm
+    bound = score_bound(q, k, scale, acc) if bound is None else bound
     if v is not None:
         # a NaN or inf value must reach every row that attends to it, as in eager: no pruning
         v_finite = torch.isfinite(max_norm(v, acc))
@@ -209,16 +216,17 @@ class Plan(NamedTuple):
 
 def make_plan(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
               epsilon: float, prune: int, v: torch.Tensor | None = None,
-              doc: torch.Tensor | None = None) -> Plan:
-    """The pruning plan of one launch; pass v so that a non-finite value turns pruning off, and
-    the document ids doc (B, N) of packed sequences to skip the tiles of other documents."""
+              doc: torch.Tensor | None = None, bound: torch.Tensor | None = None) -> Plan:
+    """The pruning plan of one launch; pass v so that a non-finite value turns pruning off, the
+    document ids doc (B, N) of packed sequences to skip the tiles of other documents, and
+    score_bound(q, k, scale, ...) as bound when it is already known."""
     block_m, block_n = tile_sizes(q.shape[-1])
     n_queries = q.shape[2]
     if prune == PRUNE_OFF or epsilon <= 0.0:
         start = torch.zeros(*lam.shape[:2], num_blocks(n_queries, block_m),
                             dtype=torch.int32, device=lam.device)
     else:
-        delta = threshold(q, k, lam, scale, epsilon, prune, v)
+        delta = threshold(q, k, lam, scale, epsilon, prune, v, bound)
         start = start_blocks(lam, delta, n_queries, block_m, block_n)
     if doc is not None:  # both starts are non-decreasing, so their maximum is too
         other_documents = document_start_blocks(doc, n_queries, block_m, block_n)
