@@ -1,8 +1,8 @@
 """Generated attention functions: every styles.md axis composed at random.
 
 A hypothesis strategy draws a `Spec` (layout, QK form, scale placement, gate, cumsum, bias build,
-mask, softmax, PV, GQA, M < N, SDPA or explicit, packed sequences, and optionally one near-miss
-perturbation),
+mask, softmax, PV, GQA, M < N, SDPA or explicit, packed sequences or left padding, and optionally
+one near-miss perturbation),
 renders it to Python source, writes that to a temporary file and imports it (so Dynamo sees real
 file names and line numbers), and derives the expected label. Two kinds of test:
 
@@ -57,7 +57,7 @@ class Spec:
     dropout_eval: bool
     pv: str  # at | matmul | einsum | bmm
     gqa: str  # none | expand | repeat_interleave | tile
-    docs: bool  # packed sequences: a document-id input d (B, N) and the mask d_i == d_j on top
+    padding: str  # none | packed (ids d (B, N), mask d_i == d_j) | left (valid (B, N), keys masked)
     B: int
     H: int
     Hkv: int
@@ -76,10 +76,10 @@ class Spec:
     def decay(self) -> list[str]:
         if not self.positive:
             return []
-        if self.gate in DATA_GATES:
-            return ["guarded"]
         if self.gate in GROWING_GATES:
             return ["none"]
+        if self.gate in DATA_GATES or self.padding == "left":  # a key mask is data: guarded
+            return ["guarded"]
         return ["proven"]
 
     @property
@@ -165,9 +165,13 @@ def normalize(s: Spec) -> Spec:
     if s.variant in ("mult_gate", "no_mask", "decode_unmasked"):
         s = r(s, mask_first=False)
     if s.layout == "flat" or s.variant in ("no_mask", "decode_unmasked"):
-        # document ids are per batch row (flattened heads would need them repeated per head), and
-        # a document mask without a causal one is a near miss of its own (see the corpus)
-        s = r(s, docs=False)
+        # ids and flags are per batch row (flattened heads would need them repeated per head), and
+        # a document or key mask without a causal one is a near miss of its own (see the corpus)
+        s = r(s, padding="none")
+    if s.padding == "left" and s.variant == "softmax_dim":
+        # a softmax down the columns of padded keys is NaN in eager itself (finfo(float64).min
+        # turns into -inf under softmax(dtype=float32)); nothing to compare
+        s = r(s, padding="none")
     return s
 
 
@@ -199,7 +203,7 @@ def specs(draw, variants=("positive",) * len(NEAR_MISS_VARIANTS) + NEAR_MISS_VAR
         dropout_eval=draw(st.booleans()),
         pv=draw(S(["at", "matmul", "einsum", "bmm"])),
         gqa=gqa,
-        docs=draw(S([False, False, False, True])),
+        padding=draw(S(["none", "none", "none", "none", "packed", "left"])),
         B=draw(S([1, 2])),
         H=H,
         Hkv=Hkv,
@@ -252,10 +256,12 @@ def _mask_lines(src: _Src, spec: Spec, x: str) -> None:
         src(f'{x} = torch.where(kj <= qi, {x}, float("-inf"))')
     else:
         raise AssertionError(spec.mask)
-    if spec.docs:  # packed sequences: only keys of the query's own document
+    if spec.padding == "packed":  # packed sequences: only keys of the query's own document
         rows = "d[:, None, :, None]" if square else "d[:, None, N - M:, None]"
         src(f"same = {rows} == d[:, None, None, :]")
         src(f'{x} = {x}.masked_fill(~same, float("-inf"))')
+    elif spec.padding == "left":  # HF style: padded keys masked with the dtype's minimum
+        src(f"{x} = {x}.masked_fill(~valid[:, None, None, :], torch.finfo({x}.dtype).min)")
 
 
 def render(spec: Spec) -> str:
@@ -426,7 +432,8 @@ def _wrap(src: _Src, spec: Spec) -> str:
         "import torch.nn.functional as F",
         "",
         "",
-        "def attn(q, k, v, g, d):" if spec.docs else "def attn(q, k, v, g):",
+        {"none": "def attn(q, k, v, g):", "packed": "def attn(q, k, v, g, d):",
+         "left": "def attn(q, k, v, g, valid):"}[spec.padding],
     ]
     return "\n".join(head + src.lines) + "\n"
 
@@ -455,9 +462,10 @@ def load(spec: Spec):
 
 
 def canonical(spec: Spec, dtype: torch.dtype, seed: int):
-    """Canonical tensors: q (B,H,M,D), k/v (B,Hkv,N,D), g (B,H,N) as the gate form wants it, and
-    for packed sequences d (B,N) int64 document ids (documents of about 6 tokens, never
-    decreasing)."""
+    """Canonical tensors: q (B,H,M,D), k/v (B,Hkv,N,D), g (B,H,N) as the gate form wants it; for
+    packed sequences d (B,N) int64 document ids (documents of about 6 tokens, never decreasing);
+    for left padding valid (B,N) bool, False on up to N // 2 leading positions per row (the
+    queries, the last M positions, keep at least the last one)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rn(*shape):
@@ -473,9 +481,12 @@ def canonical(spec: Spec, dtype: torch.dtype, seed: int):
         "logf_input": F.logsigmoid(logits),
     }.get(spec.gate, logits)
     tensors = {name: t.to(dtype) for name, t in dict(q=q, k=k, v=v, g=g).items()}
-    if spec.docs:
+    if spec.padding == "packed":
         starts = torch.rand(B, N, generator=gen) < 1.0 / 6
         tensors["d"] = torch.cumsum(starts.long(), dim=-1)
+    elif spec.padding == "left":
+        pads = torch.randint(0, N // 2 + 1, (B, 1), generator=gen)
+        tensors["valid"] = torch.arange(N)[None, :] >= pads
     return tensors
 
 
@@ -488,7 +499,20 @@ def to_inputs(spec: Spec, c: dict) -> tuple:
         g = g.reshape(-1, g.shape[-1])
     if spec.gate_shape_bnh and spec.layout != "flat":
         g = g.transpose(1, 2).contiguous()
-    return (q, k, v, g, c["d"]) if spec.docs else (q, k, v, g)
+    extra = {"none": (), "packed": (c.get("d"),), "left": (c.get("valid"),)}[spec.padding]
+    return (q, k, v, g, *extra)
+
+
+def compared_rows(spec: Spec, c: dict, layout_of_output: bool = True):
+    """Rows of the output that see a key (left padding: the valid queries), as a bool tensor
+    broadcast to the output (in the function's layout, or canonical (B, H, M, D)); None when
+    every row does."""
+    if spec.padding != "left":
+        return None
+    valid = c["valid"][:, spec.N - spec.M:]                   # (B, M)
+    if layout_of_output and spec.layout == "bthd":
+        return valid[:, :, None, None]
+    return valid[:, None, :, None]
 
 
 def output_to_canonical(spec: Spec, o: torch.Tensor) -> torch.Tensor:
@@ -522,7 +546,8 @@ def reference_output(spec: Spec, c: dict) -> torch.Tensor:
     if spec.scale == "on_sum":
         lam = lam * spec.eff_scale
     gqa = "tile" if spec.gqa == "tile" else "group"
-    return fox_reference(c["q"], c["k"], c["v"], lam, spec.eff_scale, gqa=gqa, doc=c.get("d"))
+    return fox_reference(c["q"], c["k"], c["v"], lam, spec.eff_scale, gqa=gqa, doc=c.get("d"),
+                         keys=c.get("valid"))
 
 
 def _seed(spec: Spec, salt: str) -> int:
@@ -569,6 +594,9 @@ def test_generator_positives_match_reference(spec):
         out = fn(*to_inputs(spec, c))
     got = output_to_canonical(spec, out)
     want = reference_output(spec, c)
+    rows = compared_rows(spec, c, layout_of_output=False)
+    if rows is not None:
+        got, want = got[rows.expand_as(got)], want[rows.expand_as(want)]
     tol = 2e-5 if spec.mixed else 1e-9
     torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m: f"{render(spec)}\n{m}")
     lam = reference_lam(spec, c)
@@ -589,6 +617,9 @@ def test_generator_near_misses_differ_from_reference(spec):
         got = output_to_canonical(spec, fn(*to_inputs(spec, c)))
     assume(not spec.positive)
     want = reference_output(spec, c)
+    rows = compared_rows(spec, c, layout_of_output=False)
+    if rows is not None:
+        got, want = got[rows.expand_as(got)], want[rows.expand_as(want)]
     if spec.variant == "clamp_bias":
         # the clamp only shows where the data has a visible bias below -1
         lam = reference_lam(spec, c)
@@ -624,7 +655,7 @@ def test_generator_covers_every_axis():
     assert seen["mask"] == {"tril", "triu", "additive", "where", "neg1e9", "finfo_min", "index_assign"}
     assert seen["softmax"] == {"torch", "F", "method", "f32", "by_hand", "exp2"}
     assert seen["bias"] == {"index_none", "unsqueeze", "repeat", "two_step", "inplace"}
-    assert seen["docs"] == {True, False}
+    assert seen["padding"] == {"none", "packed", "left"}
     assert len(seen["gate"]) == 8 and len(seen["cumsum"]) == 4 and seen["native"] == {True, False}
     assert set(seen["variant"]) == {"positive", "decode_unmasked", *NEAR_MISS_VARIANTS}
     assert {d for _, d in labels} >= {(), ("proven",), ("guarded",), ("none",)}
@@ -648,14 +679,17 @@ def test_generated_compiled_matches_eager(spec):
     fn = load(spec)
     for dtype in (torch.float32, torch.float64):
         torch._dynamo.reset()
-        inputs = to_inputs(spec, canonical(spec, dtype, _seed(spec, "compile")))
+        c = canonical(spec, dtype, _seed(spec, "compile"))
+        inputs, rows = to_inputs(spec, c), compared_rows(spec, c)
         rng = _seed(spec, "dropout") if spec.variant == "dropout_train" else None
         cot = _seed(spec, "cotangent")
-        eager = run_with_grads(fn, inputs, cotangent_seed=cot, rng_seed=rng, params=[])
+        eager = run_with_grads(fn, inputs, cotangent_seed=cot, rng_seed=rng, params=[], rows=rows)
         compiled_fn = torch.compile(fn, backend="fox_acp", options={"fox.compiler": "aot_eager"})
-        compiled = run_with_grads(compiled_fn, inputs, cotangent_seed=cot, rng_seed=rng, params=[])
+        compiled = run_with_grads(compiled_fn, inputs, cotangent_seed=cot, rng_seed=rng, params=[],
+                                  rows=rows)
         rtol, atol = TOLERANCES[(dtype, spec.mixed)]
-        assert_same_run(eager, compiled, rtol=rtol, atol=atol, what=f"{dtype}\n{render(spec)}")
+        assert_same_run(eager, compiled, rtol=rtol, atol=atol, what=f"{dtype}\n{render(spec)}",
+                        rows=rows)
     torch._dynamo.reset()
     passed(spec, "test_generated_compiled_matches_eager")
 

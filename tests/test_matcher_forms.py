@@ -723,6 +723,21 @@ def test_rows_without_a_visible_key_are_finite_and_keep_the_others_exact():
     _padded_matches_eager(fn, q, k, v, g, valid, rows=_rows(valid))
 
 
+def test_key_mask_over_a_growing_gate_stays_none():
+    """A gate that grows toward the past (softplus) is "none" with or without a key mask: the
+    mask removes keys, it cannot make the kept ones decay."""
+    def attend(q, k, v, g, valid):
+        lam = torch.cumsum(F.softplus(g), dim=-1)
+        s = q @ k.mT * q.shape[-1] ** -0.5 + lam[..., :, None] - lam[..., None, :]
+        keep = torch.ones(11, 11, dtype=torch.bool).tril() & valid[:, None, None, :]
+        return s.masked_fill(~keep, torch.finfo(s.dtype).min).softmax(-1) @ v
+    q, k, v, g = _qkvg(B=2, M=11, N=11)
+    valid = _left_padded()
+    report = foxcompile.explain(attend, q, k, v, g, valid)
+    assert [s.decay for s in report.sites] == ["none"] and not report.sites[0].prunable, str(report)
+    _padded_matches_eager(attend, q, k, v, g, valid, rows=_rows(valid))
+
+
 def test_right_padding_is_a_key_mask_whose_lam_rises():
     """Padding at the end: the padded queries still see the real keys, as in eager (their own
     key's stand-in lam sits 2U + 128 above the others, close enough for fp32 precision); lam
