@@ -1,7 +1,5 @@
 """foxcompile.forgetting_attention and the custom ops: correctness against the fp64 definition,
 gradients, opcheck, input errors, NaN, the guard and the pruning guarantee (CPU engine)."""
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F

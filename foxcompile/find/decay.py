@@ -218,11 +218,13 @@ def _cat_direction(node, axis: int) -> int | None:
     return None
 
 
-def decay_verdict(directions: list[int | None]) -> str:
+def decay_verdict(directions: list[int | None], masked_keys: bool = False) -> str:
     """From the direction along j of each key-side term c_t w_t (scores = ... + sum_t c_t w_t),
-    decide the decay of lam = -sum_t c_t w_t: proven, guarded, or none (it grows to the past)."""
+    decide the decay of lam = -sum_t c_t w_t: proven, guarded, or none (it grows to the past).
+    masked_keys: a key mask adds +inf to lam on the masked keys, so lam rises where right padding
+    starts, which only the run-time guard can see: never proven; a gate that grows stays none."""
     if all(d is not None and d >= 0 for d in directions):
-        return "proven"
+        return "guarded" if masked_keys else "proven"
     if all(d is not None and d <= 0 for d in directions) and any(d == -1 for d in directions):
         return "none"
     return "guarded"

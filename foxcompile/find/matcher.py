@@ -385,11 +385,7 @@ class Matcher:
                 s = None if fs is None or s is None else s * fs
             d = sign(term.leaf) if term.cumulative else direction(term.leaf, -3 - term.pick)
             directions.append(None if s is None or d is None else s * d)
-        decay = decay_verdict(directions)
-        if masked_keys is not None and decay == "proven":
-            # +inf on the masked keys: lam rises where right padding starts, which only the
-            # guard can see; a gate that grows toward the past stays "none" whatever is masked
-            decay = "guarded"
+        decay = decay_verdict(directions, masked_keys is not None)
         if documents is not None:
             notes = [*notes, f"packed sequences (document mask): document ids {documents.node.name}"]
         if masked_keys is not None:
