@@ -196,11 +196,17 @@ def skipped_fraction(q, k, lam, block_m, block_n):
     return (c.skipped_tiles.sum() / c.causal_tiles.sum()).item()
 
 
+_USER_KERNEL_CONFIG = os.environ.get("FOXCOMPILE_KERNEL_CONFIG")
+
+
 def set_configs(configs, head_dim):
-    """FOXCOMPILE_KERNEL_CONFIG from a sweep's best configs for this head dim (or clear it)."""
+    """FOXCOMPILE_KERNEL_CONFIG from a sweep's best configs for this head dim, or else the one
+    this process was started with (if any)."""
     best = (configs or {}).get(str(head_dim))
     if best:
         os.environ["FOXCOMPILE_KERNEL_CONFIG"] = json.dumps(best)
+    elif _USER_KERNEL_CONFIG:
+        os.environ["FOXCOMPILE_KERNEL_CONFIG"] = _USER_KERNEL_CONFIG
     else:
         os.environ.pop("FOXCOMPILE_KERNEL_CONFIG", None)
 

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
 #
-#   bash benchmarks/run_gpu_kernels.sh [tests] [alltests] [quickstart] [plan] [profile] [sweep] [bench] [train]
+#   bash benchmarks/run_gpu_kernels.sh [tests] [alltests] [quickstart] [plan] [profile] [sweep] [bench] [ab] [ncu] [train]
 #   (default: tests bench)
 #
 # Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
 # bench.json/bench.log,
 # Triton and Inductor caches go to .tcache/ (git-ignored), kept while the machine stays warm.
+# ab: bench_attention once per variant of AB (space-separated NAME:ENV=VALUE[+ENV=VALUE]), e.g.
+#   AB="ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1", foxcompile and cuDNN rows only, into
+#   $OUT/ab/NAME.json (cuDNN is timed in each, as the same-run baseline).
+# ncu: Nsight Compute counters of the dense kernels and cuDNN (benchmarks/ncu_kernels.py) at each
+#   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
 set -u
@@ -65,6 +70,27 @@ for step in $steps; do
       stamp "launch-config sweep"
       timeout 330 $PY benchmarks/bench_attention.py --sweep --json "$OUT/sweep.json" 2>&1 \
         | tee "$OUT/sweep.log" | grep -E "^best|error" | tail -20
+      ;;
+    ab)
+      mkdir -p "$OUT/ab"
+      for variant in ${AB:-ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1}; do
+        name=${variant%%:*}; envs=${variant#*:}
+        stamp "variant $name ($envs)"
+        env ${envs//+/ } timeout 300 $PY benchmarks/bench_attention.py --json "$OUT/ab/$name.json" \
+          ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op > "$OUT/ab/$name.log" 2>&1
+        grep -E "^B[0-9]" "$OUT/ab/$name.log" | grep -E "foxcompile|cuDNN" | grep -v skipped
+        grep -E "Error|error" "$OUT/ab/$name.log" | head -3
+      done
+      ;;
+    ncu)
+      for shape in ${NCU_SHAPES:-B2-T16384-H24-D64 B1-T16384-H16-D128}; do
+        stamp "ncu $shape"
+        timeout 200 ncu --clock-control none --profile-from-start off --csv --page raw \
+          --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
+          --section Occupancy --section LaunchStats --section InstructionStats \
+          $PY benchmarks/ncu_kernels.py --shape "$shape" > "$OUT/ncu_$shape.csv" 2> "$OUT/ncu_$shape.err"
+        $PY benchmarks/ncu_kernels.py --summarise "$OUT/ncu_$shape.csv" 2>&1 | tee "$OUT/ncu_$shape.txt"
+      done
       ;;
     bench)
       stamp "benchmark"

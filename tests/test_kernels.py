@@ -221,6 +221,37 @@ def test_interpreter_subdivided_steps(interpret_env, monkeypatch):
 
 
 @interp
+@pytest.mark.parametrize("tma", ["0", "1"])
+def test_interpreter_load_paths(interpret_env, monkeypatch, tma):
+    """The two ways the kernels read their streamed tiles give the same answers: TMA tensor
+    descriptors (Hopper at D = 128; zeros past the edges, padded rows' lse reset to +inf) and
+    pointers with masks (everything else). Sizes that leave partial blocks on both axes."""
+    from foxcompile.kernels import triton_attention as ta
+    monkeypatch.setenv("FOXCOMPILE_TMA", tma)
+    made = []
+    real = ta._descriptor
+    monkeypatch.setattr(ta, "_descriptor", lambda t, *block: made.append(block) or real(t, *block))
+    check_case(interpret_env, 1, 4, 2, 136, 200, 48, torch.float16, torch.device("cpu"),
+               prune=plan_mod.PRUNE_PROVEN, epsilon=1e-3, decay=(1.0, 4.0), expect_skips=True,
+               tol=4e-3)
+    # forward k, v, lam; dkdv q, dO, lam, lse, delta; dq k, v, lam
+    assert len(made) == (11 if tma == "1" else 0)
+
+
+@interp
+def test_interpreter_tma_falls_back_to_pointers(interpret_env, monkeypatch):
+    """Rows of lam whose byte stride is not a multiple of 16 (N = 130) cannot be described for
+    TMA: the kernels then read through pointers, with the same results."""
+    from foxcompile.kernels import triton_attention as ta
+    monkeypatch.setenv("FOXCOMPILE_TMA", "1")
+    made = []
+    real = ta._descriptor
+    monkeypatch.setattr(ta, "_descriptor", lambda t, *block: made.append(block) or real(t, *block))
+    check_case(interpret_env, 1, 2, 2, 130, 130, 32, torch.float16, torch.device("cpu"), tol=4e-3)
+    assert made == []
+
+
+@interp
 def test_interpreter_guard_turns_pruning_off(interpret_env):
     check_case(interpret_env, 1, 2, 2, 300, 300, 32, torch.float16, torch.device("cpu"),
                prune=plan_mod.PRUNE_GUARDED, epsilon=1e-3, decay=(1.0, 4.0), rising_head=1,
@@ -376,6 +407,25 @@ def test_gpu_packed_sequences(cuda_engine, case, dtype):
     _, skipped = check_case(cuda_engine, *shape, dtype, torch.device("cuda"), prune=prune,
                             decay=(1.0, 32.0), layout="bthd", doc=doc)
     assert skipped > 0 or not monotone
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("tma", ["0", "1"])
+@pytest.mark.parametrize("case", [
+    # batch, Hq, Hk, M, N, D, prune
+    (2, 4, 2, 260, 260, 64, plan_mod.PRUNE_OFF),
+    (1, 4, 1, 100, 1000, 128, plan_mod.PRUNE_PROVEN),
+    (1, 4, 4, 332, 332, 80, plan_mod.PRUNE_GUARDED),
+    (1, 2, 2, 1, 900, 128, plan_mod.PRUNE_OFF),
+], ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-prune{}".format(*s) if isinstance(s, tuple) else s)
+def test_gpu_load_paths(cuda_engine, monkeypatch, case, tma):
+    """Both load paths on the GPU whatever the launch table picks for the head dim: TMA tensor
+    descriptors (FOXCOMPILE_TMA=1) and pointer loads (=0), partial blocks on both axes."""
+    *shape, prune = case
+    monkeypatch.setenv("FOXCOMPILE_TMA", tma)
+    check_case(cuda_engine, *shape, torch.bfloat16, torch.device("cuda"), layout="bthd",
+               prune=prune, decay=(1.0, 8.0), expect_skips=prune != plan_mod.PRUNE_OFF)
 
 
 @gpu

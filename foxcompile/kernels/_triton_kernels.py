@@ -63,17 +63,23 @@ def _load(ptrs, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
 @triton.jit
 def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd, stride_ln,
                lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok, DOC, stride_dn, doc_q,
-               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, D_MASK: tl.constexpr,
-               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
+               KD, VD, LD, b32, hk32, h32,
+               BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
+               D_MASK: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+               HAS_DOC: tl.constexpr, TMA: tl.constexpr):
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
-        kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                   n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
-        if MASKED:
-            lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
+        if TMA:
+            kt = tl.trans(KD.load([b32, hk32, start, 0]).reshape([BLOCK_N, D_PAD]))
+            lam_k = LD.load([b32, h32, start]).reshape([BLOCK_N])
         else:
-            lam_k = tl.load(LAM + offs_n * stride_ln)
+            kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                       n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
+            if MASKED:
+                lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
+            else:
+                lam_k = tl.load(LAM + offs_n * stride_ln)
         if CAST_F32:
             kt = kt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale + ((lam_ref - lam_k) * LOG2E)[None, :]
@@ -89,8 +95,11 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
         alpha = tl.exp2(m_i - m_ref)
         p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + _sum_rows(p)
-        v = _load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                  n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
+        if TMA:
+            v = VD.load([b32, hk32, start, 0]).reshape([BLOCK_N, D_PAD])
+        else:
+            v = _load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                      n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
         if CAST_F32:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None]
@@ -100,7 +109,7 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC,
+def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, KD, VD, LD,
                 stride_qb, stride_qh, stride_qm, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
                 stride_vb, stride_vh, stride_vn, stride_vd,
@@ -113,7 +122,11 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 GRID_M: tl.constexpr, GRID_N: tl.constexpr,
-                CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
+                CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
+                TMA: tl.constexpr):
+    """OUT and LSE of one (b, query head, block of BLOCK_M queries). TMA: k, v and lam are read
+    through the tensor descriptors KD, VD ((B, Hk, N, D), blocks [1, 1, BLOCK_N, D_PAD]) and LD
+    ((B, Hq, N), blocks [1, 1, BLOCK_N]), zeros past the edges; otherwise through pointers."""
     # One flat grid (no 65535 limit on B * H); within a head the heavy (late) query blocks,
     # which have the most key blocks under the causal mask, start first.
     m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
@@ -155,17 +168,18 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC,
     mid = lo + ((pos0 + 1 - lo) // BLOCK_N) * BLOCK_N   # steps entirely left of the diagonal
     hi = tl.minimum(pos0 + BLOCK_M, n_keys)             # one past the last row's last key
 
+    b32, hk32, h32 = b.to(tl.int32), hk.to(tl.int32), h.to(tl.int32)   # descriptor indices
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
     acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
                                stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid, n_keys,
-                               offs_d, d_ok, DOC, stride_dn, doc_q,
-                               BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
+                               offs_d, d_ok, DOC, stride_dn, doc_q, KD, VD, LD, b32, hk32, h32,
+                               BLOCK_N, D_PAD, False, D_MASK, CAST_F32, DOT_PREC, HAS_DOC, TMA)
     acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
                                stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi, n_keys,
-                               offs_d, d_ok, DOC, stride_dn, doc_q,
-                               BLOCK_N, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
+                               offs_d, d_ok, DOC, stride_dn, doc_q, KD, VD, LD, b32, hk32, h32,
+                               BLOCK_N, D_PAD, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC, TMA)
 
     out = acc / l_i[:, None]
     tl.store(OUT + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
@@ -201,19 +215,26 @@ def _row_dot_kernel(OUT, DO, DELTA,
 @triton.jit
 def _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd,
               stride_ln, lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok, DOC, stride_dn,
-              doc_q, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, D_MASK: tl.constexpr,
-              CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
+              doc_q, KD, VD, LD, b32, hk32, h32,
+              BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
+              D_MASK: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+              HAS_DOC: tl.constexpr, TMA: tl.constexpr):
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
-        kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                   n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
-        vt = _load(V + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
-                   n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
-        if MASKED:
-            lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
+        if TMA:
+            kt = tl.trans(KD.load([b32, hk32, start, 0]).reshape([BLOCK_N, D_PAD]))
+            vt = tl.trans(VD.load([b32, hk32, start, 0]).reshape([BLOCK_N, D_PAD]))
+            lam_k = LD.load([b32, h32, start]).reshape([BLOCK_N])
         else:
-            lam_k = tl.load(LAM + offs_n * stride_ln)
+            kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                       n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
+            vt = _load(V + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
+                       n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
+            if MASKED:
+                lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
+            else:
+                lam_k = tl.load(LAM + offs_n * stride_ln)
         if CAST_F32:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
@@ -233,7 +254,7 @@ def _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
 
 
 @triton.jit
-def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START, DOC,
+def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START, DOC, KD, VD, LD,
                stride_qb, stride_qh, stride_qm, stride_qd,
                stride_kb, stride_kh, stride_kn, stride_kd,
                stride_vb, stride_vh, stride_vn, stride_vd,
@@ -248,7 +269,10 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START, DOC,
                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                GRID_M: tl.constexpr, GRID_N: tl.constexpr,
-               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
+               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
+               TMA: tl.constexpr):
+    """dq and the dS row sums of one (b, query head, block of BLOCK_M queries). TMA: k, v and
+    lam through descriptors, as in _fwd_kernel."""
     m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
     pid = tl.program_id(0)
     pid_m = m_blocks - 1 - pid % m_blocks
@@ -297,16 +321,17 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START, DOC,
     mid = lo + ((pos0 + 1 - lo) // BLOCK_N) * BLOCK_N
     hi = tl.minimum(pos0 + BLOCK_M, n_keys)
 
+    b32, hk32, h32 = b.to(tl.int32), hk.to(tl.int32), h.to(tl.int32)   # descriptor indices
     dq = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
     ds_rows = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     dq, ds_rows = _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
                             stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid,
-                            n_keys, offs_d, d_ok, DOC, stride_dn, doc_q,
-                            BLOCK_N, False, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
+                            n_keys, offs_d, d_ok, DOC, stride_dn, doc_q, KD, VD, LD, b32, hk32, h32,
+                            BLOCK_N, D_PAD, False, D_MASK, CAST_F32, DOT_PREC, HAS_DOC, TMA)
     dq, ds_rows = _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
                             stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi,
-                            n_keys, offs_d, d_ok, DOC, stride_dn, doc_q,
-                            BLOCK_N, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
+                            n_keys, offs_d, d_ok, DOC, stride_dn, doc_q, KD, VD, LD, b32, hk32, h32,
+                            BLOCK_N, D_PAD, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC, TMA)
     dq = dq * scale
     tl.store(DQ + offs_m[:, None] * stride_xm + offs_d[None, :] * stride_xd,
              dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
@@ -317,29 +342,46 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START, DOC,
 
 
 @triton.jit
+def _row_stats(LSE, DELTA, LAM, offs_m, pos_q, m_ok, stride_em, stride_ln, ROW_MASK: tl.constexpr):
+    """lse, delta and lam of a step's query rows through pointers (padded rows: lse = +inf)."""
+    if ROW_MASK:
+        lse = tl.load(LSE + offs_m * stride_em, mask=m_ok, other=float("inf"))
+        delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
+        lam_q = tl.load(LAM + pos_q * stride_ln, mask=m_ok, other=0.0)
+    else:
+        lse = tl.load(LSE + offs_m * stride_em)
+        delta = tl.load(DELTA + offs_m)
+        lam_q = tl.load(LAM + pos_q * stride_ln)
+    return lse, delta, lam_q
+
+
+@triton.jit
 def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA,
                 stride_qm, stride_qd, stride_gm, stride_gd, stride_ln, stride_em,
                 lam_ref, b_key, qk_scale, offs_n, offset, lo, hi, n_queries, offs_d, d_ok,
-                DOC, stride_dn, doc_k,
-                BLOCK_M: tl.constexpr, MASKED: tl.constexpr, ROW_MASK: tl.constexpr,
-                D_MASK: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
-                HAS_DOC: tl.constexpr):
+                DOC, stride_dn, doc_k, QD, GD, LD, ED, XD, b32, h32,
+                BLOCK_M: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
+                ROW_MASK: tl.constexpr, D_MASK: tl.constexpr, CAST_F32: tl.constexpr,
+                DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr, TMA: tl.constexpr):
     for start in range(lo, hi, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         m_ok = offs_m < n_queries
         pos_q = offset + offs_m
-        qt = _load(Q + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
-                   m_ok[None, :], d_ok[:, None], ROW_MASK, D_MASK)
-        do = _load(DO + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
-                   m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
-        if ROW_MASK:
-            lse = tl.load(LSE + offs_m * stride_em, mask=m_ok, other=float("inf"))
-            delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
-            lam_q = tl.load(LAM + pos_q * stride_ln, mask=m_ok, other=0.0)
+        if TMA:  # zeros past the edges; a padded row's lse must be +inf (p = 0), not 0
+            qt = tl.trans(QD.load([b32, h32, start, 0]).reshape([BLOCK_M, D_PAD]))
+            do = GD.load([b32, h32, start, 0]).reshape([BLOCK_M, D_PAD])
+            lse = ED.load([b32, h32, start]).reshape([BLOCK_M])
+            delta = XD.load([b32, h32, start]).reshape([BLOCK_M])
+            lam_q = LD.load([b32, h32, offset + start]).reshape([BLOCK_M])
+            if ROW_MASK:
+                lse = tl.where(m_ok, lse, float("inf"))
         else:
-            lse = tl.load(LSE + offs_m * stride_em)
-            delta = tl.load(DELTA + offs_m)
-            lam_q = tl.load(LAM + pos_q * stride_ln)
+            qt = _load(Q + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
+                       m_ok[None, :], d_ok[:, None], ROW_MASK, D_MASK)
+            do = _load(DO + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
+                       m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
+            lse, delta, lam_q = _row_stats(LSE, DELTA, LAM, offs_m, pos_q, m_ok, stride_em,
+                                           stride_ln, ROW_MASK)
         if CAST_F32:
             qt = qt.to(tl.float32)
             do = do.to(tl.float32)
@@ -361,7 +403,7 @@ def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA,
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC,
+def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC, QD, GD, LD, ED, XD,
                  stride_qb, stride_qh, stride_qm, stride_qd,
                  stride_kb, stride_kh, stride_kn, stride_kd,
                  stride_vb, stride_vh, stride_vn, stride_vd,
@@ -377,7 +419,12 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC,
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                  GRID_M: tl.constexpr, GRID_N: tl.constexpr, ROW_EDGE: tl.constexpr,
-                 CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr):
+                 CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
+                 TMA: tl.constexpr):
+    """dk, dv of one (b, kv head, block of BLOCK_N keys), summed over the group's query heads,
+    and the dS column sums of each of them. TMA: the streamed q, dO, lam, lse and delta come
+    through the descriptors QD, GD ((B, Hq, M, D), blocks [1, 1, BLOCK_M, D_PAD]), LD (lam),
+    ED (lse) and XD (delta) ((B, Hq, .), blocks [1, 1, BLOCK_M]); otherwise through pointers."""
     # Key block 0 sees every query: launch in key order, heavy first.
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
@@ -417,6 +464,7 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC,
     dv = tl.full([BLOCK_N, D_PAD], 0.0, dtype=tl.float32)
     for g in range(0, group):
         h = hk * group + g
+        b32, h32 = b.to(tl.int32), h.to(tl.int32)   # descriptor indices
         Qh = Q + b * stride_qb + h * stride_qh
         DOh = DO + b * stride_gb + h * stride_gh
         LAMh = LAM + b * stride_lb + h * stride_lh
@@ -432,13 +480,16 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC,
                                      stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
                                      stride_em, lam_ref, b_key, qk_scale, offs_n, offset,
                                      lo, tl.minimum(mid, hi), n_queries, offs_d, d_ok,
-                                     DOC, stride_dn, doc_k,
-                                     BLOCK_M, True, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
+                                     DOC, stride_dn, doc_k, QD, GD, LD, ED, XD, b32, h32,
+                                     BLOCK_M, D_PAD, True, True, D_MASK, CAST_F32, DOT_PREC,
+                                     HAS_DOC, TMA)
         dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh,
                                      stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
                                      stride_em, lam_ref, b_key, qk_scale, offs_n, offset,
                                      mid, hi, n_queries, offs_d, d_ok, DOC, stride_dn, doc_k,
-                                     BLOCK_M, False, ROW_EDGE, D_MASK, CAST_F32, DOT_PREC, HAS_DOC)
+                                     QD, GD, LD, ED, XD, b32, h32,
+                                     BLOCK_M, D_PAD, False, ROW_EDGE, D_MASK, CAST_F32, DOT_PREC,
+                                     HAS_DOC, TMA)
         tl.store(DLAM + b * stride_zb + h * stride_zh + offs_n * stride_zn, -colsum, mask=n_ok)
 
     dk = dk * scale

@@ -30,7 +30,7 @@ import torch
 
 from . import plan as plan_mod
 from .plan import Plan
-from .triton_configs import launch_config, smaller
+from .triton_configs import launch_config, max_registers, smaller, tma_kernels
 
 LOG2E = 1.4426950408889634
 MIN_HEAD_DIM = 16
@@ -167,6 +167,49 @@ def _f32(lam: torch.Tensor) -> torch.Tensor:
     return lam if lam.dtype == torch.float32 else lam.float()
 
 
+TMA_KERNELS = ("fwd", "dq", "dkdv")
+
+
+def _tma_kernels(d_pad: int, interpret: bool, capability) -> frozenset:
+    """The kernels that read their streamed tiles through TMA tensor descriptors: by default the
+    launch table's choice (triton_configs.tma_kernels). FOXCOMPILE_TMA=0 turns them all off, =1
+    all on (sm90+ or the interpreter), or names the kernels (e.g. "fwd,dq")."""
+    text = os.environ.get("FOXCOMPILE_TMA", "").strip().lower()
+    if text in ("", "auto"):
+        return tma_kernels(d_pad, capability, interpret)
+    if text in ("0", "off", "no", "false"):
+        return frozenset()
+    if not interpret and (capability is None or capability < (9, 0)):
+        return frozenset()
+    if text in ("1", "on", "yes", "true"):
+        return frozenset(TMA_KERNELS)
+    return frozenset(k for k in text.split(",") if k in TMA_KERNELS)
+
+
+def _tma_ok(*tensors) -> bool:
+    """Whether tensor descriptors can read these tensors in place: unit last stride, positive
+    strides and a base that are multiples of 16 bytes (the strides of size-1 dims do not
+    matter, see _descriptor)."""
+    for t in tensors:
+        size = t.element_size()
+        strides = [st for st, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1]
+        if (t.stride(-1) != 1 or t.data_ptr() % 16
+                or any(st <= 0 or st * size % 16 for st in strides)):
+            return False
+    return True
+
+
+def _descriptor(t: torch.Tensor, *block: int):
+    """Host-side TMA descriptor of a (B, H, T, D) or (B, H, T) tensor read in blocks
+    [1, 1, *block]; loads past its edges read zeros. A size-1 dim's stride is never stepped
+    over, so it gets a 16-byte one (TMA wants every stride aligned)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    unit = 16 // t.element_size()
+    strides = [st if n > 1 else unit for st, n in zip(t.stride(), t.shape)]
+    strides[-1] = 1
+    return TensorDescriptor(t, list(t.shape), strides, [1, 1, *block])
+
+
 def _doc_args(doc, lam):
     """(DOC pointer, its batch and sequence strides, HAS_DOC): lam stands in when there is no doc
     (never read then)."""
@@ -190,22 +233,26 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
     lam = _f32(lam)
     start = plan.start
     doc_ptr, *doc_strides, has_doc = _doc_args(doc, lam)
+    tma = "fwd" in _tma_kernels(d_pad, interpret, _capability(q.device)) and _tma_ok(k, v, lam)
 
     def launch(config):
         block_m, block_n, warps, stages = config
         grid = (triton_cdiv(n_queries, block_m) * batch * q_heads,)
+        kd, vd, ld = ((_descriptor(k, block_n, d_pad), _descriptor(v, block_n, d_pad),
+                       _descriptor(lam, block_n)) if tma else (None, None, None))
         kern._fwd_kernel[grid](
-            q, k, v, lam, out, lse, start, doc_ptr,
+            q, k, v, lam, out, lse, start, doc_ptr, kd, vd, ld,
             *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *out.stride(), *lse.stride(),
             *start.stride(), *doc_strides,
             q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
             GRID_M=plan.block_m, GRID_N=plan.block_n,
             CAST_F32=interpret, DOT_PREC=_dot_precision(q.dtype, interpret), HAS_DOC=has_doc,
-            num_warps=warps, num_stages=stages)
+            TMA=tma, num_warps=warps, num_stages=stages,
+            **max_registers("fwd", d_pad, _capability(q.device), interpret))
 
     with _device_guard(q):
-        _launch("fwd", config, (d_pad, q.dtype, q.device), launch)
+        _launch("fwd", config, (d_pad, q.dtype, q.device, tma), launch)
     return lse
 
 
@@ -235,6 +282,9 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc_ptr, *doc_strides, has_doc = _doc_args(doc, lam)
+    tma = _tma_kernels(d_pad, interpret, cap)
+    dkdv_tma = "dkdv" in tma and _tma_ok(q, grad_out, lam, lse, delta)
+    dq_tma = "dq" in tma and _tma_ok(k, v, lam)
     with _device_guard(q):
         rows = 64
         kern._row_dot_kernel[(triton_cdiv(n_queries, rows) * batch * q_heads,)](
@@ -243,29 +293,36 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
 
         def launch_dkdv(config):
             block_n, block_m, warps, stages = config
+            descriptors = ((_descriptor(q, block_m, d_pad), _descriptor(grad_out, block_m, d_pad),
+                            _descriptor(lam, block_m), _descriptor(lse, block_m),
+                            _descriptor(delta, block_m)) if dkdv_tma else (None,) * 5)
             kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
-                q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end, doc_ptr,
+                q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end, doc_ptr, *descriptors,
                 *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
                 *lse.stride(), *dk.stride(), *dv.stride(), *dlam.stride(), *end.stride(),
                 *doc_strides, kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
                 GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
-                CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, num_warps=warps,
-                num_stages=stages)
+                CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, TMA=dkdv_tma,
+                num_warps=warps, num_stages=stages,
+                **max_registers("dkdv", d_pad, cap, interpret))
 
         def launch_dq(config):
             block_m, block_n, warps, stages = config
+            descriptors = ((_descriptor(k, block_n, d_pad), _descriptor(v, block_n, d_pad),
+                            _descriptor(lam, block_n)) if dq_tma else (None,) * 3)
             kern._dq_kernel[(triton_cdiv(n_queries, block_m) * batch * q_heads,)](
                 q, k, v, lam, grad_out, lse, delta, dq, dlam_row, plan.start, doc_ptr,
+                *descriptors,
                 *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
                 *lse.stride(), *dq.stride(), *dlam_row.stride(), *plan.start.stride(),
                 *doc_strides, q_heads, group, n_queries, n_keys, qk_scale, float(scale),
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
                 GRID_M=plan.block_m, GRID_N=plan.block_n,
-                CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, num_warps=warps,
-                num_stages=stages)
+                CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, TMA=dq_tma,
+                num_warps=warps, num_stages=stages, **max_registers("dq", d_pad, cap, interpret))
 
-        memo = (d_pad, q.dtype, q.device)
+        memo = (d_pad, q.dtype, q.device, dkdv_tma, dq_tma)
         for kind, launch in (("dkdv", launch_dkdv), ("dq", launch_dq)):
             config = launch_config(kind, d_pad, plan.block_m, plan.block_n, cap, interpret,
                                    q.element_size())

@@ -14,7 +14,12 @@ that divide it exactly, so forward and backward skip exactly the same (i, j) pai
 
 Keys of the tables are the head dim padded to a power of two (16 .. 256). See docs/kernels.md for
 how the sm90 table was chosen. FOXCOMPILE_KERNEL_CONFIG (a JSON object with any of the keys
-"fwd", "dq", "dkdv", each a list of four ints) overrides the table, for tuning sweeps.
+"fwd", "dq", "dkdv", each a list of four ints, and an optional fifth: a register cap, 0 for none)
+overrides the table, for tuning sweeps.
+
+SM90_MAX_REGISTERS caps a kernel's registers per thread (ptxas maxnreg) where the compiler would
+otherwise take just enough to halve the blocks an SM holds: at D = 64 the dq kernel's dS row sums
+took it from 127 to 167 registers (one 8-warp block per SM instead of two) and made it 45% slower.
 """
 import json
 import os
@@ -27,6 +32,14 @@ SM90 = {
     128: dict(fwd=(64, 64, 4, 3), dq=(128, 64, 8, 4), dkdv=(128, 64, 8, 3)),
     256: dict(fwd=(64, 32, 4, 2), dq=(64, 32, 4, 2), dkdv=(64, 32, 8, 1)),
 }
+
+SM90_MAX_REGISTERS = {(64, "dq"): 128}
+
+# Kernels that read their streamed tiles through TMA tensor descriptors on sm90, per head dim:
+# at D = 128 they cut dense forward + backward from 11.30 to 9.93 ms (B1-T16384-H16-D128); at
+# D = 64 they are no faster (17.99 against 18.0-18.4 ms), so the pointer loads stay there. Not
+# measured at 16, 32 and 256: pointers.
+SM90_TMA = {128: ("fwd", "dq", "dkdv")}
 
 # Anything else (Ampere, Ada, unknown): modest tiles that fit 100 KB of shared memory.
 DEFAULT = {
@@ -51,6 +64,31 @@ def _override():
         parsed = json.loads(text)
         _override_cache[text] = {key: tuple(int(x) for x in value) for key, value in parsed.items()}
     return _override_cache[text]
+
+
+def tma_kernels(d_pad: int, capability, interpret: bool) -> frozenset:
+    """The kernels ('fwd', 'dq', 'dkdv') that load through TMA descriptors by default: SM90_TMA
+    on Hopper, all of them under the interpreter (which runs the same code, so CI tests it),
+    none before sm90 (no TMA) and none elsewhere until measured."""
+    if interpret:
+        return frozenset(("fwd", "dq", "dkdv"))
+    if capability is not None and capability[0] == 9:
+        return frozenset(SM90_TMA.get(d_pad, ()))
+    return frozenset()
+
+
+def max_registers(kernel: str, d_pad: int, capability, interpret: bool) -> dict:
+    """Launch options capping the kernel's registers: {"maxnreg": n} or {} (no cap)."""
+    if interpret:
+        return {}
+    over = _override().get(kernel)
+    if over is not None and len(over) > 4:
+        cap = over[4]
+    elif capability is not None and capability[0] == 9:
+        cap = SM90_MAX_REGISTERS.get((d_pad, kernel), 0)
+    else:
+        cap = 0
+    return {"maxnreg": cap} if cap else {}
 
 
 def _fit(block: int, grid: int) -> int:
@@ -106,7 +144,7 @@ def launch_config(kernel: str, d_pad: int, grid_m: int, grid_n: int, capability,
         outer, step, warps, stages = table[d_pad][kernel]
     over = _override().get(kernel)
     if over is not None:
-        outer, step, warps, stages = over
+        outer, step, warps, stages = over[:4]
     outer_grid, step_grid = (grid_n, grid_m) if kernel == "dkdv" else (grid_m, grid_n)
     outer = _fit(outer or outer_grid, outer_grid)
     step = _fit(step, step_grid)

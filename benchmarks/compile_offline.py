@@ -1,0 +1,151 @@
+"""Compile foxcompile's Triton kernels for a GPU that is not there (default sm90) and report
+registers, spills and what the compiler emitted: a quick check of a kernel change or launch config
+on a machine without a GPU (Triton compiles for any target; ptxas and cuobjdump ship with it).
+
+    python benchmarks/compile_offline.py [--shape 1,4,4,4096,4096,64] [--arch 90]
+        [--configs '{"dq": [128, 64, 8, 3]}'] [--dump DIR]
+
+The installed Triton compiles, which need not be the GPU machine's version: the numbers are
+indicative. Per kernel: REG and STACK (bytes of spill stack) from cuobjdump -res-usage, counts in
+the PTX of wgmma and mma.sync instructions and of wgmma waits. --dump writes each kernel's TTGIR
+PTX and cubin to DIR
+(cuobjdump --dump-sass DIR/dq.cubin shows the machine code).
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+KERNELS = ("_fwd_kernel", "_dkdv_kernel", "_dq_kernel", "_bwd_kernel")
+
+
+def _fake_driver(arch):
+    """An active Triton driver that targets `arch` and never touches a device."""
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.driver import DriverBase
+    from triton.runtime.driver import driver
+
+    class Offline(DriverBase):
+        @classmethod
+        def is_active(cls):
+            return False
+
+        def map_python_to_cpp_type(self, ty):
+            return ty
+
+        def get_current_target(self):
+            return GPUTarget("cuda", arch, 32)
+
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_device_interface(self):
+            return torch.cuda
+
+        def get_benchmarker(self):
+            return None
+
+        def get_empty_cache_for_benchmark(self):
+            return None
+
+        def clear_cache(self, cache):
+            pass
+
+    driver.set_active(Offline())
+
+
+def _usage(cubin):
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    reg = re.search(r"REG:(\d+)", text)
+    stack = re.search(r"STACK:(\d+)", text)
+    return (int(reg.group(1)) if reg else None), (int(stack.group(1)) if stack else None)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="1,4,4,4096,4096,64", help="B,Hq,Hk,M,N,D (bthd, bf16)")
+    parser.add_argument("--configs", default=None, help="FOXCOMPILE_KERNEL_CONFIG")
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--dump", default=None, help="folder for each kernel's TTGIR and PTX")
+    args = parser.parse_args()
+
+    os.environ["TRITON_INTERPRET"] = "0"
+    if args.configs:
+        os.environ["FOXCOMPILE_KERNEL_CONFIG"] = args.configs
+    _fake_driver(args.arch)
+    from foxcompile.kernels import plan as plan_mod
+    from foxcompile.kernels import triton_attention as ta
+
+    kern = ta._kernels(False)
+    compiled = []
+
+    class Warmup:
+        """kernel[grid](...) compiles (warmup) instead of launching."""
+
+        def __init__(self, fn, name):
+            self.fn, self.name = fn, name
+
+        def __getitem__(self, grid):
+            def go(*a, **kw):
+                compiled.append((self.name, kw, self.fn.run(*a, grid=grid, warmup=True, **kw)))
+            return go
+
+    for name in KERNELS + ("_row_dot_kernel",):
+        if hasattr(kern, name):
+            setattr(kern, name, Warmup(getattr(kern, name), name))
+    ta._mode = lambda q: False
+    ta._capability = lambda device: (args.arch // 10, args.arch % 10)
+
+    batch, q_heads, kv_heads, n_queries, n_keys, head_dim = map(int, args.shape.split(","))
+
+    def bthd(heads, seq):
+        return torch.zeros(batch, seq, heads, head_dim, dtype=torch.bfloat16).transpose(1, 2)
+
+    q, k, v = bthd(q_heads, n_queries), bthd(kv_heads, n_keys), bthd(kv_heads, n_keys)
+    lam = torch.zeros(batch, q_heads, n_keys)
+    scale = head_dim ** -0.5
+    plan = plan_mod.make_plan(q, k, lam, scale, 0.0, plan_mod.PRUNE_OFF)
+    lse = torch.zeros(batch, q_heads, n_queries)
+    ta.forward(q, k, v, lam, plan, scale, torch.empty_like(q))
+    grads = [torch.empty_like(t) for t in (q, k, v)]
+    ta.backward(torch.zeros_like(q), q, k, v, lam, q, lse, plan, scale, *grads)
+    print(f"{'kernel':<13} {'config':<22} {'REG':>4} {'STACK':>6} {'wgmma':>6} {'mma':>4} "
+          f"{'waits':>6}")
+    for name, kw, kernel in compiled:
+        if name == "_row_dot_kernel":
+            continue
+        config = tuple(kw.get(key) for key in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+        reg, stack = _usage(kernel.asm["cubin"])
+        ptx = kernel.asm["ptx"]
+        short = name.strip("_").replace("_kernel", "")
+        print(f"{short:<13} {str(config):<22} {reg:>4} {stack:>6} "
+              f"{ptx.count('wgmma.mma_async'):>6} {ptx.count('mma.sync'):>4} "
+              f"{ptx.count('wgmma.wait_group'):>6}", flush=True)
+        if args.dump:
+            os.makedirs(args.dump, exist_ok=True)
+            for ext in ("ttgir", "ptx"):
+                with open(os.path.join(args.dump, f"{short}.{ext}"), "w") as f:
+                    f.write(kernel.asm[ext])
+            with open(os.path.join(args.dump, f"{short}.cubin"), "wb") as f:
+                f.write(kernel.asm["cubin"])
+
+
+if __name__ == "__main__":
+    main()
