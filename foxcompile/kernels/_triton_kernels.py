@@ -17,6 +17,9 @@ first computed key block START[m] * GRID_N; dkdv walks a key block (BLOCK_N divi
 query steps of BLOCK_M (divides GRID_M) up to END[n] * GRID_M rows. Steps that cross the causal
 diagonal or an edge take the masked path; all others load and compute with no masks at all.
 
+Loads (TMA, a constexpr per launch): the streamed tiles come either through TMA tensor
+descriptors (zeros past the edges, no per-element addresses; Hopper) or through pointers.
+
 Packed sequences (HAS_DOC): DOC holds a document id per key position (B, N); key j is visible to
 query i only when DOC[P+i] == DOC[j] too. Every step applies that equality mask (START / END
 already leave out the tiles that hold only earlier documents), and the forward keeps a row that
@@ -61,6 +64,39 @@ def _load(ptrs, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
 
 
 @triton.jit
+def _key_tile(X, XD, b32, hk32, start, offs_n, n_ok, offs_d, d_ok, stride_n, stride_d,
+              BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
+              D_MASK: tl.constexpr, TMA: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """Keys [start, start + BLOCK_N) of k or v: a (BLOCK_N, D_PAD) tile, (D_PAD, BLOCK_N) with
+    TRANSPOSE, zeros past the edges. TMA: through the descriptor XD at (b, kv head); else through
+    X, already offset to (b, kv head)."""
+    if TMA:
+        x = XD.load([b32, hk32, start, 0]).reshape([BLOCK_N, D_PAD])
+        if TRANSPOSE:
+            x = tl.trans(x)
+    elif TRANSPOSE:
+        x = _load(X + offs_n[None, :] * stride_n + offs_d[:, None] * stride_d,
+                  n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
+    else:
+        x = _load(X + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d,
+                  n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
+    return x
+
+
+@triton.jit
+def _key_lams(LAM, LD, b32, h32, start, offs_n, n_ok, stride_ln, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr, TMA: tl.constexpr):
+    """lam of keys [start, start + BLOCK_N) (zeros past the edge)."""
+    if TMA:
+        lam_k = LD.load([b32, h32, start]).reshape([BLOCK_N])
+    elif MASKED:
+        lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
+    else:
+        lam_k = tl.load(LAM + offs_n * stride_ln)
+    return lam_k
+
+
+@triton.jit
 def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd, stride_ln,
                lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok, DOC, stride_dn, doc_q,
                KD, VD, LD, b32, hk32, h32,
@@ -70,16 +106,9 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
-        if TMA:
-            kt = tl.trans(KD.load([b32, hk32, start, 0]).reshape([BLOCK_N, D_PAD]))
-            lam_k = LD.load([b32, h32, start]).reshape([BLOCK_N])
-        else:
-            kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                       n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
-            if MASKED:
-                lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
-            else:
-                lam_k = tl.load(LAM + offs_n * stride_ln)
+        kt = _key_tile(K, KD, b32, hk32, start, offs_n, n_ok, offs_d, d_ok, stride_kn, stride_kd,
+                       BLOCK_N, D_PAD, MASKED, D_MASK, TMA, True)
+        lam_k = _key_lams(LAM, LD, b32, h32, start, offs_n, n_ok, stride_ln, BLOCK_N, MASKED, TMA)
         if CAST_F32:
             kt = kt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale + ((lam_ref - lam_k) * LOG2E)[None, :]
@@ -95,11 +124,8 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
         alpha = tl.exp2(m_i - m_ref)
         p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + _sum_rows(p)
-        if TMA:
-            v = VD.load([b32, hk32, start, 0]).reshape([BLOCK_N, D_PAD])
-        else:
-            v = _load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                      n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
+        v = _key_tile(V, VD, b32, hk32, start, offs_n, n_ok, offs_d, d_ok, stride_vn, stride_vd,
+                      BLOCK_N, D_PAD, MASKED, D_MASK, TMA, False)
         if CAST_F32:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None]
@@ -222,19 +248,11 @@ def _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
-        if TMA:
-            kt = tl.trans(KD.load([b32, hk32, start, 0]).reshape([BLOCK_N, D_PAD]))
-            vt = tl.trans(VD.load([b32, hk32, start, 0]).reshape([BLOCK_N, D_PAD]))
-            lam_k = LD.load([b32, h32, start]).reshape([BLOCK_N])
-        else:
-            kt = _load(K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                       n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
-            vt = _load(V + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
-                       n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
-            if MASKED:
-                lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
-            else:
-                lam_k = tl.load(LAM + offs_n * stride_ln)
+        kt = _key_tile(K, KD, b32, hk32, start, offs_n, n_ok, offs_d, d_ok, stride_kn, stride_kd,
+                       BLOCK_N, D_PAD, MASKED, D_MASK, TMA, True)
+        vt = _key_tile(V, VD, b32, hk32, start, offs_n, n_ok, offs_d, d_ok, stride_vn, stride_vd,
+                       BLOCK_N, D_PAD, MASKED, D_MASK, TMA, True)
+        lam_k = _key_lams(LAM, LD, b32, h32, start, offs_n, n_ok, stride_ln, BLOCK_N, MASKED, TMA)
         if CAST_F32:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)

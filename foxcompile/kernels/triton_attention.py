@@ -20,6 +20,10 @@ float32 inputs: the matrix products follow torch.get_float32_matmul_precision(),
 matmuls do: exact float32 ("ieee") under the default "highest", TF32 on the tensor cores (10-bit
 mantissa, float32 accumulation) under "high" or "medium". FOXCOMPILE_FP32_DOT=ieee|tf32
 overrides it. The softmax, the normaliser and every accumulator are float32 for every input dtype.
+
+Streamed tiles are read through TMA tensor descriptors where the launch table says so (sm90 at
+D_PAD = 128, and under the interpreter) and the tensors allow it, else through pointers;
+FOXCOMPILE_TMA=0|1|<kernels> overrides the choice (docs/kernels.md, "Loads").
 """
 import importlib.util
 import os
