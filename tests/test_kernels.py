@@ -251,6 +251,26 @@ def test_interpreter_tma_falls_back_to_pointers(interpret_env, monkeypatch):
     assert made == []
 
 
+def test_tma_choice(monkeypatch):
+    """Which kernels load through TMA: the sm90 table (all three at D_PAD 128, none at 64), none
+    before sm90, all under the interpreter, none while a CUDA graph is captured, and the
+    FOXCOMPILE_TMA override."""
+    from foxcompile.kernels import triton_attention as ta
+    monkeypatch.delenv("FOXCOMPILE_TMA", raising=False)
+    assert ta._tma_kernels(128, False, (9, 0)) == {"fwd", "dq", "dkdv"}
+    assert ta._tma_kernels(64, False, (9, 0)) == set()
+    assert ta._tma_kernels(128, False, (8, 0)) == set()
+    assert ta._tma_kernels(64, True, None) == {"fwd", "dq", "dkdv"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert ta._tma_kernels(128, False, (9, 0)) == set()
+    monkeypatch.setenv("FOXCOMPILE_TMA", "fwd,dq")
+    assert ta._tma_kernels(64, False, (9, 0)) == {"fwd", "dq"}
+    assert ta._tma_kernels(64, False, (8, 9)) == set()
+    monkeypatch.setenv("FOXCOMPILE_TMA", "0")
+    assert ta._tma_kernels(128, True, None) == set()
+
+
 @interp
 def test_interpreter_guard_turns_pruning_off(interpret_env):
     check_case(interpret_env, 1, 2, 2, 300, 300, 32, torch.float16, torch.device("cpu"),

@@ -176,10 +176,13 @@ TMA_KERNELS = ("fwd", "dq", "dkdv")
 
 def _tma_kernels(d_pad: int, interpret: bool, capability) -> frozenset:
     """The kernels that read their streamed tiles through TMA tensor descriptors: by default the
-    launch table's choice (triton_configs.tma_kernels). FOXCOMPILE_TMA=0 turns them all off, =1
-    all on (sm90+ or the interpreter), or names the kernels (e.g. "fwd,dq")."""
+    launch table's choice (triton_configs.tma_kernels), except while a CUDA graph is being
+    captured (the pointer loads are the ones tested under graph capture). FOXCOMPILE_TMA=0 turns
+    them all off, =1 all on (sm90+ or the interpreter), or names the kernels (e.g. "fwd,dq")."""
     text = os.environ.get("FOXCOMPILE_TMA", "").strip().lower()
     if text in ("", "auto"):
+        if not interpret and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            return frozenset()
         return tma_kernels(d_pad, capability, interpret)
     if text in ("0", "off", "no", "false"):
         return frozenset()
