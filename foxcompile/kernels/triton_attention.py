@@ -34,7 +34,7 @@ import torch
 
 from . import plan as plan_mod
 from .plan import Plan
-from .triton_configs import launch_config, max_registers, smaller, tma_kernels
+from .triton_configs import TMA_KERNELS, launch_config, max_registers, smaller, tma_kernels
 
 LOG2E = 1.4426950408889634
 MIN_HEAD_DIM = 16
@@ -169,9 +169,6 @@ def _launch(kind: str, config, memo, launch):
 
 def _f32(lam: torch.Tensor) -> torch.Tensor:
     return lam if lam.dtype == torch.float32 else lam.float()
-
-
-TMA_KERNELS = ("fwd", "dq", "dkdv")
 
 
 def _tma_kernels(d_pad: int, interpret: bool, capability) -> frozenset:

@@ -40,6 +40,7 @@ SM90_MAX_REGISTERS = {(64, "dq"): 128}
 # D = 64 they are no faster (17.99 against 18.0-18.4 ms), so the pointer loads stay there. Not
 # measured at 16, 32 and 256: pointers.
 SM90_TMA = {128: ("fwd", "dq", "dkdv")}
+TMA_KERNELS = ("fwd", "dq", "dkdv")
 
 # Anything else (Ampere, Ada, unknown): modest tiles that fit 100 KB of shared memory.
 DEFAULT = {
@@ -71,7 +72,7 @@ def tma_kernels(d_pad: int, capability, interpret: bool) -> frozenset:
     on Hopper, all of them under the interpreter (which runs the same code, so CI tests it),
     none before sm90 (no TMA) and none elsewhere until measured."""
     if interpret:
-        return frozenset(("fwd", "dq", "dkdv"))
+        return frozenset(TMA_KERNELS)
     if capability is not None and capability[0] == 9:
         return frozenset(SM90_TMA.get(d_pad, ()))
     return frozenset()
