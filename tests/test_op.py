@@ -110,6 +110,23 @@ def test_gradcheck_with_pruning_on():
         lambda *x: foxcompile.forgetting_attention(*x, epsilon=1e-3), (q, k, v, gates))
 
 
+def test_backward_without_the_saved_bound():
+    """The forward saves the score bound U for the backward; called without it (a graph compiled
+    against the earlier schema, from Inductor's cache) the backward recomputes it, same result."""
+    q, k, v, gates = _inputs(2, 20, 30, 4, 2, 8)
+    lam = gates.detach().cumsum(1).transpose(1, 2).contiguous()
+    lam[:, :, 5] = float("inf")  # a masked key: U places its stand-in lam
+    out, lse, start, bound = torch.ops.foxcompile.attention(q, k, v, lam, 0.3, 1e-3,
+                                                             PRUNE_GUARDED, "bthd", "test")
+    grad = torch.randn_like(out)
+    backward = torch.ops.foxcompile.attention_backward
+    saved = backward(grad, q, k, v, lam, out, lse, start, 0.3, "bthd", None, bound)
+    recomputed = backward(grad, q, k, v, lam, out, lse, start, 0.3, "bthd")
+    for a, b in zip(saved, recomputed):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert bound.shape == (2, 4) and bool(torch.isfinite(bound).all())
+
+
 def test_opcheck_contiguous_and_strided():
     q, k, v, gates = _inputs(2, 20, 30, 4, 2, 8)
     lam = gates.detach().cumsum(1).transpose(1, 2).requires_grad_()
@@ -173,7 +190,7 @@ def _fast_decay(n=600, heads=2, head_dim=16, seed=1):
 
 
 def _run(q, k, v, lam, prune, epsilon=foxcompile.DEFAULT_EPSILON):
-    out, _, start = torch.ops.foxcompile.attention(q, k, v, lam, q.shape[-1] ** -0.5, epsilon,
+    out, _, start, _ = torch.ops.foxcompile.attention(q, k, v, lam, q.shape[-1] ** -0.5, epsilon,
                                                    prune, "bhtd", "test")
     return out, start
 
@@ -314,7 +331,7 @@ def test_packed_plan_skips_tiles_of_earlier_documents():
     shuffled = make_plan(q, k, lam, 0.25, 0.0, PRUNE_OFF, doc=doc.flip(-1))
     assert int(shuffled.start.sum()) == 0                     # decreasing ids: nothing skipped
     with FlopCounterMode(display=False) as counter:
-        out, _, start = torch.ops.foxcompile.attention(q, k, v, lam, 0.25, 0.0, PRUNE_OFF, "bhtd",
+        out, _, start, _ = torch.ops.foxcompile.attention(q, k, v, lam, 0.25, 0.0, PRUNE_OFF, "bhtd",
                                                        "test", doc=doc)
     heads, d = q.shape[1], q.shape[3]
     assert counter.get_total_flops() == 4 * d * heads * 4 * (128 * 129 // 2)

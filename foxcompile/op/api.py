@@ -89,6 +89,6 @@ def forgetting_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if layout == "bthd":  # scan along a contiguous last dim: a strided cumsum is ~100x slower
         log_fgate = log_fgate.transpose(1, 2)
     lam = torch.cumsum(log_fgate.to(accumulator(q)).contiguous(), dim=-1)   # (B, Hq, N)
-    out, _, _ = attention(q, k, v, lam, float(scale), float(epsilon), PRUNE_GUARDED, layout,
+    out, *_ = attention(q, k, v, lam, float(scale), float(epsilon), PRUNE_GUARDED, layout,
                           "forgetting_attention", doc=doc)
     return out

@@ -1,14 +1,17 @@
 """The torch.library custom ops: forward and backward forgetting attention with ACP.
 
     foxcompile::attention(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None)
-        -> (out, lse, start)
+        -> (out, lse, start, bound)
     foxcompile::attention_backward(grad_out, q, k, v, lam, out, lse, start, scale, layout,
-                                   doc=None) -> (dq, dk, dv, dlam)
+                                   doc=None, bound=None) -> (dq, dk, dv, dlam)
 
 layout "bthd": q (B, M, Hq, D), k (B, N, Hk, D), v (B, N, Hk, Dv); layout "bhtd": q (B, Hq, M, D),
-k (B, Hk, N, D), v (B, Hk, N, Dv); out has v's head dim Dv, which may differ from D. Any strides. lam (B or 1, Hq or 1, N): key-side cumulative log forget gate (broadcast over the
-size-1 dims). out is contiguous in q's layout; lse (B, Hq, M) and the pruning plan's start blocks
-(B, Hq, MB) int32 are saved for the backward, so both passes skip the same tiles. `prune` is one
+k (B, Hk, N, D), v (B, Hk, N, Dv); out has v's head dim Dv, which may differ from D. Any strides.
+lam (B or 1, Hq or 1, N): key-side cumulative log forget gate (broadcast over the size-1 dims). out is contiguous in q's layout; lse (B, Hq, M), the pruning plan's start blocks
+(B, Hq, MB) int32 and the score bound U (B, Hq) (plan.score_bound, which places masked keys) are
+saved for the backward, so both passes skip the same tiles and U is computed once (the backward
+recomputes it when called without it: graphs compiled against the earlier schema, still in
+Inductor's caches, keep working). `prune` is one
 of plan.PRUNE_OFF / PRUNE_PROVEN / PRUNE_GUARDED; `site` names the call site for pruning_stats.
 doc (B or 1, N) or (N,) int32/int64, optional: document ids of packed sequences, one per key
 position (query i sits at position P + i); query i sees key j only when doc[P+i] == doc[j], on top
@@ -92,7 +95,7 @@ def _batch_doc(doc: Optional[Tensor], batch: int) -> Optional[Tensor]:
 @torch.library.custom_op("foxcompile::attention", mutates_args=())
 def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilon: float,
               prune: int, layout: str, site: str,
-              doc: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+              doc: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     batch, q_heads, n_queries, _ = _dims(q, layout)
     width = engine_head_dim(q, v)
     qh, kh, vh = (_bhtd(_widened(x, width), layout) for x in (q, k, v))
@@ -106,7 +109,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
     if stats.recording():
         counts = tile_counts(plan.start, n_queries, kh.shape[2], plan.block_m, plan.block_n)
         stats.record(site, counts, 2 * (q.shape[-1] + v.shape[-1]))
-    return _narrowed(out, v.shape[-1]), lse.to(accumulator(q)), plan.start
+    return _narrowed(out, v.shape[-1]), lse.to(accumulator(q)), plan.start, bound
 
 
 @attention.register_fake
@@ -116,18 +119,22 @@ def _(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None):
     out = q.new_empty((*q.shape[:-1], v.shape[-1]))
     lse = q.new_empty((batch, q_heads, n_queries), dtype=accumulator(q))
     start = q.new_empty((batch, q_heads, num_blocks(n_queries, block_m)), dtype=torch.int32)
-    return out, lse, start
+    bound = q.new_empty((batch, q_heads), dtype=accumulator(q))
+    return out, lse, start, bound
 
 
 @torch.library.custom_op("foxcompile::attention_backward", mutates_args=())
 def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: Tensor,
                        out: Tensor, lse: Tensor, start: Tensor, scale: float, layout: str,
-                       doc: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                       doc: Optional[Tensor] = None, bound: Optional[Tensor] = None
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     batch, q_heads = _dims(q, layout)[:2]
     width = engine_head_dim(q, v)
     q_wide, k_wide, v_wide = (_widened(x, width) for x in (q, k, v))
     qh, kh, vh = (_bhtd(x, layout) for x in (q_wide, k_wide, v_wide))
-    lam_full = _full_lam(lam, batch, q_heads, score_bound(qh, kh, scale, accumulator(q)))
+    if bound is None:
+        bound = score_bound(qh, kh, scale, accumulator(q))
+    lam_full = _full_lam(lam, batch, q_heads, bound)
     plan = Plan(*tile_sizes(width), start)
     dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device)
                   for x in (q_wide, k_wide, v_wide))
@@ -144,21 +151,21 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: T
 
 
 @attention_backward.register_fake
-def _(grad_out, q, k, v, lam, out, lse, start, scale, layout, doc=None):
+def _(grad_out, q, k, v, lam, out, lse, start, scale, layout, doc=None, bound=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), lam.new_empty(lam.shape)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, lam, scale, _epsilon, _prune, layout, _site, doc = inputs
-    out, lse, start = output
-    ctx.save_for_backward(q, k, v, lam, out, lse, start, doc)
+    out, lse, start, bound = output
+    ctx.save_for_backward(q, k, v, lam, out, lse, start, bound, doc)
     ctx.scale, ctx.layout = scale, layout
 
 
-def _backward(ctx, grad_out, _grad_lse, _grad_start):
-    q, k, v, lam, out, lse, start, doc = ctx.saved_tensors
+def _backward(ctx, grad_out, _grad_lse, _grad_start, _grad_bound):
+    q, k, v, lam, out, lse, start, bound, doc = ctx.saved_tensors
     dq, dk, dv, dlam = attention_backward(grad_out, q, k, v, lam, out, lse, start, ctx.scale,
-                                          ctx.layout, doc)
+                                          ctx.layout, doc, bound)
     return dq, dk, dv, dlam, None, None, None, None, None, None
 
 
@@ -185,6 +192,6 @@ def _attention_flops(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None
 
 @register_flop_formula(torch.ops.foxcompile.attention_backward, get_raw=True)
 def _attention_backward_flops(grad_out, q, k, v, lam, out, lse, start, scale, layout, doc=None,
-                              *, out_val=None, **_):
+                              bound=None, *, out_val=None, **_):
     # recomputed QK^T, dQ and dK: 2 D each per computed pair; dV and dP: 2 Dv each
     return int(2 * (3 * q.shape[-1] + 2 * v.shape[-1]) * _computed_pairs(q, k, v, start, layout))
