@@ -11,8 +11,9 @@ The batch size of each (config, seq len) is searched once, halving from a start 
 80 GB card (scaled by the card's memory), by the first variant run (fox_acp variants run first);
 every variant then uses that batch, and one that does not fit is reported as "OOM". Pruning
 depends on the forget gates: by default each layer's gate biases give head h a decay time
-log-spaced over [2, 512] tokens (the SYN70 gates of shared/bench/anchors.md); at the zero init
-(--gate-init default, nn.Linear's) an untrained FoX forgets within tens of tokens and almost everything is pruned.
+log-spaced over [2, 512] tokens (the SYN70 gates, docs/benchmarks.md); with nn.Linear's init
+(--gate-init default) an untrained FoX forgets within tens of tokens and almost everything is
+pruned.
 
     python benchmarks/bench_train.py                  # 125m, 760m at T = 4096, 16384
     python benchmarks/bench_train.py --quick          # 125m at 4096, few steps
@@ -299,7 +300,8 @@ def finished_log(run_dir: Path) -> dict:
 def loss_parity(args):
     """Train the first of --configs at the first of --seq-lens for --parity-tokens, with and
     without pruning, per seed; write parity.json (final eval losses) and parity.png."""
-    import matplotlib.pyplot as plt  # train.py has chosen the Agg backend
+    train.require_examples_extra()  # fail now, not after hours of training
+    plt = train.pyplot()
 
     config, seq_len = args.configs[0], args.seq_lens[0]
     batch = args.batch_size or start_batch(config, seq_len, torch.device(args.device))
@@ -361,14 +363,14 @@ def loss_parity(args):
 
 def parse_args(argv=None):
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=train.HelpFormatter)
     parser.add_argument("--configs", "--config", nargs="+", choices=sorted(CONFIGS),
-                        default=["125m", "760m"], help="model sizes")
+                        default=["125m", "760m"], help="model sizes (default: 125m 760m)")
     parser.add_argument("--seq-lens", "--seq-len", nargs="+", type=int, default=[4096, 16384],
-                        help="sequence lengths (tokens)")
+                        help="sequence lengths in tokens (default: 4096 16384)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        default=list(DEFAULT_VARIANTS), help="what to measure (module docstring)")
+                        default=list(DEFAULT_VARIANTS),
+                        help=f"what to measure, see above (default: {' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="fixed batch size (default: search down from a card-filling start)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps (compilation)")
@@ -376,9 +378,9 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="short run: 125m at T=4096, 2 warmup and 5 timed steps")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if cuda else "cpu",
-                        help="where to run")
+                        help="where to run (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(train.DTYPES), default=None,
-                        help="autocast dtype; default bf16 on cuda, fp32 on cpu")
+                        help="autocast dtype (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--gate-init", choices=("decay", "default"), default="decay",
                         help="forget-gate biases: decay times over [2, 512] tokens, "
                              "or nn.Linear's init")
@@ -388,13 +390,14 @@ def parse_args(argv=None):
                         help="results JSON (merged); --loss-parity writes into its stem")
     parser.add_argument("--loss-parity", action="store_true",
                         help="instead of throughput: compare losses with and without pruning")
-    parser.add_argument("--parity-tokens", type=int, default=2**26, help="tokens per parity run")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="parity seeds")
+    parser.add_argument("--parity-tokens", type=int, default=2**26, help="tokens per parity run (default: 2^26)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="parity seeds (default: 0 1)")
     parser.add_argument("--parity-report-only", action="store_true",
                         help="no training: summarise finished parity runs found under --out's stem")
     parser.add_argument("--parity-runs", nargs="+", choices=list(PARITY_RUNS),
                         default=list(PARITY_RUNS),
-                        help="which parity runs (pruned: eps = e^-10, dense: eps = 0)")
+                        help="which parity runs, pruned (eps = e^-10) and/or dense (eps = 0) "
+                             "(default: both)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not cuda:
         parser.error("--device cuda, but torch.cuda.is_available() is False")

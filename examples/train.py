@@ -21,25 +21,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import importlib
 import json
 import math
 import os
 import platform
 import sysconfig
+import textwrap
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from fox_lm import CONFIGS, build_model  # noqa: E402
+from fox_lm import CONFIGS, build_model
 
 BACKENDS = ("fox_acp", "inductor", "eager")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -53,7 +50,36 @@ GRAD_CLIP = 1.0
 MIN_LR_RATIO = 0.1  # the cosine decays to this fraction of --lr
 GATE_DECAY_RANGE = (2.0, 512.0)  # --gate-init decay: the SYN70 decay times of the anchors
 BOUNDARY_MAX_TOKENS = 4096  # the eager forward behind the boundary picture is T x T per head
-BOUNDARY_GRID = 512  # the picture and its fractions use at most this many positions
+BOUNDARY_GRID = 512  # the picture shows D on a grid of at most this many positions
+# The optional packages the examples use (pyproject.toml's `examples` extra).
+EXAMPLES_EXTRA = ("matplotlib", "tqdm")
+INSTALL_EXTRA = 'pip install -e ".[examples]"'
+
+
+# ---------------------------------------------------------------- optional packages
+
+
+def require(module: str):
+    """Import one of EXAMPLES_EXTRA, or stop with one line that says how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module.split(".")[0]:
+            raise
+        raise SystemExit(f"{module} is not installed: the examples need the `examples` extra "
+                         f"({INSTALL_EXTRA} at the repository root)") from None
+
+
+def require_examples_extra():
+    """Fail before training rather than at the first plot."""
+    for module in EXAMPLES_EXTRA:
+        require(module)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
+    require("matplotlib").use("Agg")
+    return importlib.import_module("matplotlib.pyplot")
 
 
 # ---------------------------------------------------------------- corpus
@@ -123,8 +149,8 @@ def import_foxcompile():
         import foxcompile
     except ImportError as error:
         raise RuntimeError(
-            "--backend fox_acp needs the foxcompile package: run `pip install -e .` at the "
-            f"repository root ({error})"
+            "--backend fox_acp needs the foxcompile package: run `pip install -e \".[examples]\"` "
+            f"at the repository root ({error})"
         ) from error
     return foxcompile
 
@@ -216,6 +242,18 @@ def pruning_snapshot(model, inputs: torch.Tensor, targets: torch.Tensor,
 
 
 # ---------------------------------------------------------------- ACP analysis in eager mode
+#
+# ACP's rule is per pair: drop (query i, key j) when D_ij = lam_i - lam_j < delta. foxcompile's
+# kernels apply it per tile of their pruning grid: a tile is skipped only when its largest D, at
+# the corner nearest the diagonal, is below delta (then every pair in it is), and the tiles on
+# the diagonal always run. The boundary picture shows what each allows.
+
+
+def kernel_tile(head_dim: int) -> tuple[int, int]:
+    """(queries, keys) per tile of foxcompile's pruning grid: 128 x 128 up to head dim 128,
+    64 x 64 above (tile_sizes in foxcompile/kernels/plan.py; repeated here so that the analysis
+    runs without foxcompile)."""
+    return (128, 128) if head_dim <= 128 else (64, 64)
 
 
 @torch.no_grad()
@@ -237,8 +275,7 @@ def capture_attention_inputs(model, tokens: torch.Tensor, dtype: torch.dtype) ->
 
 
 def acp_threshold(q: torch.Tensor, k: torch.Tensor, scale: float, epsilon: float) -> torch.Tensor:
-    """delta = min(log(eps) - 2U - log(N), 0) with U = scale max||q|| max||k|| (acp.md), the
-    element-level rule on the eager tensors; foxcompile's kernels apply it per tile.
+    """delta = min(log(eps) - 2U - log(N), 0) with U = scale max||q|| max||k|| (docs/acp.md).
 
     q, k: (H, T, D) of one sequence -> (H,) fp32.
     """
@@ -246,137 +283,266 @@ def acp_threshold(q: torch.Tensor, k: torch.Tensor, scale: float, epsilon: float
     return (math.log(epsilon) - 2 * bound - math.log(q.shape[-2])).clamp(max=0.0)
 
 
-def prunable_pairs(layer_inputs, grid: torch.Tensor, scale: float, epsilon: float):
-    """ACP on a grid of positions for one layer and one sequence.
-
-    layer_inputs: (q, k, v, log_f) of batch size 1; grid: (G,) positions. Returns D (H, G, G),
-    delta (H,) and the prunable causal pairs (H, G, G) bool.
-    """
-    q, k, _, log_f = (t[0].float().cpu() for t in layer_inputs)
-    delta = acp_threshold(q, k, scale, epsilon)
-    lam = torch.cumsum(log_f, dim=-1)[:, grid]  # (H, G): fp32 cumsum as in the model
-    D = lam[:, :, None] - lam[:, None, :]
-    causal = grid[:, None] >= grid[None, :]
-    return D, delta, causal & (D < delta[:, None, None])
+def rule_pair_fraction(lam: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Fraction of the causal pairs (i, j) with D_ij = lam_i - lam_j < delta, per head, counted
+    pair by pair: what the rule allows. lam (H, T), delta (H,) -> (H,)."""
+    T = lam.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    counts = [((lam[h, :, None] - lam[h, None, :] < delta[h]) & causal).sum() for h in range(len(lam))]
+    return torch.stack(counts) / (T * (T + 1) / 2)
 
 
-def plot_pruning_boundary(model, tokens: torch.Tensor, epsilon: float, dtype: torch.dtype,
-                          path: Path) -> list:
-    """Picture D_ij = lam_i - lam_j with the ACP-prunable region D < delta for a few heads.
+def kernel_start_blocks(lam: torch.Tensor, delta: torch.Tensor, block_m: int,
+                        block_n: int) -> torch.Tensor:
+    """How many leading key blocks foxcompile's kernels skip for each query block of one
+    sequence, as foxcompile's plan computes it: lam (H, T), delta (H,) -> (H, MB) int64.
 
-    tokens: (1, T); only the first BOUNDARY_MAX_TOKENS are used, and D is shown and counted
-    on a grid of at most BOUNDARY_GRID positions. For the first, middle and last layer it shows
-    the heads with the most and the least prunable (i, j) pairs. Returns the prunable fraction
-    of the causal pairs, layers x heads.
-    """
+    Key block n is skipped for query block m when lam[first query of m] - lam[last key of n] is
+    below delta (the tile's largest D while lam never increases), as a prefix of the key blocks
+    that stops before the block holding the first query's diagonal; a start is lowered where a
+    later query block skips less, so it never decreases."""
+    T = lam.shape[-1]
+    first_row = torch.arange(0, T, block_m)
+    last_col = (torch.arange(0, T, block_n) + block_n - 1).clamp(max=T - 1)
+    below = lam[:, first_row, None] - lam[:, None, last_col] < delta[:, None, None]
+    start = torch.minimum(below.long().cumprod(-1).sum(-1), first_row // block_n)
+    return torch.flip(torch.cummin(torch.flip(start, (-1,)), dim=-1).values, (-1,))
+
+
+def grid_limit(T: int, block_m: int, block_n: int) -> torch.Tensor:
+    """Start blocks (MB,) that skip every tile at least one whole tile away from the diagonal.
+    The diagonal tiles always run, and a tile beside the diagonal (its nearest corner one step
+    from it, so its largest D is a single log f) goes only when one gate value alone is below
+    delta: in practice this is the most a sequence of T tokens lets the kernel skip."""
+    first_row = torch.arange(0, T, block_m)
+    return (first_row - 1).clamp(min=0) // block_n
+
+
+def grid_fractions(start: torch.Tensor, T: int, block_m: int, block_n: int):
+    """(fraction of the causal tiles, fraction of the causal pairs, i.e. of the attention FLOPs)
+    that start blocks (..., MB) skip, for T queries and keys. A skipped tile is always full, while
+    a diagonal tile holds only its causal half, so the pair fraction is the larger one."""
+    first_row = torch.arange(0, T, block_m)
+    rows = (T - first_row).clamp(max=block_m)
+    causal_tiles = ((first_row + rows - 1) // block_n + 1).sum()
+    tiles = start.sum(-1) / causal_tiles
+    pairs = (start * block_n * rows).sum(-1) / (T * (T + 1) / 2)
+    return tiles.float(), pairs.float()
+
+
+@torch.no_grad()
+def boundary_analysis(model, tokens: torch.Tensor, epsilon: float, dtype: torch.dtype) -> dict:
+    """ACP on one sequence of the uncompiled model, per layer and head: the rule pair by pair
+    and the kernel's tiles. tokens: (1, T), of which the first BOUNDARY_MAX_TOKENS are used."""
     tokens = tokens[:, :BOUNDARY_MAX_TOKENS]
-    captured = capture_attention_inputs(model, tokens, dtype)
     T = tokens.shape[1]
-    grid = torch.linspace(0, T - 1, min(T, BOUNDARY_GRID)).round().long()
-    causal = grid[:, None] >= grid[None, :]
+    block_m, block_n = kernel_tile(model.config.head_dim)
     scale = model.config.head_dim**-0.5
-    fractions = torch.stack([prunable_pairs(inputs, grid, scale, epsilon)[2].sum((-2, -1))
-                             for inputs in captured]) / causal.sum()  # (L, H)
-    layers = sorted({0, len(captured) // 2, len(captured) - 1})
-    fig, axes = plt.subplots(2, len(layers), figsize=(4.4 * len(layers), 8), squeeze=False)
+    layers = []
+    for inputs in capture_attention_inputs(model, tokens, dtype):
+        q, k, _, log_f = (t[0].float().cpu() for t in inputs)
+        lam = torch.cumsum(log_f, dim=-1)  # (H, T): fp32, as in the model
+        delta = acp_threshold(q, k, scale, epsilon)
+        # the kernels lower delta by twice the largest rise of lam (rounding), as foxcompile does
+        rise = (lam - torch.cummin(lam, dim=-1).values).amax(-1)
+        start = kernel_start_blocks(lam, delta - 2 * rise, block_m, block_n)
+        tiles, pairs = grid_fractions(start, T, block_m, block_n)
+        layers.append({"lam": lam, "delta": delta, "start": start, "kernel_tiles": tiles,
+                       "kernel_pairs": pairs, "rule_pairs": rule_pair_fraction(lam, delta)})
+    limit_tiles, limit_pairs = grid_fractions(grid_limit(T, block_m, block_n), T, block_m, block_n)
+    return {"T": T, "tile": (block_m, block_n), "layers": layers,
+            "limit_tiles": float(limit_tiles), "limit_pairs": float(limit_pairs)}
+
+
+def boundary_summary(analysis: dict) -> dict:
+    """The fractions of boundary_analysis for log.json, layers x heads."""
+    stack = lambda key: torch.stack([layer[key] for layer in analysis["layers"]])  # noqa: E731
+    return {"tokens": analysis["T"], "tile": list(analysis["tile"]),
+            "rule_pair_fraction": stack("rule_pairs").tolist(),
+            "kernel_pair_fraction": stack("kernel_pairs").tolist(),
+            "kernel_tile_fraction": stack("kernel_tiles").tolist(),
+            "tile_grid_limit": {"pairs": analysis["limit_pairs"], "tiles": analysis["limit_tiles"]}}
+
+
+def plot_pruning_boundary(analysis: dict, epsilon: float, path: Path):
+    """Picture D_ij = lam_i - lam_j with what the rule may drop (D < delta, shaded, red line) and
+    what the kernel's tiles skip (white staircase) for the heads with the most and the fewest
+    prunable pairs of the first, middle and last layer. D is shown on a grid of at most
+    BOUNDARY_GRID positions; the fractions are exact."""
+    plt = pyplot()
+    from matplotlib.patches import Rectangle
+    T, (block_m, block_n), layers = analysis["T"], analysis["tile"], analysis["layers"]
+    grid = torch.linspace(0, T - 1, min(T, BOUNDARY_GRID)).round().long()
+    causal = (grid[:, None] >= grid[None, :]).numpy()
+    shown = sorted({0, len(layers) // 2, len(layers) - 1})
+    fig, axes = plt.subplots(2, len(shown), figsize=(4.6 * len(shown), 9), squeeze=False)
     extent = (0, T, T, 0)
-    for col, layer in enumerate(layers):
-        D, delta, prunable = prunable_pairs(captured[layer], grid, scale, epsilon)
-        most_and_least = (int(fractions[layer].argmax()), int(fractions[layer].argmin()))
-        for row, head in enumerate(most_and_least):
+    for col, index in enumerate(shown):
+        layer = layers[index]
+        rule = layer["rule_pairs"]
+        for row, head in enumerate((int(rule.argmax()), int(rule.argmin()))):
             ax = axes[row, col]
+            lam, delta = layer["lam"][head, grid], float(layer["delta"][head])
+            D = (lam[:, None] - lam[None, :]).numpy()
+            prunable = causal & (D < delta)
             # colours saturate at 2 delta so that the band around the boundary stays readable
-            image = ax.imshow(np.ma.masked_where(~causal.numpy(), D[head].numpy()), cmap="viridis",
-                              vmin=2 * float(delta[head]), vmax=0, extent=extent,
-                              interpolation="nearest")
-            ax.imshow(np.ma.masked_where(~prunable[head].numpy(), np.ones(causal.shape)),
-                      cmap="gray", vmin=0, vmax=1, alpha=0.6, extent=extent,
-                      interpolation="nearest")
-            ax.contour(grid.numpy(), grid.numpy(), prunable[head].numpy().astype(float),
-                       levels=[0.5], colors="red", linewidths=1)
-            ax.set_title(f"layer {layer} head {head}: {fractions[layer, head]:.0%} prunable, "
-                         f"delta = {delta[head]:.1f}", fontsize=9)
+            image = ax.imshow(np.ma.masked_where(~causal, D), cmap="viridis", vmin=2 * delta,
+                              vmax=0, extent=extent, interpolation="nearest")
+            ax.imshow(np.ma.masked_where(~prunable, np.ones(causal.shape)), cmap="gray", vmin=0,
+                      vmax=1, alpha=0.6, extent=extent, interpolation="nearest")
+            if prunable.any():
+                ax.contour(grid.numpy(), grid.numpy(), prunable.astype(float), levels=[0.5],
+                           colors="red", linewidths=1)
+            # the kernel's tiles: key blocks [0, start) of each query block are skipped
+            for m, start in enumerate(layer["start"][head].tolist()):
+                if start:
+                    top = m * block_m
+                    ax.add_patch(Rectangle((0, top), start * block_n, min(block_m, T - top),
+                                           fill=False, hatch="//", edgecolor="white", lw=0.8))
+            for edge in range(block_n, T, block_n):  # the tile grid
+                ax.axvline(edge, color="white", lw=0.4, alpha=0.5)
+                ax.axhline(edge, color="white", lw=0.4, alpha=0.5)
+            ax.set_xlim(0, T)
+            ax.set_ylim(T, 0)
+            ax.set_title(f"layer {index} head {head} (delta = {delta:.1f}): rule {rule[head]:.0%}"
+                         f" of pairs,\nkernel {layer['kernel_pairs'][head]:.0%} of pairs "
+                         f"({layer['kernel_tiles'][head]:.0%} of tiles)", fontsize=9)
             ax.set_xlabel("key j")
             ax.set_ylabel("query i")
             fig.colorbar(image, ax=ax, fraction=0.046, label="D = lam_i - lam_j")
-    fig.suptitle(f"ACP pruning boundary, T = {T}, eps = {epsilon:.3g}: "
-                 "shaded D < delta (prunable), red line the boundary")
-    fig.tight_layout()
+    fig.suptitle(f"ACP pruning boundary, T = {T}, eps = {epsilon:.3g}, tiles of {block_m} x "
+                 f"{block_n}", fontsize=11)
+    legend = (
+        "Colour: D = lam_i - lam_j of each causal pair. Shaded, beyond the red line: the pairs "
+        "with D < delta, which ACP's rule may drop (\"rule\"). Hatched: the tiles the kernel "
+        "skips (\"kernel\"). A tile is skipped only when all its pairs are below delta (the kernel "
+        "tests its corner nearest the diagonal) and the diagonal tiles always run, so the kernel "
+        "computes the band inside the red line widened to whole tiles, in practice at least two "
+        "tiles wide. At this length that lets it skip at most about "
+        f"{analysis['limit_pairs']:.0%} of the pairs ({analysis['limit_tiles']:.0%} of the tiles); "
+        "longer sequences leave more. Rows: the heads with the most and the fewest prunable pairs.")
+    fig.text(0.01, 0.005, textwrap.fill(legend, width=int(14 * fig.get_figwidth())), fontsize=9,
+             va="bottom")
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return fractions.tolist()
 
 
 # ---------------------------------------------------------------- plots of the log
 
 
+def integer_steps(ax):
+    """Step axes: whole numbers only."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def smoothed_losses(log: dict):
-    """Training loss as a running mean over 2% of the steps: (steps, means, window)."""
+    """Training loss as a running mean over 2% of the steps (at least 1): (steps, means, window)."""
     steps = [s["step"] for s in log["steps"]]
     losses = np.array([s["loss"] for s in log["steps"]])
-    window = max(1, len(losses) // 50)
+    window = max(1, round(len(losses) / 50))
     return steps[window - 1 :], np.convolve(losses, np.ones(window) / window, mode="valid"), window
 
 
 def plot_losses(log: dict, path: Path):
+    """Training loss per step, its running mean when the run is long enough for one, eval loss."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot([s["step"] for s in log["steps"]], [s["loss"] for s in log["steps"]], alpha=0.3,
-            label="train (per step)")
-    steps, means, window = smoothed_losses(log)
-    ax.plot(steps, means, label=f"train (running mean of {window} steps)")
+    steps = [s["step"] for s in log["steps"]]
+    few = len(steps) <= 50
+    steps_mean, means, window = smoothed_losses(log)
+    ax.plot(steps, [s["loss"] for s in log["steps"]], ".-" if few else "-", color="C0",
+            alpha=0.35 if window > 1 else 0.9, label="train, per step")
+    if window > 1:
+        ax.plot(steps_mean, means, color="C0", label=f"train, running mean of {window} steps")
     if log["evals"]:
         ax.plot([e["step"] for e in log["evals"]], [e["loss"] for e in log["evals"]], "o-",
-                label="eval")
+                color="C1", label="eval")
+    integer_steps(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per byte)")
-    ax.set_title(f"{log['args']['config']}{' pro' if log['args']['pro'] else ''}, "
-                 f"backend {log['args']['backend']}")
+    args = log["args"]
+    ax.set_title(f"loss: {args['config']}{' pro' if args['pro'] else ''}, backend "
+                 f"{args['backend']}, T = {args['seq_len']}, batch {args['batch_size']}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def site_label(index: int, site: str) -> str:
-    """A short name for a pruning_stats call site (module path and source line)."""
-    last_line = site.strip().splitlines()[-1].strip() if site.strip() else "?"
-    return f"{index}: {last_line[:40]}"
+def site_name(site: str) -> str:
+    """A pruning_stats call site by its module path ("blocks.3.attn" of
+    "blocks.3.attn (fox_lm.py:140 in attend)"), or by its source line for a function."""
+    site = " ".join(site.split())
+    return site.split(" (", 1)[0] if " (" in site else site
 
 
-def plot_pruning_heatmap(snapshot: dict, path: Path):
-    """Attention call sites (in call order) x heads: fraction of causal tiles skipped. When
-    every layer is its own call site, the rows are the layers."""
+def site_flops_fraction(site: dict) -> float:
+    """Fraction of one call site's attention FLOPs skipped (all heads, all calls)."""
+    return 1.0 - site["executed_flops"] / site["dense_flops"] if site["dense_flops"] else 0.0
+
+
+def plot_pruning_heatmap(snapshot: dict, seq_len: int, head_dim: int, path: Path):
+    """Attention call sites (in call order) x heads: fraction of causal tiles skipped, with the
+    number in each cell. When every layer is its own call site, the rows are the layers."""
+    plt = pyplot()
     sites = snapshot["per_head"]
-    matrix = np.array([site["skipped_tile_fraction"] for site in sites])
-    fig, ax = plt.subplots(figsize=(6.0 + 0.3 * matrix.shape[1], 2.0 + 0.3 * matrix.shape[0]))
-    image = ax.imshow(matrix, cmap="magma", vmin=0, vmax=1, aspect="auto")
-    ax.set_yticks(range(len(sites)), [site_label(i, s["site"]) for i, s in enumerate(sites)],
-                  fontsize=7)
-    ax.set_xticks(range(matrix.shape[1]))
+    matrix = 100 * np.array([site["skipped_tile_fraction"] for site in sites])
+    block_m, block_n = kernel_tile(head_dim)
+    limit_tiles, limit_pairs = grid_fractions(grid_limit(seq_len, block_m, block_n), seq_len,
+                                              block_m, block_n)
+    rows, cols = matrix.shape
+    fig, ax = plt.subplots(figsize=(4.5 + 0.55 * cols, 2.4 + 0.35 * rows))
+    image = ax.imshow(matrix, cmap="magma", vmin=0, vmax=100, aspect="auto")
+    if rows * cols <= 600:
+        for (r, c), value in np.ndenumerate(matrix):
+            ax.text(c, r, f"{value:.0f}", ha="center", va="center", fontsize=8,
+                    color="black" if value > 60 else "white")
+    ax.set_yticks(range(rows), [site_name(s["site"]) for s in sites], fontsize=7)
+    ax.set_xticks(range(cols))
     ax.set_xlabel("head")
-    ax.set_title(f"skipped tiles at step {snapshot['step']}\n(attention FLOPs skipped overall: "
-                 f"{snapshot['skipped_fraction']:.0%})", fontsize=9)
-    fig.colorbar(image, ax=ax, label="fraction of causal tiles skipped")
+    ax.set_title(f"% of causal tiles skipped per head, step {snapshot['step']}\n"
+                 f"all sites: {snapshot['skipped_fraction']:.1%} of the attention FLOPs skipped\n"
+                 f"T = {seq_len}, tiles of {block_m} x {block_n}: at most about "
+                 f"{float(limit_tiles):.0%} of the tiles ({float(limit_pairs):.0%} of the FLOPs)",
+                 fontsize=8)
+    fig.colorbar(image, ax=ax, label="% of causal tiles skipped")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_pruning_over_training(snapshots: list, path: Path):
-    """Skipped fraction against the step: overall (FLOPs) and per call site (mean over heads)."""
+def plot_pruning_over_training(snapshots: list, seq_len: int, head_dim: int, path: Path):
+    """Fraction of the attention FLOPs skipped against the step: all sites and each call site."""
+    plt = pyplot()
     steps = [s["step"] for s in snapshots]
-    sites = len(snapshots[-1]["per_head"])
+    names = [site_name(site["site"]) for site in snapshots[-1]["per_head"]]
+    style = "o-" if len(steps) <= 30 else "-"
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for index in range(sites):
-        means = [np.mean(s["per_head"][index]["skipped_tile_fraction"]) for s in snapshots]
-        ax.plot(steps, means, color=plt.cm.viridis(index / max(1, sites - 1)), alpha=0.8,
-                label=f"site {index} (tiles, mean of heads)")
-    ax.plot(steps, [s["skipped_fraction"] for s in snapshots], "o-", lw=2, color="black",
-            label="all sites (FLOPs)")
+    ax.plot(steps, [s["skipped_fraction"] for s in snapshots], style, lw=2, ms=8, color="black",
+            label="all sites")
+    for index, name in enumerate(names):
+        fractions = [site_flops_fraction(s["per_head"][index]) if index < len(s["per_head"])
+                     else np.nan for s in snapshots]
+        ax.plot(steps, fractions, style, ms=4, color=plt.cm.viridis(index / max(1, len(names) - 1)),
+                alpha=0.8, label=name)
+    block_m, block_n = kernel_tile(head_dim)
+    _, limit = grid_fractions(grid_limit(seq_len, block_m, block_n), seq_len, block_m, block_n)
+    ax.axhline(float(limit), color="gray", ls="--", lw=1,
+               label=f"tile-grid limit at T = {seq_len}")
+    if len(steps) == 1:
+        ax.set_xlim(steps[0] - 1, steps[0] + 1)
+        ax.text(0.5, 0.04, f"one evaluation so far (step {steps[0]}): lower --eval-every for a "
+                "curve", transform=ax.transAxes, ha="center", fontsize=8, color="gray")
+    integer_steps(ax)
     ax.set_xlabel("step")
-    ax.set_ylabel("fraction skipped")
+    ax.set_ylabel("fraction of attention FLOPs skipped")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1), ncol=1 + sites // 20)
+    ax.set_title("ACP pruning during training (one forward of an eval batch at each evaluation)",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1),
+              ncol=1 + len(names) // 20)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -414,9 +580,26 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int):
                 "config": asdict(model.config)}, path)
 
 
+def boundary_message(boundary: dict, snapshots: list) -> str:
+    """Two lines for the console: what the rule allows, what the tile grid lets the kernel skip,
+    and what the compiled model skipped (fox_acp only), as means over layers and heads."""
+    mean = lambda rows: float(np.mean(rows))  # noqa: E731
+    limit = boundary["tile_grid_limit"]
+    block_m, block_n = boundary["tile"]
+    text = (f"pruning boundary (first eval sequence, T = {boundary['tokens']}): the rule allows "
+            f"{mean(boundary['rule_pair_fraction']):.0%} of the pairs, the kernel's {block_m} x "
+            f"{block_n} tiles skip {mean(boundary['kernel_pair_fraction']):.0%} (at most about "
+            f"{limit['pairs']:.0%} at this length)")
+    if snapshots:
+        text += (f";\n  the compiled model skipped {snapshots[-1]['skipped_fraction']:.0%} of the "
+                 f"attention FLOPs at step {snapshots[-1]['step']} (pruning_stats)")
+    return text + "; see pruning_boundary.png"
+
+
 def train(args: argparse.Namespace) -> dict:
     """Run the training described by parse_args's namespace; returns the log written to
     args.out / "log.json"."""
+    require_examples_extra()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -447,7 +630,7 @@ def train(args: argparse.Namespace) -> dict:
     }
     tokens_per_step = args.batch_size * args.seq_len
     start = time.perf_counter()
-    progress = tqdm(range(1, args.steps + 1), desc="train", dynamic_ncols=True)
+    progress = require("tqdm").tqdm(range(1, args.steps + 1), desc="train", dynamic_ncols=True)
     for step in progress:
         inputs, targets = (t.to(device) for t in sample_batch(corpus["train"], args.batch_size,
                                                                args.seq_len, generator))
@@ -482,51 +665,67 @@ def train(args: argparse.Namespace) -> dict:
     }
     plot_losses(log, out / "loss.png")
     if args.attention == "fox" and args.epsilon > 0:
-        log["summary"]["prunable_pair_fraction"] = plot_pruning_boundary(
-            model, evals[0][0][:1].to(device), args.epsilon, dtype, out / "pruning_boundary.png")
+        analysis = boundary_analysis(model, evals[0][0][:1].to(device), args.epsilon, dtype)
+        plot_pruning_boundary(analysis, args.epsilon, out / "pruning_boundary.png")
+        boundary = log["summary"]["pruning_boundary"] = boundary_summary(analysis)
+        print(boundary_message(boundary, log["pruning"]))
     if log["pruning"]:
-        plot_pruning_heatmap(log["pruning"][-1], out / "pruning_heatmap.png")
-        plot_pruning_over_training(log["pruning"], out / "pruning_over_training.png")
+        head_dim = model.config.head_dim
+        plot_pruning_heatmap(log["pruning"][-1], args.seq_len, head_dim,
+                             out / "pruning_heatmap.png")
+        plot_pruning_over_training(log["pruning"], args.seq_len, head_dim,
+                                   out / "pruning_over_training.png")
     write_json(out / "log.json", log)
     return log
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's lines and adds "(default: ...)" where the default is a value;
+    options whose default is None or depends on the machine say theirs in words."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool) or "default" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="model size")
     parser.add_argument("--pro", action="store_true", help="use the FoX Pro block")
     parser.add_argument("--attention", choices=("fox", "sdpa"), default="fox",
                         help="forgetting attention, or plain causal SDPA without a forget gate")
     parser.add_argument("--gate-init", choices=("default", "decay"), default="default",
-                        help="forget-gate biases: nn.Linear's init, or decay times log-spaced "
-                             "over [2, 512] tokens across the heads")
+                        help="forget-gate biases: 'default' keeps nn.Linear's init, 'decay' "
+                             "gives the heads decay times log-spaced over [2, 512] tokens")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="recompute each block in the backward (torch.utils.checkpoint)")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens (bytes) per sequence")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step")
     parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=("cpu", "cuda"),
-                        help="where to train")
+                        help="where to train (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="autocast dtype; default bf16 on cuda, fp32 on cpu")
+                        help="autocast dtype (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--backend", choices=BACKENDS, default="fox_acp",
                         help="torch.compile backend (eager: no compilation)")
     parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON,
-                        help="ACP tolerance (dropped attention mass per query); 0 disables pruning")
+                        help="ACP tolerance: the attention mass each query may lose to pruning; "
+                             "0 turns pruning off (default: e^-10 = 4.54e-05)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     parser.add_argument("--warmup-steps", type=int, default=None,
-                        help="linear warmup steps (default: 5%% of --steps)")
+                        help="linear warmup steps, then a cosine down to 10%% of --lr "
+                             "(default: 5%% of --steps, at least 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
     parser.add_argument("--eval-every", type=int, default=200,
                         help="evaluate every N steps (and always at the end); 0: only at the end")
     parser.add_argument("--eval-batches", type=int, default=8, help="batches per evaluation")
     parser.add_argument("--checkpoint-every", type=int, default=1000,
-                        help="save out/checkpoint.pt every N steps and at the end; 0: never")
+                        help="save <out>/checkpoint.pt every N steps and at the end; 0: never")
     parser.add_argument("--out", default=None,
-                        help="directory for logs, plots and checkpoints (default runs/<timestamp>)")
+                        help="directory for logs, plots and checkpoints (default: runs/<timestamp>)")
     args = parser.parse_args(argv)
 
     if args.device == "cuda" and not cuda:
