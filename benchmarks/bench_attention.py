@@ -1,4 +1,4 @@
-"""Forgetting attention on SYN70 (../shared/bench/anchors.md): foxcompile's Triton kernels with and
+"""Forgetting attention on SYN70 (docs/benchmarks.md): foxcompile's Triton kernels with and
 without ACP against SDPA (flash, cuDNN; plain causal, no gate), FlexAttention with a FoX score_mod,
 fla's parallel_forgetting_attn (when installed) and, when the op is importable, foxcompile's
 autograd op end to end. One run, one card.
@@ -10,7 +10,7 @@ autograd op end to end. One run, one card.
 Median milliseconds (triton.testing.do_bench) of the forward and of forward + backward;
 dense-equivalent TFLOP/s (causal forward 4 B H T^2 D / 2, forward + backward 3.5 times that, the
 unpruned count over the time); the fraction of causal tiles skipped (on the kernels' pruning grid,
-and on the anchors' 128 x 64 grid); the ratio to cuDNN.
+and on the 128 x 64 grid of the published measurements); the ratio to cuDNN.
 """
 import argparse
 import datetime
@@ -38,7 +38,7 @@ def parse_shape(name):
 
 
 def syn70(batch, seq, heads, head_dim, device="cuda", seed=0):
-    """SYN70 exactly as anchors.md: bf16 (B, T, H, D) q/k/v ~ N(0, 1), q and k RMS-normalised per
+    """SYN70 as docs/benchmarks.md defines it: bf16 (B, T, H, D) q/k/v ~ N(0, 1), q and k RMS-normalised per
     head; head h decays with t_h log-spaced over [2, 512]; gate logit b_h + 0.3 N(0, 1) with
     b_h = -log(expm1(1 / t_h)); log f = logsigmoid(logit) in fp32. Returns q, k, v (B, T, H, D)
     bf16, log_f (B, T, H) fp32 and lam = cumsum(log_f) (B, H, T) fp32 contiguous."""
@@ -98,7 +98,7 @@ def fox_kernels(q, k, v, lam, prune):
 
 
 def fox_op(q, k, v, log_f):
-    """The lead's autograd op (foxcompile.forgetting_attention), guarded pruning, bthd layout."""
+    """foxcompile's autograd op (foxcompile.forgetting_attention), guarded pruning, bthd layout."""
     import foxcompile
     qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
     fg = log_f.detach().clone().requires_grad_(True)
@@ -106,10 +106,10 @@ def fox_op(q, k, v, log_f):
 
     def fwd():
         with torch.no_grad():
-            return foxcompile.forgetting_attention(qg, kg, vg, fg)
+            return foxcompile.forgetting_attention(qg, kg, vg, fg, layout="bthd")
 
     def fwd_bwd():
-        foxcompile.forgetting_attention(qg, kg, vg, fg).backward(grad)
+        foxcompile.forgetting_attention(qg, kg, vg, fg, layout="bthd").backward(grad)
 
     return fwd, fwd_bwd, [qg, kg, vg, fg]
 
@@ -136,7 +136,8 @@ _flex_compiled = None
 
 def flex(q, k, v, lam):
     """FlexAttention with a FoX score_mod (score + c[q] - c[k]) and a causal block mask. The
-    cumulative gate is captured twice (c and c.clone()) as anchors.md says, and gets a gradient."""
+    cumulative gate is captured twice (c and c.clone()), without which its compiled backward fails,
+    and gets a gradient."""
     global _flex_compiled
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     if _flex_compiled is None:
@@ -347,11 +348,15 @@ def profile_plan(shape="B2-T16384-H24-D64"):
 # ----------------------------------------------------------------------------- main
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--sweep", action="store_true")
-    parser.add_argument("--profile-plan", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help="comma-separated B<batch>-T<tokens>-H<heads>-D<head dim> "
+                             "(default: %(default)s)")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--sweep", action="store_true",
+                        help="sweep the kernels' launch configurations instead")
+    parser.add_argument("--profile-plan", action="store_true",
+                        help="profile the pruning plan (threshold and tile boundaries) alone")
     parser.add_argument("--configs", default=None, help="a sweep's JSON: time with its best configs")
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out (e.g. flex,fla)")
     args = parser.parse_args()

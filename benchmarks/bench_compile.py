@@ -3,11 +3,11 @@ of the same graph, for a 24-layer FoX language model (examples/fox_lm.py).
 
     python benchmarks/bench_compile.py [--layers 24] [--device cpu] [--json out.json]
 
-With compile caches off and after a warm-up on a 2-layer model, times for one forward+backward compile: (a) foxcompile's find + rewrite
-over the graph Dynamo captured, (b) the first training step (Dynamo capture, Inductor's compile of
-the forward and, lazily, the backward graph, one run) with fox_acp and with plain Inductor, (c) the
-time inside Inductor's compile_fx call for the forward graph, and the ratio of (a) to plain
-Inductor's first step.
+With compile caches off and after a warm-up on a 2-layer model, times for one forward+backward
+compile: (a) foxcompile's find + rewrite over the graph Dynamo captured, (b) the first training
+step (Dynamo capture, Inductor's compile of the forward and, lazily, the backward graph, one run)
+with fox_acp and with plain Inductor, (c) the time inside Inductor's compile_fx call for the
+forward graph, and the ratio of (a) to plain Inductor's first step.
 """
 import argparse
 import json
@@ -49,11 +49,11 @@ def timed_compile(model, tokens, rewrite: bool) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", default=None)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=24, help="model layers (default: 24)")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default: 128)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--json", default=None, help="also write the timings to this file")
     args = parser.parse_args()
     model = build_model("tiny", layers=args.layers).to(args.device)
     tokens = torch.randint(0, 256, (1, args.seq_len), device=args.device)

@@ -79,10 +79,14 @@ def _usage(cubin):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="1,4,4,4096,4096,64", help="B,Hq,Hk,M,N,D (bthd, bf16)")
-    parser.add_argument("--configs", default=None, help="FOXCOMPILE_KERNEL_CONFIG")
-    parser.add_argument("--arch", type=int, default=90)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="1,4,4,4096,4096,64",
+                        help="B,Hq,Hk,M,N,D (bthd, bf16; default: %(default)s)")
+    parser.add_argument("--configs", default=None,
+                        help="launch configurations, as FOXCOMPILE_KERNEL_CONFIG takes them "
+                             "(default: the table's)")
+    parser.add_argument("--arch", type=int, default=90,
+                        help="compute capability to compile for, 90 = sm90 (default: 90)")
     parser.add_argument("--dump", default=None, help="folder for each kernel's TTGIR and PTX")
     args = parser.parse_args()
 

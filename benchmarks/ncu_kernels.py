@@ -100,9 +100,11 @@ def summarise(path, min_ms=0.2):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="B2-T16384-H24-D64")
-    parser.add_argument("--summarise", default=None, metavar="CSV")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="B2-T16384-H24-D64",
+                        help="SYN70 shape to profile (default: %(default)s)")
+    parser.add_argument("--summarise", default=None, metavar="CSV",
+                        help="print the table of an ncu CSV instead of running the kernels")
     args = parser.parse_args()
     if args.summarise:
         summarise(args.summarise)

@@ -35,8 +35,9 @@ def kernel_table(fn, reps=5, rows=8):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--shapes", default="B2-T16384-H24-D64,B1-T16384-H16-D128")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="B2-T16384-H24-D64,B1-T16384-H16-D128",
+                        help="comma-separated SYN70 shapes (default: %(default)s)")
     args = parser.parse_args()
     for shape in args.shapes.split(","):
         batch, seq, heads, head_dim = parse_shape(shape)

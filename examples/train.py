@@ -520,11 +520,13 @@ def plot_pruning_over_training(snapshots: list, seq_len: int, head_dim: int, pat
     names = [site_name(site["site"]) for site in snapshots[-1]["per_head"]]
     style = "o-" if len(steps) <= 30 else "-"
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(steps, [s["skipped_fraction"] for s in snapshots], style, lw=2, ms=8, color="black",
-            label="all sites")
+    overall = [s["skipped_fraction"] for s in snapshots]
+    ax.plot(steps, overall, style, lw=2, ms=8, color="black", label="all sites")
+    values = list(overall)
     for index, name in enumerate(names):
         fractions = [site_flops_fraction(s["per_head"][index]) if index < len(s["per_head"])
                      else np.nan for s in snapshots]
+        values += fractions
         ax.plot(steps, fractions, style, ms=4, color=plt.cm.viridis(index / max(1, len(names) - 1)),
                 alpha=0.8, label=name)
     block_m, block_n = kernel_tile(head_dim)
@@ -536,9 +538,12 @@ def plot_pruning_over_training(snapshots: list, seq_len: int, head_dim: int, pat
         ax.text(0.5, 0.04, f"one evaluation so far (step {steps[0]}): lower --eval-every for a "
                 "curve", transform=ax.transAxes, ha="center", fontsize=8, color="gray")
     integer_steps(ax)
+    from matplotlib.ticker import PercentFormatter
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_xlabel("step")
-    ax.set_ylabel("fraction of attention FLOPs skipped")
-    ax.set_ylim(0, 1)
+    ax.set_ylabel("attention FLOPs skipped")
+    lowest = min(float(np.nanmin(values)), float(limit))  # zoom in, to a multiple of 10%
+    ax.set_ylim(max(0.0, math.floor(10 * lowest - 0.5) / 10), 1.0)
     ax.set_title("ACP pruning during training (one forward of an eval batch at each evaluation)",
                  fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1),
