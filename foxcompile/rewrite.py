@@ -13,12 +13,11 @@ import operator
 import torch
 from torch import fx
 
+from .contract import Prune, emit_attention
 from .find import graph as g
 from .find.inplace import targets
 from .find.site import Operand, Site
-from .kernels.plan import PRUNE_GUARDED, PRUNE_OFF, PRUNE_PROVEN
 
-_PRUNE = {"proven": PRUNE_PROVEN, "guarded": PRUNE_GUARDED, "none": PRUNE_OFF}
 _BTHD = ((0,), (2,), (1,), (3,))  # an output already in (B, T, H, D): the op writes it directly
 
 
@@ -184,11 +183,10 @@ def _insert(graph: fx.Graph, site: Site, dtype, bthd: bool, epsilon: float) -> f
         if bthd:
             q, k, v = (_method(graph, "transpose", x, 1, 2) for x in (q, k, v))
         lam = _key_vector(graph, site)
-        args = (q, k, v, lam, site.scale, float(epsilon), _PRUNE[site.decay],
-                "bthd" if bthd else "bhtd", site.label())
-        doc = _document_ids(graph, site)
-        result = graph.call_function(torch.ops.foxcompile.attention.default, args,
-                                     {"doc": doc} if doc is not None else {})
+        result = emit_attention(graph, q, k, v, lam, scale=site.scale, epsilon=epsilon,
+                                prune=Prune.from_decay(site.decay),
+                                layout="bthd" if bthd else "bhtd", site=site.label(),
+                                doc=_document_ids(graph, site))
         out = _call(graph, operator.getitem, result, 0)
         if not bthd:
             out = _as_output(graph, out, site)

@@ -8,6 +8,7 @@ the tensor itself is argument 0).
 import builtins
 import math
 import operator
+import re
 
 import sympy
 import torch
@@ -219,7 +220,7 @@ def location(node: fx.Node) -> str:
     trace = node.meta.get("stack_trace") or ""
     lines = [line.strip() for line in trace.strip().splitlines() if line.strip().startswith("File ")]
     if not lines:
-        return f"<graph node {node.name}>"
+        return f"<graph node {name(node)}>"
     last = lines[-1]  # 'File "/path/model.py", line 42, in forward'
     try:
         path = last.split('"')[1]
@@ -230,16 +231,34 @@ def location(node: fx.Node) -> str:
         return last
 
 
+def user_path(source: str) -> str:
+    """A Dynamo source name as the user would write it: "L['self']._modules['layers']._modules
+    ['0']._buffers['causal']" -> "layers.0.causal", "L['args'][0].h.0" -> "args.0.h.0"
+    (the compiled module itself, self, is left out)."""
+    path = re.sub(r"\._(?:modules|buffers|parameters)\['([^']*)'\]", r".\1", source)
+    path = re.sub(r"\[\'([^']*)\'\]|\[(\d+)\]", lambda m: "." + (m.group(1) or m.group(2)), path)
+    path = re.sub(r"^[LG]\.", "", path)
+    return re.sub(r"^self(\.|$)", "", path).strip(".")
+
+
 def module_path(node: fx.Node) -> str:
     """The nn.Module path the node was traced in ("layers.3.attn"), or ""."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return ""
-    path = list(stack.values())[-1][0]
-    for prefix in ("L['self'].", "L['self']"):
-        if path.startswith(prefix):
-            path = path[len(prefix):]
-    return path.replace("._modules['", ".").replace("']", "").strip(".")
+    return user_path(list(stack.values())[-1][0])
+
+
+def name(node) -> str:
+    """What to call a node in a message: an input by the user's own path ("layers.0.causal"
+    for a module buffer, "x" for an argument), any other node by its graph name."""
+    if not isinstance(node, fx.Node):
+        return repr(node)
+    grapharg = node.meta.get("grapharg") if node.op == "placeholder" else None
+    source = getattr(getattr(grapharg, "source", None), "name", None)
+    if callable(source):
+        source = source()
+    return user_path(source) if isinstance(source, str) and user_path(source) else node.name
 
 
 def normalize_dim(dim: int, ndim: int) -> int:

@@ -135,14 +135,14 @@ Mask = Band | Split  # what a boolean mask is read as
 def _atoms_differ(a: Atom, b: Atom) -> str:
     """Why one mask cannot hold the two atoms a and b."""
     if isinstance(a, SameDocument) and isinstance(b, SameDocument):
-        return (f"masks compare document ids of {a.doc.name} and of {b.doc.name} (or at other "
+        return (f"masks compare document ids of {g.name(a.doc)} and of {g.name(b.doc)} (or at other "
                 "offsets): not one packed-sequence mask")
     if isinstance(a, KeyFlag) and isinstance(b, KeyFlag):
-        return (f"masks read two key masks, {a.flag.name} and {b.flag.name} (or one at other "
+        return (f"masks read two key masks, {g.name(a.flag)} and {g.name(b.flag)} (or one at other "
                 "positions): combine them into one boolean tensor before masking")
     docs, keys = (a, b) if isinstance(a, SameDocument) else (b, a)
-    return (f"a key mask ({keys.flag.name}) combined with a packed-sequence document mask "
-            f"({docs.doc.name}): not supported; drop the key mask (padding lies in its own "
+    return (f"a key mask ({g.name(keys.flag)}) combined with a packed-sequence document mask "
+            f"({g.name(docs.doc)}): not supported; drop the key mask (padding lies in its own "
             "document) or mask the keys through the gate")
 
 
@@ -314,7 +314,7 @@ class MaskReader:
         if k == "placeholder" and node in self.constants:
             band = _buffer_band(self.constants[node], lambda t: t.bool())
             if band is not None:
-                self.notes.append(f"mask buffer {node.name} checked by value at compile time")
+                self.notes.append(f"mask buffer {g.name(node)} checked by value at compile time")
             return band
         return None
 
@@ -351,7 +351,7 @@ class MaskReader:
             zero_or_masked = ((t == 0) | (t <= threshold)).all()
             band = _buffer_band(t, lambda x: x <= threshold) if bool(zero_or_masked) else None
             if band is not None:
-                self.notes.append(f"additive mask buffer {node.name} checked by value at compile time")
+                self.notes.append(f"additive mask buffer {g.name(node)} checked by value at compile time")
             return band
         return None
 
@@ -584,15 +584,15 @@ def _document_compare(op: str, a, b) -> Split | None:
     (row_base, row_placed, _, seq), (col_base, col_placed, _, col_seq) = sorted(
         sides, key=lambda side: side[2] != "row")
     if row_base is not col_base or seq != col_seq:
-        raise MaskDeclined(f"compares {row_base.name} along the queries with {col_base.name} "
+        raise MaskDeclined(f"compares {g.name(row_base)} along the queries with {g.name(col_base)} "
                            "along the keys: a document mask compares one vector of ids with itself")
     if op not in ("eq", "ne"):
-        raise MaskDeclined(f"compares {row_base.name} along the queries and the keys with {op}: of "
+        raise MaskDeclined(f"compares {g.name(row_base)} along the queries and the keys with {op}: of "
                            "such comparisons only equality (document ids, doc_i == doc_j) is "
                            "understood")
     dtype = g.dtype(row_base)
     if dtype is None or dtype.is_floating_point or dtype.is_complex:
-        raise MaskDeclined(f"document ids {row_base.name} are {dtype}: only integer ids go to the op")
+        raise MaskDeclined(f"document ids {g.name(row_base)} are {dtype}: only integer ids go to the op")
     batch = []
     for d in row_placed:
         if d == seq:

@@ -16,7 +16,7 @@ import networkx as nx
 import sympy
 from torch import fx
 
-from ..kernels.triton_attention import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
+from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
 from . import graph as g
 from .decay import decay_verdict, direction, sign
 from .inplace import InPlace, targets
@@ -294,7 +294,7 @@ class Matcher:
             masked_keys, masked = _masked_keys(masked, n_queries, n_keys, nb)
         elif isinstance(masked, Split):
             if not same_on(masked.off, ALL, n_queries, n_keys):
-                raise Declined(f"the mask comparing document ids {masked.atom.doc.name} keeps some "
+                raise Declined(f"the mask comparing document ids {g.name(masked.atom.doc)} keeps some "
                                "pairs of different documents: not a packed-sequence mask")
             documents = _documents(masked.atom, n_queries, n_keys, nb, batch)
             masked = masked.on
@@ -340,7 +340,7 @@ class Matcher:
             return KeyTerm(term.coef, term.factors, *found)
         found = segsum(term.leaf, reader) if square else None
         if found is not None:  # c_i - c_j: the key side is -c_j
-            reader.notes.append(f"{term.leaf.name} read as a segment sum c_i - c_j")
+            reader.notes.append(f"{g.name(term.leaf)} read as a segment sum c_i - c_j")
             return KeyTerm(-term.coef, term.factors, *found, cumulative=True)
         if maskable:
             return "additive"
@@ -353,8 +353,8 @@ class Matcher:
         for node in owned:
             for user in self.flow.successors(node):
                 if user not in owned and user is not pv:
-                    raise Declined(f"the scores/probabilities ({node.name}) are also used by "
-                                   f"{user.name} at {g.location(user)}: the rewrite would have to "
+                    raise Declined(f"the scores/probabilities ({g.name(node)}) are also used by "
+                                   f"{g.name(user)} at {g.location(user)}: the rewrite would have to "
                                    "keep them")
         return [node for node in self.graph.nodes if node in owned and targets(node)]
 
@@ -387,9 +387,9 @@ class Matcher:
             directions.append(None if s is None or d is None else s * d)
         decay = decay_verdict(directions, masked_keys is not None)
         if documents is not None:
-            notes = [*notes, f"packed sequences (document mask): document ids {documents.node.name}"]
+            notes = [*notes, f"packed sequences (document mask): document ids {g.name(documents.node)}"]
         if masked_keys is not None:
-            notes = [*notes, f"key mask: keys where {masked_keys.node.name} is "
+            notes = [*notes, f"key mask: keys where {g.name(masked_keys.node)} is "
                              f"{masked_keys.removed_when} are masked for every query"]
         shapes = {name: tuple(_size(x, a) for a in range(4))
                   for name, x in (("q", q), ("k", k), ("v", v))}
@@ -405,7 +405,7 @@ def _documents(docs, n_queries, n_keys, nb: int, batch) -> Documents:
     """The op's document ids from a mask's doc[P + i] == doc[j]: doc runs along exactly the N
     keys (no slice of the columns, the queries' rows start at P = N - M) and varies at most along
     the batch (the scores' first dim), not along heads."""
-    name = docs.doc.name
+    name = g.name(docs.doc)
     shape = g.shape(docs.doc)
     starts_ok = (sympy.simplify(docs.col_start) == 0
                  and sympy.simplify(docs.row_start - (g.sym(n_keys) - g.sym(n_queries))) == 0)
@@ -470,7 +470,7 @@ def _same_sizes(a, b) -> bool:
 def _describe(node) -> str:
     if not isinstance(node, fx.Node):
         return repr(node)
-    return f"{node.name} = {getattr(node.target, '__name__', node.target)}(...)"
+    return f"{g.name(node)} = {getattr(node.target, '__name__', node.target)}(...)"
 
 
 def _describe_band(band: Band) -> str:

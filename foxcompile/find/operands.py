@@ -114,7 +114,7 @@ def qk_operands(leaf, nb: int) -> tuple[Operand, Operand, str]:
         k_dims = [lb.index(x) if x in lb else None for x in batch] + [lb.index(j), lb.index(d)]
         spelling = "einsum"
     else:
-        raise NotAnOperand(f"{leaf.name} is not a matrix product")
+        raise NotAnOperand(f"{g.name(leaf)} is not a matrix product")
     _check("q", a, q_dims, leaf, nb, full_heads=True)
     _check("k", b, k_dims, leaf, nb, full_heads=False)
     return _merged("q", _operand(a, q_dims, nb)), _merged("k", _operand(b, k_dims, nb)), spelling
