@@ -13,8 +13,8 @@ import foxcompile
 from foxcompile.contract import check_epsilon
 from foxcompile.kernels import naive
 from foxcompile.options import FoxOptions
+from helpers import AOT
 
-AOT = {"fox.compiler": "aot_eager"}
 
 
 class Attention(nn.Module):

@@ -32,14 +32,26 @@ def _inputs(batch, n_queries, n_keys, q_heads, kv_heads, head_dim, layout="bthd"
     return tensors
 
 
-def _reference(q, k, v, gates, layout="bthd", scale=None):
-    """The fp64 T x T definition, in the same layout as the inputs."""
+def _reference(q, k, v, gates, layout="bthd", scale=None, doc=None):
+    """The fp64 T x T definition (foxcompile/kernels/naive.py), in the same layout as the inputs;
+    doc: the keys' document ids, (N,) or (B, N), for packed sequences."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     to_bhtd = (lambda x: x.transpose(1, 2)) if layout == "bthd" else (lambda x: x)
     lam = torch.cumsum(gates.to(F64), dim=1 if layout == "bthd" else 2)
     lam = lam.transpose(1, 2) if layout == "bthd" else lam
-    out = naive.forgetting_attention(*(to_bhtd(x.to(F64)) for x in (q, k, v)), lam, scale)
+    doc = None if doc is None else doc.expand(q.shape[0], doc.shape[-1])
+    out = naive.forgetting_attention(*(to_bhtd(x.to(F64)) for x in (q, k, v)), lam, scale, doc)
     return to_bhtd(out)
+
+
+def _assert_same_gradients(out, ref, inputs):
+    """The gradients of out and of the reference for one random grad_out agree to 1e-9."""
+    grad_out = torch.randn_like(ref)
+    got = torch.autograd.grad(out, inputs, grad_out)
+    want = torch.autograd.grad(ref, inputs, grad_out)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
 
 
 SHAPES = [  # batch, M, N, Hq, Hk, D
@@ -59,11 +71,7 @@ def test_matches_definition_with_gradients(shape, layout):
     ref = _reference(q, k, v, gates, layout)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     assert out.is_contiguous() and out.shape == q.shape
-    grad_out = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (q, k, v, gates), grad_out)
-    want = torch.autograd.grad(ref, (q, k, v, gates), grad_out)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    _assert_same_gradients(out, ref, (q, k, v, gates))
 
 
 @pytest.mark.parametrize("layout", ["bthd", "bhtd"])
@@ -77,12 +85,7 @@ def test_value_head_dim_of_its_own(head_dim, value_dim, layout):
     ref = _reference(q, k, v, gates, layout, scale=head_dim ** -0.5)
     assert out.shape == (*q.shape[:-1], value_dim) and out.is_contiguous()
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    grad_out = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (q, k, v, gates), grad_out)
-    want = torch.autograd.grad(ref, (q, k, v, gates), grad_out)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    _assert_same_gradients(out, ref, (q, k, v, gates))
     lam = gates.detach().cumsum(1 if layout == "bthd" else 2)
     lam = (lam.transpose(1, 2) if layout == "bthd" else lam).requires_grad_()
     torch.library.opcheck(torch.ops.foxcompile.attention.default,
@@ -266,16 +269,6 @@ def _doc_ids(batch, n_keys, lengths, seed=0, shuffle=False):
     return doc
 
 
-def _reference_packed(q, k, v, gates, doc, layout="bthd"):
-    to_bhtd = (lambda x: x.transpose(1, 2)) if layout == "bthd" else (lambda x: x)
-    lam = torch.cumsum(gates.to(F64), dim=1 if layout == "bthd" else 2)
-    lam = lam.transpose(1, 2) if layout == "bthd" else lam
-    doc = doc.expand(q.shape[0], doc.shape[-1])
-    out = naive.forgetting_attention(*(to_bhtd(x.to(F64)) for x in (q, k, v)), lam,
-                                     q.shape[-1] ** -0.5, doc)
-    return to_bhtd(out)
-
-
 PACKED = [  # batch, M, N, Hq, Hk, D, document lengths, shuffled
     (2, 37, 37, 4, 2, 16, [5, 11, 3], False),
     (1, 1, 1, 2, 2, 8, [1], False),              # T = 1
@@ -292,13 +285,9 @@ def test_packed_sequences_match_definition_with_gradients(shape):
     q, k, v, gates = _inputs(*dims, gate_bias=0.0)
     doc = _doc_ids(dims[0], dims[2], lengths, shuffle=shuffle)
     out = foxcompile.forgetting_attention(q, k, v, gates, doc=doc, layout="bthd")
-    ref = _reference_packed(q, k, v, gates, doc)
+    ref = _reference(q, k, v, gates, doc=doc)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    grad_out = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (q, k, v, gates), grad_out)
-    want = torch.autograd.grad(ref, (q, k, v, gates), grad_out)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    _assert_same_gradients(out, ref, (q, k, v, gates))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -308,7 +297,7 @@ def test_packed_one_row_of_ids_pruned(dtype):
                              grad=False)
     doc = _doc_ids(1, 150, [33, 60])[0].to(torch.int32)
     out = foxcompile.forgetting_attention(q, k, v, gates, layout="bhtd", doc=doc)
-    ref = _reference_packed(q, k, v, gates, doc, layout="bhtd")
+    ref = _reference(q, k, v, gates, layout="bhtd", doc=doc)
     bound = 2 * foxcompile.DEFAULT_EPSILON * v.to(F64).norm(dim=-1).amax()
     rounding = 1e-5 if dtype == torch.float32 else 1e-12
     assert (out.to(F64) - ref).norm(dim=-1).max() < bound + rounding
