@@ -214,8 +214,8 @@ class Matcher:
             raise Declined(f"SDPA with {nb} batch dims: not supported")
         gqa = node.kwargs.get("enable_gqa") is True and nb == 2
         shared = nb - 1 if gqa else nb  # enable_gqa: k and v have Hk heads, read as h // G
-        if not (_same_sizes(g.shape(k)[:shared], g.shape(q)[:shared])
-                and _same_sizes(g.shape(k)[:nb], g.shape(v)[:nb])):
+        if not (g.same_shape(g.shape(k)[:shared], g.shape(q)[:shared])
+                and g.same_shape(g.shape(k)[:nb], g.shape(v)[:nb])):
             raise Declined("SDPA with k or v broadcast over batch or heads: not supported")
         scale = g.number(node.kwargs.get("scale"))
         if scale is None and node.kwargs.get("scale") is not None:
@@ -373,7 +373,8 @@ class Matcher:
     def _site(self, spelling, anchor, q, k, v, out, nb, scale, key_terms, scores, notes,
               documents, masked_keys):
         device = g.value(q.node).device
-        for dim in (_size(q, 3), _size(v, 3)):  # v's may differ: the op pads the narrower side
+        # v's head dim may differ from q's: the op pads the narrower side
+        for dim in (g.size(q.node, q.groups[3]), g.size(v.node, v.groups[3])):
             if device.type == "cuda" and isinstance(dim, int) and not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
                 raise Declined(f"head dim {dim} is outside the kernels' "
                                f"{MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
@@ -391,7 +392,7 @@ class Matcher:
         if masked_keys is not None:
             notes = [*notes, f"key mask: keys where {g.name(masked_keys.node)} is "
                              f"{masked_keys.removed_when} are masked for every query"]
-        shapes = {name: tuple(_size(x, a) for a in range(4))
+        shapes = {name: tuple(g.size(x.node, group) for group in x.groups)
                   for name, x in (("q", q), ("k", k), ("v", v))}
         if scores is not None:
             shapes["scores"] = g.shape(scores)
@@ -443,15 +444,6 @@ def _masked_keys(split: Split, n_queries, n_keys, nb: int) -> tuple[MaskedKeys, 
     return MaskedKeys(flag.flag, flag.key, flag.batch, removed_when), band
 
 
-def _size(x: Operand, dim: int):
-    """The size of the op's dim (B, H, T, D) of an operand."""
-    sizes = [g.shape(x.node)[d] for d in x.groups[dim]]
-    if len(sizes) == 1:
-        return sizes[0]
-    total = g.numel(sizes)
-    return int(total) if total.is_number else total
-
-
 def _mask_limit(terms) -> float:
     """How negative a finite mask value must be, as the softmax sees it, to count as -inf: below
     FINITE_MASK_LIMIT, and when terms are added after the mask, below FINITE_MASK_LIMIT_UNDER_BIAS
@@ -461,10 +453,6 @@ def _mask_limit(terms) -> float:
         return FINITE_MASK_LIMIT
     scale = max(abs(t.coef) if not t.factors else max(abs(t.coef), 1.0) for t in terms)
     return min(FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS * scale * (1 - 1e-9))
-
-
-def _same_sizes(a, b) -> bool:
-    return len(a) == len(b) and all(g.same_size(x, y) for x, y in zip(a, b))
 
 
 def _describe(node) -> str:
