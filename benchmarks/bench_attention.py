@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from foxcompile.contract import Prune  # noqa: E402
 from foxcompile.kernels import plan as plan_mod  # noqa: E402
 
 SHAPES = ["B8-T4096-H24-D64", "B2-T16384-H24-D64", "B1-T16384-H16-D128"]
@@ -191,7 +192,7 @@ def fla(q, k, v, log_f):
 def skipped_fraction(q, k, lam, block_m, block_n):
     qh, kh = q.transpose(1, 2), k.transpose(1, 2)
     scale = q.shape[-1] ** -0.5
-    delta = plan_mod.threshold(qh, kh, lam, scale, EPSILON, plan_mod.PRUNE_PROVEN)
+    delta = plan_mod.threshold(qh, kh, lam, scale, EPSILON, Prune.PROVEN)
     start = plan_mod.start_blocks(lam, delta, q.shape[1], block_m, block_n)
     c = plan_mod.tile_counts(start, q.shape[1], k.shape[1], block_m, block_n)
     return (c.skipped_tiles.sum() / c.causal_tiles.sum()).item()
@@ -283,7 +284,7 @@ def sweep(args):
         scale = head_dim ** -0.5
         grad = torch.randn_like(q).transpose(1, 2)
         plans = {p: plan_mod.make_plan(qh, kh, lam, scale, EPSILON, p)
-                 for p in (plan_mod.PRUNE_OFF, plan_mod.PRUNE_PROVEN)}
+                 for p in (Prune.OFF, Prune.PROVEN)}
         out = torch.empty_like(q).transpose(1, 2)
         dq, dk, dv = (torch.empty_like(t).transpose(1, 2) for t in (q, k, v))
         best = {}
@@ -327,19 +328,19 @@ def profile_plan(shape="B2-T16384-H24-D64"):
     scale = head_dim ** -0.5
     lam_t = log_f.cumsum(1).transpose(1, 2)        # the op's strided (B, H, T) view
     out = {}
-    for name, lam_in, prune in (("proven", lam, plan_mod.PRUNE_PROVEN),
-                                ("guarded", lam, plan_mod.PRUNE_GUARDED),
-                                ("guarded, strided lam", lam_t, plan_mod.PRUNE_GUARDED)):
+    for name, lam_in, prune in (("proven", lam, Prune.PROVEN),
+                                ("guarded", lam, Prune.GUARDED),
+                                ("guarded, strided lam", lam_t, Prune.GUARDED)):
         fn = lambda: plan_mod.make_plan(qh, kh, lam_in, scale, EPSILON, prune)  # noqa: E731
         fn()
         out[name] = bench(fn)
-    plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, plan_mod.PRUNE_PROVEN)
+    plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, Prune.PROVEN)
     out["end_blocks"] = bench(lambda: plan_mod.end_blocks(plan.start, seq, plan.block_n))
     print(f"plan ms at {shape}: {out}", flush=True)
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
-            plan_mod.make_plan(qh, kh, lam, scale, EPSILON, plan_mod.PRUNE_GUARDED)
+            plan_mod.make_plan(qh, kh, lam, scale, EPSILON, Prune.GUARDED)
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
     return out
@@ -389,8 +390,8 @@ def main():
         skip_grid = skipped_fraction(q, k, lam, *grid)
         skip_anchor = skipped_fraction(q, k, lam, 128, 64)
         impls = [
-            ("foxcompile ACP", "fox-acp", lambda: fox_kernels(q, k, v, lam, plan_mod.PRUNE_PROVEN)),
-            ("foxcompile dense", "fox-dense", lambda: fox_kernels(q, k, v, lam, plan_mod.PRUNE_OFF)),
+            ("foxcompile ACP", "fox-acp", lambda: fox_kernels(q, k, v, lam, Prune.PROVEN)),
+            ("foxcompile dense", "fox-dense", lambda: fox_kernels(q, k, v, lam, Prune.OFF)),
             ("foxcompile op (autograd, guarded ACP)", "fox-op", lambda: fox_op(q, k, v, log_f)),
             ("SDPA flash, causal, no gate", "flash", lambda: sdpa(q, k, v, "flash")),
             ("SDPA cuDNN, causal, no gate", "cudnn", lambda: sdpa(q, k, v, "cudnn")),

@@ -40,11 +40,11 @@ STALLS = "smsp__average_warps_issue_stalled_"
 def profile(shape):
     import torch
     from bench_attention import fox_kernels, parse_shape, sdpa, syn70
-    from foxcompile.kernels import plan as plan_mod
+    from foxcompile.contract import Prune
 
     batch, seq, heads, head_dim = parse_shape(shape)
     q, k, v, _, lam = syn70(batch, seq, heads, head_dim)
-    runs = [fox_kernels(q, k, v, lam, plan_mod.PRUNE_OFF)[1], sdpa(q, k, v, "cudnn")[1]]
+    runs = [fox_kernels(q, k, v, lam, Prune.OFF)[1], sdpa(q, k, v, "cudnn")[1]]
     for run in runs:
         for _ in range(3):
             run()

@@ -2,7 +2,7 @@
 Computation Pruning. `torch.compile(model, backend="fox_acp")`."""
 from .backend import fox_acp
 from .explain import explain
-from .kernels.plan import DEFAULT_EPSILON
+from .contract import DEFAULT_EPSILON
 from .op import forgetting_attention
 from .stats import pruning_stats
 

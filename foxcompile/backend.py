@@ -3,6 +3,7 @@ hand the graph to Inductor (or to "fox.compiler")."""
 import itertools
 import logging
 import os
+import re
 
 import torch
 from torch import fx
@@ -65,7 +66,7 @@ def rewrite_graphs(gm: fx.GraphModule, example_inputs, options: FoxOptions) -> l
                                         f"internal rewrite error ({error!r}); please report it"))
                 continue
             sites.append(site)
-        reports.append(GraphReport(name or "<top>", before, module.code, sites, declined))
+        reports.append(GraphReport(name or "top", before, module.code, sites, declined))
     return reports
 
 
@@ -86,13 +87,19 @@ def _log_reports(reports: list[GraphReport], debug: bool | str) -> None:
             log.info("rewrote %s", site)
         for decline in report.declined:
             log.info("declined %s", decline)
+        if not report.sites and not report.declined:
+            log.debug("graph %s: no softmax or SDPA to consider", report.name)
+            continue
+        log.debug("graph %s before the rewrite:\n%s", report.name, report.before)
         if report.sites:
-            log.debug("graph %s before the rewrite:\n%s", report.name, report.before)
             log.debug("graph %s after the rewrite:\n%s", report.name, report.after)
+        else:
+            log.debug("graph %s after the rewrite: unchanged (nothing rewritten)", report.name)
     if isinstance(debug, str):
         os.makedirs(debug, exist_ok=True)
         for report in reports:
-            stem = os.path.join(debug, f"graph_{next(_dump_counter):03d}_{report.name.replace('.', '_')}")
+            safe = re.sub(r"[^A-Za-z0-9_-]+", "_", report.name).strip("_") or "graph"
+            stem = os.path.join(debug, f"graph_{next(_dump_counter):03d}_{safe}")
             with open(stem + "_before.py", "w") as f:
                 f.write(report.before)
             with open(stem + "_after.py", "w") as f:

@@ -1,24 +1,44 @@
 """explain(): what fox_acp would rewrite in a model, and why it leaves the rest alone."""
+import contextlib
+import inspect
+
 import torch
 
 from .backend import rewrite_graphs
 from .options import FoxOptions
 from .report import Report
 
+# explain() traces with a backend of its own. Dynamo caches compiled code per code object and
+# guards every entry on its backend, so the user's compiled code stays valid beside ours; where
+# torch.compile can keep our entries apart (isolate_recompiles), they do not even count towards
+# the user's recompile limit.
+_ISOLATE = "isolate_recompiles" in inspect.signature(torch.compile).parameters
+
+
+def _room_to_recompile():
+    """A context in which Dynamo recompiles however many entries the code already has (our
+    backend is new on every call, so an earlier explain() or the user's own compiled code must
+    not make Dynamo give up and run eagerly)."""
+    config = torch._dynamo.config
+    names = [n for n in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                         "accumulated_cache_size_limit") if hasattr(config, n)]
+    return config.patch({n: max(getattr(config, n), 1 << 16) for n in names}) if names \
+        else contextlib.nullcontext()
+
 
 def explain(model_or_fn, *args, **kwargs) -> Report:
     """Trace model_or_fn(*args, **kwargs) once with Dynamo, match and rewrite as fox_acp would,
     run the rewritten graphs eagerly, and return the Report (`.sites`, `.declined`, `.graphs`).
-    Nothing stays compiled: like torch._dynamo.explain, this resets Dynamo before and after."""
+
+    No side effects on compiled code: Dynamo is not reset, so the user's own compiled models and
+    functions (fox_acp or any other backend) keep their compiled code and do not recompile."""
     report = Report()
 
     def backend(gm, example_inputs):
         report.graphs.extend(rewrite_graphs(gm, example_inputs, FoxOptions()))
         return gm.forward
 
-    torch._dynamo.reset()
-    try:
-        torch.compile(model_or_fn, backend=backend)(*args, **kwargs)
-    finally:
-        torch._dynamo.reset()
+    compile_kwargs = {"isolate_recompiles": True} if _ISOLATE else {}
+    with _room_to_recompile():
+        torch.compile(model_or_fn, backend=backend, **compile_kwargs)(*args, **kwargs)
     return report

@@ -1,7 +1,7 @@
 """Backend options: foxcompile's own live under "fox."; everything else goes to Inductor."""
 from dataclasses import dataclass, field
 
-from .kernels.plan import DEFAULT_EPSILON
+from .contract import DEFAULT_EPSILON, check_epsilon
 
 COMPILERS = ("inductor", "aot_eager", "eager")
 PREFIX = "fox."
@@ -23,9 +23,7 @@ class FoxOptions:
                 continue
             name = key[len(PREFIX):]
             if name == "epsilon":
-                if not isinstance(val, (int, float)) or not 0.0 <= val < 1.0:
-                    raise ValueError(f'"fox.epsilon" must be a number in [0, 1), got {val!r}')
-                parsed.epsilon = float(val)
+                parsed.epsilon = check_epsilon(val, '"fox.epsilon"')
             elif name == "debug":
                 if not isinstance(val, (bool, str)):
                     raise ValueError(f'"fox.debug" must be True/False or a directory, got {val!r}')

@@ -13,12 +13,11 @@ import operator
 import torch
 from torch import fx
 
+from .contract import Prune, emit_attention
 from .find import graph as g
 from .find.inplace import targets
 from .find.site import Operand, Site
-from .kernels.plan import PRUNE_GUARDED, PRUNE_OFF, PRUNE_PROVEN
 
-_PRUNE = {"proven": PRUNE_PROVEN, "guarded": PRUNE_GUARDED, "none": PRUNE_OFF}
 _BTHD = ((0,), (2,), (1,), (3,))  # an output already in (B, T, H, D): the op writes it directly
 
 
@@ -30,9 +29,9 @@ def _method(graph: fx.Graph, name: str, *args) -> fx.Node:
     return graph.call_method(name, args)
 
 
-def _size(graph, node, dim):
+def _size_arg(graph, node, dim: int):
     """A size to pass to a view: the int when static, else a node asking the tensor."""
-    size = g.shape(node)[dim]
+    size = g.size(node, dim)
     return size if isinstance(size, int) else _method(graph, "size", node, dim)
 
 
@@ -59,7 +58,7 @@ def _as_output(graph, out: fx.Node, site: Site) -> fx.Node:
         if not group:
             out = _method(graph, "squeeze", out, axis)
         elif len(group) > 1:  # (B, Hk * G) back to (B, Hk, G): sizes from q, which has them all
-            sizes = [-1] + [_size(graph, site.q.node, d) for d in site.q.groups[axis][1:]]
+            sizes = [-1] + [_size_arg(graph, site.q.node, d) for d in site.q.groups[axis][1:]]
             out = _method(graph, "unflatten", out, axis, tuple(sizes))
     order = site.out.order
     inverse = tuple(order.index(d) for d in range(len(order)))
@@ -112,7 +111,7 @@ def _key_vector(graph, site: Site) -> fx.Node:
     if site.batch_dims == 1:
         return _method(graph, "unsqueeze", total, 1)
     if site.batch_dims == 3:  # (B, Hk, G, N) -> (B, Hk * G, N)
-        heads = [_size(graph, site.q.node, d) for d in site.q.groups[1]]
+        heads = [_size_arg(graph, site.q.node, d) for d in site.q.groups[1]]
         total = _method(graph, "expand", total, -1, *heads, -1)
         return _method(graph, "flatten", total, 1, 2)
     return total
@@ -184,11 +183,10 @@ def _insert(graph: fx.Graph, site: Site, dtype, bthd: bool, epsilon: float) -> f
         if bthd:
             q, k, v = (_method(graph, "transpose", x, 1, 2) for x in (q, k, v))
         lam = _key_vector(graph, site)
-        args = (q, k, v, lam, site.scale, float(epsilon), _PRUNE[site.decay],
-                "bthd" if bthd else "bhtd", site.label())
-        doc = _document_ids(graph, site)
-        result = graph.call_function(torch.ops.foxcompile.attention.default, args,
-                                     {"doc": doc} if doc is not None else {})
+        result = emit_attention(graph, q, k, v, lam, scale=site.scale, epsilon=epsilon,
+                                prune=Prune.from_decay(site.decay),
+                                layout="bthd" if bthd else "bhtd", site=site.label(),
+                                doc=_document_ids(graph, site))
         out = _call(graph, operator.getitem, result, 0)
         if not bthd:
             out = _as_output(graph, out, site)

@@ -21,15 +21,24 @@ def recording() -> bool:
 @dataclass
 class _SiteTotals:
     flops_per_pair: float  # forward multiply-adds x 2 per computed (i, j) pair
-    skipped_tiles: torch.Tensor   # (H,) float64, summed over batch and calls
-    causal_tiles: torch.Tensor    # (H,)
-    computed_pairs: torch.Tensor  # (H,)
-    causal_pairs: torch.Tensor    # (H,)
+    grid: tuple            # (BLOCK_M, BLOCK_N, M, N) of the last call
+    skipped_tiles: torch.Tensor    # (H,) float64, summed over batch and calls
+    causal_tiles: torch.Tensor     # (H,)
+    skippable_tiles: torch.Tensor  # (H,) the most the tile grid allows
+    computed_pairs: torch.Tensor   # (H,)
+    causal_pairs: torch.Tensor     # (H,)
     calls: int = 0
 
 
 class PruningStats(contextlib.AbstractContextManager):
-    """Totals per call site, in the order sites were first seen."""
+    """Totals per call site, in the order sites were first seen.
+
+    Two measures, which differ: the skipped fraction of attention FLOPs counts (i, j) pairs over
+    all heads and calls, and the per-head figures count tiles. A skipped tile lies in the
+    distant past and is full (BLOCK_M x BLOCK_N pairs), while the causal tiles include the
+    half-empty diagonal ones, so skipping a share of the tiles skips a larger share of the FLOPs.
+    The tiles on the diagonal always run, so a short sequence (two tiles long, say) can skip
+    little or nothing whatever the gate does; `str()` says how much the grid allows."""
 
     def __init__(self):
         self._sites: dict[str, _SiteTotals] = {}
@@ -42,29 +51,35 @@ class PruningStats(contextlib.AbstractContextManager):
         _active.remove(self)
         return False
 
-    def _add(self, site: str, counts, flops_per_pair: float) -> None:
+    def _add(self, site: str, counts, flops_per_pair: float, grid: tuple) -> None:
         per_head = [c.sum(dim=0) for c in counts]  # (B, H) -> (H,)
         totals = self._sites.get(site)
         if totals is None or totals.skipped_tiles.shape != per_head[0].shape:
             zeros = [torch.zeros_like(c) for c in per_head]
-            self._sites[site] = totals = _SiteTotals(flops_per_pair, *zeros)
-        for total, add in zip((totals.skipped_tiles, totals.causal_tiles, totals.computed_pairs,
-                               totals.causal_pairs), per_head):
+            self._sites[site] = totals = _SiteTotals(flops_per_pair, grid, *zeros)
+        for total, add in zip((totals.skipped_tiles, totals.causal_tiles, totals.skippable_tiles,
+                               totals.computed_pairs, totals.causal_pairs), per_head):
             total.add_(add)
+        totals.grid = grid
         totals.calls += 1
 
     def per_head(self) -> list[dict]:
         """One dict per call site: site, calls, heads, skipped_tile_fraction (per head),
-        executed_flops and dense_flops (forward, summed over heads and calls)."""
+        skippable_tile_fraction (the most the tile grid allows, the same for every head),
+        executed_flops and dense_flops (forward, summed over heads and calls), and grid
+        (BLOCK_M, BLOCK_N, queries, keys) of the last call."""
         rows = []
         for site, t in self._sites.items():
+            causal = t.causal_tiles.clamp(min=1)
             rows.append({
                 "site": site,
                 "calls": t.calls,
                 "heads": int(t.skipped_tiles.numel()),
-                "skipped_tile_fraction": (t.skipped_tiles / t.causal_tiles.clamp(min=1)).tolist(),
+                "skipped_tile_fraction": (t.skipped_tiles / causal).tolist(),
+                "skippable_tile_fraction": float((t.skippable_tiles / causal).max()),
                 "executed_flops": float(t.computed_pairs.sum()) * t.flops_per_pair,
                 "dense_flops": float(t.causal_pairs.sum()) * t.flops_per_pair,
+                "grid": t.grid,
             })
         return rows
 
@@ -75,20 +90,30 @@ class PruningStats(contextlib.AbstractContextManager):
         return 1.0 - sum(r["executed_flops"] for r in rows) / dense if dense else 0.0
 
     def __str__(self) -> str:
-        lines = [f"pruning: {100 * self.skipped_fraction():.1f}% of attention FLOPs skipped"]
-        for r in self.per_head():
+        rows = self.per_head()
+        if not rows:
+            return ("pruning: no foxcompile attention ran while recording (nothing was rewritten, "
+                    'or the model was not compiled with backend="fox_acp"; see foxcompile.explain)')
+        lines = [f"pruning: {100 * self.skipped_fraction():.1f}% of attention FLOPs skipped "
+                 "(forward; the backward skips the same tiles)"]
+        for r in rows:
             heads = " ".join(f"{100 * f:.0f}" for f in r["skipped_tile_fraction"])
+            block_m, block_n, n_queries, n_keys = r["grid"]
             lines.append(f"  {r['site']}: {r['calls']} call(s), "
                          f"{100 * (1 - r['executed_flops'] / max(r['dense_flops'], 1)):.1f}% "
                          f"of FLOPs skipped; tiles skipped per head (%): {heads}")
+            lines.append(f"    tile grid {block_m}x{block_n} at {n_queries} queries x {n_keys} keys: "
+                         f"at most {100 * r['skippable_tile_fraction']:.0f}% of the causal tiles "
+                         "can be skipped (the diagonal tiles always run)")
         return "\n".join(lines)
 
 
-def record(site: str, counts, flops_per_pair: float) -> None:
-    """Called by the op with plan.TileCounts (each (B, H) float64 on the device) and the forward
-    FLOPs of one (i, j) pair (2 D for q.k plus 2 Dv for p.v)."""
+def record(site: str, counts, flops_per_pair: float, grid: tuple) -> None:
+    """Called by the op with plan.TileCounts (each (B, H) float64 on the device), the forward
+    FLOPs of one (i, j) pair (2 D for q.k plus 2 Dv for p.v) and the grid (BLOCK_M, BLOCK_N,
+    queries, keys)."""
     for recorder in _active:
-        recorder._add(site or "forgetting_attention", counts, flops_per_pair)
+        recorder._add(site or "forgetting_attention", counts, flops_per_pair, grid)
 
 
 def pruning_stats() -> PruningStats:

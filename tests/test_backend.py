@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import foxcompile
-
-AOT = {"fox.compiler": "aot_eager"}  # AOTAutograd without Inductor's C++ build: fast on CPU
+from helpers import AOT, assert_compiled_matches_eager
 
 
 class GatedAttention(nn.Module):
@@ -68,21 +67,6 @@ class GatedAttention(nn.Module):
 FORMS = ["matmul_masked_fill", "torch_matmul_triu_div", "einsum_where", "sdpa_float_mask"]
 
 
-def _compare(model, x, options=AOT, rtol=2e-5, atol=2e-6):
-    """Compiled versus eager: outputs and the gradients of the input and every parameter."""
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend="fox_acp", options=options)
-    x_eager, x_comp = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_eager, out_comp = model(x_eager), compiled(x_comp)
-    torch.testing.assert_close(out_comp, out_eager, rtol=rtol, atol=atol)
-    grad = torch.randn_like(out_eager)
-    params = list(model.parameters())
-    g_eager = torch.autograd.grad(out_eager, [x_eager] + params, grad)
-    g_comp = torch.autograd.grad(out_comp, [x_comp] + params, grad)
-    for ge, gc in zip(g_eager, g_comp):
-        torch.testing.assert_close(gc, ge, rtol=rtol, atol=atol)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("style", FORMS)
 def test_forms_match_eager(style, dtype):
@@ -95,7 +79,7 @@ def test_forms_match_eager(style, dtype):
     tol = dict(rtol=2e-5, atol=2e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     if style == "matmul_masked_fill" and dtype == torch.float64:
         tol = dict(rtol=1e-5, atol=1e-6)  # eager's softmax(s.float()) rounds to fp32; ours doesn't
-    _compare(model, x, **tol)
+    assert_compiled_matches_eager(model, (x,), **tol)
 
 
 def test_plain_causal_attention_is_declined():
@@ -185,7 +169,7 @@ def test_attention_inside_checkpoint():
     x = torch.randn(2, 15, 24)
     report = foxcompile.explain(model, x)
     assert len(report.sites) == 1, str(report)
-    _compare(model, x)
+    assert_compiled_matches_eager(model, (x,), rtol=2e-5, atol=2e-6)
 
 
 def test_options_are_namespaced():

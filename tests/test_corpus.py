@@ -9,56 +9,37 @@ unconditionally: these tests fail loudly when the package is missing.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import foxcompile  # no importorskip: a missing package is a failure
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from corpus import (  # noqa: E402
-    TOLERANCES,
-    all_cases,
-    assert_same_run,
-    check_report,
-    run_with_grads,
-    seed_of,
-    trainable,
-)
+from corpus import TOLERANCES, all_cases, check_report, seed_of
+from helpers import AOT, assert_compiled_matches_eager
 
 CASES = all_cases()
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def _compare(case, dtype, options):
     torch.manual_seed(seed_of(case.name, str(dtype)))
     fn, inputs = case.build(dtype)
-    rng = seed_of(case.name, "dropout") if case.training else None
-    cot = seed_of(case.name, "cotangent")
-    params = trainable(fn)
-    rows = case.rows(inputs) if case.rows else None
-    eager = run_with_grads(fn, inputs, cotangent_seed=cot, rng_seed=rng, params=params, rows=rows)
-    compiled_fn = torch.compile(fn, backend="fox_acp", options=options)
-    compiled = run_with_grads(compiled_fn, inputs, cotangent_seed=cot, rng_seed=rng, params=params,
-                              rows=rows)
     rtol, atol = TOLERANCES[(dtype, case.mixed)]
-    assert_same_run(eager, compiled, rtol=rtol, atol=atol, what=f"{case.name} {dtype}", rows=rows)
+    assert_compiled_matches_eager(
+        fn, inputs, rtol=rtol, atol=atol, options=options,
+        rows=case.rows(inputs) if case.rows else None,
+        rng_seed=seed_of(case.name, "dropout") if case.training else None,
+        cotangent_seed=seed_of(case.name, "cotangent"),
+        what=f"{case.name} {dtype}",
+    )
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_compiled_matches_eager(case, dtype):
-    _compare(case, dtype, {"fox.compiler": "aot_eager"})
+    _compare(case, dtype, AOT)
 
 
 INDUCTOR_CASES = [c for c in CASES if c.inductor]

@@ -9,16 +9,12 @@ declined or left unpruned, equal it); "proven" sites must have a non-increasing 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from corpus import DECAYS, all_cases, outputs_of, seed_of, trainable  # noqa: E402
-from corpus.reference import is_nonincreasing  # noqa: E402
+from corpus import DECAYS, all_cases, seed_of
+from corpus.reference import is_nonincreasing
+from helpers import outputs_of, trainable
 
 CASES = all_cases()
 IDS = [c.name for c in CASES]

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))
+import fox_lm  # examples/fox_lm.py (tests/conftest.py puts examples/ on sys.path)
 
-import fox_lm  # noqa: E402
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # for the scripts run as subprocesses
 
 
 @pytest.fixture(scope="module")

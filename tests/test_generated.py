@@ -20,7 +20,6 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,9 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from corpus import TOLERANCES, assert_same_run, check_report, run_with_grads  # noqa: E402
-from corpus.reference import cumlog, fox_reference, is_nonincreasing  # noqa: E402
+from corpus import TOLERANCES, check_report
+from corpus.reference import cumlog, fox_reference, is_nonincreasing
+from helpers import AOT, assert_compiled_matches_eager
 
 GROWING_GATES = ("softplus", "neg_const")
 DATA_GATES = ("lam_input", "logf_input")
@@ -686,18 +684,15 @@ def test_generated_compiled_matches_eager(spec):
     _foxcompile()
     fn = load(spec)
     for dtype in (torch.float32, torch.float64):
-        torch._dynamo.reset()
         c = canonical(spec, dtype, _seed(spec, "compile"))
-        inputs, rows = to_inputs(spec, c), compared_rows(spec, c)
-        rng = _seed(spec, "dropout") if spec.variant == "dropout_train" else None
-        cot = _seed(spec, "cotangent")
-        eager = run_with_grads(fn, inputs, cotangent_seed=cot, rng_seed=rng, params=[], rows=rows)
-        compiled_fn = torch.compile(fn, backend="fox_acp", options={"fox.compiler": "aot_eager"})
-        compiled = run_with_grads(compiled_fn, inputs, cotangent_seed=cot, rng_seed=rng, params=[],
-                                  rows=rows)
         rtol, atol = TOLERANCES[(dtype, spec.mixed)]
-        assert_same_run(eager, compiled, rtol=rtol, atol=atol, what=f"{dtype}\n{render(spec)}",
-                        rows=rows)
+        assert_compiled_matches_eager(
+            fn, to_inputs(spec, c), rtol=rtol, atol=atol, options=AOT, params=[],
+            rows=compared_rows(spec, c),
+            rng_seed=_seed(spec, "dropout") if spec.variant == "dropout_train" else None,
+            cotangent_seed=_seed(spec, "cotangent"),
+            what=f"{dtype}\n{render(spec)}",
+        )
     torch._dynamo.reset()
     passed(spec, "test_generated_compiled_matches_eager")
 

@@ -5,7 +5,7 @@ import torch
 
 import foxcompile
 from test_backend import FORMS, GatedAttention
-from test_op import _doc_ids, _inputs, _reference, _reference_packed
+from test_op import _doc_ids, _inputs, _reference
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -91,8 +91,8 @@ def test_packed_sequences_on_cuda(dtype):
     doc = _doc_ids(2, 2048, [700, 100, 450, 300]).cuda()
     q, k, v, gates = (x.cuda().requires_grad_() for x in (q, k, v, gates))
     with foxcompile.pruning_stats() as stats:
-        out = foxcompile.forgetting_attention(q, k, v, gates, doc=doc)
-    ref = _reference_packed(q, k, v, gates, doc)
+        out = foxcompile.forgetting_attention(q, k, v, gates, doc=doc, layout="bthd")
+    ref = _reference(q, k, v, gates, doc=doc)
     tol = {torch.float16: 5e-3, torch.bfloat16: 2e-2}[dtype]
     assert (out.double() - ref).norm() / ref.norm() < tol
     _assert_gradients_close(out, ref, (q, k, v, gates), 4 * tol)
@@ -106,7 +106,7 @@ def test_value_head_dim_of_its_own_on_cuda(head_dim, value_dim):
                              grad=False)
     v = torch.randn(*k.shape[:-1], value_dim, dtype=torch.bfloat16)
     q, k, v, gates = (x.cuda().requires_grad_() for x in (q, k, v, gates))
-    out = foxcompile.forgetting_attention(q, k, v, gates)
+    out = foxcompile.forgetting_attention(q, k, v, gates, layout="bthd")
     ref = _reference(q, k, v, gates, scale=head_dim ** -0.5)
     assert out.shape == (*q.shape[:-1], value_dim)
     assert (out.double() - ref).norm() / ref.norm() < 2e-2

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from foxcompile.contract import Prune
 from foxcompile.kernels import naive
 from foxcompile.kernels import plan as plan_mod
 from foxcompile.kernels import reference
@@ -119,7 +120,7 @@ TOL = {torch.float16: 4e-3, torch.bfloat16: 2e-2, torch.float32: 4e-3}
 
 
 def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, device,
-               layout="bhtd", prune=plan_mod.PRUNE_OFF, epsilon=math.exp(-10.0), decay=(2.0, 64.0),
+               layout="bhtd", prune=Prune.OFF, epsilon=math.exp(-10.0), decay=(2.0, 64.0),
                expect_skips=False, rising_head=None, tol=None, doc=None):
     """doc: document ids (B, N) of packed sequences, or None."""
     q, k, v, lam = make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype,
@@ -216,7 +217,7 @@ def test_interpreter_subdivided_steps(interpret_env, monkeypatch):
     monkeypatch.setenv("FOXCOMPILE_KERNEL_CONFIG",
                        '{"fwd": [64, 16, 4, 1], "dq": [64, 32, 4, 1], "dkdv": [64, 16, 4, 1]}')
     check_case(interpret_env, 1, 2, 1, 200, 290, 48, torch.float32, torch.device("cpu"),
-               prune=plan_mod.PRUNE_PROVEN, epsilon=1e-3, decay=(1.0, 4.0), expect_skips=True,
+               prune=Prune.PROVEN, epsilon=1e-3, decay=(1.0, 4.0), expect_skips=True,
                tol=1e-4)
 
 
@@ -232,7 +233,7 @@ def test_interpreter_load_paths(interpret_env, monkeypatch, tma):
     real = ta._descriptor
     monkeypatch.setattr(ta, "_descriptor", lambda t, *block: made.append(block) or real(t, *block))
     check_case(interpret_env, 1, 4, 2, 136, 200, 48, torch.float16, torch.device("cpu"),
-               prune=plan_mod.PRUNE_PROVEN, epsilon=1e-3, decay=(1.0, 4.0), expect_skips=True,
+               prune=Prune.PROVEN, epsilon=1e-3, decay=(1.0, 4.0), expect_skips=True,
                tol=4e-3)
     # forward k, v, lam; dkdv q, dO, lam, lse, delta; dq k, v, lam
     assert len(made) == (11 if tma == "1" else 0)
@@ -274,7 +275,7 @@ def test_tma_choice(monkeypatch):
 @interp
 def test_interpreter_guard_turns_pruning_off(interpret_env):
     check_case(interpret_env, 1, 2, 2, 300, 300, 32, torch.float16, torch.device("cpu"),
-               prune=plan_mod.PRUNE_GUARDED, epsilon=1e-3, decay=(1.0, 4.0), rising_head=1,
+               prune=Prune.GUARDED, epsilon=1e-3, decay=(1.0, 4.0), rising_head=1,
                tol=4e-3)
 
 
@@ -324,7 +325,7 @@ def test_interpreter_value_head_dim_of_its_own(interpret_env):
     gates = F.logsigmoid(torch.randn(1, 70, 2, generator=g))
     bhtd = [x.transpose(1, 2) for x in (q, k, k)]
     assert interpret_env.unsupported_reason(*bhtd) is None   # the op runs the Triton engine
-    out = foxcompile.forgetting_attention(q, k, v, gates, epsilon=0.0)
+    out = foxcompile.forgetting_attention(q, k, v, gates, epsilon=0.0, layout="bthd")
     lam = gates.double().cumsum(1).transpose(1, 2)
     ref = naive.forgetting_attention(*(x.double().transpose(1, 2) for x in (q, k, v)), lam,
                                      24 ** -0.5).transpose(1, 2)
@@ -404,7 +405,7 @@ PRUNED = [
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", PRUNED, ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}".format(*s[:6]))
-@pytest.mark.parametrize("prune", [plan_mod.PRUNE_PROVEN, plan_mod.PRUNE_GUARDED])
+@pytest.mark.parametrize("prune", [Prune.PROVEN, Prune.GUARDED])
 def test_gpu_pruned_within_bound(cuda_engine, case, dtype, prune):
     *shape, decay = case
     check_case(cuda_engine, *shape, dtype, torch.device("cuda"), prune=prune,
@@ -416,10 +417,10 @@ def test_gpu_pruned_within_bound(cuda_engine, case, dtype, prune):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", [
     # batch, Hq, Hk, M, N, D, prune, mean document length, monotone
-    (2, 4, 2, 2048, 2048, 64, plan_mod.PRUNE_OFF, 300, True),
-    (2, 4, 2, 2048, 2048, 64, plan_mod.PRUNE_GUARDED, 700, True),
-    (1, 4, 1, 300, 3000, 128, plan_mod.PRUNE_PROVEN, 500, True),
-    (2, 6, 3, 1000, 1000, 80, plan_mod.PRUNE_OFF, 50, False),
+    (2, 4, 2, 2048, 2048, 64, Prune.OFF, 300, True),
+    (2, 4, 2, 2048, 2048, 64, Prune.GUARDED, 700, True),
+    (1, 4, 1, 300, 3000, 128, Prune.PROVEN, 500, True),
+    (2, 6, 3, 1000, 1000, 80, Prune.OFF, 50, False),
 ], ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-prune{}-len{}-mono{}".format(*s))
 def test_gpu_packed_sequences(cuda_engine, case, dtype):
     *shape, prune, length, monotone = case
@@ -434,10 +435,10 @@ def test_gpu_packed_sequences(cuda_engine, case, dtype):
 @pytest.mark.parametrize("tma", ["0", "1"])
 @pytest.mark.parametrize("case", [
     # batch, Hq, Hk, M, N, D, prune
-    (2, 4, 2, 260, 260, 64, plan_mod.PRUNE_OFF),
-    (1, 4, 1, 100, 1000, 128, plan_mod.PRUNE_PROVEN),
-    (1, 4, 4, 332, 332, 80, plan_mod.PRUNE_GUARDED),
-    (1, 2, 2, 1, 900, 128, plan_mod.PRUNE_OFF),
+    (2, 4, 2, 260, 260, 64, Prune.OFF),
+    (1, 4, 1, 100, 1000, 128, Prune.PROVEN),
+    (1, 4, 4, 332, 332, 80, Prune.GUARDED),
+    (1, 2, 2, 1, 900, 128, Prune.OFF),
 ], ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-prune{}".format(*s) if isinstance(s, tuple) else s)
 def test_gpu_load_paths(cuda_engine, monkeypatch, case, tma):
     """Both load paths on the GPU whatever the launch table picks for the head dim: TMA tensor
@@ -445,14 +446,14 @@ def test_gpu_load_paths(cuda_engine, monkeypatch, case, tma):
     *shape, prune = case
     monkeypatch.setenv("FOXCOMPILE_TMA", tma)
     check_case(cuda_engine, *shape, torch.bfloat16, torch.device("cuda"), layout="bthd",
-               prune=prune, decay=(1.0, 8.0), expect_skips=prune != plan_mod.PRUNE_OFF)
+               prune=prune, decay=(1.0, 8.0), expect_skips=prune != Prune.OFF)
 
 
 @gpu
 @needs_cuda
 def test_gpu_guard_rising_gate(cuda_engine):
     check_case(cuda_engine, 1, 4, 2, 1024, 1024, 64, torch.bfloat16, torch.device("cuda"),
-               prune=plan_mod.PRUNE_GUARDED, decay=(1.0, 8.0), rising_head=2)
+               prune=Prune.GUARDED, decay=(1.0, 8.0), rising_head=2)
 
 
 @gpu
@@ -470,7 +471,7 @@ def test_gpu_cuda_graph_capture(cuda_engine):
     static = [t.clone() for t in (q, k, v, lam, grad)]
 
     def step(q, k, v, lam, grad):
-        plan = plan_mod.make_plan(q, k, lam, scale, math.exp(-10.0), plan_mod.PRUNE_GUARDED)
+        plan = plan_mod.make_plan(q, k, lam, scale, math.exp(-10.0), Prune.GUARDED)
         out = torch.empty_like(q)
         lse = cuda_engine.forward(q, k, v, lam, plan, scale, out)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

@@ -8,30 +8,14 @@ import torch
 import torch.nn.functional as F
 
 import foxcompile
-
-AOT = {"fox.compiler": "aot_eager"}
+from helpers import AOT, assert_compiled_matches_eager
 
 
 def _compiled_matches_eager(fn, *args, grads=True):
     """Outputs and input gradients, compiled (aot_eager) versus eager, in fp64 (integer inputs,
     document ids, as they are)."""
-    args = [a.double() if a.is_floating_point() else a for a in args]
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, backend="fox_acp", options=AOT)
-    runs = []
-    for f in (fn, compiled):
-        leaves = [a.clone().requires_grad_(grads and a.is_floating_point()) for a in args]
-        out = f(*leaves)
-        if grads:
-            out.backward(torch.ones_like(out))
-        runs.append((out.detach(), [a.grad for a in leaves]))
-    (out_e, grads_e), (out_c, grads_c) = runs
-    torch.testing.assert_close(out_c, out_e, rtol=1e-8, atol=1e-8, equal_nan=True)
-    for a, b in zip(grads_c, grads_e):
-        if a is None or b is None:
-            assert a is None and b is None
-            continue
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8, equal_nan=True)
+    args = tuple(a.double() if a.is_floating_point() else a for a in args)
+    assert_compiled_matches_eager(fn, args, rtol=1e-8, atol=1e-8, grads=grads, equal_nan=True)
 
 
 def _one_site(fn, *args, decay="proven"):
@@ -625,23 +609,9 @@ def _padded_matches_eager(fn, *args, rows):
     only (where eager's are finite: its rows without a visible key are NaN under a -inf fill, and
     NaN times a zero cotangent stays NaN in v's gradient); the compiled run is finite everywhere."""
     for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 2e-5)):
-        cast = [a.to(dtype) if a.is_floating_point() else a for a in args]
-        torch._dynamo.reset()
-        compiled = torch.compile(fn, backend="fox_acp", options=AOT)
-        runs = []
-        for f in (fn, compiled):
-            leaves = [a.clone().requires_grad_(a.is_floating_point()) for a in cast]
-            out = f(*leaves)
-            weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
-            keep = rows.expand(out.shape)
-            (torch.where(keep, out, 0) * weight).sum().backward()
-            runs.append((out.detach(), [a.grad for a in leaves if a.requires_grad], keep))
-        (out_e, grads_e, keep), (out_c, grads_c, _) = runs
-        assert torch.isfinite(out_c).all() and all(torch.isfinite(x).all() for x in grads_c)
-        torch.testing.assert_close(out_c[keep], out_e[keep], rtol=tol, atol=tol)
-        for a, b in zip(grads_c, grads_e):
-            finite = torch.isfinite(b)
-            torch.testing.assert_close(a[finite], b[finite], rtol=tol, atol=tol)
+        cast = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
+        assert_compiled_matches_eager(fn, cast, rtol=tol, atol=tol, rows=rows, eager_nan_grads=True,
+                                      what=str(dtype))
 
 
 def _rows(valid):

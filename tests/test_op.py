@@ -7,8 +7,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import foxcompile
 from foxcompile.kernels import naive
-from foxcompile.kernels.plan import (PRUNE_GUARDED, PRUNE_OFF, PRUNE_PROVEN, make_plan,
-                                     tile_counts, tile_sizes)
+from foxcompile.contract import Prune
+from foxcompile.kernels.plan import make_plan, tile_counts, tile_sizes
 
 F64 = torch.float64
 
@@ -32,14 +32,26 @@ def _inputs(batch, n_queries, n_keys, q_heads, kv_heads, head_dim, layout="bthd"
     return tensors
 
 
-def _reference(q, k, v, gates, layout="bthd", scale=None):
-    """The fp64 T x T definition, in the same layout as the inputs."""
+def _reference(q, k, v, gates, layout="bthd", scale=None, doc=None):
+    """The fp64 T x T definition (foxcompile/kernels/naive.py), in the same layout as the inputs;
+    doc: the keys' document ids, (N,) or (B, N), for packed sequences."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     to_bhtd = (lambda x: x.transpose(1, 2)) if layout == "bthd" else (lambda x: x)
     lam = torch.cumsum(gates.to(F64), dim=1 if layout == "bthd" else 2)
     lam = lam.transpose(1, 2) if layout == "bthd" else lam
-    out = naive.forgetting_attention(*(to_bhtd(x.to(F64)) for x in (q, k, v)), lam, scale)
+    doc = None if doc is None else doc.expand(q.shape[0], doc.shape[-1])
+    out = naive.forgetting_attention(*(to_bhtd(x.to(F64)) for x in (q, k, v)), lam, scale, doc)
     return to_bhtd(out)
+
+
+def _assert_same_gradients(out, ref, inputs):
+    """The gradients of out and of the reference for one random grad_out agree to 1e-9."""
+    grad_out = torch.randn_like(ref)
+    got = torch.autograd.grad(out, inputs, grad_out)
+    want = torch.autograd.grad(ref, inputs, grad_out)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
 
 
 SHAPES = [  # batch, M, N, Hq, Hk, D
@@ -59,11 +71,7 @@ def test_matches_definition_with_gradients(shape, layout):
     ref = _reference(q, k, v, gates, layout)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     assert out.is_contiguous() and out.shape == q.shape
-    grad_out = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (q, k, v, gates), grad_out)
-    want = torch.autograd.grad(ref, (q, k, v, gates), grad_out)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    _assert_same_gradients(out, ref, (q, k, v, gates))
 
 
 @pytest.mark.parametrize("layout", ["bthd", "bhtd"])
@@ -77,16 +85,11 @@ def test_value_head_dim_of_its_own(head_dim, value_dim, layout):
     ref = _reference(q, k, v, gates, layout, scale=head_dim ** -0.5)
     assert out.shape == (*q.shape[:-1], value_dim) and out.is_contiguous()
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    grad_out = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (q, k, v, gates), grad_out)
-    want = torch.autograd.grad(ref, (q, k, v, gates), grad_out)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    _assert_same_gradients(out, ref, (q, k, v, gates))
     lam = gates.detach().cumsum(1 if layout == "bthd" else 2)
     lam = (lam.transpose(1, 2) if layout == "bthd" else lam).requires_grad_()
     torch.library.opcheck(torch.ops.foxcompile.attention.default,
-                          (q, k, v, lam, 0.3, 1e-4, PRUNE_GUARDED, layout, "test"))
+                          (q, k, v, lam, 0.3, 1e-4, Prune.GUARDED, layout, "test"))
     with FlopCounterMode(display=False) as counter:
         foxcompile.forgetting_attention(q.detach(), k.detach(), v.detach(), gates.detach(),
                                         layout=layout, epsilon=0.0)
@@ -97,7 +100,7 @@ def test_value_head_dim_of_its_own(head_dim, value_dim, layout):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_close_to_fp64(dtype):
     q, k, v, gates = _inputs(2, 45, 45, 2, 2, 16, dtype=dtype, grad=False)
-    out = foxcompile.forgetting_attention(q, k, v, gates)
+    out = foxcompile.forgetting_attention(q, k, v, gates, layout="bthd")
     assert out.dtype == dtype
     ref = _reference(q, k, v, gates)
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
@@ -107,7 +110,7 @@ def test_low_precision_close_to_fp64(dtype):
 def test_gradcheck_with_pruning_on():
     q, k, v, gates = _inputs(1, 20, 33, 2, 1, 8, gate_bias=-1.0)
     assert torch.autograd.gradcheck(
-        lambda *x: foxcompile.forgetting_attention(*x, epsilon=1e-3), (q, k, v, gates))
+        lambda *x: foxcompile.forgetting_attention(*x, epsilon=1e-3, layout="bthd"), (q, k, v, gates))
 
 
 def test_backward_without_the_saved_bound():
@@ -117,7 +120,7 @@ def test_backward_without_the_saved_bound():
     lam = gates.detach().cumsum(1).transpose(1, 2).contiguous()
     lam[:, :, 5] = float("inf")  # a masked key: U places its stand-in lam
     out, lse, start, bound = torch.ops.foxcompile.attention(q, k, v, lam, 0.3, 1e-3,
-                                                             PRUNE_GUARDED, "bthd", "test")
+                                                             Prune.GUARDED, "bthd", "test")
     grad = torch.randn_like(out)
     backward = torch.ops.foxcompile.attention_backward
     saved = backward(grad, q, k, v, lam, out, lse, start, 0.3, "bthd", None, bound)
@@ -130,7 +133,7 @@ def test_backward_without_the_saved_bound():
 def test_opcheck_contiguous_and_strided():
     q, k, v, gates = _inputs(2, 20, 30, 4, 2, 8)
     lam = gates.detach().cumsum(1).transpose(1, 2).requires_grad_()
-    args = (q, k, v, lam, 0.3, 1e-4, PRUNE_GUARDED, "bthd", "test")
+    args = (q, k, v, lam, 0.3, 1e-4, Prune.GUARDED, "bthd", "test")
     torch.library.opcheck(torch.ops.foxcompile.attention.default, args)
     # strided: bhtd tensors viewed as bthd, lam broadcast over the batch
     qs = torch.randn(2, 4, 20, 8, dtype=F64).transpose(1, 2).requires_grad_()
@@ -138,12 +141,12 @@ def test_opcheck_contiguous_and_strided():
     lam_b = lam.detach()[:1].clone().requires_grad_()
     torch.library.opcheck(torch.ops.foxcompile.attention.default,
                           (qs, ks, ks.detach().clone().requires_grad_(), lam_b, 0.3, 1e-4,
-                           PRUNE_PROVEN, "bthd", "test"))
+                           Prune.PROVEN, "bthd", "test"))
 
 
 def test_direct_op_float32_rejects_nothing_and_matches():
     q, k, v, gates = _inputs(1, 64, 64, 2, 2, 16, dtype=torch.float32, grad=False)
-    out = foxcompile.forgetting_attention(q, k, v, gates, scale=0.1)
+    out = foxcompile.forgetting_attention(q, k, v, gates, scale=0.1, layout="bthd")
     ref = _reference(q, k, v, gates, scale=0.1)
     assert (out.to(F64) - ref).abs().max() < 1e-5
 
@@ -162,18 +165,18 @@ def test_direct_op_float32_rejects_nothing_and_matches():
 def test_bad_input_errors(bad, message):
     q, k, v, gates = _inputs(1, 10, 10, 4, 2, 8, grad=False)
     with pytest.raises((ValueError, TypeError), match=message):
-        foxcompile.forgetting_attention(*bad(q, k, v, gates))
+        foxcompile.forgetting_attention(*bad(q, k, v, gates), layout="bthd")
     with pytest.raises(ValueError, match="layout"):
         foxcompile.forgetting_attention(q, k, v, gates, layout="bsd")
     with pytest.raises(ValueError, match="epsilon"):
-        foxcompile.forgetting_attention(q, k, v, gates, epsilon=-1.0)
+        foxcompile.forgetting_attention(q, k, v, gates, epsilon=-1.0, layout="bthd")
 
 
 def test_nan_stays_visible_like_eager():
     q, k, v, gates = _inputs(1, 300, 300, 2, 2, 8, gate_bias=-3.0, grad=False)
     q[0, 250, 1, 3] = float("nan")      # one query row of head 1
     v[0, 20, 0, 0] = float("nan")       # a distant value of head 0 (pruned tiles would hide it)
-    out = foxcompile.forgetting_attention(q, k, v, gates)
+    out = foxcompile.forgetting_attention(q, k, v, gates, layout="bthd")
     ref = _reference(q, k, v, gates)
     assert torch.equal(out.isnan(), ref.isnan())
     assert out.isnan().any()
@@ -197,8 +200,8 @@ def _run(q, k, v, lam, prune, epsilon=foxcompile.DEFAULT_EPSILON):
 
 def test_pruning_guarantee_holds():
     q, k, v, lam = _fast_decay()
-    pruned, start = _run(q, k, v, lam, PRUNE_PROVEN)
-    dense, dense_start = _run(q, k, v, lam, PRUNE_OFF)
+    pruned, start = _run(q, k, v, lam, Prune.PROVEN)
+    dense, dense_start = _run(q, k, v, lam, Prune.OFF)
     assert int(start.sum()) > 0 and int(dense_start.sum()) == 0   # tiles were skipped
     eps = foxcompile.DEFAULT_EPSILON
     bound = 2 * eps / (1 - eps) * v.norm(dim=-1).amax()
@@ -211,7 +214,7 @@ def test_guard_turns_pruning_off_where_lam_rises():
     block_n = tile_sizes(q.shape[-1])[1]
     spiked = lam.clone()
     spiked[0, 0, block_n - 1::block_n] += 40.0   # upward spikes exactly at tile corners, head 0
-    guarded, start = _run(q, k, v, spiked, PRUNE_GUARDED)
+    guarded, start = _run(q, k, v, spiked, Prune.GUARDED)
     assert int(start[0, 0].sum()) == 0 and int(start[0, 1].sum()) > 0
     scale = q.shape[-1] ** -0.5
     ref = naive.forgetting_attention(q, k, v, spiked, scale)
@@ -221,7 +224,7 @@ def test_guard_turns_pruning_off_where_lam_rises():
 def test_plan_boundaries_respect_offset_and_terminate():
     q, k, v, lam = _fast_decay(n=700)
     for n_queries in (1, 5, 129, 700):
-        plan = make_plan(q[:, :, -n_queries:], k, lam, 0.25, 0.5, PRUNE_PROVEN)  # huge epsilon
+        plan = make_plan(q[:, :, -n_queries:], k, lam, 0.25, 0.5, Prune.PROVEN)  # huge epsilon
         block_m, block_n = plan.block_m, plan.block_n
         first_rows = 700 - n_queries + torch.arange(plan.start.shape[-1]) * block_m
         assert (plan.start.long() <= first_rows // block_n).all()     # never past the diagonal
@@ -231,9 +234,9 @@ def test_plan_boundaries_respect_offset_and_terminate():
 def test_flop_counter_counts_executed_flops():
     q, k, v, lam = _fast_decay()
     with FlopCounterMode(display=False) as dense_counter:
-        _run(q, k, v, lam, PRUNE_OFF)
+        _run(q, k, v, lam, Prune.OFF)
     with FlopCounterMode(display=False) as pruned_counter:
-        _run(q, k, v, lam, PRUNE_PROVEN)
+        _run(q, k, v, lam, Prune.PROVEN)
     n, d, heads = q.shape[2], q.shape[3], q.shape[1]
     assert dense_counter.get_total_flops() == 4 * d * heads * n * (n + 1) // 2
     assert 0 < pruned_counter.get_total_flops() < dense_counter.get_total_flops()
@@ -241,10 +244,10 @@ def test_flop_counter_counts_executed_flops():
 
 def test_pruning_stats_records_sites_and_heads():
     q, k, v, lam = _fast_decay()
-    _run(q, k, v, lam, PRUNE_PROVEN)   # outside the context: nothing recorded anywhere
+    _run(q, k, v, lam, Prune.PROVEN)   # outside the context: nothing recorded anywhere
     with foxcompile.pruning_stats() as stats:
-        _run(q, k, v, lam, PRUNE_PROVEN)
-        _run(q, k, v, lam, PRUNE_PROVEN)
+        _run(q, k, v, lam, Prune.PROVEN)
+        _run(q, k, v, lam, Prune.PROVEN)
     rows = stats.per_head()
     assert len(rows) == 1 and rows[0]["site"] == "test" and rows[0]["calls"] == 2
     assert rows[0]["heads"] == 2 and all(0 < f < 1 for f in rows[0]["skipped_tile_fraction"])
@@ -266,16 +269,6 @@ def _doc_ids(batch, n_keys, lengths, seed=0, shuffle=False):
     return doc
 
 
-def _reference_packed(q, k, v, gates, doc, layout="bthd"):
-    to_bhtd = (lambda x: x.transpose(1, 2)) if layout == "bthd" else (lambda x: x)
-    lam = torch.cumsum(gates.to(F64), dim=1 if layout == "bthd" else 2)
-    lam = lam.transpose(1, 2) if layout == "bthd" else lam
-    doc = doc.expand(q.shape[0], doc.shape[-1])
-    out = naive.forgetting_attention(*(to_bhtd(x.to(F64)) for x in (q, k, v)), lam,
-                                     q.shape[-1] ** -0.5, doc)
-    return to_bhtd(out)
-
-
 PACKED = [  # batch, M, N, Hq, Hk, D, document lengths, shuffled
     (2, 37, 37, 4, 2, 16, [5, 11, 3], False),
     (1, 1, 1, 2, 2, 8, [1], False),              # T = 1
@@ -291,14 +284,10 @@ def test_packed_sequences_match_definition_with_gradients(shape):
     *dims, lengths, shuffle = shape
     q, k, v, gates = _inputs(*dims, gate_bias=0.0)
     doc = _doc_ids(dims[0], dims[2], lengths, shuffle=shuffle)
-    out = foxcompile.forgetting_attention(q, k, v, gates, doc=doc)
-    ref = _reference_packed(q, k, v, gates, doc)
+    out = foxcompile.forgetting_attention(q, k, v, gates, doc=doc, layout="bthd")
+    ref = _reference(q, k, v, gates, doc=doc)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    grad_out = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (q, k, v, gates), grad_out)
-    want = torch.autograd.grad(ref, (q, k, v, gates), grad_out)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    _assert_same_gradients(out, ref, (q, k, v, gates))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -308,7 +297,7 @@ def test_packed_one_row_of_ids_pruned(dtype):
                              grad=False)
     doc = _doc_ids(1, 150, [33, 60])[0].to(torch.int32)
     out = foxcompile.forgetting_attention(q, k, v, gates, layout="bhtd", doc=doc)
-    ref = _reference_packed(q, k, v, gates, doc, layout="bhtd")
+    ref = _reference(q, k, v, gates, layout="bhtd", doc=doc)
     bound = 2 * foxcompile.DEFAULT_EPSILON * v.to(F64).norm(dim=-1).amax()
     rounding = 1e-5 if dtype == torch.float32 else 1e-12
     assert (out.to(F64) - ref).norm(dim=-1).max() < bound + rounding
@@ -320,18 +309,18 @@ def test_packed_plan_skips_tiles_of_earlier_documents():
     q, k, v, lam = _fast_decay(n=512)
     block_m, block_n = tile_sizes(q.shape[-1])
     doc = (torch.arange(512) // 128)[None]
-    plan = make_plan(q, k, lam, 0.25, 0.0, PRUNE_OFF, doc=doc)
+    plan = make_plan(q, k, lam, 0.25, 0.0, Prune.OFF, doc=doc)
     assert plan.start.tolist() == [[[0, 1, 2, 3]] * 2]
     counts = tile_counts(plan.start, 512, 512, block_m, block_n)
     assert counts.skipped_tiles.tolist() == [[6.0, 6.0]] and counts.causal_tiles[0, 0] == 10
     pos = torch.arange(512)
     uneven = ((pos >= 200).long() + (pos >= 300).long())[None]   # documents [0, 200, 300, 512)
-    shifted = make_plan(q, k, lam, 0.25, 0.0, PRUNE_OFF, doc=uneven)
+    shifted = make_plan(q, k, lam, 0.25, 0.0, Prune.OFF, doc=uneven)
     assert shifted.start.tolist() == [[[0, 0, 1, 2]] * 2]
-    shuffled = make_plan(q, k, lam, 0.25, 0.0, PRUNE_OFF, doc=doc.flip(-1))
+    shuffled = make_plan(q, k, lam, 0.25, 0.0, Prune.OFF, doc=doc.flip(-1))
     assert int(shuffled.start.sum()) == 0                     # decreasing ids: nothing skipped
     with FlopCounterMode(display=False) as counter:
-        out, _, start, _ = torch.ops.foxcompile.attention(q, k, v, lam, 0.25, 0.0, PRUNE_OFF, "bhtd",
+        out, _, start, _ = torch.ops.foxcompile.attention(q, k, v, lam, 0.25, 0.0, Prune.OFF, "bhtd",
                                                        "test", doc=doc)
     heads, d = q.shape[1], q.shape[3]
     assert counter.get_total_flops() == 4 * d * heads * 4 * (128 * 129 // 2)
@@ -343,7 +332,7 @@ def test_packed_opcheck():
     lam = gates.detach().cumsum(1).transpose(1, 2).requires_grad_()
     doc = _doc_ids(2, 30, [7, 12])
     torch.library.opcheck(torch.ops.foxcompile.attention.default,
-                          (q, k, v, lam, 0.3, 1e-4, PRUNE_GUARDED, "bthd", "test"), {"doc": doc})
+                          (q, k, v, lam, 0.3, 1e-4, Prune.GUARDED, "bthd", "test"), {"doc": doc})
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -357,7 +346,7 @@ def test_packed_bad_doc_errors(bad, message):
     q, k, v, gates = _inputs(2, 10, 10, 4, 2, 8, grad=False)
     doc = _doc_ids(2, 10, [3])
     with pytest.raises((ValueError, TypeError), match=message):
-        foxcompile.forgetting_attention(q, k, v, gates, doc=bad(doc))
+        foxcompile.forgetting_attention(q, k, v, gates, doc=bad(doc), layout="bthd")
 
 
 def test_document_start_blocks_never_skip_a_visible_pair():

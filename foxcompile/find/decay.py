@@ -10,15 +10,9 @@ the site is then guarded at run time instead of proven.
 import torch
 
 from . import graph as g
+from .views import VIEWS, sources
 
 _NON_NEGATIVE = {"sigmoid", "exp", "exp2", "softplus", "abs", "relu", "square"}
-_SIGN_PRESERVING = {"cast", "identity", "getitem", "unsqueeze", "squeeze", "reshape", "flatten",
-                    "transpose", "permute", "expand", "repeat", "repeat_interleave", "attr:mT",
-                    "attr:T"}
-
-
-_VIEWS = {"cast", "identity", "expand", "repeat", "repeat_interleave", "transpose", "attr:mT",
-          "attr:T", "permute", "unsqueeze", "squeeze", "getitem", "reshape", "flatten"}
 
 
 def _combine(a, b):
@@ -86,62 +80,26 @@ def sign(node) -> int | None:
     if k == "arange":
         start = g.number(g.arg(node, 0)) if len(node.args) > 1 else 0.0
         return 1 if start is not None and start >= 0 and g.arg(node, 2, "step", 1) == 1 else None
-    if k in _SIGN_PRESERVING and (k != "cast" or g.floating(node)):  # bool, uint8 casts do not
+    if k in VIEWS and (k != "cast" or g.floating(node)):  # bool, uint8 casts do not
         return sign(node.args[0])
     return None
 
 
 def _source_axis(node, axis: int) -> int | None:
-    """For view-like ops, the input axis that output `axis` comes from (None if new/unknown)."""
-    k = g.kind(node)
-    out_rank = g.rank(node)
-    in_rank = g.rank(node.args[0])
-    if out_rank is None or in_rank is None:
+    """The input dim that a view's dim `axis` reads in order (views.sources), so that the view
+    keeps the input's direction along it; None for a new dim, a merged or tiled one, a slice
+    whose step is not a positive int, and squeeze's keyword form (never followed here)."""
+    dims = sources(node)
+    if dims is None or g.kind(node) == "squeeze" and len(node.args) < 2:
         return None
-    axis = g.normalize_dim(axis, out_rank)
-    if k in ("cast", "identity", "repeat_interleave"):
-        return axis if in_rank == out_rank else None
-    if k == "expand":  # may prepend dims
-        return axis - (out_rank - in_rank) if axis >= out_rank - in_rank else None
-    if k in ("transpose", "attr:mT", "attr:T"):
-        if k == "transpose":
-            a, b = (g.normalize_dim(d, out_rank) for d in node.args[1:3])
-        else:
-            a, b = out_rank - 2, out_rank - 1
-        return b if axis == a else (a if axis == b else axis)
-    if k == "permute":
-        dims = node.args[1:] if not isinstance(node.args[1], (tuple, list)) else node.args[1]
-        return g.normalize_dim(dims[axis], out_rank)
-    if k == "unsqueeze":
-        new = g.normalize_dim(node.args[1], out_rank)
-        return None if axis == new else (axis if axis < new else axis - 1)
-    if k == "squeeze" and len(node.args) > 1:
-        gone = g.normalize_dim(node.args[1], in_rank)
-        if g.shape(node.args[0])[gone] != 1:
-            return axis
-        return axis if axis < gone else axis + 1
-    if k == "repeat":
-        return _repeat_source(node, axis, in_rank, out_rank)
-    if k in ("reshape", "flatten"):
-        return g.reshape_source(g.shape(node.args[0]), g.shape(node), axis)
-    if k == "getitem":
-        dims = g.index_map(node.args[1], in_rank)
-        if dims is None or dims[axis] is None:
-            return None
-        source, part = dims[axis]
-        step = part.step if part.step is not None else 1
-        return source if isinstance(step, int) and step > 0 else None
-    return None
-
-
-def _repeat_source(node, axis: int, in_rank: int, out_rank: int) -> int | None:
-    """repeat tiles: order along an axis survives where it is not tiled, or where it had size 1
-    (a broadcast: constant along it)."""
-    reps = node.args[1:] if not isinstance(node.args[1], (tuple, list)) else node.args[1]
-    source = axis - (out_rank - in_rank)
-    if source < 0:
+    axis = g.normalize_dim(axis, len(dims))
+    source = dims[axis]
+    if not isinstance(source, int):
         return None
-    return source if reps[axis] == 1 or g.shape(node.args[0])[source] == 1 else None
+    if g.kind(node) == "getitem":
+        step = g.index_map(node.args[1], g.rank(node.args[0]))[axis][1].step
+        return source if step is None or isinstance(step, int) and step > 0 else None
+    return source
 
 
 def direction(node, axis: int) -> int | None:
@@ -194,7 +152,7 @@ def direction(node, axis: int) -> int | None:
         return None
     if k == "cat":
         return _cat_direction(node, axis)
-    source = _source_axis(node, axis) if k in _VIEWS and (k != "cast" or g.floating(node)) else None
+    source = _source_axis(node, axis) if k in VIEWS and (k != "cast" or g.floating(node)) else None
     if source is not None:
         return direction(node.args[0], source)
     return None

@@ -3,11 +3,12 @@
 Dynamo records `a @ b`, `torch.matmul(a, b)` and `a.matmul(b)` as different nodes; `kind(node)`
 names them all "matmul", so the matcher reasons about operations, not spellings. `arg(node, i,
 name)` reads an argument the same way whether it was passed by position or keyword (for methods
-the tensor itself is argument 0).
+the tensor itself is argument 0), and `sequence_arg` a list argument (`permute(0, 1)`,
+`permute((0, 1))`, `permute(dims=(0, 1))`).
 """
 import builtins
-import math
 import operator
+import re
 
 import sympy
 import torch
@@ -82,12 +83,27 @@ def kind(node) -> str | None:
 
 
 def arg(node: fx.Node, index: int, name: str | None = None, default=None):
-    """An argument by position or keyword."""
+    """An argument by position or keyword: node.args[index], else node.kwargs[name], else
+    default."""
     if index < len(node.args):
         return node.args[index]
     if name is not None and name in node.kwargs:
         return node.kwargs[name]
     return default
+
+
+def sequence_arg(node: fx.Node, index: int, name: str | None = None) -> tuple:
+    """A list argument (permute's dims, repeat's repeats, einsum's operands) as a tuple, however
+    it was written: as separate arguments from position `index` on (`x.permute(0, 2, 1, 3)`), as
+    one sequence there (`x.permute((0, 2, 1, 3))`, a list, a torch.Size), or by keyword `name`
+    (`x.permute(dims=...)`). () when absent."""
+    rest = node.args[index:]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        return tuple(rest[0])
+    if rest or name is None or node.kwargs.get(name) is None:
+        return tuple(rest)
+    given = node.kwargs[name]
+    return tuple(given) if isinstance(given, (tuple, list)) else (given,)
 
 
 def value(node):
@@ -98,25 +114,30 @@ def value(node):
 
 
 def shape(node) -> tuple | None:
+    """The shape of the tensor a node holds (sizes may be SymInts), None for anything else."""
     v = value(node)
     return tuple(v.shape) if isinstance(v, torch.Tensor) else None
 
 
 def rank(node) -> int | None:
+    """The number of dims of the tensor a node holds, None for anything else."""
     s = shape(node)
     return None if s is None else len(s)
 
 
 def dtype(node):
+    """The dtype of the tensor a node holds, None for anything else."""
     v = value(node)
     return v.dtype if isinstance(v, torch.Tensor) else None
 
 
 def floating(node) -> bool:
+    """Whether a node holds a floating-point tensor."""
     return dtype(node) is not None and dtype(node).is_floating_point
 
 
 def is_tensor(node) -> bool:
+    """Whether a node holds a tensor."""
     return isinstance(value(node), torch.Tensor)
 
 
@@ -169,11 +190,33 @@ def sym(x) -> sympy.Expr:
 
 
 def same_size(a, b) -> bool:
+    """Whether two sizes are provably equal (symbolically, for dynamic shapes)."""
     return sympy.simplify(sym(a) - sym(b)) == 0
 
 
+def same_shape(a, b) -> bool:
+    """Whether two shapes are known and provably equal, dim by dim."""
+    return a is not None and b is not None and len(a) == len(b) and all(map(same_size, a, b))
+
+
 def numel(sizes) -> sympy.Expr:
+    """The product of sizes, as a sympy expression."""
     return sympy.Mul(*(sym(s) for s in sizes))
+
+
+def size(node, dims=None):
+    """The size of a node's dim `dims` (an int) or of several dims merged into one (a sequence;
+    none, or dims=None: 1): the recorded size for one dim, an int or a sympy expression for a
+    merge."""
+    if dims is None:
+        return 1
+    if isinstance(dims, int):
+        return shape(node)[dims]
+    sizes = [shape(node)[d] for d in dims]
+    if len(sizes) == 1:
+        return sizes[0]
+    total = numel(sizes)
+    return int(total) if total.is_number else total
 
 
 def index_map(index, in_rank: int) -> list | None:
@@ -203,23 +246,12 @@ def index_map(index, in_rank: int) -> list | None:
     return dims
 
 
-def reshape_source(in_shape, out_shape, axis: int) -> int | None:
-    """The input dim that output dim `axis` of a reshape runs along, when the reshape keeps it:
-    same size and as many elements before it (row-major), so a step along it is a step along
-    that input dim with every other input index fixed. None when the reshape merges or splits it."""
-    before = numel(out_shape[:axis])
-    for dim, size in enumerate(in_shape):
-        if same_size(size, out_shape[axis]) and sympy.simplify(numel(in_shape[:dim]) - before) == 0:
-            return dim
-    return None
-
-
 def location(node: fx.Node) -> str:
     """The user's source line for a node ("file.py:42 in forward"), from Dynamo's stack trace."""
     trace = node.meta.get("stack_trace") or ""
     lines = [line.strip() for line in trace.strip().splitlines() if line.strip().startswith("File ")]
     if not lines:
-        return f"<graph node {node.name}>"
+        return f"<graph node {name(node)}>"
     last = lines[-1]  # 'File "/path/model.py", line 42, in forward'
     try:
         path = last.split('"')[1]
@@ -230,22 +262,36 @@ def location(node: fx.Node) -> str:
         return last
 
 
+def user_path(source: str) -> str:
+    """A Dynamo source name as the user would write it: "L['self']._modules['layers']._modules
+    ['0']._buffers['causal']" -> "layers.0.causal", "L['args'][0].h.0" -> "args.0.h.0"
+    (the compiled module itself, self, is left out)."""
+    path = re.sub(r"\._(?:modules|buffers|parameters)\['([^']*)'\]", r".\1", source)
+    path = re.sub(r"\[\'([^']*)\'\]|\[(\d+)\]", lambda m: "." + (m.group(1) or m.group(2)), path)
+    path = re.sub(r"^[LG]\.", "", path)
+    return re.sub(r"^self(\.|$)", "", path).strip(".")
+
+
 def module_path(node: fx.Node) -> str:
     """The nn.Module path the node was traced in ("layers.3.attn"), or ""."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return ""
-    path = list(stack.values())[-1][0]
-    for prefix in ("L['self'].", "L['self']"):
-        if path.startswith(prefix):
-            path = path[len(prefix):]
-    return path.replace("._modules['", ".").replace("']", "").strip(".")
+    return user_path(list(stack.values())[-1][0])
+
+
+def name(node) -> str:
+    """What to call a node in a message: an input by the user's own path ("layers.0.causal"
+    for a module buffer, "x" for an argument), any other node by its graph name."""
+    if not isinstance(node, fx.Node):
+        return repr(node)
+    grapharg = node.meta.get("grapharg") if node.op == "placeholder" else None
+    source = getattr(getattr(grapharg, "source", None), "name", None)
+    if callable(source):
+        source = source()
+    return user_path(source) if isinstance(source, str) and user_path(source) else node.name
 
 
 def normalize_dim(dim: int, ndim: int) -> int:
+    """A dim counted from the left (0..ndim-1), given either way."""
     return dim + ndim if dim < 0 else dim
-
-
-def is_negative_infinity(x) -> bool:
-    v = number(x)
-    return v is not None and v == -math.inf

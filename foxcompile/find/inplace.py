@@ -129,4 +129,4 @@ class InPlace:
 
 
 def _name(node) -> str:
-    return f"{node.name} ({g.location(node)})"
+    return f"{g.name(node)} ({g.location(node)})"

@@ -23,7 +23,7 @@ import sympy
 import torch
 from torch import fx
 
-from . import graph as g
+from . import graph as g, views
 
 
 class MaskDeclined(Exception):
@@ -135,14 +135,14 @@ Mask = Band | Split  # what a boolean mask is read as
 def _atoms_differ(a: Atom, b: Atom) -> str:
     """Why one mask cannot hold the two atoms a and b."""
     if isinstance(a, SameDocument) and isinstance(b, SameDocument):
-        return (f"masks compare document ids of {a.doc.name} and of {b.doc.name} (or at other "
+        return (f"masks compare document ids of {g.name(a.doc)} and of {g.name(b.doc)} (or at other "
                 "offsets): not one packed-sequence mask")
     if isinstance(a, KeyFlag) and isinstance(b, KeyFlag):
-        return (f"masks read two key masks, {a.flag.name} and {b.flag.name} (or one at other "
+        return (f"masks read two key masks, {g.name(a.flag)} and {g.name(b.flag)} (or one at other "
                 "positions): combine them into one boolean tensor before masking")
     docs, keys = (a, b) if isinstance(a, SameDocument) else (b, a)
-    return (f"a key mask ({keys.flag.name}) combined with a packed-sequence document mask "
-            f"({docs.doc.name}): not supported; drop the key mask (padding lies in its own "
+    return (f"a key mask ({g.name(keys.flag)}) combined with a packed-sequence document mask "
+            f"({g.name(docs.doc)}): not supported; drop the key mask (padding lies in its own "
             "document) or mask the keys through the gate")
 
 
@@ -295,10 +295,8 @@ class MaskReader:
         if k == "invert":
             inner = self.truth(node.args[0])
             return None if inner is None else inner.negate()
-        if k in ("bool", "cast", "identity"):
+        if k == "bool":
             return self.truth(node.args[0])
-        if k == "expand":
-            return self._lifted(self.truth, node.args[0], node)
         if k in ("eq", "ne") and g.number(node.args[1]) == 0.0:
             inner = self.truth(node.args[0])
             return None if inner is None else (inner.negate() if k == "eq" else inner)
@@ -307,16 +305,12 @@ class MaskReader:
         if k in ("and", "or") or k == "mul" and all(g.dtype(x) == torch.bool for x in node.args[:2]):
             a, b = (self._lifted(self.truth, x, node) for x in node.args[:2])
             return either(a, b) if k == "or" else both(a, b)
-        if k == "getitem":
-            return self._sliced(node, self.truth)
-        if k == "unsqueeze" and g.normalize_dim(node.args[1], g.rank(node)) < g.rank(node) - 2:
-            return _moved(self.truth(node.args[0]), node)
         if k == "placeholder" and node in self.constants:
             band = _buffer_band(self.constants[node], lambda t: t.bool())
             if band is not None:
-                self.notes.append(f"mask buffer {node.name} checked by value at compile time")
+                self.notes.append(f"mask buffer {g.name(node)} checked by value at compile time")
             return band
-        return None
+        return self._viewed(node, self.truth)
 
     def negative_infinity(self, node, threshold: float) -> Mask | None:
         """Where an additive mask holds a value <= threshold (and 0 elsewhere): read from how it
@@ -336,14 +330,6 @@ class MaskReader:
             found = _filled_where(node, threshold)
             cond = None if found is None else self._lifted(self.truth, found[0], node)
             return None if cond is None else (cond if found[1] else cond.negate())
-        if k in ("cast", "identity"):
-            return self.negative_infinity(node.args[0], threshold)
-        if k == "expand":
-            return self._lifted(lambda x: self.negative_infinity(x, threshold), node.args[0], node)
-        if k == "getitem":
-            return self._sliced(node, lambda n: self.negative_infinity(n, threshold))
-        if k == "unsqueeze" and g.normalize_dim(node.args[1], g.rank(node)) < g.rank(node) - 2:
-            return _moved(self.negative_infinity(node.args[0], threshold), node)
         if k == "placeholder" and node in self.constants:
             t = self.constants[node]
             if not t.is_floating_point():
@@ -351,8 +337,23 @@ class MaskReader:
             zero_or_masked = ((t == 0) | (t <= threshold)).all()
             band = _buffer_band(t, lambda x: x <= threshold) if bool(zero_or_masked) else None
             if band is not None:
-                self.notes.append(f"additive mask buffer {node.name} checked by value at compile time")
+                self.notes.append(f"additive mask buffer {g.name(node)} checked by value at compile time")
             return band
+        return self._viewed(node, lambda x: self.negative_infinity(x, threshold))
+
+    def _viewed(self, node, read) -> Mask | None:
+        """What `read` finds on the tensor a view node shows, as it falls on node: through casts
+        and copies, expand, slices and new axes (x[None], unsqueeze before the last two dims).
+        None for any other node."""
+        k = g.kind(node)
+        if k in ("cast", "identity"):
+            return read(node.args[0])
+        if k == "expand":
+            return self._lifted(read, node.args[0], node)
+        if k == "getitem":
+            return self._sliced(node, read)
+        if _new_leading_axis(node):
+            return _moved(read(node.args[0]), node)
         return None
 
     def truth_on(self, mask, target) -> Mask | None:
@@ -413,34 +414,25 @@ class MaskReader:
         return Band(side, sympy.simplify(bound + step))
 
 
+_MOVES = ("expand", "identity", "unsqueeze", "getitem", "reshape")
+
+
 def _dim_moves(node) -> dict | None:
     """For a view node (getitem with a basic index, unsqueeze, expand, identity, a reshape that
     only adds or removes size-1 dims) of x: the dims of x, counted from the right, that stay dims
     of node, mapped to their place in node (from the right); dims that an integer index drops (or
     a reshape's size-1 dims) are missing. None for any other node."""
-    k, x = g.kind(node), node.args[0] if isinstance(node, fx.Node) and node.args else None
-    in_rank, out_rank = g.rank(x), g.rank(node)
-    if in_rank is None or out_rank is None:
+    dims = views.sources(node) if g.kind(node) in _MOVES else None
+    if dims is None or views.MERGED in dims:
         return None
-    if k in ("expand", "identity"):
-        return {d: d for d in range(-in_rank, 0)}
-    if k == "unsqueeze":
-        new = g.normalize_dim(g.arg(node, 1, "dim"), out_rank)
-        return {d: d - 1 if d + in_rank < new else d for d in range(-in_rank, 0)}
-    if k == "getitem":
-        dims = g.index_map(node.args[1], in_rank)
-        if dims is None:
-            return None
-        return {entry[0] - in_rank: o - out_rank for o, entry in enumerate(dims) if entry is not None}
-    if k == "reshape":
-        in_shape, out_shape = g.shape(x), g.shape(node)
-        kept_in = [d for d in range(in_rank) if not g.same_size(in_shape[d], 1)]
-        kept_out = [d for d in range(out_rank) if not g.same_size(out_shape[d], 1)]
-        if len(kept_in) != len(kept_out) or not all(
-                g.same_size(in_shape[a], out_shape[b]) for a, b in zip(kept_in, kept_out)):
-            return None
-        return {a - in_rank: b - out_rank for a, b in zip(kept_in, kept_out)}
-    return None
+    in_rank, out_rank = g.rank(node.args[0]), len(dims)
+    return {s - in_rank: o - out_rank for o, s in enumerate(dims) if s != views.NEW}
+
+
+def _new_leading_axis(node) -> bool:
+    """Whether node is an unsqueeze that adds a dim before the last two."""
+    dims = views.sources(node) if g.kind(node) == "unsqueeze" else None
+    return dims is not None and views.NEW not in dims[-2:]
 
 
 def _moved_atom(atom: Atom, node) -> Atom | None:
@@ -532,17 +524,13 @@ def _additive_key_flag(node, threshold: float) -> Split | None:
     rows, cols = _last_two(g.shape(node))
     view = _vector_view(node) if g.same_size(rows, 1) and not g.same_size(cols, 1) else None
     found = None if view is None else _filled_where(view[0], threshold)
-    if found is None or not _same_shape(g.shape(found[0]), g.shape(view[0])):
+    if found is None or not g.same_shape(g.shape(found[0]), g.shape(view[0])):
         return None
     cond, held = found
     while g.kind(cond) == "invert":
         cond, held = cond.args[0], not held
     flag = _flag_of(cond, view[1])
     return None if flag is None else (flag if held else flag.negate())
-
-
-def _same_shape(a, b) -> bool:
-    return a is not None and b is not None and len(a) == len(b) and all(map(g.same_size, a, b))
 
 
 def _slice_starts(node) -> dict | None:
@@ -584,15 +572,15 @@ def _document_compare(op: str, a, b) -> Split | None:
     (row_base, row_placed, _, seq), (col_base, col_placed, _, col_seq) = sorted(
         sides, key=lambda side: side[2] != "row")
     if row_base is not col_base or seq != col_seq:
-        raise MaskDeclined(f"compares {row_base.name} along the queries with {col_base.name} "
+        raise MaskDeclined(f"compares {g.name(row_base)} along the queries with {g.name(col_base)} "
                            "along the keys: a document mask compares one vector of ids with itself")
     if op not in ("eq", "ne"):
-        raise MaskDeclined(f"compares {row_base.name} along the queries and the keys with {op}: of "
+        raise MaskDeclined(f"compares {g.name(row_base)} along the queries and the keys with {op}: of "
                            "such comparisons only equality (document ids, doc_i == doc_j) is "
                            "understood")
     dtype = g.dtype(row_base)
     if dtype is None or dtype.is_floating_point or dtype.is_complex:
-        raise MaskDeclined(f"document ids {row_base.name} are {dtype}: only integer ids go to the op")
+        raise MaskDeclined(f"document ids {g.name(row_base)} are {dtype}: only integer ids go to the op")
     batch = []
     for d in row_placed:
         if d == seq:

@@ -16,7 +16,7 @@ import networkx as nx
 import sympy
 from torch import fx
 
-from ..kernels.triton_attention import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
+from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
 from . import graph as g
 from .decay import decay_verdict, direction, sign
 from .inplace import InPlace, targets
@@ -214,8 +214,8 @@ class Matcher:
             raise Declined(f"SDPA with {nb} batch dims: not supported")
         gqa = node.kwargs.get("enable_gqa") is True and nb == 2
         shared = nb - 1 if gqa else nb  # enable_gqa: k and v have Hk heads, read as h // G
-        if not (_same_sizes(g.shape(k)[:shared], g.shape(q)[:shared])
-                and _same_sizes(g.shape(k)[:nb], g.shape(v)[:nb])):
+        if not (g.same_shape(g.shape(k)[:shared], g.shape(q)[:shared])
+                and g.same_shape(g.shape(k)[:nb], g.shape(v)[:nb])):
             raise Declined("SDPA with k or v broadcast over batch or heads: not supported")
         scale = g.number(node.kwargs.get("scale"))
         if scale is None and node.kwargs.get("scale") is not None:
@@ -294,7 +294,7 @@ class Matcher:
             masked_keys, masked = _masked_keys(masked, n_queries, n_keys, nb)
         elif isinstance(masked, Split):
             if not same_on(masked.off, ALL, n_queries, n_keys):
-                raise Declined(f"the mask comparing document ids {masked.atom.doc.name} keeps some "
+                raise Declined(f"the mask comparing document ids {g.name(masked.atom.doc)} keeps some "
                                "pairs of different documents: not a packed-sequence mask")
             documents = _documents(masked.atom, n_queries, n_keys, nb, batch)
             masked = masked.on
@@ -340,7 +340,7 @@ class Matcher:
             return KeyTerm(term.coef, term.factors, *found)
         found = segsum(term.leaf, reader) if square else None
         if found is not None:  # c_i - c_j: the key side is -c_j
-            reader.notes.append(f"{term.leaf.name} read as a segment sum c_i - c_j")
+            reader.notes.append(f"{g.name(term.leaf)} read as a segment sum c_i - c_j")
             return KeyTerm(-term.coef, term.factors, *found, cumulative=True)
         if maskable:
             return "additive"
@@ -353,8 +353,8 @@ class Matcher:
         for node in owned:
             for user in self.flow.successors(node):
                 if user not in owned and user is not pv:
-                    raise Declined(f"the scores/probabilities ({node.name}) are also used by "
-                                   f"{user.name} at {g.location(user)}: the rewrite would have to "
+                    raise Declined(f"the scores/probabilities ({g.name(node)}) are also used by "
+                                   f"{g.name(user)} at {g.location(user)}: the rewrite would have to "
                                    "keep them")
         return [node for node in self.graph.nodes if node in owned and targets(node)]
 
@@ -373,7 +373,8 @@ class Matcher:
     def _site(self, spelling, anchor, q, k, v, out, nb, scale, key_terms, scores, notes,
               documents, masked_keys):
         device = g.value(q.node).device
-        for dim in (_size(q, 3), _size(v, 3)):  # v's may differ: the op pads the narrower side
+        # v's head dim may differ from q's: the op pads the narrower side
+        for dim in (g.size(q.node, q.groups[3]), g.size(v.node, v.groups[3])):
             if device.type == "cuda" and isinstance(dim, int) and not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
                 raise Declined(f"head dim {dim} is outside the kernels' "
                                f"{MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
@@ -387,11 +388,11 @@ class Matcher:
             directions.append(None if s is None or d is None else s * d)
         decay = decay_verdict(directions, masked_keys is not None)
         if documents is not None:
-            notes = [*notes, f"packed sequences (document mask): document ids {documents.node.name}"]
+            notes = [*notes, f"packed sequences (document mask): document ids {g.name(documents.node)}"]
         if masked_keys is not None:
-            notes = [*notes, f"key mask: keys where {masked_keys.node.name} is "
+            notes = [*notes, f"key mask: keys where {g.name(masked_keys.node)} is "
                              f"{masked_keys.removed_when} are masked for every query"]
-        shapes = {name: tuple(_size(x, a) for a in range(4))
+        shapes = {name: tuple(g.size(x.node, group) for group in x.groups)
                   for name, x in (("q", q), ("k", k), ("v", v))}
         if scores is not None:
             shapes["scores"] = g.shape(scores)
@@ -405,7 +406,7 @@ def _documents(docs, n_queries, n_keys, nb: int, batch) -> Documents:
     """The op's document ids from a mask's doc[P + i] == doc[j]: doc runs along exactly the N
     keys (no slice of the columns, the queries' rows start at P = N - M) and varies at most along
     the batch (the scores' first dim), not along heads."""
-    name = docs.doc.name
+    name = g.name(docs.doc)
     shape = g.shape(docs.doc)
     starts_ok = (sympy.simplify(docs.col_start) == 0
                  and sympy.simplify(docs.row_start - (g.sym(n_keys) - g.sym(n_queries))) == 0)
@@ -443,15 +444,6 @@ def _masked_keys(split: Split, n_queries, n_keys, nb: int) -> tuple[MaskedKeys, 
     return MaskedKeys(flag.flag, flag.key, flag.batch, removed_when), band
 
 
-def _size(x: Operand, dim: int):
-    """The size of the op's dim (B, H, T, D) of an operand."""
-    sizes = [g.shape(x.node)[d] for d in x.groups[dim]]
-    if len(sizes) == 1:
-        return sizes[0]
-    total = g.numel(sizes)
-    return int(total) if total.is_number else total
-
-
 def _mask_limit(terms) -> float:
     """How negative a finite mask value must be, as the softmax sees it, to count as -inf: below
     FINITE_MASK_LIMIT, and when terms are added after the mask, below FINITE_MASK_LIMIT_UNDER_BIAS
@@ -463,14 +455,10 @@ def _mask_limit(terms) -> float:
     return min(FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS * scale * (1 - 1e-9))
 
 
-def _same_sizes(a, b) -> bool:
-    return len(a) == len(b) and all(g.same_size(x, y) for x, y in zip(a, b))
-
-
 def _describe(node) -> str:
     if not isinstance(node, fx.Node):
         return repr(node)
-    return f"{node.name} = {getattr(node.target, '__name__', node.target)}(...)"
+    return f"{g.name(node)} = {getattr(node.target, '__name__', node.target)}(...)"
 
 
 def _describe_band(band: Band) -> str:

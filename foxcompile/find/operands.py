@@ -9,7 +9,7 @@ reading key head h // (H / Hk): a head dim of size 1 or a missing group letter (
 repeat `ungroup` removes (repeat_interleave, or unsqueeze + expand + reshape); never a tiled repeat
 (head h reading h % Hk), which stays as it is.
 """
-from . import graph as g
+from . import graph as g, views
 from .site import Operand
 
 
@@ -17,20 +17,15 @@ class NotAnOperand(Exception):
     """The product is not one the op can take; the message says why."""
 
 
-def _letters(eq: str) -> tuple[list[str], str]:
-    eq = eq.replace(" ", "")
-    if "..." in eq or "->" not in eq:
-        raise NotAnOperand(f"einsum {eq!r} uses an implicit output or '...'")
-    inputs, output = eq.split("->")
-    return inputs.split(","), output
-
-
-def _einsum_parts(node):
-    eq = node.args[0]
-    operands = node.args[1:]
-    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
-        operands = tuple(operands[0])
-    return eq, operands
+def _einsum(node) -> tuple[str, tuple, list[str], str]:
+    """An einsum's equation, its operands (passed one by one or as one list), the letters of
+    each operand and those of the output."""
+    eq, operands = node.args[0], g.sequence_arg(node, 1)
+    spec = eq.replace(" ", "")
+    if "..." in spec or "->" not in spec:
+        raise NotAnOperand(f"einsum {spec!r} uses an implicit output or '...'")
+    inputs, output = spec.split("->")
+    return eq, operands, inputs.split(","), output
 
 
 def _batch_groups(nb: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -54,15 +49,11 @@ def _matmul_dims(x, nb: int, last_two: tuple[int, int]) -> list:
     return [c - lead if c >= lead else None for c in range(nb)] + [rank + d for d in last_two]
 
 
-def _size(node, dim):
-    return 1 if dim is None else g.shape(node)[dim]
-
-
 def _check(name: str, x, dims: list, scores, nb: int, full_heads: bool) -> None:
     """q (full_heads) has every batch dim of the scores; k and v have the batch in full and a
     prefix of the head dims (the rest size 1), so that head h reads key head h // G."""
     want = g.shape(scores)[:nb]
-    have = [_size(x, dims[c]) for c in range(nb)]
+    have = [g.size(x, dims[c]) for c in range(nb)]
     b, h = _batch_groups(nb)
     heads = [c for c in h if have[c] != 1]
     prefix = list(h[:h.index(heads[-1]) + 1]) if heads else []
@@ -95,8 +86,7 @@ def qk_operands(leaf, nb: int) -> tuple[Operand, Operand, str]:
         q_dims, k_dims = _matmul_dims(a, nb, (-2, -1)), _matmul_dims(b, nb, (-1, -2))
         spelling = "bmm" if k == "matmul" and "bmm" in str(leaf.target) else k
     elif k == "einsum":
-        eq, operands = _einsum_parts(leaf)
-        (la, lb), lo = _letters(eq)
+        eq, operands, (la, lb), lo = _einsum(leaf)
         if len(operands) != 2 or len(lo) != nb + 2:
             raise NotAnOperand(f"einsum {eq!r} is not a two-operand product with {nb} batch dims")
         i, j = lo[-2], lo[-1]
@@ -114,7 +104,7 @@ def qk_operands(leaf, nb: int) -> tuple[Operand, Operand, str]:
         k_dims = [lb.index(x) if x in lb else None for x in batch] + [lb.index(j), lb.index(d)]
         spelling = "einsum"
     else:
-        raise NotAnOperand(f"{leaf.name} is not a matrix product")
+        raise NotAnOperand(f"{g.name(leaf)} is not a matrix product")
     _check("q", a, q_dims, leaf, nb, full_heads=True)
     _check("k", b, k_dims, leaf, nb, full_heads=False)
     return _merged("q", _operand(a, q_dims, nb)), _merged("k", _operand(b, k_dims, nb)), spelling
@@ -133,8 +123,7 @@ def pv_operand(pv, probs, nb: int) -> tuple[Operand, Operand]:
         if g.rank(pv) != rank:
             raise NotAnOperand("the value product broadcasts the probabilities")
     elif k == "einsum":
-        eq, operands = _einsum_parts(pv)
-        letters, lo = _letters(eq)
+        eq, operands, letters, lo = _einsum(pv)
         if len(operands) != 2 or probs not in operands:
             raise NotAnOperand(f"einsum {eq!r} is not probabilities times values")
         p_index = operands.index(probs)
@@ -155,38 +144,30 @@ def pv_operand(pv, probs, nb: int) -> tuple[Operand, Operand]:
     return _merged("v", _operand(v, v_dims, nb)), _operand(pv, out_dims, nb)
 
 
+_PERMUTES = ("transpose", "attr:mT", "permute")
+
+
 def _unpermuted(x: Operand) -> Operand:
     """The same tensor seen through its transposes and permutes: fewer views to stack."""
     node, groups = x.node, x.groups
-    while True:
-        k, rank = g.kind(node), g.rank(node)
-        if k == "transpose":
-            a, b = (g.normalize_dim(d, rank) for d in node.args[1:3])
-            source = {a: b, b: a}
-        elif k == "attr:mT":
-            source = {rank - 2: rank - 1, rank - 1: rank - 2}
-        elif k == "permute":
-            dims = node.args[1] if isinstance(node.args[1], (tuple, list)) else node.args[1:]
-            source = {d: g.normalize_dim(s, rank) for d, s in enumerate(dims)}
-        else:
-            return Operand(node, groups)
-        groups = tuple(tuple(source.get(d, d) for d in group) for group in groups)
+    while g.kind(node) in _PERMUTES and (dims := views.sources(node)) is not None:
+        groups = tuple(tuple(dims[d] for d in group) for group in groups)
         node = node.args[0]
+    return Operand(node, groups)
 
 
 def _new_axis_at(node, axis: int):
-    """x when node is x.unsqueeze(axis) or x[..., None, ...] with the None at `axis`, else None."""
+    """x when node is x.unsqueeze(axis) or x[..., None, ...] with the None at `axis` and every
+    other dim of x whole and in place, else None."""
     k = g.kind(node)
-    if k == "unsqueeze" and g.normalize_dim(node.args[1], g.rank(node)) == axis:
-        return node.args[0]
-    if k == "getitem":
-        dims = g.index_map(node.args[1], g.rank(node.args[0]) or 0)
-        whole = [(d, p) for d, p in enumerate(dims or ()) if d != axis]
-        if (dims is not None and dims[axis] is None
-                and all(p is not None and p[1] == slice(None) and p[0] == n
-                        for n, (_, p) in enumerate(whole))):
-            return node.args[0]
-    return None
+    dims = views.sources(node) if k in ("unsqueeze", "getitem") else None
+    if dims is None or dims[axis] != views.NEW:
+        return None
+    rest = dims[:axis] + dims[axis + 1:]
+    index = node.args[1] if k == "getitem" else ()
+    parts = index if isinstance(index, tuple) else (index,)
+    whole = all(p == slice(None) for p in parts if isinstance(p, slice))
+    return node.args[0] if rest == list(range(len(rest))) and whole else None
 
 
 def ungroup(x: Operand) -> Operand | None:
@@ -224,8 +205,7 @@ def ungroup(x: Operand) -> Operand | None:
 
 def _same_except(a, b, skip: int) -> bool:
     """Shapes a and b agree in every dim but `skip`."""
-    pairs = [(x, y) for d, (x, y) in enumerate(zip(a, b)) if d != skip]
-    return len(a) == len(b) and all(g.same_size(x, y) for x, y in pairs)
+    return len(a) == len(b) and g.same_shape(a[:skip] + a[skip + 1:], b[:skip] + b[skip + 1:])
 
 
 def heads(x: Operand):

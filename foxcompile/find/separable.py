@@ -7,28 +7,29 @@ c_i - c_j on and below the diagonal, with c the cumsum of a vector, and sympy pr
 """
 import sympy
 
-from . import graph as g
+from . import graph as g, views
 from .masks import Band, MaskReader
 
 
-def _swaps_last_two(node) -> bool:
-    k, rank = g.kind(node), g.rank(node)
-    if k == "attr:mT" or (k == "attr:T" and rank == 2):
-        return True
-    if k == "transpose":
-        return {g.normalize_dim(d, rank) for d in node.args[1:3]} == {rank - 2, rank - 1}
-    if k == "permute":
-        dims = node.args[1] if isinstance(node.args[1], (tuple, list)) else node.args[1:]
-        return [g.normalize_dim(d, rank) for d in dims] == [*range(rank - 2), rank - 1, rank - 2]
-    return False
+_TRANSPOSES = ("transpose", "permute", "attr:mT", "attr:T")
+_BROADCASTS = ("expand", "identity", "repeat")
 
 
-def _tiles_nothing(node) -> bool:
-    """x.repeat(reps) repeats only dims where x has size 1: a broadcast of x."""
-    x = node.args[0]
-    reps = node.args[1] if isinstance(node.args[1], (tuple, list)) else node.args[1:]
-    shp, lead = g.shape(x), len(reps) - g.rank(x)
-    return lead >= 0 and all(r == 1 or shp[d - lead] == 1 for d, r in enumerate(reps) if d >= lead)
+def _source(node, axis: int) -> int | None:
+    """The axis (-2 or -1) of node.args[0] that `axis` of node reads, when node keeps the input's
+    other dims in place: a transpose of the last two dims (the other axis), or an expand, a copy
+    or a repeat that only broadcasts (the same axis). None for any other node, and for
+    transpose's keyword form (dim0=, dim1=), which this never followed."""
+    k = g.kind(node)
+    dims = views.sources(node) if k in _TRANSPOSES + _BROADCASTS else None
+    if dims is None or k == "transpose" and len(node.args) < 3:
+        return None
+    rank = len(dims)
+    if k in _TRANSPOSES and dims == [*range(rank - 2), rank - 1, rank - 2]:
+        return -3 - axis
+    if k in _BROADCASTS and views.MERGED not in dims:
+        return axis
+    return None
 
 
 def constant_along(node, axis: int):
@@ -41,12 +42,8 @@ def constant_along(node, axis: int):
         return None
     if len(shp) < -axis or shp[axis] == 1:
         return node, axis
-    k = g.kind(node)
-    if _swaps_last_two(node):
-        return constant_along(node.args[0], -3 - axis)
-    if k in ("expand", "identity") or (k == "repeat" and _tiles_nothing(node)):
-        return constant_along(node.args[0], axis)
-    return None
+    source = _source(node, axis)
+    return None if source is None else constant_along(node.args[0], source)
 
 
 def _cumulative_identity(keep_bound) -> bool:

@@ -30,11 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-PRUNE_OFF = 0      # run dense
-PRUNE_PROVEN = 1   # decay proven from the graph: prune with the data bound
-PRUNE_GUARDED = 2  # gates from outside: prune only where lam never rises (checked on device)
-
-DEFAULT_EPSILON = math.exp(-10.0)
+from ..contract import Prune
 
 # A rise of lam below this (relative to its magnitude) is rounding, not a rising gate.
 _GUARD_RELATIVE_TOLERANCE = 1e-5
@@ -87,7 +83,7 @@ def threshold(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
               epsilon: float, prune: int, v: torch.Tensor | None = None,
               bound: torch.Tensor | None = None) -> torch.Tensor:
     """delta per (b, h) as lam's dtype, shape (B, Hq); -inf where the guard turns pruning off.
-    Call only with pruning on (prune != PRUNE_OFF, epsilon > 0). bound: score_bound(q, k, ...)
+    Call only with pruning on (prune != Prune.OFF, epsilon > 0). bound: score_bound(q, k, ...)
     when the caller has it."""
     q_heads = q.shape[1]
     acc = lam.dtype
@@ -100,7 +96,7 @@ def threshold(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
     delta = (math.log(epsilon) - math.log(n_keys) - 2.0 * bound).clamp(max=0.0)
     rise = largest_rise(lam)                                                      # (B, Hq), >= 0
     delta = delta - 2.0 * rise
-    if prune == PRUNE_GUARDED:
+    if prune == Prune.GUARDED:
         tolerance = _GUARD_RELATIVE_TOLERANCE * (1.0 + lam.abs().amax(dim=-1))
         delta = torch.where(rise <= tolerance, delta, -math.inf)  # NaN rise fails the test too
     return torch.nan_to_num(delta, nan=-math.inf)
@@ -179,9 +175,12 @@ def end_blocks(start: torch.Tensor, n_keys: int, block_n: int) -> torch.Tensor:
 
 
 class TileCounts(NamedTuple):
-    """Per (b, h) float64 counts: tiles and (i, j) pairs, causal versus actually computed."""
+    """Per (b, h) float64 counts: tiles and (i, j) pairs, causal versus actually computed.
+    skippable_tiles: the most the tile grid lets any gate skip (every causal tile left of the
+    block holding each query block's first diagonal element; diagonal tiles always run)."""
     skipped_tiles: torch.Tensor
     causal_tiles: torch.Tensor
+    skippable_tiles: torch.Tensor
     computed_pairs: torch.Tensor
     causal_pairs: torch.Tensor
 
@@ -199,9 +198,11 @@ def tile_counts(start: torch.Tensor, n_queries: int, n_keys: int,
     causal_pairs = rows * (offset + 1) + (first + last) * rows / 2
     skipped_keys = start.to(torch.float64) * block_n
     start_f = start.to(torch.float64)
+    skippable_tiles = torch.floor((offset + first) / block_n)            # start's upper bound
     return TileCounts(
         skipped_tiles=start_f.sum(-1),
         causal_tiles=causal_tiles.sum().expand(start.shape[:-1]),
+        skippable_tiles=skippable_tiles.sum().expand(start.shape[:-1]),
         computed_pairs=(causal_pairs - rows * skipped_keys).sum(-1),
         causal_pairs=causal_pairs.sum().expand(start.shape[:-1]),
     )
@@ -222,7 +223,7 @@ def make_plan(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
     score_bound(q, k, scale, ...) as bound when it is already known."""
     block_m, block_n = tile_sizes(q.shape[-1])
     n_queries = q.shape[2]
-    if prune == PRUNE_OFF or epsilon <= 0.0:
+    if prune == Prune.OFF or epsilon <= 0.0:
         start = torch.zeros(*lam.shape[:2], num_blocks(n_queries, block_m),
                             dtype=torch.int32, device=lam.device)
     else:

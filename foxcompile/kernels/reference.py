@@ -10,12 +10,8 @@ doc (B, N) integer document ids or None: with it, query i sees key j only when d
 """
 import torch
 
+from ..contract import accumulator
 from .plan import Plan
-
-
-def accumulator(q: torch.Tensor) -> torch.dtype:
-    """float64 for float64 inputs (gradcheck), float32 otherwise."""
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
 def _expand_heads(x: torch.Tensor, q_heads: int, dtype: torch.dtype) -> torch.Tensor:
@@ -52,7 +48,7 @@ def _block_scores(q_blk, k_all, lam, rows, start_blk, scale, block_n, offset, do
 def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None) -> torch.Tensor:
     """Writes out (B, Hq, M, D), any strides, and returns lse (B, Hq, M) float32 (float64 for
     float64 inputs): the natural log of each row's normaliser."""
-    acc = accumulator(q)
+    acc = accumulator(q.dtype)
     batch, q_heads, n_queries = q.shape[:3]
     n_keys = k.shape[2]
     offset = n_keys - n_queries
@@ -76,7 +72,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     returns dlam (B, Hq, N) float32 (float64 for float64 inputs): dlam_t = (row sum of dS of the
     query at t) - (column sum of dS at key t). The row sums vanish analytically (softmax is blind
     to a query-only bias) but keep sum_t dlam_t exactly zero under rounding."""
-    acc = accumulator(q)
+    acc = accumulator(q.dtype)
     batch, q_heads, n_queries, _ = q.shape
     kv_heads, n_keys = k.shape[1], k.shape[2]
     offset = n_keys - n_queries

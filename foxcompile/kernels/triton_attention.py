@@ -32,13 +32,12 @@ import threading
 
 import torch
 
+from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM
 from . import plan as plan_mod
 from .plan import Plan
 from .triton_configs import TMA_KERNELS, launch_config, max_registers, smaller, tma_kernels
 
 LOG2E = 1.4426950408889634
-MIN_HEAD_DIM = 16
-MAX_HEAD_DIM = 256
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _KERNEL_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_triton_kernels.py")
@@ -358,4 +357,4 @@ def compiled_kernels():
     return _kernels(False)
 
 
-__all__ = ["forward", "backward", "unsupported_reason", "MIN_HEAD_DIM", "MAX_HEAD_DIM"]
+__all__ = ["forward", "backward", "unsupported_reason"]

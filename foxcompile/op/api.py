@@ -1,11 +1,8 @@
 """foxcompile.forgetting_attention: the op for direct use, with input checks."""
-import math
-
 import torch
 
-from ..kernels.plan import DEFAULT_EPSILON, PRUNE_GUARDED
-from ..kernels.reference import accumulator
-from .library import LAYOUTS, _dims, attention
+from ..contract import DEFAULT_EPSILON, Prune, accumulator, check_epsilon, check_layout
+from .library import _dims, attention
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _DOC_DTYPES = (torch.int32, torch.int64)
@@ -24,9 +21,9 @@ def _check_doc(doc, batch: int, n_keys: int, device: torch.device) -> None:
         raise ValueError(f"doc must be on q's device {device}, got {doc.device}")
 
 
-def _check(q, k, v, log_fgate, layout, epsilon, doc) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+def _check(q, k, v, log_fgate, layout, scale, epsilon, doc) -> float:
+    """Raise a TypeError or ValueError that names the problem; returns epsilon as a float."""
+    check_layout(layout)
     for name, x in (("q", q), ("k", k), ("v", v), ("log_fgate", log_fgate)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
@@ -50,45 +47,52 @@ def _check(q, k, v, log_fgate, layout, epsilon, doc) -> None:
     if k_batch != batch or k_dim != head_dim:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head dim "
                          f"(layout {layout!r})")
-    if kv_heads == 0 or q_heads % kv_heads:
+    if kv_heads == 0 and q_heads != 0 or kv_heads and q_heads % kv_heads:
         raise ValueError(f"query heads ({q_heads}) must be a multiple of key/value heads ({kv_heads})")
-    if n_queries == 0 or n_queries > n_keys:
-        raise ValueError(f"need 1 <= queries <= keys (queries sit at the end), got {n_queries} "
-                         f"queries and {n_keys} keys")
+    if n_queries > n_keys:
+        raise ValueError(f"need queries <= keys (the queries sit at the last positions), got "
+                         f"{n_queries} queries and {n_keys} keys (layout {layout!r})")
     gate_shape = (batch, n_keys, q_heads) if layout == "bthd" else (batch, q_heads, n_keys)
     if tuple(log_fgate.shape) != gate_shape:
         raise ValueError(f"log_fgate must have shape {gate_shape} (batch, keys, query heads in "
                          f"layout {layout!r}), got {tuple(log_fgate.shape)}")
-    if not (epsilon >= 0.0 and math.isfinite(epsilon)):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon}")
+    if head_dim == 0 and scale is None:
+        raise ValueError("q and k have head dim 0: the default scale D ** -0.5 is undefined; "
+                         "pass scale= explicitly")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"scale must be a number or None, got {scale!r}")
     if doc is not None:
         _check_doc(doc, batch, n_keys, q.device)
+    return check_epsilon(epsilon)
 
 
 def forgetting_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         log_fgate: torch.Tensor, *, scale: float | None = None,
-                         layout: str = "bthd", epsilon: float = DEFAULT_EPSILON,
+                         log_fgate: torch.Tensor, *, layout: str, scale: float | None = None,
+                         epsilon: float = DEFAULT_EPSILON,
                          doc: torch.Tensor | None = None) -> torch.Tensor:
     """Causal softmax attention with a forget gate (FoX), pruned by ACP.
 
-    layout "bthd": q (B, M, Hq, D), k (B, N, Hk, D), v (B, N, Hk, Dv), log_fgate (B, N, Hq);
-    layout "bhtd": q (B, Hq, M, D), k (B, Hk, N, D), v (B, Hk, N, Dv), log_fgate (B, Hq, N).
+    layout (required, keyword): which dim is time. The shapes cannot tell, since (B, H, T) also
+    reads as (B, T, H):
+      "bthd": q (B, M, Hq, D), k (B, N, Hk, D), v (B, N, Hk, Dv), log_fgate (B, N, Hq);
+      "bhtd": q (B, Hq, M, D), k (B, Hk, N, D), v (B, Hk, N, Dv), log_fgate (B, Hq, N).
     v's head dim Dv may differ from D (the narrower side is zero-padded for the kernels).
     log_fgate holds log f_t <= 0 per key step and query head (lam = its cumulative sum, in fp32).
     Query head h reads key head h // (Hq // Hk); M <= N with the queries at the last M positions.
-    scale defaults to D ** -0.5. epsilon bounds the attention mass each query may lose to pruning
-    (default e^-10; 0 turns pruning off). Pruning is guarded: it stays off for any (batch, head)
-    whose gates are positive anywhere. doc: packed sequences, int32/int64 document ids of the N
-    key positions, (B, N) or (N,); query i (at position N - M + i) then sees only the keys of its
-    own document. Ids that never decrease along N also skip the tiles of earlier documents.
+    scale defaults to D ** -0.5. epsilon in [0, 1) bounds the attention mass each query may lose
+    to pruning (default e^-10; 0 turns pruning off). Pruning is guarded: it stays off for any
+    (batch, head) whose gates are positive anywhere. doc: packed sequences, int32/int64 document
+    ids of the N key positions, (B, N) or (N,); query i (at position N - M + i) then sees only
+    the keys of its own document. Ids that never decrease along N also skip the tiles of earlier
+    documents. Empty inputs (B, H, M or N of 0) give empty results.
     Returns (B, M, Hq, Dv) or (B, Hq, M, Dv), contiguous.
     """
-    _check(q, k, v, log_fgate, layout, epsilon, doc)
+    epsilon = _check(q, k, v, log_fgate, layout, scale, epsilon, doc)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if layout == "bthd":  # scan along a contiguous last dim: a strided cumsum is ~100x slower
         log_fgate = log_fgate.transpose(1, 2)
-    lam = torch.cumsum(log_fgate.to(accumulator(q)).contiguous(), dim=-1)   # (B, Hq, N)
-    out, *_ = attention(q, k, v, lam, float(scale), float(epsilon), PRUNE_GUARDED, layout,
-                          "forgetting_attention", doc=doc)
+    lam = torch.cumsum(log_fgate.to(accumulator(q.dtype)).contiguous(), dim=-1)   # (B, Hq, N)
+    out, *_ = attention(q, k, v, lam, float(scale), epsilon, Prune.GUARDED, layout,
+                        "forgetting_attention", doc=doc)
     return out

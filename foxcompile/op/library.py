@@ -11,8 +11,8 @@ lam (B or 1, Hq or 1, N): key-side cumulative log forget gate (broadcast over th
 (B, Hq, MB) int32 and the score bound U (B, Hq) (plan.score_bound, which places masked keys) are
 saved for the backward, so both passes skip the same tiles and U is computed once (the backward
 recomputes it when called without it: graphs compiled against the earlier schema, still in
-Inductor's caches, keep working). `prune` is one
-of plan.PRUNE_OFF / PRUNE_PROVEN / PRUNE_GUARDED; `site` names the call site for pruning_stats.
+Inductor's caches, keep working). `prune` is
+a contract.Prune as an int; `site` names the call site for pruning_stats.
 doc (B or 1, N) or (N,) int32/int64, optional: document ids of packed sequences, one per key
 position (query i sits at position P + i); query i sees key j only when doc[P+i] == doc[j], on top
 of the causal mask. No gradient. The tiles of earlier documents are skipped when doc never
@@ -26,12 +26,10 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from .. import stats
+from ..contract import accumulator
 from ..kernels import engine_for
-from ..kernels.reference import accumulator
 from ..kernels.plan import (Plan, make_plan, num_blocks, score_bound, tile_counts,
                              tile_sizes)
-
-LAYOUTS = ("bthd", "bhtd")
 
 
 def _bhtd(x: Tensor, layout: str) -> Tensor:
@@ -97,9 +95,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
               prune: int, layout: str, site: str,
               doc: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     batch, q_heads, n_queries, _ = _dims(q, layout)
+    if batch * q_heads * n_queries == 0:  # nothing to attend: empty results, as eager gives
+        return _empty_outputs(q, v, layout)
     width = engine_head_dim(q, v)
     qh, kh, vh = (_bhtd(_widened(x, width), layout) for x in (q, k, v))
-    bound = score_bound(qh, kh, scale, accumulator(q))
+    bound = score_bound(qh, kh, scale, accumulator(q.dtype))
     lam_full = _full_lam(lam, batch, q_heads, bound)
     doc = _batch_doc(doc, batch)
     plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh, doc=doc, bound=bound)
@@ -107,20 +107,35 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
     lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout),
                                          doc=doc)
     if stats.recording():
-        counts = tile_counts(plan.start, n_queries, kh.shape[2], plan.block_m, plan.block_n)
-        stats.record(site, counts, 2 * (q.shape[-1] + v.shape[-1]))
-    return _narrowed(out, v.shape[-1]), lse.to(accumulator(q)), plan.start, bound
+        n_keys = kh.shape[2]
+        counts = tile_counts(plan.start, n_queries, n_keys, plan.block_m, plan.block_n)
+        stats.record(site, counts, 2 * (q.shape[-1] + v.shape[-1]),
+                     (plan.block_m, plan.block_n, n_queries, n_keys))
+    return _narrowed(out, v.shape[-1]), lse.to(accumulator(q.dtype)), plan.start, bound
+
+
+def _output_shapes(q: Tensor, v: Tensor, layout: str):
+    """Shapes of the forward's (out, lse, start, bound)."""
+    batch, q_heads, n_queries, _ = _dims(q, layout)
+    block_m, _ = tile_sizes(engine_head_dim(q, v))
+    return ((*q.shape[:-1], v.shape[-1]), (batch, q_heads, n_queries),
+            (batch, q_heads, num_blocks(n_queries, block_m)), (batch, q_heads))
+
+
+def _empty_outputs(q: Tensor, v: Tensor, layout: str):
+    """The forward's outputs when there is no query row (B, H or M is 0)."""
+    out, lse, start, bound = _output_shapes(q, v, layout)
+    acc = accumulator(q.dtype)
+    return (q.new_zeros(out), q.new_zeros(lse, dtype=acc), q.new_zeros(start, dtype=torch.int32),
+            q.new_zeros(bound, dtype=acc))
 
 
 @attention.register_fake
 def _(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None):
-    batch, q_heads, n_queries, _ = _dims(q, layout)
-    block_m, _ = tile_sizes(engine_head_dim(q, v))
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
-    lse = q.new_empty((batch, q_heads, n_queries), dtype=accumulator(q))
-    start = q.new_empty((batch, q_heads, num_blocks(n_queries, block_m)), dtype=torch.int32)
-    bound = q.new_empty((batch, q_heads), dtype=accumulator(q))
-    return out, lse, start, bound
+    out, lse, start, bound = _output_shapes(q, v, layout)
+    acc = accumulator(q.dtype)
+    return (q.new_empty(out), q.new_empty(lse, dtype=acc), q.new_empty(start, dtype=torch.int32),
+            q.new_empty(bound, dtype=acc))
 
 
 @torch.library.custom_op("foxcompile::attention_backward", mutates_args=())
@@ -128,12 +143,14 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: T
                        out: Tensor, lse: Tensor, start: Tensor, scale: float, layout: str,
                        doc: Optional[Tensor] = None, bound: Optional[Tensor] = None
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    batch, q_heads = _dims(q, layout)[:2]
+    batch, q_heads, n_queries, _ = _dims(q, layout)
+    if batch * q_heads * n_queries == 0:  # no query row: every gradient is zero
+        return q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape), torch.zeros_like(lam)
     width = engine_head_dim(q, v)
     q_wide, k_wide, v_wide = (_widened(x, width) for x in (q, k, v))
     qh, kh, vh = (_bhtd(x, layout) for x in (q_wide, k_wide, v_wide))
     if bound is None:
-        bound = score_bound(qh, kh, scale, accumulator(q))
+        bound = score_bound(qh, kh, scale, accumulator(q.dtype))
     lam_full = _full_lam(lam, batch, q_heads, bound)
     plan = Plan(*tile_sizes(width), start)
     dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device)

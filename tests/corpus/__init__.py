@@ -5,6 +5,17 @@ or a plain function, already in `dtype` and in the mode (train/eval) the case is
 tuple of fresh random tensors drawn from torch's global RNG (the tests seed it per case): floating
 tensors in `dtype`, integer ones for ids (packed sequences' cu_seqlens, token or document ids).
 
+Layout
+------
+positives/     forgetting attention that must be rewritten, one module per family (layouts, gqa,
+               decoding, bias, sdpa, softmax, masks, gates, blocks, documents, padding)
+near_misses/   look-alikes that must not be rewritten as prunable FoX, one module per family
+reference.py   the naive fp64 forgetting attention the reference hooks call
+
+In each family module every model is followed by its reference hook and its labels,
+`CASES.append(_case(...))` (positives) or `CASES.append(_nm(...))` (near misses); the package's
+`__init__` lists the families (POSITIVES, NEAR_MISSES) and `all_cases()` joins them.
+
 Labels
 ------
 sites        how many attention sites the backend must rewrite.
@@ -113,16 +124,9 @@ def seed_of(name: str, salt: str = "") -> int:
     return zlib.crc32(f"{name}/{salt}".encode())
 
 
-def trainable(fn: Callable) -> list[torch.nn.Parameter]:
-    """The parameters a case's callable owns (a module, a bound method of one, or none)."""
-    owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
-    if isinstance(owner, torch.nn.Module):
-        return [p for p in owner.parameters() if p.requires_grad]
-    return []
-
-
 # ---------------------------------------------------------------------------------------------
-# Shared by tests/test_corpus.py and tests/test_generated.py.
+# Shared by tests/test_corpus.py and tests/test_generated.py (the comparison itself is
+# helpers.assert_compiled_matches_eager).
 
 TOLERANCES = {
     # (dtype, mixed) -> (rtol, atol)
@@ -131,63 +135,6 @@ TOLERANCES = {
     (torch.float64, False): (1e-8, 1e-8),
     (torch.float64, True): (1e-5, 1e-5),  # the model itself rounds through fp32
 }
-
-
-def outputs_of(out: Any) -> list[Tensor]:
-    return list(out) if isinstance(out, (tuple, list)) else [out]
-
-
-def run_with_grads(fn: Callable, inputs: tuple[Tensor, ...], *, cotangent_seed: int, rng_seed: int | None = None,
-                   params: list[torch.nn.Parameter] | None = None, rows: Tensor | None = None):
-    """Forward and backward once; returns (outputs, grads of floating inputs, grads of `params`).
-
-    `params` defaults to the parameters `fn` owns; pass the eager callable's parameters when `fn` is
-    a compiled wrapper of a bound method (which does not expose its module).
-
-    Every output gets a fixed random cotangent (positions holding -inf, such as a returned masked
-    score matrix, are left out of the loss). `rng_seed` seeds torch's RNG right before the forward,
-    so a model with active dropout draws the same mask in eager and compiled runs. `rows` (a
-    boolean broadcast to the first output) keeps only those positions of it in the loss.
-    """
-    leaves = tuple(t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs)
-    params = trainable(fn) if params is None else params
-    for p in params:
-        p.grad = None
-    if rng_seed is not None:
-        torch.manual_seed(rng_seed)
-    outs = outputs_of(fn(*leaves))
-    gen = torch.Generator().manual_seed(cotangent_seed)
-    loss = 0
-    for n, o in enumerate(outs):
-        if o.requires_grad:
-            w = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)
-            if n == 0 and rows is not None:
-                o = torch.where(rows, o, torch.zeros_like(o))
-            loss = loss + (torch.where(torch.isfinite(o), o, torch.zeros_like(o)) * w).sum()
-    if torch.is_tensor(loss):
-        loss.backward()
-    grads = [t.grad for t in leaves if t.requires_grad]
-    pgrads = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    return [o.detach() for o in outs], grads, pgrads
-
-
-def assert_same_run(eager, compiled, *, rtol: float, atol: float, what: str = "",
-                    rows: Tensor | None = None) -> None:
-    """Compare two run_with_grads results: outputs (the first only on `rows`, when given), input
-    grads, parameter grads."""
-    if rows is not None:
-        keep = rows.expand(eager[0][0].shape)
-        eager = ([eager[0][0][keep], *eager[0][1:]], *eager[1:])
-        compiled = ([compiled[0][0][keep], *compiled[0][1:]], *compiled[1:])
-    for kind, a, b in zip(("output", "input grad", "parameter grad"), eager, compiled):
-        assert len(a) == len(b), f"{what}: number of {kind}s differs"
-        for i, (x, y) in enumerate(zip(a, b)):
-            if x is None or y is None:
-                assert x is None and y is None, f"{what}: {kind} {i} is None on one side only"
-                continue
-            torch.testing.assert_close(y, x, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {kind} {i}: {m}")
 
 
 def check_report(report: Any, *, sites: int, decay: list[str], declined_min: int, may_decline: bool,
