@@ -418,7 +418,7 @@ def plot_pruning_boundary(analysis: dict, epsilon: float, path: Path):
         "skips (\"kernel\"). A tile is skipped only when all its pairs are below delta (the kernel "
         "tests its corner nearest the diagonal) and the diagonal tiles always run, so the kernel "
         "computes the band inside the red line widened to whole tiles, in practice at least two "
-        "tiles wide. At this length that lets it skip at most about "
+        "tiles wide. At this length that lets it skip in practice at most about "
         f"{analysis['limit_pairs']:.0%} of the pairs ({analysis['limit_tiles']:.0%} of the tiles); "
         "longer sequences leave more. Rows: the heads with the most and the fewest prunable pairs.")
     fig.text(0.01, 0.005, textwrap.fill(legend, width=int(14 * fig.get_figwidth())), fontsize=9,
@@ -483,15 +483,30 @@ def site_flops_fraction(site: dict) -> float:
     return 1.0 - site["executed_flops"] / site["dense_flops"] if site["dense_flops"] else 0.0
 
 
-def plot_pruning_heatmap(snapshot: dict, seq_len: int, head_dim: int, path: Path):
+def snapshot_grid_limit(sites: list, seq_len: int | None, head_dim: int | None):
+    """(T, BLOCK_M, BLOCK_N, tile fraction, FLOP fraction): the most the tile grid lets a head
+    skip in practice (grid_limit), from the grid pruning_stats reports per site, else from
+    seq_len and head_dim; None when neither says (or queries and keys differ in number)."""
+    grid = sites[0].get("grid") if sites else None
+    if grid is not None and grid[2] == grid[3]:
+        block_m, block_n, T = grid[0], grid[1], grid[3]
+    elif seq_len and head_dim:
+        (block_m, block_n), T = kernel_tile(head_dim), seq_len
+    else:
+        return None
+    tiles, pairs = grid_fractions(grid_limit(T, block_m, block_n), T, block_m, block_n)
+    return T, block_m, block_n, float(tiles), float(pairs)
+
+
+def plot_pruning_heatmap(snapshot: dict, path: Path, seq_len: int | None = None,
+                         head_dim: int | None = None):
     """Attention call sites (in call order) x heads: fraction of causal tiles skipped, with the
-    number in each cell. When every layer is its own call site, the rows are the layers."""
+    number in each cell. When every layer is its own call site, the rows are the layers. The
+    title says how much the tile grid allows (snapshot_grid_limit)."""
     plt = pyplot()
     sites = snapshot["per_head"]
     matrix = 100 * np.array([site["skipped_tile_fraction"] for site in sites])
-    block_m, block_n = kernel_tile(head_dim)
-    limit_tiles, limit_pairs = grid_fractions(grid_limit(seq_len, block_m, block_n), seq_len,
-                                              block_m, block_n)
+    limit = snapshot_grid_limit(sites, seq_len, head_dim)
     rows, cols = matrix.shape
     fig, ax = plt.subplots(figsize=(4.5 + 0.55 * cols, 2.4 + 0.35 * rows))
     image = ax.imshow(matrix, cmap="magma", vmin=0, vmax=100, aspect="auto")
@@ -502,19 +517,23 @@ def plot_pruning_heatmap(snapshot: dict, seq_len: int, head_dim: int, path: Path
     ax.set_yticks(range(rows), [site_name(s["site"]) for s in sites], fontsize=7)
     ax.set_xticks(range(cols))
     ax.set_xlabel("head")
-    ax.set_title(f"% of causal tiles skipped per head, step {snapshot['step']}\n"
-                 f"all sites: {snapshot['skipped_fraction']:.1%} of the attention FLOPs skipped\n"
-                 f"T = {seq_len}, tiles of {block_m} x {block_n}: at most about "
-                 f"{float(limit_tiles):.0%} of the tiles ({float(limit_pairs):.0%} of the FLOPs)",
-                 fontsize=8)
+    title = (f"% of causal tiles skipped per head, step {snapshot['step']}\n"
+             f"all sites: {snapshot['skipped_fraction']:.1%} of the attention FLOPs skipped")
+    if limit:
+        T, block_m, block_n, tiles, pairs = limit
+        title += (f"\nT = {T}, tiles of {block_m} x {block_n}: in practice at most about "
+                  f"{tiles:.0%} of the tiles ({pairs:.0%} of the FLOPs)")
+    ax.set_title(title, fontsize=8)
     fig.colorbar(image, ax=ax, label="% of causal tiles skipped")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_pruning_over_training(snapshots: list, seq_len: int, head_dim: int, path: Path):
-    """Fraction of the attention FLOPs skipped against the step: all sites and each call site."""
+def plot_pruning_over_training(snapshots: list, path: Path, seq_len: int | None = None,
+                               head_dim: int | None = None):
+    """Fraction of the attention FLOPs skipped against the step: all sites and each call site,
+    and the tile grid's limit (snapshot_grid_limit) when known."""
     plt = pyplot()
     steps = [s["step"] for s in snapshots]
     names = [site_name(site["site"]) for site in snapshots[-1]["per_head"]]
@@ -529,10 +548,11 @@ def plot_pruning_over_training(snapshots: list, seq_len: int, head_dim: int, pat
         values += fractions
         ax.plot(steps, fractions, style, ms=4, color=plt.cm.viridis(index / max(1, len(names) - 1)),
                 alpha=0.8, label=name)
-    block_m, block_n = kernel_tile(head_dim)
-    _, limit = grid_fractions(grid_limit(seq_len, block_m, block_n), seq_len, block_m, block_n)
-    ax.axhline(float(limit), color="gray", ls="--", lw=1,
-               label=f"tile-grid limit at T = {seq_len}")
+    limit = snapshot_grid_limit(snapshots[-1]["per_head"], seq_len, head_dim)
+    if limit:
+        ax.axhline(limit[4], color="gray", ls="--", lw=1,
+                   label=f"tile-grid limit in practice, T = {limit[0]}")
+        values.append(limit[4])
     if len(steps) == 1:
         ax.set_xlim(steps[0] - 1, steps[0] + 1)
         ax.text(0.5, 0.04, f"one evaluation so far (step {steps[0]}): lower --eval-every for a "
@@ -542,7 +562,7 @@ def plot_pruning_over_training(snapshots: list, seq_len: int, head_dim: int, pat
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_xlabel("step")
     ax.set_ylabel("attention FLOPs skipped")
-    lowest = min(float(np.nanmin(values)), float(limit))  # zoom in, to a multiple of 10%
+    lowest = float(np.nanmin(values))  # zoom in, to a multiple of 10%
     ax.set_ylim(max(0.0, math.floor(10 * lowest - 0.5) / 10), 1.0)
     ax.set_title("ACP pruning during training (one forward of an eval batch at each evaluation)",
                  fontsize=10)
@@ -593,8 +613,8 @@ def boundary_message(boundary: dict, snapshots: list) -> str:
     block_m, block_n = boundary["tile"]
     text = (f"pruning boundary (first eval sequence, T = {boundary['tokens']}): the rule allows "
             f"{mean(boundary['rule_pair_fraction']):.0%} of the pairs, the kernel's {block_m} x "
-            f"{block_n} tiles skip {mean(boundary['kernel_pair_fraction']):.0%} (at most about "
-            f"{limit['pairs']:.0%} at this length)")
+            f"{block_n} tiles skip {mean(boundary['kernel_pair_fraction']):.0%} (in practice at "
+            f"most about {limit['pairs']:.0%} at this length)")
     if snapshots:
         text += (f";\n  the compiled model skipped {snapshots[-1]['skipped_fraction']:.0%} of the "
                  f"attention FLOPs at step {snapshots[-1]['step']} (pruning_stats)")
@@ -676,10 +696,10 @@ def train(args: argparse.Namespace) -> dict:
         print(boundary_message(boundary, log["pruning"]))
     if log["pruning"]:
         head_dim = model.config.head_dim
-        plot_pruning_heatmap(log["pruning"][-1], args.seq_len, head_dim,
-                             out / "pruning_heatmap.png")
-        plot_pruning_over_training(log["pruning"], args.seq_len, head_dim,
-                                   out / "pruning_over_training.png")
+        plot_pruning_heatmap(log["pruning"][-1], out / "pruning_heatmap.png", args.seq_len,
+                             head_dim)
+        plot_pruning_over_training(log["pruning"], out / "pruning_over_training.png",
+                                   args.seq_len, head_dim)
     write_json(out / "log.json", log)
     return log
 
