@@ -51,7 +51,7 @@ for step in $steps; do
       ;;
     quickstart)
       stamp "quickstart"
-      timeout 200 $PY examples/quickstart.py --seq-len 4096 2>&1 | tee "$OUT/quickstart.log" | tail -12
+      timeout 200 $PY examples/quickstart.py --seq-len 4096 2>&1 | tee "$OUT/quickstart.log" | tail -30
       ;;
     train)
       stamp "training throughput (bench_train.py)"
