@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .contract import split_site_label
+
 _active: list["PruningStats"] = []
 
 
@@ -25,6 +27,7 @@ class _SiteTotals:
     skipped_tiles: torch.Tensor    # (H,) float64, summed over batch and calls
     causal_tiles: torch.Tensor     # (H,)
     skippable_tiles: torch.Tensor  # (H,) the most the tile grid allows
+    distant_tiles: torch.Tensor    # (H,) the most a real gate can skip (plan.TileCounts)
     computed_pairs: torch.Tensor   # (H,)
     causal_pairs: torch.Tensor     # (H,)
     calls: int = 0
@@ -58,25 +61,32 @@ class PruningStats(contextlib.AbstractContextManager):
             zeros = [torch.zeros_like(c) for c in per_head]
             self._sites[site] = totals = _SiteTotals(flops_per_pair, grid, *zeros)
         for total, add in zip((totals.skipped_tiles, totals.causal_tiles, totals.skippable_tiles,
-                               totals.computed_pairs, totals.causal_pairs), per_head):
+                               totals.distant_tiles, totals.computed_pairs, totals.causal_pairs),
+                              per_head):
             total.add_(add)
         totals.grid = grid
         totals.calls += 1
 
     def per_head(self) -> list[dict]:
-        """One dict per call site: site, calls, heads, skipped_tile_fraction (per head),
-        skippable_tile_fraction (the most the tile grid allows, the same for every head),
-        executed_flops and dense_flops (forward, summed over heads and calls), and grid
+        """One dict per call site: site (its label), module and location (the two parts of the
+        label), calls, heads, skipped_tile_fraction (per head), skippable_tile_fraction (the most
+        the tile grid allows, the same for every head), practical_tile_fraction (the most a real
+        gate can skip: a tile whose corner is one step from the diagonal goes only when a single
+        gate value is below the threshold), executed_flops and dense_flops (forward, summed over heads and calls), and grid
         (BLOCK_M, BLOCK_N, queries, keys) of the last call."""
         rows = []
         for site, t in self._sites.items():
             causal = t.causal_tiles.clamp(min=1)
+            module, location = split_site_label(site)
             rows.append({
                 "site": site,
+                "module": module,
+                "location": location,
                 "calls": t.calls,
                 "heads": int(t.skipped_tiles.numel()),
                 "skipped_tile_fraction": (t.skipped_tiles / causal).tolist(),
                 "skippable_tile_fraction": float((t.skippable_tiles / causal).max()),
+                "practical_tile_fraction": float((t.distant_tiles / causal).max()),
                 "executed_flops": float(t.computed_pairs.sum()) * t.flops_per_pair,
                 "dense_flops": float(t.causal_pairs.sum()) * t.flops_per_pair,
                 "grid": t.grid,
@@ -104,7 +114,9 @@ class PruningStats(contextlib.AbstractContextManager):
                          f"of FLOPs skipped; tiles skipped per head (%): {heads}")
             lines.append(f"    tile grid {block_m}x{block_n} at {n_queries} queries x {n_keys} keys: "
                          f"at most {100 * r['skippable_tile_fraction']:.0f}% of the causal tiles "
-                         "can be skipped (the diagonal tiles always run)")
+                         "can be skipped (the diagonal tiles always run), in practice "
+                         f"{100 * r['practical_tile_fraction']:.0f}% (a tile next to the diagonal "
+                         "goes only when one gate value alone is below the threshold)")
         return "\n".join(lines)
 
 

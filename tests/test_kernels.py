@@ -6,7 +6,7 @@ Two halves:
   time, so a module loaded once per mode is robust to whatever imported triton first); the tests
   set TRITON_INTERPRET=1 only for unsupported_reason's sake.
 - GPU (@pytest.mark.gpu, skipped without CUDA): shapes, dtypes, GQA ratios, offsets, odd sizes,
-  strided layouts, pruning within the bound of acp.md, and CUDA-graph capture of plan + kernels.
+  strided layouts, pruning within the bound of docs/acp.md, and CUDA-graph capture of plan + kernels.
 
 Errors are measured as ||x - ref|| / ||ref|| over the whole tensor (for dlam also against the
 blockwise reference run on the kernel's own output, which isolates the kernel's arithmetic).
@@ -177,7 +177,7 @@ def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dt
         for name, x, r in (("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv), ("dlam", dlam, rdlam)):
             err = rel(x, r, floors.get(name, 0.0))
             assert err < tol, f"pruned {name}: relative error {err:.2e} against the reference"
-        # ... and (2) within the bound of acp.md of the unpruned definition: each row loses less
+        # ... and (2) within the bound of docs/acp.md of the unpruned definition: each row loses less
         # than eps of its mass, so the output moves by at most 2 eps max ||v_j|| (plus rounding).
         vmax = v.double().norm(dim=-1).amax().item()
         row_move = (out.double() - ref[0]).norm(dim=-1).amax().item()

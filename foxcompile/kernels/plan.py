@@ -6,7 +6,7 @@ Shapes (canonical, the op views user layouts this way):
 Query i sits at absolute position P + i, P = N - M. Its scores against key j <= P + i get the bias
 lam[P + i] - lam[j]; keys j > P + i are masked.
 
-The rule (../shared/design/acp.md): with U = |scale| max_i ||q_i|| max_j ||k_j|| per (b, h),
+The rule (docs/acp.md): with U = |scale| max_i ||q_i|| max_j ||k_j|| per (b, h),
 delta = min(log(eps) - 2U - log(N), 0). A tile of BLOCK_M queries x BLOCK_N keys is skipped when
 lam[first query row] - lam[last key column] < delta; for a non-increasing lam that corner holds
 the largest bias of the tile, so every dropped weight is below eps / N.
@@ -177,10 +177,14 @@ def end_blocks(start: torch.Tensor, n_keys: int, block_n: int) -> torch.Tensor:
 class TileCounts(NamedTuple):
     """Per (b, h) float64 counts: tiles and (i, j) pairs, causal versus actually computed.
     skippable_tiles: the most the tile grid lets any gate skip (every causal tile left of the
-    block holding each query block's first diagonal element; diagonal tiles always run)."""
+    block holding each query block's first diagonal element; diagonal tiles always run).
+    distant_tiles: those of them whose nearest corner lies two or more steps from the diagonal;
+    the others (a corner one step away) go only when a single gate value is below delta, so a
+    real gate skips at most distant_tiles."""
     skipped_tiles: torch.Tensor
     causal_tiles: torch.Tensor
     skippable_tiles: torch.Tensor
+    distant_tiles: torch.Tensor
     computed_pairs: torch.Tensor
     causal_pairs: torch.Tensor
 
@@ -198,11 +202,15 @@ def tile_counts(start: torch.Tensor, n_queries: int, n_keys: int,
     causal_pairs = rows * (offset + 1) + (first + last) * rows / 2
     skipped_keys = start.to(torch.float64) * block_n
     start_f = start.to(torch.float64)
-    skippable_tiles = torch.floor((offset + first) / block_n)            # start's upper bound
+    first_abs = offset + first
+    skippable_tiles = torch.floor(first_abs / block_n)                   # start's upper bound
+    one_step = (first_abs > 0) & (torch.remainder(first_abs, block_n) == 0)
+    distant_tiles = skippable_tiles - one_step.to(torch.float64)
     return TileCounts(
         skipped_tiles=start_f.sum(-1),
         causal_tiles=causal_tiles.sum().expand(start.shape[:-1]),
         skippable_tiles=skippable_tiles.sum().expand(start.shape[:-1]),
+        distant_tiles=distant_tiles.sum().expand(start.shape[:-1]),
         computed_pairs=(causal_pairs - rows * skipped_keys).sum(-1),
         causal_pairs=causal_pairs.sum().expand(start.shape[:-1]),
     )
