@@ -227,3 +227,37 @@ def test_decline_reasons():
     assert "multiple" in reason(q, q[:, :, :3], q[:, :, :3], g, None, None, None)
     assert "(B, T, HQ)" in reason(q, q, q, torch.zeros(1, 4, 8), None, None, None)
     assert "share (B, T)" in reason(q, q[:, :4], q[:, :4], g, None, None, None)
+
+
+def test_padding_mask_goes_through_cu_seqlens(fla_on_cpu):
+    """fla's layer unpads an attention_mask into packed sequences and calls the kernel with
+    cu_seqlens (graph breaks at .item() in between): that call is rewritten too."""
+    torch.manual_seed(8)
+    layer = ForgettingAttention(hidden_size=64, num_heads=4, layer_idx=0)
+    x = torch.randn(2, 40, 64)
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, :9] = 0
+    report = foxcompile.explain(layer, x, attention_mask=mask)
+    peer = [s for s in report.sites if s.kind == KIND]
+    assert len(peer) == 1 and any("cu_seqlens" in n for n in peer[0].notes), str(report)
+    assert peer[0].shapes["q"] == (1, 71, 4, 16)
+    compiled = torch.compile(layer, backend="fox_acp", options=AOT)
+    valid = mask.bool()
+    x_eager, x_comp = (x.clone().requires_grad_() for _ in range(2))
+    out_eager = layer(x_eager, attention_mask=mask)[0]
+    out_comp = compiled(x_comp, attention_mask=mask)[0]
+    close(out_comp[valid], out_eager[valid])
+    params = list(layer.parameters())
+    for got, want in zip(_grads(out_comp, [x_comp], params, valid),
+                         _grads(out_eager, [x_eager], params, valid)):
+        close(got, want, **GRAD)
+
+
+def test_dynamic_shapes(fla_on_cpu):
+    torch.manual_seed(9)
+    layer = ForgettingAttention(hidden_size=64, num_heads=4, layer_idx=0)
+    compiled = torch.compile(layer, backend="fox_acp", options=AOT, dynamic=True)
+    for length in (50, 90):
+        x = torch.randn(2, length, 64)
+        close(compiled(x)[0], layer(x)[0])
+    assert len(fla_on_cpu) == 2   # the two eager calls; the compiled ones never reach fla
