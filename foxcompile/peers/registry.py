@@ -17,13 +17,12 @@ so Inductor and every other backend get the graphs they got without foxcompile. 
 original object itself from the polyfill would loop back into the polyfill.
 
 Registration is lazy and never imports a peer: `install()` registers every peer module already
-in sys.modules and puts a small finder on sys.meta_path that registers the others right after
-they are imported (the finder wraps only those modules' loaders, and removes itself once every
-peer is registered). substitute_in_graph's signature check keeps a peer version whose signature
+in sys.modules and puts a small finder on sys.meta_path that registers them again right after
+each import of their modules (it wraps only those modules' loaders; any other import costs one
+dict lookup). substitute_in_graph's signature check keeps a peer version whose signature
 differs from the one the polyfill knows from being intercepted (logged, left alone).
 """
 import importlib.abc
-import importlib.util
 import inspect
 import logging
 import sys
@@ -131,61 +130,51 @@ class _Loader(importlib.abc.Loader):
             except Exception as error:  # never break the peer's import
                 log.warning("foxcompile: could not register %s.%s: %r", peer.module, peer.name,
                             error)
-        _finder.forget(self._peers)
 
     def __getattr__(self, name):   # get_source, get_resource_reader, is_package, ...
         return getattr(self._loader, name)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Watches the imports of the peer modules not yet imported; nothing else."""
+    """Watches the imports of the peer modules; answers None for every other name."""
 
     def __init__(self):
-        self.waiting: dict[str, list[Peer]] = {}
-        self._busy = threading.local()
+        self.watched: dict[str, list[Peer]] = {}
 
     def find_spec(self, fullname, path=None, target=None):
-        peers = self.waiting.get(fullname)
-        busy = getattr(self._busy, "names", None)
-        if not peers or (busy and fullname in busy):
+        peers = self.watched.get(fullname)
+        if not peers:
             return None
-        self._busy.names = (busy or set()) | {fullname}
-        try:
-            spec = importlib.util.find_spec(fullname)   # the finders after this one
-        except Exception:
+        for finder in sys.meta_path:   # the spec the other finders give, as the import system would
+            find = getattr(finder, "find_spec", None) if finder is not self else None
+            if find is None:
+                continue
+            try:
+                spec = find(fullname, path, target)
+            except Exception:
+                return None
+            if spec is not None:
+                break
+        else:
             return None
-        finally:
-            self._busy.names = busy
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return None
-        spec.loader = _Loader(spec.loader, peers)
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        if not isinstance(spec.loader, _Loader):
+            spec.loader = _Loader(spec.loader, peers)
         return spec
-
-    def forget(self, peers) -> None:
-        with _lock:
-            for peer in peers:
-                waiting = self.waiting.get(peer.module, [])
-                if peer in waiting:
-                    waiting.remove(peer)
-                if not waiting:
-                    self.waiting.pop(peer.module, None)
-            if not self.waiting and self in sys.meta_path:
-                sys.meta_path.remove(self)
 
 
 _finder = _Finder()
 
 
 def install() -> None:
-    """Register the peers already imported; watch for the others. Idempotent and cheap: it
-    imports nothing."""
+    """Register the peers already imported, and watch the imports of their modules (a module
+    imported, or imported again, later registers then). Idempotent and cheap: imports nothing."""
     with _lock:
         for peer in PEERS:
-            if not _register_loaded(peer):
-                waiting = _finder.waiting.setdefault(peer.module, [])
-                if peer not in waiting:
-                    waiting.append(peer)
-            else:
-                _finder.forget([peer])
-        if _finder.waiting and _finder not in sys.meta_path:
+            _register_loaded(peer)
+            watched = _finder.watched.setdefault(peer.module, [])
+            if peer not in watched:
+                watched.append(peer)
+        if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)

@@ -98,13 +98,18 @@ def test_layer_matches_eager(fla_on_cpu, length, kv_heads):
     assert len(fla_on_cpu) == 1   # eager reached fla's kernel; the compiled layer did not
 
 
-def test_model_training_step_matches_eager(fla_on_cpu):
-    """fla's FoX language model: loss and every parameter gradient of a training step."""
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_model_training_step_matches_eager(fla_on_cpu, checkpointing):
+    """fla's FoX language model: loss and every parameter gradient of a training step (with
+    fla's gradient checkpointing the calls sit in checkpoint bodies, nested graphs)."""
     torch.manual_seed(1)
     config = ForgettingTransformerConfig(
         hidden_size=64, num_hidden_layers=2, num_heads=4, vocab_size=97, fuse_norm=False,
         fuse_swiglu=False, fuse_cross_entropy=False, use_cache=False)
     model = ForgettingTransformerForCausalLM(config)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+        model.train()
     ids = torch.randint(0, 97, (2, 77))
     report = foxcompile.explain(model, input_ids=ids, labels=ids)
     sites = _sites(report, 2)
