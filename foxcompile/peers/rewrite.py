@@ -12,8 +12,27 @@ from ..kernels.plan import PRUNE_GUARDED, PRUNE_OFF, PRUNE_PROVEN
 from . import trace
 
 _PRUNE = {"proven": PRUNE_PROVEN, "guarded": PRUNE_GUARDED, "none": PRUNE_OFF}
-# foxcompile::attention(q, k, v, lam, scale, epsilon, prune, layout, site, doc=None)
-_LAM, _SCALE, _EPSILON, _PRUNE_ARG, _LAYOUT, _SITE = 3, 4, 5, 6, 7, 8
+
+
+def _argument(node: fx.Node, name: str):
+    """An argument of a foxcompile::attention node by its schema name (keyword or positional)."""
+    if name in node.kwargs:
+        return node.kwargs[name]
+    names = [a.name for a in torch.ops.foxcompile.attention.default._schema.arguments]
+    index = names.index(name)
+    return node.args[index] if index < len(node.args) else None
+
+
+def _set_arguments(node: fx.Node, **values) -> None:
+    names = [a.name for a in torch.ops.foxcompile.attention.default._schema.arguments]
+    args, kwargs = list(node.args), dict(node.kwargs)
+    for name, value in values.items():
+        index = names.index(name)
+        if name in kwargs or index >= len(args):
+            kwargs[name] = value
+        else:
+            args[index] = value
+    node.args, node.kwargs = tuple(args), kwargs
 
 
 @dataclass
@@ -80,20 +99,19 @@ def rewrite_calls(gm: fx.GraphModule, epsilon: float) -> list[PeerSite]:
     """Finish every peer call in gm (not its nested GraphModules: the caller walks those)."""
     sites = []
     for node in gm.graph.nodes:
-        if not _is_attention(node) or len(node.args) <= _SITE:
+        if not _is_attention(node):
             continue
-        parsed = trace.parse(node.args[_SITE])
+        parsed = trace.parse(_argument(node, "site"))
         if parsed is None:
             continue
         info, notes = parsed
-        decay = decay_of(node.args[_LAM])
+        decay = decay_of(_argument(node, "lam"))
         site = PeerSite(kind=info["kind"], location=info["location"], module=info["module"],
-                        decay=decay, scale=float(node.args[_SCALE]), layout=node.args[_LAYOUT],
-                        shapes={name: _shape(x) for name, x in zip("qkv", node.args[:3])},
+                        decay=decay, scale=float(_argument(node, "scale")),
+                        layout=_argument(node, "layout"),
+                        shapes={name: _shape(_argument(node, name)) for name in "qkv"},
                         notes=notes, node=node.name)
-        args = list(node.args)
-        args[_EPSILON], args[_PRUNE_ARG], args[_SITE] = float(epsilon), _PRUNE[decay], site.label()
-        node.args = tuple(args)
+        _set_arguments(node, epsilon=float(epsilon), prune=_PRUNE[decay], site=site.label())
         sites.append(site)
     if sites:
         gm.recompile()

@@ -178,5 +178,6 @@ def emit(site: str, notes: str, q, k, v, log_fgate, scale: float, layout: str, d
     gates = log_fgate.transpose(1, 2) if layout == "bthd" else log_fgate
     lam = torch.cumsum(gates.to(accumulator(q)).contiguous(), dim=-1)   # (B, Hq, N)
     result = torch.ops.foxcompile.attention.default(
-        q, k, v, lam, scale, 0.0, PRUNE_OFF, layout, site + notes, doc)
+        q, k, v, lam, scale=scale, epsilon=0.0, prune=PRUNE_OFF, layout=layout,
+        site=site + notes, doc=doc)
     return result[0]
