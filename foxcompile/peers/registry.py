@@ -89,7 +89,7 @@ def _register(peer: Peer, fn) -> str:
     try:
         polyfill = peer.make_polyfill(through)
         torch.compiler.substitute_in_graph(fn)(polyfill)
-    except (TypeError, ValueError) as error:   # another signature, or registered by someone else
+    except Exception as error:   # another signature, registered by someone else, another torch
         log.warning("foxcompile: %s.%s is left alone under torch.compile: %s", peer.module,
                     peer.name, error)
         return f"left alone: {error}"
