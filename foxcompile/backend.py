@@ -8,6 +8,7 @@ import re
 import torch
 from torch import fx
 
+from . import peers
 from .find.site import Decline
 from .options import FoxOptions
 from .report import GraphReport
@@ -66,7 +67,9 @@ def rewrite_graphs(gm: fx.GraphModule, example_inputs, options: FoxOptions) -> l
                                         f"internal rewrite error ({error!r}); please report it"))
                 continue
             sites.append(site)
+        sites += peers.rewrite_calls(module, options.epsilon)   # peer kernel calls (foxcompile/peers)
         reports.append(GraphReport(name or "top", before, module.code, sites, declined))
+    reports[0].declined += peers.drain_declines()               # peer calls left to their kernel
     return reports
 
 
