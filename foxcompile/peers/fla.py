@@ -28,7 +28,7 @@ and on CUDA a head dim outside the kernels' 16..256.
 """
 import torch
 
-from ..kernels.triton_attention import MAX_HEAD_DIM, MIN_HEAD_DIM
+from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM
 from . import trace
 
 MODULE = "fla.ops.forgetting_attn.parallel"

@@ -32,7 +32,7 @@ dtype, and on CUDA a head dim outside foxcompile's kernels' 16..256.
 """
 import torch
 
-from ..kernels.triton_attention import MAX_HEAD_DIM, MIN_HEAD_DIM
+from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM
 from . import trace
 
 MODULE = "forgetting_transformer.ops.forgetting_attention"
