@@ -929,7 +929,7 @@ def main(argv=None):
     log = train(args)
     summary = log["summary"]
     if int(os.environ.get("RANK", "0")) == 0:
-            print(f"final eval loss {summary['final_eval_loss']:.4f}, "
+        print(f"final eval loss {summary['final_eval_loss']:.4f}, "
               f"{summary['mean_tokens_per_s']:,.0f} tokens/s; wrote {args.out}")
 
 
