@@ -67,6 +67,55 @@ class PruningStats(contextlib.AbstractContextManager):
         totals.grid = grid
         totals.calls += 1
 
+    def all_reduce(self, group=None) -> "PruningStats":
+        """Sum the counts of every rank of a torch.distributed process group (default: the world)
+        into each rank's stats, in place; call it on every rank, outside the recording context.
+        Sites are matched by label, in the order rank 0 saw them first. Afterwards per_head(),
+        skipped_fraction() and str() describe the work of all ranks, and `calls` counts the calls
+        of all ranks. Returns self."""
+        import torch.distributed as dist
+
+        fields = ("skipped_tiles", "causal_tiles", "skippable_tiles", "distant_tiles",
+                  "computed_pairs", "causal_pairs")
+        local = {site: (t.flops_per_pair, tuple(t.grid), t.skipped_tiles.numel())
+                 for site, t in self._sites.items()}
+        gathered = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, local, group=group)
+        layout = {}
+        for rank_sites in gathered:
+            for site, info in rank_sites.items():
+                if site in layout and layout[site][2] != info[2]:
+                    raise ValueError(f"pruning_stats.all_reduce: site {site!r} has {layout[site][2]}"
+                                     f" heads on one rank and {info[2]} on another")
+                layout.setdefault(site, info)
+        if not layout:
+            return self
+        if self._sites:
+            device = next(iter(self._sites.values())).skipped_tiles.device
+        elif dist.get_backend(group) == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
+        parts = []
+        for site, (_, _, heads) in layout.items():
+            t = self._sites.get(site)
+            if t is None:
+                parts.append(torch.zeros(len(fields) * heads + 1, dtype=torch.float64, device=device))
+                continue
+            parts += [getattr(t, name).to(device, torch.float64) for name in fields]
+            parts.append(torch.tensor([float(t.calls)], dtype=torch.float64, device=device))
+        flat = torch.cat(parts)
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for site, (flops_per_pair, grid, heads) in layout.items():
+            values = flat[offset:offset + len(fields) * heads].view(len(fields), heads)
+            calls = int(round(float(flat[offset + len(fields) * heads])))
+            offset += len(fields) * heads + 1
+            self._sites[site] = _SiteTotals(flops_per_pair, grid, *values.clone().unbind(0),
+                                            calls=calls)
+        self._sites = {site: self._sites[site] for site in layout}
+        return self
+
     def per_head(self) -> list[dict]:
         """One dict per call site: site (its label), module and location (the two parts of the
         label), calls, heads, skipped_tile_fraction (per head), skippable_tile_fraction (the most
