@@ -85,11 +85,17 @@ class Site:
         return site_label(self.module, self.location)
 
     def __str__(self) -> str:
-        shapes = ", ".join(f"{k}{tuple(v)}" for k, v in self.shapes.items())
-        extra = "".join(f"; {n}" for n in self.notes)
-        return (f"{self.label()}: {self.kind} forgetting attention, decay {self.decay}"
-                f"{' (prunable)' if self.prunable else ' (runs dense)'}, scale {self.scale:.6g}, "
-                f"{shapes}{extra}")
+        return describe(self, f"{self.kind} forgetting attention")
+
+
+def describe(site, what: str, details: str = "") -> str:
+    """A rewritten site as the reports print it: "<label>: <what>, decay <label> (prunable or
+    runs dense), scale <s>, <details><shapes>; <notes>". site: a Site or a peers.PeerSite."""
+    shapes = ", ".join(f"{k}{tuple(v)}" for k, v in site.shapes.items())
+    notes = "".join(f"; {n}" for n in site.notes)
+    return (f"{site.label()}: {what}, decay {site.decay}"
+            f"{' (prunable)' if site.prunable else ' (runs dense)'}, scale {site.scale:.6g}, "
+            f"{details}{shapes}{notes}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from torch import fx
 from ..contract import Prune, site_label
 from ..find import graph as g
 from ..find.decay import decay_verdict, sign
+from ..find.site import describe
 from . import trace
 
 
@@ -55,11 +56,7 @@ class PeerSite:
         return site_label(self.module, self.location)
 
     def __str__(self) -> str:
-        shapes = ", ".join(f"{k}{tuple(v)}" for k, v in self.shapes.items())
-        extra = "".join(f"; {n}" for n in self.notes)
-        return (f"{self.label()}: {self.kind}, decay {self.decay}"
-                f"{' (prunable)' if self.prunable else ' (runs dense)'}, scale {self.scale:.6g}, "
-                f"layout {self.layout}, {shapes}{extra}")
+        return describe(self, self.kind, f"layout {self.layout}, ")
 
 
 def _is_attention(node: fx.Node) -> bool:
