@@ -1,0 +1,130 @@
+"""Small FoX / ALiBi attention modules written the way third-party code writes them: einx and
+einops spellings (tests/realworld/test_einx_einops.py) and the plain-PyTorch reference forms of
+the FoX authors' tests and of common ALiBi code (tests/realworld/test_torch_spellings.py).
+
+Every module maps x (B, T, DIM) to (B, T, DIM): q, k, v and the forget-gate logits are
+projections of x, so parameter and input gradients are compared."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DIM, HEADS, HEAD_DIM, BATCH = 32, 2, 16, 2
+
+
+class Attention(nn.Module):
+    """One attention layer; `spelling` picks how the scores, the mask and the bias are written."""
+
+    def __init__(self, spelling: str, kv_heads: int = HEADS):
+        super().__init__()
+        self.spelling, self.kv_heads = spelling, kv_heads
+        self.q = nn.Linear(DIM, HEADS * HEAD_DIM)
+        self.kv = nn.Linear(DIM, 2 * kv_heads * HEAD_DIM)
+        self.fgate = nn.Linear(DIM, HEADS)
+        self.out = nn.Linear(HEADS * HEAD_DIM, DIM)
+        slopes = [2 ** (-8 * (h + 1) / HEADS) for h in range(HEADS)]
+        self.slopes = slopes  # Python numbers: the decay is proven from the graph
+
+    def forward(self, x):
+        import einops
+        b, t, _ = x.shape
+        q = einops.rearrange(self.q(x), "b t (h d) -> b h t d", h=HEADS)
+        k, v = einops.rearrange(self.kv(x), "b t (two h d) -> two b h t d", two=2, h=self.kv_heads)
+        lam = F.logsigmoid(self.fgate(x)).cumsum(dim=1).transpose(1, 2)  # (B, H, T)
+        scale = HEAD_DIM ** -0.5
+        return self.out(einops.rearrange(getattr(self, "_" + self.spelling.replace("-", "_"))(
+            q, k, v, lam, scale, t, x.device), "b h t d -> b t (h d)"))
+
+    # ---- einx / einops ------------------------------------------------------------------------
+    def _einx_subtract(self, q, k, v, lam, scale, t, device):
+        import einx
+        s = q @ k.transpose(-1, -2) * scale
+        s = s + einx.subtract("b h i, b h j -> b h i j", lam, lam)
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
+    def _einx_dot(self, q, k, v, lam, scale, t, device):
+        import einx
+        s = einx.dot("b h i d, b h j d -> b h i j", q, k) * scale
+        s = s + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
+    def _einops_einsum(self, q, k, v, lam, scale, t, device):
+        import einops
+        s = einops.einsum(q, k, "b h i d, b h j d -> b h i j") * scale
+        s = s + einops.rearrange(lam, "b h i -> b h i 1") - einops.rearrange(lam, "b h j -> b h 1 j")
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return einops.einsum(s.softmax(-1), v, "b h i j, b h j d -> b h i d")
+
+    def _einops_gqa_repeat(self, q, k, v, lam, scale, t, device):
+        import einops
+        k, v = (einops.repeat(x, "b h n d -> b (h r) n d", r=HEADS // self.kv_heads) for x in (k, v))
+        s = q @ k.transpose(-1, -2) * scale + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
+    # ---- plain PyTorch ------------------------------------------------------------------------
+    def _fox_reference(self, q, k, v, lam, scale, t, device):
+        """As the FoX authors' tests write it: boolean index assignment with mask == 0."""
+        s = q @ k.transpose(-1, -2) * scale + (lam[..., :, None] - lam[..., None, :])
+        mask = torch.tril(torch.ones(t, t, device=device))
+        s[:, :, mask == 0] = float("-inf")
+        return torch.softmax(s, dim=-1) @ v
+
+    def _index_assign_tensor(self, q, k, v, lam, scale, t, device):
+        s = q @ k.transpose(-1, -2) * scale + (lam[..., :, None] - lam[..., None, :])
+        keep = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+        s[..., ~keep] = torch.tensor(float("-inf"), device=device)
+        return torch.softmax(s, dim=-1) @ v
+
+    def _where_0d_tensor(self, q, k, v, lam, scale, t, device):
+        i = torch.arange(t, device=device)
+        s = q @ k.transpose(-1, -2) * scale + (lam[..., :, None] - lam[..., None, :])
+        s = torch.where(i[:, None] >= i[None, :], s, torch.tensor(float("-inf"), device=device))
+        return torch.softmax(s, dim=-1) @ v
+
+    def _alibi(self, q, k, v, scale, t, device, distance):
+        slopes = torch.tensor(self.slopes, device=device)[:, None, None]
+        s = q @ k.transpose(-1, -2) * scale - slopes * distance
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
+    def _alibi_clamp_min(self, q, k, v, lam, scale, t, device):
+        i = torch.arange(t, device=device)
+        return self._alibi(q, k, v, scale, t, device, (i[:, None] - i[None, :]).clamp_min(0))
+
+    def _alibi_abs(self, q, k, v, lam, scale, t, device):
+        i = torch.arange(t, device=device)
+        return self._alibi(q, k, v, scale, t, device, (i[None, :] - i[:, None]).abs())
+
+    def _alibi_relu(self, q, k, v, lam, scale, t, device):
+        i = torch.arange(t, device=device)
+        return self._alibi(q, k, v, scale, t, device, torch.relu(i[:, None] - i[None, :]))
+
+    def _alibi_linear(self, q, k, v, lam, scale, t, device):
+        i = torch.arange(t, device=device)
+        return self._alibi(q, k, v, scale, t, device, i[:, None] - i[None, :])
+
+    def _dead_clone(self, q, k, v, lam, scale, t, device):
+        s = q @ k.transpose(-1, -2) * scale
+        kept = s.clone()  # noqa: F841 (an intermediate kept "for debugging", never used)
+        s = s + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
+    def _attend_with_max(self, q, k, v, lam, t, scale, device):
+        s = q @ k.transpose(-1, -2) * scale + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return s.softmax(-1) @ v, s.amax(-1)
+
+    def _dead_max(self, q, k, v, lam, scale, t, device):
+        o, _m = self._attend_with_max(q, k, v, lam, t, scale, device)
+        return o
+
+    def _pad_zero_width(self, q, k, v, lam, scale, t, device):
+        bias = F.pad(lam[..., :, None] - lam[..., None, :], (0, 0))
+        bias = bias.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1),
+                                float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(q.shape[0], HEADS, -1, -1))

@@ -1,0 +1,41 @@
+"""einx and einops spellings of forgetting attention (einx 0.4 and einops 0.8, pinned in the
+`realworld` extra): einx.subtract for the gate bias, einx.dot and einops.einsum for the scores,
+einops.rearrange for the bias and the heads, einops.repeat for grouped-query heads."""
+import pytest
+import torch
+
+pytest.importorskip("einx")
+pytest.importorskip("einops")
+
+from .common import Case, check_sites, compare_with_eager, site_test  # noqa: E402
+from .spellings import BATCH, DIM, Attention  # noqa: E402
+
+
+def _build(spelling, **kw):
+    def build(length, train):
+        return Attention(spelling, **kw).train(train), (torch.randn(BATCH, length, DIM),), None
+    return build
+
+
+CASES = [
+    Case("einx-subtract", "einx", "FoX layer", "einx.subtract('b h i, b h j -> b h i j')",
+         _build("einx-subtract"), sites=("proven",),
+         blocker="einx.subtract arrives in Dynamo's graph as one opaque node"),
+    Case("einx-dot", "einx", "FoX layer", "einx.dot('b h i d, b h j d -> b h i j')",
+         _build("einx-dot"), sites=("proven",), blocker="einx.dot arrives as one opaque node"),
+    Case("einops-einsum", "einops", "FoX layer", "einops.einsum + rearrange",
+         _build("einops-einsum"), sites=("proven",)),
+    Case("einops-gqa-repeat", "einops", "FoX layer, 1 kv head", "einops.repeat 'b h n d -> b (h r) n d'",
+         _build("einops-gqa-repeat", kv_heads=1), sites=("proven",)),
+]
+
+
+@pytest.mark.parametrize("case", [site_test(c) for c in CASES])
+def test_sites(case):
+    check_sites(case)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_matches_eager(case, mode):
+    compare_with_eager(case, mode)
