@@ -171,6 +171,9 @@ def rewrite(gm: fx.GraphModule, site: Site, epsilon: float) -> fx.Node:
             graph.erase_node(node)
         raise
     site.output.replace_all_uses_with(out)
+    for node in reversed(site.dead):  # dead code on the site's nodes (find/dead.py): unused, pure
+        if not node.users:
+            graph.erase_node(node)
     site.removed = _remove_dead(graph, site)
     gm.recompile()
     return out

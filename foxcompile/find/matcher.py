@@ -18,6 +18,7 @@ from torch import fx
 
 from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
 from . import graph as g
+from .dead import dead_nodes
 from .decay import decay_verdict, direction, sign
 from .inplace import InPlace, targets
 from .masks import (ALL, NONE, Band, KeyFlag, MaskDeclined, MaskReader, Split, causal, either, lift,
@@ -94,12 +95,13 @@ def _nan_repairs(pv, probs) -> set:
     return {(probs, pv)} if any(_is_nan_repair_in_place(u, probs) for u in probs.users) else set()
 
 
-def _value_product(softmax_out):
-    """Follow the probabilities through casts, inactive dropout and NaN repair to the PV product."""
+def _value_product(softmax_out, dead=frozenset()):
+    """Follow the probabilities through casts, inactive dropout and NaN repair to the PV product
+    (dead users do not count)."""
     probs = softmax_out
     while True:
         users = [u for u in probs.users if not (g.kind(u) == "isnan" and len(u.users) == 1)
-                 and not _is_nan_repair_in_place(u, probs)]
+                 and not _is_nan_repair_in_place(u, probs) and u not in dead]
         if len(users) != 1:
             raise Declined(f"the probabilities are used {len(users)} times (returned or logged?): "
                            "the rewrite would have to keep them")
@@ -129,12 +131,15 @@ class Matcher:
         self.graph = graph
         self.constants = constants or {}
         self.inplace = InPlace(graph)
+        self.dead = dead_nodes(graph)  # read as if eliminated (dead.py)
         self.flow = nx.DiGraph()  # data flow, with the reads after in-place changes
         for node in graph.nodes:
             self.flow.add_node(node)
             for user in node.users:
-                self.flow.add_edge(node, user)
-        self.flow.add_edges_from(self.inplace.hidden_edges())
+                if user not in self.dead:
+                    self.flow.add_edge(node, user)
+        self.flow.add_edges_from((a, b) for a, b in self.inplace.hidden_edges()
+                                 if b not in self.dead)
 
     def find(self) -> tuple[list[Site], list[Decline]]:
         sites, declined = [], []
@@ -166,7 +171,7 @@ class Matcher:
         nb = g.rank(scores) - 2
         if nb > MAX_BATCH_DIMS:
             raise Declined(f"scores have {nb} batch dims: not supported")
-        pv, probs = _value_product(node)
+        pv, probs = _value_product(node, self.dead)
         reader = MaskReader(self.constants)
         walker = ScoreWalker(g.rank(scores), reader, self.inplace)
         walker.walk(scores, reading, coef)
@@ -185,7 +190,7 @@ class Matcher:
             k, v = key_value(k, v)
         except NotAnOperand as why:
             raise Declined(str(why)) from None
-        changes = self._check_owned(qk.leaf, pv)
+        changes, dead = self._check_owned(qk.leaf, pv)
         site = self._site(spelling, node, q, k, v, out, nb, qk.coef, key_terms, scores, reader.notes,
                           documents, masked_keys)
         q_heads, kv_heads = site.shapes["q"][1], site.shapes["k"][1]
@@ -193,7 +198,7 @@ class Matcher:
             site.notes.append(f"k and v go to the op with {kv_heads} heads (query head h reads key "
                               f"head h // {q_heads // kv_heads})")
         self._check_in_place(site, walker.reads | _nan_repairs(pv, probs))
-        site.changes = changes
+        site.changes, site.dead = changes, dead
         return site
 
     def _match_sdpa(self, node) -> Site | None:
@@ -346,9 +351,10 @@ class Matcher:
             return "additive"
         raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): not a forget gate")
 
-    def _check_owned(self, qk_leaf, pv) -> list[fx.Node]:
-        """Every node from the q.k product to the value product must serve this site alone.
-        Returns the in-place ops among them (they change the site's own tensors)."""
+    def _check_owned(self, qk_leaf, pv) -> tuple[list[fx.Node], list[fx.Node]]:
+        """Every node from the q.k product to the value product must serve this site alone (dead
+        nodes aside). Returns the in-place ops among them (they change the site's own tensors)
+        and the dead nodes hanging off them (the rewrite erases those too)."""
         owned = (nx.descendants(self.flow, qk_leaf) & nx.ancestors(self.flow, pv)) | {qk_leaf}
         for node in owned:
             for user in self.flow.successors(node):
@@ -356,7 +362,14 @@ class Matcher:
                     raise Declined(f"the scores/probabilities ({g.name(node)}) are also used by "
                                    f"{g.name(user)} at {g.location(user)}: the rewrite would have to "
                                    "keep them")
-        return [node for node in self.graph.nodes if node in owned and targets(node)]
+        hanging, pending = set(), [u for n in owned for u in n.users if u in self.dead]
+        while pending:
+            node = pending.pop()
+            if node not in hanging:
+                hanging.add(node)
+                pending.extend(u for u in node.users if u in self.dead)
+        return ([node for node in self.graph.nodes if node in owned and targets(node)],
+                [node for node in self.graph.nodes if node in hanging])
 
     def _check_in_place(self, site: Site, resolved: set) -> None:
         """Decline when an in-place op could make the values differ from what the matcher read,

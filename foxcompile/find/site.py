@@ -67,6 +67,7 @@ class Site:
     shapes: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     changes: list[fx.Node] = field(default_factory=list)  # in-place ops on the site's own tensors
+    dead: list[fx.Node] = field(default_factory=list)  # dead code hanging off the site's own nodes
     removed: list[str] = field(default_factory=list)  # T x T nodes the rewrite makes dead
     documents: Documents | None = None  # packed sequences: the op's doc input
     masked_keys: MaskedKeys | None = None  # padding: keys lam sets to +inf

@@ -16,10 +16,8 @@ reason must contain when no site is expected (a control or a near miss that must
 """
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -27,10 +25,9 @@ import torch
 
 import foxcompile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from corpus import assert_same_run, run_with_grads, seed_of  # noqa: E402
+from corpus import seed_of  # tests/ is on sys.path (tests/conftest.py, or table.py)
+from helpers import AOT, assert_same_run, run_with_grads
 
-AOT = {"fox.compiler": "aot_eager"}   # AOTAutograd without Inductor's C++ build: fast on CPU
 LENGTHS = {"eval": 77, "train": 300}   # odd lengths: no tile or power-of-two coincidence
 EXPLAIN_LENGTH = 77
 RTOL, ATOL = 2e-4, 2e-5               # fp32 models; the op's engine accumulates in another order

@@ -1,0 +1,65 @@
+"""Near misses of the rules that read what third-party libraries emit (tests/realworld): each one
+looks like a form the matcher now accepts, and differs in the one way that must keep it declined.
+
+    dead code        a user of the scores that looks unused but changes a tensor in place, or
+                     draws random numbers
+    pads, expands    a pad that adds a column (memory / null keys: bias 0 for every query), an
+                     expand that broadcasts the q.k product along the heads
+
+Each model is followed by its labels, `CASES.append(_nm(...))` (tests/corpus/__init__.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import Case
+from .common import _causal, _nm, _qkvg, _qkvg_builder, ref_fox_logsig
+
+CASES: list[Case] = []
+
+
+def _scores(q, k, g):
+    lam = F.logsigmoid(g).cumsum(-1)
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + (lam[..., :, None] - lam[..., None, :])
+    return s.masked_fill(~_causal(q.shape[-2], q.device), float("-inf"))
+
+
+# ---- dead code --------------------------------------------------------------------------------
+
+# The row maxima are written into a buffer (running statistics): the write is a side effect, so
+# the scores have a live second user.
+class RowMaxIntoStats(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("stats", torch.zeros(2, 2, 13))
+
+    def forward(self, q, k, v, g):
+        s = _scores(q, k, g)
+        self.stats.copy_(s.amax(-1).detach())
+        return s.softmax(-1) @ v
+
+
+def _with_stats(dtype):
+    return RowMaxIntoStats().to(dtype), _qkvg(2, 2, 13, 8, dtype)
+
+
+CASES.append(_nm(
+    "nm_dead_looking_copy_into_buffer", _with_stats, "output=side-effect",
+    "s.amax(-1) copied into a buffer: an in-place write, not dead code", ref_fox_logsig,
+    relation="equal"))
+
+
+# Dropout of the probabilities whose result is dropped: it still draws from the random stream,
+# so erasing it would change every random op after it.
+def fox_unused_dropout(q, k, v, g):
+    p = _scores(q, k, g).softmax(-1)
+    _unused = F.dropout(p, 0.3, training=True)  # noqa: F841
+    return p @ v
+
+
+CASES.append(_nm(
+    "nm_dead_looking_dropout", _qkvg_builder(fox_unused_dropout, 2, 2, 11, 8),
+    "output=random-stream", "an unused dropout still draws random numbers", ref_fox_logsig,
+    relation="equal"))
