@@ -46,6 +46,7 @@ _FUNCTIONS = {
     torch.minimum: "minimum", torch.square: "square", torch.log: "log",
     torch.masked_fill: "masked_fill", torch.reshape: "reshape", torch.flatten: "flatten",
     operator.setitem: "setitem", builtins.getattr: "getattr",
+    torch._C._nn.pad: "pad", F.pad: "pad",
 }
 
 _METHODS = {

@@ -327,6 +327,9 @@ class Matcher:
         if g.kind(term.leaf) in _PRODUCTS and len(shp) == nb + 2:
             if term.rows_sliced:
                 raise Declined(f"the q.k product {_describe(term.leaf)} is sliced before the softmax")
+            if term.broadcast:
+                raise Declined(f"the q.k product {_describe(term.leaf)} is expanded before the "
+                               "softmax: its rows or heads would serve several of the scores'")
             return "qk"  # before looking at its shape: with one query it is (..., 1, N)
         along_i = len(shp) >= 2 and shp[-2] != 1
         if len(shp) < 1 or shp[-1] == 1:
@@ -347,6 +350,10 @@ class Matcher:
         if found is not None:  # c_i - c_j: the key side is -c_j
             reader.notes.append(f"{g.name(term.leaf)} read as a segment sum c_i - c_j")
             return KeyTerm(-term.coef, term.factors, *found, cumulative=True)
+        if g.kind(term.leaf) == "pad":
+            raise Declined(f"{_describe(term.leaf)} pads the bias with constant rows or columns "
+                           "(memory or null keys): such a key gets the same bias from every query, "
+                           "which no key-side gate lam_i - lam_j gives")
         if maskable:
             return "additive"
         raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): not a forget gate")

@@ -31,6 +31,8 @@ class Term:
     leaf: fx.Node
     masked_by: tuple = ()  # indices of the masks applied on top of this term
     rows_sliced: bool = False  # under x[..., a:b, :]: only a key-side or query-only term can be
+    broadcast: bool = False    # under an expand: a q.k product there would be shared by rows of
+                               # the scores it does not belong to
 
 
 @dataclass
@@ -83,6 +85,13 @@ def _boolean_index(index, rank: int):
     return mask if ok else None
 
 
+def _zero_width(node) -> bool:
+    """F.pad(x, (0, 0, ...)): every width 0 (any mode and value), so x itself."""
+    widths = g.arg(node, 1, "pad")
+    return (isinstance(widths, (tuple, list)) and len(widths) > 0
+            and all(g.number(w) == 0.0 for w in widths))
+
+
 def _slices_rows_only(node) -> bool:
     """x[..., a:b, :]: the same dims, only the query rows selected (a key-side term stays one)."""
     x = node.args[0]
@@ -104,6 +113,7 @@ class ScoreWalker:
         self.reads: set = set()  # (node, consumer): reads made with in-place changes applied
         self._enclosing: tuple = ()
         self._rows_sliced = False
+        self._broadcast = False
 
     def _per_head(self, x) -> bool:
         varies = _varies(x, self.rank)
@@ -146,13 +156,22 @@ class ScoreWalker:
             self.walk(node.args[0], node, coef, factors)
             self._rows_sliced = outer
             return None
+        if k == "pad" and _zero_width(node):
+            self._through(node)
+            return self.walk(node.args[0], node, coef, factors)
+        if k == "expand":  # x.expand(...) + s is x + s: broadcasting does the same
+            self._through(node)
+            outer, self._broadcast = self._broadcast, True
+            self.walk(node.args[0], node, coef, factors)
+            self._broadcast = outer
+            return None
         if k == "baddbmm":
             beta = g.number(g.arg(node, 3, "beta", 1.0))
             alpha = g.number(g.arg(node, 4, "alpha", 1.0))
             if beta is None or alpha is None:
                 return self._leaf(node, coef, factors)
             self.out.terms.append(Term(coef * alpha, factors, node, self._enclosing,
-                                       self._rows_sliced))
+                                       self._rows_sliced, self._broadcast))
             if beta != 0.0:
                 self._operand(g.arg(node, 0, "input"), node, coef * beta, factors)
             return None
@@ -228,5 +247,6 @@ class ScoreWalker:
         return self._mask(node, self.reader.truth_on(mask, base), g.number(fill), coef, base)
 
     def _leaf(self, node, coef, factors):
-        self.out.terms.append(Term(coef, factors, node, self._enclosing, self._rows_sliced))
+        self.out.terms.append(Term(coef, factors, node, self._enclosing, self._rows_sliced,
+                                   self._broadcast))
         return None

@@ -30,7 +30,7 @@ from helpers import AOT, assert_same_run, run_with_grads
 
 LENGTHS = {"eval": 77, "train": 300}   # odd lengths: no tile or power-of-two coincidence
 EXPLAIN_LENGTH = 77
-RTOL, ATOL = 2e-4, 2e-5               # fp32 models; the op's engine accumulates in another order
+RTOL, ATOL = 2e-4, 1e-4               # fp32, as the corpus: the op accumulates in another order
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,9 @@ from .common import (Case, check_sites, compare_with_eager, compare_with_inducto
 
 DIM, HEADS, DIM_HEAD, BATCH = 32, 2, 16, 2
 
-BLOCK_PAD = ("zero-width pad_at_dim of the bias, einx.subtract as one opaque node, dead nodes "
-             "(qk_similarities clone)")
-BLOCK_FLASH = "zero-width pad and same-shape expand(B, H, -1, -1) of the bias, einx.subtract"
-BLOCK_ALIBI = "zero-width pad, einx.subtract, -abs(j - i) * slope (piecewise), bias cached in a buffer"
+BLOCK_PAD = "einx.subtract('b h i, b h j -> b h i j') arrives as one opaque node"
+BLOCK_FLASH = BLOCK_PAD
+BLOCK_ALIBI = "-abs(j - i) * slope: a piecewise-linear distance (and einx.subtract)"
 
 
 class _Masked(torch.nn.Module):

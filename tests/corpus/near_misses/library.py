@@ -63,3 +63,44 @@ CASES.append(_nm(
     "nm_dead_looking_dropout", _qkvg_builder(fox_unused_dropout, 2, 2, 11, 8),
     "output=random-stream", "an unused dropout still draws random numbers", ref_fox_logsig,
     relation="equal"))
+
+
+# ---- pads and expands -------------------------------------------------------------------------
+
+# A null key (x-transformers' add_zero_kv): k and v get a zero row in front, the bias a zero
+# column. Every query gives that key bias 0, which no lam_i - lam_j does.
+def fox_null_key(q, k, v, g):
+    lam = F.logsigmoid(g).cumsum(-1)
+    T = q.shape[-2]
+    k, v = (F.pad(x, (0, 0, 1, 0), value=0.0) for x in (k, v))
+    bias = F.pad(lam[..., :, None] - lam[..., None, :], (1, 0), value=0.0)
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias
+    s = s.masked_fill(torch.ones(T, T + 1, dtype=torch.bool, device=q.device).triu(2), float("-inf"))
+    return s.softmax(-1) @ v
+
+
+CASES.append(_nm(
+    "nm_pad_null_key_column", _qkvg_builder(fox_null_key, 2, 2, 13, 8), "bias=padded-column",
+    "a padded bias column (null key): bias 0 for every query", ref_fox_logsig))
+
+
+# The q.k product of one head expanded to every head, each with its own gate: the product is
+# shared by heads it was not computed for, so reading q and k off it would misalign the heads.
+def fox_shared_qk_expanded(q, k, v, g):
+    lam = F.logsigmoid(g).cumsum(-1)
+    B, H, T, _ = q.shape
+    s = (q[:, :1] @ k[:, :1].transpose(-2, -1) * q.shape[-1] ** -0.5).expand(B, H, T, T)
+    s = s + (lam[..., :, None] - lam[..., None, :])
+    s = s.masked_fill(~_causal(T, q.device), float("-inf"))
+    return s.softmax(-1) @ v
+
+
+def _ref_shared(fn, inputs):
+    q, k, v, g = inputs
+    return ref_fox_logsig(fn, (q[:, :1].expand_as(q), k[:, :1].expand_as(k), v, g))
+
+
+CASES.append(_nm(
+    "nm_expand_shared_qk", _qkvg_builder(fox_shared_qk_expanded, 2, 2, 13, 8),
+    "qk=expanded-over-heads", "one head's q.k product expanded to every head", _ref_shared,
+    relation="equal"))
