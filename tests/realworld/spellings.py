@@ -44,6 +44,32 @@ class Attention(nn.Module):
         s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
         return s.softmax(-1) @ v
 
+    def _einx_subtract_flipped(self, q, k, v, lam, scale, t, device):
+        """lam_j - lam_i: the gate grows toward the past (near miss: never pruned)."""
+        import einx
+        s = q @ k.transpose(-1, -2) * scale
+        s = s + einx.subtract("b h j, b h i -> b h i j", lam, lam)
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
+    def _einx_multiply(self, q, k, v, lam, scale, t, device):
+        """lam_i * lam_j: a product, no key-side gate (near miss)."""
+        import einx
+        s = q @ k.transpose(-1, -2) * scale
+        s = s + einx.multiply("b h i, b h j -> b h i j", lam, lam)
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
+    def _einx_subtract_composed(self, q, k, v, lam, scale, t, device):
+        """A bias over merged (b h) axes through a composition einx keeps opaque (near miss)."""
+        import einx
+        s = q @ k.transpose(-1, -2) * scale
+        flat = lam.reshape(-1, t)
+        bias = einx.subtract("(b h) i, (b h) j -> b h i j", flat, flat, h=HEADS)
+        s = s + bias
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
     def _einx_dot(self, q, k, v, lam, scale, t, device):
         import einx
         s = einx.dot("b h i d, b h j d -> b h i j", q, k) * scale
