@@ -65,7 +65,7 @@ _METHODS = {
     "sigmoid": "sigmoid", "abs": "abs", "clamp": "clamp", "clip": "clamp", "clamp_max": "clamp_max",
     "clamp_min": "clamp_min", "relu": "relu", "nan_to_num": "nan_to_num", "isnan": "isnan",
     "where": "where", "square": "square", "log": "log", "exp_": "exp", "tril_": "tril",
-    "triu_": "triu", "repeat": "repeat",
+    "triu_": "triu", "repeat": "repeat", "new_ones": "ones_like", "new_zeros": "zeros_like",
 }
 
 

@@ -104,3 +104,53 @@ CASES.append(_nm(
     "nm_expand_shared_qk", _qkvg_builder(fox_shared_qk_expanded, 2, 2, 13, 8),
     "qk=expanded-over-heads", "one head's q.k product expanded to every head", _ref_shared,
     relation="equal"))
+
+
+# ---- Hugging Face-style masks: two aranges with offsets, comparisons on a float mask ---------
+
+def _hf_causal(T, device, q_offset=0, kv_offset=0, step=1):
+    """The mask utilities' causal mask: kv_arange[None, None, None, :] <= q_arange[None, None, :,
+    None], each arange with an offset, as a 0 / finfo.min float mask."""
+    q_arange = torch.arange(T, device=device) + q_offset
+    kv_arange = torch.arange(0, T * step, step, device=device) + kv_offset
+    keep = q_arange.new_ones((), dtype=torch.bool) & (kv_arange[None, None, None, :]
+                                                      <= q_arange[None, None, :, None])
+    zero = torch.zeros((), device=device)
+    return torch.where(keep, zero, torch.finfo(torch.float32).min)
+
+
+def _hf_style(q_offset=0, kv_offset=0, step=1, compare=("lt", -1.0)):
+    def fn(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        T = q.shape[-2]
+        mask = _hf_causal(T, q.device, q_offset, kv_offset, step)
+        op, c = compare
+        removed = mask < c if op == "lt" else (mask <= c if op == "le" else mask.bool())
+        bias = torch.masked_fill(lam[..., :, None] - lam[..., None, :], removed,
+                                 torch.finfo(torch.float32).min)
+        s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias
+        return s.softmax(-1) @ v
+    return fn
+
+
+# The query positions shifted by one: each query also sees the next key.
+CASES.append(_nm(
+    "nm_hf_mask_query_offset", _qkvg_builder(_hf_style(q_offset=1), 2, 2, 13, 8), "mask=offset",
+    "q_arange + 1 against kv_arange: one key of the future visible", ref_fox_logsig))
+
+# The key positions shifted by two: the last two keys of each row's past are hidden.
+CASES.append(_nm(
+    "nm_hf_mask_key_offset", _qkvg_builder(_hf_style(kv_offset=-2), 2, 2, 13, 8), "mask=offset",
+    "kv_arange - 2: two future keys visible", ref_fox_logsig))
+
+# Every second position: kv_arange with step 2 is not the keys' positions.
+CASES.append(_nm(
+    "nm_hf_mask_key_step", _qkvg_builder(_hf_style(step=2), 2, 2, 13, 8), "mask=strided",
+    "kv_arange with step 2", ref_fox_logsig))
+
+# mask < 1 on a 0 / finfo.min mask is True everywhere (0 < 1): every key removed. (Eager
+# averages all values; declined, or the rewrite would keep the causal keys.)
+CASES.append(_nm(
+    "nm_float_mask_compared_above_zero", _qkvg_builder(_hf_style(compare=("lt", 1.0)), 2, 2, 13, 8),
+    "mask=compared-above-zero", "mask < 1 of a 0 / finfo.min mask removes every key",
+    ref_fox_logsig))
