@@ -154,3 +154,23 @@ CASES.append(_nm(
     "nm_float_mask_compared_above_zero", _qkvg_builder(_hf_style(compare=("lt", 1.0)), 2, 2, 13, 8),
     "mask=compared-above-zero", "mask < 1 of a 0 / finfo.min mask removes every key",
     ref_fox_logsig))
+
+
+# Positions from a sliced arange: r = arange(T + 2)[2:] runs from 2, so j <= r_i lets each query
+# see two future keys. (Before positions were read with their slices, this was rewritten as the
+# causal mask and the output changed.)
+def fox_sliced_arange_positions(q, k, v, g):
+    lam = F.logsigmoid(g).cumsum(-1)
+    T = q.shape[-2]
+    r = torch.arange(T + 2, device=q.device)[2:]
+    c = torch.arange(T, device=q.device)
+    keep = c[None, :] <= r[:, None]
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + (lam[..., :, None] - lam[..., None, :])
+    s = s.masked_fill(~keep, float("-inf"))
+    return s.softmax(-1) @ v
+
+
+CASES.append(_nm(
+    "nm_sliced_arange_positions", _qkvg_builder(fox_sliced_arange_positions, 2, 2, 13, 8),
+    "mask=sliced-positions", "arange(T + 2)[2:] against arange(T): two future keys visible",
+    ref_fox_logsig))
