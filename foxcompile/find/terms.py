@@ -71,14 +71,18 @@ def _alpha(node) -> float:
 
 def _boolean_index(index, rank: int):
     """The mask of `x[index]` when index is a boolean tensor over the last two dims
-    (`x[..., m]`) or over all of them (`x[m]`), else None."""
+    (`x[..., m]`), over all of them (`x[m]`) or over the dims after whole leading ones
+    (`x[:, :, m]`), else None."""
     parts = index if isinstance(index, tuple) else (index,)
+    lead = 0  # `x[:, :, m]`: whole leading dims, then a mask over the rest
+    while lead < len(parts) - 1 and parts[lead] == slice(None):
+        lead += 1
     if len(parts) == 2 and parts[0] is Ellipsis:
         mask = parts[1]
         want = 2
-    elif len(parts) == 1:
-        mask = parts[0]
-        want = rank
+    elif len(parts) == lead + 1:
+        mask = parts[lead]
+        want = rank - lead
     else:
         return None
     ok = isinstance(mask, fx.Node) and g.dtype(mask) == torch.bool and g.rank(mask) == want
@@ -240,11 +244,12 @@ class ScoreWalker:
         """`s[..., m] = v` (Dynamo's operator.setitem): masked_fill(s, m, v)."""
         base, index, fill = node.args
         mask = _boolean_index(index, g.rank(base) or 0)
-        if factors or mask is None or g.number(fill) is None:
+        value = g.constant(fill)  # a number, or a constant tensor: torch.tensor(-inf)
+        if factors or mask is None or value is None or (g.is_tensor(fill) and g.rank(fill) != 0):
             self.out.problem = (f"index assignment at {g.location(node)} is not a boolean mask "
                                 "filled with a number")
             return None
-        return self._mask(node, self.reader.truth_on(mask, base), g.number(fill), coef, base)
+        return self._mask(node, self.reader.truth_on(mask, base), value, coef, base)
 
     def _leaf(self, node, coef, factors):
         self.out.terms.append(Term(coef, factors, node, self._enclosing, self._rows_sliced,

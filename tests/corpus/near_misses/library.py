@@ -174,3 +174,49 @@ CASES.append(_nm(
     "nm_sliced_arange_positions", _qkvg_builder(fox_sliced_arange_positions, 2, 2, 13, 8),
     "mask=sliced-positions", "arange(T + 2)[2:] against arange(T): two future keys visible",
     ref_fox_logsig))
+
+
+# ---- index assignment and 0-d tensor fills -----------------------------------------------------
+
+def _biased(q, k, g):
+    lam = F.logsigmoid(g).cumsum(-1)
+    return q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + (lam[..., :, None] - lam[..., None, :])
+
+
+# The mask written into one head only: s[:, 0, m] = -inf leaves the other heads unmasked.
+def fox_index_assign_one_head(q, k, v, g):
+    s = _biased(q, k, g)
+    mask = torch.tril(torch.ones(q.shape[-2], q.shape[-2], device=q.device))
+    s[:, 0, mask == 0] = float("-inf")
+    return s.softmax(-1) @ v
+
+
+CASES.append(_nm(
+    "nm_index_assign_one_head", _qkvg_builder(fox_index_assign_one_head, 2, 2, 13, 8),
+    "mask=one-head", "s[:, 0, mask == 0] = -inf: head 1 unmasked", ref_fox_logsig))
+
+
+# The mask written into the first batch row only.
+def fox_index_assign_first_row(q, k, v, g):
+    s = _biased(q, k, g)
+    mask = torch.tril(torch.ones(q.shape[-2], q.shape[-2], device=q.device))
+    s[:1, :, mask == 0] = float("-inf")
+    return s.softmax(-1) @ v
+
+
+CASES.append(_nm(
+    "nm_index_assign_first_batch_row", _qkvg_builder(fox_index_assign_first_row, 2, 2, 13, 8),
+    "mask=one-batch-row", "s[:1, :, mask == 0] = -inf: batch row 1 unmasked", ref_fox_logsig))
+
+
+# A 0-d tensor fill that is small: torch.tensor(-5.0) does not remove the future.
+def fox_where_small_tensor_fill(q, k, v, g):
+    s = _biased(q, k, g)
+    i = torch.arange(q.shape[-2], device=q.device)
+    s = torch.where(i[:, None] >= i[None, :], s, torch.tensor(-5.0, device=q.device))
+    return s.softmax(-1) @ v
+
+
+CASES.append(_nm(
+    "nm_where_small_tensor_fill", _qkvg_builder(fox_where_small_tensor_fill, 2, 2, 13, 8),
+    "mask=small-fill", "where(..., torch.tensor(-5.0)): the future keeps weight", ref_fox_logsig))
