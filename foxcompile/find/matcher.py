@@ -18,6 +18,7 @@ from torch import fx
 
 from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
 from . import graph as g
+from . import distance
 from .dead import dead_nodes
 from .decay import decay_verdict, direction, sign
 from .inplace import InPlace, targets
@@ -247,11 +248,15 @@ class Matcher:
         terms, Documents or None, MaskedKeys or None)."""
         if scores_info.problem:
             raise Declined(scores_info.problem)
-        qk_terms, key_terms, kept, additive = [], [], [], []
+        qk_terms, key_terms, kept, additive, piecewise = [], [], [], [], []
         for term in scores_info.terms:
             found = self._term(term, reader, nb, g.same_size(n_queries, n_keys))
             if found == "additive":
                 additive.append(term)
+            elif isinstance(found, distance.Piecewise):
+                piecewise.append((term, found))
+                kept.append(term)
+                continue
             elif found == "qk":
                 qk_terms.append(term)
             elif found is not None:
@@ -311,6 +316,8 @@ class Matcher:
                            + (" within a document" if documents else "")
                            + (" of the keys it keeps" if masked_keys else "")
                            + f", not the causal future {_describe_band(want)}")
+        for term, pw in piecewise:  # linear on the visible region: d from -(M - 1) to N - M
+            key_terms += _linear_pieces(term, pw, n_queries, n_keys, reader)
         if not key_terms:
             raise Declined("no forget-gate bias: plain causal attention, nothing for ACP to prune")
         return qk_terms, key_terms, documents, masked_keys
@@ -350,6 +357,9 @@ class Matcher:
         if found is not None:  # c_i - c_j: the key side is -c_j
             reader.notes.append(f"{g.name(term.leaf)} read as a segment sum c_i - c_j")
             return KeyTerm(-term.coef, term.factors, *found, cumulative=True)
+        pw = distance.read(term.leaf)
+        if pw is not None and not term.rows_sliced:
+            return pw  # resolved once the masks are known to be causal (_classify)
         if g.kind(term.leaf) == "pad":
             raise Declined(f"{_describe(term.leaf)} pads the bias with constant rows or columns "
                            "(memory or null keys): such a key gets the same bias from every query, "
@@ -420,6 +430,28 @@ class Matcher:
                     decay=decay, q=q, k=k, v=v, out=out, batch_dims=nb, scale=float(scale),
                     key_terms=key_terms, shapes=shapes, notes=list(dict.fromkeys(notes)),
                     documents=documents, masked_keys=masked_keys)
+
+
+def _linear_pieces(term, pw, n_queries, n_keys, reader) -> list[KeyTerm]:
+    """The key-side terms of a piecewise-linear distance f(a (j - i) + b) on the positions a
+    causal mask leaves visible (distance.py), or Declined when it is not linear there."""
+    leaf_rows, leaf_cols = g.shape(term.leaf)[-2:]
+    if not (g.same_size(leaf_rows, n_queries) and g.same_size(leaf_cols, n_keys)):
+        raise Declined(f"{_describe(term.leaf)} is broadcast into the scores: its positions are "
+                       "not the scores' own")
+    low = 1 - g.sym(n_queries)
+    high = g.sym(n_keys) - g.sym(n_queries)
+    m = distance.multiplier(pw, low, high)
+    if m is None:
+        raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): a piecewise "
+                       "function of j - i that is not linear on the positions the causal mask "
+                       "leaves visible")
+    reader.notes.append(f"{g.name(term.leaf)} read as linear in j - i on the visible positions")
+    pieces = [KeyTerm(term.coef * m * sign, term.factors, node) for sign, node in pw.columns]
+    for piece in pieces:
+        if abs(piece.coef) >= -FINITE_MASK_LIMIT:
+            raise Declined(f"{_describe(term.leaf)} enters the scores times {piece.coef:g}")
+    return [p for p in pieces if p.coef != 0]
 
 
 def _documents(docs, n_queries, n_keys, nb: int, batch) -> Documents:

@@ -220,3 +220,53 @@ def fox_where_small_tensor_fill(q, k, v, g):
 CASES.append(_nm(
     "nm_where_small_tensor_fill", _qkvg_builder(fox_where_small_tensor_fill, 2, 2, 13, 8),
     "mask=small-fill", "where(..., torch.tensor(-5.0)): the future keeps weight", ref_fox_logsig))
+
+
+# ---- piecewise-linear distances ----------------------------------------------------------------
+
+def _alibi_with(distance, M=13, N=13):
+    def fn(q, k, v):
+        i = torch.arange(M, device=q.device)[:, None]
+        j = torch.arange(N, device=q.device)[None, :]
+        s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 - 0.5 * distance(i, j)
+        s = s.masked_fill(torch.ones(M, N, dtype=torch.bool, device=q.device).triu(N - M + 1),
+                          float("-inf"))
+        return s.softmax(-1) @ v
+    return fn
+
+
+def _qkv_mn(fn, M, N):
+    def build(dtype):
+        q = torch.randn(2, 2, M, 8, dtype=dtype)
+        return fn, (q, torch.randn(2, 2, N, 8, dtype=dtype), torch.randn(2, 2, N, 8, dtype=dtype))
+    return build
+
+
+def _ref_alibi_linear(fn, inputs):
+    """What a careless rewrite would run: the distance read as (i - j) everywhere."""
+    from .. import Ref
+    from ..reference import fox_reference
+    q, k, v = (x.double() for x in inputs)
+    N = k.shape[-2]
+    lam = (-0.5 * torch.arange(N, dtype=torch.float64)).expand(q.shape[0], q.shape[1], N)
+    return Ref(fox_reference(q, k, v, lam), [lam])
+
+
+# abs(j - i + 3): on the visible keys j - i runs from -(T - 1) to 0, so j - i + 3 changes sign:
+# the three nearest keys get a bias that is not linear in j.
+CASES.append(_nm(
+    "nm_alibi_abs_shifted", _qkv_mn(_alibi_with(lambda i, j: (j - i + 3).abs()), 13, 13),
+    "bias=piecewise-not-linear", "abs(j - i + 3) bends inside the visible region",
+    _ref_alibi_linear))
+
+# relu(i - j - 2): a dead zone of two keys, then linear: not linear on the visible region.
+CASES.append(_nm(
+    "nm_alibi_relu_dead_zone", _qkv_mn(_alibi_with(lambda i, j: torch.relu(i - j - 2)), 13, 13),
+    "bias=piecewise-not-linear", "relu(i - j - 2) is 0 on the two nearest keys", _ref_alibi_linear))
+
+# Five queries at the end of 13 keys, the distance taken between raw indices (the query positions
+# not offset by N - M): |j - i| bends at j = i, inside the visible region j <= i + 8.
+CASES.append(_nm(
+    "nm_alibi_abs_decode_unaligned", _qkv_mn(_alibi_with(lambda i, j: (j - i).abs(), 5, 13), 5, 13),
+    "bias=piecewise-not-linear", "|j - i| of raw indices with queries at the end of the keys",
+    _ref_alibi_linear))
