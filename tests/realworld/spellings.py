@@ -16,20 +16,20 @@ DIM, HEADS, HEAD_DIM, BATCH = 32, 2, 16, 2
 class Attention(nn.Module):
     """One attention layer; `spelling` picks how the scores, the mask and the bias are written."""
 
-    def __init__(self, spelling: str, kv_heads: int = HEADS):
+    def __init__(self, spelling: str, kv_heads: int = HEADS, heads: int = HEADS):
         super().__init__()
-        self.spelling, self.kv_heads = spelling, kv_heads
-        self.q = nn.Linear(DIM, HEADS * HEAD_DIM)
+        self.spelling, self.kv_heads, self.heads = spelling, kv_heads, heads
+        self.q = nn.Linear(DIM, heads * HEAD_DIM)
         self.kv = nn.Linear(DIM, 2 * kv_heads * HEAD_DIM)
-        self.fgate = nn.Linear(DIM, HEADS)
-        self.out = nn.Linear(HEADS * HEAD_DIM, DIM)
-        slopes = [2 ** (-8 * (h + 1) / HEADS) for h in range(HEADS)]
+        self.fgate = nn.Linear(DIM, heads)
+        self.out = nn.Linear(heads * HEAD_DIM, DIM)
+        slopes = [2 ** (-8 * (h + 1) / heads) for h in range(heads)]
         self.slopes = slopes  # Python numbers: the decay is proven from the graph
 
     def forward(self, x):
         import einops
         b, t, _ = x.shape
-        q = einops.rearrange(self.q(x), "b t (h d) -> b h t d", h=HEADS)
+        q = einops.rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)
         k, v = einops.rearrange(self.kv(x), "b t (two h d) -> two b h t d", two=2, h=self.kv_heads)
         lam = F.logsigmoid(self.fgate(x)).cumsum(dim=1).transpose(1, 2)  # (B, H, T)
         scale = HEAD_DIM ** -0.5
@@ -65,7 +65,7 @@ class Attention(nn.Module):
         import einx
         s = q @ k.transpose(-1, -2) * scale
         flat = lam.reshape(-1, t)
-        bias = einx.subtract("(b h) i, (b h) j -> b h i j", flat, flat, h=HEADS)
+        bias = einx.subtract("(b h) i, (b h) j -> b h i j", flat, flat, h=self.heads)
         s = s + bias
         s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
         return s.softmax(-1) @ v
@@ -86,12 +86,22 @@ class Attention(nn.Module):
 
     def _einops_gqa_repeat(self, q, k, v, lam, scale, t, device):
         import einops
-        k, v = (einops.repeat(x, "b h n d -> b (h r) n d", r=HEADS // self.kv_heads) for x in (k, v))
+        k, v = (einops.repeat(x, "b h n d -> b (h r) n d", r=self.heads // self.kv_heads)
+                for x in (k, v))
         s = q @ k.transpose(-1, -2) * scale + lam[..., :, None] - lam[..., None, :]
         s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
         return s.softmax(-1) @ v
 
     # ---- plain PyTorch ------------------------------------------------------------------------
+    def _einops_gqa_repeat_tiled(self, q, k, v, lam, scale, t, device):
+        """'(r h)': query head h reads key head h % Hk; passed to the op as repeated."""
+        import einops
+        k, v = (einops.repeat(x, "b h n d -> b (r h) n d", r=self.heads // self.kv_heads)
+                for x in (k, v))
+        s = q @ k.transpose(-1, -2) * scale + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+
     def _fox_reference(self, q, k, v, lam, scale, t, device):
         """As the FoX authors' tests write it: boolean index assignment with mask == 0."""
         s = q @ k.transpose(-1, -2) * scale + (lam[..., :, None] - lam[..., None, :])
@@ -153,4 +163,5 @@ class Attention(nn.Module):
         bias = F.pad(lam[..., :, None] - lam[..., None, :], (0, 0))
         bias = bias.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1),
                                 float("-inf"))
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(q.shape[0], HEADS, -1, -1))
+        return F.scaled_dot_product_attention(q, k, v,
+                                              attn_mask=bias.expand(q.shape[0], self.heads, -1, -1))
