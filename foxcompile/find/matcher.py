@@ -27,7 +27,7 @@ from .masks import (ALL, NONE, Band, KeyFlag, MaskDeclined, MaskReader, Split, c
 from .operands import NotAnOperand, key_value, pv_operand, qk_operands
 from .separable import constant_along, segsum
 from .site import Decline, Documents, KeyTerm, MaskedKeys, Operand, Site
-from .terms import FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS, ScoreWalker
+from .terms import FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS, ScoreWalker, merges_batch
 
 log = logging.getLogger("foxcompile")
 _PRODUCTS = ("matmul", "einsum", "baddbmm")
@@ -99,7 +99,7 @@ def _nan_repairs(pv, probs) -> set:
 def _value_product(softmax_out, dead=frozenset()):
     """Follow the probabilities through casts, inactive dropout and NaN repair to the PV product
     (dead users do not count)."""
-    probs = softmax_out
+    probs, merged = softmax_out, False
     while True:
         users = [u for u in probs.users if not (g.kind(u) == "isnan" and len(u.users) == 1)
                  and not _is_nan_repair_in_place(u, probs) and u not in dead]
@@ -119,8 +119,11 @@ def _value_product(softmax_out, dead=frozenset()):
                 continue
             raise Declined(f"dropout (p={p}) is active on the probabilities: rewritten only in eval "
                            "mode or with p=0")
+        if k == "reshape" and not merged and merges_batch(user):
+            probs, merged = user, True  # (B, H, M, N) viewed as (B*H, M, N) for a bmm (Bloom)
+            continue
         if k in ("matmul", "einsum"):
-            return user, probs
+            return user, probs, merged
         raise Declined(f"the probabilities go through {getattr(user.target, '__name__', user.target)} "
                        "before the value product")
 
@@ -172,7 +175,7 @@ class Matcher:
         nb = g.rank(scores) - 2
         if nb > MAX_BATCH_DIMS:
             raise Declined(f"scores have {nb} batch dims: not supported")
-        pv, probs = _value_product(node, self.dead)
+        pv, probs, merged = _value_product(node, self.dead)
         reader = MaskReader(self.constants)
         walker = ScoreWalker(g.rank(scores), reader, self.inplace)
         walker.walk(scores, reading, coef)
@@ -185,15 +188,24 @@ class Matcher:
         qk = qk_terms[0]
         if qk.factors:
             raise Declined("the q.k product has a per-head scale: not supported yet")
+        if qk.split != merged:
+            raise Declined("the q.k product and the value product do not both work on (B*H, ...) "
+                           "views of the (B, H, M, N) scores")
+        onb = nb - 1 if merged else nb  # merged: q, k, v as (B*H, T, D), the op's B = B*H
         try:
-            q, k, spelling = qk_operands(qk.leaf, nb)
-            v, out = pv_operand(pv, probs, nb)
+            q, k, spelling = qk_operands(qk.leaf, onb)
+            v, out = pv_operand(pv, probs, onb)
             k, v = key_value(k, v)
         except NotAnOperand as why:
             raise Declined(str(why)) from None
         changes, dead = self._check_owned(qk.leaf, pv)
         site = self._site(spelling, node, q, k, v, out, nb, qk.coef, key_terms, scores, reader.notes,
                           documents, masked_keys)
+        if merged:
+            if documents is not None:
+                raise Declined("packed sequences with (B*H, ...) views of the scores: not supported")
+            site.merged = scores
+            site.notes.append("q, k, v as (B*H, T, D) views: the op runs B*H sequences of one head")
         q_heads, kv_heads = site.shapes["q"][1], site.shapes["k"][1]
         if not g.same_size(q_heads, kv_heads):
             site.notes.append(f"k and v go to the op with {kv_heads} heads (query head h reads key "
@@ -251,6 +263,9 @@ class Matcher:
         qk_terms, key_terms, kept, additive, piecewise = [], [], [], [], []
         for term in scores_info.terms:
             found = self._term(term, reader, nb, g.same_size(n_queries, n_keys))
+            if found == "additive" and term.split:
+                raise Declined(f"{_describe(term.leaf)} on the (B*H, M, N) scores before their view "
+                               "as (B, H, M, N): not read as a mask")
             if found == "additive":
                 additive.append(term)
             elif isinstance(found, distance.Piecewise):
@@ -260,6 +275,8 @@ class Matcher:
             elif found == "qk":
                 qk_terms.append(term)
             elif found is not None:
+                if term.split:
+                    found = _split_key(found, term)
                 if abs(found.coef) >= -FINITE_MASK_LIMIT:
                     raise Declined(f"{_describe(found.leaf)} enters the scores times "
                                    f"{found.coef:g}: a key mask written as arithmetic (m * -1e9) "
@@ -331,7 +348,7 @@ class Matcher:
             raise Declined(f"cannot read the shape of {getattr(term.leaf, 'name', term.leaf)}")
         if not math.isfinite(term.coef):
             raise Declined(f"{_describe(term.leaf)} enters the scores times {term.coef}")
-        if g.kind(term.leaf) in _PRODUCTS and len(shp) == nb + 2:
+        if g.kind(term.leaf) in _PRODUCTS and len(shp) == nb + 2 - term.split:
             if term.rows_sliced:
                 raise Declined(f"the q.k product {_describe(term.leaf)} is sliced before the softmax")
             if term.broadcast:
@@ -430,6 +447,19 @@ class Matcher:
                     decay=decay, q=q, k=k, v=v, out=out, batch_dims=nb, scale=float(scale),
                     key_terms=key_terms, shapes=shapes, notes=list(dict.fromkeys(notes)),
                     documents=documents, masked_keys=masked_keys)
+
+
+def _split_key(found: KeyTerm, term) -> KeyTerm:
+    """A key-side term read under the view of (B*H, M, N) as the (B, H, M, N) scores: a leaf of
+    three dims whose first is B*H is viewed as (B, H) by the rewrite (KeyTerm.split)."""
+    shape = g.shape(found.leaf)
+    if len(shape) < 3 or g.same_size(shape[-3], 1):
+        return found  # no batch dim: it broadcasts the same way in either view
+    if found.factors or len(shape) != 3 or found.pick != -2 or found.cumulative:
+        raise Declined(f"{_describe(found.leaf)} on the (B*H, M, N) scores: only a plain key-side "
+                       "term of shape (B*H, 1, N) is read there")
+    found.split = True
+    return found
 
 
 def _linear_pieces(term, pw, n_queries, n_keys, reader) -> list[KeyTerm]:

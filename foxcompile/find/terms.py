@@ -33,6 +33,7 @@ class Term:
     rows_sliced: bool = False  # under x[..., a:b, :]: only a key-side or query-only term can be
     broadcast: bool = False    # under an expand: a q.k product there would be shared by rows of
                                # the scores it does not belong to
+    split: bool = False        # under a view of (B*H, M, N) as the (B, H, M, N) scores (Bloom)
 
 
 @dataclass
@@ -89,6 +90,25 @@ def _boolean_index(index, rank: int):
     return mask if ok else None
 
 
+def splits_batch(node, rank: int) -> bool:
+    """node = x.view(B, H, M, N) of x (B*H, M, N): the first dim split in two, the last two kept."""
+    x = node.args[0] if node.args else None
+    inner, outer = g.shape(x), g.shape(node)
+    return (rank == 4 and inner is not None and outer is not None and len(inner) == 3
+            and len(outer) == 4 and g.same_size(inner[1], outer[2])
+            and g.same_size(inner[2], outer[3]) and g.same_size(inner[0], outer[0] * outer[1])
+            and not g.same_size(outer[1], 1))
+
+
+def merges_batch(node) -> bool:
+    """node = p.view(B*H, M, N) of p (B, H, M, N): the first two dims merged, the last two kept."""
+    x = node.args[0] if node.args else None
+    inner, outer = g.shape(x), g.shape(node)
+    return (g.kind(node) == "reshape" and inner is not None and outer is not None
+            and len(inner) == 4 and len(outer) == 3 and g.same_size(outer[1], inner[2])
+            and g.same_size(outer[2], inner[3]) and g.same_size(outer[0], inner[0] * inner[1]))
+
+
 def _zero_width(node) -> bool:
     """F.pad(x, (0, 0, ...)): every width 0 (any mode and value), so x itself."""
     widths = g.arg(node, 1, "pad")
@@ -118,6 +138,7 @@ class ScoreWalker:
         self._enclosing: tuple = ()
         self._rows_sliced = False
         self._broadcast = False
+        self._split = False
 
     def _per_head(self, x) -> bool:
         varies = _varies(x, self.rank)
@@ -163,6 +184,12 @@ class ScoreWalker:
         if k == "pad" and _zero_width(node):
             self._through(node)
             return self.walk(node.args[0], node, coef, factors)
+        if k == "reshape" and not self._split and splits_batch(node, self.rank):
+            self._through(node)  # (B*H, M, N) viewed as (B, H, M, N): Bloom's baddbmm scores
+            self._split = True
+            self.walk(node.args[0], node, coef, factors)
+            self._split = False
+            return None
         if k == "expand":  # x.expand(...) + s is x + s: broadcasting does the same
             self._through(node)
             outer, self._broadcast = self._broadcast, True
@@ -175,7 +202,7 @@ class ScoreWalker:
             if beta is None or alpha is None:
                 return self._leaf(node, coef, factors)
             self.out.terms.append(Term(coef * alpha, factors, node, self._enclosing,
-                                       self._rows_sliced, self._broadcast))
+                                       self._rows_sliced, self._broadcast, self._split))
             if beta != 0.0:
                 self._operand(g.arg(node, 0, "input"), node, coef * beta, factors)
             return None
@@ -212,6 +239,10 @@ class ScoreWalker:
     def _mask(self, node, masked: Mask | None, fill: float | None, coef: float, inner) -> None:
         if self._rows_sliced:
             self.out.problem = f"a mask at {g.location(node)} inside a slice of the score rows"
+            return None
+        if self._split:
+            self.out.problem = (f"a mask at {g.location(node)} on the (B*H, M, N) scores before "
+                                "their view as (B, H, M, N): not followed")
             return None
         self._through(node)
         fill = fill * coef if fill is not None else math.nan
@@ -253,5 +284,5 @@ class ScoreWalker:
 
     def _leaf(self, node, coef, factors):
         self.out.terms.append(Term(coef, factors, node, self._enclosing, self._rows_sliced,
-                                   self._broadcast))
+                                   self._broadcast, self._split))
         return None

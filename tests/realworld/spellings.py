@@ -102,6 +102,19 @@ class Attention(nn.Module):
         s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
         return s.softmax(-1) @ v
 
+    def _bloom_bmm(self, q, k, v, lam, scale, t, device):
+        """Bloom's layout: (B*H, T, D) operands, baddbmm with the gate as its input, the scores
+        viewed as (B, H, T, T) for the mask and softmax, the probabilities viewed back for bmm."""
+        b, h, _, d = q.shape
+        q3, k3, v3 = (x.reshape(b * h, t, d) for x in (q, k, v))
+        gate3 = (-lam).reshape(b * h, 1, t)  # key-side -lam_j
+        s3 = gate3.baddbmm(q3, k3.transpose(1, 2), beta=1.0, alpha=scale)
+        s = s3.view(b, h, t, -1)
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1),
+                          torch.finfo(s.dtype).min)
+        p = F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.bmm(p.view(b * h, t, -1), v3).view(b, h, t, -1)
+
     def _fox_reference(self, q, k, v, lam, scale, t, device):
         """As the FoX authors' tests write it: boolean index assignment with mask == 0."""
         s = q @ k.transpose(-1, -2) * scale + (lam[..., :, None] - lam[..., None, :])

@@ -30,6 +30,8 @@ CASES = [
          sites=("guarded",)),
     Case("alibi-relu", "torch", "ALiBi", "slope * relu(i - j)", _build("alibi-relu"),
          sites=("guarded",)),
+    Case("bloom-bmm", "torch", "FoX layer, Bloom's layout", "baddbmm (B*H) -> view (B, H) -> "
+         "softmax -> view (B*H) -> bmm", _build("bloom-bmm"), sites=("proven",)),
     Case("dead-clone", "torch", "FoX layer", "an unused s.clone()", _build("dead-clone"),
          sites=("proven",)),
     Case("dead-max", "torch", "FoX layer", "o, m = f(...); return o (m = s.amax(-1) dead)",

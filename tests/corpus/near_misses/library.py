@@ -270,3 +270,55 @@ CASES.append(_nm(
     "nm_alibi_abs_decode_unaligned", _qkv_mn(_alibi_with(lambda i, j: (j - i).abs(), 5, 13), 5, 13),
     "bias=piecewise-not-linear", "|j - i| of raw indices with queries at the end of the keys",
     _ref_alibi_linear))
+
+
+# ---- (B*H, M, N) views: Bloom's baddbmm scores viewed as (B, H, M, N), probabilities viewed back
+
+def _alibi3(q, H):
+    B_H, T = q.shape[0], q.shape[-2]
+    slopes = torch.tensor([2.0 ** -(h + 1) for h in range(H)], dtype=q.dtype, device=q.device)
+    return (slopes[:, None] * torch.arange(T, dtype=q.dtype, device=q.device)).repeat(B_H // H, 1)[:, None, :]
+
+
+def _flat(q, k, v):
+    B, H, T, D = q.shape
+    return B, H, T, (x.reshape(B * H, T, D) for x in (q, k, v))
+
+
+# The probabilities viewed as (B*H, M, N) for a bmm while the scores were built in (B, H, M, N):
+# read either way it is the same attention, but only the Bloom pairing (both views) is followed.
+def fox_probs_merged_only(q, k, v, g):
+    B, H, T, (_, _, v3) = _flat(q, k, v)
+    p = _scores(q, k, g).softmax(-1)
+    return torch.bmm(p.view(B * H, T, T), v3).view(B, H, T, -1)
+
+
+CASES.append(_nm(
+    "nm_bmm_probs_view_without_scores_view", _qkvg_builder(fox_probs_merged_only, 2, 2, 13, 8),
+    "layout=half-merged", "p.view(B*H, T, T) @ v with (B, H, T, T) scores", ref_fox_logsig,
+    relation="equal"))
+
+
+# Bloom's layout with the causal mask applied to the (B*H, M, N) scores before the view: a mask
+# there is not followed (declined, not misread).
+def alibi_mask_before_view(q, k, v):
+    B, H, T, (q3, k3, v3) = _flat(q, k, v)
+    s3 = _alibi3(q3, H).baddbmm(q3, k3.transpose(1, 2), beta=1.0, alpha=q.shape[-1] ** -0.5)
+    s3 = s3.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    p = s3.view(B, H, T, T).softmax(-1)
+    return torch.bmm(p.view(B * H, T, T), v3).view(B, H, T, -1)
+
+
+def _ref_bloom(fn, inputs):
+    from .. import Ref
+    from ..reference import fox_reference
+    q, k, v = (x.double() for x in inputs[:3])
+    B, H, T, _ = q.shape
+    lam = -_alibi3(q.reshape(B * H, T, -1), H)[:, 0, :].reshape(B, H, T)
+    return Ref(fox_reference(q, k, v, lam), [lam])
+
+
+CASES.append(_nm(
+    "nm_bmm_mask_before_view", _qkv_mn(alibi_mask_before_view, 13, 13),
+    "layout=mask-on-merged", "the mask on the (B*H, T, T) scores before their view", _ref_bloom,
+    relation="equal"))
