@@ -50,7 +50,7 @@ def _columns(node, sign: int):
         return []
     found = _position_vector(node)
     if found is not None:
-        return [(sign, node)] if found[0] == "col" else []
+        return [(sign, node)] if found[0] == "col" else []  # rows and single positions: no j
     k = g.kind(node)
     if k in ("add", "sub") and g.number(node.kwargs.get("alpha", 1)) == 1.0:
         a, b = _columns(node.args[0], sign), _columns(node.args[1], sign if k == "add" else -sign)

@@ -415,6 +415,9 @@ class MaskReader:
             return None
         # (alpha_r * r + alpha_c * c + gamma)  OP  0
         ar, ac, ga = (x - y for x, y in zip(fa, fb))
+        if ar == 0 and ac != 0 and all(_last_two(g.shape(x))[0] == 1 for x in (a, b)
+                                       if isinstance(x, fx.Node) and g.is_tensor(x)):
+            ar = -ac  # one row (r = 0 only, so c = d): a decoding step's `kv <= q_pos`
         if sympy.simplify(ar + ac) != 0 or ac == 0:
             return None
         # ac * (c - r) + ga OP 0  ->  d OP' -ga / ac
@@ -641,6 +644,8 @@ def _index_form(node):
     if found is not None:
         axis, offset = found
         one, zero = sympy.Integer(1), sympy.Integer(0)
+        if axis == "one":
+            return (zero, zero, offset)
         return (one, zero, offset) if axis == "row" else (zero, one, offset)
     k = g.kind(node)
     if k in ("add", "sub") and g.number(node.kwargs.get("alpha", 1)) == 1.0:
@@ -653,7 +658,9 @@ def _index_form(node):
 
 
 def _offset_of(x):
-    """A Python number or SymInt as a sympy expression."""
+    """A Python number or a size (SymInt, or a graph node holding one) as a sympy expression."""
+    if isinstance(x, fx.Node) and isinstance(g.value(x), torch.SymInt):
+        return g.sym(g.value(x))
     return g.sym(x) if isinstance(x, torch.SymInt) else sympy.nsimplify(g.number(x))
 
 
@@ -661,6 +668,8 @@ def _is_offset(x) -> bool:
     """A Python number, a SymInt, or a graph node computing a size (not a tensor)."""
     if isinstance(x, torch.SymInt):
         return True
+    if isinstance(x, fx.Node) and isinstance(g.value(x), torch.SymInt):
+        return True  # a size handed in (decoding: the cache length as a placeholder)
     return g.number(x) is not None and not (isinstance(x, fx.Node) and g.is_tensor(x))
 
 
@@ -722,12 +731,45 @@ def _positions(node):
     return None
 
 
+def _single_position(node):
+    """For a tensor of one element that is a position t + offset at t = 0 (arange of length 1
+    plus or minus numbers, viewed): the offset; None otherwise."""
+    shape = g.shape(node)
+    if shape is None or not all(g.same_size(size, 1) for size in shape):
+        return None
+    k = g.kind(node)
+    if k == "arange":
+        start = node.args[0] if len(node.args) > 1 else node.kwargs.get("start", 0)
+        return _offset_of(start) if _is_offset(start) else None
+    if k in ("add", "sub") and g.number(node.kwargs.get("alpha", 1)) == 1.0:
+        a, b = node.args[0], node.args[1]
+        if _is_offset(b):
+            inner = _single_position(a)
+            return None if inner is None else inner + (1 if k == "add" else -1) * _offset_of(b)
+        if k == "add" and _is_offset(a):
+            inner = _single_position(b)
+            return None if inner is None else inner + _offset_of(a)
+        return None
+    if k in ("cast", "identity", "unsqueeze", "reshape") and not (
+            k == "cast" and g.dtype(node) == torch.bool):
+        return _single_position(node.args[0])
+    if k == "getitem":
+        parts = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        plain = all(p is None or p is Ellipsis or p == slice(None) or p == 0 for p in parts)
+        return _single_position(node.args[0]) if plain else None
+    return None
+
+
 def _position_vector(node):
     """("row" or "col", offset) for a vector of positions laid along the rows or the columns of
-    the last two dims (a 1-D tensor broadcasts along the columns)."""
+    the last two dims (a 1-D tensor broadcasts along the columns); ("one", offset) for a single
+    position (a decoding step's query), which is the same everywhere."""
     dim, shape = _vector_dim(node), g.shape(node)
-    if dim is None or not isinstance(node, fx.Node) or not g.is_tensor(node):
+    if not isinstance(node, fx.Node) or not g.is_tensor(node):
         return None
+    if dim is None:
+        offset = _single_position(node)
+        return None if offset is None else ("one", offset)
     rank = len(shape)
     axis = "col" if dim == rank - 1 else ("row" if dim == rank - 2 else None)
     offset = None if axis is None else _positions(node)

@@ -91,7 +91,9 @@ def _boolean_index(index, rank: int):
 
 
 def splits_batch(node, rank: int) -> bool:
-    """node = x.view(B, H, M, N) of x (B*H, M, N): the first dim split in two, the last two kept."""
+    """node = x.view(B, H, M, N) of x (B*H, M, N): the first dim split in two, the last two kept.
+    The walk follows it only onto a matrix product (Bloom's baddbmm); any other such view is a
+    leaf, as before (Falcon's ALiBi `(B*H, 1, N)` viewed as `(B, H, 1, N)` is a key-side term)."""
     x = node.args[0] if node.args else None
     inner, outer = g.shape(x), g.shape(node)
     return (rank == 4 and inner is not None and outer is not None and len(inner) == 3
@@ -184,7 +186,8 @@ class ScoreWalker:
         if k == "pad" and _zero_width(node):
             self._through(node)
             return self.walk(node.args[0], node, coef, factors)
-        if k == "reshape" and not self._split and splits_batch(node, self.rank):
+        if (k == "reshape" and not self._split and splits_batch(node, self.rank)
+                and g.kind(node.args[0]) in ("baddbmm", "matmul")):
             self._through(node)  # (B*H, M, N) viewed as (B, H, M, N): Bloom's baddbmm scores
             self._split = True
             self.walk(node.args[0], node, coef, factors)

@@ -33,6 +33,8 @@ def _reason(text: str) -> str:
 
 
 def _result(sites, declines) -> str:
+    if not sites and not declines:
+        return "no attention seen"
     if sites:
         labels = ", ".join(sorted(sites))
         return f"**{len(sites)} site{'s' if len(sites) > 1 else ''}** ({labels})"
@@ -58,8 +60,11 @@ def rows():
             _, _, capture = module.generate(model, attn, compiled=True)
             sites = [re.search(r"decay (\w+)", s).group(1) for s in capture.rewrote]
             declines = [d.split("): ", 1)[-1] for d in capture.declined]
-            out.append(("transformers", module.MODEL_NAMES[model], f"{attn}, generate() with a cache",
-                        _result(sites, declines)))
+            result = _result(sites, [])
+            if declines:
+                result += ("; " if sites else "") + "declined: " + _reason(declines[0])
+            out.append(("transformers", module.MODEL_NAMES[model],
+                        f"{attn}, generate() with a cache (prefill, 2 decoding steps)", result))
     return out
 
 

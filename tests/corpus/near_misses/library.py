@@ -322,3 +322,53 @@ CASES.append(_nm(
     "nm_bmm_mask_before_view", _qkv_mn(alibi_mask_before_view, 13, 13),
     "layout=mask-on-merged", "the mask on the (B*H, T, T) scores before their view", _ref_bloom,
     relation="equal"))
+
+
+# ---- one query (decoding): kv_arange <= q_position with the position a single element ----------
+
+def _decode_step(q_offset_from_end):
+    def fn(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        N = k.shape[-2]
+        q_pos = torch.arange(1, device=q.device) + (N - q_offset_from_end)
+        kv = torch.arange(N, device=q.device)
+        keep = kv[None, None, None, :] <= q_pos[None, None, :, None]
+        bias = lam[..., -1:, None] - lam[..., None, :]
+        s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias
+        s = s.masked_fill(~keep, float("-inf"))
+        return s.softmax(-1) @ v
+    return fn
+
+
+def _decode_inputs(fn):
+    def build(dtype):
+        q = torch.randn(2, 2, 1, 8, dtype=dtype)
+        k, v = (torch.randn(2, 2, 13, 8, dtype=dtype) for _ in range(2))
+        return fn, (q, k, v, torch.randn(2, 2, 13, dtype=dtype) * 1.5)
+    return build
+
+
+def _ref_decode(fn, inputs):
+    from .. import Ref
+    from ..reference import cumlog, fox_reference
+    q, k, v, g = (x.double() for x in inputs)
+    lam = cumlog(F.logsigmoid(g))
+    return Ref(fox_reference(q, k, v, lam), [lam])
+
+
+# The query's position one before the last key: its own (last) key is masked.
+CASES.append(_nm(
+    "nm_decode_position_one_short", _decode_inputs(_decode_step(2)), "mask=decode-offset",
+    "a decoding query at position N - 2: the newest key hidden", _ref_decode))
+
+
+# A key range of one row broadcast to every query: kv <= 5 holds for all rows alike.
+def fox_key_range_all_rows(q, k, v, g):
+    s = _biased(q, k, g)
+    keep = torch.arange(q.shape[-2], device=q.device)[None, :] <= 5
+    return s.masked_fill(~keep, float("-inf")).softmax(-1) @ v
+
+
+CASES.append(_nm(
+    "nm_key_range_broadcast_to_rows", _qkvg_builder(fox_key_range_all_rows, 2, 2, 13, 8),
+    "mask=key-range", "j <= 5 for every query (one row broadcast)", ref_fox_logsig))
