@@ -657,6 +657,10 @@ def _index_form(node):
     return None
 
 
+# dtypes that hold every position of a realistic sequence exactly (float32: up to 2^24)
+_EXACT_POSITIONS = (torch.int32, torch.int64, torch.float32, torch.float64)
+
+
 def _offset_of(x):
     """A Python number or a size (SymInt, or a graph node holding one) as a sympy expression."""
     if isinstance(x, fx.Node) and isinstance(g.value(x), torch.SymInt):
@@ -711,8 +715,8 @@ def _positions(node):
         in_dim = _vector_dim(x)
         if in_dim is None or not g.same_size(g.shape(x)[in_dim], g.shape(node)[dim]):
             return None
-        if k == "cast" and g.dtype(node) == torch.bool:
-            return None
+        if k == "cast" and g.dtype(node) not in _EXACT_POSITIONS:
+            return None  # int8, float16, bfloat16 ... wrap or round positions; bool is no position
         return _positions(x)
     if k == "getitem":
         x = node.args[0]
@@ -751,7 +755,7 @@ def _single_position(node):
             return None if inner is None else inner + _offset_of(a)
         return None
     if k in ("cast", "identity", "unsqueeze", "reshape") and not (
-            k == "cast" and g.dtype(node) == torch.bool):
+            k == "cast" and g.dtype(node) not in _EXACT_POSITIONS):
         return _single_position(node.args[0])
     if k == "getitem":
         parts = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)

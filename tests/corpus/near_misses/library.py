@@ -372,3 +372,18 @@ def fox_key_range_all_rows(q, k, v, g):
 CASES.append(_nm(
     "nm_key_range_broadcast_to_rows", _qkvg_builder(fox_key_range_all_rows, 2, 2, 13, 8),
     "mask=key-range", "j <= 5 for every query (one row broadcast)", ref_fox_logsig))
+
+
+# Positions cast to bfloat16 before the comparison: above 256 they round to even numbers, so
+# j <= i no longer holds exactly where the causal mask would (a key one past i can be kept).
+def fox_positions_bf16(q, k, v, g):
+    s = _biased(q, k, g)
+    T = q.shape[-2]
+    i = (torch.arange(T, device=q.device) + 300).to(torch.bfloat16)
+    keep = i[None, :] <= i[:, None]
+    return s.masked_fill(~keep, float("-inf")).softmax(-1) @ v
+
+
+CASES.append(_nm(
+    "nm_positions_cast_bf16", _qkvg_builder(fox_positions_bf16, 2, 2, 13, 8), "mask=rounded-positions",
+    "positions 300.. in bfloat16 compare equal in pairs: some future keys kept", ref_fox_logsig))
