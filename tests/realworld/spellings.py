@@ -3,8 +3,8 @@ einops spellings (tests/realworld/test_einx_einops.py) and the plain-PyTorch ref
 the FoX authors' tests and of common ALiBi code (tests/realworld/test_torch_spellings.py).
 
 Every module maps x (B, T, DIM) to (B, T, DIM): q, k, v and the forget-gate logits are
-projections of x, so parameter and input gradients are compared."""
-import math
+projections of x, so parameter and input gradients are compared. einx and einops are imported only
+by the spellings that use them (the plain-PyTorch cases run without the `realworld` extra)."""
 
 import torch
 import torch.nn as nn
@@ -27,14 +27,13 @@ class Attention(nn.Module):
         self.slopes = slopes  # Python numbers: the decay is proven from the graph
 
     def forward(self, x):
-        import einops
         b, t, _ = x.shape
-        q = einops.rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)
-        k, v = einops.rearrange(self.kv(x), "b t (two h d) -> two b h t d", two=2, h=self.kv_heads)
+        q = self.q(x).view(b, t, self.heads, HEAD_DIM).transpose(1, 2)
+        k, v = self.kv(x).view(b, t, 2, self.kv_heads, HEAD_DIM).permute(2, 0, 3, 1, 4)
         lam = F.logsigmoid(self.fgate(x)).cumsum(dim=1).transpose(1, 2)  # (B, H, T)
         scale = HEAD_DIM ** -0.5
-        return self.out(einops.rearrange(getattr(self, "_" + self.spelling.replace("-", "_"))(
-            q, k, v, lam, scale, t, x.device), "b h t d -> b t (h d)"))
+        o = getattr(self, "_" + self.spelling.replace("-", "_"))(q, k, v, lam, scale, t, x.device)
+        return self.out(o.transpose(1, 2).reshape(b, t, -1))
 
     # ---- einx / einops ------------------------------------------------------------------------
     def _einx_subtract(self, q, k, v, lam, scale, t, device):
