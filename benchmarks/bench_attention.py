@@ -26,8 +26,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from foxcompile.contract import Prune  # noqa: E402
 from foxcompile.kernels import plan as plan_mod  # noqa: E402
+
+try:
+    from foxcompile.contract import Prune
+except ImportError:  # a checkout older than contract.py (run_gpu_kernels.sh abref times one)
+    class Prune:
+        OFF, PROVEN, GUARDED = plan_mod.PRUNE_OFF, plan_mod.PRUNE_PROVEN, plan_mod.PRUNE_GUARDED
 
 SHAPES = ["B8-T4096-H24-D64", "B2-T16384-H24-D64", "B1-T16384-H16-D128"]
 EPSILON = math.exp(-10.0)
@@ -74,6 +79,16 @@ def bench(fn, grad_to_none=None):
 
 # ----------------------------------------------------------------------------- implementations
 
+def plan_norm():
+    """The norm the op gives the plan (kernels.max_norm: one Triton pass on CUDA); make_plan's
+    default is torch's. Checkouts older than the norm argument chose it inside the plan."""
+    import inspect
+    if "norm" not in inspect.signature(plan_mod.make_plan).parameters:
+        return {}
+    from foxcompile.kernels import max_norm
+    return {"norm": max_norm}
+
+
 def fox_kernels(q, k, v, lam, prune):
     """foxcompile's Triton engine called directly: plan (threshold + boundaries) + kernels, on
     (B, H, T, D) views of the (B, T, H, D) tensors, outputs written through (B, T, H, D) views."""
@@ -81,9 +96,10 @@ def fox_kernels(q, k, v, lam, prune):
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     scale = q.shape[-1] ** -0.5
     grad = torch.randn_like(q).transpose(1, 2)
+    norm = plan_norm()
 
     def fwd():
-        plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, prune)
+        plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, prune, **norm)
         out = torch.empty_like(q).transpose(1, 2)
         lse = ta.forward(qh, kh, vh, lam, plan, scale, out)
         return plan, out, lse
@@ -192,7 +208,7 @@ def fla(q, k, v, log_f):
 def skipped_fraction(q, k, lam, block_m, block_n):
     qh, kh = q.transpose(1, 2), k.transpose(1, 2)
     scale = q.shape[-1] ** -0.5
-    delta = plan_mod.threshold(qh, kh, lam, scale, EPSILON, Prune.PROVEN)
+    delta = plan_mod.threshold(qh, kh, lam, scale, EPSILON, Prune.PROVEN, **plan_norm())
     start = plan_mod.start_blocks(lam, delta, q.shape[1], block_m, block_n)
     c = plan_mod.tile_counts(start, q.shape[1], k.shape[1], block_m, block_n)
     return (c.skipped_tiles.sum() / c.causal_tiles.sum()).item()
@@ -283,7 +299,7 @@ def sweep(args):
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
         scale = head_dim ** -0.5
         grad = torch.randn_like(q).transpose(1, 2)
-        plans = {p: plan_mod.make_plan(qh, kh, lam, scale, EPSILON, p)
+        plans = {p: plan_mod.make_plan(qh, kh, lam, scale, EPSILON, p, **plan_norm())
                  for p in (Prune.OFF, Prune.PROVEN)}
         out = torch.empty_like(q).transpose(1, 2)
         dq, dk, dv = (torch.empty_like(t).transpose(1, 2) for t in (q, k, v))
@@ -328,19 +344,20 @@ def profile_plan(shape="B2-T16384-H24-D64"):
     scale = head_dim ** -0.5
     lam_t = log_f.cumsum(1).transpose(1, 2)        # the op's strided (B, H, T) view
     out = {}
+    norm = plan_norm()
     for name, lam_in, prune in (("proven", lam, Prune.PROVEN),
                                 ("guarded", lam, Prune.GUARDED),
                                 ("guarded, strided lam", lam_t, Prune.GUARDED)):
-        fn = lambda: plan_mod.make_plan(qh, kh, lam_in, scale, EPSILON, prune)  # noqa: E731
+        fn = lambda: plan_mod.make_plan(qh, kh, lam_in, scale, EPSILON, prune, **norm)  # noqa: E731
         fn()
         out[name] = bench(fn)
-    plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, Prune.PROVEN)
+    plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, Prune.PROVEN, **norm)
     out["end_blocks"] = bench(lambda: plan_mod.end_blocks(plan.start, seq, plan.block_n))
     print(f"plan ms at {shape}: {out}", flush=True)
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
-            plan_mod.make_plan(qh, kh, lam, scale, EPSILON, Prune.GUARDED)
+            plan_mod.make_plan(qh, kh, lam, scale, EPSILON, Prune.GUARDED, **norm)
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
     return out

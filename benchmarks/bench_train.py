@@ -20,8 +20,20 @@ pruned.
     python benchmarks/bench_train.py --loss-parity    # 125m with and without pruning, 2 seeds
     python benchmarks/bench_train.py --device cpu --config tiny --seq-len 64 --steps 2
 
-Results are merged into --out (rows of the same card, config, seq len and variant are replaced)
-and written after every variant, so a run cut short keeps what it measured.
+Several GPUs (data parallel, examples/parallel.py): run the 1-GPU baseline first, then the same
+configs under torchrun; --batch-size is then per GPU, by default the batch of the baseline row in
+--out, and each row gets tokens/s per GPU and its scaling efficiency against the baseline
+(tokens/s per GPU over the 1-GPU tokens/s of the same variant):
+
+    python benchmarks/bench_train.py --configs 125m --seq-lens 16384 --variants fox_acp fox_acp_dense sdpa
+    torchrun --nproc-per-node 2 benchmarks/bench_train.py --parallel ddp --configs 125m \
+        --seq-lens 16384 --variants fox_acp fox_acp_dense sdpa
+    python benchmarks/bench_train.py --smoke && \
+        torchrun --nproc-per-node 2 benchmarks/bench_train.py --smoke --parallel fsdp   # CPU, gloo
+
+Results are merged into --out (rows of the same card, config, seq len, variant, parallel mode and
+number of GPUs are replaced) and written after every variant, so a run cut short keeps what it
+measured.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
+import parallel  # noqa: E402
 import train  # noqa: E402
 from fox_lm import CONFIGS, build_model  # noqa: E402
 
@@ -118,38 +131,66 @@ def is_out_of_memory(error: BaseException) -> bool:
 # ---------------------------------------------------------------- one measurement
 
 
-def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus) -> dict:
+def compile_variant(model, variant: Variant, args):
+    """torch.compile for a variant; with --compile-with aot_eager, AOTAutograd without Inductor
+    (fox_acp through "fox.compiler", the others through backend="aot_eager")."""
+    if args.compile_with == "aot_eager" and variant.backend == "inductor":
+        return torch.compile(model, backend="aot_eager")
+    fox_compiler = "aot_eager" if args.compile_with == "aot_eager" else "inductor"
+    return train.compile_model(model, variant.backend, variant.epsilon, fox_compiler)
+
+
+def slowest_rank(seconds: float, ctx: parallel.Context) -> float:
+    """The largest of the ranks' times (each rank's own without a group)."""
+    if not ctx.distributed:
+        return seconds
+    import torch.distributed as dist
+
+    value = torch.tensor([seconds], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value)
+
+
+def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus,
+            ctx: parallel.Context | None = None) -> dict:
     """Train variant `name` for warmup + timed steps: tokens/s of the timed steps (synchronised),
-    warmup time (compilation), peak memory and, for fox_acp, the skipped FLOP fraction."""
-    variant, device, dtype = VARIANTS[name], torch.device(args.device), train.DTYPES[args.dtype]
+    warmup time (compilation), peak memory and, for fox_acp, the skipped FLOP fraction. With a
+    parallel context every rank trains on batch_size sequences of its own (DDP or FSDP2), the
+    time is the slowest rank's and tokens/s counts all ranks."""
+    ctx = ctx or parallel.Context(device=torch.device(args.device))
+    variant, device, dtype = VARIANTS[name], ctx.device, train.DTYPES[args.dtype]
     torch.manual_seed(0)
     with device:
         model = build_model(config, attention=variant.attention)
     if args.gate_init == "decay" and variant.attention == "fox":
         train.set_gate_decay_times(model, *train.GATE_DECAY_RANGE)
-    compiled = train.compile_model(model, variant.backend, variant.epsilon)
+    wrapped = parallel.wrap(model, ctx, args.bucket_cap_mb)
+    compiled = compile_variant(wrapped, variant, args)
     optimizer = train.make_optimizer(model, LR, weight_decay=0.1)
     scheduler = train.make_scheduler(optimizer, 1, args.warmup_steps + args.steps + 1)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(ctx.rank)  # every rank its own windows
     batches = [train.sample_batch(corpus, batch_size, seq_len, generator)
                for _ in range(args.warmup_steps + args.steps)]
     batches = [(inputs.to(device), targets.to(device)) for inputs, targets in batches]
 
     def run(steps) -> float:
+        parallel.barrier(ctx)
         start = time.perf_counter()
         for inputs, targets in steps:
             loss = train.training_step(compiled, optimizer, scheduler, inputs, targets, dtype)
         synchronize(device)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"{name}: loss is {loss.item()}")
-        return time.perf_counter() - start
+        return slowest_rank(time.perf_counter() - start, ctx)
 
     with sdpa_context(variant, device, args.sdpa_backend):
         warmup_s = run(batches[: args.warmup_steps])
         timed_s = run(batches[args.warmup_steps :])
+        tokens_per_s = ctx.world_size * batch_size * seq_len * args.steps / timed_s
         row = {
             "status": "ok",
-            "tokens_per_s": batch_size * seq_len * args.steps / timed_s,
+            "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_gpu": tokens_per_s / ctx.world_size,
             "step_ms": 1e3 * timed_s / args.steps,
             "warmup_s": warmup_s,
         }
@@ -157,17 +198,21 @@ def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus)
             row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         if variant.backend == "fox_acp":
             # One more forward in training mode (the compiled graph it already has).
-            snapshot = train.pruning_snapshot(compiled, *batches[0], dtype)
+            snapshot = train.pruning_snapshot(compiled, *batches[0], dtype, ctx)
             row["skipped_fraction"] = snapshot["skipped_fraction"]
+            row["attention_calls"] = sum(site["calls"] for site in snapshot["per_head"])
     return row
 
 
-def measure_safely(name, config, seq_len, batch_size, args, corpus) -> dict:
+def measure_safely(name, config, seq_len, batch_size, args, corpus,
+                   ctx: parallel.Context | None = None) -> dict:
     """measure(), with OOM and other failures turned into a status; memory released after."""
-    key = {"device": train.device_name(torch.device(args.device)), "config": config,
-           "seq_len": seq_len, "variant": name, "batch_size": batch_size}
+    ctx = ctx or parallel.Context(device=torch.device(args.device))
+    key = {"device": train.device_name(ctx.device), "config": config,
+           "seq_len": seq_len, "variant": name, "parallel": ctx.parallel,
+           "world_size": ctx.world_size, "batch_size": batch_size}
     try:
-        row = {**key, **measure(name, config, seq_len, batch_size, args, corpus)}
+        row = {**key, **measure(name, config, seq_len, batch_size, args, corpus, ctx)}
     except Exception as error:  # a failing variant must not lose the others' results
         if is_out_of_memory(error):
             row = {**key, "status": "OOM"}
@@ -175,7 +220,7 @@ def measure_safely(name, config, seq_len, batch_size, args, corpus) -> dict:
             traceback.print_exc()
             first_line = (str(error).strip().splitlines() or [""])[0][:300]
             row = {**key, "status": f"error: {type(error).__name__}: {first_line}"}
-    release_memory(torch.device(args.device))
+    release_memory(ctx.device)
     return row
 
 
@@ -193,18 +238,35 @@ def fitting_batch(name, config, seq_len, args, corpus) -> tuple[int, dict]:
 # ---------------------------------------------------------------- results
 
 
-def row_key(row: dict, variant: str | None = None) -> tuple:
-    return row["device"], row["config"], row["seq_len"], variant or row["variant"]
+def row_key(row: dict, variant: str | None = None, single: bool = False) -> tuple:
+    """(card, config, seq len, variant, parallel mode, GPUs); single: the 1-GPU row's key."""
+    mode = ("none", 1) if single else (row.get("parallel", "none"), row.get("world_size", 1))
+    return (row["device"], row["config"], row["seq_len"], variant or row["variant"], *mode)
 
 
 def add_ratios(rows: list[dict]):
-    """tokens/s relative to fox_acp_dense and to sdpa of the same card, config and seq len."""
+    """tokens/s relative to fox_acp_dense and to sdpa of the same card, config, seq len and
+    parallel setup; tokens/s per GPU relative to the 1-GPU run of the same variant."""
     speed = {row_key(r): r["tokens_per_s"] for r in rows if r["status"] == "ok"}
     for row in rows:
+        ok = row["status"] == "ok"
         for reference in ("fox_acp_dense", "sdpa"):
             base = speed.get(row_key(row, reference))
-            ok = row["status"] == "ok" and base
-            row[f"vs_{reference}"] = row["tokens_per_s"] / base if ok else None
+            row[f"vs_{reference}"] = row["tokens_per_s"] / base if ok and base else None
+        if ok:
+            row.setdefault("tokens_per_s_per_gpu",
+                           row["tokens_per_s"] / row.get("world_size", 1))
+        base = speed.get(row_key(row, single=True))
+        row["scaling_efficiency"] = (row["tokens_per_s_per_gpu"] / base if ok and base
+                                     and row.get("world_size", 1) > 1 else None)
+
+
+def baseline_batch(path: Path, device: str, config: str, seq_len: int) -> int | None:
+    """The batch of the 1-GPU rows of this card, config and seq len in the results file."""
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    batches = {r["batch_size"] for r in rows if (r["device"], r["config"], r["seq_len"]) ==
+               (device, config, seq_len) and r.get("world_size", 1) == 1}
+    return max(batches) if batches else None
 
 
 def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
@@ -218,13 +280,18 @@ def format_table(rows: list[dict]) -> str:
     def number(value, spec):
         return "-" if value is None else format(value, spec)
 
-    lines = [f"{'config':>6} {'T':>6} {'variant':>14} {'batch':>5} {'tokens/s':>10} "
-             f"{'vs dense':>8} {'vs sdpa':>8} {'skipped':>7} {'peak GB':>7}  status"]
+    lines = [f"{'config':>6} {'T':>6} {'variant':>14} {'GPUs':>9} {'batch':>5} {'tokens/s':>10} "
+             f"{'per GPU':>9} {'scaling':>7} {'vs dense':>8} {'vs sdpa':>8} {'skipped':>7} "
+             f"{'peak GB':>7}  status"]
     for r in rows:
+        world = r.get("world_size", 1)
+        gpus = f"{world} {r['parallel']}" if r.get("parallel", "none") != "none" else "1"
         lines.append(
-            f"{r['config']:>6} {r['seq_len']:>6} {r['variant']:>14} {r['batch_size']:>5} "
-            f"{number(r.get('tokens_per_s'), ',.0f'):>10} "
-            f"{number(r['vs_fox_acp_dense'], '.2f'):>8} {number(r['vs_sdpa'], '.2f'):>8} "
+            f"{r['config']:>6} {r['seq_len']:>6} {r['variant']:>14} {gpus:>9} "
+            f"{r['batch_size']:>5} {number(r.get('tokens_per_s'), ',.0f'):>10} "
+            f"{number(r.get('tokens_per_s_per_gpu'), ',.0f'):>9} "
+            f"{number(r.get('scaling_efficiency'), '.0%'):>7} "
+            f"{number(r.get('vs_fox_acp_dense'), '.2f'):>8} {number(r.get('vs_sdpa'), '.2f'):>8} "
             f"{number(r.get('skipped_fraction'), '.0%'):>7} "
             f"{number(r.get('peak_memory_gb'), '.1f'):>7}  {r['status']}")
     return "\n".join(lines)
@@ -237,8 +304,17 @@ def write_results(path: Path, args, rows: list[dict]):
 
 
 def throughput(args):
+    ctx = parallel.setup(args.parallel, args.device)
+    try:
+        _throughput(args, ctx)
+    finally:
+        parallel.teardown(ctx)
+
+
+def _throughput(args, ctx: parallel.Context):
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
     corpus = train.load_corpus()["train"]
     variants = [v for v in VARIANTS if v in args.variants]  # fox_acp variants first
     if any(VARIANTS[v].backend == "fox_acp" for v in variants):
@@ -247,22 +323,31 @@ def throughput(args):
         except RuntimeError as error:
             variants = [v for v in variants if VARIANTS[v].backend != "fox_acp"]
             print(f"skipping the fox_acp variants: {error}", flush=True)
+    card = train.device_name(ctx.device)
     for config in args.configs:
         for seq_len in args.seq_lens:
             batch = None
+            if ctx.distributed:  # per GPU: the 1-GPU baseline's, for a like-for-like comparison
+                batch = args.batch_size or baseline_batch(out, card, config, seq_len)
+                if batch is None:
+                    raise SystemExit(f"--parallel: no --batch-size and no 1-GPU row of {config} at "
+                                     f"T = {seq_len} on {card} in {out}: run the 1-GPU baseline "
+                                     "first (the same command without torchrun and --parallel)")
             for name in variants:
                 if batch is None:
                     batch, row = fitting_batch(name, config, seq_len, args, corpus)
                 else:
-                    row = measure_safely(name, config, seq_len, batch, args, corpus)
-                rows = merge_rows(out, [row])
-                add_ratios(rows)
-                write_results(out, args, rows)
-                print(format_table([row]).splitlines()[1], flush=True)
-    card = train.device_name(torch.device(args.device))
-    rows = [r for r in json.loads(out.read_text())["rows"] if r["device"] == card]
-    print(f"\n{card}, torch {torch.__version__}, triton {train.versions()['triton']}\n"
-          f"{format_table(rows)}\nwrote {out}")
+                    row = measure_safely(name, config, seq_len, batch, args, corpus, ctx)
+                if ctx.is_main:
+                    rows = merge_rows(out, [row])
+                    add_ratios(rows)
+                    write_results(out, args, rows)
+                    print(format_table([next(r for r in rows if row_key(r) == row_key(row))])
+                          .splitlines()[1], flush=True)
+    if ctx.is_main:
+        rows = [r for r in json.loads(out.read_text())["rows"] if r["device"] == card]
+        print(f"\n{card}, torch {torch.__version__}, triton {train.versions()['triton']}\n"
+              f"{format_table(rows)}\nwrote {out}")
 
 
 # ---------------------------------------------------------------- loss parity
@@ -377,6 +462,19 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--quick", action="store_true",
                         help="short run: 125m at T=4096, 2 warmup and 5 timed steps")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a check that everything runs, on CPU (gloo under torchrun): tiny "
+                             "at T=64, batch 2 (per process), 1 warmup and 2 timed steps, fox_acp, "
+                             "fox_acp_dense and sdpa through aot_eager, into "
+                             "runs/bench_train_smoke.json unless --out is given")
+    parser.add_argument("--parallel", choices=parallel.PARALLEL, default="none",
+                        help="data parallelism under torchrun (ddp, or fsdp: FSDP2 per block); "
+                             "--batch-size is then per GPU (default: the 1-GPU baseline's in --out)")
+    parser.add_argument("--bucket-cap-mb", type=float, default=25.0,
+                        help="--parallel ddp: DDP's gradient bucket size")
+    parser.add_argument("--compile-with", choices=("default", "aot_eager"), default="default",
+                        help="aot_eager: AOTAutograd without Inductor for every compiled variant "
+                             "(fox_acp via fox.compiler), for quick CPU checks")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if cuda else "cpu",
                         help="where to run (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(train.DTYPES), default=None,
@@ -386,8 +484,9 @@ def parse_args(argv=None):
                              "or nn.Linear's init")
     parser.add_argument("--sdpa-backend", choices=sorted(SDPA_BACKENDS), default="cudnn",
                         help="SDPA backend of the sdpa variant on CUDA")
-    parser.add_argument("--out", default="runs/bench_train.json",
-                        help="results JSON (merged); --loss-parity writes into its stem")
+    parser.add_argument("--out", default=None,
+                        help="results JSON (merged); --loss-parity writes into its stem "
+                             "(default: runs/bench_train.json)")
     parser.add_argument("--loss-parity", action="store_true",
                         help="instead of throughput: compare losses with and without pruning")
     parser.add_argument("--parity-tokens", type=int, default=2**26, help="tokens per parity run (default: 2^26)")
@@ -405,6 +504,17 @@ def parse_args(argv=None):
         parser.error("--parity-report-only needs the runs' --batch-size")
     if args.quick:
         args.configs, args.seq_lens, args.warmup_steps, args.steps = ["125m"], [4096], 2, 5
+    if args.smoke:
+        args.configs, args.seq_lens, args.warmup_steps, args.steps = ["tiny"], [64], 1, 2
+        args.device, args.compile_with = "cpu", "aot_eager"
+        if args.parallel == "none":  # under torchrun: the 1-GPU (1-process) baseline's batch
+            args.batch_size = args.batch_size or 2
+        if "--variants" not in (argv if argv is not None else sys.argv[1:]):
+            args.variants = ["fox_acp", "fox_acp_dense", "sdpa"]
+    args.out = args.out or ("runs/bench_train_smoke.json" if args.smoke else "runs/bench_train.json")
+    if args.parallel != "none" and args.loss_parity:
+        parser.error("--loss-parity runs train.py on one device; for parallel training use "
+                     "torchrun examples/train.py --parallel ...")
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     if args.steps < 1 or args.warmup_steps < 1:
         parser.error("--steps and --warmup-steps must be at least 1 (the first step compiles)")
@@ -417,6 +527,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.smoke:
+        torch.set_num_threads(1)  # as torchrun's OMP_NUM_THREADS=1, so that 1 and N ranks compare
     if args.loss_parity:
         loss_parity(args)
     else:

@@ -3,13 +3,16 @@ registers, spills and what the compiler emitted: a quick check of a kernel chang
 on a machine without a GPU (Triton compiles for any target; ptxas and cuobjdump ship with it).
 
     python benchmarks/compile_offline.py [--shape 1,4,4,4096,4096,64] [--arch 90]
-        [--configs '{"dq": [128, 64, 8, 3]}'] [--dump DIR]
+        [--configs '{"dq": [128, 64, 8, 3]}'] [--doc] [--dump DIR]
 
 The installed Triton compiles, which need not be the GPU machine's version: the numbers are
 indicative. Per kernel: REG and STACK (bytes of spill stack) from cuobjdump -res-usage, counts in
 the PTX of wgmma and mma.sync instructions and of wgmma waits. --dump writes each kernel's TTGIR
 PTX and cubin to DIR
-(cuobjdump --dump-sass DIR/dq.cubin shows the machine code).
+(cuobjdump --dump-sass DIR/dq.cubin shows the machine code). --doc compiles the packed-sequence
+variants (document ids). The script compiles the foxcompile next to it: to compare two versions
+of the kernels, run a copy of it inside the other checkout (e.g. a `git archive` of an older
+commit) and compare the dumps' `cuobjdump -sass`.
 """
 import argparse
 import os
@@ -88,6 +91,7 @@ def main():
     parser.add_argument("--arch", type=int, default=90,
                         help="compute capability to compile for, 90 = sm90 (default: 90)")
     parser.add_argument("--dump", default=None, help="folder for each kernel's TTGIR and PTX")
+    parser.add_argument("--doc", action="store_true", help="with document ids (HAS_DOC)")
     args = parser.parse_args()
 
     os.environ["TRITON_INTERPRET"] = "0"
@@ -95,6 +99,7 @@ def main():
         os.environ["FOXCOMPILE_KERNEL_CONFIG"] = args.configs
     _fake_driver(args.arch)
     from foxcompile.kernels import plan as plan_mod
+    from foxcompile.contract import Prune
     from foxcompile.kernels import triton_attention as ta
 
     kern = ta._kernels(False)
@@ -111,7 +116,7 @@ def main():
                 compiled.append((self.name, kw, self.fn.run(*a, grid=grid, warmup=True, **kw)))
             return go
 
-    for name in KERNELS + ("_row_dot_kernel",):
+    for name in KERNELS + ("_row_dot_kernel", "_max_norm_kernel"):
         if hasattr(kern, name):
             setattr(kern, name, Warmup(getattr(kern, name), name))
     ta._mode = lambda q: False
@@ -125,16 +130,16 @@ def main():
     q, k, v = bthd(q_heads, n_queries), bthd(kv_heads, n_keys), bthd(kv_heads, n_keys)
     lam = torch.zeros(batch, q_heads, n_keys)
     scale = head_dim ** -0.5
-    plan = plan_mod.make_plan(q, k, lam, scale, 0.0, plan_mod.PRUNE_OFF)
+    plan = plan_mod.make_plan(q, k, lam, scale, 0.0, Prune.OFF)
     lse = torch.zeros(batch, q_heads, n_queries)
-    ta.forward(q, k, v, lam, plan, scale, torch.empty_like(q))
+    doc = (torch.arange(n_keys) // 512).expand(batch, n_keys) if args.doc else None
+    ta.forward(q, k, v, lam, plan, scale, torch.empty_like(q), doc=doc)
     grads = [torch.empty_like(t) for t in (q, k, v)]
-    ta.backward(torch.zeros_like(q), q, k, v, lam, q, lse, plan, scale, *grads)
+    ta.backward(torch.zeros_like(q), q, k, v, lam, q, lse, plan, scale, *grads, doc=doc)
+    ta.max_row_norms(q)
     print(f"{'kernel':<13} {'config':<22} {'REG':>4} {'STACK':>6} {'wgmma':>6} {'mma':>4} "
           f"{'waits':>6}")
     for name, kw, kernel in compiled:
-        if name == "_row_dot_kernel":
-            continue
         config = tuple(kw.get(key) for key in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
         reg, stack = _usage(kernel.asm["cubin"])
         ptx = kernel.asm["ptx"]

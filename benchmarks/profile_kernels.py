@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_attention import fox_kernels, fox_op, parse_shape, syn70  # noqa: E402
 from foxcompile.kernels import plan as plan_mod  # noqa: E402
+from foxcompile.contract import Prune
 
 
 def kernel_table(fn, reps=5, rows=8):
@@ -42,8 +43,8 @@ def main():
     for shape in args.shapes.split(","):
         batch, seq, heads, head_dim = parse_shape(shape)
         q, k, v, log_f, lam = syn70(batch, seq, heads, head_dim)
-        cases = [("kernels dense", fox_kernels(q, k, v, lam, plan_mod.PRUNE_OFF)[1]),
-                 ("kernels ACP", fox_kernels(q, k, v, lam, plan_mod.PRUNE_PROVEN)[1])]
+        cases = [("kernels dense", fox_kernels(q, k, v, lam, Prune.OFF)[1]),
+                 ("kernels ACP", fox_kernels(q, k, v, lam, Prune.PROVEN)[1])]
         try:
             cases.append(("op (autograd, guarded)", fox_op(q, k, v, log_f)[1]))
         except Exception as exc:  # the op is optional here

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
 #
-#   bash benchmarks/run_gpu_kernels.sh [tests] [alltests] [quickstart] [plan] [profile] [sweep] [bench] [ab] [ncu] [train]
+#   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
+#       [bench] [ab] [abref] [ncu] [train]
 #   (default: tests bench)
 #
 # Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
@@ -10,6 +11,16 @@
 # ab: bench_attention once per variant of AB (space-separated NAME:ENV=VALUE[+ENV=VALUE]), e.g.
 #   AB="ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1", foxcompile and cuDNN rows only, into
 #   $OUT/ab/NAME.json (cuDNN is timed in each, as the same-run baseline).
+# gputests: python -m pytest tests/test_gpu.py tests/test_kernels.py (all of them: GPU and CPU
+#   tests), into $OUT/gputests.log.
+# abref: the kernels of another version (OLD=folder holding that checkout, or OLD_REF=git ref,
+#   unpacked with git archive, which needs the repository's .git there) against this checkout's,
+#   timed by this checkout's bench_attention.py (foxcompile rows and cuDNN, the same-run baseline),
+#   one process per version and round, alternated old/new for ROUNDS rounds (default 2); into
+#   $OUT/ab_ref.log, $OUT/ab_ref.json (every round, medians, new/old ratios) and
+#   $OUT/ab_ref.txt (the table). To carry an older version to a machine without the repository:
+#   here, `git archive REF | tar -x -C .ab_old` in the repository root, `.ab_old` in carry, and
+#   OLD=.ab_old on the command line.
 # ncu: Nsight Compute counters of the dense kernels and cuDNN (benchmarks/ncu_kernels.py) at each
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
@@ -42,6 +53,12 @@ for step in $steps; do
       workers=${PYTEST_WORKERS:-8}
       timeout 330 $PY -m pytest -q -m gpu -p no:cacheprovider -n "$workers" --timeout 240 \
         tests/test_kernels.py -rf 2>&1 | tee "$OUT/tests.log" | tail -25
+      ;;
+    gputests)
+      stamp "GPU tests: tests/test_gpu.py tests/test_kernels.py"
+      workers=${PYTEST_WORKERS:-8}
+      timeout ${GPUTESTS_TIMEOUT:-330} $PY -m pytest -q -p no:cacheprovider -n "$workers" --timeout 240 \
+        tests/test_gpu.py tests/test_kernels.py -rf 2>&1 | tee "$OUT/gputests.log" | tail -25
       ;;
     alltests)
       stamp "all GPU tests (kernels, op, backend)"
@@ -81,6 +98,33 @@ for step in $steps; do
         grep -E "^B[0-9]" "$OUT/ab/$name.log" | grep -E "foxcompile|cuDNN" | grep -v skipped
         grep -E "Error|error" "$OUT/ab/$name.log" | head -3
       done
+      ;;
+    abref)
+      old=${OLD:-}
+      if [ -z "$old" ]; then
+        old=/tmp/foxcompile_ab_old
+        rm -rf "$old" && mkdir -p "$old"
+        if ! git archive "${OLD_REF:?abref needs OLD (a folder) or OLD_REF (a git ref)}" | tar -x -C "$old"; then
+          echo "abref: git archive $OLD_REF failed (no repository here?); pass OLD=folder"; continue
+        fi
+      fi
+      old=$(cd "$old" && pwd)
+      # the same harness for both: this checkout's bench_attention.py, run from inside the old
+      # checkout so that it imports the foxcompile next to it
+      cp benchmarks/bench_attention.py "$old/benchmarks/bench_attention_ab.py"
+      abdir=$(mktemp -d)
+      : > "$OUT/ab_ref.log"
+      for round in $(seq 1 "${ROUNDS:-2}"); do
+        for side in old new; do
+          if [ $side = old ]; then script=$old/benchmarks/bench_attention_ab.py; else script=benchmarks/bench_attention.py; fi
+          stamp "abref round $round: $side"
+          echo "=== round $round $side" >> "$OUT/ab_ref.log"
+          (cd "$(dirname "$script")/.." && timeout 300 $PY "$script" --json "$abdir/${side}$round.json" \
+            ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op) >> "$OUT/ab_ref.log" 2>&1
+          grep -E "Error|error" "$OUT/ab_ref.log" | tail -3
+        done
+      done
+      $PY benchmarks/ab_compare.py "$abdir" --json "$OUT/ab_ref.json" | tee "$OUT/ab_ref.txt"
       ;;
     ncu)
       for shape in ${NCU_SHAPES:-B2-T16384-H24-D64 B1-T16384-H16-D128}; do

@@ -9,11 +9,15 @@ split depends only on the file names, so it is the same on every machine with th
 Examples:
     python examples/train.py --config tiny --steps 20 --device cpu --backend eager
     python examples/train.py --config 125m --seq-len 4096 --batch-size 16 --steps 5000
+    torchrun --nproc-per-node 8 examples/train.py --parallel fsdp --config 760m --seq-len 16384 \
+        --batch-size 16 --steps 5000 --out runs/760m-fsdp      # --batch-size is the global batch
+    torchrun --nproc-per-node 8 examples/train.py --parallel fsdp ... --out runs/760m-fsdp --resume
 
 Writes into --out: log.json (config, arguments, versions, device, per-step loss and tokens/s,
-evals, pruning statistics), loss.png, checkpoint.pt (model, optimizer, scheduler and step) and,
+evals, pruning statistics), loss.png, checkpoint.pt (model, optimizer, scheduler, batch generator
+and step; with --parallel, checkpoints/step_N/ through torch.distributed.checkpoint instead) and,
 for forgetting attention, pruning_boundary.png; with --backend fox_acp also pruning_heatmap.png
-and pruning_over_training.png. docs/training.md explains the plots.
+and pruning_over_training.png. docs/training.md explains the plots and the parallel runs.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import parallel
 from fox_lm import CONFIGS, build_model
 
 BACKENDS = ("fox_acp", "inductor", "eager")
+FOX_COMPILERS = ("inductor", "aot_eager", "eager")  # foxcompile's "fox.compiler" option
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # The ACP paper's default tolerance (foxcompile.DEFAULT_EPSILON too; repeated here so that the
 # eager and Inductor paths and the boundary analysis run without foxcompile).
@@ -165,11 +171,16 @@ def set_gate_decay_times(model, shortest: float, longest: float):
             block.attn.fgate.bias.copy_(bias.to(block.attn.fgate.bias.device))
 
 
-def compile_model(model: torch.nn.Module, backend: str, epsilon: float):
-    """The callable to train: fox_acp with {"fox.epsilon": epsilon}, plain Inductor, or eager."""
+def compile_model(model: torch.nn.Module, backend: str, epsilon: float,
+                  fox_compiler: str = "inductor"):
+    """The callable to train: fox_acp with {"fox.epsilon": epsilon} (and "fox.compiler" when not
+    Inductor), plain Inductor, or eager. model may be wrapped in DDP (parallel.wrap)."""
     if backend == "fox_acp":
         import_foxcompile()
-        return torch.compile(model, backend="fox_acp", options={"fox.epsilon": epsilon})
+        options = {"fox.epsilon": epsilon}
+        if fox_compiler != "inductor":
+            options["fox.compiler"] = fox_compiler
+        return torch.compile(model, backend="fox_acp", options=options)
     if backend == "inductor":
         return torch.compile(model)
     if backend == "eager":
@@ -212,10 +223,12 @@ def lm_loss(model, inputs: torch.Tensor, targets: torch.Tensor, dtype: torch.dty
 
 
 def training_step(model, optimizer, scheduler, inputs, targets, dtype) -> torch.Tensor:
-    """One optimizer step; returns the (detached) loss tensor without synchronising."""
+    """One optimizer step; returns the (detached) loss tensor without synchronising. Under DDP
+    or FSDP the gradients are averaged over the ranks during the backward (each rank's loss is
+    the mean over its equal share of the batch, so this is the gradient of the global mean)."""
     loss = lm_loss(model, inputs, targets, dtype)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)  # FSDP: over all the shards
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -223,22 +236,33 @@ def training_step(model, optimizer, scheduler, inputs, targets, dtype) -> torch.
 
 
 @torch.no_grad()
-def evaluate(model, batches, device: torch.device, dtype: torch.dtype) -> float:
+def evaluate(model, batches, device: torch.device, dtype: torch.dtype,
+             ctx: parallel.Context | None = None) -> float:
     """Mean loss over the eval batches, without autograd (which would keep every batch's
     activations alive until the mean). The model has no dropout, so it stays in train mode;
-    torch.compile compiles one inference graph for it, which pruning_snapshot reuses."""
-    losses = [lm_loss(model, x.to(device), y.to(device), dtype) for x, y in batches]
-    return torch.stack(losses).mean().item()
+    torch.compile compiles one inference graph for it, which pruning_snapshot reuses. With a
+    parallel context each rank takes its share of every batch and the mean is over all ranks."""
+    ctx = ctx or parallel.Context()
+    losses = [lm_loss(model, parallel.local_slice(x, ctx).to(device),
+                      parallel.local_slice(y, ctx).to(device), dtype) for x, y in batches]
+    return parallel.mean_over_ranks(torch.stack(losses).mean(), ctx).item()
 
 
 def pruning_snapshot(model, inputs: torch.Tensor, targets: torch.Tensor,
-                     dtype: torch.dtype) -> dict:
+                     dtype: torch.dtype, ctx: parallel.Context | None = None) -> dict:
     """What fox_acp skipped in one forward (in the caller's grad mode, so that a compiled model
-    reuses the graph it already has): overall and per call site and head."""
+    reuses the graph it already has): overall and per call site and head. inputs and targets are
+    this process's batch; with a parallel context the counts of all ranks are summed (`calls`
+    then counts every rank's calls, and "ranks" says how many there were)."""
     foxcompile = import_foxcompile()
     with foxcompile.pruning_stats() as stats:
         lm_loss(model, inputs, targets, dtype)
-    return {"skipped_fraction": stats.skipped_fraction(), "per_head": stats.per_head()}
+    ranks = 1
+    if ctx is not None and ctx.distributed:
+        stats.all_reduce()
+        ranks = ctx.world_size
+    return {"skipped_fraction": stats.skipped_fraction(), "per_head": stats.per_head(),
+            "ranks": ranks}
 
 
 # ---------------------------------------------------------------- ACP analysis in eager mode
@@ -599,10 +623,59 @@ def write_json(path: Path, data: dict):
     tmp.replace(path)
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int):
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step,
-                "config": asdict(model.config)}, path)
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int,
+                    generator: torch.Generator | None = None):
+    """One device: model, optimizer, scheduler, batch generator and step in one file."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "step": step, "config": asdict(model.config)}
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    torch.save(state, path)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, generator) -> int:
+    """Restore what save_checkpoint saved; returns its step."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if "generator" not in state:
+        raise ValueError(f"{path} has no batch generator state (saved by an older train.py): "
+                         "it cannot be resumed exactly")
+    generator.set_state(state["generator"])
+    return state["step"]
+
+
+def resume_path(args, ctx: parallel.Context) -> Path | None:
+    """The checkpoint --resume names: a given path, or the newest in --out (checkpoint.pt on one
+    device, the newest complete checkpoints/step_N with --parallel); None without --resume."""
+    if not args.resume:
+        return None
+    if args.resume != "latest":
+        path = Path(args.resume)
+    elif ctx.distributed:
+        found = parallel.complete_checkpoints(Path(args.out))
+        path = found[-1] if found else Path(args.out) / parallel.CHECKPOINT_DIR
+    else:
+        path = Path(args.out) / "checkpoint.pt"
+    if not path.exists():
+        raise SystemExit(f"--resume: no checkpoint at {path}")
+    if path.is_dir() != ctx.distributed:
+        kind = "a torch.distributed.checkpoint directory" if path.is_dir() else "a checkpoint.pt file"
+        raise SystemExit(f"--resume: {path} is {kind}; resume it with"
+                         f"{'' if path.is_dir() else 'out'} --parallel ddp/fsdp")
+    return path
+
+
+def previous_log(out: Path, step: int) -> dict | None:
+    """The log of the run being resumed, cut back to `step`, when out holds one."""
+    path = out / "log.json"
+    if not path.exists():
+        return None
+    log = json.loads(path.read_text())
+    for key in ("steps", "evals", "pruning"):
+        log[key] = [entry for entry in log.get(key, []) if entry["step"] <= step]
+    return log
 
 
 def boundary_message(boundary: dict, snapshots: list) -> str:
@@ -623,11 +696,28 @@ def boundary_message(boundary: dict, snapshots: list) -> str:
 
 def train(args: argparse.Namespace) -> dict:
     """Run the training described by parse_args's namespace; returns the log written to
-    args.out / "log.json"."""
+    args.out / "log.json" (by rank 0; the other ranks return the same log without writing it).
+
+    With --parallel ddp/fsdp under torchrun, every rank draws the same global batch of
+    --batch-size sequences and trains on its slice; losses and pruning statistics are reduced over
+    the ranks, so the log reads as that of one device training on the global batch."""
     require_examples_extra()
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    ctx = parallel.setup(args.parallel, args.device)
+    try:
+        return _train(args, ctx)
+    finally:
+        parallel.teardown(ctx)
+
+
+def _train(args: argparse.Namespace, ctx: parallel.Context) -> dict:
+    device, dtype = ctx.device, DTYPES[args.dtype]
+    if args.batch_size % ctx.world_size:
+        raise SystemExit(f"--batch-size {args.batch_size} (the global batch) does not split over "
+                         f"{ctx.world_size} ranks")
+    args.out = parallel.from_rank0(args.out, ctx)  # a default timestamp may differ by a second
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     corpus = load_corpus()
     with device:
@@ -635,11 +725,23 @@ def train(args: argparse.Namespace) -> dict:
                             activation_checkpointing=args.activation_checkpointing)
     if args.gate_init == "decay" and args.attention == "fox":
         set_gate_decay_times(model, *GATE_DECAY_RANGE)
-    compiled = compile_model(model, args.backend, args.epsilon)
+    wrapped = parallel.wrap(model, ctx, args.bucket_cap_mb)  # FSDP: model itself, now sharded
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
     warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.steps // 20)
     scheduler = make_scheduler(optimizer, warmup, args.steps)
     generator = torch.Generator().manual_seed(args.seed)
+    first_step = 1
+    checkpoint = resume_path(args, ctx)
+    if checkpoint is not None:
+        if ctx.distributed:
+            first_step = parallel.load_checkpoint(checkpoint, model, optimizer, scheduler,
+                                                  generator)["step"] + 1
+        else:
+            first_step = load_checkpoint(checkpoint, model, optimizer, scheduler, generator) + 1
+        if first_step > args.steps:
+            raise SystemExit(f"--resume: {checkpoint} is at step {first_step - 1}, and --steps is "
+                             f"{args.steps}: nothing left to train")
+    compiled = compile_model(wrapped, args.backend, args.epsilon, args.fox_compiler)
     evals = eval_batches(corpus["eval"], args.batch_size, args.seq_len, args.eval_batches)
     track_pruning = args.backend == "fox_acp" and args.attention == "fox"
 
@@ -649,19 +751,28 @@ def train(args: argparse.Namespace) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "versions": versions(),
         "device": device_name(device),
+        "parallel": {"mode": args.parallel, "world_size": ctx.world_size,
+                     **({"bucket_cap_mb": args.bucket_cap_mb} if args.parallel == "ddp" else {})},
         "corpus": {"root": str(stdlib_root()),
                    **{f"{split}_bytes": len(data) for split, data in corpus.items()}},
-        "steps": [], "evals": [], "pruning": [], "summary": {},
+        "steps": [], "evals": [], "pruning": [], "resumed": [], "summary": {},
     }
-    tokens_per_step = args.batch_size * args.seq_len
+    if checkpoint is not None:
+        earlier = previous_log(out, first_step - 1) if ctx.is_main else None
+        for key in ("steps", "evals", "pruning", "resumed"):
+            log[key] = (earlier or {}).get(key, [])
+        log["resumed"].append({"step": first_step - 1, "checkpoint": str(checkpoint)})
+    tokens_per_step = args.batch_size * args.seq_len  # over all ranks
     start = time.perf_counter()
-    progress = require("tqdm").tqdm(range(1, args.steps + 1), desc="train", dynamic_ncols=True)
+    progress = require("tqdm").tqdm(range(first_step, args.steps + 1), desc="train",
+                                    dynamic_ncols=True, disable=not ctx.is_main)
     for step in progress:
-        inputs, targets = (t.to(device) for t in sample_batch(corpus["train"], args.batch_size,
-                                                               args.seq_len, generator))
+        inputs, targets = (parallel.local_slice(t, ctx).to(device) for t in sample_batch(
+            corpus["train"], args.batch_size, args.seq_len, generator))
         step_start = time.perf_counter()
         lr = scheduler.get_last_lr()[0]
-        loss = training_step(compiled, optimizer, scheduler, inputs, targets, dtype).item()
+        loss = training_step(compiled, optimizer, scheduler, inputs, targets, dtype)
+        loss = parallel.mean_over_ranks(loss, ctx).item()
         seconds = time.perf_counter() - step_start
         log["steps"].append({"step": step, "loss": loss, "lr": lr, "seconds": seconds,
                              "tokens_per_s": tokens_per_step / seconds})
@@ -669,38 +780,54 @@ def train(args: argparse.Namespace) -> dict:
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {step}")
         if step == args.steps or (args.eval_every and step % args.eval_every == 0):
-            eval_loss = evaluate(compiled, evals, device, dtype)
+            eval_loss = evaluate(compiled, evals, device, dtype, ctx)
             log["evals"].append({"step": step, "loss": eval_loss})
-            progress.write(f"step {step}: eval loss {eval_loss:.4f}")
+            if ctx.is_main:
+                progress.write(f"step {step}: eval loss {eval_loss:.4f}")
             if track_pruning:
                 with torch.no_grad():  # the graph evaluate() compiled
-                    snapshot = pruning_snapshot(compiled, *(t.to(device) for t in evals[0]), dtype)
+                    batch = (parallel.local_slice(t, ctx).to(device) for t in evals[0])
+                    snapshot = pruning_snapshot(compiled, *batch, dtype, ctx)
                 log["pruning"].append({"step": step, **snapshot})
-            write_json(out / "log.json", log)
+            if ctx.is_main:
+                write_json(out / "log.json", log)
         if args.checkpoint_every and (step == args.steps or step % args.checkpoint_every == 0):
-            save_checkpoint(out / "checkpoint.pt", model, optimizer, scheduler, step)
+            if ctx.distributed:
+                parallel.save_checkpoint(out, model, optimizer, scheduler, generator, step,
+                                         asdict(model.config), ctx, args.keep_checkpoints)
+            else:
+                save_checkpoint(out / "checkpoint.pt", model, optimizer, scheduler, step, generator)
     progress.close()
 
-    timed = log["steps"][1:] or log["steps"]  # the first step includes compilation
+    # the first step of every run (this one and those resumed) includes compilation
+    first_steps = {1} | {entry["step"] + 1 for entry in log["resumed"]}
+    timed = [s for s in log["steps"] if s["step"] not in first_steps] or log["steps"]
     log["summary"] = {
         "final_eval_loss": log["evals"][-1]["loss"],
         "first_step_s": log["steps"][0]["seconds"],
         "mean_tokens_per_s": tokens_per_step * len(timed) / sum(s["seconds"] for s in timed),
         "wall_s": time.perf_counter() - start,
     }
-    plot_losses(log, out / "loss.png")
+    if ctx.distributed:
+        log["summary"]["mean_tokens_per_s_per_rank"] = (log["summary"]["mean_tokens_per_s"]
+                                                        / ctx.world_size)
+    if ctx.is_main:
+        plot_losses(log, out / "loss.png")
     if args.attention == "fox" and args.epsilon > 0:
+        # every rank runs the eager forward (under FSDP each block gathers its parameters)
         analysis = boundary_analysis(model, evals[0][0][:1].to(device), args.epsilon, dtype)
-        plot_pruning_boundary(analysis, args.epsilon, out / "pruning_boundary.png")
         boundary = log["summary"]["pruning_boundary"] = boundary_summary(analysis)
-        print(boundary_message(boundary, log["pruning"]))
-    if log["pruning"]:
+        if ctx.is_main:
+            plot_pruning_boundary(analysis, args.epsilon, out / "pruning_boundary.png")
+            print(boundary_message(boundary, log["pruning"]))
+    if log["pruning"] and ctx.is_main:
         head_dim = model.config.head_dim
         plot_pruning_heatmap(log["pruning"][-1], out / "pruning_heatmap.png", args.seq_len,
                              head_dim)
         plot_pruning_over_training(log["pruning"], out / "pruning_over_training.png",
                                    args.seq_len, head_dim)
-    write_json(out / "log.json", log)
+    if ctx.is_main:
+        write_json(out / "log.json", log)
     return log
 
 
@@ -735,6 +862,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="autocast dtype (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--backend", choices=BACKENDS, default="fox_acp",
                         help="torch.compile backend (eager: no compilation)")
+    parser.add_argument("--fox-compiler", choices=FOX_COMPILERS, default="inductor",
+                        help='what runs the graph fox_acp rewrote ("fox.compiler"); aot_eager '
+                             "skips Inductor's compilation (quick CPU runs)")
+    parser.add_argument("--parallel", choices=parallel.PARALLEL, default="none",
+                        help="data parallelism under torchrun: ddp (DistributedDataParallel) or "
+                             "fsdp (FSDP2, fully_shard per block); --batch-size is the global "
+                             "batch, split over the ranks")
+    parser.add_argument("--bucket-cap-mb", type=float, default=25.0,
+                        help="--parallel ddp: DDP's gradient bucket size, where Dynamo splits the "
+                             "compiled graphs")
     parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON,
                         help="ACP tolerance: the attention mass each query may lose to pruning; "
                              "0 turns pruning off (default: e^-10 = 4.54e-05)")
@@ -748,7 +885,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="evaluate every N steps (and always at the end); 0: only at the end")
     parser.add_argument("--eval-batches", type=int, default=8, help="batches per evaluation")
     parser.add_argument("--checkpoint-every", type=int, default=1000,
-                        help="save <out>/checkpoint.pt every N steps and at the end; 0: never")
+                        help="save <out>/checkpoint.pt (with --parallel: "
+                             "<out>/checkpoints/step_N/, torch.distributed.checkpoint) every N "
+                             "steps and at the end; 0: never")
+    parser.add_argument("--keep-checkpoints", type=int, default=2,
+                        help="with --parallel: keep the newest N checkpoints; 0: all")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        help="continue from the newest checkpoint in --out, or from the one "
+                             "given (same --steps: the schedule spans them)")
     parser.add_argument("--out", default=None,
                         help="directory for logs, plots and checkpoints (default: runs/<timestamp>)")
     args = parser.parse_args(argv)
@@ -759,13 +903,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("steps", "seq_len", "batch_size", "eval_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("eval_every", "checkpoint_every", "warmup_steps"):
+    for name in ("eval_every", "checkpoint_every", "warmup_steps", "keep_checkpoints"):
         if (getattr(args, name) or 0) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
     if not 0 <= args.epsilon < 1:
         parser.error("--epsilon must be in [0, 1)")
     if args.lr <= 0:
         parser.error("--lr must be positive")
+    if args.parallel == "ddp" and args.backend != "eager" and args.bucket_cap_mb < 1:
+        parser.error("--bucket-cap-mb must be at least 1 with torch.compile (Dynamo's "
+                     "DDPOptimizer needs DDP's first bucket, 1 MiB, to be no larger)")
+    if args.resume == "latest" and args.out is None:
+        parser.error("--resume without a path needs the --out of the run to resume")
     if args.backend == "fox_acp":
         try:
             import_foxcompile()
@@ -779,8 +928,9 @@ def main(argv=None):
     args = parse_args(argv)
     log = train(args)
     summary = log["summary"]
-    print(f"final eval loss {summary['final_eval_loss']:.4f}, "
-          f"{summary['mean_tokens_per_s']:,.0f} tokens/s; wrote {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final eval loss {summary['final_eval_loss']:.4f}, "
+              f"{summary['mean_tokens_per_s']:,.0f} tokens/s; wrote {args.out}")
 
 
 if __name__ == "__main__":

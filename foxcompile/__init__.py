@@ -22,4 +22,7 @@ def _register_backend() -> None:
 
 _register_backend()
 
+from .peers import install as _install_peers  # noqa: E402  calls of fla's / the FoX authors' kernels
+_install_peers()                              # (lazy: imports neither; see foxcompile/peers)
+
 __all__ = ["fox_acp", "explain", "forgetting_attention", "pruning_stats", "DEFAULT_EPSILON"]

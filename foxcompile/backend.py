@@ -8,6 +8,7 @@ import re
 import torch
 from torch import fx
 
+from . import ddp, peers
 from .find.site import Decline
 from .options import FoxOptions
 from .report import GraphReport
@@ -69,7 +70,9 @@ def rewrite_graphs(gm: fx.GraphModule, example_inputs, options: FoxOptions) -> l
                                         f"internal rewrite error ({error!r}); please report it"))
                 continue
             sites.append(site)
+        sites += peers.rewrite_calls(module, options.epsilon)   # peer kernel calls (foxcompile/peers)
         reports.append(GraphReport(name or "top", before, module.code, sites, declined))
+    reports[0].declined += peers.drain_declines()               # peer calls left to their kernel
     return reports
 
 
@@ -136,6 +139,19 @@ def fox_acp(gm: fx.GraphModule, example_inputs, *, mode: str | None = None,
     other option, and `mode`, goes to Inductor.
     """
     parsed = FoxOptions.parse(options)
-    reports = rewrite_graphs(gm, example_inputs, parsed)
-    _log_reports(reports, parsed.debug)
+    if not ddp.pieces_of_rewritten_graph():  # else rewritten whole before DDP split it (ddp.py)
+        ddp.warn_if_piece(gm)
+        reports = rewrite_graphs(gm, example_inputs, parsed)
+        _log_reports(reports, parsed.debug)
     return _compile(gm, example_inputs, parsed, mode)
+
+
+def _rewrite_whole_graph(gm: fx.GraphModule, example_inputs, *, mode: str | None = None,
+                         options: dict | None = None) -> None:
+    """fox_acp's rewrite alone, on a whole graph that DDPOptimizer is about to split (ddp.py)."""
+    parsed = FoxOptions.parse(options)
+    _log_reports(rewrite_graphs(gm, example_inputs, parsed), parsed.debug)
+
+
+setattr(fox_acp, ddp.REWRITE_ATTR, _rewrite_whole_graph)
+ddp.install()

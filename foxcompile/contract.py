@@ -5,7 +5,8 @@ engines must agree on, in one place.
 - DEFAULT_EPSILON and check_epsilon: the pruning tolerance and its one validation.
 - LAYOUTS, MIN_HEAD_DIM / MAX_HEAD_DIM, accumulator(): layouts, the head dims the Triton engine
   runs, the dtype every engine accumulates in.
-- emit_attention(): the one builder of a foxcompile::attention call in an FX graph, by keyword.
+- emit_attention(): the one builder of a foxcompile::attention call in an FX graph, by keyword;
+  site_label() / split_site_label(): the call site's name it carries, for pruning_stats.
 
 Plain Python and torch: importing this module imports no other part of foxcompile.
 """
@@ -65,6 +66,20 @@ def accumulator(dtype: torch.dtype) -> torch.dtype:
     """The dtype of lam, the softmax statistics and every accumulator: float64 for float64
     inputs (gradcheck), float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def site_label(module: str, location: str) -> str:
+    """The op's `site` argument: "layers.0.attn (model.py:42 in forward)", or the location
+    alone outside a module."""
+    return f"{module} ({location})" if module else location
+
+
+def split_site_label(label: str) -> tuple[str, str]:
+    """(module, location) of a site_label; ("", label) when it names no module."""
+    module, sep, rest = label.partition(" (")
+    if sep and rest.endswith(")") and " " not in module:
+        return module, rest[:-1]
+    return "", label
 
 
 def emit_attention(graph, q, k, v, lam, *, scale: float, epsilon: float, prune: Prune,

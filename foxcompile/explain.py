@@ -4,6 +4,7 @@ import inspect
 
 import torch
 
+from . import ddp
 from .backend import rewrite_graphs
 from .options import FoxOptions
 from .report import Report
@@ -34,9 +35,15 @@ def explain(model_or_fn, *args, **kwargs) -> Report:
     functions (fox_acp or any other backend) keep their compiled code and do not recompile."""
     report = Report()
 
-    def backend(gm, example_inputs):
+    def rewrite(gm, example_inputs, **kwargs):
         report.graphs.extend(rewrite_graphs(gm, example_inputs, FoxOptions()))
+
+    def backend(gm, example_inputs):
+        if not ddp.pieces_of_rewritten_graph():  # a DDP-wrapped model: rewritten whole (ddp.py)
+            rewrite(gm, example_inputs)
         return gm.forward
+
+    setattr(backend, ddp.REWRITE_ATTR, rewrite)
 
     compile_kwargs = {"isolate_recompiles": True} if _ISOLATE else {}
     with _room_to_recompile():

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .contract import split_site_label
+
 _active: list["PruningStats"] = []
 
 
@@ -25,6 +27,7 @@ class _SiteTotals:
     skipped_tiles: torch.Tensor    # (H,) float64, summed over batch and calls
     causal_tiles: torch.Tensor     # (H,)
     skippable_tiles: torch.Tensor  # (H,) the most the tile grid allows
+    distant_tiles: torch.Tensor    # (H,) the most a real gate can skip (plan.TileCounts)
     computed_pairs: torch.Tensor   # (H,)
     causal_pairs: torch.Tensor     # (H,)
     calls: int = 0
@@ -58,25 +61,81 @@ class PruningStats(contextlib.AbstractContextManager):
             zeros = [torch.zeros_like(c) for c in per_head]
             self._sites[site] = totals = _SiteTotals(flops_per_pair, grid, *zeros)
         for total, add in zip((totals.skipped_tiles, totals.causal_tiles, totals.skippable_tiles,
-                               totals.computed_pairs, totals.causal_pairs), per_head):
+                               totals.distant_tiles, totals.computed_pairs, totals.causal_pairs),
+                              per_head):
             total.add_(add)
         totals.grid = grid
         totals.calls += 1
 
+    def all_reduce(self, group=None) -> "PruningStats":
+        """Sum the counts of every rank of a torch.distributed process group (default: the world)
+        into each rank's stats, in place; call it on every rank, outside the recording context.
+        Sites are matched by label, in the order rank 0 saw them first. Afterwards per_head(),
+        skipped_fraction() and str() describe the work of all ranks, and `calls` counts the calls
+        of all ranks. Returns self."""
+        import torch.distributed as dist
+
+        fields = ("skipped_tiles", "causal_tiles", "skippable_tiles", "distant_tiles",
+                  "computed_pairs", "causal_pairs")
+        local = {site: (t.flops_per_pair, tuple(t.grid), t.skipped_tiles.numel())
+                 for site, t in self._sites.items()}
+        gathered = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, local, group=group)
+        layout = {}
+        for rank_sites in gathered:
+            for site, info in rank_sites.items():
+                if site in layout and layout[site][2] != info[2]:
+                    raise ValueError(f"pruning_stats.all_reduce: site {site!r} has {layout[site][2]}"
+                                     f" heads on one rank and {info[2]} on another")
+                layout.setdefault(site, info)
+        if not layout:
+            return self
+        if self._sites:
+            device = next(iter(self._sites.values())).skipped_tiles.device
+        elif dist.get_backend(group) == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
+        parts = []
+        for site, (_, _, heads) in layout.items():
+            t = self._sites.get(site)
+            if t is None:
+                parts.append(torch.zeros(len(fields) * heads + 1, dtype=torch.float64, device=device))
+                continue
+            parts += [getattr(t, name).to(device, torch.float64) for name in fields]
+            parts.append(torch.tensor([float(t.calls)], dtype=torch.float64, device=device))
+        flat = torch.cat(parts)
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for site, (flops_per_pair, grid, heads) in layout.items():
+            values = flat[offset:offset + len(fields) * heads].view(len(fields), heads)
+            calls = int(round(float(flat[offset + len(fields) * heads])))
+            offset += len(fields) * heads + 1
+            self._sites[site] = _SiteTotals(flops_per_pair, grid, *values.clone().unbind(0),
+                                            calls=calls)
+        self._sites = {site: self._sites[site] for site in layout}
+        return self
+
     def per_head(self) -> list[dict]:
-        """One dict per call site: site, calls, heads, skipped_tile_fraction (per head),
-        skippable_tile_fraction (the most the tile grid allows, the same for every head),
-        executed_flops and dense_flops (forward, summed over heads and calls), and grid
+        """One dict per call site: site (its label), module and location (the two parts of the
+        label), calls, heads, skipped_tile_fraction (per head), skippable_tile_fraction (the most
+        the tile grid allows, the same for every head), practical_tile_fraction (the most a real
+        gate can skip: a tile whose corner is one step from the diagonal goes only when a single
+        gate value is below the threshold), executed_flops and dense_flops (forward, summed over heads and calls), and grid
         (BLOCK_M, BLOCK_N, queries, keys) of the last call."""
         rows = []
         for site, t in self._sites.items():
             causal = t.causal_tiles.clamp(min=1)
+            module, location = split_site_label(site)
             rows.append({
                 "site": site,
+                "module": module,
+                "location": location,
                 "calls": t.calls,
                 "heads": int(t.skipped_tiles.numel()),
                 "skipped_tile_fraction": (t.skipped_tiles / causal).tolist(),
                 "skippable_tile_fraction": float((t.skippable_tiles / causal).max()),
+                "practical_tile_fraction": float((t.distant_tiles / causal).max()),
                 "executed_flops": float(t.computed_pairs.sum()) * t.flops_per_pair,
                 "dense_flops": float(t.causal_pairs.sum()) * t.flops_per_pair,
                 "grid": t.grid,
@@ -104,7 +163,9 @@ class PruningStats(contextlib.AbstractContextManager):
                          f"of FLOPs skipped; tiles skipped per head (%): {heads}")
             lines.append(f"    tile grid {block_m}x{block_n} at {n_queries} queries x {n_keys} keys: "
                          f"at most {100 * r['skippable_tile_fraction']:.0f}% of the causal tiles "
-                         "can be skipped (the diagonal tiles always run)")
+                         "can be skipped (the diagonal tiles always run), in practice "
+                         f"{100 * r['practical_tile_fraction']:.0f}% (a tile next to the diagonal "
+                         "goes only when one gate value alone is below the threshold)")
         return "\n".join(lines)
 
 

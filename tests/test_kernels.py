@@ -1,12 +1,13 @@
 """The Triton kernels against the float64 definition (naive.py) and the blockwise reference.
 
 Two halves:
-- CPU: the same kernels under Triton's interpreter on small shapes (runs in CI). The kernel
-  module is loaded in interpreter mode by triton_attention itself (Triton decides at decoration
-  time, so a module loaded once per mode is robust to whatever imported triton first); the tests
-  set TRITON_INTERPRET=1 only for unsupported_reason's sake.
+- CPU: the same kernels under Triton's interpreter on small shapes (runs in CI). triton_attention
+  picks the interpreter's version of the kernels itself (Triton decides at decoration time; the
+  mode the import did not get is served by twins of the same functions, so it does not matter
+  what imported triton first); the tests set TRITON_INTERPRET=1 only for unsupported_reason's
+  sake.
 - GPU (@pytest.mark.gpu, skipped without CUDA): shapes, dtypes, GQA ratios, offsets, odd sizes,
-  strided layouts, pruning within the bound of acp.md, and CUDA-graph capture of plan + kernels.
+  strided layouts, pruning within the bound of docs/acp.md, and CUDA-graph capture of plan + kernels.
 
 Errors are measured as ||x - ref|| / ||ref|| over the whole tensor (for dlam also against the
 blockwise reference run on the kernel's own output, which isolates the kernel's arithmetic).
@@ -126,7 +127,7 @@ def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dt
     q, k, v, lam = make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype,
                                device, decay=decay, layout=layout, rising_head=rising_head)
     scale = head_dim ** -0.5
-    plan = plan_mod.make_plan(q, k, lam, scale, epsilon, prune, doc=doc)
+    plan = plan_mod.make_plan(q, k, lam, scale, epsilon, prune, doc=doc, norm=engine.max_norm)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(dtype).to(device)
     if layout == "bthd":
         grad_out = grad_out.transpose(1, 2).contiguous().transpose(1, 2)
@@ -177,7 +178,7 @@ def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dt
         for name, x, r in (("dq", dq, rdq), ("dk", dk, rdk), ("dv", dv, rdv), ("dlam", dlam, rdlam)):
             err = rel(x, r, floors.get(name, 0.0))
             assert err < tol, f"pruned {name}: relative error {err:.2e} against the reference"
-        # ... and (2) within the bound of acp.md of the unpruned definition: each row loses less
+        # ... and (2) within the bound of docs/acp.md of the unpruned definition: each row loses less
         # than eps of its mass, so the output moves by at most 2 eps max ||v_j|| (plus rounding).
         vmax = v.double().norm(dim=-1).amax().item()
         row_move = (out.double() - ref[0]).norm(dim=-1).amax().item()
@@ -235,7 +236,7 @@ def test_interpreter_load_paths(interpret_env, monkeypatch, tma):
     check_case(interpret_env, 1, 4, 2, 136, 200, 48, torch.float16, torch.device("cpu"),
                prune=Prune.PROVEN, epsilon=1e-3, decay=(1.0, 4.0), expect_skips=True,
                tol=4e-3)
-    # forward k, v, lam; dkdv q, dO, lam, lse, delta; dq k, v, lam
+    # forward k, v, lam; dkdv q, dO, lam, lse, do_o; dq k, v, lam
     assert len(made) == (11 if tma == "1" else 0)
 
 
@@ -347,6 +348,46 @@ def test_unsupported_reason(monkeypatch):
     assert "head dim" in ta.unsupported_reason(big, big, big)
     assert "multiple" in ta.unsupported_reason(torch.randn(1, 3, 8, 64), q, q)
     assert "more queries" in ta.unsupported_reason(torch.randn(1, 2, 9, 64), q, q)
+
+
+def test_kernels_in_both_modes():
+    """One normal import of the kernel module; the mode it was not decorated for gets twins whose
+    kernels call the twins of the helpers (so one process runs compiled and interpreted)."""
+    pytest.importorskip("triton")
+    from triton.runtime.jit import JITFunction
+
+    from foxcompile.kernels import _triton_kernels
+    from foxcompile.kernels import triton_attention as ta
+    compiled, interpreted = ta._kernels(False), ta._kernels(True)
+    assert _triton_kernels in (compiled, interpreted)
+    assert isinstance(compiled._fwd_kernel, JITFunction)
+    assert not isinstance(interpreted._fwd_kernel, JITFunction)
+    for kernels in (compiled, interpreted):
+        assert kernels._fwd_kernel.fn.__globals__["_fwd_steps"] is kernels._fwd_steps
+    assert ta._kernels(True) is interpreted and ta._kernels(False) is compiled
+
+
+@interp
+def test_interpreter_runs_twins(interpret_env, monkeypatch):
+    """The kernels run through twins decorated for the interpreter (what a process that imported
+    the kernel module compiled gets), whichever mode the import itself got."""
+    from foxcompile.kernels import _triton_kernels
+    twins = interpret_env._decorated_again(_triton_kernels, True)
+    monkeypatch.setattr(interpret_env, "_kernels", lambda interpret: twins)
+    check_case(interpret_env, 1, 2, 1, 136, 300, 32, torch.float32, torch.device("cpu"),
+               prune=Prune.PROVEN, epsilon=1e-3, decay=(1.0, 4.0), expect_skips=True)
+
+
+def test_plan_is_plain_torch():
+    """plan.py imports neither Triton nor the Triton engine (the engine hands it its norm)."""
+    import ast
+    import inspect
+    tree = ast.parse(inspect.getsource(plan_mod))
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names]
+    imported += [f"{node.module}.{alias.name}" for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) for alias in node.names]
+    assert not [name for name in imported if "triton" in name], imported
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -471,7 +512,8 @@ def test_gpu_cuda_graph_capture(cuda_engine):
     static = [t.clone() for t in (q, k, v, lam, grad)]
 
     def step(q, k, v, lam, grad):
-        plan = plan_mod.make_plan(q, k, lam, scale, math.exp(-10.0), Prune.GUARDED)
+        plan = plan_mod.make_plan(q, k, lam, scale, math.exp(-10.0), Prune.GUARDED,
+                                  norm=cuda_engine.max_norm)
         out = torch.empty_like(q)
         lse = cuda_engine.forward(q, k, v, lam, plan, scale, out)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -512,7 +554,7 @@ def test_gpu_max_row_norms(cuda_engine, head_dim):
     ref = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).amax(-1)
     got = cuda_engine.max_row_norms(x)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)
-    assert torch.equal(plan_mod.max_norm(x, torch.float32), got)
+    assert torch.equal(cuda_engine.max_norm(x, torch.float32), got)   # the plan's norm on CUDA
     x = x.clone()
     x[0, 1, 777, 3] = float("nan")
     x[1, 2, 5, 0] = float("inf")

@@ -292,7 +292,7 @@ def test_packed_sequences_match_definition_with_gradients(shape):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_packed_one_row_of_ids_pruned(dtype):
-    """(N,) int32 ids broadcast over the batch, bhtd, pruning on: within the bound of acp.md."""
+    """(N,) int32 ids broadcast over the batch, bhtd, pruning on: within the bound of docs/acp.md."""
     q, k, v, gates = _inputs(2, 150, 150, 2, 2, 16, layout="bhtd", dtype=dtype, gate_bias=-2.0,
                              grad=False)
     doc = _doc_ids(1, 150, [33, 60])[0].to(torch.int32)

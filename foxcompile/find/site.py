@@ -3,6 +3,8 @@ from dataclasses import dataclass, field
 
 from torch import fx
 
+from ..contract import site_label
+
 
 @dataclass
 class Operand:
@@ -84,7 +86,7 @@ class Site:
         return self.decay != "none"
 
     def label(self) -> str:
-        return f"{self.module} ({self.location})" if self.module else self.location
+        return site_label(self.module, self.location)
 
     def __str__(self) -> str:
         shapes = ", ".join(f"{k}{tuple(v)}" for k, v in self.shapes.items())
@@ -103,5 +105,4 @@ class Decline:
     node: str = ""
 
     def __str__(self) -> str:
-        where = f"{self.module} ({self.location})" if self.module else self.location
-        return f"{where}: {self.reason}"
+        return f"{site_label(self.module, self.location)}: {self.reason}"

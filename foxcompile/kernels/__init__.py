@@ -5,6 +5,10 @@ import torch
 
 from . import reference, triton_attention
 
+# The norm the plan's score bound is computed with (plan.make_plan's `norm`): one Triton pass on
+# CUDA, torch elsewhere, whichever engine then runs the attention.
+max_norm = triton_attention.max_norm
+
 
 def engine_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """The module (forward/backward) that runs these inputs."""

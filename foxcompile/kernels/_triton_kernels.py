@@ -1,8 +1,7 @@
 """Triton kernels of forgetting attention with Adaptive Computation Pruning.
 
-Imported only by triton_attention.py, which loads this file twice where needed: once compiled
-(CUDA) and once under TRITON_INTERPRET=1 (CPU tensors), because Triton decides between the two
-when a function is decorated.
+Imported (lazily) by triton_attention.py, which launches them: compiled for CUDA tensors, through
+Triton's interpreter for CPU tensors (triton_attention._kernels).
 
 Notation (plan.py): query row i sits at absolute position P + i, P = N - M; key j is visible iff
 j <= P + i; the score is scale q_i.k_j + lam[P+i] - lam[j]. Everything runs in the exp2 domain:
@@ -17,13 +16,27 @@ first computed key block START[m] * GRID_N; dkdv walks a key block (BLOCK_N divi
 query steps of BLOCK_M (divides GRID_M) up to END[n] * GRID_M rows. Steps that cross the causal
 diagonal or an edge take the masked path; all others load and compute with no masks at all.
 
-Loads (TMA, a constexpr per launch): the streamed tiles come either through TMA tensor
-descriptors (zeros past the edges, no per-element addresses; Hopper) or through pointers.
+Arguments: every tensor comes as its pointer (upper case) and its strides as one tuple
+(`q_str` = q.stride(): batch, head, then time and, for (B, H, T, D) tensors, the head dim;
+document ids (B, N): batch, position). Triton specialises each element of the tuple as it does a
+scalar argument (a stride of 1 becomes a constant, one divisible by 16 is marked so), so a tuple
+compiles as the separate strides did. The exception is DO_O, the backward's own contiguous
+(B, Hq, M) float32 buffer, indexed as such.
 
-Packed sequences (HAS_DOC): DOC holds a document id per key position (B, N); key j is visible to
+Loads (TMA, a constexpr per launch): the streamed tiles come either through TMA tensor
+descriptors (the *_D arguments, None without TMA; zeros past the edges, no per-element
+addresses; Hopper) or through pointers. A streamed tensor travels as a "source", the tuple
+(pointer at (b, h), strides, descriptor or None, b and h as int32); the step helpers read tiles
+(_step_tile) and rows (_step_row) from sources, either way. (Sources are built where they are
+used: Triton 3.6 cannot return a tuple that holds None or a constant from a @jit function.)
+
+Packed sequences (HAS_DOC): DOC holds a document id per key position; key j is visible to
 query i only when DOC[P+i] == DOC[j] too. Every step applies that equality mask (START / END
 already leave out the tiles that hold only earlier documents), and the forward keeps a row that
 has seen no key of its document yet at m = -inf without computing -inf - (-inf).
+
+Names: `do_o` is the backward's row sum of dO * O (FlashAttention's D or delta); `delta` is
+reserved for ACP's pruning threshold (plan.py) and appears nowhere here.
 """
 import triton
 import triton.language as tl
@@ -36,6 +49,8 @@ from triton.language.standard import _elementwise_max, _sum_combine
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
+
+# ----------------------------------------------------------------------------- small helpers
 
 @triton.jit
 def _max_rows(x):
@@ -64,58 +79,150 @@ def _load(ptrs, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
 
 
 @triton.jit
-def _key_tile(X, XD, b32, hk32, start, offs_n, n_ok, offs_d, d_ok, stride_n, stride_d,
-              BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
-              D_MASK: tl.constexpr, TMA: tl.constexpr, TRANSPOSE: tl.constexpr):
-    """Keys [start, start + BLOCK_N) of k or v: a (BLOCK_N, D_PAD) tile, (D_PAD, BLOCK_N) with
-    TRANSPOSE, zeros past the edges. TMA: through the descriptor XD at (b, kv head); else through
-    X, already offset to (b, kv head)."""
-    if TMA:
-        x = XD.load([b32, hk32, start, 0]).reshape([BLOCK_N, D_PAD])
-        if TRANSPOSE:
-            x = tl.trans(x)
-    elif TRANSPOSE:
-        x = _load(X + offs_n[None, :] * stride_n + offs_d[:, None] * stride_d,
-                  n_ok[None, :], d_ok[:, None], MASKED, D_MASK)
+def _at(X, strides, b, h):
+    """X offset to batch b, head h (int64 offsets)."""
+    return X + b * strides[0] + h * strides[1]
+
+
+@triton.jit
+def _tile(X, strides, offs, ok, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+          ROW_MASK: tl.constexpr, TRANSPOSE: tl.constexpr, CAST_F32: tl.constexpr):
+    """Rows offs of a (B, H, T, D) tensor, X at (b, h), through pointers: a (rows, D_PAD) tile,
+    (D_PAD, rows) with TRANSPOSE; zeros past HEAD_DIM and, with ROW_MASK, where not ok."""
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < HEAD_DIM
+    if TRANSPOSE:
+        x = _load(X + offs[None, :] * strides[2] + offs_d[:, None] * strides[3],
+                  ok[None, :], d_ok[:, None], ROW_MASK, HEAD_DIM != D_PAD)
     else:
-        x = _load(X + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d,
-                  n_ok[:, None], d_ok[None, :], MASKED, D_MASK)
+        x = _load(X + offs[:, None] * strides[2] + offs_d[None, :] * strides[3],
+                  ok[:, None], d_ok[None, :], ROW_MASK, HEAD_DIM != D_PAD)
+    if CAST_F32:
+        x = x.to(tl.float32)
     return x
 
 
 @triton.jit
-def _key_lams(LAM, LD, b32, h32, start, offs_n, n_ok, stride_ln, BLOCK_N: tl.constexpr,
-              MASKED: tl.constexpr, TMA: tl.constexpr):
-    """lam of keys [start, start + BLOCK_N) (zeros past the edge)."""
-    if TMA:
-        lam_k = LD.load([b32, h32, start]).reshape([BLOCK_N])
-    elif MASKED:
-        lam_k = tl.load(LAM + offs_n * stride_ln, mask=n_ok, other=0.0)
-    else:
-        lam_k = tl.load(LAM + offs_n * stride_ln)
-    return lam_k
+def _store_tile(X, strides, offs, ok, x, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr):
+    """Store the (rows, D_PAD) tile x at rows offs of a (B, H, T, D) tensor, X at (b, h), in its
+    dtype; only the rows that are ok and the first HEAD_DIM columns."""
+    offs_d = tl.arange(0, D_PAD)
+    tl.store(X + offs[:, None] * strides[2] + offs_d[None, :] * strides[3],
+             x.to(X.dtype.element_ty), mask=ok[:, None] & (offs_d < HEAD_DIM)[None, :])
 
 
 @triton.jit
-def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd, stride_ln,
-               lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok, DOC, stride_dn, doc_q,
-               KD, VD, LD, b32, hk32, h32,
-               BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
-               D_MASK: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
-               HAS_DOC: tl.constexpr, TMA: tl.constexpr):
+def _step_tile(src, start, offs, ok, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+               D_PAD: tl.constexpr, MASKED: tl.constexpr, TRANSPOSE: tl.constexpr,
+               TMA: tl.constexpr, CAST_F32: tl.constexpr):
+    """Rows [start, start + BLOCK) (offs; ok: which exist) of a streamed (B, H, T, D) source:
+    a (BLOCK, D_PAD) tile, (D_PAD, BLOCK) with TRANSPOSE, zeros past the edges (through the
+    descriptor with TMA, else through pointers, masking the rows only when MASKED)."""
+    X, strides, XD, b32, h32 = src
+    if TMA:
+        x = XD.load([b32, h32, start, 0]).reshape([BLOCK, D_PAD])
+        if TRANSPOSE:
+            x = tl.trans(x)
+        if CAST_F32:
+            x = x.to(tl.float32)
+    else:
+        x = _tile(X, strides, offs, ok, HEAD_DIM, D_PAD, MASKED, TRANSPOSE, CAST_F32)
+    return x
+
+
+@triton.jit
+def _step_row(src, start, offs, ok, other, BLOCK: tl.constexpr, MASKED: tl.constexpr,
+              TMA: tl.constexpr):
+    """Entries [start, start + BLOCK) (at offs; ok: which exist) of a streamed (B, H, T) source:
+    through the descriptor with TMA (zeros past the edge), else through pointers (`other`
+    where not ok when MASKED)."""
+    X, strides, XD, b32, h32 = src
+    if TMA:
+        x = XD.load([b32, h32, start]).reshape([BLOCK])
+    elif MASKED:
+        x = tl.load(X + offs * strides[2], mask=ok, other=other)
+    else:
+        x = tl.load(X + offs * strides[2])
+    return x
+
+
+# ----------------------------------------------------------------------------- forward and dq
+
+@triton.jit
+def _query_program(n_heads, group, n_queries, BLOCK_M: tl.constexpr):
+    """(b, query head, kv head, query block, b * n_heads + h) of a forward or dq program. One
+    flat grid (no 65535 limit on B * H); within a head the heavy (late) query blocks, which have
+    the most key blocks under the causal mask, start first."""
+    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
+    pid = tl.program_id(0)
+    pid_m = m_blocks - 1 - pid % m_blocks
+    pid_bh = pid // m_blocks
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    return b, h, h // group, pid_m, pid_bh
+
+
+@triton.jit
+def _query_rows(pid_m, n_queries, n_keys, BLOCK_M: tl.constexpr):
+    """The rows of query block pid_m: (first row, rows, which exist, first row's absolute
+    position, each row's absolute position)."""
+    offset = n_keys - n_queries
+    row0 = pid_m * BLOCK_M
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < n_queries
+    pos_q = offset + offs_m
+    pos0 = offset + row0
+    return row0, offs_m, m_ok, pos0, pos_q
+
+
+@triton.jit
+def _lams(LAM, lam_str, first, offs, ok):
+    """(lam at position first, lam at positions offs (0 where not ok)) of a (B, H, N) row, LAM
+    at (b, h): the reference lam_ref a program measures the gate's bias from, and its rows' or
+    keys' own lam."""
+    return tl.load(LAM + first * lam_str[2]), tl.load(LAM + offs * lam_str[2], mask=ok, other=0.0)
+
+
+@triton.jit
+def _doc_ids(DOC, doc_str, offs, ok):
+    """Document ids at positions offs (-1 where not ok) of a (B, N) tensor, DOC at batch b."""
+    return tl.load(DOC + offs * doc_str[1], mask=ok, other=-1)
+
+
+@triton.jit
+def _key_walk(START, start_str, row0, pos0, n_keys, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, GRID_M: tl.constexpr, GRID_N: tl.constexpr):
+    """The key steps of query rows [row0, row0 + BLOCK_M) (START at (b, h)): [lo, mid) lie
+    entirely left of the diagonal (no masks), [mid, hi) cross it. Key blocks [0, START) are
+    pruned; START never passes the block of the first row's diagonal."""
+    lo = tl.load(START + (row0 // GRID_M) * start_str[2]) * GRID_N
+    mid = lo + ((pos0 + 1 - lo) // BLOCK_N) * BLOCK_N
+    hi = tl.minimum(pos0 + BLOCK_M, n_keys)             # one past the last row's last key
+    return lo, mid, hi
+
+
+@triton.jit
+def _fwd_steps(acc, l_i, m_i, rows, keys, lo, hi, n_keys, qk_scale, BLOCK_N: tl.constexpr,
+               HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
+               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
+               TMA: tl.constexpr):
+    """Key steps [lo, hi) of the online softmax. rows: (q, pos_q, lam_ref, doc_q) of the query
+    block; keys: the sources of k, v and lam, then the document ids (DOC at b, their strides).
+    MASKED: the steps cross the diagonal or the end of the keys."""
+    q, pos_q, lam_ref, doc_q = rows
+    k_src, v_src, lam_src, DOC, doc_str = keys
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
-        kt = _key_tile(K, KD, b32, hk32, start, offs_n, n_ok, offs_d, d_ok, stride_kn, stride_kd,
-                       BLOCK_N, D_PAD, MASKED, D_MASK, TMA, True)
-        lam_k = _key_lams(LAM, LD, b32, h32, start, offs_n, n_ok, stride_ln, BLOCK_N, MASKED, TMA)
-        if CAST_F32:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale + ((lam_ref - lam_k) * LOG2E)[None, :]
+        kt = _step_tile(k_src, start, offs_n, n_ok, BLOCK_N, HEAD_DIM, D_PAD, MASKED, True, TMA,
+                        CAST_F32)
+        lam_k = _step_row(lam_src, start, offs_n, n_ok, 0.0, BLOCK_N, MASKED, TMA)
+        s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale
+        s += ((lam_ref - lam_k) * LOG2E)[None, :]
         if MASKED:
             s = tl.where(offs_n[None, :] <= pos_q[:, None], s, float("-inf"))
         if HAS_DOC:
-            doc_k = tl.load(DOC + offs_n * stride_dn, mask=n_ok, other=-1)
+            doc_k = _doc_ids(DOC, doc_str, offs_n, n_ok)
             s = tl.where(doc_q[:, None] == doc_k[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, _max_rows(s))
         m_ref = m_new
@@ -124,10 +231,8 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
         alpha = tl.exp2(m_i - m_ref)
         p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + _sum_rows(p)
-        v = _key_tile(V, VD, b32, hk32, start, offs_n, n_ok, offs_d, d_ok, stride_vn, stride_vd,
-                      BLOCK_N, D_PAD, MASKED, D_MASK, TMA, False)
-        if CAST_F32:
-            v = v.to(tl.float32)
+        v = _step_tile(v_src, start, offs_n, n_ok, BLOCK_N, HEAD_DIM, D_PAD, MASKED, False, TMA,
+                       CAST_F32)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
         m_i = m_new
@@ -135,15 +240,8 @@ def _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn, str
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, KD, VD, LD,
-                stride_qb, stride_qh, stride_qm, stride_qd,
-                stride_kb, stride_kh, stride_kn, stride_kd,
-                stride_vb, stride_vh, stride_vn, stride_vd,
-                stride_lb, stride_lh, stride_ln,
-                stride_ob, stride_oh, stride_om, stride_od,
-                stride_eb, stride_eh, stride_em,
-                stride_sb, stride_sh, stride_sm,
-                stride_db, stride_dn,
+def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, K_D, V_D, LAM_D,
+                q_str, k_str, v_str, lam_str, out_str, lse_str, start_str, doc_str,
                 n_heads, group, n_queries, n_keys, qk_scale,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -151,138 +249,74 @@ def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, KD, VD, LD,
                 CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
                 TMA: tl.constexpr):
     """OUT and LSE of one (b, query head, block of BLOCK_M queries). TMA: k, v and lam are read
-    through the tensor descriptors KD, VD ((B, Hk, N, D), blocks [1, 1, BLOCK_N, D_PAD]) and LD
-    ((B, Hq, N), blocks [1, 1, BLOCK_N]), zeros past the edges; otherwise through pointers."""
-    # One flat grid (no 65535 limit on B * H); within a head the heavy (late) query blocks,
-    # which have the most key blocks under the causal mask, start first.
-    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
-    pid = tl.program_id(0)
-    pid_m = m_blocks - 1 - pid % m_blocks
-    pid_bh = pid // m_blocks
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    hk = h // group
-    Q += b * stride_qb + h * stride_qh
-    K += b * stride_kb + hk * stride_kh
-    V += b * stride_vb + hk * stride_vh
-    LAM += b * stride_lb + h * stride_lh
-    OUT += b * stride_ob + h * stride_oh
-    LSE += b * stride_eb + h * stride_eh
-    START += b * stride_sb + h * stride_sh
+    through the tensor descriptors K_D, V_D ((B, Hk, N, D), blocks [1, 1, BLOCK_N, D_PAD]) and
+    LAM_D ((B, Hq, N), blocks [1, 1, BLOCK_N]), zeros past the edges; otherwise through
+    pointers."""
+    b, h, hk, pid_m, _ = _query_program(n_heads, group, n_queries, BLOCK_M)
+    Q, K, V = _at(Q, q_str, b, h), _at(K, k_str, b, hk), _at(V, v_str, b, hk)
+    LAM, OUT, LSE = _at(LAM, lam_str, b, h), _at(OUT, out_str, b, h), _at(LSE, lse_str, b, h)
+    START = _at(START, start_str, b, h)
+    row0, offs_m, m_ok, pos0, pos_q = _query_rows(pid_m, n_queries, n_keys, BLOCK_M)
+    q = _tile(Q, q_str, offs_m, m_ok, HEAD_DIM, D_PAD, True, False, CAST_F32)
+    lam_ref, lam_q = _lams(LAM, lam_str, pos0, pos_q, m_ok)
+    DOC += b * doc_str[0]
+    doc_q = _doc_ids(DOC, doc_str, pos_q, m_ok) if HAS_DOC else 0
+    lo, mid, hi = _key_walk(START, start_str, row0, pos0, n_keys, BLOCK_M, BLOCK_N, GRID_M,
+                            GRID_N)
+    rows = (q, pos_q, lam_ref, doc_q)
+    b32, h32, hk32 = b.to(tl.int32), h.to(tl.int32), hk.to(tl.int32)   # descriptor indices
+    keys = ((K, k_str, K_D, b32, hk32), (V, v_str, V_D, b32, hk32),    # sources (see top)
+            (LAM, lam_str, LAM_D, b32, h32), DOC, doc_str)
 
-    D_MASK: tl.constexpr = HEAD_DIM != D_PAD
-    offset = n_keys - n_queries
-    row0 = pid_m * BLOCK_M
-    offs_m = row0 + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    m_ok = offs_m < n_queries
-    d_ok = offs_d < HEAD_DIM
-    pos_q = offset + offs_m
-    pos0 = offset + row0
-
-    q = _load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-              m_ok[:, None], d_ok[None, :], True, D_MASK)
-    if CAST_F32:
-        q = q.to(tl.float32)
-    lam_ref = tl.load(LAM + pos0 * stride_ln)
-    lam_q = tl.load(LAM + pos_q * stride_ln, mask=m_ok, other=0.0)
-    DOC += b * stride_db
-    doc_q = tl.load(DOC + pos_q * stride_dn, mask=m_ok, other=-1) if HAS_DOC else 0
-
-    # Key blocks [0, START) are pruned; START never passes the block of the first row's diagonal.
-    lo = tl.load(START + (row0 // GRID_M) * stride_sm) * GRID_N
-    mid = lo + ((pos0 + 1 - lo) // BLOCK_N) * BLOCK_N   # steps entirely left of the diagonal
-    hi = tl.minimum(pos0 + BLOCK_M, n_keys)             # one past the last row's last key
-
-    b32, hk32, h32 = b.to(tl.int32), hk.to(tl.int32), h.to(tl.int32)   # descriptor indices
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
-    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
-                               stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid, n_keys,
-                               offs_d, d_ok, DOC, stride_dn, doc_q, KD, VD, LD, b32, hk32, h32,
-                               BLOCK_N, D_PAD, False, D_MASK, CAST_F32, DOT_PREC, HAS_DOC, TMA)
-    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, q, K, V, LAM, stride_kn, stride_kd, stride_vn,
-                               stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi, n_keys,
-                               offs_d, d_ok, DOC, stride_dn, doc_q, KD, VD, LD, b32, hk32, h32,
-                               BLOCK_N, D_PAD, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC, TMA)
+    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, rows, keys, lo, mid, n_keys, qk_scale, BLOCK_N,
+                               HEAD_DIM, D_PAD, False, CAST_F32, DOT_PREC, HAS_DOC, TMA)
+    acc, l_i, m_i = _fwd_steps(acc, l_i, m_i, rows, keys, mid, hi, n_keys, qk_scale, BLOCK_N,
+                               HEAD_DIM, D_PAD, True, CAST_F32, DOT_PREC, HAS_DOC, TMA)
 
-    out = acc / l_i[:, None]
-    tl.store(OUT + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-             out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    _store_tile(OUT, out_str, offs_m, m_ok, acc / l_i[:, None], HEAD_DIM, D_PAD)
     lse = (m_i + tl.log2(l_i)) * LN2 + (lam_q - lam_ref)
-    tl.store(LSE + offs_m * stride_em, lse, mask=m_ok)
+    tl.store(LSE + offs_m * lse_str[2], lse, mask=m_ok)
 
 
 @triton.jit
-def _row_dot_kernel(OUT, DO, DELTA,
-                    stride_ob, stride_oh, stride_om, stride_od,
-                    stride_gb, stride_gh, stride_gm, stride_gd,
-                    n_heads, n_queries,
-                    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
-    """DELTA[b, h, i] = sum_d dO * O, float32, contiguous (B, H, M)."""
-    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
-    pid = tl.program_id(0)
-    pid_m = pid % m_blocks
-    pid_bh = pid // m_blocks
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    mask = (offs_m < n_queries)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om
-                + offs_d[None, :] * stride_od, mask=mask, other=0.0)
-    do = tl.load(DO + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gm
-                 + offs_d[None, :] * stride_gd, mask=mask, other=0.0)
-    delta = _sum_rows(o.to(tl.float32) * do.to(tl.float32))
-    tl.store(DELTA + pid_bh.to(tl.int64) * n_queries + offs_m, delta, mask=offs_m < n_queries)
-
-
-@triton.jit
-def _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd, stride_vn, stride_vd,
-              stride_ln, lam_ref, qk_scale, pos_q, lo, hi, n_keys, offs_d, d_ok, DOC, stride_dn,
-              doc_q, KD, VD, LD, b32, hk32, h32,
-              BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
-              D_MASK: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
-              HAS_DOC: tl.constexpr, TMA: tl.constexpr):
+def _dq_steps(dq, ds_rows, rows, keys, lo, hi, n_keys, qk_scale, BLOCK_N: tl.constexpr,
+              HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
+              CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
+              TMA: tl.constexpr):
+    """Key steps [lo, hi) of dq and the dS row sums. rows: (q, dO, pos_q, lam_ref, a_row, do_o,
+    doc_q) of the query block; keys: as in _fwd_steps."""
+    q, do, pos_q, lam_ref, a_row, do_o, doc_q = rows
+    k_src, v_src, lam_src, DOC, doc_str = keys
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < n_keys
-        kt = _key_tile(K, KD, b32, hk32, start, offs_n, n_ok, offs_d, d_ok, stride_kn, stride_kd,
-                       BLOCK_N, D_PAD, MASKED, D_MASK, TMA, True)
-        vt = _key_tile(V, VD, b32, hk32, start, offs_n, n_ok, offs_d, d_ok, stride_vn, stride_vd,
-                       BLOCK_N, D_PAD, MASKED, D_MASK, TMA, True)
-        lam_k = _key_lams(LAM, LD, b32, h32, start, offs_n, n_ok, stride_ln, BLOCK_N, MASKED, TMA)
-        if CAST_F32:
-            kt = kt.to(tl.float32)
-            vt = vt.to(tl.float32)
+        kt = _step_tile(k_src, start, offs_n, n_ok, BLOCK_N, HEAD_DIM, D_PAD, MASKED, True, TMA,
+                        CAST_F32)
+        vt = _step_tile(v_src, start, offs_n, n_ok, BLOCK_N, HEAD_DIM, D_PAD, MASKED, True, TMA,
+                        CAST_F32)
+        lam_k = _step_row(lam_src, start, offs_n, n_ok, 0.0, BLOCK_N, MASKED, TMA)
         s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale + a_row[:, None]
         s = s + ((lam_ref - lam_k) * LOG2E)[None, :]
         if MASKED:
             s = tl.where(offs_n[None, :] <= pos_q[:, None], s, float("-inf"))
         if HAS_DOC:
-            doc_k = tl.load(DOC + offs_n * stride_dn, mask=n_ok, other=-1)
+            doc_k = _doc_ids(DOC, doc_str, offs_n, n_ok)
             s = tl.where(doc_q[:, None] == doc_k[None, :], s, float("-inf"))
         p = tl.exp2(s)
         dp = tl.dot(do, vt, input_precision=DOT_PREC)
-        ds = p * (dp - delta[:, None])
+        ds = p * (dp - do_o[:, None])
         ds_rows += _sum_rows(ds)
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PREC)
     return dq, ds_rows
 
 
 @triton.jit
-def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START, DOC, KD, VD, LD,
-               stride_qb, stride_qh, stride_qm, stride_qd,
-               stride_kb, stride_kh, stride_kn, stride_kd,
-               stride_vb, stride_vh, stride_vn, stride_vd,
-               stride_lb, stride_lh, stride_ln,
-               stride_gb, stride_gh, stride_gm, stride_gd,
-               stride_eb, stride_eh, stride_em,
-               stride_xb, stride_xh, stride_xm, stride_xd,
-               stride_rb, stride_rh, stride_rn,
-               stride_sb, stride_sh, stride_sm,
-               stride_db, stride_dn,
+def _dq_kernel(Q, K, V, LAM, DO, LSE, DO_O, DQ, DLAM_ROW, START, DOC, K_D, V_D, LAM_D,
+               q_str, k_str, v_str, lam_str, do_str, lse_str, dq_str, dlam_row_str, start_str,
+               doc_str,
                n_heads, group, n_queries, n_keys, qk_scale, scale,
                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -291,148 +325,109 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DELTA, DQ, DLAM_ROW, START, DOC, KD, VD, L
                TMA: tl.constexpr):
     """dq and the dS row sums of one (b, query head, block of BLOCK_M queries). TMA: k, v and
     lam through descriptors, as in _fwd_kernel."""
-    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
-    pid = tl.program_id(0)
-    pid_m = m_blocks - 1 - pid % m_blocks
-    pid_bh = pid // m_blocks
-    b = (pid_bh // n_heads).to(tl.int64)
-    h = (pid_bh % n_heads).to(tl.int64)
-    hk = h // group
-    Q += b * stride_qb + h * stride_qh
-    K += b * stride_kb + hk * stride_kh
-    V += b * stride_vb + hk * stride_vh
-    LAM += b * stride_lb + h * stride_lh
-    DO += b * stride_gb + h * stride_gh
-    LSE += b * stride_eb + h * stride_eh
-    DELTA += pid_bh.to(tl.int64) * n_queries
-    DQ += b * stride_xb + h * stride_xh
-    DLAM_ROW += b * stride_rb + h * stride_rh
-    START += b * stride_sb + h * stride_sh
-
-    D_MASK: tl.constexpr = HEAD_DIM != D_PAD
-    offset = n_keys - n_queries
-    row0 = pid_m * BLOCK_M
-    offs_m = row0 + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    m_ok = offs_m < n_queries
-    d_ok = offs_d < HEAD_DIM
-    pos_q = offset + offs_m
-    pos0 = offset + row0
-
-    q = _load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-              m_ok[:, None], d_ok[None, :], True, D_MASK)
-    do = _load(DO + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
-               m_ok[:, None], d_ok[None, :], True, D_MASK)
-    if CAST_F32:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    lam_ref = tl.load(LAM + pos0 * stride_ln)
-    lam_q = tl.load(LAM + pos_q * stride_ln, mask=m_ok, other=0.0)
-    lse = tl.load(LSE + offs_m * stride_em, mask=m_ok, other=float("inf"))
-    delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
-    DOC += b * stride_db
-    doc_q = tl.load(DOC + pos_q * stride_dn, mask=m_ok, other=-1) if HAS_DOC else 0
+    b, h, hk, pid_m, pid_bh = _query_program(n_heads, group, n_queries, BLOCK_M)
+    Q, K, V = _at(Q, q_str, b, h), _at(K, k_str, b, hk), _at(V, v_str, b, hk)
+    LAM, DO, LSE = _at(LAM, lam_str, b, h), _at(DO, do_str, b, h), _at(LSE, lse_str, b, h)
+    DO_O += pid_bh.to(tl.int64) * n_queries   # our own contiguous (B, Hq, M) buffer
+    DQ, DLAM_ROW = _at(DQ, dq_str, b, h), _at(DLAM_ROW, dlam_row_str, b, h)
+    START = _at(START, start_str, b, h)
+    row0, offs_m, m_ok, pos0, pos_q = _query_rows(pid_m, n_queries, n_keys, BLOCK_M)
+    q = _tile(Q, q_str, offs_m, m_ok, HEAD_DIM, D_PAD, True, False, CAST_F32)
+    do = _tile(DO, do_str, offs_m, m_ok, HEAD_DIM, D_PAD, True, False, CAST_F32)
+    lam_ref, lam_q = _lams(LAM, lam_str, pos0, pos_q, m_ok)
+    lse = tl.load(LSE + offs_m * lse_str[2], mask=m_ok, other=float("inf"))
+    do_o = tl.load(DO_O + offs_m, mask=m_ok, other=0.0)
+    DOC += b * doc_str[0]
+    doc_q = _doc_ids(DOC, doc_str, pos_q, m_ok) if HAS_DOC else 0
     # p = exp2(qk * qk_scale + a_row + (lam_ref - lam_k) log2 e); padded rows get p = 0.
     a_row = (lam_q - lam_ref - lse) * LOG2E
+    lo, mid, hi = _key_walk(START, start_str, row0, pos0, n_keys, BLOCK_M, BLOCK_N, GRID_M,
+                            GRID_N)
+    rows = (q, do, pos_q, lam_ref, a_row, do_o, doc_q)
+    b32, h32, hk32 = b.to(tl.int32), h.to(tl.int32), hk.to(tl.int32)   # descriptor indices
+    keys = ((K, k_str, K_D, b32, hk32), (V, v_str, V_D, b32, hk32),    # sources (see top)
+            (LAM, lam_str, LAM_D, b32, h32), DOC, doc_str)
 
-    lo = tl.load(START + (row0 // GRID_M) * stride_sm) * GRID_N
-    mid = lo + ((pos0 + 1 - lo) // BLOCK_N) * BLOCK_N
-    hi = tl.minimum(pos0 + BLOCK_M, n_keys)
-
-    b32, hk32, h32 = b.to(tl.int32), hk.to(tl.int32), h.to(tl.int32)   # descriptor indices
     dq = tl.full([BLOCK_M, D_PAD], 0.0, dtype=tl.float32)
     ds_rows = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
-    dq, ds_rows = _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
-                            stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, lo, mid,
-                            n_keys, offs_d, d_ok, DOC, stride_dn, doc_q, KD, VD, LD, b32, hk32, h32,
-                            BLOCK_N, D_PAD, False, D_MASK, CAST_F32, DOT_PREC, HAS_DOC, TMA)
-    dq, ds_rows = _dq_steps(dq, ds_rows, q, do, a_row, delta, K, V, LAM, stride_kn, stride_kd,
-                            stride_vn, stride_vd, stride_ln, lam_ref, qk_scale, pos_q, mid, hi,
-                            n_keys, offs_d, d_ok, DOC, stride_dn, doc_q, KD, VD, LD, b32, hk32, h32,
-                            BLOCK_N, D_PAD, True, D_MASK, CAST_F32, DOT_PREC, HAS_DOC, TMA)
-    dq = dq * scale
-    tl.store(DQ + offs_m[:, None] * stride_xm + offs_d[None, :] * stride_xd,
-             dq.to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    dq, ds_rows = _dq_steps(dq, ds_rows, rows, keys, lo, mid, n_keys, qk_scale, BLOCK_N,
+                            HEAD_DIM, D_PAD, False, CAST_F32, DOT_PREC, HAS_DOC, TMA)
+    dq, ds_rows = _dq_steps(dq, ds_rows, rows, keys, mid, hi, n_keys, qk_scale, BLOCK_N,
+                            HEAD_DIM, D_PAD, True, CAST_F32, DOT_PREC, HAS_DOC, TMA)
+    _store_tile(DQ, dq_str, offs_m, m_ok, dq * scale, HEAD_DIM, D_PAD)
     # Row sums of dS: analytically zero, but adding them to dlam (at the query's own position)
     # makes sum_t dlam_t cancel exactly, so the gates' gradient (a reverse cumsum of dlam) does
     # not accumulate the rounding of dS over the sequence.
-    tl.store(DLAM_ROW + pos_q * stride_rn, ds_rows, mask=m_ok)
+    tl.store(DLAM_ROW + pos_q * dlam_row_str[2], ds_rows, mask=m_ok)
 
 
 @triton.jit
-def _row_stats(LSE, DELTA, LAM, offs_m, pos_q, m_ok, stride_em, stride_ln, ROW_MASK: tl.constexpr):
-    """lse, delta and lam of a step's query rows through pointers (padded rows: lse = +inf)."""
-    if ROW_MASK:
-        lse = tl.load(LSE + offs_m * stride_em, mask=m_ok, other=float("inf"))
-        delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
-        lam_q = tl.load(LAM + pos_q * stride_ln, mask=m_ok, other=0.0)
-    else:
-        lse = tl.load(LSE + offs_m * stride_em)
-        delta = tl.load(DELTA + offs_m)
-        lam_q = tl.load(LAM + pos_q * stride_ln)
-    return lse, delta, lam_q
+def _row_dot_kernel(OUT, DO, DO_O, out_str, do_str, n_heads, n_queries,
+                    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """DO_O[b, h, i] = sum_d dO * O, float32, contiguous (B, H, M): the row dots of
+    dS = P (dP - do_o)."""
+    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
+    pid = tl.program_id(0)
+    pid_m = pid % m_blocks
+    pid_bh = pid // m_blocks
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < n_queries
+    o = _tile(_at(OUT, out_str, b, h), out_str, offs_m, m_ok, HEAD_DIM, D_PAD, True, False, True)
+    do = _tile(_at(DO, do_str, b, h), do_str, offs_m, m_ok, HEAD_DIM, D_PAD, True, False, True)
+    tl.store(DO_O + pid_bh.to(tl.int64) * n_queries + offs_m, _sum_rows(o * do), mask=m_ok)
 
+
+# ----------------------------------------------------------------------------- dk, dv
 
 @triton.jit
-def _dkdv_steps(dk, dv, colsum, k, v, Q, DO, LAM, LSE, DELTA,
-                stride_qm, stride_qd, stride_gm, stride_gd, stride_ln, stride_em,
-                lam_ref, b_key, qk_scale, offs_n, offset, lo, hi, n_queries, offs_d, d_ok,
-                DOC, stride_dn, doc_k, QD, GD, LD, ED, XD, b32, h32,
-                BLOCK_M: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
-                ROW_MASK: tl.constexpr, D_MASK: tl.constexpr, CAST_F32: tl.constexpr,
+def _dkdv_steps(dk, dv, colsum, keys, queries, lo, hi, offset, n_queries, qk_scale,
+                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+                MASKED: tl.constexpr, ROW_MASK: tl.constexpr, CAST_F32: tl.constexpr,
                 DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr, TMA: tl.constexpr):
+    """Query steps [lo, hi) of one query head for dk, dv and the dS column sums. keys: (k, v,
+    offs_n, lam_ref, b_key, doc_k) of the key block; queries: the sources of q, dO, lam, lse and
+    do_o, then the document ids (DOC at b, their strides). MASKED: the steps cross the diagonal;
+    ROW_MASK: they may pass the last query."""
+    k, v, offs_n, lam_ref, b_key, doc_k = keys
+    q_src, do_src, lam_src, lse_src, do_o_src, DOC, doc_str = queries
     for start in range(lo, hi, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         m_ok = offs_m < n_queries
         pos_q = offset + offs_m
+        qt = _step_tile(q_src, start, offs_m, m_ok, BLOCK_M, HEAD_DIM, D_PAD, ROW_MASK, True, TMA,
+                        CAST_F32)
+        do = _step_tile(do_src, start, offs_m, m_ok, BLOCK_M, HEAD_DIM, D_PAD, ROW_MASK, False,
+                        TMA, CAST_F32)
+        lse = _step_row(lse_src, start, offs_m, m_ok, float("inf"), BLOCK_M, ROW_MASK, TMA)
+        do_o = _step_row(do_o_src, start, offs_m, m_ok, 0.0, BLOCK_M, ROW_MASK, TMA)
+        lam_q = _step_row(lam_src, offset + start, pos_q, m_ok, 0.0, BLOCK_M, ROW_MASK, TMA)
         if TMA:  # zeros past the edges; a padded row's lse must be +inf (p = 0), not 0
-            qt = tl.trans(QD.load([b32, h32, start, 0]).reshape([BLOCK_M, D_PAD]))
-            do = GD.load([b32, h32, start, 0]).reshape([BLOCK_M, D_PAD])
-            lse = ED.load([b32, h32, start]).reshape([BLOCK_M])
-            delta = XD.load([b32, h32, start]).reshape([BLOCK_M])
-            lam_q = LD.load([b32, h32, offset + start]).reshape([BLOCK_M])
             if ROW_MASK:
                 lse = tl.where(m_ok, lse, float("inf"))
-        else:
-            qt = _load(Q + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
-                       m_ok[None, :], d_ok[:, None], ROW_MASK, D_MASK)
-            do = _load(DO + offs_m[:, None] * stride_gm + offs_d[None, :] * stride_gd,
-                       m_ok[:, None], d_ok[None, :], ROW_MASK, D_MASK)
-            lse, delta, lam_q = _row_stats(LSE, DELTA, LAM, offs_m, pos_q, m_ok, stride_em,
-                                           stride_ln, ROW_MASK)
-        if CAST_F32:
-            qt = qt.to(tl.float32)
-            do = do.to(tl.float32)
         a_row = (lam_q - lam_ref - lse) * LOG2E
         st = tl.dot(k, qt, input_precision=DOT_PREC) * qk_scale + b_key[:, None]
         st = st + a_row[None, :]
         if MASKED:
             st = tl.where(offs_n[:, None] <= pos_q[None, :], st, float("-inf"))
         if HAS_DOC:
-            doc_q = tl.load(DOC + pos_q * stride_dn, mask=m_ok, other=-1)
+            doc_q = _doc_ids(DOC, doc_str, pos_q, m_ok)
             st = tl.where(doc_k[:, None] == doc_q[None, :], st, float("-inf"))
         pt = tl.exp2(st)
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PREC)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-        dst = pt * (dpt - delta[None, :])
+        dst = pt * (dpt - do_o[None, :])
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
         colsum += _sum_rows(dst)
     return dk, dv, colsum
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC, QD, GD, LD, ED, XD,
-                 stride_qb, stride_qh, stride_qm, stride_qd,
-                 stride_kb, stride_kh, stride_kn, stride_kd,
-                 stride_vb, stride_vh, stride_vn, stride_vd,
-                 stride_lb, stride_lh, stride_ln,
-                 stride_gb, stride_gh, stride_gm, stride_gd,
-                 stride_eb, stride_eh, stride_em,
-                 stride_ykb, stride_ykh, stride_ykn, stride_ykd,
-                 stride_yvb, stride_yvh, stride_yvn, stride_yvd,
-                 stride_zb, stride_zh, stride_zn,
-                 stride_nb, stride_nh, stride_nn,
-                 stride_db, stride_dn,
+def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DO_O, DK, DV, DLAM, END, DOC,
+                 Q_D, DO_D, LAM_D, LSE_D, DO_O_D,
+                 q_str, k_str, v_str, lam_str, do_str, lse_str, dk_str, dv_str, dlam_str,
+                 end_str, doc_str,
                  n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -440,9 +435,9 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC, QD, GD, L
                  CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
                  TMA: tl.constexpr):
     """dk, dv of one (b, kv head, block of BLOCK_N keys), summed over the group's query heads,
-    and the dS column sums of each of them. TMA: the streamed q, dO, lam, lse and delta come
-    through the descriptors QD, GD ((B, Hq, M, D), blocks [1, 1, BLOCK_M, D_PAD]), LD (lam),
-    ED (lse) and XD (delta) ((B, Hq, .), blocks [1, 1, BLOCK_M]); otherwise through pointers."""
+    and the dS column sums of each of them. TMA: the streamed q, dO, lam, lse and do_o come
+    through the descriptors Q_D, DO_D ((B, Hq, M, D), blocks [1, 1, BLOCK_M, D_PAD]), LAM_D,
+    LSE_D and DO_O_D ((B, Hq, .), blocks [1, 1, BLOCK_M]); otherwise through pointers."""
     # Key block 0 sees every query: launch in key order, heavy first.
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
@@ -450,27 +445,17 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC, QD, GD, L
     pid_bh = pid // n_blocks
     b = (pid_bh // n_kv_heads).to(tl.int64)
     hk = (pid_bh % n_kv_heads).to(tl.int64)
-    K += b * stride_kb + hk * stride_kh
-    V += b * stride_vb + hk * stride_vh
-    DK += b * stride_ykb + hk * stride_ykh
-    DV += b * stride_yvb + hk * stride_yvh
+    K, V = _at(K, k_str, b, hk), _at(V, v_str, b, hk)
+    DK, DV = _at(DK, dk_str, b, hk), _at(DV, dv_str, b, hk)
 
-    D_MASK: tl.constexpr = HEAD_DIM != D_PAD
     offset = n_keys - n_queries
     key0 = pid_n * BLOCK_N
     offs_n = key0 + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D_PAD)
     n_ok = offs_n < n_keys
-    d_ok = offs_d < HEAD_DIM
-    k = _load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-              n_ok[:, None], d_ok[None, :], True, D_MASK)
-    v = _load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-              n_ok[:, None], d_ok[None, :], True, D_MASK)
-    if CAST_F32:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    DOC += b * stride_db
-    doc_k = tl.load(DOC + offs_n * stride_dn, mask=n_ok, other=-1) if HAS_DOC else 0
+    k = _tile(K, k_str, offs_n, n_ok, HEAD_DIM, D_PAD, True, False, CAST_F32)
+    v = _tile(V, v_str, offs_n, n_ok, HEAD_DIM, D_PAD, True, False, CAST_F32)
+    DOC += b * doc_str[0]
+    doc_k = _doc_ids(DOC, doc_str, offs_n, n_ok) if HAS_DOC else 0
 
     # Query steps: [lo, mid) cross the diagonal (masked), [mid, END * GRID_M) see the whole block.
     lo = (tl.maximum(key0 - offset, 0) // BLOCK_M) * BLOCK_M
@@ -483,39 +468,31 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DELTA, DK, DV, DLAM, END, DOC, QD, GD, L
     for g in range(0, group):
         h = hk * group + g
         b32, h32 = b.to(tl.int32), h.to(tl.int32)   # descriptor indices
-        Qh = Q + b * stride_qb + h * stride_qh
-        DOh = DO + b * stride_gb + h * stride_gh
-        LAMh = LAM + b * stride_lb + h * stride_lh
-        LSEh = LSE + b * stride_eb + h * stride_eh
-        DELTAh = DELTA + (b * (n_kv_heads * group) + h) * n_queries
-        end = tl.load(END + b * stride_nb + h * stride_nh + key_grid * stride_nn)
+        Qh, DOh, LAMh = _at(Q, q_str, b, h), _at(DO, do_str, b, h), _at(LAM, lam_str, b, h)
+        LSEh = _at(LSE, lse_str, b, h)
+        DO_Oh = DO_O + (b * (n_kv_heads * group) + h) * n_queries   # contiguous (B, Hq, M)
+        queries = ((Qh, q_str, Q_D, b32, h32), (DOh, do_str, DO_D, b32, h32),  # sources (see top)
+                   (LAMh, lam_str, LAM_D, b32, h32), (LSEh, lse_str, LSE_D, b32, h32),
+                   (DO_Oh, (0, 0, 1), DO_O_D, b32, h32), DOC, doc_str)
+        end = tl.load(END + b * end_str[0] + h * end_str[1] + key_grid * end_str[2])
         hi = tl.minimum(end * GRID_M, n_queries)
-        lam_ref = tl.load(LAMh + key0 * stride_ln)
-        lam_k = tl.load(LAMh + offs_n * stride_ln, mask=n_ok, other=0.0)
-        b_key = (lam_ref - lam_k) * LOG2E
+        lam_ref, lam_k = _lams(LAMh, lam_str, key0, offs_n, n_ok)
+        keys = (k, v, offs_n, lam_ref, (lam_ref - lam_k) * LOG2E, doc_k)
         colsum = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
-        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh,
-                                     stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
-                                     stride_em, lam_ref, b_key, qk_scale, offs_n, offset,
-                                     lo, tl.minimum(mid, hi), n_queries, offs_d, d_ok,
-                                     DOC, stride_dn, doc_k, QD, GD, LD, ED, XD, b32, h32,
-                                     BLOCK_M, D_PAD, True, True, D_MASK, CAST_F32, DOT_PREC,
-                                     HAS_DOC, TMA)
-        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, k, v, Qh, DOh, LAMh, LSEh, DELTAh,
-                                     stride_qm, stride_qd, stride_gm, stride_gd, stride_ln,
-                                     stride_em, lam_ref, b_key, qk_scale, offs_n, offset,
-                                     mid, hi, n_queries, offs_d, d_ok, DOC, stride_dn, doc_k,
-                                     QD, GD, LD, ED, XD, b32, h32,
-                                     BLOCK_M, D_PAD, False, ROW_EDGE, D_MASK, CAST_F32, DOT_PREC,
-                                     HAS_DOC, TMA)
-        tl.store(DLAM + b * stride_zb + h * stride_zh + offs_n * stride_zn, -colsum, mask=n_ok)
+        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, keys, queries, lo, tl.minimum(mid, hi),
+                                     offset, n_queries, qk_scale, BLOCK_M, HEAD_DIM, D_PAD,
+                                     True, True, CAST_F32, DOT_PREC, HAS_DOC, TMA)
+        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, keys, queries, mid, hi,
+                                     offset, n_queries, qk_scale, BLOCK_M, HEAD_DIM, D_PAD,
+                                     False, ROW_EDGE, CAST_F32, DOT_PREC, HAS_DOC, TMA)
+        tl.store(DLAM + b * dlam_str[0] + h * dlam_str[1] + offs_n * dlam_str[2], -colsum,
+                 mask=n_ok)
 
-    dk = dk * scale
-    tl.store(DK + offs_n[:, None] * stride_ykn + offs_d[None, :] * stride_ykd,
-             dk.to(DK.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
-    tl.store(DV + offs_n[:, None] * stride_yvn + offs_d[None, :] * stride_yvd,
-             dv.to(DV.dtype.element_ty), mask=n_ok[:, None] & d_ok[None, :])
+    _store_tile(DK, dk_str, offs_n, n_ok, dk * scale, HEAD_DIM, D_PAD)
+    _store_tile(DV, dv_str, offs_n, n_ok, dv, HEAD_DIM, D_PAD)
 
+
+# ----------------------------------------------------------------------------- plan
 
 @triton.jit
 def _max_nan(a, b):
@@ -523,7 +500,7 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _max_norm_kernel(X, PARTIAL, stride_b, stride_h, stride_t, stride_d, n_heads, n_rows, n_tiles,
+def _max_norm_kernel(X, PARTIAL, x_str, n_heads, n_rows, n_tiles,
                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
     """PARTIAL[bh, tile] = max over the tile's rows of ||x_row|| (float32; NaN and inf kept)."""
     pid = tl.program_id(0)
@@ -533,7 +510,8 @@ def _max_norm_kernel(X, PARTIAL, stride_b, stride_h, stride_t, stride_d, n_heads
     h = (bh % n_heads).to(tl.int64)
     rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, D_PAD)
-    x = tl.load(X + b * stride_b + h * stride_h + rows[:, None] * stride_t + cols[None, :] * stride_d,
+    x = tl.load(X + b * x_str[0] + h * x_str[1] + rows[:, None] * x_str[2]
+                + cols[None, :] * x_str[3],
                 mask=(rows < n_rows)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
     x = x.to(tl.float32)
     norm = tl.sqrt(_sum_rows(x * x))

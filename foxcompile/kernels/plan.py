@@ -6,7 +6,7 @@ Shapes (canonical, the op views user layouts this way):
 Query i sits at absolute position P + i, P = N - M. Its scores against key j <= P + i get the bias
 lam[P + i] - lam[j]; keys j > P + i are masked.
 
-The rule (../shared/design/acp.md): with U = |scale| max_i ||q_i|| max_j ||k_j|| per (b, h),
+The rule (docs/acp.md): with U = |scale| max_i ||q_i|| max_j ||k_j|| per (b, h),
 delta = min(log(eps) - 2U - log(N), 0). A tile of BLOCK_M queries x BLOCK_N keys is skipped when
 lam[first query row] - lam[last key column] < delta; for a non-increasing lam that corner holds
 the largest bias of the tile, so every dropped weight is below eps / N.
@@ -22,7 +22,9 @@ doc never decreases along the sequence (checked on the device), the first key bl
 a document with a query block is the first whose last key's id reaches the block's first query's
 id; the blocks before it are skipped too (document_start_blocks), whatever the gate does.
 
-Everything here runs on the tensors' device with no host synchronisation (CUDA-graph safe).
+Everything here runs on the tensors' device with no host synchronisation (CUDA-graph safe), and
+is plain torch: the engine that launches the kernels hands in what it has faster (the `norm`
+argument, e.g. triton_attention.max_norm).
 """
 import math
 from typing import NamedTuple
@@ -40,9 +42,8 @@ def tile_sizes(head_dim: int) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) of the pruning grid for a head dim; every kernel and the reference
     skip on exactly this grid, so forward and backward drop the same (i, j) pairs."""
     # 128 x 128 lets every Triton kernel (forward, dq over query blocks of 128; dkdv over key
-    # blocks of 128) walk whole grid tiles; it skips almost exactly what 128 x 64 skips (a tile's
-    # skip test depends on its span, BLOCK_M + BLOCK_N: 69.3% against 69.5% of SYN70's tiles at
-    # B2-T16384-H24-D64).
+    # blocks of 128) walk whole grid tiles, and skips about as much as 128 x 64 (a tile's skip
+    # test depends on its span, BLOCK_M + BLOCK_N; docs/kernels.md, "The pruning grid").
     if head_dim <= 128:
         return 128, 128
     return 64, 64
@@ -54,43 +55,34 @@ def num_blocks(length, block: int):
 
 
 def max_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """max over t of ||x[b, h, t]|| in acc, (B, H); NaN and inf propagate.
-
-    On CUDA (float32 accumulation, real tensors) one Triton pass over x: torch's vector_norm over
-    a short strided last dim reads at about a tenth of the memory bandwidth (0.23 ms for one
-    B2-T16384-H24-D64 tensor on an H200, most of the plan's time). Elsewhere: torch, with
-    dtype= accumulating in acc without materialising an upcast copy."""
-    if (type(x) is torch.Tensor and x.is_cuda and acc == torch.float32 and x.numel() > 0
-            and 16 <= x.shape[-1] <= 256):
-        try:
-            from .triton_attention import max_row_norms
-        except ImportError:  # no Triton: fall through to torch
-            pass
-        else:
-            return max_row_norms(x)
+    """max over t of ||x[b, h, t]|| in acc, (B, H); NaN and inf propagate. Plain torch (dtype=
+    accumulates in acc without materialising an upcast copy). An engine may bring a faster
+    one (triton_attention.max_norm): score_bound, threshold and make_plan take it as `norm`."""
     return torch.linalg.vector_norm(x, dim=-1, dtype=acc).amax(dim=-1)
 
 
-def score_bound(q: torch.Tensor, k: torch.Tensor, scale: float, acc: torch.dtype) -> torch.Tensor:
+def score_bound(q: torch.Tensor, k: torch.Tensor, scale: float, acc: torch.dtype,
+                norm=max_norm) -> torch.Tensor:
     """U = |scale| max_i ||q_i|| max_j ||k_j|| per (b, h), (B, Hq) in acc: no scaled score
-    scale q_i.k_j of that head is larger than U in magnitude (NaN and inf propagate)."""
+    scale q_i.k_j of that head is larger than U in magnitude (NaN and inf propagate). norm:
+    the max_norm to use (the engine's)."""
     q_heads = q.shape[1]
-    k_norm = max_norm(k, acc).repeat_interleave(q_heads // k.shape[1], dim=1)       # (B, Hq)
-    return abs(scale) * max_norm(q, acc) * k_norm
+    k_norm = norm(k, acc).repeat_interleave(q_heads // k.shape[1], dim=1)           # (B, Hq)
+    return abs(scale) * norm(q, acc) * k_norm
 
 
 def threshold(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
               epsilon: float, prune: int, v: torch.Tensor | None = None,
-              bound: torch.Tensor | None = None) -> torch.Tensor:
+              bound: torch.Tensor | None = None, norm=max_norm) -> torch.Tensor:
     """delta per (b, h) as lam's dtype, shape (B, Hq); -inf where the guard turns pruning off.
     Call only with pruning on (prune != Prune.OFF, epsilon > 0). bound: score_bound(q, k, ...)
-    when the caller has it."""
+    when the caller has it; norm: the max_norm to use (the engine's)."""
     q_heads = q.shape[1]
     acc = lam.dtype
-    bound = score_bound(q, k, scale, acc) if bound is None else bound
+    bound = score_bound(q, k, scale, acc, norm) if bound is None else bound
     if v is not None:
         # a NaN or inf value must reach every row that attends to it, as in eager: no pruning
-        v_finite = torch.isfinite(max_norm(v, acc))
+        v_finite = torch.isfinite(norm(v, acc))
         bound = torch.where(v_finite.repeat_interleave(q_heads // v.shape[1], dim=1), bound, math.inf)
     n_keys = lam.shape[-1]
     delta = (math.log(epsilon) - math.log(n_keys) - 2.0 * bound).clamp(max=0.0)
@@ -109,9 +101,9 @@ def largest_rise(lam: torch.Tensor) -> torch.Tensor:
     """max over s <= t of lam_t - lam_s along the last dim (>= 0; NaN if lam has a NaN).
 
     Equal, bit for bit, to (lam - cummin(lam)).amax(-1), but computed as a two-level scan:
-    torch's cummin over a long innermost dim runs a few thread blocks sequentially (about half
-    a millisecond for 48 rows of 16k on an H200), while cummin within blocks of 256 plus a cummin
-    over the block minima is fully parallel. min is exact, so no rounding differs."""
+    torch's cummin over a long innermost dim runs a few thread blocks sequentially, while cummin
+    within blocks of 256 plus a cummin over the block minima is fully parallel (docs/kernels.md,
+    "The plan on the device"). min is exact, so no rounding differs."""
     n = lam.shape[-1]
     if n <= _RISE_BLOCK:
         return (lam - torch.cummin(lam, dim=-1).values).amax(dim=-1)
@@ -177,10 +169,14 @@ def end_blocks(start: torch.Tensor, n_keys: int, block_n: int) -> torch.Tensor:
 class TileCounts(NamedTuple):
     """Per (b, h) float64 counts: tiles and (i, j) pairs, causal versus actually computed.
     skippable_tiles: the most the tile grid lets any gate skip (every causal tile left of the
-    block holding each query block's first diagonal element; diagonal tiles always run)."""
+    block holding each query block's first diagonal element; diagonal tiles always run).
+    distant_tiles: those of them whose nearest corner lies two or more steps from the diagonal;
+    the others (a corner one step away) go only when a single gate value is below delta, so a
+    real gate skips at most distant_tiles."""
     skipped_tiles: torch.Tensor
     causal_tiles: torch.Tensor
     skippable_tiles: torch.Tensor
+    distant_tiles: torch.Tensor
     computed_pairs: torch.Tensor
     causal_pairs: torch.Tensor
 
@@ -198,11 +194,15 @@ def tile_counts(start: torch.Tensor, n_queries: int, n_keys: int,
     causal_pairs = rows * (offset + 1) + (first + last) * rows / 2
     skipped_keys = start.to(torch.float64) * block_n
     start_f = start.to(torch.float64)
-    skippable_tiles = torch.floor((offset + first) / block_n)            # start's upper bound
+    first_abs = offset + first
+    skippable_tiles = torch.floor(first_abs / block_n)                   # start's upper bound
+    one_step = (first_abs > 0) & (torch.remainder(first_abs, block_n) == 0)
+    distant_tiles = skippable_tiles - one_step.to(torch.float64)
     return TileCounts(
         skipped_tiles=start_f.sum(-1),
         causal_tiles=causal_tiles.sum().expand(start.shape[:-1]),
         skippable_tiles=skippable_tiles.sum().expand(start.shape[:-1]),
+        distant_tiles=distant_tiles.sum().expand(start.shape[:-1]),
         computed_pairs=(causal_pairs - rows * skipped_keys).sum(-1),
         causal_pairs=causal_pairs.sum().expand(start.shape[:-1]),
     )
@@ -217,17 +217,19 @@ class Plan(NamedTuple):
 
 def make_plan(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
               epsilon: float, prune: int, v: torch.Tensor | None = None,
-              doc: torch.Tensor | None = None, bound: torch.Tensor | None = None) -> Plan:
+              doc: torch.Tensor | None = None, bound: torch.Tensor | None = None,
+              norm=max_norm) -> Plan:
     """The pruning plan of one launch; pass v so that a non-finite value turns pruning off, the
-    document ids doc (B, N) of packed sequences to skip the tiles of other documents, and
-    score_bound(q, k, scale, ...) as bound when it is already known."""
+    document ids doc (B, N) of packed sequences to skip the tiles of other documents,
+    score_bound(q, k, scale, ...) as bound when it is already known, and the engine's max_norm
+    as norm (triton_attention.max_norm: one Triton pass on CUDA; default: torch)."""
     block_m, block_n = tile_sizes(q.shape[-1])
     n_queries = q.shape[2]
     if prune == Prune.OFF or epsilon <= 0.0:
         start = torch.zeros(*lam.shape[:2], num_blocks(n_queries, block_m),
                             dtype=torch.int32, device=lam.device)
     else:
-        delta = threshold(q, k, lam, scale, epsilon, prune, v, bound)
+        delta = threshold(q, k, lam, scale, epsilon, prune, v, bound, norm)
         start = start_blocks(lam, delta, n_queries, block_m, block_n)
     if doc is not None:  # both starts are non-decreasing, so their maximum is too
         other_documents = document_start_blocks(doc, n_queries, block_m, block_n)

@@ -3,6 +3,7 @@
     forward(q, k, v, lam, plan, scale, out, doc=None) -> lse
     backward(grad_out, q, k, v, lam, out, lse, plan, scale, dq, dk, dv, doc=None) -> dlam
     unsupported_reason(q, k, v) -> str | None
+    max_norm(x, acc) -> (B, H)     # the plan's max_t ||x[b, h, t]|| (make_plan's norm=)
 
 Shapes and semantics as in plan.py / reference.py: q (B, Hq, M, D), k and v (B, Hk, N, D),
 lam (B, Hq, N) float32, any strides (views of (B, T, H, D) or (B, H, T, D) tensors are read in
@@ -13,8 +14,9 @@ int32/int64 document ids of packed sequences (any strides), or None.
 Triton itself is imported only when a kernel is launched (or unsupported_reason is asked about a
 CUDA tensor). CUDA tensors run the compiled kernels; CPU tensors run the same kernels under
 Triton's interpreter when TRITON_INTERPRET=1 is set (operands are cast to float32 there, because
-bf16 dots are broken in the interpreter). Triton decides between compiling and interpreting when
-a kernel is decorated, so the kernel file is loaded once per mode, whatever was imported first.
+bf16 dots are broken in the interpreter). The kernel module is imported normally; Triton fixes
+compiled or interpreted when a function is decorated, so the other mode gets twins of the same
+functions (_kernels, docs/kernels.md "Interpreter (CPU) mode").
 
 float32 inputs: the matrix products follow torch.get_float32_matmul_precision(), as torch's own
 matmuls do: exact float32 ("ieee") under the default "highest", TF32 on the tensor cores (10-bit
@@ -25,10 +27,9 @@ Streamed tiles are read through TMA tensor descriptors where the launch table sa
 D_PAD = 128, and under the interpreter) and the tensors allow it, else through pointers;
 FOXCOMPILE_TMA=0|1|<kernels> overrides the choice (docs/kernels.md, "Loads").
 """
-import importlib.util
 import os
-import sys
 import threading
+import types
 
 import torch
 
@@ -40,8 +41,7 @@ from .triton_configs import TMA_KERNELS, launch_config, max_registers, smaller, 
 LOG2E = 1.4426950408889634
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-_KERNEL_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_triton_kernels.py")
-_modules: dict = {}
+_twins: dict = {}
 _lock = threading.Lock()
 _capabilities: dict = {}
 
@@ -51,28 +51,48 @@ def _interpret_requested() -> bool:
 
 
 def _kernels(interpret: bool):
-    """The kernel module, decorated for the compiler or for the interpreter."""
-    module = _modules.get(interpret)
-    if module is not None:
+    """The kernels, compiled (interpret=False) or for Triton's interpreter.
+
+    `_triton_kernels` is imported normally, and Triton decorates its functions for the mode that
+    TRITON_INTERPRET names at that moment. The other mode gets twins: every @triton.jit function
+    of the module decorated again for that mode in a copy of the module's namespace, so that a
+    kernel's calls reach the helpers' twins. Both come from the same functions, so both modes
+    run the same code in one process, whatever imported triton first."""
+    from triton.runtime.jit import JITFunction
+
+    from . import _triton_kernels as module
+    # (a helper tells the mode: tools such as compile_offline.py replace the kernels themselves)
+    if isinstance(module._at, JITFunction) != interpret:
         return module
-    with _lock:
-        module = _modules.get(interpret)
-        if module is None:
-            name = "foxcompile.kernels._triton_kernels_" + ("interpret" if interpret else "compiled")
-            saved = os.environ.get("TRITON_INTERPRET")
-            os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
-            try:
-                spec = importlib.util.spec_from_file_location(name, _KERNEL_FILE)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module
-                spec.loader.exec_module(module)
-            finally:
-                if saved is None:
-                    del os.environ["TRITON_INTERPRET"]
-                else:
-                    os.environ["TRITON_INTERPRET"] = saved
-            _modules[interpret] = module
-    return module
+    twins = _twins.get(interpret)
+    if twins is None:
+        with _lock:
+            twins = _twins.get(interpret)
+            if twins is None:
+                twins = _twins[interpret] = _decorated_again(module, interpret)
+    return twins
+
+
+def _decorated_again(module, interpret: bool) -> types.SimpleNamespace:
+    """module's own @triton.jit functions decorated for the given mode, in a copy of its
+    namespace (the functions imported from triton, such as the reduce combiners, stay)."""
+    from triton.runtime.jit import JITFunction, KernelInterface
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction as decorate
+    else:
+        decorate = JITFunction
+    namespace = dict(vars(module))
+    for name, obj in vars(module).items():
+        fn = getattr(obj, "fn", None)
+        if isinstance(obj, KernelInterface) and getattr(fn, "__module__", None) == module.__name__:
+            twin = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__,
+                                      fn.__closure__)
+            twin.__annotations__ = dict(fn.__annotations__)   # tl.constexpr marks the constants
+            twin.__kwdefaults__ = fn.__kwdefaults__
+            twin.__qualname__, twin.__module__ = fn.__qualname__, fn.__module__
+            twin.__doc__ = fn.__doc__
+            namespace[name] = decorate(twin)
+    return types.SimpleNamespace(**namespace)
 
 
 def _capability(device: torch.device):
@@ -214,11 +234,10 @@ def _descriptor(t: torch.Tensor, *block: int):
 
 
 def _doc_args(doc, lam):
-    """(DOC pointer, its batch and sequence strides, HAS_DOC): lam stands in when there is no doc
-    (never read then)."""
+    """(DOC, its strides, HAS_DOC): lam stands in when there is no doc (never read then)."""
     if doc is None:
-        return lam, 0, 0, False
-    return doc, doc.stride(0), doc.stride(1), True
+        return lam, (0, 0), False
+    return doc, doc.stride(), True
 
 
 def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None) -> torch.Tensor:
@@ -235,7 +254,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
                            interpret, q.element_size())
     lam = _f32(lam)
     start = plan.start
-    doc_ptr, *doc_strides, has_doc = _doc_args(doc, lam)
+    doc, doc_strides, has_doc = _doc_args(doc, lam)
     tma = "fwd" in _tma_kernels(d_pad, interpret, _capability(q.device)) and _tma_ok(k, v, lam)
 
     def launch(config):
@@ -244,9 +263,9 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
         kd, vd, ld = ((_descriptor(k, block_n, d_pad), _descriptor(v, block_n, d_pad),
                        _descriptor(lam, block_n)) if tma else (None, None, None))
         kern._fwd_kernel[grid](
-            q, k, v, lam, out, lse, start, doc_ptr, kd, vd, ld,
-            *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *out.stride(), *lse.stride(),
-            *start.stride(), *doc_strides,
+            q, k, v, lam, out, lse, start, doc, kd, vd, ld,
+            q.stride(), k.stride(), v.stride(), lam.stride(), out.stride(), lse.stride(),
+            start.stride(), doc_strides,
             q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
             GRID_M=plan.block_m, GRID_N=plan.block_n,
@@ -281,29 +300,31 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     group = q_heads // kv_heads
     qk_scale = float(scale) * LOG2E
 
-    delta = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
+    # do_o: the row sums of dO * O (dS = P (dP - do_o)); `delta` names only ACP's threshold.
+    do_o = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
     dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
-    doc_ptr, *doc_strides, has_doc = _doc_args(doc, lam)
+    doc, doc_strides, has_doc = _doc_args(doc, lam)
     tma = _tma_kernels(d_pad, interpret, cap)
-    dkdv_tma = "dkdv" in tma and _tma_ok(q, grad_out, lam, lse, delta)
+    dkdv_tma = "dkdv" in tma and _tma_ok(q, grad_out, lam, lse, do_o)
     dq_tma = "dq" in tma and _tma_ok(k, v, lam)
     with _device_guard(q):
         rows = 64
         kern._row_dot_kernel[(triton_cdiv(n_queries, rows) * batch * q_heads,)](
-            out, grad_out, delta, *out.stride(), *grad_out.stride(), q_heads, n_queries,
+            out, grad_out, do_o, out.stride(), grad_out.stride(), q_heads, n_queries,
             HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=rows, num_warps=4)
 
         def launch_dkdv(config):
             block_n, block_m, warps, stages = config
             descriptors = ((_descriptor(q, block_m, d_pad), _descriptor(grad_out, block_m, d_pad),
                             _descriptor(lam, block_m), _descriptor(lse, block_m),
-                            _descriptor(delta, block_m)) if dkdv_tma else (None,) * 5)
+                            _descriptor(do_o, block_m)) if dkdv_tma else (None,) * 5)
             kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
-                q, k, v, lam, grad_out, lse, delta, dk, dv, dlam, end, doc_ptr, *descriptors,
-                *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
-                *lse.stride(), *dk.stride(), *dv.stride(), *dlam.stride(), *end.stride(),
-                *doc_strides, kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
+                q, k, v, lam, grad_out, lse, do_o, dk, dv, dlam, end, doc, *descriptors,
+                q.stride(), k.stride(), v.stride(), lam.stride(), grad_out.stride(),
+                lse.stride(), dk.stride(), dv.stride(), dlam.stride(), end.stride(),
+                doc_strides,
+                kv_heads, group, n_queries, n_keys, qk_scale, float(scale),
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
                 GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
                 CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, TMA=dkdv_tma,
@@ -315,11 +336,11 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             descriptors = ((_descriptor(k, block_n, d_pad), _descriptor(v, block_n, d_pad),
                             _descriptor(lam, block_n)) if dq_tma else (None,) * 3)
             kern._dq_kernel[(triton_cdiv(n_queries, block_m) * batch * q_heads,)](
-                q, k, v, lam, grad_out, lse, delta, dq, dlam_row, plan.start, doc_ptr,
-                *descriptors,
-                *q.stride(), *k.stride(), *v.stride(), *lam.stride(), *grad_out.stride(),
-                *lse.stride(), *dq.stride(), *dlam_row.stride(), *plan.start.stride(),
-                *doc_strides, q_heads, group, n_queries, n_keys, qk_scale, float(scale),
+                q, k, v, lam, grad_out, lse, do_o, dq, dlam_row, plan.start, doc, *descriptors,
+                q.stride(), k.stride(), v.stride(), lam.stride(), grad_out.stride(),
+                lse.stride(), dq.stride(), dlam_row.stride(), plan.start.stride(),
+                doc_strides,
+                q_heads, group, n_queries, n_keys, qk_scale, float(scale),
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
                 GRID_M=plan.block_m, GRID_N=plan.block_n,
                 CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, TMA=dq_tma,
@@ -333,17 +354,33 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     return dlam.add_(dlam_row)
 
 
+def max_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """max over t of ||x[b, h, t]|| in acc, (B, H), as plan.max_norm computes it: the plan's norm
+    for this engine (make_plan(..., norm=max_norm)). On CUDA (float32 accumulation, head dims
+    16..256) one Triton pass over x (max_row_norms); elsewhere plan.max_norm (torch)."""
+    if (type(x) is torch.Tensor and x.is_cuda and acc == torch.float32 and x.numel() > 0
+            and MIN_HEAD_DIM <= x.shape[-1] <= MAX_HEAD_DIM):
+        try:
+            import triton  # noqa: F401
+        except ImportError:  # no Triton: torch
+            pass
+        else:
+            return max_row_norms(x)
+    return plan_mod.max_norm(x, acc)
+
+
 def max_row_norms(x: torch.Tensor) -> torch.Tensor:
     """max over t of ||x[b, h, t, :]|| in float32, (B, H), for a CUDA tensor (B, H, T, D) of any
-    strides: one pass over x (torch's vector_norm over a short strided last dim runs at a tenth
-    of the memory bandwidth). NaN and inf propagate, as in vector_norm(...).amax(-1)."""
+    strides: one pass over x (torch's vector_norm over a short strided last dim reads far below
+    the memory bandwidth; docs/kernels.md). NaN and inf propagate, as in
+    vector_norm(...).amax(-1)."""
     batch, heads, rows, head_dim = x.shape
     block_t = 64
     tiles = triton_cdiv(rows, block_t)
     partial = torch.empty((batch, heads, tiles), dtype=torch.float32, device=x.device)
     with _device_guard(x):
         _kernels(False)._max_norm_kernel[(batch * heads * tiles,)](
-            x, partial, *x.stride(), heads, rows, tiles,
+            x, partial, x.stride(), heads, rows, tiles,
             HEAD_DIM=head_dim, D_PAD=_d_pad(head_dim), BLOCK_T=block_t, num_warps=4)
     return partial.amax(dim=-1)
 
@@ -357,4 +394,4 @@ def compiled_kernels():
     return _kernels(False)
 
 
-__all__ = ["forward", "backward", "unsupported_reason"]
+__all__ = ["forward", "backward", "unsupported_reason", "max_norm"]

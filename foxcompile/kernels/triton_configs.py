@@ -18,8 +18,8 @@ how the sm90 table was chosen. FOXCOMPILE_KERNEL_CONFIG (a JSON object with any 
 overrides the table, for tuning sweeps.
 
 SM90_MAX_REGISTERS caps a kernel's registers per thread (ptxas maxnreg) where the compiler would
-otherwise take just enough to halve the blocks an SM holds: at D = 64 the dq kernel's dS row sums
-took it from 127 to 167 registers (one 8-warp block per SM instead of two) and made it 45% slower.
+otherwise take just enough to halve the blocks an SM holds (dq at D = 64; docs/kernels.md,
+"Register cap").
 """
 import json
 import os
@@ -36,9 +36,8 @@ SM90 = {
 SM90_MAX_REGISTERS = {(64, "dq"): 128}
 
 # Kernels that read their streamed tiles through TMA tensor descriptors on sm90, per head dim:
-# at D = 128 they cut dense forward + backward from 11.30 to 9.93 ms (B1-T16384-H16-D128); at
-# D = 64 they are no faster (17.99 against 18.0-18.4 ms), so the pointer loads stay there. Not
-# measured at 16, 32 and 256: pointers.
+# all three at D = 128, where they were measured faster; none at D = 64, where they were not,
+# and none at 16, 32 and 256, not measured yet (docs/kernels.md, "Why these choices").
 SM90_TMA = {128: ("fwd", "dq", "dkdv")}
 TMA_KERNELS = ("fwd", "dq", "dkdv")
 

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import stats
 from ..contract import accumulator
-from ..kernels import engine_for
+from ..kernels import engine_for, max_norm
 from ..kernels.plan import (Plan, make_plan, num_blocks, score_bound, tile_counts,
                              tile_sizes)
 
@@ -99,10 +99,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
         return _empty_outputs(q, v, layout)
     width = engine_head_dim(q, v)
     qh, kh, vh = (_bhtd(_widened(x, width), layout) for x in (q, k, v))
-    bound = score_bound(qh, kh, scale, accumulator(q.dtype))
+    bound = score_bound(qh, kh, scale, accumulator(q.dtype), max_norm)
     lam_full = _full_lam(lam, batch, q_heads, bound)
     doc = _batch_doc(doc, batch)
-    plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh, doc=doc, bound=bound)
+    plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh, doc=doc, bound=bound,
+                     norm=max_norm)
     out = torch.empty((*q.shape[:-1], width), dtype=q.dtype, device=q.device)
     lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout),
                                          doc=doc)
@@ -150,7 +151,7 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: T
     q_wide, k_wide, v_wide = (_widened(x, width) for x in (q, k, v))
     qh, kh, vh = (_bhtd(x, layout) for x in (q_wide, k_wide, v_wide))
     if bound is None:
-        bound = score_bound(qh, kh, scale, accumulator(q.dtype))
+        bound = score_bound(qh, kh, scale, accumulator(q.dtype), max_norm)
     lam_full = _full_lam(lam, batch, q_heads, bound)
     plan = Plan(*tile_sizes(width), start)
     dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device)
