@@ -48,6 +48,7 @@ def rewrite_graphs(gm: fx.GraphModule, example_inputs, options: FoxOptions) -> l
     """Find and rewrite forgetting attention in gm and every nested GraphModule (checkpoint
     bodies and other higher-order-op subgraphs)."""
     from .find import Matcher
+    from .find.einx_ops import lower
     from .rewrite import rewrite
 
     constants = _buffer_constants(gm, example_inputs)
@@ -56,6 +57,8 @@ def rewrite_graphs(gm: fx.GraphModule, example_inputs, options: FoxOptions) -> l
         if not isinstance(module, fx.GraphModule):
             continue
         before = module.code
+        if lower(module.graph):  # einx calls as the torch ops they stand for (find/einx_ops.py)
+            module.recompile()
         found, declined = Matcher(module.graph, constants.get(module)).find()
         sites = []
         for site in found:

@@ -93,6 +93,9 @@ def _key_vector(graph, site: Site) -> fx.Node:
     for term in site.key_terms:
         x = term.leaf
         x_rank = g.rank(term.leaf)
+        if term.split:  # (B*H, 1, N) -> (B, H, 1, N)
+            sizes = tuple(_size_arg(graph, site.merged, d) for d in (0, 1))
+            x, x_rank = _method(graph, "unflatten", x, 0, sizes), x_rank + 1
         for factor, power in term.factors:
             x = _call(graph, operator.mul if power == 1 else operator.truediv, x, factor)
             x_rank = max(x_rank, g.rank(factor) or 0)
@@ -110,6 +113,10 @@ def _key_vector(graph, site: Site) -> fx.Node:
         return _call(graph, operator.getitem, total, (None, None))
     if site.batch_dims == 1:
         return _method(graph, "unsqueeze", total, 1)
+    if site.merged is not None:  # (B, H, N) -> (B*H, 1, N): the op's B*H sequences of one head
+        sizes = [_size_arg(graph, site.merged, d) for d in (0, 1)]
+        total = _method(graph, "expand", total, *sizes, -1)
+        return _method(graph, "unsqueeze", _method(graph, "flatten", total, 0, 1), 1)
     if site.batch_dims == 3:  # (B, Hk, G, N) -> (B, Hk * G, N)
         heads = [_size_arg(graph, site.q.node, d) for d in site.q.groups[1]]
         total = _method(graph, "expand", total, -1, *heads, -1)
@@ -171,6 +178,9 @@ def rewrite(gm: fx.GraphModule, site: Site, epsilon: float) -> fx.Node:
             graph.erase_node(node)
         raise
     site.output.replace_all_uses_with(out)
+    for node in reversed(site.dead):  # dead code on the site's nodes (find/dead.py): unused, pure
+        if not node.users:
+            graph.erase_node(node)
     site.removed = _remove_dead(graph, site)
     gm.recompile()
     return out

@@ -46,6 +46,7 @@ _FUNCTIONS = {
     torch.minimum: "minimum", torch.square: "square", torch.log: "log",
     torch.masked_fill: "masked_fill", torch.reshape: "reshape", torch.flatten: "flatten",
     operator.setitem: "setitem", builtins.getattr: "getattr",
+    torch._C._nn.pad: "pad", F.pad: "pad", torch.tensor: "tensor",
 }
 
 _METHODS = {
@@ -64,7 +65,7 @@ _METHODS = {
     "sigmoid": "sigmoid", "abs": "abs", "clamp": "clamp", "clip": "clamp", "clamp_max": "clamp_max",
     "clamp_min": "clamp_min", "relu": "relu", "nan_to_num": "nan_to_num", "isnan": "isnan",
     "where": "where", "square": "square", "log": "log", "exp_": "exp", "tril_": "tril",
-    "triu_": "triu", "repeat": "repeat",
+    "triu_": "triu", "repeat": "repeat", "new_ones": "ones_like", "new_zeros": "zeros_like",
 }
 
 
@@ -161,7 +162,7 @@ def number(x) -> float | None:
 
 def constant(x) -> float | None:
     """The value of a Python number or of an all-constant tensor (full, zeros, ones and their
-    _like forms, possibly cast to another floating dtype), else None."""
+    _like forms, a 0-d torch.tensor(number), possibly cast to another floating dtype), else None."""
     num = number(x)
     if num is not None:
         return num
@@ -172,6 +173,8 @@ def constant(x) -> float | None:
         return 0.0
     if k in ("ones", "ones_like"):
         return 1.0
+    if k == "tensor" and not isinstance(arg(x, 0, "data"), bool):  # torch.tensor(-inf): 0-d
+        return number(arg(x, 0, "data"))
     if k == "identity" or (k == "cast" and floating(x) and floating(x.args[0])):
         return constant(x.args[0])
     return None

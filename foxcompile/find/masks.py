@@ -17,6 +17,7 @@ A mask built from bands and one atom is a `Split`: one band where the atom holds
 does not. Comparing the ids of two different tensors, or with anything but == and !=, and masks
 that combine two different atoms, raise MaskDeclined with the reason.
 """
+import math
 from dataclasses import dataclass, replace
 
 import sympy
@@ -295,11 +296,16 @@ class MaskReader:
         if k == "invert":
             inner = self.truth(node.args[0])
             return None if inner is None else inner.negate()
+        if k in ("bool", "cast") and g.dtype(node) == torch.bool and g.floating(node.args[0]):
+            found = self.truth(node.args[0])  # a 0 / 1 tensor; else an additive mask's nonzeros
+            return found if found is not None else self._additive_compared("lt", node.args[0], -0.0)
         if k == "bool":
             return self.truth(node.args[0])
         if k in ("eq", "ne") and g.number(node.args[1]) == 0.0:
             inner = self.truth(node.args[0])
             return None if inner is None else (inner.negate() if k == "eq" else inner)
+        if k in ("lt", "le", "gt", "ge") and g.floating(node.args[0]) and _is_offset(node.args[1]):
+            return self._additive_compared(k, node.args[0], g.number(node.args[1]))
         if k in ("eq", "gt", "ge", "lt", "le", "ne"):
             return self._compare(k, node.args[0], node.args[1])
         if k in ("and", "or") or k == "mul" and all(g.dtype(x) == torch.bool for x in node.args[:2]):
@@ -356,6 +362,19 @@ class MaskReader:
             return _moved(read(node.args[0]), node)
         return None
 
+    def _additive_compared(self, op: str, x, c) -> Mask | None:
+        """`x < c` (or <=, >, >=) for an additive mask x, 0 except a fill value where it masks, and
+        c < 0: exactly where x masks when the fill lies below c (Falcon's `causal_mask < -1` of a
+        0 / finfo.min mask); the negation for > and >=. None when c >= 0 or x is no such mask."""
+        if c is None or c > 0 or c == 0 and not (op == "lt" and math.copysign(1, c) < 0):
+            return None  # -0.0 with "lt": x < 0, the nonzero entries of a 0 / negative mask
+        strict = op in ("lt", "ge")  # x < c, and x >= c = not (x < c)
+        threshold = math.nextafter(c, -math.inf) if strict else c
+        masked = self.negative_infinity(x, threshold)
+        if masked is None:
+            return None
+        return masked if op in ("lt", "le") else masked.negate()
+
     def truth_on(self, mask, target) -> Mask | None:
         """Where `mask` is true, as it falls on the tensor `target` it masks."""
         return self._lifted(self.truth, mask, target)
@@ -396,6 +415,9 @@ class MaskReader:
             return None
         # (alpha_r * r + alpha_c * c + gamma)  OP  0
         ar, ac, ga = (x - y for x, y in zip(fa, fb))
+        if ar == 0 and ac != 0 and all(_last_two(g.shape(x))[0] == 1 for x in (a, b)
+                                       if isinstance(x, fx.Node) and g.is_tensor(x)):
+            ar = -ac  # one row (r = 0 only, so c = d): a decoding step's `kv <= q_pos`
         if sympy.simplify(ar + ac) != 0 or ac == 0:
             return None
         # ac * (c - r) + ga OP 0  ->  d OP' -ga / ac
@@ -614,44 +636,146 @@ def _last_two_starts(index, shape: tuple):
 
 
 def _index_form(node):
-    """arange(...) broadcast as a row (r) or column (c) index: (alpha_r, alpha_c, gamma) meaning
-    alpha_r * r + alpha_c * c + gamma, or None."""
-    if g.number(node) is not None or isinstance(node, torch.SymInt):
-        return (sympy.Integer(0), sympy.Integer(0), g.sym(node) if isinstance(node, torch.SymInt)
-                else sympy.nsimplify(g.number(node)))
+    """An index tensor broadcast along the rows (r) or the columns (c) of the last two dims, or a
+    sum of such: (alpha_r, alpha_c, gamma) meaning alpha_r * r + alpha_c * c + gamma, or None."""
+    if _is_offset(node):
+        return (sympy.Integer(0), sympy.Integer(0), _offset_of(node))
+    found = _position_vector(node)
+    if found is not None:
+        axis, offset = found
+        one, zero = sympy.Integer(1), sympy.Integer(0)
+        if axis == "one":
+            return (zero, zero, offset)
+        return (one, zero, offset) if axis == "row" else (zero, one, offset)
     k = g.kind(node)
-    if k in ("add", "sub"):
+    if k in ("add", "sub") and g.number(node.kwargs.get("alpha", 1)) == 1.0:
         fa, fb = _index_form(node.args[0]), _index_form(node.args[1])
         if fa is None or fb is None:
             return None
         sign = 1 if k == "add" else -1
         return tuple(x + sign * y for x, y in zip(fa, fb))
-    if k == "getitem" or k in ("unsqueeze", "reshape"):
-        axis = _arange_axis(node)
-        if axis is None:
-            return None
-        base = _arange_of(node)
-        start = g.sym(g.arg(base, 0)) if len(base.args) > 1 else sympy.Integer(0)
-        one, zero = sympy.Integer(1), sympy.Integer(0)
-        return (one, zero, start) if axis == "row" else (zero, one, start)
     return None
 
 
-def _arange_of(node):
-    while g.kind(node) in ("getitem", "unsqueeze", "reshape", "cast"):
-        node = node.args[0]
-    return node if g.kind(node) == "arange" and g.arg(node, 2, "step", 1) == 1 else None
+# dtypes that hold every position of a realistic sequence exactly (float32: up to 2^24)
+_EXACT_POSITIONS = (torch.int32, torch.int64, torch.float32, torch.float64)
 
 
-def _arange_axis(node) -> str | None:
-    """Whether a broadcast arange varies along the rows or the columns of the last two dims."""
-    if _arange_of(node) is None:
-        return None
+def _offset_of(x):
+    """A Python number or a size (SymInt, or a graph node holding one) as a sympy expression."""
+    if isinstance(x, fx.Node) and isinstance(g.value(x), torch.SymInt):
+        return g.sym(g.value(x))
+    return g.sym(x) if isinstance(x, torch.SymInt) else sympy.nsimplify(g.number(x))
+
+
+def _is_offset(x) -> bool:
+    """A Python number, a SymInt, or a graph node computing a size (not a tensor)."""
+    if isinstance(x, torch.SymInt):
+        return True
+    if isinstance(x, fx.Node) and isinstance(g.value(x), torch.SymInt):
+        return True  # a size handed in (decoding: the cache length as a placeholder)
+    return g.number(x) is not None and not (isinstance(x, fx.Node) and g.is_tensor(x))
+
+
+def _vector_dim(node) -> int | None:
+    """The one dim of size > 1 of a tensor (a vector laid along it), else None."""
     shape = g.shape(node)
-    if shape is None or len(shape) < 2:
+    if shape is None:
         return None
-    if shape[-1] == 1 and shape[-2] != 1:
-        return "row"
-    if shape[-2] == 1 and shape[-1] != 1:
-        return "col"
+    dims = [d for d, size in enumerate(shape) if not g.same_size(size, 1)]
+    return dims[0] if len(dims) == 1 else None
+
+
+def _positions(node):
+    """For a vector of positions t + offset (t = 0, 1, ... along its one dim of size > 1): the
+    offset, read from how it was built: arange with step 1, plus or minus a number or a size
+    (Hugging Face's `arange(q_len) + q_offset`), casts, new size-1 axes, reshapes that keep the
+    vector, and unit-step slices (a slice from a shifts the offset by a). None for anything else."""
+    dim = _vector_dim(node)
+    if dim is None:
+        return None
+    k = g.kind(node)
+    if k == "arange":
+        start = node.args[0] if len(node.args) > 1 else node.kwargs.get("start", 0)
+        step = node.args[2] if len(node.args) > 2 else node.kwargs.get("step", 1)
+        return _offset_of(start) if g.number(step) == 1.0 and _is_offset(start) else None
+    if k in ("add", "sub"):
+        if g.number(node.kwargs.get("alpha", 1)) != 1.0:
+            return None
+        a, b = node.args[0], node.args[1]
+        if _is_offset(b):
+            inner = _positions(a)
+            return None if inner is None else inner + (1 if k == "add" else -1) * _offset_of(b)
+        if k == "add" and _is_offset(a):
+            inner = _positions(b)
+            return None if inner is None else inner + _offset_of(a)
+        return None
+    if k in ("cast", "identity", "unsqueeze", "reshape"):
+        x = node.args[0]
+        in_dim = _vector_dim(x)
+        if in_dim is None or not g.same_size(g.shape(x)[in_dim], g.shape(node)[dim]):
+            return None
+        if k == "cast" and g.dtype(node) not in _EXACT_POSITIONS:
+            return None  # int8, float16, bfloat16 ... wrap or round positions; bool is no position
+        return _positions(x)
+    if k == "getitem":
+        x = node.args[0]
+        in_dim, rank = _vector_dim(x), g.rank(x)
+        dims = g.index_map(node.args[1], rank) if rank is not None else None
+        if in_dim is None or dims is None or dims[dim] is None or dims[dim][0] != in_dim:
+            return None
+        part = dims[dim][1]
+        if part.step not in (None, 1):
+            return None
+        inner = _positions(x)
+        start = g.sym(part.start if part.start is not None else 0)
+        if start.is_negative:
+            start = g.sym(g.shape(x)[in_dim]) + start
+        return None if inner is None else inner + start
     return None
+
+
+def _single_position(node):
+    """For a tensor of one element that is a position t + offset at t = 0 (arange of length 1
+    plus or minus numbers, viewed): the offset; None otherwise."""
+    shape = g.shape(node)
+    if shape is None or not all(g.same_size(size, 1) for size in shape):
+        return None
+    k = g.kind(node)
+    if k == "arange":
+        start = node.args[0] if len(node.args) > 1 else node.kwargs.get("start", 0)
+        return _offset_of(start) if _is_offset(start) else None
+    if k in ("add", "sub") and g.number(node.kwargs.get("alpha", 1)) == 1.0:
+        a, b = node.args[0], node.args[1]
+        if _is_offset(b):
+            inner = _single_position(a)
+            return None if inner is None else inner + (1 if k == "add" else -1) * _offset_of(b)
+        if k == "add" and _is_offset(a):
+            inner = _single_position(b)
+            return None if inner is None else inner + _offset_of(a)
+        return None
+    if k in ("cast", "identity", "unsqueeze", "reshape") and not (
+            k == "cast" and g.dtype(node) not in _EXACT_POSITIONS):
+        return _single_position(node.args[0])
+    if k == "getitem":
+        parts = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        plain = all(p is None or p is Ellipsis or p == slice(None) or p == 0 for p in parts)
+        return _single_position(node.args[0]) if plain else None
+    return None
+
+
+def _position_vector(node):
+    """("row" or "col", offset) for a vector of positions laid along the rows or the columns of
+    the last two dims (a 1-D tensor broadcasts along the columns); ("one", offset) for a single
+    position (a decoding step's query), which is the same everywhere."""
+    dim, shape = _vector_dim(node), g.shape(node)
+    if not isinstance(node, fx.Node) or not g.is_tensor(node):
+        return None
+    if dim is None:
+        offset = _single_position(node)
+        return None if offset is None else ("one", offset)
+    rank = len(shape)
+    axis = "col" if dim == rank - 1 else ("row" if dim == rank - 2 else None)
+    offset = None if axis is None else _positions(node)
+    return None if offset is None else (axis, offset)
+

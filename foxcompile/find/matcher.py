@@ -18,6 +18,8 @@ from torch import fx
 
 from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
 from . import graph as g
+from . import distance
+from .dead import dead_nodes
 from .decay import decay_verdict, direction, sign
 from .inplace import InPlace, targets
 from .masks import (ALL, NONE, Band, KeyFlag, MaskDeclined, MaskReader, Split, causal, either, lift,
@@ -25,7 +27,7 @@ from .masks import (ALL, NONE, Band, KeyFlag, MaskDeclined, MaskReader, Split, c
 from .operands import NotAnOperand, key_value, pv_operand, qk_operands
 from .separable import constant_along, segsum
 from .site import Decline, Documents, KeyTerm, MaskedKeys, Operand, Site
-from .terms import FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS, ScoreWalker
+from .terms import FINITE_MASK_LIMIT, FINITE_MASK_LIMIT_UNDER_BIAS, ScoreWalker, merges_batch
 
 log = logging.getLogger("foxcompile")
 _PRODUCTS = ("matmul", "einsum", "baddbmm")
@@ -94,12 +96,13 @@ def _nan_repairs(pv, probs) -> set:
     return {(probs, pv)} if any(_is_nan_repair_in_place(u, probs) for u in probs.users) else set()
 
 
-def _value_product(softmax_out):
-    """Follow the probabilities through casts, inactive dropout and NaN repair to the PV product."""
-    probs = softmax_out
+def _value_product(softmax_out, dead=frozenset()):
+    """Follow the probabilities through casts, inactive dropout and NaN repair to the PV product
+    (dead users do not count)."""
+    probs, merged = softmax_out, False
     while True:
         users = [u for u in probs.users if not (g.kind(u) == "isnan" and len(u.users) == 1)
-                 and not _is_nan_repair_in_place(u, probs)]
+                 and not _is_nan_repair_in_place(u, probs) and u not in dead]
         if len(users) != 1:
             raise Declined(f"the probabilities are used {len(users)} times (returned or logged?): "
                            "the rewrite would have to keep them")
@@ -116,8 +119,11 @@ def _value_product(softmax_out):
                 continue
             raise Declined(f"dropout (p={p}) is active on the probabilities: rewritten only in eval "
                            "mode or with p=0")
+        if k == "reshape" and not merged and merges_batch(user):
+            probs, merged = user, True  # (B, H, M, N) viewed as (B*H, M, N) for a bmm (Bloom)
+            continue
         if k in ("matmul", "einsum"):
-            return user, probs
+            return user, probs, merged
         raise Declined(f"the probabilities go through {getattr(user.target, '__name__', user.target)} "
                        "before the value product")
 
@@ -129,12 +135,15 @@ class Matcher:
         self.graph = graph
         self.constants = constants or {}
         self.inplace = InPlace(graph)
+        self.dead = dead_nodes(graph)  # read as if eliminated (dead.py)
         self.flow = nx.DiGraph()  # data flow, with the reads after in-place changes
         for node in graph.nodes:
             self.flow.add_node(node)
             for user in node.users:
-                self.flow.add_edge(node, user)
-        self.flow.add_edges_from(self.inplace.hidden_edges())
+                if user not in self.dead:
+                    self.flow.add_edge(node, user)
+        self.flow.add_edges_from((a, b) for a, b in self.inplace.hidden_edges()
+                                 if b not in self.dead)
 
     def find(self) -> tuple[list[Site], list[Decline]]:
         sites, declined = [], []
@@ -166,7 +175,7 @@ class Matcher:
         nb = g.rank(scores) - 2
         if nb > MAX_BATCH_DIMS:
             raise Declined(f"scores have {nb} batch dims: not supported")
-        pv, probs = _value_product(node)
+        pv, probs, merged = _value_product(node, self.dead)
         reader = MaskReader(self.constants)
         walker = ScoreWalker(g.rank(scores), reader, self.inplace)
         walker.walk(scores, reading, coef)
@@ -179,21 +188,30 @@ class Matcher:
         qk = qk_terms[0]
         if qk.factors:
             raise Declined("the q.k product has a per-head scale: not supported yet")
+        if qk.split != merged:
+            raise Declined("the q.k product and the value product do not both work on (B*H, ...) "
+                           "views of the (B, H, M, N) scores")
+        onb = nb - 1 if merged else nb  # merged: q, k, v as (B*H, T, D), the op's B = B*H
         try:
-            q, k, spelling = qk_operands(qk.leaf, nb)
-            v, out = pv_operand(pv, probs, nb)
+            q, k, spelling = qk_operands(qk.leaf, onb)
+            v, out = pv_operand(pv, probs, onb)
             k, v = key_value(k, v)
         except NotAnOperand as why:
             raise Declined(str(why)) from None
-        changes = self._check_owned(qk.leaf, pv)
+        changes, dead = self._check_owned(qk.leaf, pv)
         site = self._site(spelling, node, q, k, v, out, nb, qk.coef, key_terms, scores, reader.notes,
                           documents, masked_keys)
+        if merged:
+            if documents is not None:
+                raise Declined("packed sequences with (B*H, ...) views of the scores: not supported")
+            site.merged = scores
+            site.notes.append("q, k, v as (B*H, T, D) views: the op runs B*H sequences of one head")
         q_heads, kv_heads = site.shapes["q"][1], site.shapes["k"][1]
         if not g.same_size(q_heads, kv_heads):
             site.notes.append(f"k and v go to the op with {kv_heads} heads (query head h reads key "
                               f"head h // {q_heads // kv_heads})")
         self._check_in_place(site, walker.reads | _nan_repairs(pv, probs))
-        site.changes = changes
+        site.changes, site.dead = changes, dead
         return site
 
     def _match_sdpa(self, node) -> Site | None:
@@ -242,14 +260,23 @@ class Matcher:
         terms, Documents or None, MaskedKeys or None)."""
         if scores_info.problem:
             raise Declined(scores_info.problem)
-        qk_terms, key_terms, kept, additive = [], [], [], []
+        qk_terms, key_terms, kept, additive, piecewise = [], [], [], [], []
         for term in scores_info.terms:
             found = self._term(term, reader, nb, g.same_size(n_queries, n_keys))
+            if found == "additive" and term.split:
+                raise Declined(f"{_describe(term.leaf)} on the (B*H, M, N) scores before their view "
+                               "as (B, H, M, N): not read as a mask")
             if found == "additive":
                 additive.append(term)
+            elif isinstance(found, distance.Piecewise):
+                piecewise.append((term, found))
+                kept.append(term)
+                continue
             elif found == "qk":
                 qk_terms.append(term)
             elif found is not None:
+                if term.split:
+                    found = _split_key(found, term)
                 if abs(found.coef) >= -FINITE_MASK_LIMIT:
                     raise Declined(f"{_describe(found.leaf)} enters the scores times "
                                    f"{found.coef:g}: a key mask written as arithmetic (m * -1e9) "
@@ -306,6 +333,8 @@ class Matcher:
                            + (" within a document" if documents else "")
                            + (" of the keys it keeps" if masked_keys else "")
                            + f", not the causal future {_describe_band(want)}")
+        for term, pw in piecewise:  # linear on the visible region: d from -(M - 1) to N - M
+            key_terms += _linear_pieces(term, pw, n_queries, n_keys, reader)
         if not key_terms:
             raise Declined("no forget-gate bias: plain causal attention, nothing for ACP to prune")
         return qk_terms, key_terms, documents, masked_keys
@@ -319,9 +348,12 @@ class Matcher:
             raise Declined(f"cannot read the shape of {getattr(term.leaf, 'name', term.leaf)}")
         if not math.isfinite(term.coef):
             raise Declined(f"{_describe(term.leaf)} enters the scores times {term.coef}")
-        if g.kind(term.leaf) in _PRODUCTS and len(shp) == nb + 2:
+        if g.kind(term.leaf) in _PRODUCTS and len(shp) == nb + 2 - term.split:
             if term.rows_sliced:
                 raise Declined(f"the q.k product {_describe(term.leaf)} is sliced before the softmax")
+            if term.broadcast:
+                raise Declined(f"the q.k product {_describe(term.leaf)} is expanded before the "
+                               "softmax: its rows or heads would serve several of the scores'")
             return "qk"  # before looking at its shape: with one query it is (..., 1, N)
         along_i = len(shp) >= 2 and shp[-2] != 1
         if len(shp) < 1 or shp[-1] == 1:
@@ -342,13 +374,21 @@ class Matcher:
         if found is not None:  # c_i - c_j: the key side is -c_j
             reader.notes.append(f"{g.name(term.leaf)} read as a segment sum c_i - c_j")
             return KeyTerm(-term.coef, term.factors, *found, cumulative=True)
+        pw = distance.read(term.leaf)
+        if pw is not None and not term.rows_sliced:
+            return pw  # resolved once the masks are known to be causal (_classify)
+        if g.kind(term.leaf) == "pad":
+            raise Declined(f"{_describe(term.leaf)} pads the bias with constant rows or columns "
+                           "(memory or null keys): such a key gets the same bias from every query, "
+                           "which no key-side gate lam_i - lam_j gives")
         if maskable:
             return "additive"
         raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): not a forget gate")
 
-    def _check_owned(self, qk_leaf, pv) -> list[fx.Node]:
-        """Every node from the q.k product to the value product must serve this site alone.
-        Returns the in-place ops among them (they change the site's own tensors)."""
+    def _check_owned(self, qk_leaf, pv) -> tuple[list[fx.Node], list[fx.Node]]:
+        """Every node from the q.k product to the value product must serve this site alone (dead
+        nodes aside). Returns the in-place ops among them (they change the site's own tensors)
+        and the dead nodes hanging off them (the rewrite erases those too)."""
         owned = (nx.descendants(self.flow, qk_leaf) & nx.ancestors(self.flow, pv)) | {qk_leaf}
         for node in owned:
             for user in self.flow.successors(node):
@@ -356,7 +396,14 @@ class Matcher:
                     raise Declined(f"the scores/probabilities ({g.name(node)}) are also used by "
                                    f"{g.name(user)} at {g.location(user)}: the rewrite would have to "
                                    "keep them")
-        return [node for node in self.graph.nodes if node in owned and targets(node)]
+        hanging, pending = set(), [u for n in owned for u in n.users if u in self.dead]
+        while pending:
+            node = pending.pop()
+            if node not in hanging:
+                hanging.add(node)
+                pending.extend(u for u in node.users if u in self.dead)
+        return ([node for node in self.graph.nodes if node in owned and targets(node)],
+                [node for node in self.graph.nodes if node in hanging])
 
     def _check_in_place(self, site: Site, resolved: set) -> None:
         """Decline when an in-place op could make the values differ from what the matcher read,
@@ -400,6 +447,41 @@ class Matcher:
                     decay=decay, q=q, k=k, v=v, out=out, batch_dims=nb, scale=float(scale),
                     key_terms=key_terms, shapes=shapes, notes=list(dict.fromkeys(notes)),
                     documents=documents, masked_keys=masked_keys)
+
+
+def _split_key(found: KeyTerm, term) -> KeyTerm:
+    """A key-side term read under the view of (B*H, M, N) as the (B, H, M, N) scores: a leaf of
+    three dims whose first is B*H is viewed as (B, H) by the rewrite (KeyTerm.split)."""
+    shape = g.shape(found.leaf)
+    if len(shape) < 3 or g.same_size(shape[-3], 1):
+        return found  # no batch dim: it broadcasts the same way in either view
+    if found.factors or len(shape) != 3 or found.pick != -2 or found.cumulative:
+        raise Declined(f"{_describe(found.leaf)} on the (B*H, M, N) scores: only a plain key-side "
+                       "term of shape (B*H, 1, N) is read there")
+    found.split = True
+    return found
+
+
+def _linear_pieces(term, pw, n_queries, n_keys, reader) -> list[KeyTerm]:
+    """The key-side terms of a piecewise-linear distance f(a (j - i) + b) on the positions a
+    causal mask leaves visible (distance.py), or Declined when it is not linear there."""
+    leaf_rows, leaf_cols = g.shape(term.leaf)[-2:]
+    if not (g.same_size(leaf_rows, n_queries) and g.same_size(leaf_cols, n_keys)):
+        raise Declined(f"{_describe(term.leaf)} is broadcast into the scores: its positions are "
+                       "not the scores' own")
+    low = 1 - g.sym(n_queries)
+    high = g.sym(n_keys) - g.sym(n_queries)
+    m = distance.multiplier(pw, low, high)
+    if m is None:
+        raise Declined(f"bias depends on i and j jointly ({_describe(term.leaf)}): a piecewise "
+                       "function of j - i that is not linear on the positions the causal mask "
+                       "leaves visible")
+    reader.notes.append(f"{g.name(term.leaf)} read as linear in j - i on the visible positions")
+    pieces = [KeyTerm(term.coef * m * sign, term.factors, node) for sign, node in pw.columns]
+    for piece in pieces:
+        if abs(piece.coef) >= -FINITE_MASK_LIMIT:
+            raise Declined(f"{_describe(term.leaf)} enters the scores times {piece.coef:g}")
+    return [p for p in pieces if p.coef != 0]
 
 
 def _documents(docs, n_queries, n_keys, nb: int, batch) -> Documents:

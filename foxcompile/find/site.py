@@ -28,6 +28,7 @@ class KeyTerm:
     leaf: fx.Node
     pick: int = -2
     cumulative: bool = False
+    split: bool = False  # leaf laid out (B*H, ...), its first dim to be viewed as (B, H)
 
 
 @dataclass
@@ -69,7 +70,10 @@ class Site:
     shapes: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     changes: list[fx.Node] = field(default_factory=list)  # in-place ops on the site's own tensors
+    dead: list[fx.Node] = field(default_factory=list)  # dead code hanging off the site's own nodes
     removed: list[str] = field(default_factory=list)  # T x T nodes the rewrite makes dead
+    merged: tuple | None = None  # (B, H): q, k, v and out are (B*H, ...) tensors (Bloom), the op
+                                 # runs them as B*H sequences of one head, lam viewed to match
     documents: Documents | None = None  # packed sequences: the op's doc input
     masked_keys: MaskedKeys | None = None  # padding: keys lam sets to +inf
 

@@ -31,6 +31,9 @@ class Term:
     leaf: fx.Node
     masked_by: tuple = ()  # indices of the masks applied on top of this term
     rows_sliced: bool = False  # under x[..., a:b, :]: only a key-side or query-only term can be
+    broadcast: bool = False    # under an expand: a q.k product there would be shared by rows of
+                               # the scores it does not belong to
+    split: bool = False        # under a view of (B*H, M, N) as the (B, H, M, N) scores (Bloom)
 
 
 @dataclass
@@ -69,18 +72,50 @@ def _alpha(node) -> float:
 
 def _boolean_index(index, rank: int):
     """The mask of `x[index]` when index is a boolean tensor over the last two dims
-    (`x[..., m]`) or over all of them (`x[m]`), else None."""
+    (`x[..., m]`), over all of them (`x[m]`) or over the dims after whole leading ones
+    (`x[:, :, m]`), else None."""
     parts = index if isinstance(index, tuple) else (index,)
+    lead = 0  # `x[:, :, m]`: whole leading dims, then a mask over the rest
+    while lead < len(parts) - 1 and parts[lead] == slice(None):
+        lead += 1
     if len(parts) == 2 and parts[0] is Ellipsis:
         mask = parts[1]
         want = 2
-    elif len(parts) == 1:
-        mask = parts[0]
-        want = rank
+    elif len(parts) == lead + 1:
+        mask = parts[lead]
+        want = rank - lead
     else:
         return None
     ok = isinstance(mask, fx.Node) and g.dtype(mask) == torch.bool and g.rank(mask) == want
     return mask if ok else None
+
+
+def splits_batch(node, rank: int) -> bool:
+    """node = x.view(B, H, M, N) of x (B*H, M, N): the first dim split in two, the last two kept.
+    The walk follows it only onto a matrix product (Bloom's baddbmm); any other such view is a
+    leaf, as before (Falcon's ALiBi `(B*H, 1, N)` viewed as `(B, H, 1, N)` is a key-side term)."""
+    x = node.args[0] if node.args else None
+    inner, outer = g.shape(x), g.shape(node)
+    return (rank == 4 and inner is not None and outer is not None and len(inner) == 3
+            and len(outer) == 4 and g.same_size(inner[1], outer[2])
+            and g.same_size(inner[2], outer[3]) and g.same_size(inner[0], outer[0] * outer[1])
+            and not g.same_size(outer[1], 1))
+
+
+def merges_batch(node) -> bool:
+    """node = p.view(B*H, M, N) of p (B, H, M, N): the first two dims merged, the last two kept."""
+    x = node.args[0] if node.args else None
+    inner, outer = g.shape(x), g.shape(node)
+    return (g.kind(node) == "reshape" and inner is not None and outer is not None
+            and len(inner) == 4 and len(outer) == 3 and g.same_size(outer[1], inner[2])
+            and g.same_size(outer[2], inner[3]) and g.same_size(outer[0], inner[0] * inner[1]))
+
+
+def _zero_width(node) -> bool:
+    """F.pad(x, (0, 0, ...)): every width 0 (any mode and value), so x itself."""
+    widths = g.arg(node, 1, "pad")
+    return (isinstance(widths, (tuple, list)) and len(widths) > 0
+            and all(g.number(w) == 0.0 for w in widths))
 
 
 def _slices_rows_only(node) -> bool:
@@ -104,6 +139,8 @@ class ScoreWalker:
         self.reads: set = set()  # (node, consumer): reads made with in-place changes applied
         self._enclosing: tuple = ()
         self._rows_sliced = False
+        self._broadcast = False
+        self._split = False
 
     def _per_head(self, x) -> bool:
         varies = _varies(x, self.rank)
@@ -146,13 +183,29 @@ class ScoreWalker:
             self.walk(node.args[0], node, coef, factors)
             self._rows_sliced = outer
             return None
+        if k == "pad" and _zero_width(node):
+            self._through(node)
+            return self.walk(node.args[0], node, coef, factors)
+        if (k == "reshape" and not self._split and splits_batch(node, self.rank)
+                and g.kind(node.args[0]) in ("baddbmm", "matmul")):
+            self._through(node)  # (B*H, M, N) viewed as (B, H, M, N): Bloom's baddbmm scores
+            self._split = True
+            self.walk(node.args[0], node, coef, factors)
+            self._split = False
+            return None
+        if k == "expand":  # x.expand(...) + s is x + s: broadcasting does the same
+            self._through(node)
+            outer, self._broadcast = self._broadcast, True
+            self.walk(node.args[0], node, coef, factors)
+            self._broadcast = outer
+            return None
         if k == "baddbmm":
             beta = g.number(g.arg(node, 3, "beta", 1.0))
             alpha = g.number(g.arg(node, 4, "alpha", 1.0))
             if beta is None or alpha is None:
                 return self._leaf(node, coef, factors)
             self.out.terms.append(Term(coef * alpha, factors, node, self._enclosing,
-                                       self._rows_sliced))
+                                       self._rows_sliced, self._broadcast, self._split))
             if beta != 0.0:
                 self._operand(g.arg(node, 0, "input"), node, coef * beta, factors)
             return None
@@ -190,6 +243,10 @@ class ScoreWalker:
         if self._rows_sliced:
             self.out.problem = f"a mask at {g.location(node)} inside a slice of the score rows"
             return None
+        if self._split:
+            self.out.problem = (f"a mask at {g.location(node)} on the (B*H, M, N) scores before "
+                                "their view as (B, H, M, N): not followed")
+            return None
         self._through(node)
         fill = fill * coef if fill is not None else math.nan
         shape = g.shape(node) if g.is_tensor(node) else g.shape(inner)  # setitem returns None
@@ -221,12 +278,14 @@ class ScoreWalker:
         """`s[..., m] = v` (Dynamo's operator.setitem): masked_fill(s, m, v)."""
         base, index, fill = node.args
         mask = _boolean_index(index, g.rank(base) or 0)
-        if factors or mask is None or g.number(fill) is None:
+        value = g.constant(fill)  # a number, or a constant tensor: torch.tensor(-inf)
+        if factors or mask is None or value is None or (g.is_tensor(fill) and g.rank(fill) != 0):
             self.out.problem = (f"index assignment at {g.location(node)} is not a boolean mask "
                                 "filled with a number")
             return None
-        return self._mask(node, self.reader.truth_on(mask, base), g.number(fill), coef, base)
+        return self._mask(node, self.reader.truth_on(mask, base), value, coef, base)
 
     def _leaf(self, node, coef, factors):
-        self.out.terms.append(Term(coef, factors, node, self._enclosing, self._rows_sliced))
+        self.out.terms.append(Term(coef, factors, node, self._enclosing, self._rows_sliced,
+                                   self._broadcast, self._split))
         return None

@@ -16,15 +16,16 @@ reference hooks and `_nm`.
     outputs          probabilities or scores used outside the site, dropout in training
     documents        document masks that are not the packed-sequence mask
     padding          padding masks that are not key masks
+    library          near misses of the rules for third-party code (tests/realworld)
 """
 
 from __future__ import annotations
 
 import pkgutil
 
-from . import bias, documents, masks, other_operators, outputs, padding, rising
+from . import bias, documents, library, masks, other_operators, outputs, padding, rising
 
-FAMILIES = (other_operators, bias, masks, rising, outputs, documents, padding)
+FAMILIES = (other_operators, bias, masks, rising, outputs, documents, padding, library)
 
 _listed = {family.__name__.rsplit(".", 1)[-1] for family in FAMILIES}
 _found = {module.name for module in pkgutil.iter_modules(__path__)} - {"common"}
