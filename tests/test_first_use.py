@@ -218,3 +218,32 @@ def test_pruning_summary_says_what_the_tile_grid_allows(length, allowed, practic
     assert f"at most {100 * allowed:.0f}% of the causal tiles" in str(stats)
     assert f"in practice {100 * practical:.0f}%" in str(stats)
     assert "tile grid 128x128" in str(stats)
+
+
+def _scaled_fox(scale):
+    """FoX with the scale as a closure constant (two closures share one code object)."""
+    def attend(q, k, v, lam):
+        t = q.shape[-2]
+        s = q @ k.transpose(-2, -1) * scale + lam[..., :, None] - lam[..., None, :]
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+        return s.softmax(-1) @ v
+    return attend
+
+
+def test_explain_neither_reads_nor_writes_dynamos_history():
+    """Two closures of one code object with different constants: Dynamo would trace the second
+    with the constant as a graph input (automatic dynamic). Each explain() reports what a first
+    compilation sees, and leaves no history behind for the user's next compilation."""
+    q, k, v = torch.randn(3, 1, 2, 20, 8).unbind(0)
+    lam = F.logsigmoid(torch.randn(1, 2, 20)).cumsum(-1)
+    torch._dynamo.reset()
+    for scale in (0.25, 0.5, 0.75):
+        (site,) = foxcompile.explain(_scaled_fox(scale), q, k, v, lam).sites
+        assert site.scale == scale
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(gm.code)
+        return gm.forward
+    torch.compile(_scaled_fox(0.5), backend=backend)(q, k, v, lam)
+    assert len(seen) == 1 and "0.5" in seen[0]   # a constant, not a graph input
