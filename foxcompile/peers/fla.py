@@ -34,7 +34,6 @@ from . import trace
 MODULE = "fla.ops.forgetting_attn.parallel"
 NAME = "parallel_forgetting_attn"
 KIND = "fla parallel_forgetting_attn call"
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MAX_FLA_HEAD_DIM = 256
 
 
@@ -43,16 +42,9 @@ def decline_reason(q, k, v, g, scale, window_size, cu_seqlens) -> str | None:
     if window_size is not None:
         return (f"sliding window (window_size={window_size}): foxcompile's op has no window "
                 f"yet; fla's kernel runs it")
-    if not all(isinstance(x, torch.Tensor) for x in (q, k, v, g)):
-        return "q, k, v and g must be tensors"
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or g.dim() != 3:
-        return "expects q, k, v of rank 4 (B, T, H, D) and g of rank 3 (B, T, HQ)"
-    if scale is not None and not isinstance(scale, (int, float)):
-        return "scale is not a Python number"
-    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        return "q, k, v must share one of float16, bfloat16, float32, float64"
-    if not g.is_floating_point():
-        return "g is not floating point"
+    common = trace.common_decline(q, k, v, g, "g", scale, "scale")
+    if common is not None:
+        return common
     if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1]:
         return "q, k, v do not share (B, T), or k and v their heads (fla's kernel needs that)"
     if k.shape[2] == 0 or q.shape[2] % k.shape[2] != 0:

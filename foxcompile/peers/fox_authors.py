@@ -38,24 +38,16 @@ from . import trace
 MODULE = "forgetting_transformer.ops.forgetting_attention"
 NAME = "forgetting_attention"
 KIND = "FoX authors' forgetting_attention call"
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _AUTHORS_HEAD_DIMS = (16, 32, 64, 128)
 
 
 def decline_reason(q, k, v, log_fgate, head_first, seq_start, sm_scale) -> str | None:
     """Traced: why the op cannot stand in for this call, or None."""
-    if not all(isinstance(x, torch.Tensor) for x in (q, k, v, log_fgate)):
-        return "q, k, v and log_fgate must be tensors"
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or log_fgate.dim() != 3:
-        return "expects q, k, v of rank 4 and log_fgate of rank 3"
+    common = trace.common_decline(q, k, v, log_fgate, "log_fgate", sm_scale, "sm_scale")
+    if common is not None:
+        return common
     if head_first not in (True, False):
         return "head_first is not a Python bool"
-    if sm_scale is not None and not isinstance(sm_scale, (int, float)):
-        return "sm_scale is not a Python number"
-    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        return "q, k, v must share one of float16, bfloat16, float32, float64"
-    if not log_fgate.is_floating_point():
-        return "log_fgate is not floating point"
     t_dim, h_dim = (2, 1) if head_first else (1, 2)
     if q.shape[3] != k.shape[3] or k.shape[3] != v.shape[3]:
         return "q, k, v have different head dims (the authors' kernel asserts them equal)"

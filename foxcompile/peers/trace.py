@@ -166,6 +166,26 @@ def drain_declines() -> list[Decline]:
     return mine
 
 
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def common_decline(q, k, v, gate, gate_name: str, scale, scale_name: str) -> str | None:
+    """Traced: the checks every peer shares, or None: q, k, v of rank 4 and the gate of rank 3,
+    all tensors; the scale None or a Python number; q, k, v of one floating dtype the op takes;
+    a floating gate."""
+    if not all(isinstance(x, torch.Tensor) for x in (q, k, v, gate)):
+        return f"q, k, v and {gate_name} must be tensors"
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or gate.dim() != 3:
+        return f"expects q, k, v of rank 4 and {gate_name} of rank 3"
+    if scale is not None and not isinstance(scale, (int, float)):
+        return f"{scale_name} is not a Python number"
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        return "q, k, v must share one of float16, bfloat16, float32, float64"
+    if not gate.is_floating_point():
+        return f"{gate_name} is not floating point"
+    return None
+
+
 def emit(site: str, notes: str, q, k, v, log_fgate, scale: float, layout: str, doc=None):
     """Traced: foxcompile::attention on (q, k, v) in `layout`, with lam the cumulative sum of the
     per-step log forget gates `log_fgate` ((B, N, Hq) for "bthd", (B, Hq, N) for "bhtd") along the
