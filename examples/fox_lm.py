@@ -72,12 +72,16 @@ CONFIGS = {
 }
 
 
-def kv_shift(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Token shift x_t <- a_t x_{t-1} + (1 - a_t) x_t, with x_{-1} = 0.
+def kv_shift(x: torch.Tensor, a: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
+    """Token shift x_t <- a_t x_{t-1} + (1 - a_t) x_t, with x_{-1} = 0, or = `before` when given.
 
-    x: (B, H, T, D); a: (B, H, T) in [0, 1]. Returns (B, H, T, D).
+    x: (B, H, T, D); a: (B, H, T) in [0, 1]; before: (B, H, 1, D), the unshifted x of the token
+    before x's first (generation with a cache). Returns (B, H, T, D).
     """
-    previous = F.pad(x[:, :, :-1], (0, 0, 1, 0))
+    if before is None:
+        previous = F.pad(x[:, :, :-1], (0, 0, 1, 0))
+    else:
+        previous = torch.cat([before.to(x.dtype), x[:, :, :-1]], dim=2)
     a = a.unsqueeze(-1).to(x.dtype)
     return a * previous + (1 - a) * x
 
@@ -115,15 +119,25 @@ class FoXAttention(nn.Module):
 
         log_f is None for attention="sdpa".
         """
+        return self._project(x)[:4]
+
+    def _project(self, x: torch.Tensor, before=None, cached: bool = False):
+        """project(x), and with cached=True (generation) for Pro the unshifted (k, v) of x's
+        last token, the next call's token shift input (else None). before: that pair of the
+        token before x's first, or None."""
         q, k, v = (self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        last = None
         if self.config.pro:
+            if cached:
+                last = k[:, :, -1:], v[:, :, -1:]
+            before_k, before_v = (None, None) if before is None else before
             a_k, a_v = torch.sigmoid(self.shift_gate(x)).transpose(1, 2).chunk(2, dim=1)
-            k, v = kv_shift(k, a_k), kv_shift(v, a_v)
+            k, v = kv_shift(k, a_k, before_k), kv_shift(v, a_v, before_v)
             q, k = self.q_norm(q), self.k_norm(k)
         log_f = None
         if self.fgate is not None:
             log_f = F.logsigmoid(self.fgate(x).float()).transpose(1, 2)
-        return q, k, v, log_f
+        return q, k, v, log_f, last
 
     def attend(self, q, k, v, log_f):
         """Causal attention -> (B, H, T, D).
@@ -140,9 +154,47 @@ class FoXAttention(nn.Module):
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         return probs @ v
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, hidden) -> (B, T, hidden)."""
-        o = self.attend(*self.project(x))
+    def attend_cached(self, q, k, v, log_f, cache: "FoXCache | FoXStaticCache", layer: int):
+        """Attention of M new tokens over the cached ones and themselves -> (B, H, M, D).
+
+        q, k, v: (B, H, M, D) and log_f (B, H, M) fp32 (None for attention="sdpa") of the new
+        tokens, at positions P..P+M-1 after the P cached ones. Their lam continues the cached
+        one: lam = lam[P - 1] + cumsum(log_f). The cache stores k, v and lam and hands back those
+        of all N keys (views of its storage); query i sees key j iff key_pos[j] <= query_pos[i],
+        the causal mask of queries that sit at the end of the keys (Hugging Face's
+        cache_position style; a static cache also masks its unfilled slots this way).
+        """
+        lam = None
+        if log_f is not None:
+            lam = torch.cumsum(log_f, dim=-1)
+            previous = cache.last_lam(layer)  # (B, H, 1), or None before the first token
+            if previous is not None:
+                lam = lam + previous
+        n_new = q.shape[-2]
+        k, v, lam_keys = cache.update(layer, k, v, lam)
+        query_pos, key_pos = cache.positions(layer, n_new, q.device)
+        if log_f is None:  # plain SDPA
+            if not cache.static and n_new == k.shape[-2]:  # a prefill: nothing cached before
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if not cache.static and n_new == 1:  # one query sees every cached key
+                return F.scaled_dot_product_attention(q, k, v)
+            keep = key_pos[None, :] <= query_pos[:, None]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        scores = q @ k.transpose(-2, -1) * self.scale + lam[..., :, None] - lam_keys[..., None, :]
+        future = key_pos[None, :] > query_pos[:, None]  # (M, N)
+        scores = scores.masked_fill(future, float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        return probs @ v
+
+    def forward(self, x: torch.Tensor, cache: "FoXCache | None" = None, layer: int = 0) -> torch.Tensor:
+        """x: (B, T, hidden) -> (B, T, hidden). With a cache (generation), x holds the tokens
+        after the cached ones, and this layer's (index `layer`) entries are appended to it."""
+        if cache is None:
+            o = self.attend(*self.project(x))
+        else:
+            q, k, v, log_f, last = self._project(x, cache.shift_state(layer), cached=True)
+            cache.set_shift_state(layer, last)
+            o = self.attend_cached(q, k, v, log_f, cache, layer)
         if self.config.pro:
             o = self.out_norm(o)
         o = o.transpose(1, 2).flatten(2)
@@ -174,8 +226,8 @@ class FoXBlock(nn.Module):
         self.mlp_norm = nn.RMSNorm(config.hidden, eps=config.norm_eps)
         self.mlp = SwiGLU(config.hidden, config.mlp_hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache, layer)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -201,7 +253,13 @@ class FoXLM(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor,
+                cache: "FoXCache | FoXStaticCache | None" = None) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, vocab). With a cache (generation: see new_cache),
+        tokens are the T tokens after the cached ones; their keys, values and lam are appended
+        to the cache, and the logits are those of these T positions."""
+        if cache is not None:
+            return self._forward_cached(tokens, cache)
         x = self.embed(tokens)
         for block in self.blocks:
             if self.config.activation_checkpointing and torch.is_grad_enabled():
@@ -209,6 +267,189 @@ class FoXLM(nn.Module):
             else:
                 x = block(x)
         return self.lm_head(self.norm(x))
+
+    def _forward_cached(self, tokens: torch.Tensor, cache) -> torch.Tensor:
+        if cache.layers != len(self.blocks):
+            raise ValueError(f"the cache has {cache.layers} layers, the model {len(self.blocks)}")
+        x = self.embed(tokens)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        cache.advance(tokens.shape[1])
+        return self.lm_head(self.norm(x))
+
+    def new_cache(self, static: bool = False, batch: int = 1, max_length: int = 0,
+                  dtype: torch.dtype | None = None, device=None):
+        """An empty generation cache for this model: a FoXCache (dynamic shapes) or, with
+        static=True, a FoXStaticCache of `batch` sequences of up to `max_length` tokens, its k
+        and v in `dtype` (default: the parameters'; under autocast pass the autocast dtype), on
+        `device` (default: the parameters')."""
+        if not static:
+            return FoXCache(len(self.blocks))
+        weight = self.lm_head.weight
+        return FoXStaticCache(self.config, batch, max_length, dtype or weight.dtype,
+                              device or weight.device, layers=len(self.blocks))
+
+
+class FoXCache:
+    """Generation cache of a FoXLM with dynamic shapes, written like Hugging Face's DynamicCache:
+    per layer the keys and values (B, H, N, D), lam (B, H, N) fp32 (the cumulative log forget
+    gate, which the next tokens' lam continues) and, for Pro, the unshifted k and v of the last
+    token (the token shift's input). Each call concatenates the new tokens' entries (torch.cat:
+    new tensors, nothing changed in place) and attends over the result.
+
+    The number of keys grows at every call: under torch.compile, Dynamo compiles the prefill, the
+    first decoding step, and then one graph with a dynamic length for all later steps. The
+    prefill of an empty cache attends over the prompt's own k, v and lam (offset 0, the training
+    path's attention). Nothing here is a Python number: the length is the keys' shape.
+    """
+
+    static = False
+
+    def __init__(self, layers: int):
+        self.layers = layers
+        self.k: list = [None] * layers
+        self.v: list = [None] * layers
+        self.lam: list = [None] * layers
+        self.shift: list = [None] * layers
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache."""
+        return 0 if self.k[0] is None else self.k[0].shape[2]
+
+    def last_lam(self, layer: int):
+        """lam of the last cached token, (B, H, 1) fp32; None when nothing is cached."""
+        lam = self.lam[layer]
+        return None if lam is None else lam[..., -1:]
+
+    def update(self, layer: int, k, v, lam):
+        """Append the new tokens' k, v (B, H, M, D) and lam (B, H, M) (None for SDPA); return
+        k, v and lam of all N = past + M keys."""
+        if self.k[layer] is not None:
+            k = torch.cat([self.k[layer], k], dim=2)
+            v = torch.cat([self.v[layer], v], dim=2)
+            if lam is not None:
+                lam = torch.cat([self.lam[layer], lam], dim=2)
+        self.k[layer], self.v[layer], self.lam[layer] = k, v, lam
+        return k, v, lam
+
+    def positions(self, layer: int, n_new: int, device):
+        """(query positions (M,), key positions (N,)), int64, after update(layer, ...)."""
+        n_keys = self.k[layer].shape[2]
+        return (torch.arange(n_new, device=device) + (n_keys - n_new),
+                torch.arange(n_keys, device=device))
+
+    def shift_state(self, layer: int):
+        return self.shift[layer]
+
+    def set_shift_state(self, layer: int, state):
+        if state is not None:
+            self.shift[layer] = state
+
+    def advance(self, n_new: int):
+        pass
+
+
+class FoXStaticCache:
+    """Generation cache of a FoXLM whose shapes never change (mode="reduce-overhead", CUDA graphs):
+    the same entries as FoXCache, preallocated for `max_length` tokens and written in place
+    (index_copy_ at the positions `position` (a 0-d int64 device tensor) holds), and attention
+    always reads all max_length slots, masking the unfilled ones through the positions. Nothing
+    here is a Python number that changes between steps. The tensors are marked as static
+    addresses, so CUDA graphs read them in place. Writing past max_length is an index error.
+    """
+
+    static = True
+
+    def __init__(self, config: FoXConfig, batch: int, max_length: int, dtype: torch.dtype,
+                 device, layers: int | None = None):
+        if max_length < 1:
+            raise ValueError("a static cache needs max_length >= 1")
+        self.layers = config.layers if layers is None else layers
+        self.max_length = max_length
+        H, D = config.heads, config.head_dim
+
+        def zeros(*shape, dtype=dtype):
+            t = torch.zeros(shape, dtype=dtype, device=device)
+            torch._dynamo.mark_static_address(t)
+            return t
+
+        self.position = zeros(dtype=torch.int64)
+        self.k = [zeros(batch, H, max_length, D) for _ in range(self.layers)]
+        self.v = [zeros(batch, H, max_length, D) for _ in range(self.layers)]
+        self.lam = [zeros(batch, H, max_length, dtype=torch.float32) if config.attention == "fox"
+                    else None for _ in range(self.layers)]
+        self.shift = [(zeros(batch, H, 1, D), zeros(batch, H, 1, D)) if config.pro else None
+                      for _ in range(self.layers)]
+
+    @classmethod
+    def from_cache(cls, cache: FoXCache, config: FoXConfig, max_length: int) -> "FoXStaticCache":
+        """A static copy of a filled FoXCache (prefill with dynamic shapes, then decode under
+        CUDA graphs)."""
+        first = cache.k[0]
+        static = cls(config, first.shape[0], max_length, first.dtype, first.device,
+                     layers=cache.layers)
+        return static.load(cache)
+
+    def load(self, cache: FoXCache) -> "FoXStaticCache":
+        """Replace the contents with those of a filled FoXCache, in place (the tensors keep
+        their addresses, so CUDA graphs recorded on this cache stay valid). Returns self."""
+        n = cache.length
+        if n > self.max_length:
+            raise ValueError(f"the cache holds {n} tokens, more than max_length {self.max_length}")
+        self.reset()
+        with torch.no_grad():
+            for layer in range(self.layers):
+                self.k[layer][:, :, :n] = cache.k[layer]
+                self.v[layer][:, :, :n] = cache.v[layer]
+                if self.lam[layer] is not None:
+                    self.lam[layer][:, :, :n] = cache.lam[layer]
+                if self.shift[layer] is not None:
+                    for mine, theirs in zip(self.shift[layer], cache.shift[layer]):
+                        mine.copy_(theirs)
+            self.position.fill_(n)
+        return self
+
+    def reset(self):
+        """Empty the cache in place (the tensors keep their addresses)."""
+        with torch.no_grad():
+            for t in [self.position, *self.k, *self.v, *self.lam,
+                      *(s for pair in self.shift if pair is not None for s in pair)]:
+                if t is not None:
+                    t.zero_()
+
+    def last_lam(self, layer: int):
+        """lam at position - 1, (B, H, 1) fp32, 0 when nothing is cached."""
+        index = (self.position - 1).clamp(min=0).view(1)
+        last = self.lam[layer].index_select(-1, index)
+        return torch.where(self.position > 0, last, 0.0)
+
+    def update(self, layer: int, k, v, lam):
+        """Write the new tokens' entries at positions position..position+M-1; return the whole
+        storage (max_length keys; positions() tells which are filled)."""
+        index = self.position + torch.arange(k.shape[2], device=k.device)
+        self.k[layer].index_copy_(2, index, k.to(self.k[layer].dtype))
+        self.v[layer].index_copy_(2, index, v.to(self.v[layer].dtype))
+        if lam is not None:
+            self.lam[layer].index_copy_(2, index, lam)
+        return self.k[layer], self.v[layer], self.lam[layer]
+
+    def positions(self, layer: int, n_new: int, device):
+        """(query positions (M,), key positions (max_length,)), int64: the unfilled slots lie
+        after every query."""
+        return (self.position + torch.arange(n_new, device=device),
+                torch.arange(self.max_length, device=device))
+
+    def shift_state(self, layer: int):
+        return self.shift[layer]
+
+    def set_shift_state(self, layer: int, state):
+        if state is not None:
+            for mine, new in zip(self.shift[layer], state):
+                mine.copy_(new)
+
+    def advance(self, n_new: int):
+        self.position.add_(n_new)
 
 
 def build_model(name: str, pro: bool = False, **overrides) -> FoXLM:
