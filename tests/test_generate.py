@@ -4,6 +4,7 @@ prefill, both caches, FoX, Pro and plain SDPA), and under fox_acp the prefill, c
 decode sites are rewritten with the right decay labels and generate what eager generates. Fast
 CPU tests (tiny model, short prompts; the compiled ones through aot_eager); the CUDA ones at the
 end are skipped without a GPU."""
+import json
 import logging
 import subprocess
 import sys
@@ -258,3 +259,20 @@ def test_static_cache_decodes_under_cuda_graphs(backend):
     assert counters["inductor"]["cudagraph_skips"] == 0
     for a, b in zip(got.logits, want.logits):
         assert (a - b).abs().max() <= 5e-2 * b.abs().max()
+
+
+def test_bench_decode_smoke(tmp_path):
+    out = tmp_path / "decode.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_decode.py"), "--smoke",
+               "--variants", "fox_acp", "--contexts", "300", "--batches", "2", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert row["status"] == "ok" and row["decode_tokens_per_s"] > 0 and row["prefill_s"] > 0
+    assert (row["config"], row["context"], row["batch"], row["cache"]) == ("tiny", 300, 2, "dynamic")
+    assert len(row["unread_fraction"]) == 2 and len(row["unread_fraction"][0]) == 4
+    assert 0 <= row["unread_fraction_min"] <= row["unread_fraction_max"] <= 1
+    assert row["sites"]["decode"] == {"rewritten": ["guarded"] * 2, "declined": []}
+    assert row["sites"]["prefill"]["rewritten"] == ["proven"] * 2
+    assert data["versions"]["torch"] == torch.__version__ and data["date"]

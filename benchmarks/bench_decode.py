@@ -1,0 +1,629 @@
+"""Decoding throughput of the FoX language model with a KV cache under fox_acp, against plain SDPA.
+
+For each config, batch and variant the model (examples/fox_lm.py, bf16 weights on CUDA) is
+compiled once; for each context length (ascending) a cache is filled to that many tokens, then
+--warmup-steps untimed and --steps timed decoding steps run (one token per sequence each,
+greedy), synchronised at the end: tokens/s = batch x steps / time.
+
+Variants:
+    fox_acp        FoX, torch.compile(backend="fox_acp"), pruning on (eps = e^-10)
+    fox_acp_dense  FoX, fox_acp with {"fox.epsilon": 0.0}: the same kernels, pruning off
+    sdpa           attention="sdpa" (no forget gate), torch.compile (Inductor), SDPA in the graph
+    inductor       FoX, unmodified, plain torch.compile (the attention as written: M x N scores)
+    eager          FoX, no compilation
+
+Caches (--cache; docs/generation.md):
+    dynamic  fox_lm.FoXCache (torch.cat, like Hugging Face's DynamicCache), mode "default". Every
+             step copies the cache (the concatenation): part of the step time, the same for
+             every variant. fox_acp rewrites its decode sites (decay `guarded`).
+    static   fox_lm.FoXStaticCache (preallocated, written in place), decode compiled with
+             mode="reduce-overhead" (CUDA graphs). fox_acp declines its decode sites today (the
+             matcher does not follow the in-place writes), so they run as Inductor compiles them.
+
+Filling the cache (--fill):
+    prefill    the model's own prefill, in chunks of --prefill-chunk tokens (compiled like the
+               variant, default mode): real keys, values and lam of the model on text (windows of
+               train.py's stdlib corpus), with the gates it has. Its time gives prefill tokens/s.
+    synthetic  no prefill: every layer's k, v ~ SYN70 (RMS-normalised N(0, 1), bf16) and lam =
+               cumsum(logsigmoid(b_h + 0.3 N(0, 1))) with the SYN70 decay times. Fast, and the
+               only way to fill long contexts for the `inductor` variant.
+The forget gates matter: with nn.Linear's init (--gate-init default) an untrained FoX has f about
+0.5 and forgets within tens of tokens, so almost the whole cache is pruned. By default
+(--gate-init decay) each layer's gate biases give head h a decay time log-spaced over [2, 512]
+tokens, as bench_train.py and SYN70 do (docs/benchmarks.md); --gate-range sets other times.
+
+Attention time per step (dynamic cache, fox and sdpa variants): after the timed steps, one eager
+decoding step captures every layer's q (B, H, 1, D) and cached k, v, lam; the attention alone
+(foxcompile::attention with the variant's epsilon, or F.scaled_dot_product_attention) is then
+timed on them (CUDA events, median of --attention-reps) and summed over the layers. The rest of
+the step (projections, MLP, cache update, launches) is the step time minus that. The same call
+gives the plan's start blocks, hence per layer and head the fraction of the cache the kernel
+never reads (plan.unread_key_fraction where the checkout has it; the plan's bound reads the
+norms of all keys once: that pass is not counted as a read here).
+
+    python benchmarks/bench_decode.py                          # 125m, 760m; 4k..128k; batch 1, 16
+    python benchmarks/bench_decode.py --configs 125m --contexts 16384 --batches 1 --steps 32
+    python benchmarks/bench_decode.py --cache static --variants fox_acp sdpa
+    python benchmarks/bench_decode.py --smoke                  # tiny, CPU, seconds
+
+Results are merged into --out (rows of the same card, config, batch, context, variant, cache
+and fill are replaced) and written after every row, so a run cut short keeps what it measured.
+A row whose cache (x2 while torch.cat copies it, plus the weights) cannot fit the card is
+recorded as "too large" without trying (--try-all tries anyway); an OOM is recorded as "OOM" and
+skips the longer contexts of that variant and batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+import generate  # noqa: E402
+import train  # noqa: E402
+from fox_lm import CONFIGS, FoXCache, FoXStaticCache, build_model  # noqa: E402
+
+VARIANTS = {  # name: (attention, backend, epsilon)
+    "fox_acp": ("fox", "fox_acp", train.DEFAULT_EPSILON),
+    "fox_acp_dense": ("fox", "fox_acp", 0.0),
+    "sdpa": ("sdpa", "inductor", 0.0),
+    "inductor": ("fox", "inductor", 0.0),
+    "eager": ("fox", "eager", 0.0),
+}
+DEFAULT_VARIANTS = ("fox_acp", "fox_acp_dense", "sdpa")
+CACHES = ("dynamic", "static")
+SYN70_NOISE = 0.3  # gate logit = b_h + 0.3 N(0, 1) (benchmarks/bench_attention.py's syn70)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def release_memory(device: torch.device):
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+            return True
+        error = error.__cause__
+    return False
+
+
+def cache_bytes(config, batch: int, context: int, dtype: torch.dtype) -> int:
+    """k, v (dtype) and lam (fp32) of every layer for batch x context tokens."""
+    c = CONFIGS[config]
+    per_token = c.layers * c.heads * (2 * c.head_dim * dtype.itemsize + 4)
+    return batch * context * per_token
+
+
+def fits(config, batch, context, dtype, device, param_bytes) -> tuple[bool, float]:
+    """(fits, estimated GB): twice the cache (torch.cat holds the old and the new one while a
+    compiled step runs) plus the weights, against the card's memory."""
+    need = 2 * cache_bytes(config, batch, context, dtype) + param_bytes
+    if device.type != "cuda":
+        return True, need / 1e9
+    return need < 0.95 * torch.cuda.get_device_properties(device).total_memory, need / 1e9
+
+
+def make_model(config: str, variant: str, args):
+    attention, backend, epsilon = VARIANTS[variant]
+    device, dtype = torch.device(args.device), train.DTYPES[args.dtype]
+    torch.manual_seed(0)
+    with device:
+        model = build_model(config, attention=attention)
+    if attention == "fox" and args.gate_init == "decay":
+        train.set_gate_decay_times(model, *args.gate_range)
+    model = model.to(dtype).eval()
+    if backend == "eager":
+        return model, model, model
+    if backend == "fox_acp":
+        train.import_foxcompile()
+    kwargs = generate.compile_options(backend, "default", epsilon, args.fox_compiler)
+    prefill = torch.compile(model, **kwargs)
+    decode = prefill
+    if args.cache == "static":
+        decode = torch.compile(model, **generate.compile_options(
+            backend, "reduce-overhead", epsilon, args.fox_compiler))
+    return model, prefill, decode
+
+
+# ---------------------------------------------------------------- filling the cache
+
+
+_CORPUS = {}
+
+
+def corpus_windows(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """(batch, length) bytes of train.py's corpus (train split), random windows."""
+    if "train" not in _CORPUS:
+        _CORPUS.update(train.load_corpus())
+    data = _CORPUS["train"]
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(data) - length, (batch,), generator=generator)
+    return torch.stack([data[s:s + length] for s in starts.tolist()]).long()
+
+
+def prefill_cache(prefill, model, tokens: torch.Tensor, chunk: int, label: str) -> tuple:
+    """Fill a FoXCache with `tokens` (B, N) in chunks; returns (cache, last logits, seconds)."""
+    cache = model.new_cache()
+    device = tokens.device
+    n = tokens.shape[1]
+    synchronize(device)
+    start = time.perf_counter()
+    next_report = 0.25
+    with torch.no_grad():
+        for begin in range(0, n, chunk):
+            logits = prefill(tokens[:, begin:begin + chunk], cache=cache)[:, -1]
+            done = min(n, begin + chunk)
+            if n > 4 * chunk and done / n >= next_report:
+                synchronize(device)
+                print(f"  {label}: prefill {done}/{n} tokens, {time.perf_counter() - start:.1f} s",
+                      flush=True)
+                next_report += 0.25
+    synchronize(device)
+    return cache, logits, time.perf_counter() - start
+
+
+def synthetic_cache(model, batch: int, n: int, device, seed: int = 0) -> FoXCache:
+    """A FoXCache of n tokens without a prefill: k, v and lam as SYN70 draws them."""
+    c = model.config
+    dtype = model.lm_head.weight.dtype
+    g = torch.Generator(device=device).manual_seed(seed)
+    cache = model.new_cache()
+    times = torch.logspace(math.log10(2.0), math.log10(512.0), c.heads, device=device)
+    bias = -torch.log(torch.expm1(1.0 / times))
+    for layer in range(c.layers):
+        k, v = (torch.randn(batch, c.heads, n, c.head_dim, generator=g, device=device)
+                for _ in range(2))
+        k = k * torch.rsqrt(k.square().mean(-1, keepdim=True))
+        cache.k[layer], cache.v[layer] = k.to(dtype), v.to(dtype)
+        if c.attention == "fox":
+            noise = torch.randn(batch, c.heads, n, generator=g, device=device)
+            logit = bias[:, None] + SYN70_NOISE * noise
+            cache.lam[layer] = F.logsigmoid(logit).cumsum(-1)
+        if c.pro:
+            cache.shift[layer] = (torch.zeros_like(k[:, :, :1], dtype=dtype),) * 2
+    return cache
+
+
+def to_static(cache: FoXCache, model, max_length: int) -> FoXStaticCache:
+    """A FoXStaticCache of max_length tokens with the contents of cache, emptying cache layer
+    by layer (so that both are never whole in memory at once)."""
+    first = cache.k[0]
+    static = FoXStaticCache(model.config, first.shape[0], max_length, first.dtype, first.device,
+                            layers=cache.layers)
+    n = cache.length
+    with torch.no_grad():
+        for layer in range(cache.layers):
+            static.k[layer][:, :, :n] = cache.k[layer]
+            static.v[layer][:, :, :n] = cache.v[layer]
+            if static.lam[layer] is not None:
+                static.lam[layer][:, :, :n] = cache.lam[layer]
+            if static.shift[layer] is not None:
+                for mine, theirs in zip(static.shift[layer], cache.shift[layer]):
+                    mine.copy_(theirs)
+            cache.k[layer] = cache.v[layer] = cache.lam[layer] = None
+        static.position.fill_(n)
+    return static
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def timed_ms(fn, device: torch.device, reps: int) -> float:
+    """Median milliseconds of fn() over reps calls (after 3 untimed ones)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            start = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def decode_steps(decode, cache, token: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` greedy decoding steps from token (B,); returns the last token."""
+    with torch.no_grad():
+        for _ in range(steps):
+            token = decode(token[:, None], cache=cache)[:, -1].argmax(-1)
+    return token
+
+
+def capture_attention_inputs(model, cache: FoXCache, token: torch.Tensor) -> list:
+    """One eager decoding step on `cache`; per layer (q, k, v, lam) as its attention saw them
+    (q of the new token, k, v, lam of all keys; lam None for SDPA)."""
+    captured = [None] * len(model.blocks)
+    originals = []
+    for layer, block in enumerate(model.blocks):
+        attn = block.attn
+        original = attn.attend_cached
+
+        def capture(q, k, v, log_f, cache, layer_, _original=original):
+            out = _original(q, k, v, log_f, cache, layer_)
+            captured[layer_] = (q, cache.k[layer_], cache.v[layer_], cache.lam[layer_])
+            return out
+
+        attn.attend_cached = capture
+        originals.append(attn)
+    try:
+        with torch.no_grad():
+            model(token[:, None], cache=cache)
+    finally:
+        for attn in originals:
+            del attn.attend_cached
+    return captured
+
+
+def unread_fraction(start: torch.Tensor, n_keys: int, block_n: int) -> torch.Tensor:
+    """Per (b, h) the fraction of the keys a decode call never reads; plan.unread_key_fraction
+    where this checkout has it, else the same rule here (keys before the start block)."""
+    from foxcompile.kernels import plan
+
+    if hasattr(plan, "unread_key_fraction"):
+        return plan.unread_key_fraction(start, n_keys, block_n)
+    return (start[..., 0].double() * block_n / max(n_keys, 1)).clamp(max=1.0)
+
+
+def attention_profile(model, captured: list, variant: str, device, reps: int) -> dict:
+    """Attention alone per decoding step (summed over the layers) and, for fox variants, the
+    fraction of each layer's and head's cache the kernel never reads (mean over the batch)."""
+    attention, _, epsilon = VARIANTS[variant]
+    scale = model.config.head_dim ** -0.5
+    total, unread = 0.0, []
+    for layer, (q, k, v, lam) in enumerate(captured):
+        if attention == "sdpa":
+            def run(q=q, k=k, v=v):
+                return F.scaled_dot_product_attention(q, k, v)
+        else:
+            from foxcompile.contract import Prune
+            from foxcompile.kernels.plan import tile_sizes
+
+            site = f"blocks.{layer}.attn (bench_decode)"
+
+            def run(q=q, k=k, v=v, lam=lam, site=site):
+                return torch.ops.foxcompile.attention(q, k, v, lam, scale, epsilon,
+                                                      int(Prune.GUARDED), "bhtd", site)
+
+            with torch.no_grad():
+                start = run()[2]
+            block_n = tile_sizes(q.shape[-1])[1]
+            unread.append(unread_fraction(start, k.shape[2], block_n).mean(0).tolist())
+        with torch.no_grad():
+            total += timed_ms(run, device, reps)
+    result = {"attention_ms_per_step": total}
+    if unread:
+        result["unread_fraction"] = unread  # [layer][head]
+        flat = [f for row in unread for f in row]
+        result["unread_fraction_mean"] = sum(flat) / len(flat)
+        result["unread_fraction_min"], result["unread_fraction_max"] = min(flat), max(flat)
+    return result
+
+
+def site_labels(model, variant: str, args) -> dict | None:
+    """What fox_acp rewrites in this model (foxcompile.explain on a short prompt: prefill,
+    chunked prefill, decoding steps; on the static cache too with --cache static)."""
+    if VARIANTS[variant][1] != "fox_acp":
+        return None
+    prompt = corpus_windows(1, 2 * args.explain_len).to(args.device)
+    labels = {}
+    for what, report in generate.explain_sites(model, prompt, static=args.cache == "static"):
+        labels[what.split(":")[0]] = {"rewritten": [s.decay for s in report.sites],
+                                      "declined": [d.reason for d in report.declined]}
+    return labels
+
+
+def measure_row(model, prefill, decode, config, batch, context, variant, args, tokens) -> dict:
+    device = torch.device(args.device)
+    label = f"{config} B={batch} T={context} {variant}"
+    row = {}
+    if args.fill == "prefill":
+        cache, logits, seconds = prefill_cache(prefill, model, tokens[:, :context],
+                                               args.prefill_chunk, label)
+        row["prefill_s"] = seconds
+        row["prefill_tokens_per_s"] = batch * context / seconds
+        token = logits.argmax(-1)
+    else:
+        cache = synthetic_cache(model, batch, context, device)
+        token = tokens[:, context].clone()  # contiguous, as argmax's result (no recompile)
+    if args.cache == "static":
+        cache = to_static(cache, model, context + args.warmup_steps + args.steps + 2)
+    token = decode_steps(decode, cache, token, args.warmup_steps)
+    synchronize(device)
+    start = time.perf_counter()
+    token = decode_steps(decode, cache, token, args.steps)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    row.update(status="ok", step_ms=1e3 * seconds / args.steps,
+               decode_tokens_per_s=batch * args.steps / seconds)
+    if device.type == "cuda":
+        row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    if args.cache == "dynamic" and variant in ("fox_acp", "fox_acp_dense", "sdpa"):
+        captured = capture_attention_inputs(model, cache, token)
+        row.update(attention_profile(model, captured, variant, device, args.attention_reps))
+        row["attention_share"] = row["attention_ms_per_step"] / row["step_ms"]
+        del captured
+    del cache
+    return row
+
+
+def warm_up(model, prefill, decode, config, batch, variant, args, tokens):
+    """Compile before the timed rows: a prefill of three chunks (the empty cache, a second
+    chunk, and a third one, which Dynamo compiles with a dynamic cache length), then decoding
+    steps (recording the CUDA graphs under reduce-overhead). A failure here (an OOM of a big
+    batch, say) is only reported: the rows then compile on their own."""
+    device = torch.device(args.device)
+    context = 3 * args.prefill_chunk if args.fill == "prefill" else min(args.contexts)
+    context = min(context, tokens.shape[1] - 1)
+    start = time.perf_counter()
+    try:
+        # three or more decoding steps: the first length, then the dynamic one (and CUDA graphs)
+        short = {"steps": 2, "warmup_steps": max(3, args.warmup_steps), "attention_reps": 1}
+        measure_row(model, prefill, decode, config, batch, context, variant,
+                    argparse.Namespace(**{**vars(args), **short}), tokens)
+        print(f"  warm-up (compilation) at {context} tokens: {time.perf_counter() - start:.1f} s",
+              flush=True)
+    except Exception as error:
+        print(f"  warm-up at {context} tokens failed ({type(error).__name__}: "
+              f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}); "
+              "the rows compile on their own", flush=True)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- results
+
+
+def row_key(row: dict, variant: str | None = None) -> tuple:
+    return (row["device"], row["config"], row["batch"], row["context"], variant or row["variant"],
+            row["cache"], row["fill"])
+
+
+def add_ratios(rows: list[dict]):
+    speed = {row_key(r): r["decode_tokens_per_s"] for r in rows if r["status"] == "ok"}
+    for row in rows:
+        for reference in ("fox_acp_dense", "sdpa"):
+            base = speed.get(row_key(row, reference))
+            ok = row["status"] == "ok"
+            row[f"vs_{reference}"] = row["decode_tokens_per_s"] / base if ok and base else None
+
+
+def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    fresh = {row_key(r) for r in new_rows}
+    return [r for r in old if row_key(r) not in fresh] + new_rows
+
+
+def format_table(rows: list[dict]) -> str:
+    def number(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    lines = [f"{'config':>6} {'T':>6} {'B':>3} {'variant':>13} {'cache':>7} {'tok/s':>9} "
+             f"{'step ms':>8} {'attn ms':>8} {'attn %':>6} {'unread':>15} {'vs dense':>8} "
+             f"{'vs sdpa':>7} {'prefill tok/s':>13}  status"]
+    for r in rows:
+        unread = "-"
+        if r.get("unread_fraction_mean") is not None:
+            unread = (f"{r['unread_fraction_mean']:.0%} [{r['unread_fraction_min']:.0%}-"
+                      f"{r['unread_fraction_max']:.0%}]")
+        lines.append(
+            f"{r['config']:>6} {r['context']:>6} {r['batch']:>3} {r['variant']:>13} "
+            f"{r['cache']:>7} {number(r.get('decode_tokens_per_s'), ',.0f'):>9} "
+            f"{number(r.get('step_ms'), '.2f'):>8} {number(r.get('attention_ms_per_step'), '.2f'):>8} "
+            f"{number(r.get('attention_share'), '.0%'):>6} {unread:>15} "
+            f"{number(r.get('vs_fox_acp_dense'), '.2f'):>8} {number(r.get('vs_sdpa'), '.2f'):>7} "
+            f"{number(r.get('prefill_tokens_per_s'), ',.0f'):>13}  {r['status']}")
+    return "\n".join(lines)
+
+
+def versions(device: torch.device) -> dict:
+    info = train.versions()
+    info["cuda"] = torch.version.cuda
+    if device.type == "cuda":
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    return info
+
+
+def write_results(path: Path, args, rows: list[dict]):
+    device = torch.device(args.device)
+    train.write_json(path, {
+        "device": train.device_name(device), "versions": versions(device),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "environment": {k: v for k, v in __import__("os").environ.items()
+                        if k.startswith(("FOXCOMPILE_", "TORCHINDUCTOR_"))},
+        "args": vars(args), "rows": rows})
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(args):
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    card = train.device_name(device)
+    dtype = train.DTYPES[args.dtype]
+    variants = [v for v in VARIANTS if v in args.variants]
+    if any(VARIANTS[v][1] == "fox_acp" for v in variants):
+        try:
+            train.import_foxcompile()
+        except RuntimeError as error:
+            variants = [v for v in variants if VARIANTS[v][1] != "fox_acp"]
+            print(f"skipping the fox_acp variants: {error}", flush=True)
+    longest = max(args.contexts) + 1
+    tokens_by_batch = {}
+    for config in args.configs:
+        for batch in args.batches:
+            if batch not in tokens_by_batch:
+                tokens_by_batch[batch] = corpus_windows(batch, longest).to(device)
+            tokens = tokens_by_batch[batch]
+            for variant in variants:
+                key = {"device": card, "config": config, "batch": batch, "variant": variant,
+                       "cache": args.cache, "fill": args.fill}
+                print(f"[{config} B={batch} {variant}, {args.cache} cache] compiling", flush=True)
+                failed, labels, param_bytes = None, None, 0
+                try:
+                    model, prefill, decode = make_model(config, variant, args)
+                    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+                    labels = site_labels(model, variant, args) if args.explain_len else None
+                except Exception as error:  # a failing variant must not lose the others
+                    traceback.print_exc()
+                    failed = ("OOM" if is_out_of_memory(error) else
+                              f"error: {type(error).__name__}: {str(error).strip()[:300]}")
+                if not failed:
+                    warm_up(model, prefill, decode, config, batch, variant, args, tokens)
+                for context in sorted(args.contexts):
+                    row = {**key, "context": context}
+                    ok, need_gb = fits(config, batch, context, dtype, device, param_bytes)
+                    if failed:
+                        row["status"] = failed
+                    elif not ok and not args.try_all:
+                        row["status"] = f"too large (about {need_gb:.0f} GB)"
+                    else:
+                        try:
+                            row.update(measure_row(model, prefill, decode, config, batch,
+                                                   context, variant, args, tokens))
+                        except Exception as error:
+                            if is_out_of_memory(error):
+                                row["status"] = failed = "OOM"
+                            else:
+                                traceback.print_exc()
+                                row["status"] = (f"error: {type(error).__name__}: "
+                                                 f"{str(error).strip()[:300]}")
+                        gc.collect()
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                    if labels is not None:
+                        row["sites"] = labels
+                    merged = merge_rows(out, [row])
+                    add_ratios(merged)
+                    write_results(out, args, merged)
+                    print(format_table([r for r in merged if row_key(r) == row_key(row)])
+                          .splitlines()[1], flush=True)
+                model = prefill = decode = None
+                release_memory(device)
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["device"] == card]
+    info = versions(device)
+    print(f"\n{card}, torch {info['torch']}, triton {info['triton']}\n{format_table(rows)}\n"
+          f"wrote {out}")
+
+
+def parse_args(argv=None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=train.HelpFormatter)
+    parser.add_argument("--configs", "--config", nargs="+", choices=sorted(CONFIGS),
+                        default=["125m", "760m"], help="model sizes")
+    parser.add_argument("--contexts", "--context", nargs="+", type=int,
+                        default=[4096, 16384, 65536, 131072], help="cached tokens before decoding")
+    parser.add_argument("--batches", "--batch", nargs="+", type=int, default=[1, 16],
+                        help="sequences decoded together")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=list(DEFAULT_VARIANTS), help="what to measure, see above")
+    parser.add_argument("--cache", choices=CACHES, default="dynamic",
+                        help="dynamic (mode default) or static (mode reduce-overhead)")
+    parser.add_argument("--fill", choices=("prefill", "synthetic"), default="prefill",
+                        help="how the cache is filled, see above")
+    parser.add_argument("--prefill-chunk", type=int, default=4096, help="tokens per prefill call")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="untimed decoding steps")
+    parser.add_argument("--steps", type=int, default=16, help="timed decoding steps")
+    parser.add_argument("--attention-reps", type=int, default=20,
+                        help="timed repetitions of each layer's attention")
+    parser.add_argument("--gate-init", choices=("decay", "default"), default="decay",
+                        help="forget-gate biases: decay times log-spaced over --gate-range, or "
+                             "nn.Linear's init (f about 0.5)")
+    parser.add_argument("--gate-range", nargs=2, type=float, default=list(train.GATE_DECAY_RANGE),
+                        metavar=("SHORTEST", "LONGEST"),
+                        help="--gate-init decay: decay times (tokens) of the first and last head")
+    parser.add_argument("--explain-len", type=int, default=256,
+                        help="prompt of the explain() run that records each fox variant's site "
+                             "labels (0: skip it)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if cuda else "cpu",
+                        help="where to run (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=sorted(train.DTYPES), default=None,
+                        help="weights and cache (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--fox-compiler", choices=train.FOX_COMPILERS, default="inductor",
+                        help='"fox.compiler" of the fox_acp variants')
+    parser.add_argument("--try-all", action="store_true",
+                        help="also try rows whose cache is estimated not to fit")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a check that everything runs, on CPU: tiny, contexts 256 and 512, "
+                             "batch 1 and 2, 1 warmup and 2 timed steps (unless given), through "
+                             "aot_eager, into runs/bench_decode_smoke.json unless --out is given")
+    parser.add_argument("--out", default=None,
+                        help="results JSON, merged (default: benchmarks/results/"
+                             "bench_decode_<card>_<date>.json)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not cuda:
+        parser.error("--device cuda, but torch.cuda.is_available() is False")
+    if args.smoke:  # its sizes, except those given on the command line
+        given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])}
+        smoke = {"configs": ["tiny"], "contexts": [256, 512], "batches": [1, 2],
+                 "warmup_steps": 1, "steps": 2, "attention_reps": 2, "prefill_chunk": 128,
+                 "explain_len": 64}
+        aliases = {"configs": "--config", "contexts": "--context", "batches": "--batch"}
+        for name, value in smoke.items():
+            flags = {"--" + name.replace("_", "-"), aliases.get(name)}
+            if not flags & given:
+                setattr(args, name, value)
+        args.device, args.fox_compiler = "cpu", "aot_eager"
+    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    if args.out is None:
+        if args.smoke:
+            args.out = "runs/bench_decode_smoke.json"
+        else:
+            slug = "".join(c if c.isalnum() else "_" for c in
+                           train.device_name(torch.device(args.device)).lower()).strip("_")
+            date = datetime.date.today().isoformat()
+            args.out = str(ROOT / "benchmarks" / "results" / f"bench_decode_{slug}_{date}.json")
+    if args.steps < 1 or args.warmup_steps < 1 or args.prefill_chunk < 1:
+        parser.error("--steps, --warmup-steps and --prefill-chunk must be at least 1")
+    if min(args.contexts) < 1 or min(args.batches) < 1:
+        parser.error("--contexts and --batches must be at least 1")
+    if "inductor" in args.variants and args.fill == "prefill" and max(args.contexts) > 8192:
+        print("note: the inductor variant materialises M x N scores in the prefill; with "
+              "--fill prefill its long contexts will likely run out of memory (use --fill "
+              "synthetic)", flush=True)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.smoke:
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
