@@ -6,6 +6,7 @@ CPU tests (tiny model, short prompts; the compiled ones through aot_eager); the 
 end are skipped without a GPU."""
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,21 @@ VOCAB, T = 256, 40
 SCHEDULES = {"prefill+decode": [16] + [1] * 24, "chunked": [10, 7, 5, 1, 17],
              "one token first": [1] * 8 + [32]}
 MODELS = {"fox": {}, "pro": {"pro": True}, "sdpa": {"attention": "sdpa"}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: as fast for the tiny model, and no OpenMP spin-waiting when the
+    machine's other core is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_script(command: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
 def tiny(name: str = "fox", seed: int = 0) -> fox_lm.FoXLM:
@@ -207,7 +223,7 @@ def test_generate_script_checks_against_eager():
     command = [sys.executable, str(ROOT / "examples" / "generate.py"), "--device", "cpu",
                "--fox-compiler", "aot_eager", "--prompt-len", "40", "--prefill-chunk", "16",
                "--new-tokens", "5", "--batch", "2", "--static-cache", "--explain", "--check"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = run_script(command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for line in ("-- prefill: M=20 new, N=20 keys: 2 rewritten (proven x2), 0 declined",
@@ -265,7 +281,7 @@ def test_bench_decode_smoke(tmp_path):
     out = tmp_path / "decode.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_decode.py"), "--smoke",
                "--variants", "fox_acp", "--contexts", "300", "--batches", "2", "--out", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = run_script(command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())
     (row,) = data["rows"]
