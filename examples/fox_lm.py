@@ -15,6 +15,13 @@ such a model has no position information besides the causal mask).
 
 Blocks are pre-norm (RMSNorm) with a SwiGLU MLP. The vocabulary is 256 bytes, so the embedding
 tables are tiny; they are untied by default (`tie_embeddings=True` shares them).
+
+Generation: `model(tokens, cache=model.new_cache())` prefills a cache of keys, values and lam
+(the cumulative log forget gate), and each later call with the same cache attends its new
+tokens over everything cached (a chunked prefill, or one token when decoding). FoXCache is
+written like Hugging Face's DynamicCache (torch.cat, dynamic shapes), FoXStaticCache like its
+StaticCache (preallocated, written in place, fixed shapes for CUDA graphs). Without a cache the
+forward is the training forward. docs/generation.md has the details.
 """
 
 from __future__ import annotations
@@ -160,7 +167,7 @@ class FoXAttention(nn.Module):
         q, k, v: (B, H, M, D) and log_f (B, H, M) fp32 (None for attention="sdpa") of the new
         tokens, at positions P..P+M-1 after the P cached ones. Their lam continues the cached
         one: lam = lam[P - 1] + cumsum(log_f). The cache stores k, v and lam and hands back those
-        of all N keys (views of its storage); query i sees key j iff key_pos[j] <= query_pos[i],
+        of all N keys it holds; query i sees key j iff key_pos[j] <= query_pos[i],
         the causal mask of queries that sit at the end of the keys (Hugging Face's
         cache_position style; a static cache also masks its unfilled slots this way).
         """
@@ -227,7 +234,10 @@ class FoXBlock(nn.Module):
         self.mlp = SwiGLU(config.hidden, config.mlp_hidden)
 
     def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache, layer)
+        if cache is None:  # training: the attention is called with x alone (hooks see (x,))
+            x = x + self.attn(self.attn_norm(x))
+        else:
+            x = x + self.attn(self.attn_norm(x), cache, layer)
         return x + self.mlp(self.mlp_norm(x))
 
 
