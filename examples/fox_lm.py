@@ -15,13 +15,6 @@ such a model has no position information besides the causal mask).
 
 Blocks are pre-norm (RMSNorm) with a SwiGLU MLP. The vocabulary is 256 bytes, so the embedding
 tables are tiny; they are untied by default (`tie_embeddings=True` shares them).
-
-Generation: `model(tokens, cache=model.new_cache())` prefills a cache of keys, values and lam
-(the cumulative log forget gate), and each later call with the same cache attends its new
-tokens over everything cached (a chunked prefill, or one token when decoding). FoXCache is
-written like Hugging Face's DynamicCache (torch.cat, dynamic shapes), FoXStaticCache like its
-StaticCache (preallocated, written in place, fixed shapes for CUDA graphs). Without a cache the
-forward is the training forward. docs/generation.md has the details.
 """
 
 from __future__ import annotations
@@ -79,16 +72,12 @@ CONFIGS = {
 }
 
 
-def kv_shift(x: torch.Tensor, a: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
-    """Token shift x_t <- a_t x_{t-1} + (1 - a_t) x_t, with x_{-1} = 0, or = `before` when given.
+def kv_shift(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Token shift x_t <- a_t x_{t-1} + (1 - a_t) x_t, with x_{-1} = 0.
 
-    x: (B, H, T, D); a: (B, H, T) in [0, 1]; before: (B, H, 1, D), the unshifted x of the token
-    before x's first (generation with a cache). Returns (B, H, T, D).
+    x: (B, H, T, D); a: (B, H, T) in [0, 1]. Returns (B, H, T, D).
     """
-    if before is None:
-        previous = F.pad(x[:, :, :-1], (0, 0, 1, 0))
-    else:
-        previous = torch.cat([before.to(x.dtype), x[:, :, :-1]], dim=2)
+    previous = F.pad(x[:, :, :-1], (0, 0, 1, 0))
     a = a.unsqueeze(-1).to(x.dtype)
     return a * previous + (1 - a) * x
 
@@ -126,25 +115,15 @@ class FoXAttention(nn.Module):
 
         log_f is None for attention="sdpa".
         """
-        return self._project(x)[:4]
-
-    def _project(self, x: torch.Tensor, before=None, cached: bool = False):
-        """project(x), and with cached=True (generation) for Pro the unshifted (k, v) of x's
-        last token, the next call's token shift input (else None). before: that pair of the
-        token before x's first, or None."""
         q, k, v = (self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        last = None
         if self.config.pro:
-            if cached:
-                last = k[:, :, -1:], v[:, :, -1:]
-            before_k, before_v = (None, None) if before is None else before
             a_k, a_v = torch.sigmoid(self.shift_gate(x)).transpose(1, 2).chunk(2, dim=1)
-            k, v = kv_shift(k, a_k, before_k), kv_shift(v, a_v, before_v)
+            k, v = kv_shift(k, a_k), kv_shift(v, a_v)
             q, k = self.q_norm(q), self.k_norm(k)
         log_f = None
         if self.fgate is not None:
             log_f = F.logsigmoid(self.fgate(x).float()).transpose(1, 2)
-        return q, k, v, log_f, last
+        return q, k, v, log_f
 
     def attend(self, q, k, v, log_f):
         """Causal attention -> (B, H, T, D).
@@ -193,13 +172,30 @@ class FoXAttention(nn.Module):
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         return probs @ v
 
+    def project_cached(self, x: torch.Tensor, before=None):
+        """project(x) for generation: q, k, v, log_f, and for Pro the unshifted (k, v) of x's
+        last token, the next call's token shift input (else None). before: that pair of the
+        token before x's first (None at the start: x_{-1} = 0, as in training)."""
+        if not self.config.pro:
+            return (*self.project(x), None)
+        q, k, v = (self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        last = k[:, :, -1:], v[:, :, -1:]
+        before_k, before_v = (None, None) if before is None else before
+        a_k, a_v = torch.sigmoid(self.shift_gate(x)).transpose(1, 2).chunk(2, dim=1)
+        k, v = kv_shift_after(k, a_k, before_k), kv_shift_after(v, a_v, before_v)
+        q, k = self.q_norm(q), self.k_norm(k)
+        log_f = None
+        if self.fgate is not None:
+            log_f = F.logsigmoid(self.fgate(x).float()).transpose(1, 2)
+        return q, k, v, log_f, last
+
     def forward(self, x: torch.Tensor, cache: "FoXCache | None" = None, layer: int = 0) -> torch.Tensor:
         """x: (B, T, hidden) -> (B, T, hidden). With a cache (generation), x holds the tokens
         after the cached ones, and this layer's (index `layer`) entries are appended to it."""
         if cache is None:
             o = self.attend(*self.project(x))
         else:
-            q, k, v, log_f, last = self._project(x, cache.shift_state(layer), cached=True)
+            q, k, v, log_f, last = self.project_cached(x, cache.shift_state(layer))
             cache.set_shift_state(layer, last)
             o = self.attend_cached(q, k, v, log_f, cache, layer)
         if self.config.pro:
@@ -208,6 +204,16 @@ class FoXAttention(nn.Module):
         if self.config.pro:
             o = o * torch.sigmoid(self.out_gate(x))
         return self.o_proj(o)
+
+
+def kv_shift_after(x: torch.Tensor, a: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
+    """kv_shift for generation: x_{-1} = before (B, H, 1, D), the unshifted x of the token
+    before x's first, or 0 when None (then it is kv_shift itself)."""
+    if before is None:
+        return kv_shift(x, a)
+    previous = torch.cat([before.to(x.dtype), x[:, :, :-1]], dim=2)
+    a = a.unsqueeze(-1).to(x.dtype)
+    return a * previous + (1 - a) * x
 
 
 class SwiGLU(nn.Module):
@@ -242,7 +248,15 @@ class FoXBlock(nn.Module):
 
 
 class FoXLM(nn.Module):
-    """Byte-level causal language model: tokens (B, T) int64 -> logits (B, T, vocab)."""
+    """Byte-level causal language model: tokens (B, T) int64 -> logits (B, T, vocab).
+
+    Generation: `model(tokens, cache=model.new_cache())` prefills a cache of keys, values and lam
+    (the cumulative log forget gate), and each later call with the same cache attends its new
+    tokens over everything cached (a chunked prefill, or one token when decoding). FoXCache is
+    written like Hugging Face's DynamicCache (torch.cat, dynamic shapes), FoXStaticCache like its
+    StaticCache (preallocated, written in place, fixed shapes for CUDA graphs). Without a cache
+    the forward is the training forward. docs/generation.md has the details.
+    """
 
     def __init__(self, config: FoXConfig):
         super().__init__()
