@@ -21,16 +21,21 @@ Caches (--cache; docs/generation.md):
              matcher does not follow the in-place writes), so they run as Inductor compiles them.
 
 Filling the cache (--fill):
+    synthetic  (default) no prefill: every layer's k, v ~ SYN70 (k RMS-normalised, N(0, 1), in
+               the model's dtype) and lam = cumsum(logsigmoid(b_h + 0.3 N(0, 1))) with head h's
+               decay time log-spaced over --gate-range (SYN70's [2, 512] tokens by default).
+               Seconds even at 128k, nothing to compile but the decoding step, the same gate
+               statistics at every context, and the only way to long contexts for the
+               `inductor` variant. The decoding steps' own q, k, v and gates come from the model.
     prefill    the model's own prefill, in chunks of --prefill-chunk tokens (compiled like the
-               variant, default mode): real keys, values and lam of the model on text (windows of
-               train.py's stdlib corpus), with the gates it has. Its time gives prefill tokens/s.
-    synthetic  no prefill: every layer's k, v ~ SYN70 (RMS-normalised N(0, 1), bf16) and lam =
-               cumsum(logsigmoid(b_h + 0.3 N(0, 1))) with the SYN70 decay times. Fast, and the
-               only way to fill long contexts for the `inductor` variant.
+               variant, mode default: three more graphs to compile): keys, values and lam of the
+               model on text (windows of train.py's stdlib corpus) with the gates it has; use it
+               with --checkpoint for a trained model's gates. Its time gives prefill tokens/s.
 The forget gates matter: with nn.Linear's init (--gate-init default) an untrained FoX has f about
 0.5 and forgets within tens of tokens, so almost the whole cache is pruned. By default
-(--gate-init decay) each layer's gate biases give head h a decay time log-spaced over [2, 512]
-tokens, as bench_train.py and SYN70 do (docs/benchmarks.md); --gate-range sets other times.
+(--gate-init decay) each layer's gate biases give head h a decay time log-spaced over
+--gate-range, as bench_train.py and SYN70 do (docs/benchmarks.md); --checkpoint loads trained
+weights (and gates) instead.
 
 Attention time per step (dynamic cache, fox and sdpa variants): after the timed steps, one eager
 decoding step captures every layer's q (B, H, 1, D) and cached k, v, lam; the attention alone
@@ -134,7 +139,10 @@ def make_model(config: str, variant: str, args):
     torch.manual_seed(0)
     with device:
         model = build_model(config, attention=attention)
-    if attention == "fox" and args.gate_init == "decay":
+    if attention == "fox" and args.checkpoint:
+        state = torch.load(args.checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])  # a train.py checkpoint of this config
+    elif attention == "fox" and args.gate_init == "decay":
         train.set_gate_decay_times(model, *args.gate_range)
     model = model.to(dtype).eval()
     if backend == "eager":
@@ -187,13 +195,17 @@ def prefill_cache(prefill, model, tokens: torch.Tensor, chunk: int, label: str) 
     return cache, logits, time.perf_counter() - start
 
 
-def synthetic_cache(model, batch: int, n: int, device, seed: int = 0) -> FoXCache:
-    """A FoXCache of n tokens without a prefill: k, v and lam as SYN70 draws them."""
+def synthetic_cache(model, batch: int, n: int, device, gate_range=(2.0, 512.0),
+                    seed: int = 0) -> FoXCache:
+    """A FoXCache of n tokens without a prefill: k, v and lam as SYN70 draws them (head h's
+    decay time log-spaced over gate_range). Its length is marked dynamic, so that the first
+    decoding step compiles the graph every later length uses."""
     c = model.config
     dtype = model.lm_head.weight.dtype
     g = torch.Generator(device=device).manual_seed(seed)
     cache = model.new_cache()
-    times = torch.logspace(math.log10(2.0), math.log10(512.0), c.heads, device=device)
+    shortest, longest = gate_range
+    times = torch.logspace(math.log10(shortest), math.log10(longest), c.heads, device=device)
     bias = -torch.log(torch.expm1(1.0 / times))
     for layer in range(c.layers):
         k, v = (torch.randn(batch, c.heads, n, c.head_dim, generator=g, device=device)
@@ -206,6 +218,9 @@ def synthetic_cache(model, batch: int, n: int, device, seed: int = 0) -> FoXCach
             cache.lam[layer] = F.logsigmoid(logit).cumsum(-1)
         if c.pro:
             cache.shift[layer] = (torch.zeros_like(k[:, :, :1], dtype=dtype),) * 2
+        for t in (cache.k[layer], cache.v[layer], cache.lam[layer]):
+            if t is not None:
+                torch._dynamo.maybe_mark_dynamic(t, 2)
     return cache
 
 
@@ -355,10 +370,11 @@ def measure_row(model, prefill, decode, config, batch, context, variant, args, t
         row["prefill_tokens_per_s"] = batch * context / seconds
         token = logits.argmax(-1)
     else:
-        cache = synthetic_cache(model, batch, context, device)
-        token = tokens[:, context].clone()  # contiguous, as argmax's result (no recompile)
+        cache = synthetic_cache(model, batch, context, device, args.gate_range)
+        # strides (1,), as argmax's result: a strided token would recompile the step
+        token = tokens[:, context].clone(memory_format=torch.contiguous_format)
     if args.cache == "static":
-        cache = to_static(cache, model, context + args.warmup_steps + args.steps + 2)
+        cache = to_static(cache, model, context + args.static_room)
     token = decode_steps(decode, cache, token, args.warmup_steps)
     synchronize(device)
     start = time.perf_counter()
@@ -553,8 +569,12 @@ def parse_args(argv=None):
                         default=list(DEFAULT_VARIANTS), help="what to measure, see above")
     parser.add_argument("--cache", choices=CACHES, default="dynamic",
                         help="dynamic (mode default) or static (mode reduce-overhead)")
-    parser.add_argument("--fill", choices=("prefill", "synthetic"), default="prefill",
+    parser.add_argument("--fill", choices=("synthetic", "prefill"), default="synthetic",
                         help="how the cache is filled, see above")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a train.py checkpoint.pt of the (one) --configs model for the fox "
+                             "variants, instead of --gate-init (use --fill prefill: a synthetic "
+                             "cache has SYN70's gates)")
     parser.add_argument("--prefill-chunk", type=int, default=4096, help="tokens per prefill call")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed decoding steps")
     parser.add_argument("--steps", type=int, default=16, help="timed decoding steps")
@@ -607,6 +627,11 @@ def parse_args(argv=None):
                            train.device_name(torch.device(args.device)).lower()).strip("_")
             date = datetime.date.today().isoformat()
             args.out = str(ROOT / "benchmarks" / "results" / f"bench_decode_{slug}_{date}.json")
+    # slots of a static cache after the context: the same for the warm-up and the rows, so
+    # that a row of the warm-up's context replays its graphs
+    args.static_room = max(3, args.warmup_steps) + args.steps + 2
+    if args.checkpoint and len(args.configs) != 1:
+        parser.error("--checkpoint needs exactly one --configs (the checkpoint's)")
     if args.steps < 1 or args.warmup_steps < 1 or args.prefill_chunk < 1:
         parser.error("--steps, --warmup-steps and --prefill-chunk must be at least 1")
     if min(args.contexts) < 1 or min(args.batches) < 1:
