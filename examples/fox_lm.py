@@ -367,8 +367,8 @@ class FoXCache:
         return self.shift[layer]
 
     def set_shift_state(self, layer: int, state):
-        if state is not None:
-            self.shift[layer] = state
+        if state is not None:  # copies: views would keep the whole projection alive
+            self.shift[layer] = tuple(t.clone() for t in state)
 
     def advance(self, n_new: int):
         pass
