@@ -49,6 +49,7 @@ norms of all keys once: that pass is not counted as a read here).
     python benchmarks/bench_decode.py                          # 125m, 760m; 4k..128k; batch 1, 16
     python benchmarks/bench_decode.py --configs 125m --contexts 16384 --batches 1 --steps 32
     python benchmarks/bench_decode.py --cache static --variants fox_acp sdpa
+    python benchmarks/bench_decode.py --configs 125m --fill prefill --checkpoint runs/x/checkpoint.pt
     python benchmarks/bench_decode.py --smoke                  # tiny, CPU, seconds
 
 Results are merged into --out (rows of the same card, config, batch, context, variant, cache
