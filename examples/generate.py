@@ -9,7 +9,7 @@ untimed warm-up generation that compiles their graphs.
     python examples/generate.py --backend eager --new-tokens 64
     python examples/generate.py --explain --stats --check --prefill-chunk 32
     python examples/generate.py --config 125m --device cuda --prompt-len 16384 --new-tokens 256 \\
-        --gate-init decay --explain --stats --check
+        --prefill-chunk 4096 --gate-init decay --explain --stats --check
     python examples/generate.py --config 125m --device cuda --static-cache --mode reduce-overhead
     python examples/generate.py --checkpoint runs/125m-acp/checkpoint.pt --prompt "def main("
 
