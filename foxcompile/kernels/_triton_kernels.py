@@ -649,6 +649,7 @@ def _decode_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, PART_M, PART_L, PART_ACC,
     if DIRECT:
         out_ptrs = (OUT + b * out_str[0] + h[:, None] * out_str[1] + i[:, None] * out_str[2]
                     + offs_d[None, :] * out_str[3])
+        l_i = tl.where(row_ok, l_i, 1.0)   # padded rows (never stored) without 0 / 0
         tl.store(out_ptrs, (acc / l_i[:, None]).to(OUT.dtype.element_ty),
                  mask=row_ok[:, None] & (offs_d < HEAD_DIM)[None, :])
         tl.store(LSE + b * lse_str[0] + h * lse_str[1] + i * lse_str[2],
