@@ -23,7 +23,7 @@ otherwise take just enough to halve the blocks an SM holds (dq at D = 64; docs/k
 
 The decode engine (decode.py) has a table of its own, DECODE_SM90 / DECODE_DEFAULT:
 (BLOCK_N, num_warps, num_stages) per padded head dim, the key step of its split-K programs (each
-holds all M x G query rows of one kv head). FOXCOMPILE_KERNEL_CONFIG's key "decode" overrides it
+holds all M x G query rows of one kv head; 8 warps above DECODE_FEW_ROWS rows). FOXCOMPILE_KERNEL_CONFIG's key "decode" overrides it
 as [BLOCK_N, num_warps, num_stages, splits] (splits 0: the engine's choice; an optional fifth
 number is a register cap, as for the others).
 """
@@ -59,11 +59,14 @@ DEFAULT = {
 # Under TRITON_INTERPRET=1 warps and stages mean nothing; small steps keep numpy's work down.
 INTERPRET = dict(fwd=(None, 32, 1, 1), dq=(None, 32, 1, 1), dkdv=(None, 32, 1, 1))
 
-# The decode engine's key steps (decode.py): (BLOCK_N, num_warps, num_stages). Chosen by analogy
-# with the forward (a 64-128 key step, 3 stages on sm90), not swept yet
+# The decode engine's key steps (decode.py): (BLOCK_N, num_warps, num_stages), with 8 warps when
+# a program holds more than DECODE_FEW_ROWS query rows. Chosen from offline sm90 compiles with
+# Triton 3.6 (benchmarks/compile_offline.py --decode: registers without spills; 128-key steps
+# took 168-251 registers at D = 64, 4 warps spilled at D = 128), not timed yet
 # (benchmarks/bench_decode_kernel.py --configs times alternatives).
-DECODE_SM90 = {16: (128, 4, 3), 32: (128, 4, 3), 64: (128, 4, 3), 128: (64, 4, 3), 256: (64, 4, 2)}
-DECODE_DEFAULT = {16: (64, 4, 2), 32: (64, 4, 2), 64: (64, 4, 2), 128: (64, 4, 2), 256: (32, 4, 2)}
+DECODE_SM90 = {16: (64, 4, 3), 32: (64, 4, 3), 64: (64, 4, 3), 128: (64, 8, 3), 256: (32, 8, 3)}
+DECODE_DEFAULT = {16: (64, 4, 2), 32: (64, 4, 2), 64: (64, 4, 2), 128: (64, 8, 2), 256: (32, 8, 2)}
+DECODE_FEW_ROWS = 32
 DECODE_INTERPRET = (32, 1, 1)
 
 _override_cache: dict = {}
@@ -178,6 +181,8 @@ def decode_config(d_pad: int, rows: int, grid_n: int, capability, interpret: boo
     else:
         table = DECODE_SM90 if capability is not None and capability[0] == 9 else DECODE_DEFAULT
         step, warps, stages = table[d_pad]
+        if rows > DECODE_FEW_ROWS:
+            warps = max(warps, 8)
     splits = 0
     over = _override().get("decode")
     if over is not None:
