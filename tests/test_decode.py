@@ -454,3 +454,20 @@ def test_gpu_op_decode_autograd(cuda_env):
     assert rel(out, ref) < 2e-2
     for a, b in zip(got, want):
         assert rel(a, b, 1e-2 * b.norm().item()) < 8e-2
+
+
+@interp
+def test_benchmark_smoke(tmp_path):
+    """benchmarks/bench_decode_kernel.py --smoke: every row runs on the CPU and the gated rows
+    agree with the decode engine's dense output."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "smoke.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_decode_kernel.py"), "--smoke",
+                    "--json", str(out)], check=True, cwd=root, capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    keys = {r["key"] for r in rows if "error" not in r}
+    assert {"decode-acp", "decode-dense", "tl-acp", "op-acp", "sdpa-flash"} <= keys
+    assert next(r for r in rows if r["key"] == "decode-acp")["read"] < 1.0
