@@ -386,8 +386,11 @@ def test_gpu_decode_long_cache_fast_decay(cuda_env, head_dim):
     vmax = v64.norm(dim=-1).amax().item()
     row_move = (out.double() - dense).norm(dim=-1).amax().item()
     assert row_move <= 2 * epsilon * vmax + 0.08 * dense.norm(dim=-1).amax().item()
+    # (CPU plan of the same data: 0.92-0.94 of the cache per query head; per kv head 0.98 for
+    # the fast group, 0.67-0.72 for the group whose slowest head remembers ~512 tokens)
+    assert plan_mod.unread_key_fraction(plan.start, n_keys, plan.block_n).mean().item() > 0.85
     unread = plan_mod.unread_key_fraction(plan.start, n_keys, plan.block_n, heads // kv_heads)
-    assert unread.min().item() > 0.9
+    assert unread.min().item() > 0.6
 
 
 @gpu
@@ -400,7 +403,7 @@ def test_gpu_decode_cuda_graph(cuda_env):
     q, k, v, lam = make_inputs(*shape, dtype, "cuda", decay=(1.0, 32.0), layout="bthd")
     scale = 64 ** -0.5
     static = [t.clone() for t in (q, k, v, lam)]
-    assert decode.num_splits(2 * 2, 8192, 128, decode._multiprocessors(q.device)) > 1
+    assert decode.num_splits(2 * 2, 8192, 64, decode._multiprocessors(q.device)) > 1
 
     def step(q, k, v, lam):
         plan = plan_mod.make_plan(q, k, lam, scale, math.exp(-10.0), Prune.GUARDED,
