@@ -45,8 +45,8 @@ def _as_desc_block(buf):
 
 
 @gluon.jit
-def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, k_ready, v_ready, kv_free,
-            b32, h32, hk32, q_row0, lo, n_tiles,
+def _loader(q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, q_ready,
+            k_ready, v_ready, kv_free, b32, h32, hk32, lam_row, q_row0, lo, n_tiles,
             BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     """The loader warp: both Q halves, then the key tiles through the ring."""
     for half in gl.static_range(2):
@@ -58,25 +58,29 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, k_ready, v_
         # the first round finds every buffer free (parity 1 of a fresh barrier has completed)
         mbarrier.wait(kv_free.index(stage), ((t // STAGES) & 1) ^ 1)
         key0 = lo + t * BLOCK_N
-        mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+        mbarrier.expect(k_ready.index(stage),
+                        k_desc.block_type.nbytes + lam_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [b32, hk32, key0, 0], k_ready.index(stage),
                                         _as_desc_block(k_smem.index(stage)))
+        tma.async_copy_global_to_shared(lam_desc, [lam_row, key0], k_ready.index(stage),
+                                        lam_smem.index(stage))
         mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(v_desc, [b32, hk32, key0, 0], v_ready.index(stage),
                                         _as_desc_block(v_smem.index(stage)))
 
 
 @gluon.jit
-def _key_row(LAM, DOC, key0, n_keys, layout: gl.constexpr, BLOCK_N: gl.constexpr,
+def _key_row(lam_tile, DOC, key0, n_keys, s_layout: gl.constexpr, BLOCK_N: gl.constexpr,
              HAS_DOC: gl.constexpr):
-    """Positions, lam and document ids of the keys [key0, key0 + BLOCK_N) in `layout` (loaded
-    ahead of the tile's product, so that their latency hides behind it)."""
+    """Positions, lam (from the tile's (1, BLOCK_N) shared buffer, zeros past the end) and
+    document ids (from global memory, ahead of the tile's product so that their latency hides
+    behind it) of the keys [key0, key0 + BLOCK_N), as columns of s_layout."""
+    layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     offs_n = key0 + gl.arange(0, BLOCK_N, layout=layout)
-    n_ok = offs_n < n_keys
-    lam_k = gl.load(LAM + offs_n, mask=n_ok, other=0.0)
+    lam_k = gl.max(lam_tile.load(s_layout), 0)     # one row, seen by every row of the layout
     doc_k = 0
     if HAS_DOC:
-        doc_k = gl.load(DOC + offs_n, mask=n_ok, other=-1)
+        doc_k = gl.load(DOC + offs_n, mask=offs_n < n_keys, other=-1)
     return offs_n, lam_k, doc_k
 
 
@@ -123,7 +127,7 @@ def _pass_turn(turns, HALF: gl.constexpr, PINGPONG: gl.constexpr):
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, q_ready, k_ready, v_ready, kv_free, turns,
+def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_free, turns,
               LAM, OUT, LSE, DOC, out_row, row0, lo, mid, n_tiles, n_queries, n_keys, qk_scale,
               HALF: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
               STAGES: gl.constexpr, HAS_DOC: gl.constexpr, PINGPONG: gl.constexpr):
@@ -161,8 +165,8 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, k_ready, v_ready, kv_free, turns,
     mbarrier.wait(q_ready.index(HALF), 0)
 
     # tile 0: its scores alone
-    keys = _key_row(LAM, DOC, lo, n_keys, col_layout, BLOCK_N, HAS_DOC)
     mbarrier.wait(k_ready.index(0), 0)
+    keys = _key_row(lam_smem.index(0), DOC, lo, n_keys, s_layout, BLOCK_N, HAS_DOC)
     turn_phase = _take_turn(turns, turn_phase, HALF, PINGPONG)
     s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     _pass_turn(turns, HALF, PINGPONG)
@@ -174,9 +178,9 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, k_ready, v_ready, kv_free, turns,
         stage = t % STAGES
         prev = (t - 1) % STAGES
         key0 = lo + t * BLOCK_N
-        keys = _key_row(LAM, DOC, key0, n_keys, col_layout, BLOCK_N, HAS_DOC)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         mbarrier.wait(k_ready.index(stage), (t // STAGES) & 1)
+        keys = _key_row(lam_smem.index(stage), DOC, key0, n_keys, s_layout, BLOCK_N, HAS_DOC)
         mbarrier.wait(v_ready.index(prev), ((t - 1) // STAGES) & 1)
         # S_t in flight, then P_{t-1} V_{t-1} behind it
         turn_phase = _take_turn(turns, turn_phase, HALF, PINGPONG)
@@ -215,7 +219,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, k_ready, v_ready, kv_free, turns,
 
 
 @gluon.jit(do_not_specialize=["out_row", "n_queries", "n_keys"])
-def _fwd_kernel(q_desc, k_desc, v_desc, LAM, OUT, LSE, START, DOC,
+def _fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC,
                 lam_str, out_str, lse_str, start_str, doc_str, out_row,
                 n_heads, group, n_queries, n_keys, qk_scale,
                 HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
@@ -254,6 +258,7 @@ def _fwd_kernel(q_desc, k_desc, v_desc, LAM, OUT, LSE, START, DOC,
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_layout)
+    lam_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 1, BLOCK_N], lam_desc.layout)
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
@@ -271,12 +276,13 @@ def _fwd_kernel(q_desc, k_desc, v_desc, LAM, OUT, LSE, START, DOC,
 
     b32, h32, hk32 = b.to(gl.int32), h.to(gl.int32), hk.to(gl.int32)
     gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, q_ready, k_ready, v_ready, kv_free, turns,
+        (_consumer, (q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_free, turns,
                      LAM, OUT, LSE, DOC, out_row, row0, lo, mid, n_tiles, n_queries, n_keys,
                      qk_scale, FIRST_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, PINGPONG)),
-        (_consumer, (q_smem, k_smem, v_smem, q_ready, k_ready, v_ready, kv_free, turns,
+        (_consumer, (q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_free, turns,
                      LAM, OUT, LSE, DOC, out_row, row0, lo, mid, n_tiles, n_queries, n_keys,
                      qk_scale, SECOND_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, PINGPONG)),
-        (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, k_ready, v_ready,
-                   kv_free, b32, h32, hk32, row0, lo, n_tiles, BLOCK_N, STAGES)),
+        (_loader, (q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, q_ready,
+                   k_ready, v_ready, kv_free, b32, h32, hk32, (b * n_heads + h).to(gl.int32),
+                   row0, lo, n_tiles, BLOCK_N, STAGES)),
     ], [4, 1], [232, 24])

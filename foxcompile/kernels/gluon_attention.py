@@ -96,6 +96,22 @@ def _descriptor(t: torch.Tensor, rows: int):
     return TensorDescriptor(t, list(t.shape), strides, block, layout)
 
 
+def _lam_descriptor(lam: torch.Tensor):
+    """Gluon TMA descriptor of a contiguous (B, H, N) float32 lam seen as (B * H, N), read in
+    blocks [1, BLOCK_N] (zeros past the end). N is padded to 4 in the descriptor's row stride
+    only when it already is (TMA wants 16-byte strides): otherwise lam is copied padded."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    rows, n_keys = lam.shape[0] * lam.shape[1], lam.shape[2]
+    view = lam.view(rows, n_keys)
+    if n_keys % 4:
+        padded = torch.zeros(rows, n_keys + 4 - n_keys % 4, dtype=lam.dtype, device=lam.device)
+        padded[:, :n_keys] = view
+        view = padded[:, :n_keys]
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    return TensorDescriptor(view, [rows, n_keys], [view.stride(0), 1], [1, BLOCK_N], layout)
+
+
 def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None) -> torch.Tensor:
     """Writes out (B, Hq, M, D) through its strides and returns lse (B, Hq, M) float32."""
     batch, q_heads, n_queries, head_dim = q.shape
@@ -104,9 +120,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
     if batch * q_heads * n_queries == 0:
         return lse
     assert (plan.block_m, plan.block_n) == (128, BLOCK_N), "the Gluon kernel walks 128 x 128 tiles"
-    lam = _f32(lam)
-    if lam.stride(-1) != 1:
-        lam = lam.contiguous()
+    lam = _f32(lam).contiguous()   # its tiles come through a (B * Hq, N) descriptor
     if doc is not None and doc.stride(-1) != 1:
         doc = doc.contiguous()
     assert out.stride(-1) == 1, "out must have a unit stride along the head dim"
@@ -116,7 +130,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
     with _device_guard(q):
         kern._fwd_kernel[grid](
             _descriptor(q, 64), _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N),
-            lam, out, lse, plan.start, doc,
+            _lam_descriptor(lam), lam, out, lse, plan.start, doc,
             lam.stride(), out.stride(), lse.stride(), plan.start.stride(), doc_strides,
             out.stride(2),
             q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
