@@ -12,20 +12,21 @@ head) and walks the key blocks [START * 128, diagonal] of the pruning grid (plan
 
 Who does what (three partitions of one program, docs/kernels.md "The Gluon engine"):
 
-    loader (1 warp)      Q halves once; then for each key tile t: wait kv_free[t % S],
-                         TMA K_t into k_smem[t % S] (k_ready), V_t into v_smem[t % S] (v_ready)
-    consumer 0 (4 warps) rows [0, 64) of the block      } each: S_t = Q K_t^T issued async,
-    consumer 1 (4 warps) rows [64, 128) of the block    } then P_{t-1} V_{t-1} issued async,
-                                                        } wait for S_t only, softmax of S_t while
-                                                        } the PV product runs, wait, rescale;
-                                                        } arrive kv_free of tile t-1
+    loader (1 warp)      Q halves once; then for each key tile t, stage t % STAGES:
+                           wait k_free, TMA K_t and lam_t -> k_ready
+                           wait v_free, TMA V_t -> v_ready
+    consumer 0 (4 warps) rows [0, 64) of the block      } each, for tile t: issue S_t = Q K_t^T
+    consumer 1 (4 warps) rows [64, 128) of the block    } and P_{t-1} V_{t-1} (async), wait for
+                                                        } S_t only (arrive k_free), softmax of
+                                                        } S_t while PV runs, wait for PV (arrive
+                                                        } v_free), rescale the accumulator
 
-The two consumers are independent warp groups on the same tiles, so the SM's schedulers overlap
-one group's softmax with the other's matrix products; within a group the next QK^T is in flight
-while the current softmax runs. Every buffer of the ring is released by both consumers
-(kv_free counts 2 arrivals) before the loader refills it.
+Within a warp group the PV product runs during the softmax; across the two groups, turn-taking
+(PINGPONG: each group issues its products only after the other has issued its own) lets one
+group's products run while the other's softmax does. Every buffer of the ring is released by
+both consumers (the free barriers count 2 arrivals) before the loader refills it; K is released
+as soon as the scores are in registers, V after its product.
 """
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -56,14 +57,16 @@ def _loader(q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, 
     for t in range(n_tiles):
         stage = t % STAGES
         # the first round finds every buffer free (parity 1 of a fresh barrier has completed)
-        mbarrier.wait(kv_free.index(stage), ((t // STAGES) & 1) ^ 1)
+        free_phase = ((t // STAGES) & 1) ^ 1
         key0 = lo + t * BLOCK_N
+        mbarrier.wait(kv_free.index(stage), free_phase)
         mbarrier.expect(k_ready.index(stage),
                         k_desc.block_type.nbytes + lam_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [b32, hk32, key0, 0], k_ready.index(stage),
                                         _as_desc_block(k_smem.index(stage)))
         tma.async_copy_global_to_shared(lam_desc, [lam_row, key0], k_ready.index(stage),
                                         lam_smem.index(stage))
+        mbarrier.wait(kv_free.index(STAGES + stage), free_phase)
         mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(v_desc, [b32, hk32, key0, 0], v_ready.index(stage),
                                         _as_desc_block(v_smem.index(stage)))
@@ -171,6 +174,7 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_fr
     s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     _pass_turn(turns, HALF, PINGPONG)
     s = warpgroup_mma_wait(0, deps=(s,))
+    mbarrier.arrive(kv_free.index(0))
     s = _scores(s, keys, lo, mid, pos_q, qk_scale, doc_q, lam_ref, HAS_DOC)
     p, m_i, l_i, alpha = _softmax_step(s, m_i, l_i, HAS_DOC)
 
@@ -189,10 +193,11 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_fr
         acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
         _pass_turn(turns, HALF, PINGPONG)
         s = warpgroup_mma_wait(1, deps=(s,))
+        mbarrier.arrive(kv_free.index(stage))             # K_t (and lam_t) read
         s = _scores(s, keys, key0, mid, pos_q, qk_scale, doc_q, lam_ref, HAS_DOC)
         p, m_i, l_i, alpha = _softmax_step(s, m_i, l_i, HAS_DOC)
         acc = warpgroup_mma_wait(0, deps=(acc,))
-        mbarrier.arrive(kv_free.index(prev))
+        mbarrier.arrive(kv_free.index(STAGES + prev))     # V_{t-1} read
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
 
     last = (n_tiles - 1) % STAGES
@@ -202,7 +207,7 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_fr
     acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
     _pass_turn(turns, HALF, PINGPONG)
     acc = warpgroup_mma_wait(0, deps=(acc,))
-    mbarrier.arrive(kv_free.index(last))
+    mbarrier.arrive(kv_free.index(STAGES + last))
 
     # out = acc / l, lse = natural-log normaliser of the true scores
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -263,7 +268,7 @@ def _fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC,
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
-    kv_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    kv_free = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], bar_layout)
     turns = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
     for i in gl.static_range(2):
         mbarrier.init(q_ready.index(i), count=1)
@@ -272,6 +277,7 @@ def _fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC,
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(kv_free.index(i), count=2)
+        mbarrier.init(kv_free.index(STAGES + i), count=2)
     fence_async_shared()
 
     b32, h32, hk32 = b.to(gl.int32), h.to(gl.int32), hk.to(gl.int32)
