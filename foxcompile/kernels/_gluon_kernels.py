@@ -21,9 +21,9 @@ Who does what (three partitions of one program, docs/kernels.md "The Gluon engin
                                                         } S_t while PV runs, wait for PV (arrive
                                                         } v_free), rescale the accumulator
 
-Within a warp group the PV product runs during the softmax; across the two groups, turn-taking
-(PINGPONG: each group issues its products only after the other has issued its own) lets one
-group's products run while the other's softmax does. Every buffer of the ring is released by
+Within a warp group the PV product runs during the softmax; across the two groups the SM's
+schedulers interleave one group's softmax with the other's products (explicit turn-taking, as in
+FlashAttention-3's ping-pong, measured no faster here: docs/kernels.md). Every buffer of the ring is released by
 both consumers (the free barriers count 2 arrivals) before the loader refills it; K is released
 as soon as the scores are in registers, V after its product.
 """
@@ -115,25 +115,10 @@ def _softmax_step(s, m_i, l_i, HAS_DOC: gl.constexpr):
 
 
 @gluon.jit
-def _take_turn(turns, phase, HALF: gl.constexpr, PINGPONG: gl.constexpr):
-    """With PINGPONG, wait until the other consumer has issued its products (the two warp
-    groups then alternate: one group's products run while the other's softmax does)."""
-    if PINGPONG:
-        mbarrier.wait(turns.index(HALF), phase)
-    return phase ^ 1
-
-
-@gluon.jit
-def _pass_turn(turns, HALF: gl.constexpr, PINGPONG: gl.constexpr):
-    if PINGPONG:
-        mbarrier.arrive(turns.index(1 - HALF))
-
-
-@gluon.jit
-def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_free, turns,
+def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_free,
               LAM, OUT, LSE, DOC, out_row, row0, lo, mid, n_tiles, n_queries, n_keys, qk_scale,
               HALF: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-              STAGES: gl.constexpr, HAS_DOC: gl.constexpr, PINGPONG: gl.constexpr):
+              STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
     """One warp group: rows [row0 + HALF * 64, +64) of the block, every key tile. LAM, OUT,
     LSE and DOC are at (b, h) (DOC at b) with unit strides along time and the head dim; out_row
     is OUT's stride between rows."""
@@ -161,8 +146,6 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_fr
     l_i = gl.full([HALF_M], 0.0, gl.float32, layout=row_layout)
     acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
     zero_s = gl.zeros([HALF_M, BLOCK_N], gl.float32, layout=s_layout)
-    # the first consumer's first turn passes at once (parity 1 of a fresh barrier)
-    turn_phase = 1 - HALF
 
     q = q_smem.index(HALF)
     mbarrier.wait(q_ready.index(HALF), 0)
@@ -170,9 +153,7 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_fr
     # tile 0: its scores alone
     mbarrier.wait(k_ready.index(0), 0)
     keys = _key_row(lam_smem.index(0), DOC, lo, n_keys, s_layout, BLOCK_N, HAS_DOC)
-    turn_phase = _take_turn(turns, turn_phase, HALF, PINGPONG)
     s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    _pass_turn(turns, HALF, PINGPONG)
     s = warpgroup_mma_wait(0, deps=(s,))
     mbarrier.arrive(kv_free.index(0))
     s = _scores(s, keys, lo, mid, pos_q, qk_scale, doc_q, lam_ref, HAS_DOC)
@@ -187,11 +168,9 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_fr
         keys = _key_row(lam_smem.index(stage), DOC, key0, n_keys, s_layout, BLOCK_N, HAS_DOC)
         mbarrier.wait(v_ready.index(prev), ((t - 1) // STAGES) & 1)
         # S_t in flight, then P_{t-1} V_{t-1} behind it
-        turn_phase = _take_turn(turns, turn_phase, HALF, PINGPONG)
         s = warpgroup_mma(q, k_smem.index(stage).permute((1, 0)), zero_s, use_acc=False,
                           is_async=True)
         acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
-        _pass_turn(turns, HALF, PINGPONG)
         s = warpgroup_mma_wait(1, deps=(s,))
         mbarrier.arrive(kv_free.index(stage))             # K_t (and lam_t) read
         s = _scores(s, keys, key0, mid, pos_q, qk_scale, doc_q, lam_ref, HAS_DOC)
@@ -203,9 +182,7 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_fr
     last = (n_tiles - 1) % STAGES
     p_op = gl.convert_layout(p.to(dtype), p_layout)
     mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
-    turn_phase = _take_turn(turns, turn_phase, HALF, PINGPONG)
     acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
-    _pass_turn(turns, HALF, PINGPONG)
     acc = warpgroup_mma_wait(0, deps=(acc,))
     mbarrier.arrive(kv_free.index(STAGES + last))
 
@@ -228,7 +205,7 @@ def _fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC,
                 lam_str, out_str, lse_str, start_str, doc_str, out_row,
                 n_heads, group, n_queries, n_keys, qk_scale,
                 HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                HAS_DOC: gl.constexpr, PINGPONG: gl.constexpr):
+                HAS_DOC: gl.constexpr):
     """OUT and LSE of one (b, query head, block of 128 queries); q, k and v through the tensor
     descriptors q_desc (B, Hq, M, D) in blocks [1, 1, 64, D], k_desc and v_desc (B, Hk, N, D)
     in blocks [1, 1, BLOCK_N, D]. LAM, OUT, LSE and DOC have unit strides along time (and
@@ -269,10 +246,8 @@ def _fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC,
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     kv_free = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], bar_layout)
-    turns = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
     for i in gl.static_range(2):
         mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(turns.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
@@ -282,12 +257,12 @@ def _fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC,
 
     b32, h32, hk32 = b.to(gl.int32), h.to(gl.int32), hk.to(gl.int32)
     gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_free, turns,
+        (_consumer, (q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_free,
                      LAM, OUT, LSE, DOC, out_row, row0, lo, mid, n_tiles, n_queries, n_keys,
-                     qk_scale, FIRST_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, PINGPONG)),
-        (_consumer, (q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_free, turns,
+                     qk_scale, FIRST_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC)),
+        (_consumer, (q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_free,
                      LAM, OUT, LSE, DOC, out_row, row0, lo, mid, n_tiles, n_queries, n_keys,
-                     qk_scale, SECOND_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, PINGPONG)),
+                     qk_scale, SECOND_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC)),
         (_loader, (q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, q_ready,
                    k_ready, v_ready, kv_free, b32, h32, hk32, (b * n_heads + h).to(gl.int32),
                    row0, lo, n_tiles, BLOCK_N, STAGES)),

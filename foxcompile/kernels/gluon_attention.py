@@ -16,8 +16,6 @@ about a CUDA tensor on an sm90 GPU: its API moves between Triton versions, and a
 it (or with an API this module does not know) leaves the engine unsupported, never the package
 unimportable.
 """
-import os
-
 import torch
 
 from . import triton_attention
@@ -34,11 +32,6 @@ BLOCK_N = 128
 
 _import_error: list = []
 
-
-def _pingpong() -> bool:
-    """Whether the two consumer warp groups take turns issuing their products
-    (FOXCOMPILE_GLUON_PINGPONG=0|1, for measurements; default on)."""
-    return os.environ.get("FOXCOMPILE_GLUON_PINGPONG", "1") != "0"
 
 
 def _kernels():
@@ -135,7 +128,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
             out.stride(2),
             q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, STAGES=STAGES[head_dim], HAS_DOC=has_doc,
-            PINGPONG=_pingpong(), num_warps=4)
+            num_warps=4)
     return lse
 
 
