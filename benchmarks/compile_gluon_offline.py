@@ -45,7 +45,7 @@ def main():
                 compiled.append(self.fn.run(*a, grid=grid, warmup=True, **kw))
             return go
 
-    kern._fwd_kernel = Warmup(kern._fwd_kernel)
+    kern._gluon_fwd_kernel = Warmup(kern._gluon_fwd_kernel)
     batch, q_heads, kv_heads, n_queries, n_keys = map(int, args.shape.split(","))
     dtype = getattr(torch, args.dtype)
     d = args.head_dim

@@ -201,7 +201,7 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, q_ready, k_ready, v_ready, kv_fr
 
 
 @gluon.jit(do_not_specialize=["out_row", "n_queries", "n_keys"])
-def _fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC,
+def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC,
                 lam_str, out_str, lse_str, start_str, doc_str, out_row,
                 n_heads, group, n_queries, n_keys, qk_scale,
                 HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,

@@ -6,8 +6,9 @@ triton_attention.py, for the inputs it takes (unsupported_reason says which).
     unsupported_reason(q, k, v) -> str | None
     max_norm(x, acc)                                             as triton_attention's
 
-The forward is _gluon_kernels._fwd_kernel: a loader warp streams K/V through a TMA ring while two
-consumer warp groups run asynchronous wgmma with the next QK^T in flight during the softmax.
+The forward is _gluon_kernels._gluon_fwd_kernel: a loader warp streams K/V through a TMA ring
+while two consumer warp groups run asynchronous wgmma, the previous tile's PV product in flight
+during the current tile's softmax.
 It skips exactly the tiles of the plan (128 x 128 pruning grid), and writes out and lse as the tl
 forward does, so the tl backward runs after it unchanged.
 
@@ -121,7 +122,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
     kern = _kernels()
     grid = (-(-n_queries // 128) * batch * q_heads,)
     with _device_guard(q):
-        kern._fwd_kernel[grid](
+        kern._gluon_fwd_kernel[grid](
             _descriptor(q, 64), _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N),
             _lam_descriptor(lam), lam, out, lse, plan.start, doc,
             lam.stride(), out.stride(), lse.stride(), plan.start.stride(), doc_strides,
