@@ -126,6 +126,8 @@ def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dt
     """doc: document ids (B, N) of packed sequences, or None."""
     q, k, v, lam = make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype,
                                device, decay=decay, layout=layout, rising_head=rising_head)
+    if engine.__name__.endswith("gluon_attention") and engine.unsupported_reason(q, k, v):
+        pytest.skip(engine.unsupported_reason(q, k, v))
     scale = head_dim ** -0.5
     plan = plan_mod.make_plan(q, k, lam, scale, epsilon, prune, doc=doc, norm=engine.max_norm)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(dtype).to(device)
@@ -396,11 +398,19 @@ gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 
 
-@pytest.fixture
-def cuda_engine(monkeypatch):
+@pytest.fixture(params=["tl", "gluon"])
+def cuda_engine(request, monkeypatch):
+    """Each GPU engine: the tl kernels everywhere, the Gluon forward (with the tl backward) on
+    sm90, where it must be usable (check_case skips the head dims and dtypes it does not take)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    from foxcompile.kernels import triton_attention
-    return triton_attention
+    if request.param == "tl":
+        from foxcompile.kernels import triton_attention
+        return triton_attention
+    from foxcompile.kernels import gluon_attention
+    if not HAS_CUDA or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon engine is for sm90")
+    assert gluon_attention._kernels() is not None, gluon_attention._import_error
+    return gluon_attention
 
 
 GPU_SHAPES = [
@@ -547,9 +557,11 @@ def test_gpu_cuda_graph_capture(cuda_engine):
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("head_dim", [16, 64, 80, 128, 256])
-def test_gpu_max_row_norms(cuda_engine, head_dim):
+def test_gpu_max_row_norms(monkeypatch, head_dim):
     """The plan's one-pass norm kernel: equal to vector_norm(...).amax(-1) on strided views,
     with NaN and inf propagating (they turn pruning off)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from foxcompile.kernels import triton_attention as cuda_engine
     x = torch.randn(2, 1000, 3, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     ref = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).amax(-1)
     got = cuda_engine.max_row_norms(x)
