@@ -556,6 +556,28 @@ def test_gpu_cuda_graph_capture(cuda_engine):
 
 @gpu
 @needs_cuda
+def test_gpu_automatic_engine_choice(monkeypatch):
+    """On sm90 the automatic choice runs the Gluon forward at head dim 128 (bf16/fp16), the tl
+    kernels at 64, for float32 and off sm90; a few queries go to the decode engine."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("FOXCOMPILE_ENGINE", raising=False)
+    from foxcompile import kernels
+
+    def qkv(head_dim, dtype=torch.bfloat16, n_queries=1000):
+        q = torch.randn(1, 4, n_queries, head_dim, device="cuda", dtype=dtype)
+        k = torch.randn(1, 4, 1000, head_dim, device="cuda", dtype=dtype)
+        return q, k, k
+
+    sm90 = torch.cuda.get_device_capability()[0] == 9
+    assert kernels.engine_name(*qkv(128)) == ("gluon" if sm90 else "tl")
+    assert kernels.engine_name(*qkv(128, torch.float16)) == ("gluon" if sm90 else "tl")
+    assert kernels.engine_name(*qkv(128, torch.float32)) == "tl"
+    assert kernels.engine_name(*qkv(64)) == "tl"
+    assert kernels.engine_name(*qkv(128, n_queries=1)) == "decode"
+
+
+@gpu
+@needs_cuda
 @pytest.mark.parametrize("head_dim", [16, 64, 80, 128, 256])
 def test_gpu_max_row_norms(monkeypatch, head_dim):
     """The plan's one-pass norm kernel: equal to vector_norm(...).amax(-1) on strided views,

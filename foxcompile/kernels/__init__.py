@@ -7,13 +7,15 @@ max_norm; reference.py runs anything and has no unsupported_reason):
 
     reference          reference.py          blockwise PyTorch
     tl                 triton_attention.py   the Triton prefill kernels (forward, dq, dk/dv)
+    gluon              gluon_attention.py    Hopper (sm90) forward in Triton's Gluon dialect, the tl
+                                             backward; bf16/fp16, head dims 64 and 128
     decode             decode.py             split-K decode forward for few queries (M x G <= 64
                                              by default), the tl backward
 
 engine_for(q, k, v) picks one per call: FOXCOMPILE_ENGINE (auto, or an engine's name; read at
 each call, parsed by requested_engine() only) names the engine to try first, `auto` lets
 _automatic() choose from the shapes; an engine that cannot run the inputs hands them to its
-fallback (decode -> tl -> reference), so a forced engine never makes a call fail. A new engine is
+fallback (decode, gluon -> tl -> reference), so a forced engine never makes a call fail. A new engine is
 one more ENGINES entry (and, to be chosen automatically, a line in _automatic).
 """
 import os
@@ -21,7 +23,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import decode, reference, triton_attention
+from . import decode, gluon_attention, reference, triton_attention
 
 ENGINE_ENV = "FOXCOMPILE_ENGINE"
 
@@ -38,6 +40,7 @@ class Engine(NamedTuple):
 ENGINES = {
     "reference": Engine(reference, None),
     "tl": Engine(triton_attention, "reference"),
+    "gluon": Engine(gluon_attention, "tl"),
     "decode": Engine(decode, "tl"),
 }
 
@@ -55,8 +58,12 @@ def requested_engine() -> str:
 
 def _automatic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
     """The engine to try first when none is requested: decode for a few query rows per kv head
-    (decode.preferred: M x G <= decode.AUTO_ROWS), else the prefill kernels."""
-    return "decode" if decode.preferred(q, k, v) else "tl"
+    (decode.preferred: M x G <= decode.AUTO_ROWS), else the prefill kernels: the Gluon forward
+    where it was measured faster than tl's (gluon_attention.preferred: sm90, head dim 128), tl
+    elsewhere."""
+    if decode.preferred(q, k, v):
+        return "decode"
+    return "gluon" if gluon_attention.preferred(q, k, v) else "tl"
 
 
 def engine_name(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:

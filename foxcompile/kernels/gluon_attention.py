@@ -67,6 +67,18 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return None
 
 
+# Head dims where the Gluon forward beat tl's on an H100 (docs/kernels.md, "The Gluon engine":
+# 2.06 against 2.55 ms at B1-T16384-H16-D128; at D = 64 a tie at 16k and slower at 4k).
+PREFERRED_HEAD_DIMS = (128,)
+
+
+def preferred(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the automatic engine choice should take this engine for these inputs (it then
+    still falls back to tl when unsupported_reason names a reason)."""
+    return (q.device.type == "cuda" and q.dim() == 4 and q.shape[-1] in PREFERRED_HEAD_DIMS
+            and _capability(q.device)[0] == 9)
+
+
 def _aligned(*tensors) -> bool:
     for t in tensors:
         size = t.element_size()
