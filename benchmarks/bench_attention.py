@@ -89,10 +89,18 @@ def plan_norm():
     return {"norm": max_norm}
 
 
-def fox_kernels(q, k, v, lam, prune):
-    """foxcompile's Triton engine called directly: plan (threshold + boundaries) + kernels, on
-    (B, H, T, D) views of the (B, T, H, D) tensors, outputs written through (B, T, H, D) views."""
-    from foxcompile.kernels import triton_attention as ta
+def fox_kernels(q, k, v, lam, prune, engine="tl"):
+    """foxcompile's engine called directly: plan (threshold + boundaries) + kernels, on
+    (B, H, T, D) views of the (B, T, H, D) tensors, outputs written through (B, T, H, D) views.
+    engine: "tl" (triton_attention) or "gluon" (gluon_attention: its own forward, the tl
+    backward)."""
+    if engine == "gluon":
+        from foxcompile.kernels import gluon_attention as ta
+        reason = ta.unsupported_reason(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        if reason:
+            raise ImportError(reason)
+    else:
+        from foxcompile.kernels import triton_attention as ta
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     scale = q.shape[-1] ** -0.5
     grad = torch.randn_like(q).transpose(1, 2)
@@ -409,6 +417,10 @@ def main():
         impls = [
             ("foxcompile ACP", "fox-acp", lambda: fox_kernels(q, k, v, lam, Prune.PROVEN)),
             ("foxcompile dense", "fox-dense", lambda: fox_kernels(q, k, v, lam, Prune.OFF)),
+            ("foxcompile Gluon ACP (Gluon fwd, tl bwd)", "gluon-acp",
+             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "gluon")),
+            ("foxcompile Gluon dense (Gluon fwd, tl bwd)", "gluon-dense",
+             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "gluon")),
             ("foxcompile op (autograd, guarded ACP)", "fox-op", lambda: fox_op(q, k, v, log_f)),
             ("SDPA flash, causal, no gate", "flash", lambda: sdpa(q, k, v, "flash")),
             ("SDPA cuDNN, causal, no gate", "cudnn", lambda: sdpa(q, k, v, "cudnn")),

@@ -4,13 +4,16 @@ on a machine without a GPU (Triton compiles for any target; ptxas and cuobjdump 
 
     python benchmarks/compile_offline.py [--shape 1,4,4,4096,4096,64] [--arch 90]
         [--configs '{"dq": [128, 64, 8, 3]}'] [--doc] [--dump DIR]
+    python benchmarks/compile_offline.py --decode --shape 1,12,12,1,65536,64   # decode engine
 
 The installed Triton compiles, which need not be the GPU machine's version: the numbers are
 indicative. Per kernel: REG and STACK (bytes of spill stack) from cuobjdump -res-usage, counts in
 the PTX of wgmma and mma.sync instructions and of wgmma waits. --dump writes each kernel's TTGIR
 PTX and cubin to DIR
 (cuobjdump --dump-sass DIR/dq.cubin shows the machine code). --doc compiles the packed-sequence
-variants (document ids). The script compiles the foxcompile next to it: to compare two versions
+variants (document ids). --decode compiles the decode engine's kernels (decode.py: the split-K
+kernel and the combine kernel, for a GPU of --sms multiprocessors) for the shape instead of the
+prefill forward and backward. The script compiles the foxcompile next to it: to compare two versions
 of the kernels, run a copy of it inside the other checkout (e.g. a `git archive` of an older
 commit) and compare the dumps' `cuobjdump -sass`.
 """
@@ -25,7 +28,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-KERNELS = ("_fwd_kernel", "_dkdv_kernel", "_dq_kernel", "_bwd_kernel")
+KERNELS = ("_fwd_kernel", "_dkdv_kernel", "_dq_kernel", "_bwd_kernel", "_decode_kernel",
+           "_decode_combine_kernel")
 
 
 def _fake_driver(arch):
@@ -92,6 +96,10 @@ def main():
                         help="compute capability to compile for, 90 = sm90 (default: 90)")
     parser.add_argument("--dump", default=None, help="folder for each kernel's TTGIR and PTX")
     parser.add_argument("--doc", action="store_true", help="with document ids (HAS_DOC)")
+    parser.add_argument("--decode", action="store_true",
+                        help="compile the decode engine's kernels (decode.py) for the shape")
+    parser.add_argument("--sms", type=int, default=132,
+                        help="multiprocessors the decode engine splits for (default: 132, H100)")
     args = parser.parse_args()
 
     os.environ["TRITON_INTERPRET"] = "0"
@@ -133,17 +141,26 @@ def main():
     plan = plan_mod.make_plan(q, k, lam, scale, 0.0, Prune.OFF)
     lse = torch.zeros(batch, q_heads, n_queries)
     doc = (torch.arange(n_keys) // 512).expand(batch, n_keys) if args.doc else None
-    ta.forward(q, k, v, lam, plan, scale, torch.empty_like(q), doc=doc)
-    grads = [torch.empty_like(t) for t in (q, k, v)]
-    ta.backward(torch.zeros_like(q), q, k, v, lam, q, lse, plan, scale, *grads, doc=doc)
-    ta.max_row_norms(q)
+    if args.decode:
+        from foxcompile.kernels import decode
+        decode._multiprocessors = lambda device: args.sms
+        decode.forward(q, k, v, lam, plan, scale, torch.empty_like(q), doc=doc)
+    else:
+        ta.forward(q, k, v, lam, plan, scale, torch.empty_like(q), doc=doc)
+        grads = [torch.empty_like(t) for t in (q, k, v)]
+        ta.backward(torch.zeros_like(q), q, k, v, lam, q, lse, plan, scale, *grads, doc=doc)
+        ta.max_row_norms(q)
     print(f"{'kernel':<13} {'config':<22} {'REG':>4} {'STACK':>6} {'wgmma':>6} {'mma':>4} "
           f"{'waits':>6}")
     for name, kw, kernel in compiled:
         config = tuple(kw.get(key) for key in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+        if name == "_decode_kernel":
+            config = (kw["ROWS"],) + config[1:]
+        elif name == "_decode_combine_kernel":
+            config = (kw["SPLITS"], None, kw.get("num_warps"), None)
         reg, stack = _usage(kernel.asm["cubin"])
         ptx = kernel.asm["ptx"]
-        short = name.strip("_").replace("_kernel", "")
+        short = name.strip("_").replace("_kernel", "").replace("decode_combine", "dec_combine")
         print(f"{short:<13} {str(config):<22} {reg:>4} {stack:>6} "
               f"{ptx.count('wgmma.mma_async'):>6} {ptx.count('mma.sync'):>4} "
               f"{ptx.count('wgmma.wait_group'):>6}", flush=True)

@@ -126,6 +126,8 @@ def check_case(engine, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dt
     """doc: document ids (B, N) of packed sequences, or None."""
     q, k, v, lam = make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype,
                                device, decay=decay, layout=layout, rising_head=rising_head)
+    if engine.__name__.endswith("gluon_attention") and engine.unsupported_reason(q, k, v):
+        pytest.skip(engine.unsupported_reason(q, k, v))
     scale = head_dim ** -0.5
     plan = plan_mod.make_plan(q, k, lam, scale, epsilon, prune, doc=doc, norm=engine.max_norm)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(dtype).to(device)
@@ -396,11 +398,19 @@ gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 
 
-@pytest.fixture
-def cuda_engine(monkeypatch):
+@pytest.fixture(params=["tl", "gluon"])
+def cuda_engine(request, monkeypatch):
+    """Each GPU engine: the tl kernels everywhere, the Gluon forward (with the tl backward) on
+    sm90, where it must be usable (check_case skips the head dims and dtypes it does not take)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    from foxcompile.kernels import triton_attention
-    return triton_attention
+    if request.param == "tl":
+        from foxcompile.kernels import triton_attention
+        return triton_attention
+    from foxcompile.kernels import gluon_attention
+    if not HAS_CUDA or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon engine is for sm90")
+    assert gluon_attention._kernels() is not None, gluon_attention._import_error
+    return gluon_attention
 
 
 GPU_SHAPES = [
@@ -546,10 +556,34 @@ def test_gpu_cuda_graph_capture(cuda_engine):
 
 @gpu
 @needs_cuda
+def test_gpu_automatic_engine_choice(monkeypatch):
+    """On sm90 the automatic choice runs the Gluon forward at head dim 128 (bf16/fp16), the tl
+    kernels at 64, for float32 and off sm90; a few queries go to the decode engine."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("FOXCOMPILE_ENGINE", raising=False)
+    from foxcompile import kernels
+
+    def qkv(head_dim, dtype=torch.bfloat16, n_queries=1000):
+        q = torch.randn(1, 4, n_queries, head_dim, device="cuda", dtype=dtype)
+        k = torch.randn(1, 4, 1000, head_dim, device="cuda", dtype=dtype)
+        return q, k, k
+
+    sm90 = torch.cuda.get_device_capability()[0] == 9
+    assert kernels.engine_name(*qkv(128)) == ("gluon" if sm90 else "tl")
+    assert kernels.engine_name(*qkv(128, torch.float16)) == ("gluon" if sm90 else "tl")
+    assert kernels.engine_name(*qkv(128, torch.float32)) == "tl"
+    assert kernels.engine_name(*qkv(64)) == "tl"
+    assert kernels.engine_name(*qkv(128, n_queries=1)) == "decode"
+
+
+@gpu
+@needs_cuda
 @pytest.mark.parametrize("head_dim", [16, 64, 80, 128, 256])
-def test_gpu_max_row_norms(cuda_engine, head_dim):
+def test_gpu_max_row_norms(monkeypatch, head_dim):
     """The plan's one-pass norm kernel: equal to vector_norm(...).amax(-1) on strided views,
     with NaN and inf propagating (they turn pruning off)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from foxcompile.kernels import triton_attention as cuda_engine
     x = torch.randn(2, 1000, 3, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     ref = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).amax(-1)
     got = cuda_engine.max_row_norms(x)

@@ -18,11 +18,11 @@ def _compiled_matches_eager(fn, *args, grads=True):
     assert_compiled_matches_eager(fn, args, rtol=1e-8, atol=1e-8, grads=grads, equal_nan=True)
 
 
-def _one_site(fn, *args, decay="proven"):
+def _one_site(fn, *args, decay="proven", grads=True):
     report = foxcompile.explain(fn, *args)
     assert len(report.sites) == 1 and not report.declined, str(report)
     assert report.sites[0].decay == decay, str(report)
-    _compiled_matches_eager(fn, *args)
+    _compiled_matches_eager(fn, *args, grads=grads)
     return report.sites[0]
 
 
@@ -217,6 +217,58 @@ def test_unrelated_in_place_method_survives_the_rewrite():
         s = s.masked_fill(~_causal(s.shape[-1]), -math.inf)
         return s.softmax(-1) @ v + extra
     _one_site(attend, *_qkvg())
+
+
+def _cache_step(q, k_cache, v_cache, g, k_new, v_new, write_k_after_scores=False):
+    """One decode step over a preallocated cache, written in place (as HF's StaticCache does)."""
+    slot = torch.tensor([k_cache.shape[2] - 1])
+    if not write_k_after_scores:
+        k_cache.index_copy_(2, slot, k_new)
+    v_cache.index_copy_(2, slot, v_new)
+    lam = F.logsigmoid(g).cumsum(-1)
+    s = q @ k_cache.mT * q.shape[-1] ** -0.5 + (lam[..., -1:, None] - lam[..., None, :])
+    if write_k_after_scores:
+        k_cache.index_copy_(2, slot, k_new)   # the scores saw the old key; the op would not
+    return s.softmax(-1) @ v_cache
+
+
+def _cache_inputs():
+    q, k, v, g = _qkvg(M=1, N=9)
+    return q, k, v, g, torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8)
+
+
+def test_cache_written_in_place_before_the_attention_reads_it():
+    inputs = _cache_inputs()
+    site = _one_site(lambda *a: _cache_step(*a), *inputs, grads=False)
+    assert site.shapes["k"] == (1, 2, 9, 8)
+    # the compiled step still writes the caches, before the op reads them
+    eager, compiled = [x.clone() for x in inputs], [x.clone() for x in inputs]
+    torch._dynamo.reset()
+    out = torch.compile(_cache_step, backend="fox_acp", options=AOT)(*compiled)
+    torch.testing.assert_close(out, _cache_step(*eager), rtol=1e-5, atol=1e-5)
+    for got, want in zip(compiled[1:3], eager[1:3]):
+        assert torch.equal(got, want)
+
+
+def test_cache_written_between_the_scores_and_the_value_product_is_declined():
+    _declined(lambda *a: _cache_step(*a, write_k_after_scores=True), *_cache_inputs(),
+              reason="in-place", grads=False)
+
+
+def test_mask_buffer_changed_in_place_before_its_read_is_declined():
+    class Attend(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("keep", _causal(7))
+
+        def forward(self, q, k, v, g):
+            self.keep[0, 3] = True   # the matcher reads the buffer's value at compile time
+            lam = F.logsigmoid(g).cumsum(-1)
+            s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+            return s.masked_fill(~self.keep, -math.inf).softmax(-1) @ v
+
+    report = foxcompile.explain(Attend(), *_qkvg())
+    assert not report.sites and report.declined, str(report)
 
 
 def test_mask_from_in_place_tril_into_baddbmm():

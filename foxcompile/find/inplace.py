@@ -2,12 +2,18 @@
 
 Dynamo records `s *= c`, `s.masked_fill_(m, v)` and `s[..., m] = v` as nodes that change their
 first argument in place. A later read of `s`, or of any node sharing its storage, sees the change,
-yet the graph edge still points at the node that made `s`. The matcher follows one safe shape, a
-*chain*: a fresh tensor (not an input, not a view) changed only by in-place ops on the tensor
-itself, with no views of it. Every node of a chain is the same tensor, so a read at node c sees the
-chain's last change before c (`latest`); the score walker applies it. Storage identity comes from
-Dynamo's fake tensors (views share a storage). `problem` says why a site's values could differ
-from what the matcher read; the site is then declined.
+yet the graph edge still points at the node that made `s`. The matcher follows two safe shapes:
+
+- a *chain*: a fresh tensor (not an input, not a view) changed only by in-place ops on the tensor
+  itself, with no views of it. Every node of a chain is the same tensor, so a read at node c sees
+  the chain's last change before c (`latest`); the score walker applies it;
+- a graph input changed in place only before the site first reads it (or after the site): a
+  static KV cache written with index_copy_ and then attended over. Every read, and the rewrite
+  where it inserts the op, see the same values. Not for buffers whose values the matcher reads
+  at compile time.
+
+Storage identity comes from Dynamo's fake tensors (views share a storage). `problem` says why a
+site's values could differ from what the matcher read; the site is then declined.
 """
 import operator
 
@@ -102,18 +108,37 @@ class InPlace:
                     if self.order[c] > self.order[m] and holders.intersection(c.all_input_nodes):
                         yield m, c
 
-    def problem(self, scope: set, resolved: set, reads, at) -> str | None:
+    def _written_before_reads(self, key, scope: set, at, constants) -> bool:
+        """An input's storage (a graph input, not a buffer whose value the matcher reads at
+        compile time) that the graph changes in place only before the site first reads it, or
+        after `at`: every read, and the rewrite at `at`, then see the same values. A static KV
+        cache written with index_copy_ and then attended over is this shape."""
+        holders = self.members[key]
+        if holders[0].op != "placeholder" or any(x in constants for x in holders):
+            return False
+        changes = set(self.changes[key])
+        first = min((self.order[c] for x in holders for c in x.users
+                     if c in scope and c not in changes), default=None)
+        return first is None or not any(first <= self.order[m] < self.order[at] for m in changes)
+
+    def problem(self, scope: set, resolved: set, reads, at, constants=()) -> str | None:
         """Why in-place ops could change a site's values, or None. scope: the nodes the site's
         output depends on (hidden edges included); resolved: (node, consumer) reads the score
         walker applied changes to; reads: nodes the rewrite reads at `at` instead of where the
-        graph read them."""
+        graph read them; constants: placeholders whose values the matcher read at compile
+        time."""
+        written_before = set()
         for key, changes in self.changes.items():
             holders = self.members[key]
             if not scope.intersection(holders):
                 continue
             if not self._chain(key):
+                if self._written_before_reads(key, scope, at, constants):
+                    written_before.add(key)
+                    continue
                 return (f"in-place {_name(changes[0])} changes {_name(holders[0])}, which this "
-                        "attention reads (an input, a view or an aliased tensor): not followed")
+                        "attention reads (an input, a view or an aliased tensor) after that "
+                        "change or in between its reads: not followed")
             for x in holders:
                 for c in x.users:
                     stale = self._between(key, x, c)
@@ -121,6 +146,8 @@ class InPlace:
                         return (f"{_name(c)} reads {_name(x)} after the in-place "
                                 f"{_name(stale[-1])}: not followed")
         for x in reads:
+            if self.key.get(x, x) in written_before:
+                continue
             stale = self._between(self.key.get(x, x), x, at)
             if stale:
                 return (f"in-place {_name(stale[-1])} changes {_name(x)} between its use and the "

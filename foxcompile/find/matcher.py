@@ -413,7 +413,7 @@ class Matcher:
         reads += [x for t in site.key_terms for x in (t.leaf, *(f for f, _ in t.factors))]
         reads += [x.node for x in (site.documents, site.masked_keys) if x is not None]
         why = self.inplace.problem(scope, resolved, [x for x in reads if isinstance(x, fx.Node)],
-                                   site.output)
+                                   site.output, self.constants)
         if why is not None:
             raise Declined(why)
 

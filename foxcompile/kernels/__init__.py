@@ -1,15 +1,84 @@
 """Engines for forgetting attention: the Triton kernels where they can run (CUDA tensors, or CPU
 tensors under TRITON_INTERPRET=1), else the blockwise PyTorch reference (CPU, float64, head dims
-or dtypes the kernels do not take). Both skip the tiles of plan.py's rule."""
+or dtypes the kernels do not take). All skip the tiles of plan.py's rule.
+
+Every engine is a module with the same interface (forward, backward, unsupported_reason,
+max_norm; reference.py runs anything and has no unsupported_reason):
+
+    reference          reference.py          blockwise PyTorch
+    tl                 triton_attention.py   the Triton prefill kernels (forward, dq, dk/dv)
+    gluon              gluon_attention.py    Hopper (sm90) forward in Triton's Gluon dialect, the tl
+                                             backward; bf16/fp16, head dims 64 and 128
+    decode             decode.py             split-K decode forward for few queries (M x G <= 64
+                                             by default), the tl backward
+
+engine_for(q, k, v) picks one per call: FOXCOMPILE_ENGINE (auto, or an engine's name; read at
+each call, parsed by requested_engine() only) names the engine to try first, `auto` lets
+_automatic() choose from the shapes; an engine that cannot run the inputs hands them to its
+fallback (decode, gluon -> tl -> reference), so a forced engine never makes a call fail. A new engine is
+one more ENGINES entry (and, to be chosen automatically, a line in _automatic).
+"""
+import os
+from typing import NamedTuple, Optional
+
 import torch
 
-from . import reference, triton_attention
+from . import decode, gluon_attention, reference, triton_attention
+
+ENGINE_ENV = "FOXCOMPILE_ENGINE"
 
 # The norm the plan's score bound is computed with (plan.make_plan's `norm`): one Triton pass on
 # CUDA, torch elsewhere, whichever engine then runs the attention.
 max_norm = triton_attention.max_norm
 
 
+class Engine(NamedTuple):
+    module: object             # forward / backward / unsupported_reason / max_norm
+    fallback: Optional[str]    # tried next when unsupported_reason names a reason; None: runs all
+
+
+ENGINES = {
+    "reference": Engine(reference, None),
+    "tl": Engine(triton_attention, "reference"),
+    "gluon": Engine(gluon_attention, "tl"),
+    "decode": Engine(decode, "tl"),
+}
+
+
+def requested_engine() -> str:
+    """FOXCOMPILE_ENGINE as an engine name, or "auto" (unset, empty or "auto"); any other value
+    is a ValueError naming the valid ones."""
+    text = os.environ.get(ENGINE_ENV, "").strip().lower()
+    if text in ("", "auto"):
+        return "auto"
+    if text not in ENGINES:
+        raise ValueError(f"{ENGINE_ENV}={text!r}: expected auto or one of {', '.join(ENGINES)}")
+    return text
+
+
+def _automatic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    """The engine to try first when none is requested: decode for a few query rows per kv head
+    (decode.preferred: M x G <= decode.AUTO_ROWS), else the prefill kernels: the Gluon forward
+    where it was measured faster than tl's (gluon_attention.preferred: sm90, head dim 128), tl
+    elsewhere."""
+    if decode.preferred(q, k, v):
+        return "decode"
+    return "gluon" if gluon_attention.preferred(q, k, v) else "tl"
+
+
+def engine_name(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    """The name of the engine that runs these inputs (see engine_for)."""
+    name = requested_engine()
+    if name == "auto":
+        name = _automatic(q, k, v)
+    while True:
+        engine = ENGINES[name]
+        if engine.fallback is None or engine.module.unsupported_reason(q, k, v) is None:
+            return name
+        name = engine.fallback
+
+
 def engine_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """The module (forward/backward) that runs these inputs."""
-    return reference if triton_attention.unsupported_reason(q, k, v) else triton_attention
+    """The module (forward/backward) that runs these inputs: FOXCOMPILE_ENGINE's engine or the
+    automatic choice, else the first of its fallbacks that can run them."""
+    return ENGINES[engine_name(q, k, v)].module

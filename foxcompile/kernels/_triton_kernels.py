@@ -35,6 +35,9 @@ query i only when DOC[P+i] == DOC[j] too. Every step applies that equality mask 
 already leave out the tiles that hold only earlier documents), and the forward keeps a row that
 has seen no key of its document yet at m = -inf without computing -inf - (-inf).
 
+Decode (decode.py, the last section): few queries (M x G rows per kv head, M <= GRID_M) against
+a long key range, split over programs (split-K, flash-decoding) and combined by a second kernel.
+
 Names: `do_o` is the backward's row sum of dO * O (FlashAttention's D or delta); `delta` is
 reserved for ACP's pruning threshold (plan.py) and appears nowhere here.
 """
@@ -44,7 +47,7 @@ import triton.language as tl
 # decorated when triton is imported, so under the interpreter they only work if triton was
 # imported with TRITON_INTERPRET=1. tl.reduce with these combiners works in both modes (the
 # interpreter recognises them and reduces with numpy) and compiles to exactly tl.max / tl.sum.
-from triton.language.standard import _elementwise_max, _sum_combine
+from triton.language.standard import _elementwise_max, _elementwise_min, _sum_combine
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -516,3 +519,172 @@ def _max_norm_kernel(X, PARTIAL, x_str, n_heads, n_rows, n_tiles,
     x = x.to(tl.float32)
     norm = tl.sqrt(_sum_rows(x * x))
     tl.store(PARTIAL + pid.to(tl.int64), tl.reduce(norm, 0, _max_nan))
+
+
+# ----------------------------------------------------------------------------- decode (split-K)
+#
+# The decode engine (decode.py): M <= GRID_M queries (one query block of the plan) at the end of
+# the keys. One program per (b, kv head, split) holds the M x G query rows of all G query heads of
+# its kv head (row r = g M + i: query i of head hk G + g; padded to ROWS), so each K/V step is read
+# once per kv head. The key range [lo, N) it needs starts at the earliest start block among the G
+# heads (plan.start[b, h, 0], key blocks before it are pruned for every head of the group) and is
+# cut into n_splits equal shares of whole steps; a program whose share is empty writes the
+# neutral partial (m = -inf, l = 0, acc = 0). The grid depends on the shapes alone, so a launch
+# needs nothing from the host (CUDA graphs). Each row measures its gate's bias from its own lam
+# (lam_ref = lam[P+i]), so lse = (m + log2 l) ln 2 exactly as the forward kernel's.
+
+
+@triton.jit
+def _decode_steps(acc, l_i, m_i, rows, keys, lo, hi, n_keys, qk_scale, BLOCK_N: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, ROW_EDGE: tl.constexpr,
+                  MASKED: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+                  HAS_DOC: tl.constexpr):
+    """Key steps [lo, hi) of the online softmax of the program's query rows. rows: (q, which rows
+    exist, each row's lam row offset, lam_q, pos_q, first unpruned key, doc_q); keys: K and V at
+    (b, kv head) with their strides, LAM at b with its strides, DOC at b with its strides.
+    MASKED: the steps hold keys that some row does not see (before its own start block, after its
+    position, past the end); unmasked steps need only the document ids (HAS_DOC)."""
+    q, row_ok, lam_rows, lam_q, pos_q, key_lo, doc_q = rows
+    K, k_str, V, v_str, LAM, lam_str, DOC, doc_str = keys
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < n_keys
+        kt = _tile(K, k_str, offs_n, n_ok, HEAD_DIM, D_PAD, MASKED, True, CAST_F32)
+        lam_k = _load(LAM + lam_rows[:, None] + offs_n[None, :] * lam_str[2], row_ok[:, None],
+                      n_ok[None, :], ROW_EDGE, MASKED)
+        s = tl.dot(q, kt, input_precision=DOT_PREC) * qk_scale
+        s += (lam_q[:, None] - lam_k) * LOG2E
+        if MASKED:
+            seen = (offs_n[None, :] <= pos_q[:, None]) & (offs_n[None, :] >= key_lo[:, None])
+            s = tl.where(seen, s, float("-inf"))
+        if HAS_DOC:
+            doc_k = _doc_ids(DOC, doc_str, offs_n, n_ok)
+            s = tl.where(doc_q[:, None] == doc_k[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, _max_rows(s))
+        m_ref = m_new
+        if MASKED:  # a row with no visible key so far: alpha = p = 0, not NaN
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        if HAS_DOC:
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
+        l_i = l_i * alpha + _sum_rows(p)
+        v = _tile(V, v_str, offs_n, n_ok, HEAD_DIM, D_PAD, MASKED, False, CAST_F32)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _decode_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, PART_M, PART_L, PART_ACC,
+                   q_str, k_str, v_str, lam_str, out_str, lse_str, start_str, doc_str,
+                   n_kv_heads, group, n_queries, n_keys, n_splits, qk_scale,
+                   HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, ROWS: tl.constexpr,
+                   BLOCK_N: tl.constexpr, GRID_N: tl.constexpr, ROW_EDGE: tl.constexpr,
+                   DIRECT: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+                   HAS_DOC: tl.constexpr):
+    """One (b, kv head, split): the online softmax of the group's M x G query rows over this
+    split's share of the unpruned keys. DIRECT (one split): OUT and LSE themselves; otherwise the
+    partial (m in the exp2 domain, l, acc unnormalised) of every row into PART_M, PART_L
+    ((B, Hq, M, n_splits) float32) and PART_ACC ((B, Hq, M, n_splits, D_PAD) float32), which
+    _decode_combine_kernel reduces."""
+    pid = tl.program_id(0)
+    split = pid % n_splits
+    pid_bk = pid // n_splits
+    b = (pid_bk // n_kv_heads).to(tl.int64)
+    hk = (pid_bk % n_kv_heads).to(tl.int64)
+    K, V = _at(K, k_str, b, hk), _at(V, v_str, b, hk)
+    LAM, DOC = LAM + b * lam_str[0], DOC + b * doc_str[0]
+
+    n_rows = group * n_queries
+    offs_r = tl.arange(0, ROWS)
+    row_ok = offs_r < n_rows
+    h = hk * group + offs_r // n_queries                 # each row's query head (int64)
+    i = offs_r % n_queries                               # and query
+    offset = n_keys - n_queries
+    pos_q = offset + i
+    offs_d = tl.arange(0, D_PAD)
+    q = _load(Q + b * q_str[0] + h[:, None] * q_str[1] + i[:, None] * q_str[2]
+              + offs_d[None, :] * q_str[3], row_ok[:, None], (offs_d < HEAD_DIM)[None, :],
+              ROW_EDGE, HEAD_DIM != D_PAD)
+    if CAST_F32:
+        q = q.to(tl.float32)
+    lam_rows = h * lam_str[1]
+    lam_q = tl.load(LAM + lam_rows + pos_q * lam_str[2], mask=row_ok, other=0.0)
+    doc_q = _doc_ids(DOC, doc_str, pos_q, row_ok) if HAS_DOC else 0
+    # each row's first unpruned key (query block 0 of the plan); the program reads from the
+    # group's earliest, and rows whose own start is later mask the keys before it
+    key_lo = tl.load(START + b * start_str[0] + h * start_str[1], mask=row_ok, other=0) * GRID_N
+    lo = tl.reduce(tl.where(row_ok, key_lo, n_keys), 0, _elementwise_min)
+    all_in = tl.reduce(key_lo, 0, _elementwise_max)     # every row sees keys from here on
+
+    # this split's share of the steps of [lo, n_keys)
+    n_steps = (n_keys - lo + BLOCK_N - 1) // BLOCK_N
+    per_split = (n_steps + n_splits - 1) // n_splits
+    first = tl.minimum(split * per_split, n_steps)
+    last = tl.minimum(first + per_split, n_steps)
+    s_lo = lo + first * BLOCK_N
+    s_hi = lo + last * BLOCK_N
+    # steps before `mid` see no key past the first query's position (no causal or edge mask)
+    mid = lo + ((offset + 1 - lo) // BLOCK_N) * BLOCK_N
+    x1 = tl.minimum(tl.maximum(all_in, s_lo), s_hi)
+    x2 = tl.minimum(tl.maximum(mid, x1), s_hi)
+
+    rows = (q, row_ok, lam_rows, lam_q, pos_q, key_lo, doc_q)
+    keys = (K, k_str, V, v_str, LAM, lam_str, DOC, doc_str)
+    m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    l_i = tl.full([ROWS], 0.0, dtype=tl.float32)
+    acc = tl.full([ROWS, D_PAD], 0.0, dtype=tl.float32)
+    acc, l_i, m_i = _decode_steps(acc, l_i, m_i, rows, keys, s_lo, x1, n_keys, qk_scale,
+                                  BLOCK_N, HEAD_DIM, D_PAD, ROW_EDGE, True, CAST_F32, DOT_PREC,
+                                  HAS_DOC)
+    acc, l_i, m_i = _decode_steps(acc, l_i, m_i, rows, keys, x1, x2, n_keys, qk_scale,
+                                  BLOCK_N, HEAD_DIM, D_PAD, ROW_EDGE, False, CAST_F32, DOT_PREC,
+                                  HAS_DOC)
+    acc, l_i, m_i = _decode_steps(acc, l_i, m_i, rows, keys, x2, s_hi, n_keys, qk_scale,
+                                  BLOCK_N, HEAD_DIM, D_PAD, ROW_EDGE, True, CAST_F32, DOT_PREC,
+                                  HAS_DOC)
+
+    if DIRECT:
+        out_ptrs = (OUT + b * out_str[0] + h[:, None] * out_str[1] + i[:, None] * out_str[2]
+                    + offs_d[None, :] * out_str[3])
+        l_i = tl.where(row_ok, l_i, 1.0)   # padded rows (never stored) without 0 / 0
+        tl.store(out_ptrs, (acc / l_i[:, None]).to(OUT.dtype.element_ty),
+                 mask=row_ok[:, None] & (offs_d < HEAD_DIM)[None, :])
+        tl.store(LSE + b * lse_str[0] + h * lse_str[1] + i * lse_str[2],
+                 (m_i + tl.log2(l_i)) * LN2, mask=row_ok)
+    else:
+        part = (pid_bk.to(tl.int64) * n_rows + offs_r) * n_splits + split   # (B, Hq, M, splits)
+        tl.store(PART_M + part, m_i, mask=row_ok)
+        tl.store(PART_L + part, l_i, mask=row_ok)
+        tl.store(PART_ACC + part[:, None] * D_PAD + offs_d[None, :], acc, mask=row_ok[:, None])
+
+
+@triton.jit
+def _decode_combine_kernel(PART_M, PART_L, PART_ACC, OUT, LSE, out_str, lse_str,
+                           n_heads, n_queries, n_splits, HEAD_DIM: tl.constexpr,
+                           D_PAD: tl.constexpr, SPLITS: tl.constexpr):
+    """OUT and LSE of one query row (b, h, i) from its n_splits partials (SPLITS: their count
+    padded to a power of two): rescale each to the largest m, sum, normalise. An empty split's
+    m = -inf weighs exp2(-inf) = 0."""
+    row = tl.program_id(0)
+    i = row % n_queries
+    bh = row // n_queries
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    offs_s = tl.arange(0, SPLITS)
+    s_ok = offs_s < n_splits
+    part = row.to(tl.int64) * n_splits + offs_s
+    m = tl.load(PART_M + part, mask=s_ok, other=float("-inf"))
+    l = tl.load(PART_L + part, mask=s_ok, other=0.0)
+    m_max = tl.reduce(m, 0, _elementwise_max)
+    w = tl.exp2(m - m_max)
+    l_sum = tl.reduce(l * w, 0, _sum_combine)
+    offs_d = tl.arange(0, D_PAD)
+    acc = tl.load(PART_ACC + part[:, None] * D_PAD + offs_d[None, :], mask=s_ok[:, None],
+                  other=0.0)
+    o = tl.reduce(acc * w[:, None], 0, _sum_combine) / l_sum
+    tl.store(OUT + b * out_str[0] + h * out_str[1] + i * out_str[2] + offs_d * out_str[3],
+             o.to(OUT.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    tl.store(LSE + b * lse_str[0] + h * lse_str[1] + i * lse_str[2], (m_max + tl.log2(l_sum)) * LN2)

@@ -208,6 +208,24 @@ def tile_counts(start: torch.Tensor, n_queries: int, n_keys: int,
     )
 
 
+def unread_key_fraction(start: torch.Tensor, n_keys: int, block_n: int,
+                        group: int = 1) -> torch.Tensor:
+    """Per head, the fraction of the key cache (keys [0, N)) that a call never reads: the keys
+    before its first query block's start block, start[..., 0] * block_n / N (start is
+    non-decreasing in the query block, so no query of the call reads them; a decode step has a
+    single query block). start: the plan's start blocks (B, Hq, MB) (Plan.start, or the third
+    output of foxcompile::attention), block_n: the grid's (Plan.block_n, tile_sizes(D)[1]).
+    Returns (B, Hq) float64 on start's device, with no host synchronisation.
+
+    group = G (query heads per kv head) gives what the decode engine leaves unread of each kv
+    head's k and v instead, (B, Hk): it reads a kv head's keys once for all G query heads, from
+    the earliest of their start blocks."""
+    first = start[..., 0].to(torch.float64) * block_n                      # (B, Hq)
+    if group > 1:
+        first = first.unflatten(1, (-1, group)).amin(dim=-1)               # (B, Hk)
+    return (first / max(n_keys, 1)).clamp(max=1.0)
+
+
 class Plan(NamedTuple):
     """Everything a launch needs to know about pruning."""
     block_m: int

@@ -20,6 +20,12 @@ overrides the table, for tuning sweeps.
 SM90_MAX_REGISTERS caps a kernel's registers per thread (ptxas maxnreg) where the compiler would
 otherwise take just enough to halve the blocks an SM holds (dq at D = 64; docs/kernels.md,
 "Register cap").
+
+The decode engine (decode.py) has a table of its own, DECODE_SM90 / DECODE_DEFAULT:
+(BLOCK_N, num_warps, num_stages) per padded head dim, the key step of its split-K programs (each
+holds all M x G query rows of one kv head; 8 warps above DECODE_FEW_ROWS rows). FOXCOMPILE_KERNEL_CONFIG's key "decode" overrides it
+as [BLOCK_N, num_warps, num_stages, splits] (splits 0: the engine's choice; an optional fifth
+number is a register cap, as for the others).
 """
 import json
 import os
@@ -52,6 +58,16 @@ DEFAULT = {
 
 # Under TRITON_INTERPRET=1 warps and stages mean nothing; small steps keep numpy's work down.
 INTERPRET = dict(fwd=(None, 32, 1, 1), dq=(None, 32, 1, 1), dkdv=(None, 32, 1, 1))
+
+# The decode engine's key steps (decode.py): (BLOCK_N, num_warps, num_stages), with 8 warps when
+# a program holds more than DECODE_FEW_ROWS query rows. Chosen from offline sm90 compiles with
+# Triton 3.6 (benchmarks/compile_offline.py --decode: registers without spills; 128-key steps
+# took 168-251 registers at D = 64, 4 warps spilled at D = 128), not timed yet
+# (benchmarks/bench_decode_kernel.py --configs times alternatives).
+DECODE_SM90 = {16: (64, 4, 3), 32: (64, 4, 3), 64: (64, 4, 3), 128: (64, 8, 3), 256: (32, 8, 3)}
+DECODE_DEFAULT = {16: (64, 4, 2), 32: (64, 4, 2), 64: (64, 4, 2), 128: (64, 8, 2), 256: (32, 8, 2)}
+DECODE_FEW_ROWS = 32
+DECODE_INTERPRET = (32, 1, 1)
 
 _override_cache: dict = {}
 
@@ -103,7 +119,7 @@ def shared_memory_estimate(kernel: str, outer: int, step: int, stages: int, d_pa
                            elem_bytes: int) -> int:
     """Bytes of shared memory the software pipeline needs: the resident tiles (q for fwd; q and
     dO for dq; k and v for dkdv) plus `stages` copies of the streamed pair of tiles."""
-    resident = (1 if kernel == "fwd" else 2) * outer * d_pad
+    resident = (1 if kernel in ("fwd", "decode") else 2) * outer * d_pad
     return elem_bytes * (resident + stages * 2 * step * d_pad)
 
 
@@ -152,6 +168,31 @@ def launch_config(kernel: str, d_pad: int, grid_m: int, grid_n: int, capability,
         step, stages = fit_shared_memory(kernel, outer, step, stages, d_pad, elem_bytes,
                                          shared_memory_budget(capability))
     return outer, step, warps, stages
+
+
+def decode_config(d_pad: int, rows: int, grid_n: int, capability, interpret: bool,
+                  elem_bytes: int = 2):
+    """((ROWS, BLOCK_N, num_warps, num_stages), splits) of the decode engine: ROWS = rows (its
+    query rows, already padded by the caller), key steps of BLOCK_N (dividing the pruning grid's
+    GRID_N, fitted to shared memory like the forward's), and the number of key splits per kv head
+    that FOXCOMPILE_KERNEL_CONFIG asks for (0: the engine chooses)."""
+    if interpret:
+        step, warps, stages = DECODE_INTERPRET
+    else:
+        table = DECODE_SM90 if capability is not None and capability[0] == 9 else DECODE_DEFAULT
+        step, warps, stages = table[d_pad]
+        if rows > DECODE_FEW_ROWS:
+            warps = max(warps, 8)
+    splits = 0
+    over = _override().get("decode")
+    if over is not None:
+        step, warps, stages = over[:3]
+        splits = over[3] if len(over) > 3 else 0
+    step = _fit(step, grid_n)
+    if not interpret:
+        step, stages = fit_shared_memory("decode", rows, step, stages, d_pad, elem_bytes,
+                                         shared_memory_budget(capability))
+    return (rows, step, warps, stages), splits
 
 
 def smaller(kernel: str, config):

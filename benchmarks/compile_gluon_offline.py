@@ -1,0 +1,78 @@
+"""Compile the Gluon (sm90) forward offline, with no GPU, and report registers, spills and the
+count of wgmma / TMA / mbarrier instructions in its PTX: a quick check of a Gluon change on a CPU
+machine. Needs a Triton with Gluon's Hopper pieces (the GPU's is 3.6):
+
+    /path/to/triton-3.6-venv/bin/python benchmarks/compile_gluon_offline.py [--head-dim 64]
+        [--doc] [--dump DIR]
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from compile_offline import _fake_driver, _usage  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--shape", default="1,4,2,1000,4096", help="B,Hq,Hk,M,N")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    parser.add_argument("--doc", action="store_true")
+    parser.add_argument("--dump", default=None)
+    args = parser.parse_args()
+    os.environ["TRITON_INTERPRET"] = "0"
+    _fake_driver(90)
+    from foxcompile.kernels import gluon_attention as ga
+    from foxcompile.kernels import plan as plan_mod
+    from foxcompile.contract import Prune
+    import triton
+
+    kern = ga._kernels()
+    if kern is None:
+        raise SystemExit(f"no Gluon: {ga._import_error}")
+    compiled = []
+
+    class Warmup:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            def go(*a, **kw):
+                compiled.append(self.fn.run(*a, grid=grid, warmup=True, **kw))
+            return go
+
+    kern._gluon_fwd_kernel = Warmup(kern._gluon_fwd_kernel)
+    batch, q_heads, kv_heads, n_queries, n_keys = map(int, args.shape.split(","))
+    dtype = getattr(torch, args.dtype)
+    d = args.head_dim
+
+    def bthd(heads, seq):
+        return torch.zeros(batch, seq, heads, d, dtype=dtype).transpose(1, 2)
+
+    q, k, v = bthd(q_heads, n_queries), bthd(kv_heads, n_keys), bthd(kv_heads, n_keys)
+    lam = torch.zeros(batch, q_heads, n_keys)
+    plan = plan_mod.make_plan(q, k, lam, d ** -0.5, 0.0, Prune.OFF)
+    doc = (torch.arange(n_keys) // 512).expand(batch, n_keys) if args.doc else None
+    ga.forward(q, k, v, lam, plan, d ** -0.5, torch.empty_like(q), doc=doc)
+    for kernel in compiled:
+        reg, stack = _usage(kernel.asm["cubin"])
+        ptx = kernel.asm["ptx"]
+        print(f"triton {triton.__version__} fwd D={d} {args.dtype} doc={args.doc}: REG {reg} "
+              f"STACK {stack} wgmma {ptx.count('wgmma.mma_async')} "
+              f"waits {ptx.count('wgmma.wait_group')} tma {ptx.count('cp.async.bulk.tensor')} "
+              f"setmaxnreg {ptx.count('setmaxnreg')} smem {kernel.metadata.shared}")
+        if args.dump:
+            os.makedirs(args.dump, exist_ok=True)
+            for ext in ("ttgir", "ptx"):
+                with open(os.path.join(args.dump, f"gluon_fwd_{d}.{ext}"), "w") as f:
+                    f.write(kernel.asm[ext])
+            with open(os.path.join(args.dump, f"gluon_fwd_{d}.cubin"), "wb") as f:
+                f.write(kernel.asm["cubin"])
+
+
+if __name__ == "__main__":
+    main()
