@@ -13,12 +13,16 @@ Variants:
     eager          FoX, no compilation
 
 Caches (--cache; docs/generation.md):
-    dynamic  fox_lm.FoXCache (torch.cat, like Hugging Face's DynamicCache), mode "default". Every
-             step copies the cache (the concatenation): part of the step time, the same for
-             every variant. fox_acp rewrites its decode sites (decay `guarded`).
-    static   fox_lm.FoXStaticCache (preallocated, written in place), decode compiled with
-             mode="reduce-overhead" (CUDA graphs). fox_acp declines its decode sites today (the
-             matcher does not follow the in-place writes), so they run as Inductor compiles them.
+    preallocated  (default) fox_lm.FoXCache(max_length=...): storage for the context and the
+                  steps, written in place, the attention reading the filled prefix; dynamic
+                  shapes, mode "default". fox_acp rewrites its decode sites (decay `guarded`).
+    concat        fox_lm.FoXCache() (torch.cat, like Hugging Face's DynamicCache), mode
+                  "default": every step copies the whole cache, and a compiled step holds the
+                  old and the new one (twice the memory). Rewritten like preallocated.
+    static        fox_lm.FoXStaticCache (fixed shapes), decode compiled with
+                  mode="reduce-overhead" (CUDA graphs). fox_acp rewrites its decode sites
+                  (`guarded`, a key mask on the unfilled slots) but they run dense: the op's guard
+                  reads the masked slots after the query as a rising gate.
 
 Filling the cache (--fill):
     synthetic  (default) no prefill: every layer's k, v ~ SYN70 (k RMS-normalised, N(0, 1), in
@@ -37,7 +41,8 @@ The forget gates matter: with nn.Linear's init (--gate-init default) an untraine
 --gate-range, as bench_train.py and SYN70 do (docs/benchmarks.md); --checkpoint loads trained
 weights (and gates) instead.
 
-Attention time per step (dynamic cache, fox and sdpa variants): after the timed steps, one eager
+Attention time per step (preallocated and concat caches, fox and sdpa variants): after the
+timed steps, one eager
 decoding step captures every layer's q (B, H, 1, D) and cached k, v, lam; the attention alone
 (foxcompile::attention with the variant's epsilon, or F.scaled_dot_product_attention) is then
 timed on them (CUDA events, median of --attention-reps) and summed over the layers. The rest of
@@ -54,7 +59,7 @@ norms of all keys once: that pass is not counted as a read here).
 
 Results are merged into --out (rows of the same card, config, batch, context, variant, cache
 and fill are replaced) and written after every row, so a run cut short keeps what it measured.
-A row whose cache (x2 while torch.cat copies it, plus the weights) cannot fit the card is
+A row whose cache (twice with --cache concat, plus the weights) cannot fit the card is
 recorded as "too large" without trying (--try-all tries anyway); an OOM is recorded as "OOM" and
 skips the longer contexts of that variant and batch.
 """
@@ -90,7 +95,7 @@ VARIANTS = {  # name: (attention, backend, epsilon)
     "eager": ("fox", "eager", 0.0),
 }
 DEFAULT_VARIANTS = ("fox_acp", "fox_acp_dense", "sdpa")
-CACHES = ("dynamic", "static")
+CACHES = ("preallocated", "concat", "static")
 SYN70_NOISE = 0.3  # gate logit = b_h + 0.3 N(0, 1) (benchmarks/bench_attention.py's syn70)
 
 
@@ -125,10 +130,11 @@ def cache_bytes(config, batch: int, context: int, dtype: torch.dtype) -> int:
     return batch * context * per_token
 
 
-def fits(config, batch, context, dtype, device, param_bytes) -> tuple[bool, float]:
-    """(fits, estimated GB): twice the cache (torch.cat holds the old and the new one while a
-    compiled step runs) plus the weights, against the card's memory."""
-    need = 2 * cache_bytes(config, batch, context, dtype) + param_bytes
+def fits(config, batch, context, dtype, device, param_bytes, kind) -> tuple[bool, float]:
+    """(fits, estimated GB): the cache (twice for concat: torch.cat holds the old and the new
+    one while a compiled step runs) plus the weights, against the card's memory."""
+    copies = 2 if kind == "concat" else 1
+    need = copies * cache_bytes(config, batch, context, dtype) + param_bytes
     if device.type != "cuda":
         return True, need / 1e9
     return need < 0.95 * torch.cuda.get_device_properties(device).total_memory, need / 1e9
@@ -175,9 +181,11 @@ def corpus_windows(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.stack([data[s:s + length] for s in starts.tolist()]).long()
 
 
-def prefill_cache(prefill, model, tokens: torch.Tensor, chunk: int, label: str) -> tuple:
-    """Fill a FoXCache with `tokens` (B, N) in chunks; returns (cache, last logits, seconds)."""
-    cache = model.new_cache()
+def prefill_cache(prefill, model, tokens: torch.Tensor, chunk: int, label: str,
+                  max_length: int = 0) -> tuple:
+    """Fill a FoXCache (preallocated for max_length tokens, or concatenating when 0) with
+    `tokens` (B, N) in chunks; returns (cache, last logits, seconds)."""
+    cache = model.new_cache(max_length=max_length)
     device = tokens.device
     n = tokens.shape[1]
     synchronize(device)
@@ -196,15 +204,19 @@ def prefill_cache(prefill, model, tokens: torch.Tensor, chunk: int, label: str) 
     return cache, logits, time.perf_counter() - start
 
 
-def synthetic_cache(model, batch: int, n: int, device, gate_range=(2.0, 512.0),
-                    seed: int = 0) -> FoXCache:
-    """A FoXCache of n tokens without a prefill: k, v and lam as SYN70 draws them (head h's
-    decay time log-spaced over gate_range). Its length is marked dynamic, so that the first
-    decoding step compiles the graph every later length uses."""
+def synthetic_cache(model, batch: int, n: int, device, gate_range=(2.0, 512.0), room: int = 0,
+                    kind: str = "preallocated", seed: int = 0):
+    """A cache of `kind` holding n tokens, without a prefill: k, v and lam as SYN70 draws them
+    (head h's decay time log-spaced over gate_range), with room for `room` more tokens. The
+    dynamic caches' lengths are marked dynamic, so that the first decoding step compiles the
+    graph every later length uses."""
     c = model.config
     dtype = model.lm_head.weight.dtype
     g = torch.Generator(device=device).manual_seed(seed)
-    cache = model.new_cache()
+    if kind == "static":
+        cache = FoXStaticCache(c, batch, n + room, dtype, device, layers=c.layers)
+    else:
+        cache = model.new_cache(max_length=n + room if kind == "preallocated" else 0)
     shortest, longest = gate_range
     times = torch.logspace(math.log10(shortest), math.log10(longest), c.heads, device=device)
     bias = -torch.log(torch.expm1(1.0 / times))
@@ -212,16 +224,38 @@ def synthetic_cache(model, batch: int, n: int, device, gate_range=(2.0, 512.0),
         k, v = (torch.randn(batch, c.heads, n, c.head_dim, generator=g, device=device)
                 for _ in range(2))
         k = k * torch.rsqrt(k.square().mean(-1, keepdim=True))
-        cache.k[layer], cache.v[layer] = k.to(dtype), v.to(dtype)
+        lam = None
         if c.attention == "fox":
             noise = torch.randn(batch, c.heads, n, generator=g, device=device)
-            logit = bias[:, None] + SYN70_NOISE * noise
-            cache.lam[layer] = F.logsigmoid(logit).cumsum(-1)
-        if c.pro:
+            lam = F.logsigmoid(bias[:, None] + SYN70_NOISE * noise).cumsum(-1)
+        if kind == "concat":
+            cache.k[layer], cache.v[layer], cache.lam[layer] = k.to(dtype), v.to(dtype), lam
+        else:  # write into zeroed storage of n + room slots
+            if kind == "preallocated":
+                cache.k[layer], cache.v[layer] = (
+                    torch.zeros(batch, c.heads, n + room, c.head_dim, dtype=dtype, device=device)
+                    for _ in range(2))
+                if lam is not None:
+                    cache.lam[layer] = torch.zeros(batch, c.heads, n + room, device=device)
+            cache.k[layer][:, :, :n] = k
+            cache.v[layer][:, :, :n] = v
+            if lam is not None:
+                cache.lam[layer][:, :, :n] = lam
+        if lam is not None:
+            if kind == "static":
+                cache.last[layer].copy_(lam[:, :, -1:])
+            else:
+                cache.last[layer] = lam[:, :, -1:].clone()
+        if c.pro and kind != "static":
             cache.shift[layer] = (torch.zeros_like(k[:, :, :1], dtype=dtype),) * 2
-        for t in (cache.k[layer], cache.v[layer], cache.lam[layer]):
-            if t is not None:
-                torch._dynamo.maybe_mark_dynamic(t, 2)
+        if kind != "static":
+            for t in (cache.k[layer], cache.v[layer], cache.lam[layer]):
+                if t is not None:
+                    torch._dynamo.maybe_mark_dynamic(t, 2)
+    if kind == "static":
+        cache.position.fill_(n)
+    elif kind == "preallocated":
+        cache.filled = n
     return cache
 
 
@@ -234,10 +268,11 @@ def to_static(cache: FoXCache, model, max_length: int) -> FoXStaticCache:
     n = cache.length
     with torch.no_grad():
         for layer in range(cache.layers):
-            static.k[layer][:, :, :n] = cache.k[layer]
-            static.v[layer][:, :, :n] = cache.v[layer]
+            static.k[layer][:, :, :n] = cache.k[layer][:, :, :n]
+            static.v[layer][:, :, :n] = cache.v[layer][:, :, :n]
             if static.lam[layer] is not None:
-                static.lam[layer][:, :, :n] = cache.lam[layer]
+                static.lam[layer][:, :, :n] = cache.lam[layer][:, :, :n]
+                static.last[layer].copy_(cache.last[layer])
             if static.shift[layer] is not None:
                 for mine, theirs in zip(static.shift[layer], cache.shift[layer]):
                     mine.copy_(theirs)
@@ -279,27 +314,35 @@ def decode_steps(decode, cache, token: torch.Tensor, steps: int) -> torch.Tensor
 
 def capture_attention_inputs(model, cache: FoXCache, token: torch.Tensor) -> list:
     """One eager decoding step on `cache`; per layer (q, k, v, lam) as its attention saw them
-    (q of the new token, k, v, lam of all keys; lam None for SDPA)."""
-    captured = [None] * len(model.blocks)
-    originals = []
-    for layer, block in enumerate(model.blocks):
+    (q of the new token, k, v, lam of all keys as the cache handed them back; lam None for
+    SDPA)."""
+    queries, keys = {}, {}
+    patched = []
+    for block in model.blocks:
         attn = block.attn
         original = attn.attend_cached
 
-        def capture(q, k, v, log_f, cache, layer_, _original=original):
-            out = _original(q, k, v, log_f, cache, layer_)
-            captured[layer_] = (q, cache.k[layer_], cache.v[layer_], cache.lam[layer_])
-            return out
+        def capture(q, k, v, log_f, cache_, layer, _original=original):
+            queries[layer] = q
+            return _original(q, k, v, log_f, cache_, layer)
 
         attn.attend_cached = capture
-        originals.append(attn)
+        patched.append(attn)
+    update = cache.update
+
+    def capture_update(layer, k, v, lam):
+        keys[layer] = update(layer, k, v, lam)
+        return keys[layer]
+
+    cache.update = capture_update
     try:
         with torch.no_grad():
             model(token[:, None], cache=cache)
     finally:
-        for attn in originals:
+        for attn in patched:
             del attn.attend_cached
-    return captured
+        del cache.update
+    return [(queries[layer], *keys[layer]) for layer in range(len(model.blocks))]
 
 
 def unread_fraction(start: torch.Tensor, n_keys: int, block_n: int) -> torch.Tensor:
@@ -354,7 +397,8 @@ def site_labels(model, variant: str, args) -> dict | None:
         return None
     prompt = corpus_windows(1, 2 * args.explain_len).to(args.device)
     labels = {}
-    for what, report in generate.explain_sites(model, prompt, static=args.cache == "static"):
+    for what, report in generate.explain_sites(model, prompt, static=args.cache == "static",
+                                               concat=args.cache == "concat"):
         labels[what.split(":")[0]] = {"rewritten": [s.decay for s in report.sites],
                                       "declined": [d.reason for d in report.declined]}
     return labels
@@ -364,18 +408,21 @@ def measure_row(model, prefill, decode, config, batch, context, variant, args, t
     device = torch.device(args.device)
     label = f"{config} B={batch} T={context} {variant}"
     row = {}
+    max_length = context + args.static_room
     if args.fill == "prefill":
         cache, logits, seconds = prefill_cache(prefill, model, tokens[:, :context],
-                                               args.prefill_chunk, label)
+                                               args.prefill_chunk, label,
+                                               0 if args.cache == "concat" else max_length)
         row["prefill_s"] = seconds
         row["prefill_tokens_per_s"] = batch * context / seconds
         token = logits.argmax(-1)
     else:
-        cache = synthetic_cache(model, batch, context, device, args.gate_range)
+        cache = synthetic_cache(model, batch, context, device, args.gate_range,
+                                args.static_room, args.cache)
         # strides (1,), as argmax's result: a strided token would recompile the step
         token = tokens[:, context].clone(memory_format=torch.contiguous_format)
-    if args.cache == "static":
-        cache = to_static(cache, model, context + args.static_room)
+    if args.cache == "static" and args.fill == "prefill":
+        cache = to_static(cache, model, max_length)
     token = decode_steps(decode, cache, token, args.warmup_steps)
     synchronize(device)
     start = time.perf_counter()
@@ -386,7 +433,7 @@ def measure_row(model, prefill, decode, config, batch, context, variant, args, t
                decode_tokens_per_s=batch * args.steps / seconds)
     if device.type == "cuda":
         row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    if args.cache == "dynamic" and variant in ("fox_acp", "fox_acp_dense", "sdpa"):
+    if args.cache != "static" and variant in ("fox_acp", "fox_acp_dense", "sdpa"):
         captured = capture_attention_inputs(model, cache, token)
         row.update(attention_profile(model, captured, variant, device, args.attention_reps))
         row["attention_share"] = row["attention_ms_per_step"] / row["step_ms"]
@@ -523,7 +570,8 @@ def run(args):
                     warm_up(model, prefill, decode, config, batch, variant, args, tokens)
                 for context in sorted(args.contexts):
                     row = {**key, "context": context}
-                    ok, need_gb = fits(config, batch, context, dtype, device, param_bytes)
+                    ok, need_gb = fits(config, batch, context, dtype, device, param_bytes,
+                                       args.cache)
                     if failed:
                         row["status"] = failed
                     elif not ok and not args.try_all:
@@ -568,8 +616,9 @@ def parse_args(argv=None):
                         help="sequences decoded together")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         default=list(DEFAULT_VARIANTS), help="what to measure, see above")
-    parser.add_argument("--cache", choices=CACHES, default="dynamic",
-                        help="dynamic (mode default) or static (mode reduce-overhead)")
+    parser.add_argument("--cache", choices=CACHES, default="preallocated",
+                        help="preallocated or concat (dynamic shapes, mode default), or static "
+                             "(mode reduce-overhead), see above")
     parser.add_argument("--fill", choices=("synthetic", "prefill"), default="synthetic",
                         help="how the cache is filled, see above")
     parser.add_argument("--checkpoint", default=None,
@@ -628,7 +677,8 @@ def parse_args(argv=None):
                            train.device_name(torch.device(args.device)).lower()).strip("_")
             date = datetime.date.today().isoformat()
             args.out = str(ROOT / "benchmarks" / "results" / f"bench_decode_{slug}_{date}.json")
-    # slots of a static cache after the context: the same for the warm-up and the rows, so
+    # slots of a preallocated or static cache after the context: the same for the warm-up and
+    # the rows, so
     # that a row of the warm-up's context replays its graphs
     args.static_room = max(3, args.warmup_steps) + args.steps + 2
     if args.checkpoint and len(args.configs) != 1:

@@ -303,63 +303,97 @@ class FoXLM(nn.Module):
 
     def new_cache(self, static: bool = False, batch: int = 1, max_length: int = 0,
                   dtype: torch.dtype | None = None, device=None):
-        """An empty generation cache for this model: a FoXCache (dynamic shapes) or, with
-        static=True, a FoXStaticCache of `batch` sequences of up to `max_length` tokens, its k
-        and v in `dtype` (default: the parameters'; under autocast pass the autocast dtype), on
-        `device` (default: the parameters')."""
+        """An empty generation cache for this model: a FoXCache (dynamic shapes; concatenating,
+        or with max_length > 0 preallocated and written in place) or, with static=True, a
+        FoXStaticCache of `batch` sequences of up to `max_length` tokens, its k and v in `dtype`
+        (default: the parameters'; under autocast pass the autocast dtype), on `device`
+        (default: the parameters')."""
         if not static:
-            return FoXCache(len(self.blocks))
+            return FoXCache(len(self.blocks), max_length)
         weight = self.lm_head.weight
         return FoXStaticCache(self.config, batch, max_length, dtype or weight.dtype,
                               device or weight.device, layers=len(self.blocks))
 
 
 class FoXCache:
-    """Generation cache of a FoXLM with dynamic shapes, written like Hugging Face's DynamicCache:
-    per layer the keys and values (B, H, N, D), lam (B, H, N) fp32 (the cumulative log forget
-    gate, which the next tokens' lam continues) and, for Pro, the unshifted k and v of the last
-    token (the token shift's input). Each call concatenates the new tokens' entries (torch.cat:
-    new tensors, nothing changed in place) and attends over the result.
+    """Generation cache of a FoXLM with dynamic shapes: per layer the keys and values
+    (B, H, N, D), lam (B, H, N) fp32 (the cumulative log forget gate, which the next tokens' lam
+    continues) and, for Pro, the unshifted k and v of the last token (the token shift's input).
 
-    The number of keys grows at every call: under torch.compile, Dynamo compiles the prefill, the
-    first decoding step, and then one graph with a dynamic length for all later steps. The
-    prefill of an empty cache attends over the prompt's own k, v and lam (offset 0, the training
-    path's attention). Nothing here is a Python number: the length is the keys' shape.
+    Two storages:
+    - max_length = 0 (default), like Hugging Face's DynamicCache: each call concatenates the new
+      tokens' entries (torch.cat: new tensors, nothing changed in place) and attends over the
+      result. Every step copies the cache, and a compiled step holds the old and the new one.
+    - max_length > 0, like gpt-fast's cache: storage for max_length tokens (doubled when full),
+      the new entries written in place (`k_store[:, :, P:P+M] = k`) and the attention reading
+      the filled prefix (a view): one slot written per step.
+    The number of keys grows at every call: under torch.compile, Dynamo compiles the prefill and
+    then one or two decoding graphs, the later one with a dynamic length. The prefill of an
+    empty cache attends over the prompt's own k, v and lam (offset 0, the training path's
+    attention). The lam of the last token is kept apart (`last`), so that the storage is only
+    written before the attention reads it.
     """
 
     static = False
 
-    def __init__(self, layers: int):
-        self.layers = layers
+    def __init__(self, layers: int, max_length: int = 0):
+        self.layers, self.capacity = layers, max_length or 0
+        # preallocated, a flag apart from the size: control flow on a number would make Dynamo
+        # compile the model again for every max_length
+        self.preallocated = bool(max_length)
+        self.filled = 0  # tokens in the preallocated storage
         self.k: list = [None] * layers
         self.v: list = [None] * layers
         self.lam: list = [None] * layers
+        self.last: list = [None] * layers
         self.shift: list = [None] * layers
 
     @property
     def length(self) -> int:
         """Tokens in the cache."""
+        if self.preallocated:
+            return self.filled
         return 0 if self.k[0] is None else self.k[0].shape[2]
 
     def last_lam(self, layer: int):
         """lam of the last cached token, (B, H, 1) fp32; None when nothing is cached."""
-        lam = self.lam[layer]
-        return None if lam is None else lam[..., -1:]
+        return self.last[layer]
 
     def update(self, layer: int, k, v, lam):
         """Append the new tokens' k, v (B, H, M, D) and lam (B, H, M) (None for SDPA); return
         k, v and lam of all N = past + M keys."""
-        if self.k[layer] is not None:
-            k = torch.cat([self.k[layer], k], dim=2)
-            v = torch.cat([self.v[layer], v], dim=2)
-            if lam is not None:
-                lam = torch.cat([self.lam[layer], lam], dim=2)
-        self.k[layer], self.v[layer], self.lam[layer] = k, v, lam
-        return k, v, lam
+        if lam is not None:
+            self.last[layer] = lam[:, :, -1:].clone()  # not a view: the chunk's lam would stay
+        if not self.preallocated:
+            if self.k[layer] is not None:
+                k = torch.cat([self.k[layer], k], dim=2)
+                v = torch.cat([self.v[layer], v], dim=2)
+                if lam is not None:
+                    lam = torch.cat([self.lam[layer], lam], dim=2)
+            self.k[layer], self.v[layer], self.lam[layer] = k, v, lam
+            return k, v, lam
+        past, end = self.filled, self.filled + k.shape[2]
+        stored = [k, v] + ([lam] if lam is not None else [])
+        names = ("k", "v", "lam")[:len(stored)]
+        size = 0 if self.k[layer] is None else self.k[layer].shape[2]
+        if end > size:  # allocate, or grow: a copy, rare
+            size = max(end, self.capacity, 2 * size)
+            for name, new in zip(names, stored):
+                old = getattr(self, name)[layer]
+                store = new.new_zeros(*new.shape[:2], size, *new.shape[3:])
+                if old is not None:
+                    store[:, :, :past] = old[:, :, :past]
+                getattr(self, name)[layer] = store
+        for name, new in zip(names, stored):
+            getattr(self, name)[layer][:, :, past:end] = new
+        if past == 0:
+            return k, v, lam
+        return (self.k[layer][:, :, :end], self.v[layer][:, :, :end],
+                None if lam is None else self.lam[layer][:, :, :end])
 
     def positions(self, layer: int, n_new: int, device):
         """(query positions (M,), key positions (N,)), int64, after update(layer, ...)."""
-        n_keys = self.k[layer].shape[2]
+        n_keys = self.filled + n_new if self.preallocated else self.k[layer].shape[2]
         return (torch.arange(n_new, device=device) + (n_keys - n_new),
                 torch.arange(n_keys, device=device))
 
@@ -371,7 +405,8 @@ class FoXCache:
             self.shift[layer] = tuple(t.clone() for t in state)
 
     def advance(self, n_new: int):
-        pass
+        if self.preallocated:
+            self.filled += n_new
 
 
 class FoXStaticCache:
@@ -381,6 +416,12 @@ class FoXStaticCache:
     always reads all max_length slots, masking the unfilled ones through the positions. Nothing
     here is a Python number that changes between steps. The tensors are marked as static
     addresses, so CUDA graphs read them in place. Writing past max_length is an index error.
+
+    Each storage is written before the attention reads it, or after every attention of the
+    step: k, v and lam in update(), before their layer's attention; the lam of the last token
+    (`last`, which the next step's lam continues) and Pro's shift state, which the attention
+    reads before the step's new values exist, in advance(), after the last layer. (A write
+    between two reads of one storage would make fox_acp's matcher decline the site.)
     """
 
     static = True
@@ -405,6 +446,9 @@ class FoXStaticCache:
                     else None for _ in range(self.layers)]
         self.shift = [(zeros(batch, H, 1, D), zeros(batch, H, 1, D)) if config.pro else None
                       for _ in range(self.layers)]
+        self.last = [zeros(batch, H, 1, dtype=torch.float32) if config.attention == "fox"
+                     else None for _ in range(self.layers)]
+        self._pending = {}  # (what, layer) -> the value advance() writes
 
     @classmethod
     def from_cache(cls, cache: FoXCache, config: FoXConfig, max_length: int) -> "FoXStaticCache":
@@ -424,10 +468,11 @@ class FoXStaticCache:
         self.reset()
         with torch.no_grad():
             for layer in range(self.layers):
-                self.k[layer][:, :, :n] = cache.k[layer]
-                self.v[layer][:, :, :n] = cache.v[layer]
+                self.k[layer][:, :, :n] = cache.k[layer][:, :, :n]
+                self.v[layer][:, :, :n] = cache.v[layer][:, :, :n]
                 if self.lam[layer] is not None:
-                    self.lam[layer][:, :, :n] = cache.lam[layer]
+                    self.lam[layer][:, :, :n] = cache.lam[layer][:, :, :n]
+                    self.last[layer].copy_(cache.last[layer])
                 if self.shift[layer] is not None:
                     for mine, theirs in zip(self.shift[layer], cache.shift[layer]):
                         mine.copy_(theirs)
@@ -437,16 +482,14 @@ class FoXStaticCache:
     def reset(self):
         """Empty the cache in place (the tensors keep their addresses)."""
         with torch.no_grad():
-            for t in [self.position, *self.k, *self.v, *self.lam,
+            for t in [self.position, *self.k, *self.v, *self.lam, *self.last,
                       *(s for pair in self.shift if pair is not None for s in pair)]:
                 if t is not None:
                     t.zero_()
 
     def last_lam(self, layer: int):
-        """lam at position - 1, (B, H, 1) fp32, 0 when nothing is cached."""
-        index = (self.position - 1).clamp(min=0).view(1)
-        last = self.lam[layer].index_select(-1, index)
-        return torch.where(self.position > 0, last, 0.0)
+        """lam of the last cached token, (B, H, 1) fp32 (0 when nothing is cached)."""
+        return self.last[layer]
 
     def update(self, layer: int, k, v, lam):
         """Write the new tokens' entries at positions position..position+M-1; return the whole
@@ -456,6 +499,7 @@ class FoXStaticCache:
         self.v[layer].index_copy_(2, index, v.to(self.v[layer].dtype))
         if lam is not None:
             self.lam[layer].index_copy_(2, index, lam)
+            self._pending["last", layer] = lam[:, :, -1:]
         return self.k[layer], self.v[layer], self.lam[layer]
 
     def positions(self, layer: int, n_new: int, device):
@@ -468,11 +512,18 @@ class FoXStaticCache:
         return self.shift[layer]
 
     def set_shift_state(self, layer: int, state):
-        if state is not None:
-            for mine, new in zip(self.shift[layer], state):
-                mine.copy_(new)
+        if state is not None:  # written in advance(): the attention has read the old one
+            self._pending["shift", layer] = state
 
     def advance(self, n_new: int):
+        """After the last layer: the last token's lam and shift state, and the position."""
+        for (what, layer), value in self._pending.items():
+            if what == "last":
+                self.last[layer].copy_(value)
+            else:
+                for mine, new in zip(self.shift[layer], value):
+                    mine.copy_(new)
+        self._pending = {}
         self.position.add_(n_new)
 
 

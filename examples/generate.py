@@ -13,12 +13,15 @@ untimed warm-up generation that compiles their graphs.
     python examples/generate.py --config 125m --device cuda --static-cache --mode reduce-overhead
     python examples/generate.py --checkpoint runs/125m-acp/checkpoint.pt --prompt "def main("
 
-Caches (fox_lm.FoXCache, fox_lm.FoXStaticCache; docs/generation.md): the default cache has dynamic
-shapes (torch.cat, like Hugging Face's DynamicCache); fox_acp rewrites its prefill (decay
-`proven`), chunked-prefill and decode (`guarded`: lam comes back from the cache, an input) sites.
---static-cache prefills with that cache, then copies it into a static one of prompt + new tokens
-(shapes fixed, written in place, for --mode reduce-overhead, CUDA graphs); fox_acp declines its
-decode sites today (docs/generation.md says why) and Inductor runs them as written.
+Caches (fox_lm.FoXCache, fox_lm.FoXStaticCache; docs/generation.md): by default a cache with
+dynamic shapes preallocated for prompt + new tokens and written in place (gpt-fast style);
+--concat-cache concatenates instead (torch.cat, like Hugging Face's DynamicCache). fox_acp
+rewrites the prefill (decay `proven`), chunked-prefill and decode (`guarded`: lam comes back from
+the cache, an input) sites of both. --static-cache prefills with the dynamic cache, then copies it
+into a static one of prompt + new tokens (shapes fixed, for --mode reduce-overhead, CUDA graphs);
+fox_acp rewrites its decode sites too (`guarded`, with a key mask on the unfilled slots), but
+they run dense: the op's guard sees the masked slots after the query as a rising gate
+(docs/generation.md).
 
 --check compares the logits of every generated position with eager PyTorch's on the same tokens
 (teacher-forced through the same cache steps) and the greedy tokens with eager's own; it exits
@@ -161,19 +164,21 @@ class Generation:
 @torch.no_grad()
 def generate(model: FoXLM, prompt: torch.Tensor, new_tokens: int, *, prefill=None, decode=None,
              prefill_chunk: int = 0, static: bool | FoXStaticCache = False,
-             forced: torch.Tensor | None = None, temperature: float = 0.0, top_k: int = 0,
-             generator=None, keep_logits: bool = True) -> Generation:
+             concat: bool = False, forced: torch.Tensor | None = None,
+             temperature: float = 0.0, top_k: int = 0, generator=None,
+             keep_logits: bool = True) -> Generation:
     """Prefill `prompt` (B, P) into a new cache (in pieces of prefill_chunk tokens when > 0) and
     decode new_tokens - 1 more steps, one token per sequence each. prefill and decode: the
     callables to run (compiled models; default: the model itself). static: decode on a static
     cache filled from the prefilled one: True for a new FoXStaticCache of P + new_tokens
     tokens, or a FoXStaticCache to reuse (its tensors keep their addresses, so CUDA graphs
-    recorded on it replay). forced (B, new): feed these tokens instead of the sampled ones
-    (teacher forcing, for comparisons)."""
+    recorded on it replay). concat: a concatenating cache instead of one preallocated for
+    P + new_tokens. forced (B, new): feed these tokens instead of the sampled ones (teacher
+    forcing, for comparisons)."""
     prefill = model if prefill is None else prefill
     decode = model if decode is None else decode
     device = prompt.device
-    cache = model.new_cache()
+    cache = model.new_cache(max_length=0 if concat else prompt.shape[1] + new_tokens)
     chunk = prefill_chunk or prompt.shape[1]
     synchronize(device)
     start = time.perf_counter()
@@ -205,16 +210,17 @@ def generate(model: FoXLM, prompt: torch.Tensor, new_tokens: int, *, prefill=Non
 # ---------------------------------------------------------------- reports
 
 
-def explain_sites(model: FoXLM, prompt: torch.Tensor, static: bool = False) -> list[tuple]:
+def explain_sites(model: FoXLM, prompt: torch.Tensor, static: bool = False,
+                  concat: bool = False) -> list[tuple]:
     """foxcompile.explain of the prefill (first half of the prompt), the chunked prefill (second
     half: M < N), and two decoding steps (the second one has the dynamic cache length), on a
-    cache of their own; with static=True also two decoding steps on a static cache.
-    Returns [(what, report)]."""
+    cache of their own (preallocated, or concatenating with concat=True); with static=True also
+    two decoding steps on a static cache. Returns [(what, report)]."""
     import foxcompile
 
     reports = []
     with torch.no_grad():
-        cache = model.new_cache()
+        cache = model.new_cache(max_length=0 if concat else prompt.shape[1] + 2)
         half = max(1, prompt.shape[1] // 2)
         token = prompt[:, -1:]
         steps = [("prefill", prompt[:, :half])]
@@ -249,7 +255,7 @@ def check_against_eager(model: FoXLM, prompt: torch.Tensor, got: Generation, arg
     dtype = DTYPES[args.dtype]
     tolerance = CHECK_TOLERANCE[dtype]
     eager = generate(model, prompt, got.tokens.shape[1], prefill_chunk=args.prefill_chunk,
-                     static=args.static_cache, forced=got.tokens)
+                     static=args.static_cache, concat=args.concat_cache, forced=got.tokens)
     worst = max(((a - b).abs().max() / b.abs().max().clamp(min=1e-6)).item()
                 for a, b in zip(got.logits, eager.logits))
     print(f"check: logits of {len(got.logits)} generated positions against eager on the same "
@@ -258,7 +264,7 @@ def check_against_eager(model: FoXLM, prompt: torch.Tensor, got: Generation, arg
                                              f"{tolerance:g} of the largest logit"]
     if args.temperature <= 0:
         own = generate(model, prompt, got.tokens.shape[1], prefill_chunk=args.prefill_chunk,
-                       static=args.static_cache, keep_logits=False)
+                       static=args.static_cache, concat=args.concat_cache, keep_logits=False)
         same = (own.tokens == got.tokens).all(dim=0)
         agree = int(same.long().cumprod(0).sum())
         print(f"check: greedy tokens agree with eager's for the first {agree} of "
@@ -313,6 +319,9 @@ def parse_args(argv=None):
                              "graphs; use it with --static-cache)")
     parser.add_argument("--static-cache", action="store_true",
                         help="decode on a static cache (fixed shapes, for CUDA graphs)")
+    parser.add_argument("--concat-cache", action="store_true",
+                        help="a cache that concatenates (torch.cat, Hugging Face's DynamicCache) "
+                             "instead of one preallocated and written in place")
     parser.add_argument("--epsilon", type=float, default=train.DEFAULT_EPSILON,
                         help="fox_acp's pruning tolerance (0: pruning off; default e^-10)")
     parser.add_argument("--fox-compiler", choices=train.FOX_COMPILERS, default="inductor",
@@ -353,6 +362,11 @@ def parse_args(argv=None):
     return args
 
 
+def cache_name(args) -> str:
+    dynamic = "concatenating" if args.concat_cache else "preallocated"
+    return f"static (prefilled in a {dynamic} one)" if args.static_cache else dynamic
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -363,12 +377,12 @@ def main(argv=None):
           f"{config.heads} heads x {config.head_dim}, attention {config.attention}"
           f"{', Pro' if config.pro else ''}; {args.backend}"
           f"{f' (epsilon {args.epsilon:.3g})' if args.backend == 'fox_acp' else ''}, mode "
-          f"{args.mode}, {'static' if args.static_cache else 'dynamic'} cache, {args.dtype} on "
+          f"{args.mode}, {cache_name(args)} cache, {args.dtype} on "
           f"{train.device_name(device)}; batch {args.batch}, prompt {args.prompt_len}, "
           f"{args.new_tokens} new tokens", flush=True)
 
     if args.explain:
-        for what, report in explain_sites(model, prompt, args.static_cache):
+        for what, report in explain_sites(model, prompt, args.static_cache, args.concat_cache):
             print(f"\n-- {what}: {site_labels(report)}\n{report}")
         print()
 
@@ -378,7 +392,8 @@ def main(argv=None):
         static = model.new_cache(static=True, batch=args.batch,
                                  max_length=args.prompt_len + args.new_tokens)
     options = dict(prefill=prefill, decode=decode, prefill_chunk=args.prefill_chunk,
-                   static=static, temperature=args.temperature, top_k=args.top_k)
+                   static=static, concat=args.concat_cache, temperature=args.temperature,
+                   top_k=args.top_k)
     start = time.perf_counter()
     # warm-up: compiles the prefill, the first decoding step and the step with a dynamic
     # length (and records the CUDA graphs under reduce-overhead)
