@@ -363,7 +363,7 @@ class FoXCache:
         """Append the new tokens' k, v (B, H, M, D) and lam (B, H, M) (None for SDPA); return
         k, v and lam of all N = past + M keys."""
         if lam is not None:
-            self.last[layer] = lam[:, :, -1:].clone()  # not a view: the chunk's lam would stay
+            self.last[layer] = lam[:, :, -1:].clone()  # a view would keep the chunk's lam
         if not self.preallocated:
             if self.k[layer] is not None:
                 k = torch.cat([self.k[layer], k], dim=2)
