@@ -2,7 +2,7 @@
 # Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
-#       [bench] [ab] [abref] [ncu] [train]
+#       [bench] [ab] [abref] [ncu] [train] [decode]
 #   (default: tests bench)
 #
 # Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
@@ -11,6 +11,7 @@
 # ab: bench_attention once per variant of AB (space-separated NAME:ENV=VALUE[+ENV=VALUE]), e.g.
 #   AB="ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1", foxcompile and cuDNN rows only, into
 #   $OUT/ab/NAME.json (cuDNN is timed in each, as the same-run baseline).
+# decode: benchmarks/bench_decode_kernel.py (decode attention alone) into $OUT/decode_kernel.json.
 # gputests: python -m pytest tests/test_gpu.py tests/test_kernels.py (all of them: GPU and CPU
 #   tests), into $OUT/gputests.log.
 # abref: the kernels of another version (OLD=folder holding that checkout, or OLD_REF=git ref,
@@ -135,6 +136,13 @@ for step in $steps; do
           $PY benchmarks/ncu_kernels.py --shape "$shape" > "$OUT/ncu_$shape.csv" 2> "$OUT/ncu_$shape.err"
         $PY benchmarks/ncu_kernels.py --summarise "$OUT/ncu_$shape.csv" 2>&1 | tee "$OUT/ncu_$shape.txt"
       done
+      ;;
+    decode)
+      stamp "decode kernels (bench_decode_kernel.py)"
+      timeout ${DECODE_TIMEOUT:-300} $PY benchmarks/bench_decode_kernel.py \
+        --json "$OUT/decode_kernel.json" > "$OUT/decode_kernel.log" 2>&1
+      grep -E "Error|error" "$OUT/decode_kernel.log" | head -5
+      tail -40 "$OUT/decode_kernel.log"
       ;;
     bench)
       stamp "benchmark"

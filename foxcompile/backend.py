@@ -60,10 +60,10 @@ def rewrite_graphs(gm: fx.GraphModule, example_inputs, options: FoxOptions) -> l
         if lower(module.graph):  # einx calls as the torch ops they stand for (find/einx_ops.py)
             module.recompile()
         found, declined = Matcher(module.graph, constants.get(module)).find()
-        sites = []
+        sites, replaced = [], {}
         for site in found:
             try:
-                rewrite(module, site, options.epsilon)
+                rewrite(module, site, options.epsilon, replaced)
             except Exception as error:  # a model that runs in eager must still compile
                 log.warning("rewrite error at %s, site left alone: %r", site.location, error)
                 declined.append(Decline(site.location, site.module,

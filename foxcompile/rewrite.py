@@ -7,6 +7,7 @@ the replaced node. Then the site's own nodes, now dead, go: its in-place changes
 every pure node that only fed the old output. Nothing else is touched (a whole-graph dead-code
 pass would also drop in-place method calls whose result is unused).
 """
+import dataclasses
 import math
 import operator
 
@@ -164,8 +165,26 @@ def _remove_dead(graph: fx.Graph, site: Site) -> list[str]:
     return sorted(removed)
 
 
-def rewrite(gm: fx.GraphModule, site: Site, epsilon: float) -> fx.Node:
-    """Insert the op before site.output, reroute its users, and return the new output node."""
+def _rerouted(value, replaced: dict):
+    """value with every node in `replaced` swapped for its replacement: nodes, tuples and lists
+    are returned anew, the site's dataclasses changed in place."""
+    if isinstance(value, fx.Node):
+        return replaced.get(value, value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rerouted(x, replaced) for x in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            setattr(value, f.name, _rerouted(getattr(value, f.name), replaced))
+    return value
+
+
+def rewrite(gm: fx.GraphModule, site: Site, epsilon: float, replaced: dict | None = None) -> fx.Node:
+    """Insert the op before site.output, reroute its users, and return the new output node.
+    replaced: {old output: new output} of the sites of this graph rewritten before; a site that
+    reads one of them (its q is the previous site's output) is pointed at the new node first,
+    and this site's own pair is added."""
+    if replaced:
+        _rerouted(site, replaced)
     graph = gm.graph
     dtype = torch.promote_types(torch.promote_types(g.dtype(site.q.node), g.dtype(site.k.node)),
                                 g.dtype(site.v.node))
@@ -178,11 +197,16 @@ def rewrite(gm: fx.GraphModule, site: Site, epsilon: float) -> fx.Node:
             graph.erase_node(node)
         raise
     site.output.replace_all_uses_with(out)
+    for key in ("example_value", "val"):   # what later sites of the graph read about it
+        if key in site.output.meta:
+            out.meta.setdefault(key, site.output.meta[key])
     for node in reversed(site.dead):  # dead code on the site's nodes (find/dead.py): unused, pure
         if not node.users:
             graph.erase_node(node)
     site.removed = _remove_dead(graph, site)
     gm.recompile()
+    if replaced is not None:
+        replaced[site.output] = out
     return out
 
 

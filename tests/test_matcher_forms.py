@@ -951,3 +951,20 @@ def test_key_masks_with_grouped_heads_no_batch_and_dynamic_shapes():
         assert stats.per_head(), "the site was not rewritten"
         rows = _rows(valid).expand(out.shape)
         torch.testing.assert_close(out[rows], fn(q, k, v, g, valid)[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_second_site_reading_the_first_sites_output():
+    """q of the second site is the first site's output itself (no op between): both rewritten,
+    the second pointed at the first's new output, outputs and gradients as in eager."""
+    def attend(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT + lam[..., :, None] - lam[..., None, :]
+        return s.masked_fill(~_causal(s.shape[-1]), -math.inf).softmax(-1) @ v
+
+    def chained(q, k, v, g):
+        return attend(attend(q, k, v, g), k, v, g)
+
+    args = _qkvg()
+    report = foxcompile.explain(chained, *args)
+    assert len(report.sites) == 2 and not report.declined, str(report)
+    _compiled_matches_eager(chained, *args)
