@@ -23,9 +23,9 @@ Who does what (three partitions of one program, docs/kernels.md "The Gluon engin
 
 Within a warp group the PV product runs during the softmax; across the two groups the SM's
 schedulers interleave one group's softmax with the other's products (explicit turn-taking, as in
-FlashAttention-3's ping-pong, measured no faster here: docs/kernels.md). Every buffer of the ring is released by
-both consumers (the free barriers count 2 arrivals) before the loader refills it; K is released
-as soon as the scores are in registers, V after its product.
+FlashAttention-3's ping-pong, measured no faster here: docs/kernels.md). Every buffer of the
+ring is released by both consumers (the free barriers count 2 arrivals) before the loader
+refills it; K is released as soon as the scores are in registers, V after its product.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl

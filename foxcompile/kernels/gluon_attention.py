@@ -21,7 +21,7 @@ import torch
 
 from . import triton_attention
 from .plan import Plan
-from .triton_attention import LOG2E, _capability, _device_guard, _doc_args, _f32
+from .triton_attention import LOG2E, _capability, _device_guard, _doc_args, _f32, _tma_ok
 
 backward = triton_attention.backward
 max_norm = triton_attention.max_norm
@@ -54,13 +54,14 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         return reason
     if q.device.type != "cuda":
         return "the Gluon engine runs on CUDA tensors only"
-    if _capability(q.device)[0] != 9:
-        return f"the Gluon engine is for sm90 (Hopper); this GPU is sm{''.join(map(str, _capability(q.device)))}"
+    major, minor = _capability(q.device)
+    if major != 9:
+        return f"the Gluon engine is for sm90 (Hopper); this GPU is sm{major}{minor}"
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"the Gluon engine takes float16 and bfloat16, not {q.dtype}"
     if q.shape[-1] not in HEAD_DIMS:
         return f"the Gluon engine takes head dims {HEAD_DIMS}, not {q.shape[-1]}"
-    if not _aligned(q, k, v):
+    if not _tma_ok(q, k, v):
         return "TMA needs unit last strides and 16-byte aligned bases and strides"
     if _kernels() is None:
         return f"this Triton has no usable Gluon: {_import_error[0]}"
@@ -77,15 +78,6 @@ def preferred(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     still falls back to tl when unsupported_reason names a reason)."""
     return (q.device.type == "cuda" and q.dim() == 4 and q.shape[-1] in PREFERRED_HEAD_DIMS
             and _capability(q.device)[0] == 9)
-
-
-def _aligned(*tensors) -> bool:
-    for t in tensors:
-        size = t.element_size()
-        strides = [st for st, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1]
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in strides):
-            return False
-    return True
 
 
 def _descriptor(t: torch.Tensor, rows: int):
