@@ -85,6 +85,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import generate  # noqa: E402
 import train  # noqa: E402
+from bench_train import is_out_of_memory, release_memory, synchronize  # noqa: E402
 from fox_lm import CONFIGS, FoXCache, FoXStaticCache, build_model  # noqa: E402
 
 VARIANTS = {  # name: (attention, backend, epsilon)
@@ -100,27 +101,6 @@ SYN70_NOISE = 0.3  # gate logit = b_h + 0.3 N(0, 1) (benchmarks/bench_attention.
 
 
 # ---------------------------------------------------------------- setup
-
-
-def synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def release_memory(device: torch.device):
-    torch._dynamo.reset()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    while error is not None:
-        if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
-            return True
-        error = error.__cause__
-    return False
 
 
 def cache_bytes(config, batch: int, context: int, dtype: torch.dtype) -> int:
