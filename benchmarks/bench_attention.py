@@ -1,7 +1,8 @@
 """Forgetting attention on SYN70 (docs/benchmarks.md): foxcompile's Triton kernels with and
 without ACP against SDPA (flash, cuDNN; plain causal, no gate), FlexAttention with a FoX score_mod,
-fla's parallel_forgetting_attn (when installed) and, when the op is importable, foxcompile's
-autograd op end to end. One run, one card.
+fla's parallel_forgetting_attn (when installed), the FoX authors' ACP preview kernel (arctic-fox,
+when .peers/arctic-fox holds it: benchmarks/fetch_arctic_fox.sh) and, when the op is importable,
+foxcompile's autograd op end to end. One run, one card.
 
     python benchmarks/bench_attention.py [--shapes B8-T4096-H24-D64,...] [--json out.json]
     python benchmarks/bench_attention.py --sweep --json sweep.json    # launch-config sweep
@@ -24,7 +25,8 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from foxcompile.kernels import plan as plan_mod  # noqa: E402
 
@@ -211,12 +213,120 @@ def fla(q, k, v, log_f):
     return fwd, fwd_bwd, [qg, kg, vg, g]
 
 
+def _absent_module(name):
+    """A stand-in for a package forgetting_attention.py imports at the top but the call below
+    never uses: einops (rearrange, only for head_first=False) and pytest (the decorators of its
+    test). Only while it is imported, on a machine without them."""
+    import types
+    mod = types.ModuleType(name)
+    if name == "einops":
+        def rearrange(*args, **kwargs):
+            raise NotImplementedError("einops is not installed here; call with head_first=True")
+        mod.rearrange = rearrange
+    else:
+        class Mark:
+            def __getattr__(self, _):
+                return lambda *args, **kwargs: (lambda fn: fn)
+        mod.mark = Mark()
+    return mod
+
+
+def import_arctic_fox():
+    """The FoX authors' ACP preview kernel, github.com/zhixuan-lin/arctic-fox: one module,
+    forgetting_attention.py, imported from $ARCTIC_FOX_PATH (default .peers/arctic-fox in the
+    repository root, where benchmarks/fetch_arctic_fox.sh unpacks it) put first on sys.path.
+    ImportError, with the reason, when it is not there or does not import (the row is skipped)."""
+    import importlib
+    import importlib.util
+    path = os.environ.get("ARCTIC_FOX_PATH") or os.path.join(ROOT, ".peers", "arctic-fox")
+    path = os.path.abspath(path)
+    if not os.path.isfile(os.path.join(path, "forgetting_attention.py")):
+        raise ImportError(f"no arctic-fox at {path}: bash benchmarks/fetch_arctic_fox.sh GIT_DIR "
+                          "(and carry .peers to the GPU machine), or set ARCTIC_FOX_PATH")
+    absent = [name for name in ("einops", "pytest") if importlib.util.find_spec(name) is None]
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    sys.modules.update({name: _absent_module(name) for name in absent})
+    try:
+        mod = importlib.import_module("forgetting_attention")
+    except ImportError:
+        raise
+    except Exception as exc:
+        raise ImportError(f"arctic-fox does not import: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for name in absent:
+            sys.modules.pop(name, None)
+    if os.path.dirname(os.path.abspath(mod.__file__)) != path:
+        raise ImportError(f"'forgetting_attention' is {mod.__file__}, not the one in {path}")
+    return mod
+
+
+def arctic_fox_threshold(seq, heads, head_dim):
+    """Their adaptive_threshold (the ACP paper's delta) as their README prescribes for a model
+    with QK-norm: -(2 U + log N) + log eps, U = max||q|| max||k|| / sqrt(D) bounded through the
+    norms' gains; SYN70's q and k are RMS-normalised with gain 1, so U = sqrt(D), and eps =
+    EPSILON = e^-10: delta = -10 - 2 sqrt(D) - log T, the same for every head and batch (-34.32 at
+    T = 4096, D = 64; -35.70 at T = 16384, D = 64; -42.33 at T = 16384, D = 128). foxcompile's plan
+    takes U from the data per (batch, head): the bf16 norms come out a little above sqrt(D), so
+    its delta is 0.035-0.055 lower, and on SYN70 it skips about 2e-4 fewer of the tiles."""
+    return math.log(EPSILON) - 2.0 * math.sqrt(head_dim) - math.log(seq)
+
+
+def arctic_fox(q, k, v, log_f, acp=True):
+    """The FoX authors' ACP preview kernel (import_arctic_fox), through its public function:
+    forgetting_attention(q, k, v, log_fgate, head_first=True, adaptive_threshold=delta), an
+    autograd function (forward + backward Triton kernels; it takes the per-step log forget gate
+    and does the cumsum itself, like foxcompile's op). q, k, v: (B, H, T, D) bf16 copies of
+    SYN70's (B, T, H, D) tensors and log_fgate a (B, H, T) fp32 copy of log_f, made here, before
+    timing; sm_scale left at its default 1 / sqrt(D). acp: adaptive_threshold = a (H,) fp32 device
+    tensor of arctic_fox_threshold (their README passes a device tensor too); otherwise None, their
+    kernel without pruning."""
+    mod = import_arctic_fox()
+    batch, seq, heads, head_dim = q.shape
+    qg, kg, vg = (t.detach().transpose(1, 2).contiguous().requires_grad_(True) for t in (q, k, v))
+    fg = log_f.detach().transpose(1, 2).contiguous().requires_grad_(True)
+    delta = None
+    if acp:
+        delta = torch.full((heads,), arctic_fox_threshold(seq, heads, head_dim),
+                           dtype=torch.float32, device=q.device)
+    grad = torch.randn_like(qg)
+
+    def run():
+        return mod.forgetting_attention(qg, kg, vg, fg, head_first=True, adaptive_threshold=delta)
+
+    def fwd():
+        with torch.no_grad():
+            return run()
+
+    def fwd_bwd():
+        run().backward(grad)
+
+    return fwd, fwd_bwd, [qg, kg, vg, fg]
+
+
+def arctic_fox_skipped(q, k, lam):
+    """The fraction of causal tiles arctic-fox's forward skips with arctic_fox_threshold (its
+    skip test, lam[first query of the block] - lam[last key of the block] < delta, is the plan's:
+    plan.start_blocks), on its forward's grid (its get_fwd_config) and on 128 x 64."""
+    mod = import_arctic_fox()
+    batch, seq, heads, head_dim = q.shape
+    value = arctic_fox_threshold(seq, heads, head_dim)
+    delta = torch.full((batch, heads), value, dtype=lam.dtype, device=lam.device)
+    block_m, block_n = mod.get_fwd_config(batch, heads, seq, seq, head_dim, True)[:2]
+    return {"adaptive_threshold": value, "arctic_fox_fwd_grid": [block_m, block_n],
+            "skipped_tiles": skipped_fraction(q, k, lam, block_m, block_n, delta),
+            "skipped_tiles_128x64": skipped_fraction(q, k, lam, 128, 64, delta)}
+
+
 # ----------------------------------------------------------------------------- helpers
 
-def skipped_fraction(q, k, lam, block_m, block_n):
-    qh, kh = q.transpose(1, 2), k.transpose(1, 2)
-    scale = q.shape[-1] ** -0.5
-    delta = plan_mod.threshold(qh, kh, lam, scale, EPSILON, Prune.PROVEN, **plan_norm())
+def skipped_fraction(q, k, lam, block_m, block_n, delta=None):
+    """Skipped over causal tiles on a block_m x block_n grid; delta (B, H): foxcompile's
+    proven threshold when None."""
+    if delta is None:
+        qh, kh = q.transpose(1, 2), k.transpose(1, 2)
+        scale = q.shape[-1] ** -0.5
+        delta = plan_mod.threshold(qh, kh, lam, scale, EPSILON, Prune.PROVEN, **plan_norm())
     start = plan_mod.start_blocks(lam, delta, q.shape[1], block_m, block_n)
     c = plan_mod.tile_counts(start, q.shape[1], k.shape[1], block_m, block_n)
     return (c.skipped_tiles.sum() / c.causal_tiles.sum()).item()
@@ -426,6 +536,10 @@ def main():
             ("SDPA cuDNN, causal, no gate", "cudnn", lambda: sdpa(q, k, v, "cudnn")),
             ("FlexAttention, FoX score_mod", "flex", lambda: flex(q, k, v, lam)),
             ("fla parallel_forgetting_attn", "fla", lambda: fla(q, k, v, log_f)),
+            ("arctic-fox preview kernel, ACP", "arctic-fox-acp",
+             lambda: arctic_fox(q, k, v, log_f, acp=True)),
+            ("arctic-fox preview kernel, no pruning", "arctic-fox-dense",
+             lambda: arctic_fox(q, k, v, log_f, acp=False)),
         ]
         shape_rows = []
         for label, key, make in impls:
@@ -451,6 +565,11 @@ def main():
             if key in ("fox-acp", "fox-op"):
                 row["skipped_tiles"] = skip_grid
                 row["skipped_tiles_128x64"] = skip_anchor
+            if key == "arctic-fox-acp" and "fwd_ms" in row:
+                try:
+                    row.update(arctic_fox_skipped(q, k, lam))
+                except Exception as exc:  # the timing stands without it
+                    row["skipped_tiles_error"] = f"{type(exc).__name__}: {exc}"[:200]
             shape_rows.append(row)
             print(json.dumps(row), flush=True)
         base = next((r for r in shape_rows if r["key"] == "cudnn" and "fwd_ms" in r), None)

@@ -26,6 +26,8 @@
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
+# bench's arctic-fox rows need .peers/arctic-fox (benchmarks/fetch_arctic_fox.sh) and `.peers` in
+#   the device call's carry list (else they report skipped).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
