@@ -243,67 +243,6 @@ def test_interpreter_load_paths(interpret_env, monkeypatch, tma):
 
 
 @interp
-@pytest.mark.parametrize("case", [
-    # batch, Hq, Hk, M, N, D, dtype, prune, doc
-    pytest.param((1, 4, 2, 136, 200, 48, torch.float16, Prune.PROVEN, False), id="gqa-offset-pruned"),
-    pytest.param((2, 2, 2, 77, 77, 40, torch.float32, Prune.OFF, True), id="docs-d40"),
-    pytest.param((1, 2, 1, 1, 65, 16, torch.float32, Prune.OFF, False), id="M1"),
-])
-def test_interpreter_atomic_dq(interpret_env, monkeypatch, case):
-    """dq reduced atomically by the dk/dv kernel (five products, no dq kernel) matches the fp64
-    reference like the separate dq kernel, with GQA (two query heads adding into one kv head's
-    program), M < N, documents and pruning; the dq kernel is not launched."""
-    from foxcompile.kernels import triton_attention as ta
-    batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype, prune, with_doc = case
-    monkeypatch.setenv("FOXCOMPILE_DQ", "atomic")
-    launched = []
-    real = ta._launch
-    monkeypatch.setattr(ta, "_launch", lambda kind, *a: launched.append(kind) or real(kind, *a))
-    doc = ((torch.arange(n_keys) * 3 // n_keys).expand(batch, n_keys).contiguous()
-           if with_doc else None)
-    check_case(interpret_env, batch, q_heads, kv_heads, n_queries, n_keys, head_dim, dtype,
-               torch.device("cpu"), prune=prune, epsilon=1e-3, decay=(1.0, 4.0),
-               expect_skips=prune != Prune.OFF, doc=doc,
-               tol={torch.float16: 4e-3, torch.float32: 1e-4}[dtype])
-    assert "dkdv" in launched and "dq" not in launched
-
-
-def test_dq_reduction_choice(monkeypatch):
-    """Atomic dq only where the sm90 table or FOXCOMPILE_DQ asks for it, never under the
-    interpreter by default; a bad value is an error that names the valid ones."""
-    from foxcompile.kernels import triton_configs as tc
-    monkeypatch.delenv("FOXCOMPILE_DQ", raising=False)
-    monkeypatch.setattr(tc, "SM90_ATOMIC_DQ", (128,))
-    assert tc.dq_reduction(128, (9, 0), False) == "atomic"
-    assert tc.dq_reduction(64, (9, 0), False) == "separate"
-    assert tc.dq_reduction(128, (8, 0), False) == "separate"
-    assert tc.dq_reduction(128, None, True) == "separate"
-    monkeypatch.setenv("FOXCOMPILE_DQ", "atomic")
-    assert tc.dq_reduction(64, (8, 0), True) == "atomic"
-    monkeypatch.setenv("FOXCOMPILE_DQ", "sideways")
-    with pytest.raises(ValueError, match="atomic or separate"):
-        tc.dq_reduction(64, (9, 0), False)
-
-
-@interp
-def test_interpreter_deterministic_mode_keeps_the_dq_kernel(interpret_env, monkeypatch):
-    """Under torch.use_deterministic_algorithms the backward never adds dq atomically."""
-    from foxcompile.kernels import triton_attention as ta
-    monkeypatch.setenv("FOXCOMPILE_DQ", "atomic")
-    launched = []
-    real = ta._launch
-    monkeypatch.setattr(ta, "_launch", lambda kind, *a: launched.append(kind) or real(kind, *a))
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        check_case(interpret_env, 1, 2, 1, 40, 40, 16, torch.float32, torch.device("cpu"),
-                   tol=1e-4)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-    assert "dq" in launched
-
-
-@interp
 def test_interpreter_tma_falls_back_to_pointers(interpret_env, monkeypatch):
     """Rows of lam whose byte stride is not a multiple of 16 (N = 130) cannot be described for
     TMA: the kernels then read through pointers, with the same results."""
@@ -459,15 +398,13 @@ gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 
 
-@pytest.fixture(params=["tl", "tl-atomic-dq", "gluon"])
+@pytest.fixture(params=["tl", "gluon"])
 def cuda_engine(request, monkeypatch):
-    """Each GPU engine: the tl kernels everywhere (with dq from the dq kernel, and reduced
-    atomically by the dk/dv kernel), the Gluon forward (with the tl backward) on sm90, where it
-    must be usable (check_case skips the head dims and dtypes it does not take)."""
+    """Each GPU engine: the tl kernels everywhere, the Gluon forward (with the tl backward) on
+    sm90, where it must be usable (check_case skips the head dims and dtypes it does not take)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if request.param.startswith("tl"):
+    if request.param == "tl":
         from foxcompile.kernels import triton_attention
-        monkeypatch.setenv("FOXCOMPILE_DQ", "atomic" if "atomic" in request.param else "separate")
         return triton_attention
     from foxcompile.kernels import gluon_attention
     if not HAS_CUDA or torch.cuda.get_device_capability()[0] != 9:

@@ -66,11 +66,6 @@ def _sum_rows(x):
 
 
 @triton.jit
-def _sum_cols(x):
-    return tl.reduce(x, 0, _sum_combine)
-
-
-@triton.jit
 def _load(ptrs, row_ok, col_ok, ROW_MASK: tl.constexpr, COL_MASK: tl.constexpr):
     """Load a tile, masking (with zeros) only along the dimensions that need it."""
     if ROW_MASK:
@@ -390,19 +385,14 @@ def _row_dot_kernel(OUT, DO, DO_O, out_str, do_str, n_heads, n_queries,
 # ----------------------------------------------------------------------------- dk, dv
 
 @triton.jit
-def _dkdv_steps(dk, dv, colsum, keys, queries, dq_dst, lo, hi, offset, n_queries, qk_scale,
-                scale, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+def _dkdv_steps(dk, dv, colsum, keys, queries, lo, hi, offset, n_queries, qk_scale,
+                BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                 MASKED: tl.constexpr, ROW_MASK: tl.constexpr, CAST_F32: tl.constexpr,
-                DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr, TMA: tl.constexpr,
-                ATOMIC_DQ: tl.constexpr, DQ_TMA: tl.constexpr):
+                DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr, TMA: tl.constexpr):
     """Query steps [lo, hi) of one query head for dk, dv and the dS column sums. keys: (k, v,
     offs_n, lam_ref, b_key, doc_k) of the key block; queries: the sources of q, dO, lam, lse and
     do_o, then the document ids (DOC at b, their strides). MASKED: the steps cross the diagonal;
-    ROW_MASK: they may pass the last query. ATOMIC_DQ: also add this key block's share of dq
-    (scale dS K) and of the dS row sums into dq_dst = (DQ_ACC at (b, h), its descriptor DQ_D,
-    b and h as int32, DLAM_ROW at (b, h)): a float32 (M, D_PAD) accumulator, through TMA
-    reduce-adds with DQ_TMA, else pointer atomics, and the (N,) row sums at the queries'
-    positions (the fifth product, instead of _dq_kernel's three)."""
+    ROW_MASK: they may pass the last query."""
     k, v, offs_n, lam_ref, b_key, doc_k = keys
     q_src, do_src, lam_src, lse_src, do_o_src, DOC, doc_str = queries
     for start in range(lo, hi, BLOCK_M):
@@ -433,22 +423,12 @@ def _dkdv_steps(dk, dv, colsum, keys, queries, dq_dst, lo, hi, offset, n_queries
         dst = pt * (dpt - do_o[None, :])
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PREC)
         colsum += _sum_rows(dst)
-        if ATOMIC_DQ:
-            DQ_ACC, DQ_D, b32, h32, DLAM_ROW = dq_dst
-            dq = tl.dot(tl.trans(dst).to(k.dtype), k, input_precision=DOT_PREC) * scale
-            if DQ_TMA:   # rows past the last query fall outside the descriptor: dropped
-                DQ_D.atomic_add([b32, h32, start, 0], dq.reshape([1, 1, BLOCK_M, D_PAD]))
-            else:
-                offs_d = tl.arange(0, D_PAD)
-                tl.atomic_add(DQ_ACC + offs_m[:, None] * D_PAD + offs_d[None, :], dq,
-                              mask=m_ok[:, None], sem="relaxed")
-            tl.atomic_add(DLAM_ROW + pos_q, _sum_cols(dst), mask=m_ok, sem="relaxed")
     return dk, dv, colsum
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DO_O, DK, DV, DLAM, END, DOC, DQ_ACC, DLAM_ROW,
-                 Q_D, DO_D, LAM_D, LSE_D, DO_O_D, DQ_D,
+def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DO_O, DK, DV, DLAM, END, DOC,
+                 Q_D, DO_D, LAM_D, LSE_D, DO_O_D,
                  q_str, k_str, v_str, lam_str, do_str, lse_str, dk_str, dv_str, dlam_str,
                  end_str, doc_str,
                  n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
@@ -456,14 +436,11 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DO_O, DK, DV, DLAM, END, DOC, DQ_ACC, DL
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                  GRID_M: tl.constexpr, GRID_N: tl.constexpr, ROW_EDGE: tl.constexpr,
                  CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
-                 TMA: tl.constexpr, ATOMIC_DQ: tl.constexpr, DQ_TMA: tl.constexpr):
+                 TMA: tl.constexpr):
     """dk, dv of one (b, kv head, block of BLOCK_N keys), summed over the group's query heads,
     and the dS column sums of each of them. TMA: the streamed q, dO, lam, lse and do_o come
     through the descriptors Q_D, DO_D ((B, Hq, M, D), blocks [1, 1, BLOCK_M, D_PAD]), LAM_D,
-    LSE_D and DO_O_D ((B, Hq, .), blocks [1, 1, BLOCK_M]); otherwise through pointers.
-    ATOMIC_DQ: dq and the dS row sums too, added atomically into DQ_ACC (contiguous float32
-    (B, Hq, M, D_PAD), zeros; with DQ_TMA through its descriptor DQ_D, blocks
-    [1, 1, BLOCK_M, D_PAD]) and DLAM_ROW (contiguous float32 (B, Hq, N), zeros)."""
+    LSE_D and DO_O_D ((B, Hq, .), blocks [1, 1, BLOCK_M]); otherwise through pointers."""
     # Key block 0 sees every query: launch in key order, heavy first.
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
@@ -496,8 +473,7 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DO_O, DK, DV, DLAM, END, DOC, DQ_ACC, DL
         b32, h32 = b.to(tl.int32), h.to(tl.int32)   # descriptor indices
         Qh, DOh, LAMh = _at(Q, q_str, b, h), _at(DO, do_str, b, h), _at(LAM, lam_str, b, h)
         LSEh = _at(LSE, lse_str, b, h)
-        bh = b * (n_kv_heads * group) + h
-        DO_Oh = DO_O + bh * n_queries                               # contiguous (B, Hq, M)
+        DO_Oh = DO_O + (b * (n_kv_heads * group) + h) * n_queries   # contiguous (B, Hq, M)
         queries = ((Qh, q_str, Q_D, b32, h32), (DOh, do_str, DO_D, b32, h32),  # sources (see top)
                    (LAMh, lam_str, LAM_D, b32, h32), (LSEh, lse_str, LSE_D, b32, h32),
                    (DO_Oh, (0, 0, 1), DO_O_D, b32, h32), DOC, doc_str)
@@ -505,16 +481,13 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DO_O, DK, DV, DLAM, END, DOC, DQ_ACC, DL
         hi = tl.minimum(end * GRID_M, n_queries)
         lam_ref, lam_k = _lams(LAMh, lam_str, key0, offs_n, n_ok)
         keys = (k, v, offs_n, lam_ref, (lam_ref - lam_k) * LOG2E, doc_k)
-        dq_dst = (DQ_ACC + bh * n_queries * D_PAD, DQ_D, b32, h32, DLAM_ROW + bh * n_keys)
         colsum = tl.full([BLOCK_N], 0.0, dtype=tl.float32)
-        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, keys, queries, dq_dst, lo,
-                                     tl.minimum(mid, hi), offset, n_queries, qk_scale, scale,
-                                     BLOCK_M, HEAD_DIM, D_PAD, True, True, CAST_F32, DOT_PREC,
-                                     HAS_DOC, TMA, ATOMIC_DQ, DQ_TMA)
-        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, keys, queries, dq_dst, mid, hi,
-                                     offset, n_queries, qk_scale, scale, BLOCK_M, HEAD_DIM,
-                                     D_PAD, False, ROW_EDGE, CAST_F32, DOT_PREC, HAS_DOC, TMA,
-                                     ATOMIC_DQ, DQ_TMA)
+        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, keys, queries, lo, tl.minimum(mid, hi),
+                                     offset, n_queries, qk_scale, BLOCK_M, HEAD_DIM, D_PAD,
+                                     True, True, CAST_F32, DOT_PREC, HAS_DOC, TMA)
+        dk, dv, colsum = _dkdv_steps(dk, dv, colsum, keys, queries, mid, hi,
+                                     offset, n_queries, qk_scale, BLOCK_M, HEAD_DIM, D_PAD,
+                                     False, ROW_EDGE, CAST_F32, DOT_PREC, HAS_DOC, TMA)
         tl.store(DLAM + b * dlam_str[0] + h * dlam_str[1] + offs_n * dlam_str[2], -colsum,
                  mask=n_ok)
 

@@ -36,8 +36,7 @@ import torch
 from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM
 from . import plan as plan_mod
 from .plan import Plan
-from .triton_configs import (TMA_KERNELS, dq_reduction, launch_config, max_registers, smaller,
-                             tma_kernels)
+from .triton_configs import TMA_KERNELS, launch_config, max_registers, smaller, tma_kernels
 
 LOG2E = 1.4426950408889634
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -309,14 +308,6 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     tma = _tma_kernels(d_pad, interpret, cap)
     dkdv_tma = "dkdv" in tma and _tma_ok(q, grad_out, lam, lse, do_o)
     dq_tma = "dq" in tma and _tma_ok(k, v, lam)
-    # atomic: the dk/dv kernel also adds dq into dq_acc (nondeterministic order of float32 adds,
-    # so never under torch.use_deterministic_algorithms); separate: the dq kernel computes it.
-    atomic_dq = (dq_reduction(d_pad, cap, interpret) == "atomic"
-                 and not torch.are_deterministic_algorithms_enabled())
-    dq_acc = (torch.zeros((batch, q_heads, n_queries, d_pad), dtype=torch.float32,
-                          device=q.device) if atomic_dq else dlam_row)   # dlam_row: unused
-    # its adds go through TMA reduce-adds on sm90 (the interpreter has none: pointer atomics)
-    dq_acc_tma = atomic_dq and not interpret and cap is not None and cap[0] >= 9
     with _device_guard(q):
         rows = 64
         kern._row_dot_kernel[(triton_cdiv(n_queries, rows) * batch * q_heads,)](
@@ -328,10 +319,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             descriptors = ((_descriptor(q, block_m, d_pad), _descriptor(grad_out, block_m, d_pad),
                             _descriptor(lam, block_m), _descriptor(lse, block_m),
                             _descriptor(do_o, block_m)) if dkdv_tma else (None,) * 5)
-            descriptors += (_descriptor(dq_acc, block_m, d_pad) if dq_acc_tma else None,)
             kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
-                q, k, v, lam, grad_out, lse, do_o, dk, dv, dlam, end, doc, dq_acc, dlam_row,
-                *descriptors,
+                q, k, v, lam, grad_out, lse, do_o, dk, dv, dlam, end, doc, *descriptors,
                 q.stride(), k.stride(), v.stride(), lam.stride(), grad_out.stride(),
                 lse.stride(), dk.stride(), dv.stride(), dlam.stride(), end.stride(),
                 doc_strides,
@@ -339,7 +328,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
                 GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
                 CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, TMA=dkdv_tma,
-                ATOMIC_DQ=atomic_dq, DQ_TMA=dq_acc_tma, num_warps=warps, num_stages=stages,
+                num_warps=warps, num_stages=stages,
                 **max_registers("dkdv", d_pad, cap, interpret))
 
         def launch_dq(config):
@@ -357,15 +346,11 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                 CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, TMA=dq_tma,
                 num_warps=warps, num_stages=stages, **max_registers("dq", d_pad, cap, interpret))
 
-        memo = (d_pad, q.dtype, q.device, dkdv_tma, dq_tma, atomic_dq)
-        kernels = (("dkdv", launch_dkdv),) if atomic_dq else (("dkdv", launch_dkdv),
-                                                              ("dq", launch_dq))
-        for kind, launch in kernels:
+        memo = (d_pad, q.dtype, q.device, dkdv_tma, dq_tma)
+        for kind, launch in (("dkdv", launch_dkdv), ("dq", launch_dq)):
             config = launch_config(kind, d_pad, plan.block_m, plan.block_n, cap, interpret,
                                    q.element_size())
             _launch(kind, config, memo, launch)
-    if atomic_dq:
-        dq.copy_(dq_acc[..., :head_dim])
     return dlam.add_(dlam_row)
 
 

@@ -47,12 +47,6 @@ SM90_MAX_REGISTERS = {(64, "dq"): 128}
 SM90_TMA = {128: ("fwd", "dq", "dkdv")}
 TMA_KERNELS = ("fwd", "dq", "dkdv")
 
-# Head dims (padded) whose backward reduces dq atomically on sm90: the dk/dv kernel adds each key
-# block's share of dq (a fifth product, scale dS K) into a float32 buffer, and the dq kernel (three
-# products) does not run. Elsewhere the dq kernel recomputes S and dP itself (no atomics, the same
-# result run to run). Set by measurement (docs/kernels.md, "Reducing dq").
-SM90_ATOMIC_DQ: tuple = ()
-
 # Anything else (Ampere, Ada, unknown): modest tiles that fit 100 KB of shared memory.
 DEFAULT = {
     16: dict(fwd=(128, 64, 4, 2), dq=(128, 64, 4, 2), dkdv=(128, 64, 4, 2)),
@@ -97,21 +91,6 @@ def tma_kernels(d_pad: int, capability, interpret: bool) -> frozenset:
     if capability is not None and capability[0] == 9:
         return frozenset(SM90_TMA.get(d_pad, ()))
     return frozenset()
-
-
-def dq_reduction(d_pad: int, capability, interpret: bool) -> str:
-    """How the backward reduces dq: "atomic" (the dk/dv kernel adds into a float32 buffer) or
-    "separate" (the dq kernel). The sm90 table's choice; "separate" elsewhere and under the
-    interpreter. FOXCOMPILE_DQ=atomic|separate overrides it (the caller also keeps "separate"
-    under torch.use_deterministic_algorithms)."""
-    text = os.environ.get("FOXCOMPILE_DQ", "").strip().lower()
-    if text in ("atomic", "separate"):
-        return text
-    if text not in ("", "auto"):
-        raise ValueError(f"FOXCOMPILE_DQ={text!r}: expected auto, atomic or separate")
-    if not interpret and capability is not None and capability[0] == 9 and d_pad in SM90_ATOMIC_DQ:
-        return "atomic"
-    return "separate"
 
 
 def max_registers(kernel: str, d_pad: int, capability, interpret: bool) -> dict:
