@@ -1,11 +1,15 @@
 """Where the time goes: per-kernel CUDA time (torch.profiler) of foxcompile's kernels on SYN70,
-dense and with ACP, and of the autograd op end to end.
+dense and with ACP, and of the autograd op end to end; with each case's host time per call (the
+Python and launches, timed without waiting for the GPU) and wall time per call, so that a case
+the host holds back (host >= GPU kernels) shows as such.
 
     python benchmarks/profile_kernels.py [--shapes B2-T16384-H24-D64,B1-T16384-H16-D128]
+        [--rows 8]
 """
 import argparse
 import os
 import sys
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -16,6 +20,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_attention import fox_kernels, fox_op, parse_shape, syn70  # noqa: E402
 from foxcompile.kernels import plan as plan_mod  # noqa: E402
 from foxcompile.contract import Prune
+
+
+def host_and_wall_ms(fn, reps=20):
+    """(host ms per call: until the last call returns, unsynchronised; wall ms per call: until
+    the GPU is done), after a warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    host = time.perf_counter() - start
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    return host / reps * 1e3, wall / reps * 1e3
 
 
 def kernel_table(fn, reps=5, rows=8):
@@ -39,6 +57,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="B2-T16384-H24-D64,B1-T16384-H16-D128",
                         help="comma-separated SYN70 shapes (default: %(default)s)")
+    parser.add_argument("--rows", type=int, default=8, help="kernels listed per case")
     args = parser.parse_args()
     for shape in args.shapes.split(","):
         batch, seq, heads, head_dim = parse_shape(shape)
@@ -51,11 +70,13 @@ def main():
             print(f"{shape} op: {exc!r}")
         for name, fn in cases:
             try:
-                total, lines = kernel_table(fn)
+                total, lines = kernel_table(fn, rows=args.rows)
+                host, wall = host_and_wall_ms(fn)
             except Exception as exc:
                 print(f"{shape} {name}: {exc!r}")
                 continue
-            print(f"{shape} {name}: {total:.3f} ms of GPU kernels per forward+backward")
+            print(f"{shape} {name}: {total:.3f} ms of GPU kernels per forward+backward, "
+                  f"host {host:.3f} ms, wall {wall:.3f} ms per call")
             print("\n".join(lines), flush=True)
         del q, k, v, log_f, lam
         torch.cuda.empty_cache()
