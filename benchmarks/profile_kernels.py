@@ -65,7 +65,9 @@ def main():
         cases = [("kernels dense", fox_kernels(q, k, v, lam, Prune.OFF)[1]),
                  ("kernels ACP", fox_kernels(q, k, v, lam, Prune.PROVEN)[1])]
         try:
-            cases.append(("op (autograd, guarded)", fox_op(q, k, v, log_f)[1]))
+            op_fwd, op_fwd_bwd, _ = fox_op(q, k, v, log_f)
+            cases += [("op forward (no grad, guarded)", op_fwd),
+                      ("op (autograd, guarded)", op_fwd_bwd)]
         except Exception as exc:  # the op is optional here
             print(f"{shape} op: {exc!r}")
         for name, fn in cases:
@@ -75,7 +77,7 @@ def main():
             except Exception as exc:
                 print(f"{shape} {name}: {exc!r}")
                 continue
-            print(f"{shape} {name}: {total:.3f} ms of GPU kernels per forward+backward, "
+            print(f"{shape} {name}: {total:.3f} ms of GPU kernels per call, "
                   f"host {host:.3f} ms, wall {wall:.3f} ms per call")
             print("\n".join(lines), flush=True)
         del q, k, v, log_f, lam
