@@ -50,6 +50,13 @@ def kernel_table(fn, reps=5, rows=8):
     for e in sorted(events, key=lambda e: -getattr(e, "self_device_time_total", 0))[:rows]:
         ms = getattr(e, "self_device_time_total", 0) / reps / 1e3
         out.append(f"    {ms:8.3f} ms  {e.count // reps:3d}x  {e.key[:90]}")
+    host = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    launches = sum(e.count for e in host if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                      "cuLaunchKernelEx")) // reps
+    out.append(f"  host: {launches} kernel launches per call; largest self CPU times:")
+    for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:rows]:
+        out.append(f"    {e.self_cpu_time_total / reps / 1e3:8.3f} ms  {e.count // reps:3d}x  "
+                   f"{e.key[:90]}")
     return total, out
 
 
