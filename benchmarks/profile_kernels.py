@@ -36,6 +36,22 @@ def host_and_wall_ms(fn, reps=20):
     return host / reps * 1e3, wall / reps * 1e3
 
 
+def python_profile(fn, rows, reps=20):
+    """The Python functions taking the most own time over reps calls (cProfile)."""
+    import cProfile
+    import pstats
+    fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(reps):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    print(f"  Python, {reps} calls, by own time:")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
+
+
 def kernel_table(fn, reps=5, rows=8):
     fn()
     torch.cuda.synchronize()
@@ -65,6 +81,8 @@ def main():
     parser.add_argument("--shapes", default="B2-T16384-H24-D64,B1-T16384-H16-D128",
                         help="comma-separated SYN70 shapes (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=8, help="kernels listed per case")
+    parser.add_argument("--cprofile", action="store_true",
+                        help="also the Python profile (cProfile, by own time) of each case")
     args = parser.parse_args()
     for shape in args.shapes.split(","):
         batch, seq, heads, head_dim = parse_shape(shape)
@@ -87,6 +105,8 @@ def main():
             print(f"{shape} {name}: {total:.3f} ms of GPU kernels per call, "
                   f"host {host:.3f} ms, wall {wall:.3f} ms per call")
             print("\n".join(lines), flush=True)
+            if args.cprofile:
+                python_profile(fn, args.rows)
         del q, k, v, log_f, lam
         torch.cuda.empty_cache()
 
