@@ -82,13 +82,17 @@ def bench(fn, grad_to_none=None):
 # ----------------------------------------------------------------------------- implementations
 
 def plan_norm():
-    """The norm the op gives the plan (kernels.max_norm: one Triton pass on CUDA); make_plan's
-    default is torch's. Checkouts older than the norm argument chose it inside the plan."""
+    """The norm and start-block function the op gives the plan (kernels.max_norm and
+    kernels.plan_start_blocks: one Triton kernel each on CUDA); make_plan's defaults are torch's.
+    Checkouts older than these arguments chose them inside the plan."""
     import inspect
-    if "norm" not in inspect.signature(plan_mod.make_plan).parameters:
+    parameters = inspect.signature(plan_mod.make_plan).parameters
+    if "norm" not in parameters:
         return {}
-    from foxcompile.kernels import max_norm
-    return {"norm": max_norm}
+    from foxcompile import kernels
+    if "starts" not in parameters:
+        return {"norm": kernels.max_norm}
+    return {"norm": kernels.max_norm, "starts": kernels.plan_start_blocks}
 
 
 def fox_kernels(q, k, v, lam, prune, engine="tl"):

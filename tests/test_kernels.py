@@ -380,6 +380,68 @@ def test_interpreter_runs_twins(interpret_env, monkeypatch):
                prune=Prune.PROVEN, epsilon=1e-3, decay=(1.0, 4.0), expect_skips=True)
 
 
+def _plan_inputs(batch, heads, n_keys, seed, special=None):
+    """A falling lam (B, H, N) float32 with heads of different decay (some rising by rounding),
+    and a bound (B, H); special: 'rise', 'nan_lam', 'ninf_lam', 'inf_bound', 'nan_bound'."""
+    g = torch.Generator().manual_seed(seed)
+    rate = torch.exp(torch.empty(batch, heads, 1).uniform_(-4.0, 1.0, generator=g))
+    log_f = -rate * torch.rand(batch, heads, n_keys, generator=g)
+    lam = torch.cumsum(log_f, dim=-1)
+    bound = torch.rand(batch, heads, generator=g) * 6.0
+    if special == "rise":           # head 0 rises a little (rounding), head 1 a lot
+        lam[:, 0, n_keys // 2:] += 1e-6 * lam[:, 0, n_keys // 2:].abs()
+        lam[:, 1, n_keys // 3:] += 5.0
+    elif special == "nan_lam":
+        lam[0, 0, n_keys // 2] = float("nan")
+    elif special == "ninf_lam":
+        lam[0, 1, n_keys // 3:] = float("-inf")
+    elif special == "inf_bound":
+        bound[0, 0] = float("inf")
+    elif special == "nan_bound":
+        bound[0, 1] = float("nan")
+    return lam, bound
+
+
+@interp
+@pytest.mark.parametrize("prune", [Prune.PROVEN, Prune.GUARDED])
+@pytest.mark.parametrize("case", [
+    # B, H, M, N, block_m, block_n, special
+    pytest.param((2, 3, 1500, 1500, 16, 16, None), id="many-chunks"),
+    pytest.param((1, 4, 700, 2300, 32, 16, "rise"), id="offset-rise"),
+    pytest.param((1, 2, 1, 3000, 128, 128, None), id="decode"),
+    pytest.param((2, 2, 1, 1, 128, 128, None), id="T1"),
+    pytest.param((1, 3, 200, 200, 16, 32, "nan_lam"), id="nan-lam"),
+    pytest.param((1, 3, 300, 300, 16, 16, "ninf_lam"), id="ninf-lam"),
+    pytest.param((1, 2, 257, 1030, 64, 64, "inf_bound"), id="inf-bound"),
+    pytest.param((1, 2, 130, 130, 16, 16, "nan_bound"), id="nan-bound"),
+])
+def test_interpreter_fused_start_blocks_equal_torch(interpret_env, case, prune):
+    """The plan's one-kernel start blocks (threshold from the bound, guard, start_blocks) equal
+    plan.bound_start_blocks exactly, over several chunks of lam, key blocks and query blocks,
+    M < N and M = 1, rising gates, NaN and -inf in lam, inf and NaN bounds."""
+    batch, heads, n_queries, n_keys, block_m, block_n, special = case
+    lam, bound = _plan_inputs(batch, heads, n_keys, seed=n_keys + n_queries, special=special)
+    for epsilon in (math.exp(-10.0), 1e-3, 0.5):
+        want = plan_mod.bound_start_blocks(lam, bound, epsilon, prune, n_queries, block_m, block_n)
+        got = interpret_env.fused_start_blocks(lam, bound, epsilon, prune, n_queries, block_m,
+                                               block_n, interpret=True)
+        assert got.dtype == torch.int32 and got.shape == want.shape
+        assert torch.equal(got, want), (epsilon, got, want)
+    if special is None and n_keys > 1:
+        assert want.max() > 0, "the case was meant to prune some blocks"
+
+
+@interp
+def test_interpreter_fused_start_blocks_strided_lam(interpret_env):
+    """A lam that is a strided view (the op's lam is contiguous, the kernel takes any strides)."""
+    lam, bound = _plan_inputs(2, 3, 500, seed=3)
+    strided = lam.transpose(1, 2).contiguous().transpose(1, 2)
+    want = plan_mod.bound_start_blocks(lam, bound, 1e-3, Prune.GUARDED, 300, 16, 16)
+    got = interpret_env.fused_start_blocks(strided, bound, 1e-3, Prune.GUARDED, 300, 16, 16,
+                                           interpret=True)
+    assert torch.equal(got, want)
+
+
 def test_plan_is_plain_torch():
     """plan.py imports neither Triton nor the Triton engine (the engine hands it its norm)."""
     import ast
@@ -498,6 +560,23 @@ def test_gpu_load_paths(cuda_engine, monkeypatch, case, tma):
     monkeypatch.setenv("FOXCOMPILE_TMA", tma)
     check_case(cuda_engine, *shape, torch.bfloat16, torch.device("cuda"), layout="bthd",
                prune=prune, decay=(1.0, 8.0), expect_skips=prune != Prune.OFF)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("prune", [Prune.PROVEN, Prune.GUARDED])
+@pytest.mark.parametrize("special", [None, "rise", "nan_lam", "ninf_lam", "inf_bound"])
+def test_gpu_fused_start_blocks_equal_torch(special, prune):
+    """On the GPU too, the plan's one-kernel start blocks equal torch's bit for bit (the op's
+    plan on CUDA), on the 128 x 128 grid and a finer one, prefill, M < N and decode."""
+    from foxcompile.kernels import triton_attention as ta
+    lam, bound = _plan_inputs(2, 4, 5000, seed=11, special=special)
+    lam, bound = lam.cuda(), bound.cuda()
+    for n_queries, block in ((5000, 128), (1200, 64), (1, 128)):
+        for epsilon in (math.exp(-10.0), 1e-3):
+            want = plan_mod.bound_start_blocks(lam, bound, epsilon, prune, n_queries, block, block)
+            got = ta.plan_start_blocks(lam, bound, epsilon, prune, n_queries, block, block)
+            assert torch.equal(got, want), (n_queries, block, epsilon)
 
 
 @gpu

@@ -27,9 +27,11 @@ from . import decode, gluon_attention, reference, triton_attention
 
 ENGINE_ENV = "FOXCOMPILE_ENGINE"
 
-# The norm the plan's score bound is computed with (plan.make_plan's `norm`): one Triton pass on
-# CUDA, torch elsewhere, whichever engine then runs the attention.
+# The norm the plan's score bound is computed with (plan.make_plan's `norm`) and its start blocks
+# from that bound (make_plan's `starts`): one Triton kernel each on CUDA, torch elsewhere,
+# whichever engine then runs the attention.
 max_norm = triton_attention.max_norm
+plan_start_blocks = triton_attention.plan_start_blocks
 
 
 class Engine(NamedTuple):

@@ -521,6 +521,98 @@ def _max_norm_kernel(X, PARTIAL, x_str, n_heads, n_rows, n_tiles,
     tl.store(PARTIAL + pid.to(tl.int64), tl.reduce(norm, 0, _max_nan))
 
 
+@triton.jit
+def _min_scan(a, b):
+    """Combine of the running minima (a module function, so that the interpreter's twin of the
+    module has one: its generic scan calls it)."""
+    return tl.minimum(a, b)
+
+
+@triton.jit
+def _max_scan(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _plan_start_kernel(LAM, BOUND, START, lam_str, bound_str, start_str, n_heads, n_queries,
+                       n_keys, log_eps_over_n, GUARDED: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, M_CHUNK: tl.constexpr,
+                       N_CHUNK: tl.constexpr):
+    """plan.threshold (from its bound) and plan.start_blocks of one (b, h) in one program, equal
+    bit for bit: the same float32 operations in the same order, min and max being exact.
+    LAM (B, H, N) float32, BOUND (B, H) float32: the score bound with v's finiteness folded in
+    (inf where v is not finite); START (B, H, MB) int32; log_eps_over_n: float32(log(eps) -
+    log(N)), rounded once as torch rounds the Python scalar."""
+    pid = tl.program_id(0)
+    b = pid // n_heads
+    h = pid % n_heads
+    LAM += b.to(tl.int64) * lam_str[0] + h.to(tl.int64) * lam_str[1]
+    START += b.to(tl.int64) * start_str[0] + h.to(tl.int64) * start_str[1]
+
+    # largest_rise: max over t of lam_t - min_{s <= t} lam_s; max |lam|; any NaN (a NaN rise
+    # turns pruning off in both branches of threshold)
+    running = float("inf")
+    rise = 0.0
+    abs_max = 0.0
+    nan = 0
+    for t0 in range(0, n_keys, CHUNK):
+        offs = t0 + tl.arange(0, CHUNK)
+        ok = offs < n_keys
+        x = tl.load(LAM + offs * lam_str[2], mask=ok, other=float("inf"))
+        low = tl.minimum(tl.associative_scan(x, 0, _min_scan), running)
+        diff = tl.where(ok, x - low, 0.0)
+        nan += tl.reduce(((diff != diff) | (x != x)).to(tl.int32), 0, _sum_combine)
+        rise = tl.maximum(rise, tl.reduce(diff, 0, _elementwise_max))
+        abs_max = tl.maximum(abs_max, tl.reduce(tl.where(ok, tl.abs(x), 0.0), 0, _elementwise_max))
+        running = tl.minimum(running, tl.reduce(x, 0, _elementwise_min))
+
+    # threshold: min(log eps - log N - 2U, 0) - 2 rise; the guard; then torch.nan_to_num(delta,
+    # nan=-inf), which also maps -inf to float32's lowest and inf to its largest
+    rise = tl.where(nan > 0, float("nan"), rise)
+    bound = tl.load(BOUND + b * bound_str[0] + h * bound_str[1])
+    delta = log_eps_over_n - 2.0 * bound
+    delta = tl.where(delta > 0.0, 0.0, delta)           # clamp(max=0), NaN kept
+    delta = delta - 2.0 * rise
+    if GUARDED:
+        tolerance = 1e-5 * (1.0 + abs_max)
+        delta = tl.where(rise <= tolerance, delta, float("-inf"))
+    delta = tl.where(delta == float("-inf"), -3.4028234663852886e38, delta)
+    delta = tl.where(delta == float("inf"), 3.4028234663852886e38, delta)
+    delta = tl.where(delta != delta, float("-inf"), delta)
+
+    # start_blocks: count the key blocks whose key side (cummax of -lam at their last column,
+    # NaN -> inf) is below each query block's limit (searchsorted, left), cap at the diagonal's
+    # block, then the suffix minimum over query blocks; from the last query chunk back
+    n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
+    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
+    offset = n_keys - n_queries
+    later = 2147483647                                      # min start of the later chunks
+    for c in range(0, (m_blocks + M_CHUNK - 1) // M_CHUNK):
+        offs_m = ((m_blocks + M_CHUNK - 1) // M_CHUNK - 1 - c) * M_CHUNK + tl.arange(0, M_CHUNK)
+        m_ok = offs_m < m_blocks
+        first_row = offset + offs_m * BLOCK_M
+        limit = delta - tl.load(LAM + first_row * lam_str[2], mask=m_ok, other=0.0)
+        limit = tl.where(limit != limit, float("-inf"), limit)
+        count = tl.full([M_CHUNK], 0, dtype=tl.int32)
+        key_max = float("-inf")
+        for n0 in range(0, n_blocks, N_CHUNK):
+            offs_n = n0 + tl.arange(0, N_CHUNK)
+            n_ok = offs_n < n_blocks
+            last_col = tl.minimum(offs_n * BLOCK_N + BLOCK_N - 1, n_keys - 1)
+            key = -tl.load(LAM + last_col * lam_str[2], mask=n_ok, other=0.0)
+            key = tl.where(key != key, float("inf"), key)
+            key = tl.where(n_ok, key, float("-inf"))
+            key = tl.maximum(tl.associative_scan(key, 0, _max_scan), key_max)
+            key_max = tl.reduce(key, 0, _elementwise_max)
+            below = n_ok[None, :] & (key[None, :] < limit[:, None])
+            count += _sum_rows(below.to(tl.int32))
+        start = tl.minimum(count, first_row // BLOCK_N)
+        start = tl.where(m_ok, start, 2147483647)
+        suffix = tl.minimum(tl.associative_scan(start, 0, _min_scan, reverse=True), later)
+        tl.store(START + offs_m * start_str[2], suffix, mask=m_ok)
+        later = tl.minimum(later, tl.reduce(start, 0, _elementwise_min))
+
+
 # ----------------------------------------------------------------------------- decode (split-K)
 #
 # The decode engine (decode.py): M <= GRID_M queries (one query block of the plan) at the end of

@@ -71,19 +71,33 @@ def score_bound(q: torch.Tensor, k: torch.Tensor, scale: float, acc: torch.dtype
     return abs(scale) * norm(q, acc) * k_norm
 
 
+def value_checked_bound(q: torch.Tensor, k: torch.Tensor, scale: float, acc: torch.dtype,
+                        v: torch.Tensor | None = None, bound: torch.Tensor | None = None,
+                        norm=max_norm) -> torch.Tensor:
+    """score_bound(q, k, ...) (or the bound given), made inf for each (b, h) whose v holds a NaN
+    or inf: a non-finite value must reach every row that attends to it, as in eager, so such a
+    head prunes nothing. (B, Hq) in acc."""
+    bound = score_bound(q, k, scale, acc, norm) if bound is None else bound
+    if v is not None:
+        v_finite = torch.isfinite(norm(v, acc))
+        bound = torch.where(v_finite.repeat_interleave(q.shape[1] // v.shape[1], dim=1), bound,
+                            math.inf)
+    return bound
+
+
 def threshold(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
               epsilon: float, prune: int, v: torch.Tensor | None = None,
               bound: torch.Tensor | None = None, norm=max_norm) -> torch.Tensor:
     """delta per (b, h) as lam's dtype, shape (B, Hq); -inf where the guard turns pruning off.
     Call only with pruning on (prune != Prune.OFF, epsilon > 0). bound: score_bound(q, k, ...)
     when the caller has it; norm: the max_norm to use (the engine's)."""
-    q_heads = q.shape[1]
-    acc = lam.dtype
-    bound = score_bound(q, k, scale, acc, norm) if bound is None else bound
-    if v is not None:
-        # a NaN or inf value must reach every row that attends to it, as in eager: no pruning
-        v_finite = torch.isfinite(norm(v, acc))
-        bound = torch.where(v_finite.repeat_interleave(q_heads // v.shape[1], dim=1), bound, math.inf)
+    bound = value_checked_bound(q, k, scale, lam.dtype, v, bound, norm)
+    return threshold_from_bound(lam, bound, epsilon, prune)
+
+
+def threshold_from_bound(lam: torch.Tensor, bound: torch.Tensor, epsilon: float,
+                         prune: int) -> torch.Tensor:
+    """threshold's delta from value_checked_bound's bound (B, Hq)."""
     n_keys = lam.shape[-1]
     delta = (math.log(epsilon) - math.log(n_keys) - 2.0 * bound).clamp(max=0.0)
     rise = largest_rise(lam)                                                      # (B, Hq), >= 0
@@ -233,22 +247,32 @@ class Plan(NamedTuple):
     start: torch.Tensor  # (B, Hq, MB) int32
 
 
+def bound_start_blocks(lam: torch.Tensor, bound: torch.Tensor, epsilon: float, prune: int,
+                       n_queries: int, block_m: int, block_n: int) -> torch.Tensor:
+    """start_blocks for threshold_from_bound's delta: what make_plan computes once it has the
+    bound (value_checked_bound). An engine may bring one that runs as a single kernel
+    (triton_attention.plan_start_blocks, equal bit for bit): make_plan takes it as `starts`."""
+    delta = threshold_from_bound(lam, bound, epsilon, prune)
+    return start_blocks(lam, delta, n_queries, block_m, block_n)
+
+
 def make_plan(q: torch.Tensor, k: torch.Tensor, lam: torch.Tensor, scale: float,
               epsilon: float, prune: int, v: torch.Tensor | None = None,
               doc: torch.Tensor | None = None, bound: torch.Tensor | None = None,
-              norm=max_norm) -> Plan:
+              norm=max_norm, starts=bound_start_blocks) -> Plan:
     """The pruning plan of one launch; pass v so that a non-finite value turns pruning off, the
     document ids doc (B, N) of packed sequences to skip the tiles of other documents,
     score_bound(q, k, scale, ...) as bound when it is already known, and the engine's max_norm
-    as norm (triton_attention.max_norm: one Triton pass on CUDA; default: torch)."""
+    as norm (triton_attention.max_norm: one Triton pass on CUDA; default: torch) and its
+    bound_start_blocks as starts (triton_attention.plan_start_blocks: one kernel on CUDA)."""
     block_m, block_n = tile_sizes(q.shape[-1])
     n_queries = q.shape[2]
     if prune == Prune.OFF or epsilon <= 0.0:
         start = torch.zeros(*lam.shape[:2], num_blocks(n_queries, block_m),
                             dtype=torch.int32, device=lam.device)
     else:
-        delta = threshold(q, k, lam, scale, epsilon, prune, v, bound, norm)
-        start = start_blocks(lam, delta, n_queries, block_m, block_n)
+        bound = value_checked_bound(q, k, scale, lam.dtype, v, bound, norm)
+        start = starts(lam, bound, epsilon, prune, n_queries, block_m, block_n)
     if doc is not None:  # both starts are non-decreasing, so their maximum is too
         other_documents = document_start_blocks(doc, n_queries, block_m, block_n)
         start = torch.maximum(start, other_documents[:, None, :].to(start.dtype))

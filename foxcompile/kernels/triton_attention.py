@@ -27,13 +27,14 @@ Streamed tiles are read through TMA tensor descriptors where the launch table sa
 D_PAD = 128, and under the interpreter) and the tensors allow it, else through pointers;
 FOXCOMPILE_TMA=0|1|<kernels> overrides the choice (docs/kernels.md, "Loads").
 """
+import math
 import os
 import threading
 import types
 
 import torch
 
-from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM
+from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM, Prune
 from . import plan as plan_mod
 from .plan import Plan
 from .triton_configs import TMA_KERNELS, launch_config, max_registers, smaller, tma_kernels
@@ -385,6 +386,31 @@ def max_row_norms(x: torch.Tensor) -> torch.Tensor:
     return partial.amax(dim=-1)
 
 
+def plan_start_blocks(lam: torch.Tensor, bound: torch.Tensor, epsilon: float, prune: int,
+                      n_queries: int, block_m: int, block_n: int) -> torch.Tensor:
+    """plan.bound_start_blocks (threshold from the bound, the guard, start_blocks), equal bit
+    for bit: one Triton program per (b, h) (_plan_start_kernel) for float32 lam on CUDA, in
+    place of some forty small torch kernels; plan's torch elsewhere. make_plan's `starts`."""
+    if lam.device.type != "cuda" or lam.dtype != torch.float32:
+        return plan_mod.bound_start_blocks(lam, bound, epsilon, prune, n_queries, block_m,
+                                           block_n)
+    return fused_start_blocks(lam, bound, epsilon, prune, n_queries, block_m, block_n)
+
+
+def fused_start_blocks(lam, bound, epsilon, prune, n_queries, block_m, block_n, interpret=False):
+    """The kernel of plan_start_blocks for float32 lam (B, H, N) and bound (B, H), compiled or
+    (interpret=True, CPU tensors) through Triton's interpreter."""
+    batch, heads, n_keys = lam.shape
+    start = torch.empty((batch, heads, plan_mod.num_blocks(n_queries, block_m)),
+                        dtype=torch.int32, device=lam.device)
+    with _device_guard(lam):
+        _kernels(interpret)._plan_start_kernel[(batch * heads,)](
+            lam, bound, start, lam.stride(), bound.stride(), start.stride(), heads, n_queries,
+            n_keys, math.log(epsilon) - math.log(n_keys), GUARDED=prune == Prune.GUARDED,
+            BLOCK_M=block_m, BLOCK_N=block_n, CHUNK=1024, M_CHUNK=64, N_CHUNK=64, num_warps=4)
+    return start
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -394,4 +420,4 @@ def compiled_kernels():
     return _kernels(False)
 
 
-__all__ = ["forward", "backward", "unsupported_reason", "max_norm"]
+__all__ = ["forward", "backward", "unsupported_reason", "max_norm", "plan_start_blocks"]

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import stats
 from ..contract import accumulator
-from ..kernels import engine_for, max_norm
+from ..kernels import engine_for, max_norm, plan_start_blocks
 from ..kernels.plan import (Plan, make_plan, num_blocks, score_bound, tile_counts,
                              tile_sizes)
 
@@ -103,7 +103,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
     lam_full = _full_lam(lam, batch, q_heads, bound)
     doc = _batch_doc(doc, batch)
     plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh, doc=doc, bound=bound,
-                     norm=max_norm)
+                     norm=max_norm, starts=plan_start_blocks)
     out = torch.empty((*q.shape[:-1], width), dtype=q.dtype, device=q.device)
     lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout),
                                          doc=doc)
