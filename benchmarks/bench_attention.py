@@ -330,7 +330,8 @@ def skipped_fraction(q, k, lam, block_m, block_n, delta=None):
     if delta is None:
         qh, kh = q.transpose(1, 2), k.transpose(1, 2)
         scale = q.shape[-1] ** -0.5
-        delta = plan_mod.threshold(qh, kh, lam, scale, EPSILON, Prune.PROVEN, **plan_norm())
+        norm = {key: value for key, value in plan_norm().items() if key == "norm"}
+        delta = plan_mod.threshold(qh, kh, lam, scale, EPSILON, Prune.PROVEN, **norm)
     start = plan_mod.start_blocks(lam, delta, q.shape[1], block_m, block_n)
     c = plan_mod.tile_counts(start, q.shape[1], k.shape[1], block_m, block_n)
     return (c.skipped_tiles.sum() / c.causal_tiles.sum()).item()

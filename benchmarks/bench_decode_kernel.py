@@ -130,12 +130,12 @@ def time_wall(fn, reps, device):
 def implementations(q, k, v, log_f, lam):
     """(key, label, fn, plan or None) for one shape; fn returns the output (B, 1, H, D)."""
     import foxcompile
-    from foxcompile.kernels import decode, max_norm
+    from foxcompile.kernels import decode, max_norm, plan_start_blocks
     from foxcompile.kernels import triton_attention as ta
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     scale = q.shape[-1] ** -0.5
     plans = {"acp": plan_mod.make_plan(qh, kh, lam, scale, EPSILON, Prune.GUARDED, v=vh,
-                                       norm=max_norm),
+                                       norm=max_norm, starts=plan_start_blocks),
              "dense": plan_mod.make_plan(qh, kh, lam, scale, 0.0, Prune.OFF)}
     out = torch.empty_like(q)
 
@@ -147,7 +147,7 @@ def implementations(q, k, v, log_f, lam):
 
     def plan_only():
         return plan_mod.make_plan(qh, kh, lam, scale, EPSILON, Prune.GUARDED, v=vh,
-                                  norm=max_norm).start
+                                  norm=max_norm, starts=plan_start_blocks).start
 
     def op():
         with torch.no_grad():

@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_attention import EPSILON, parse_shape, syn70  # noqa: E402
 import foxcompile  # noqa: E402
 from foxcompile.contract import Prune  # noqa: E402
-from foxcompile.kernels import max_norm, plan as plan_mod, triton_attention as ta  # noqa: E402
+from foxcompile.kernels import max_norm, plan as plan_mod, plan_start_blocks  # noqa: E402
+from foxcompile.kernels import triton_attention as ta  # noqa: E402
 from foxcompile.op import library  # noqa: E402
 
 
@@ -48,7 +49,8 @@ def main():
     q, k, v, log_f, lam = syn70(batch, seq, heads, head_dim)
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     scale = head_dim ** -0.5
-    plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, Prune.GUARDED, v=vh, norm=max_norm)
+    ops_plan = dict(norm=max_norm, starts=plan_start_blocks)   # what the op passes
+    plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, Prune.GUARDED, v=vh, **ops_plan)
     out = torch.empty_like(q).transpose(1, 2)
     lse = ta.forward(qh, kh, vh, lam, plan, scale, out)
     grad = torch.randn_like(q)
@@ -64,9 +66,14 @@ def main():
     cases = {
         "max_norm (one pass)": lambda: max_norm(kh, torch.float32),
         "make_plan proven (no v)": lambda: plan_mod.make_plan(qh, kh, lam, scale, EPSILON,
-                                                              Prune.PROVEN, norm=max_norm),
+                                                              Prune.PROVEN, **ops_plan),
         "make_plan guarded (with v)": lambda: plan_mod.make_plan(
+            qh, kh, lam, scale, EPSILON, Prune.GUARDED, v=vh, **ops_plan),
+        "make_plan guarded, torch start blocks": lambda: plan_mod.make_plan(
             qh, kh, lam, scale, EPSILON, Prune.GUARDED, v=vh, norm=max_norm),
+        "plan_start_blocks alone": lambda: plan_start_blocks(
+            lam, torch.ones(batch, heads, device=lam.device), EPSILON, Prune.GUARDED, seq,
+            plan.block_m, plan.block_n),
         "tl forward kernel launch": lambda: ta.forward(qh, kh, vh, lam, plan, scale, out),
         "tl backward launches": lambda: ta.backward(grad.transpose(1, 2), qh, kh, vh, lam, out,
                                                     lse, plan, scale, dq, dk, dv),
