@@ -8,10 +8,20 @@ greedy), synchronised at the end: tokens/s = batch x steps / time.
 Variants:
     fox_acp        FoX, torch.compile(backend="fox_acp"), pruning on (eps = e^-10)
     fox_acp_dense  FoX, fox_acp with {"fox.epsilon": 0.0}: the same kernels, pruning off
-    sdpa           attention="sdpa" (no forget gate), torch.compile (Inductor), SDPA in the graph
-    sdpa_eager     attention="sdpa", no compilation (what the compiled sdpa step should beat)
+    sdpa           attention="sdpa" (no forget gate), torch.compile (Inductor), SDPA in the graph,
+                   on CUDA with --sdpa-backend (default flash: see below)
+    sdpa_auto      sdpa with torch's own choice of SDPA backend (what runs 2026-12-06 measured)
+    sdpa_eager     attention="sdpa", no compilation, --sdpa-backend (what compiled sdpa should beat)
     inductor       FoX, unmodified, plain torch.compile (the attention as written: M x N scores)
     eager          FoX, no compilation
+
+SDPA backend: torch >= 2.10 with cuDNN >= 9.15.1 on sm90 / sm100 tries cuDNN attention first
+(unless TORCH_CUDNN_SDPA_DEPRIORITIZED=1). cuDNN's SDPA caches one execution plan per shape, the
+key length included, and builds one on a miss: a decoding step has a new key length every time,
+so every layer of every step builds a plan. Flash attention has no such per-shape cost and
+splits a decode step's keys over the SMs, so the sdpa variants pin --sdpa-backend (default
+flash) for the whole run of the variant (compilation included: Dynamo bakes the enabled backend
+into the graph); sdpa_auto keeps torch's choice.
 
 Caches (--cache; docs/generation.md):
     preallocated  (default) fox_lm.FoXCache(max_length=...): storage for the context and the
@@ -46,7 +56,10 @@ Attention time per step (preallocated and concat caches, fox and sdpa variants):
 timed steps, one eager
 decoding step captures every layer's q (B, H, 1, D) and cached k, v, lam; the attention alone
 (foxcompile::attention with the variant's epsilon, or F.scaled_dot_product_attention) is then
-timed on them (CUDA events, median of --attention-reps) and summed over the layers. The rest of
+timed on them (CUDA events, median of --attention-reps) and summed over the layers. Each call
+drops a different number of the last keys (0 to reps + 2), so that every call sees a new key
+count, as every decoding step does: a backend that prepares something per shape (cuDNN's SDPA
+builds an execution plan for each new key length) pays for it here as in the step. The rest of
 the step (projections, MLP, cache update, launches) is the step time minus that. The same call
 gives the plan's start blocks, hence per layer and head the fraction of the cache the kernel
 never reads (plan.unread_key_fraction where the checkout has it; the plan's bound reads the
@@ -67,12 +80,13 @@ gave up on, is printed as a warning.
 
 Where the step goes (--profile): after the timed steps, --profile-steps more steps run under
 torch.profiler (CPU, and CUDA on a GPU) and the row's "profile" holds per step: the host time,
-the time in Dynamo's guards (cache lookup), the compiled regions run (1 when the step is one
-graph; more: graph breaks; 0: eager), the outermost aten ops (those called from Python or
-from the compiled graph's wrapper, not from inside another op) and how many of them run inside
-foxcompile::attention, the op's host time, ops that synchronise on a GPU (item, nonzero, ...)
-and CUDA synchronisations; on a GPU also the kernels launched, the GPU time they take (against
-the host time: a step whose GPU time is far below its host time is launch-bound), device-to-host
+the time in Dynamo's guards (cache lookup) and in compiled code, the compiled regions run (1
+when the step is one graph; more: graph breaks; 0: eager), the outermost aten ops (those called
+from Python or from the compiled graph's wrapper, not from inside another op) and how many of
+them run inside foxcompile::attention, the op's host time, ops that synchronise on a GPU (item,
+nonzero, ...) and the host events with the most time of their own (launches, allocations,
+syncs); on a GPU also the kernels launched, the GPU time they take against the wall time (a
+step whose GPU is mostly idle is launch-bound), launches, CUDA synchronisations, device-to-host
 copies and the kernels that take the most GPU time. --profile-trace DIR also writes each row's
 Chrome trace there.
 
@@ -105,13 +119,15 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import generate  # noqa: E402
 import train  # noqa: E402
-from bench_train import is_out_of_memory, release_memory, synchronize  # noqa: E402
+from bench_train import (SDPA_BACKENDS, is_out_of_memory, release_memory,  # noqa: E402
+                         synchronize)
 from fox_lm import CONFIGS, FoXCache, FoXStaticCache, build_model  # noqa: E402
 
 VARIANTS = {  # name: (attention, backend, epsilon)
     "fox_acp": ("fox", "fox_acp", train.DEFAULT_EPSILON),
     "fox_acp_dense": ("fox", "fox_acp", 0.0),
     "sdpa": ("sdpa", "inductor", 0.0),
+    "sdpa_auto": ("sdpa", "inductor", 0.0),
     "sdpa_eager": ("sdpa", "eager", 0.0),
     "inductor": ("fox", "inductor", 0.0),
     "eager": ("fox", "eager", 0.0),
@@ -119,7 +135,7 @@ VARIANTS = {  # name: (attention, backend, epsilon)
 DEFAULT_VARIANTS = ("fox_acp", "fox_acp_dense", "sdpa")
 CACHES = ("preallocated", "concat", "static")
 SYN70_NOISE = 0.3  # gate logit = b_h + 0.3 N(0, 1) (benchmarks/bench_attention.py's syn70)
-ATTENTION_PROFILED = ("fox_acp", "fox_acp_dense", "sdpa", "sdpa_eager")  # attention timed alone
+ATTENTION_PROFILED = ("fox_acp", "fox_acp_dense", "sdpa", "sdpa_auto", "sdpa_eager")
 
 
 # ---------------------------------------------------------------- setup
@@ -140,6 +156,27 @@ def fits(config, batch, context, dtype, device, param_bytes, kind) -> tuple[bool
     if device.type != "cuda":
         return True, need / 1e9
     return need < 0.95 * torch.cuda.get_device_properties(device).total_memory, need / 1e9
+
+
+def sdpa_backend(variant: str, args) -> str | None:
+    """The SDPA backend of an sdpa variant on CUDA ("auto": torch's own choice), None for the
+    others and off CUDA (where torch chooses)."""
+    if VARIANTS[variant][0] != "sdpa":
+        return None
+    if args.device != "cuda":
+        return "auto"
+    return "auto" if variant == "sdpa_auto" else args.sdpa_backend
+
+
+def sdpa_context(variant: str, args):
+    """The variant's SDPA backend, for its whole run: compilation (Dynamo bakes the backend that
+    is enabled while it traces into the graph), the steps and the attention timed alone."""
+    backend = sdpa_backend(variant, args)
+    if backend in (None, "auto"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend]))
 
 
 def make_model(config: str, variant: str, args):
@@ -286,22 +323,25 @@ def to_static(cache: FoXCache, model, max_length: int) -> FoXStaticCache:
 # ---------------------------------------------------------------- measurements
 
 
-def timed_ms(fn, device: torch.device, reps: int) -> float:
-    """Median milliseconds of fn() over reps calls (after 3 untimed ones)."""
-    for _ in range(3):
-        fn()
+def timed_ms(fn, device: torch.device, reps: int, drops: bool = False) -> float:
+    """Median milliseconds of fn() over reps calls (after 3 untimed ones). drops: call fn(d)
+    instead, d = 0 .. reps + 2 different for every call (attention_profile drops the last d keys:
+    every call sees a new key count, as every decoding step does)."""
+    call = (lambda i: fn(i)) if drops else (lambda i: fn())
+    for i in range(3):
+        call(reps + i)
     times = []
-    for _ in range(reps):
+    for i in range(reps):
         if device.type == "cuda":
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
-            fn()
+            call(i)
             end.record()
             end.synchronize()
             times.append(begin.elapsed_time(end))
         else:
             start = time.perf_counter()
-            fn()
+            call(i)
             times.append(1e3 * (time.perf_counter() - start))
     return statistics.median(times)
 
@@ -405,6 +445,8 @@ def summarize_profile(events, steps: int, cuda: bool, top: int = 10) -> dict:
         "steps": len(marks),
         "host_ms_per_step": total_ms(marks),
         "guard_ms_per_step": total_ms([e for e in inside if e.name == "TorchDynamo Cache Lookup"]),
+        "compiled_ms_per_step": total_ms([e for e in inside
+                                          if e.name.startswith("Torch-Compiled Region")]),
         "compiled_regions_per_step": per_step * sum(
             1 for e in inside if e.name.startswith("Torch-Compiled Region")),
         "aten_ops_per_step": per_step * len(outermost),
@@ -413,6 +455,7 @@ def summarize_profile(events, steps: int, cuda: bool, top: int = 10) -> dict:
         "op_host_ms_per_step": total_ms(op_calls),
         "sync_ops_per_step": sync_ops,
         "top_aten_ops": _top_counts(outermost, per_step, top),
+        "top_host_self_ms": _top_self(inside, per_step, top),
     }
     if cuda:
         device = [e for e in events if e.device_type == DeviceType.CUDA]
@@ -450,6 +493,17 @@ def _top_counts(events, per_step: float, top: int) -> dict:
     for e in events:
         counts[e.name] = counts.get(e.name, 0) + per_step
     return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:top])
+
+
+def _top_self(events, per_step: float, top: int) -> list:
+    """[(name, self host ms per step, calls per step)] of the events whose own host time (not
+    their children's) is the largest: launches, allocations, syncs, Python-heavy ops."""
+    totals = {}
+    for e in events:
+        ms, n = totals.get(e.name, (0.0, 0))
+        totals[e.name] = (ms + e.self_cpu_time_total / 1e3, n + 1)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return [(name[:120], ms * per_step, n * per_step) for name, (ms, n) in ranked]
 
 
 def _top_times(events, per_step: float, top: int) -> list:
@@ -523,6 +577,17 @@ def unread_fraction(start: torch.Tensor, n_keys: int, block_n: int) -> torch.Ten
     return (start[..., 0].double() * block_n / max(n_keys, 1)).clamp(max=1.0)
 
 
+def selected_sdpa_backend(q, k, v) -> str | None:
+    """The backend F.scaled_dot_product_attention picks for these inputs under the SDPA flags in
+    force (FLASH_ATTENTION, CUDNN_ATTENTION, ...); None where torch cannot say."""
+    try:
+        from torch.nn.attention import SDPBackend
+
+        return SDPBackend(torch._fused_sdp_choice(q, k, v)).name
+    except Exception:
+        return None
+
+
 def attention_profile(model, captured: list, variant: str, device, reps: int) -> dict:
     """Attention alone per decoding step (summed over the layers) and, for fox variants, the
     fraction of each layer's and head's cache the kernel never reads (mean over the batch)."""
@@ -530,26 +595,32 @@ def attention_profile(model, captured: list, variant: str, device, reps: int) ->
     scale = model.config.head_dim ** -0.5
     total, unread = 0.0, []
     for layer, (q, k, v, lam) in enumerate(captured):
+        n_keys = k.shape[2]
         if attention == "sdpa":
-            def run(q=q, k=k, v=v):
-                return F.scaled_dot_product_attention(q, k, v)
+            def run(drop=0, q=q, k=k, v=v, n=n_keys):
+                n = max(1, n - drop)
+                return F.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n])
         else:
             from foxcompile.contract import Prune
             from foxcompile.kernels.plan import tile_sizes
 
             site = f"blocks.{layer}.attn (bench_decode)"
 
-            def run(q=q, k=k, v=v, lam=lam, site=site):
-                return torch.ops.foxcompile.attention(q, k, v, lam, scale, epsilon,
-                                                      int(Prune.GUARDED), "bhtd", site)
+            def run(drop=0, q=q, k=k, v=v, lam=lam, site=site, n=n_keys):
+                n = max(1, n - drop)
+                return torch.ops.foxcompile.attention(q, k[:, :, :n], v[:, :, :n], lam[..., :n],
+                                                      scale, epsilon, int(Prune.GUARDED), "bhtd",
+                                                      site)
 
             with torch.no_grad():
                 start = run()[2]
             block_n = tile_sizes(q.shape[-1])[1]
             unread.append(unread_fraction(start, k.shape[2], block_n).mean(0).tolist())
         with torch.no_grad():
-            total += timed_ms(run, device, reps)
+            total += timed_ms(run, device, reps, drops=True)
     result = {"attention_ms_per_step": total}
+    if attention == "sdpa":
+        result["sdpa_selected"] = selected_sdpa_backend(*captured[0][:3])
     if unread:
         result["unread_fraction"] = unread  # [layer][head]
         flat = [f for row in unread for f in row]
@@ -704,8 +775,9 @@ def format_profile(row: dict) -> str:
     if not p or "error" in p:
         return f"    profile: {p.get('error') if p else 'none'}"
     lines = [f"    profile: host {p['host_ms_per_step']:.2f} ms/step (Dynamo guards "
-             f"{p['guard_ms_per_step']:.3f}), {p['compiled_regions_per_step']:g} compiled "
-             f"region(s)/step, {p['aten_ops_per_step']:g} aten ops/step of which "
+             f"{p['guard_ms_per_step']:.3f}, compiled code {p['compiled_ms_per_step']:.2f}), "
+             f"{p['compiled_regions_per_step']:g} compiled region(s)/step, "
+             f"{p['aten_ops_per_step']:g} aten ops/step of which "
              f"{p['op_aten_ops_per_step']:g} inside {p['op_calls_per_step']:g} op calls "
              f"({p['op_host_ms_per_step']:.2f} ms), syncing ops {p['sync_ops_per_step'] or 0}"]
     if "kernels_per_step" in p:
@@ -714,6 +786,8 @@ def format_profile(row: dict) -> str:
                      f"{p['launches_per_step']:g} launches, {p['cuda_syncs_per_step']:g} syncs, "
                      f"{p['memcpy_dtoh_per_step']:g} DtoH copies per step")
         lines += [f"      {ms:8.3f} ms {n:6.1f}x  {name[:90]}" for name, ms, n in p["top_kernels"]]
+    lines.append("    host, own time: " + ", ".join(f"{name[:40]} {ms:.2f} ms ({n:g}x)"
+                                                   for name, ms, n in p["top_host_self_ms"][:6]))
     return "\n".join(lines)
 
 
@@ -722,6 +796,7 @@ def versions(device: torch.device) -> dict:
     info["cuda"] = torch.version.cuda
     if device.type == "cuda":
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        info["cudnn"] = torch.backends.cudnn.version()  # >= 91501: SDPA tries cuDNN first on sm90
     return info
 
 
@@ -731,11 +806,66 @@ def write_results(path: Path, args, rows: list[dict]):
         "device": train.device_name(device), "versions": versions(device),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "environment": {k: v for k, v in __import__("os").environ.items()
-                        if k.startswith(("FOXCOMPILE_", "TORCHINDUCTOR_"))},
+                        if k.startswith(("FOXCOMPILE_", "TORCHINDUCTOR_", "TORCH_CUDNN_"))},
         "args": vars(args), "rows": rows})
 
 
 # ---------------------------------------------------------------- the run
+
+
+def run_variant(args, config: str, batch: int, variant: str, tokens, out: Path):
+    """Compile `variant` of `config` and measure its rows (every context) into `out`."""
+    device, dtype = torch.device(args.device), train.DTYPES[args.dtype]
+    card = train.device_name(device)
+    key = {"device": card, "config": config, "batch": batch, "variant": variant,
+           "cache": args.cache, "fill": args.fill}
+    if VARIANTS[variant][0] == "sdpa":
+        key["sdpa_backend"] = sdpa_backend(variant, args)
+    print(f"[{config} B={batch} {variant}, {args.cache} cache] compiling", flush=True)
+    failed, labels, param_bytes = None, None, 0
+    try:
+        model, prefill, decode = make_model(config, variant, args)
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        labels = site_labels(model, variant, args) if args.explain_len else None
+    except Exception as error:  # a failing variant must not lose the others
+        traceback.print_exc()
+        failed = ("OOM" if is_out_of_memory(error) else
+                  f"error: {type(error).__name__}: {str(error).strip()[:300]}")
+    if not failed:
+        warm_up(model, prefill, decode, config, batch, variant, args, tokens)
+    for context in sorted(args.contexts):
+        row = {**key, "context": context}
+        ok, need_gb = fits(config, batch, context, dtype, device, param_bytes,
+                           args.cache)
+        if failed:
+            row["status"] = failed
+        elif not ok and not args.try_all:
+            row["status"] = f"too large (about {need_gb:.0f} GB)"
+        else:
+            try:
+                row.update(measure_row(model, prefill, decode, config, batch,
+                                       context, variant, args, tokens))
+            except Exception as error:
+                if is_out_of_memory(error):
+                    row["status"] = failed = "OOM"
+                else:
+                    traceback.print_exc()
+                    row["status"] = (f"error: {type(error).__name__}: "
+                                     f"{str(error).strip()[:300]}")
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if labels is not None:
+            row["sites"] = labels
+        merged = merge_rows(out, [row])
+        add_ratios(merged)
+        write_results(out, args, merged)
+        print(format_table([r for r in merged if row_key(r) == row_key(row)])
+              .splitlines()[1], flush=True)
+        if "profile" in row:
+            print(format_profile(row), flush=True)
+    model = prefill = decode = None
+    release_memory(device)
 
 
 def run(args):
@@ -743,7 +873,6 @@ def run(args):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     card = train.device_name(device)
-    dtype = train.DTYPES[args.dtype]
     variants = [v for v in VARIANTS if v in args.variants]
     if any(VARIANTS[v][1] == "fox_acp" for v in variants):
         try:
@@ -759,53 +888,8 @@ def run(args):
                 tokens_by_batch[batch] = corpus_windows(batch, longest).to(device)
             tokens = tokens_by_batch[batch]
             for variant in variants:
-                key = {"device": card, "config": config, "batch": batch, "variant": variant,
-                       "cache": args.cache, "fill": args.fill}
-                print(f"[{config} B={batch} {variant}, {args.cache} cache] compiling", flush=True)
-                failed, labels, param_bytes = None, None, 0
-                try:
-                    model, prefill, decode = make_model(config, variant, args)
-                    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-                    labels = site_labels(model, variant, args) if args.explain_len else None
-                except Exception as error:  # a failing variant must not lose the others
-                    traceback.print_exc()
-                    failed = ("OOM" if is_out_of_memory(error) else
-                              f"error: {type(error).__name__}: {str(error).strip()[:300]}")
-                if not failed:
-                    warm_up(model, prefill, decode, config, batch, variant, args, tokens)
-                for context in sorted(args.contexts):
-                    row = {**key, "context": context}
-                    ok, need_gb = fits(config, batch, context, dtype, device, param_bytes,
-                                       args.cache)
-                    if failed:
-                        row["status"] = failed
-                    elif not ok and not args.try_all:
-                        row["status"] = f"too large (about {need_gb:.0f} GB)"
-                    else:
-                        try:
-                            row.update(measure_row(model, prefill, decode, config, batch,
-                                                   context, variant, args, tokens))
-                        except Exception as error:
-                            if is_out_of_memory(error):
-                                row["status"] = failed = "OOM"
-                            else:
-                                traceback.print_exc()
-                                row["status"] = (f"error: {type(error).__name__}: "
-                                                 f"{str(error).strip()[:300]}")
-                        gc.collect()
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                    if labels is not None:
-                        row["sites"] = labels
-                    merged = merge_rows(out, [row])
-                    add_ratios(merged)
-                    write_results(out, args, merged)
-                    print(format_table([r for r in merged if row_key(r) == row_key(row)])
-                          .splitlines()[1], flush=True)
-                    if "profile" in row:
-                        print(format_profile(row), flush=True)
-                model = prefill = decode = None
-                release_memory(device)
+                with sdpa_context(variant, args):
+                    run_variant(args, config, batch, variant, tokens, out)
     rows = [r for r in json.loads(out.read_text())["rows"] if r["device"] == card]
     info = versions(device)
     print(f"\n{card}, torch {info['torch']}, triton {info['triton']}\n{format_table(rows)}\n"
@@ -823,6 +907,12 @@ def parse_args(argv=None):
                         help="sequences decoded together")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         default=list(DEFAULT_VARIANTS), help="what to measure, see above")
+    parser.add_argument("--sdpa-backend", choices=["auto", *sorted(SDPA_BACKENDS)],
+                        default="flash",
+                        help="SDPA backend of the sdpa and sdpa_eager variants on CUDA (auto: "
+                             "torch's choice, cuDNN first on sm90 with cuDNN >= 9.15.1, which "
+                             "builds a plan for every new key length, i.e. every decoding step; "
+                             "the sdpa_auto variant always runs auto)")
     parser.add_argument("--cache", choices=CACHES, default="preallocated",
                         help="preallocated or concat (dynamic shapes, mode default), or static "
                              "(mode reduce-overhead), see above")
