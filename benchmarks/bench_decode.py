@@ -70,6 +70,8 @@ norms of all keys once: that pass is not counted as a read here).
     python benchmarks/bench_decode.py --cache static --variants fox_acp sdpa
     python benchmarks/bench_decode.py --configs 125m --fill prefill --checkpoint runs/x/checkpoint.pt
     python benchmarks/bench_decode.py --smoke                  # tiny, CPU, seconds
+    python benchmarks/bench_decode.py --configs 125m --batches 1 --contexts 16384 65536 \
+        --variants sdpa_auto sdpa fox_acp_dense fox_acp --explain-len 0 --profile
 
 Compilation (every row): Dynamo's counters around the untimed and the timed steps give
 `compiles_warmup` and `compiles_timed` (frames Dynamo compiled: a timed step that compiles is
@@ -873,7 +875,7 @@ def run(args):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     card = train.device_name(device)
-    variants = [v for v in VARIANTS if v in args.variants]
+    variants = list(dict.fromkeys(args.variants))  # as given: a run cut short keeps the first
     if any(VARIANTS[v][1] == "fox_acp" for v in variants):
         try:
             train.import_foxcompile()
@@ -906,7 +908,8 @@ def parse_args(argv=None):
     parser.add_argument("--batches", "--batch", nargs="+", type=int, default=[1, 16],
                         help="sequences decoded together")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        default=list(DEFAULT_VARIANTS), help="what to measure, see above")
+                        default=list(DEFAULT_VARIANTS),
+                        help="what to measure (in this order), see above")
     parser.add_argument("--sdpa-backend", choices=["auto", *sorted(SDPA_BACKENDS)],
                         default="flash",
                         help="SDPA backend of the sdpa and sdpa_eager variants on CUDA (auto: "
