@@ -8,9 +8,20 @@ greedy), synchronised at the end: tokens/s = batch x steps / time.
 Variants:
     fox_acp        FoX, torch.compile(backend="fox_acp"), pruning on (eps = e^-10)
     fox_acp_dense  FoX, fox_acp with {"fox.epsilon": 0.0}: the same kernels, pruning off
-    sdpa           attention="sdpa" (no forget gate), torch.compile (Inductor), SDPA in the graph
+    sdpa           attention="sdpa" (no forget gate), torch.compile (Inductor), SDPA in the graph,
+                   on CUDA with --sdpa-backend (default flash: see below)
+    sdpa_auto      sdpa with torch's own choice of SDPA backend (what runs 2026-12-06 measured)
+    sdpa_eager     attention="sdpa", no compilation, --sdpa-backend (what compiled sdpa should beat)
     inductor       FoX, unmodified, plain torch.compile (the attention as written: M x N scores)
     eager          FoX, no compilation
+
+SDPA backend: torch >= 2.10 with cuDNN >= 9.15.1 on sm90 / sm100 tries cuDNN attention first
+(unless TORCH_CUDNN_SDPA_DEPRIORITIZED=1). cuDNN's SDPA caches one execution plan per shape, the
+key length included, and builds one on a miss: a decoding step has a new key length every time,
+so every layer of every step builds a plan. Flash attention has no such per-shape cost and
+splits a decode step's keys over the SMs, so the sdpa variants pin --sdpa-backend (default
+flash) for the whole run of the variant (compilation included: Dynamo bakes the enabled backend
+into the graph); sdpa_auto keeps torch's choice.
 
 Caches (--cache; docs/generation.md):
     preallocated  (default) fox_lm.FoXCache(max_length=...): storage for the context and the
@@ -45,7 +56,10 @@ Attention time per step (preallocated and concat caches, fox and sdpa variants):
 timed steps, one eager
 decoding step captures every layer's q (B, H, 1, D) and cached k, v, lam; the attention alone
 (foxcompile::attention with the variant's epsilon, or F.scaled_dot_product_attention) is then
-timed on them (CUDA events, median of --attention-reps) and summed over the layers. The rest of
+timed on them (CUDA events, median of --attention-reps) and summed over the layers. Each call
+drops a different number of the last keys (0 to reps + 2), so that every call sees a new key
+count, as every decoding step does: a backend that prepares something per shape (cuDNN's SDPA
+builds an execution plan for each new key length) pays for it here as in the step. The rest of
 the step (projections, MLP, cache update, launches) is the step time minus that. The same call
 gives the plan's start blocks, hence per layer and head the fraction of the cache the kernel
 never reads (plan.unread_key_fraction where the checkout has it; the plan's bound reads the
@@ -56,6 +70,27 @@ norms of all keys once: that pass is not counted as a read here).
     python benchmarks/bench_decode.py --cache static --variants fox_acp sdpa
     python benchmarks/bench_decode.py --configs 125m --fill prefill --checkpoint runs/x/checkpoint.pt
     python benchmarks/bench_decode.py --smoke                  # tiny, CPU, seconds
+    python benchmarks/bench_decode.py --configs 125m --batches 1 --contexts 16384 65536 \
+        --variants sdpa_auto sdpa fox_acp_dense fox_acp --explain-len 0 --profile
+
+Compilation (every row): Dynamo's counters around the untimed and the timed steps give
+`compiles_warmup` and `compiles_timed` (frames Dynamo compiled: a timed step that compiles is
+not a decode step), `graph_breaks` (breaks in everything the variant compiled so far),
+`dynamo_gave_up` (Dynamo hit its recompile limit and runs the model eagerly from then on) and
+`graphs` (cache entries of FoXLM.forward). A timed step that compiled, or a variant that Dynamo
+gave up on, is printed as a warning.
+
+Where the step goes (--profile): after the timed steps, --profile-steps more steps run under
+torch.profiler (CPU, and CUDA on a GPU) and the row's "profile" holds per step: the host time,
+the time in Dynamo's guards (cache lookup) and in compiled code, the compiled regions run (1
+when the step is one graph; more: graph breaks; 0: eager), the outermost aten ops (those called
+from Python or from the compiled graph's wrapper, not from inside another op) and how many of
+them run inside foxcompile::attention, the op's host time, ops that synchronise on a GPU (item,
+nonzero, ...) and the host events with the most time of their own (launches, allocations,
+syncs); on a GPU also the kernels launched, the GPU time they take against the wall time (a
+step whose GPU is mostly idle is launch-bound), launches, CUDA synchronisations, device-to-host
+copies and the kernels that take the most GPU time. --profile-trace DIR also writes each row's
+Chrome trace there.
 
 Results are merged into --out (rows of the same card, config, batch, context, variant, cache
 and fill are replaced) and written after every row, so a run cut short keeps what it measured.
@@ -67,6 +102,7 @@ skips the longer contexts of that variant and batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -85,19 +121,23 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import generate  # noqa: E402
 import train  # noqa: E402
-from bench_train import is_out_of_memory, release_memory, synchronize  # noqa: E402
+from bench_train import (SDPA_BACKENDS, is_out_of_memory, release_memory,  # noqa: E402
+                         synchronize)
 from fox_lm import CONFIGS, FoXCache, FoXStaticCache, build_model  # noqa: E402
 
 VARIANTS = {  # name: (attention, backend, epsilon)
     "fox_acp": ("fox", "fox_acp", train.DEFAULT_EPSILON),
     "fox_acp_dense": ("fox", "fox_acp", 0.0),
     "sdpa": ("sdpa", "inductor", 0.0),
+    "sdpa_auto": ("sdpa", "inductor", 0.0),
+    "sdpa_eager": ("sdpa", "eager", 0.0),
     "inductor": ("fox", "inductor", 0.0),
     "eager": ("fox", "eager", 0.0),
 }
 DEFAULT_VARIANTS = ("fox_acp", "fox_acp_dense", "sdpa")
 CACHES = ("preallocated", "concat", "static")
 SYN70_NOISE = 0.3  # gate logit = b_h + 0.3 N(0, 1) (benchmarks/bench_attention.py's syn70)
+ATTENTION_PROFILED = ("fox_acp", "fox_acp_dense", "sdpa", "sdpa_auto", "sdpa_eager")
 
 
 # ---------------------------------------------------------------- setup
@@ -118,6 +158,27 @@ def fits(config, batch, context, dtype, device, param_bytes, kind) -> tuple[bool
     if device.type != "cuda":
         return True, need / 1e9
     return need < 0.95 * torch.cuda.get_device_properties(device).total_memory, need / 1e9
+
+
+def sdpa_backend(variant: str, args) -> str | None:
+    """The SDPA backend of an sdpa variant on CUDA ("auto": torch's own choice), None for the
+    others and off CUDA (where torch chooses)."""
+    if VARIANTS[variant][0] != "sdpa":
+        return None
+    if args.device != "cuda":
+        return "auto"
+    return "auto" if variant == "sdpa_auto" else args.sdpa_backend
+
+
+def sdpa_context(variant: str, args):
+    """The variant's SDPA backend, for its whole run: compilation (Dynamo bakes the backend that
+    is enabled while it traces into the graph), the steps and the attention timed alone."""
+    backend = sdpa_backend(variant, args)
+    if backend in (None, "auto"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend]))
 
 
 def make_model(config: str, variant: str, args):
@@ -264,32 +325,215 @@ def to_static(cache: FoXCache, model, max_length: int) -> FoXStaticCache:
 # ---------------------------------------------------------------- measurements
 
 
-def timed_ms(fn, device: torch.device, reps: int) -> float:
-    """Median milliseconds of fn() over reps calls (after 3 untimed ones)."""
-    for _ in range(3):
-        fn()
+def timed_ms(fn, device: torch.device, reps: int, drops: bool = False) -> float:
+    """Median milliseconds of fn() over reps calls (after 3 untimed ones). drops: call fn(d)
+    instead, d = 0 .. reps + 2 different for every call (attention_profile drops the last d keys:
+    every call sees a new key count, as every decoding step does)."""
+    call = (lambda i: fn(i)) if drops else (lambda i: fn())
+    for i in range(3):
+        call(reps + i)
     times = []
-    for _ in range(reps):
+    for i in range(reps):
         if device.type == "cuda":
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
-            fn()
+            call(i)
             end.record()
             end.synchronize()
             times.append(begin.elapsed_time(end))
         else:
             start = time.perf_counter()
-            fn()
+            call(i)
             times.append(1e3 * (time.perf_counter() - start))
     return statistics.median(times)
 
 
-def decode_steps(decode, cache, token: torch.Tensor, steps: int) -> torch.Tensor:
-    """`steps` greedy decoding steps from token (B,); returns the last token."""
+def decode_steps(decode, cache, token: torch.Tensor, steps: int, label: str | None = None
+                 ) -> torch.Tensor:
+    """`steps` greedy decoding steps from token (B,); returns the last token. label: each step
+    inside torch.profiler.record_function(label) (for profile_steps)."""
     with torch.no_grad():
         for _ in range(steps):
-            token = decode(token[:, None], cache=cache)[:, -1].argmax(-1)
+            with (torch.profiler.record_function(label) if label else contextlib.nullcontext()):
+                token = decode(token[:, None], cache=cache)[:, -1].argmax(-1)
     return token
+
+
+# ---------------------------------------------------------------- compilation and profile
+
+
+def dynamo_state(model) -> dict:
+    """Dynamo's running totals: frames compiled, graph breaks, the times it gave up on a frame
+    for the recompile limit (it then runs that code eagerly for good), and the cache entries
+    (compiled graphs) of the model's forward."""
+    from torch._dynamo.utils import counters
+
+    gave_up = sum(n for reason, n in counters["unimplemented"].items()
+                  if any(s in reason.lower() for s in ("recompile limit", "recompile_limit",
+                                                       "cache_size_limit", "cache size limit")))
+    try:  # private, present since torch 2.1
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+        graphs = len(_debug_get_cache_entry_list(type(model).forward.__code__))
+    except Exception:
+        graphs = None
+    return {"compiles": counters["frames"]["total"],
+            "graph_breaks": sum(counters["graph_break"].values()),
+            "gave_up": gave_up, "graphs": graphs}
+
+
+def compile_fields(before: dict, warm: dict, after: dict) -> dict:
+    """A row's compilation fields from dynamo_state before the untimed steps, between them and
+    the timed ones, and after the timed ones."""
+    return {"compiles_warmup": warm["compiles"] - before["compiles"],
+            "compiles_timed": after["compiles"] - warm["compiles"],
+            "graph_breaks": after["graph_breaks"], "dynamo_gave_up": after["gave_up"] > 0,
+            "graphs": after["graphs"]}
+
+
+STEP_LABEL = "bench_decode step"
+# host-side names of a CUDA launch and of a host-device synchronisation (runtime and driver API)
+_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+             "cudaLaunchCooperativeKernel", "cudaGraphLaunch")
+_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
+          "cuStreamSynchronize", "cuCtxSynchronize", "cuEventSynchronize")
+# aten ops that read a device value back to the host (a synchronisation on a GPU)
+_SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero",
+             "aten::equal", "aten::allclose", "aten::unique", "aten::_unique2",
+             "aten::masked_select")
+
+
+def _span(event) -> tuple[float, float]:
+    return event.time_range.start, event.time_range.end
+
+
+def summarize_profile(events, steps: int, cuda: bool, top: int = 10) -> dict:
+    """Per decoding step, from torch.profiler events of `steps` steps each wrapped in
+    record_function(STEP_LABEL) (profile_steps): see the module docstring, "--profile"."""
+    from torch.autograd import DeviceType
+
+    cpu = [e for e in events if e.device_type == DeviceType.CPU]
+    marks = [e for e in cpu if e.name == STEP_LABEL]
+    if not marks:
+        return {"error": "no step found in the profile"}
+    spans = [(_span(m), m.thread) for m in marks]
+
+    def in_steps(event) -> bool:
+        start, end = _span(event)
+        return any(event.thread == thread and a <= start and end <= b for (a, b), thread in spans)
+
+    inside = [e for e in cpu if e.name != STEP_LABEL and in_steps(e)]
+
+    def ancestors(event):
+        parent = event.cpu_parent
+        while parent is not None and parent.name != STEP_LABEL:
+            yield parent
+            parent = parent.cpu_parent
+
+    outermost = [e for e in inside if e.name.startswith("aten::")
+                 and not any(p.name.startswith("aten::") for p in ancestors(e))]
+    in_op = [e for e in outermost if any(p.name == "foxcompile::attention" for p in ancestors(e))]
+    op_calls = [e for e in inside if e.name == "foxcompile::attention"
+                and not any(p.name == "foxcompile::attention" for p in ancestors(e))]
+    per_step = 1.0 / len(marks)
+
+    def total_ms(selected) -> float:
+        return sum(e.time_range.elapsed_us() for e in selected) / 1e3 * per_step
+
+    sync_ops = {}
+    for e in inside:
+        if e.name in _SYNC_OPS:
+            sync_ops[e.name] = sync_ops.get(e.name, 0) + per_step
+    summary = {
+        "steps": len(marks),
+        "host_ms_per_step": total_ms(marks),
+        "guard_ms_per_step": total_ms([e for e in inside if e.name == "TorchDynamo Cache Lookup"]),
+        "compiled_ms_per_step": total_ms([e for e in inside
+                                          if e.name.startswith("Torch-Compiled Region")]),
+        "compiled_regions_per_step": per_step * sum(
+            1 for e in inside if e.name.startswith("Torch-Compiled Region")),
+        "aten_ops_per_step": per_step * len(outermost),
+        "op_calls_per_step": per_step * len(op_calls),
+        "op_aten_ops_per_step": per_step * len(in_op),
+        "op_host_ms_per_step": total_ms(op_calls),
+        "sync_ops_per_step": sync_ops,
+        "top_aten_ops": _top_counts(outermost, per_step, top),
+        "top_host_self_ms": _top_self(inside, per_step, top),
+    }
+    if cuda:
+        device = [e for e in events if e.device_type == DeviceType.CUDA]
+        kernels = [e for e in device if not e.name.startswith(("Memcpy", "Memset"))]
+        summary.update({
+            "launches_per_step": per_step * sum(1 for e in inside if e.name in _LAUNCHES),
+            "cuda_syncs_per_step": per_step * sum(1 for e in inside if e.name in _SYNCS),
+            "kernels_per_step": per_step * len(kernels),
+            "gpu_ms_per_step": total_ms(kernels),
+            "memcpy_dtoh_per_step": per_step * sum(1 for e in device if "DtoH" in e.name),
+            "top_kernels": _top_times(kernels, per_step, top),
+        })
+        # first step's start to the end of the last step's host work or GPU work, whichever is later
+        first = min(_span(m)[0] for m in marks)
+        last = max([_span(m)[1] for m in marks] + [_span(e)[1] for e in device])
+        summary["wall_ms_per_step"] = (last - first) / 1e3 * per_step
+        summary["gpu_busy_fraction"] = summary["gpu_ms_per_step"] / max(
+            summary["wall_ms_per_step"], 1e-9)
+    return _rounded(summary)
+
+
+def _rounded(value, digits: int = 4):
+    """Floats rounded (per-step means of counts read 2, not 1.9999999999999998)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_rounded(v, digits) for v in value)
+    return value
+
+
+def _top_counts(events, per_step: float, top: int) -> dict:
+    counts = {}
+    for e in events:
+        counts[e.name] = counts.get(e.name, 0) + per_step
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:top])
+
+
+def _top_self(events, per_step: float, top: int) -> list:
+    """[(name, self host ms per step, calls per step)] of the events whose own host time (not
+    their children's) is the largest: launches, allocations, syncs, Python-heavy ops."""
+    totals = {}
+    for e in events:
+        ms, n = totals.get(e.name, (0.0, 0))
+        totals[e.name] = (ms + e.self_cpu_time_total / 1e3, n + 1)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return [(name[:120], ms * per_step, n * per_step) for name, (ms, n) in ranked]
+
+
+def _top_times(events, per_step: float, top: int) -> list:
+    """[(name, ms per step, calls per step)] of the events taking the most time."""
+    totals = {}
+    for e in events:
+        ms, n = totals.get(e.name, (0.0, 0))
+        totals[e.name] = (ms + e.time_range.elapsed_us() / 1e3, n + 1)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return [(name[:120], ms * per_step, n * per_step) for name, (ms, n) in ranked]
+
+
+def profile_steps(decode, cache, token: torch.Tensor, steps: int, device: torch.device,
+                  trace: str | None = None) -> tuple[torch.Tensor, dict]:
+    """`steps` decoding steps under torch.profiler; returns (last token, summarize_profile)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        token = decode_steps(decode, cache, token, steps, label=STEP_LABEL)
+        synchronize(device)
+    if trace:
+        Path(trace).parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(trace)
+    return token, summarize_profile(prof.events(), steps, device.type == "cuda")
 
 
 def capture_attention_inputs(model, cache: FoXCache, token: torch.Tensor) -> list:
@@ -335,6 +579,17 @@ def unread_fraction(start: torch.Tensor, n_keys: int, block_n: int) -> torch.Ten
     return (start[..., 0].double() * block_n / max(n_keys, 1)).clamp(max=1.0)
 
 
+def selected_sdpa_backend(q, k, v) -> str | None:
+    """The backend F.scaled_dot_product_attention picks for these inputs under the SDPA flags in
+    force (FLASH_ATTENTION, CUDNN_ATTENTION, ...); None where torch cannot say."""
+    try:
+        from torch.nn.attention import SDPBackend
+
+        return SDPBackend(torch._fused_sdp_choice(q, k, v)).name
+    except Exception:
+        return None
+
+
 def attention_profile(model, captured: list, variant: str, device, reps: int) -> dict:
     """Attention alone per decoding step (summed over the layers) and, for fox variants, the
     fraction of each layer's and head's cache the kernel never reads (mean over the batch)."""
@@ -342,26 +597,32 @@ def attention_profile(model, captured: list, variant: str, device, reps: int) ->
     scale = model.config.head_dim ** -0.5
     total, unread = 0.0, []
     for layer, (q, k, v, lam) in enumerate(captured):
+        n_keys = k.shape[2]
         if attention == "sdpa":
-            def run(q=q, k=k, v=v):
-                return F.scaled_dot_product_attention(q, k, v)
+            def run(drop=0, q=q, k=k, v=v, n=n_keys):
+                n = max(1, n - drop)
+                return F.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n])
         else:
             from foxcompile.contract import Prune
             from foxcompile.kernels.plan import tile_sizes
 
             site = f"blocks.{layer}.attn (bench_decode)"
 
-            def run(q=q, k=k, v=v, lam=lam, site=site):
-                return torch.ops.foxcompile.attention(q, k, v, lam, scale, epsilon,
-                                                      int(Prune.GUARDED), "bhtd", site)
+            def run(drop=0, q=q, k=k, v=v, lam=lam, site=site, n=n_keys):
+                n = max(1, n - drop)
+                return torch.ops.foxcompile.attention(q, k[:, :, :n], v[:, :, :n], lam[..., :n],
+                                                      scale, epsilon, int(Prune.GUARDED), "bhtd",
+                                                      site)
 
             with torch.no_grad():
                 start = run()[2]
             block_n = tile_sizes(q.shape[-1])[1]
             unread.append(unread_fraction(start, k.shape[2], block_n).mean(0).tolist())
         with torch.no_grad():
-            total += timed_ms(run, device, reps)
+            total += timed_ms(run, device, reps, drops=True)
     result = {"attention_ms_per_step": total}
+    if attention == "sdpa":
+        result["sdpa_selected"] = selected_sdpa_backend(*captured[0][:3])
     if unread:
         result["unread_fraction"] = unread  # [layer][head]
         flat = [f for row in unread for f in row]
@@ -403,7 +664,9 @@ def measure_row(model, prefill, decode, config, batch, context, variant, args, t
         token = tokens[:, context].clone(memory_format=torch.contiguous_format)
     if args.cache == "static" and args.fill == "prefill":
         cache = to_static(cache, model, max_length)
+    before = dynamo_state(model)
     token = decode_steps(decode, cache, token, args.warmup_steps)
+    warm = dynamo_state(model)
     synchronize(device)
     start = time.perf_counter()
     token = decode_steps(decode, cache, token, args.steps)
@@ -411,9 +674,23 @@ def measure_row(model, prefill, decode, config, batch, context, variant, args, t
     seconds = time.perf_counter() - start
     row.update(status="ok", step_ms=1e3 * seconds / args.steps,
                decode_tokens_per_s=batch * args.steps / seconds)
+    row.update(compile_fields(before, warm, dynamo_state(model)))
+    if row["compiles_timed"] or row["dynamo_gave_up"]:
+        print(f"  warning: {label}: "
+              + (f"{row['compiles_timed']} compilation(s) during the timed steps (their time is "
+                 "in step_ms); " if row["compiles_timed"] else "")
+              + ("Dynamo hit its recompile limit and runs the model eagerly"
+                 if row["dynamo_gave_up"] else ""), flush=True)
+    if args.profile:
+        trace = None
+        if args.profile_trace:
+            trace = str(Path(args.profile_trace) / f"{config}_B{batch}_T{context}_{variant}_"
+                        f"{args.cache}.json")
+        token, row["profile"] = profile_steps(decode, cache, token, args.profile_steps, device,
+                                              trace)
     if device.type == "cuda":
         row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-    if args.cache != "static" and variant in ("fox_acp", "fox_acp_dense", "sdpa"):
+    if args.cache != "static" and variant in ATTENTION_PROFILED:
         captured = capture_attention_inputs(model, cache, token)
         row.update(attention_profile(model, captured, variant, device, args.attention_reps))
         row["attention_share"] = row["attention_ms_per_step"] / row["step_ms"]
@@ -433,7 +710,8 @@ def warm_up(model, prefill, decode, config, batch, variant, args, tokens):
     start = time.perf_counter()
     try:
         # three or more decoding steps: the first length, then the dynamic one (and CUDA graphs)
-        short = {"steps": 2, "warmup_steps": max(3, args.warmup_steps), "attention_reps": 1}
+        short = {"steps": 2, "warmup_steps": max(3, args.warmup_steps), "attention_reps": 1,
+                 "profile": False}
         measure_row(model, prefill, decode, config, batch, context, variant,
                     argparse.Namespace(**{**vars(args), **short}), tokens)
         print(f"  warm-up (compilation) at {context} tokens: {time.perf_counter() - start:.1f} s",
@@ -476,7 +754,7 @@ def format_table(rows: list[dict]) -> str:
 
     lines = [f"{'config':>6} {'T':>6} {'B':>3} {'variant':>13} {'cache':>7} {'tok/s':>9} "
              f"{'step ms':>8} {'attn ms':>8} {'attn %':>6} {'unread':>15} {'vs dense':>8} "
-             f"{'vs sdpa':>7} {'prefill tok/s':>13}  status"]
+             f"{'vs sdpa':>7} {'prefill tok/s':>13} {'compiles':>8}  status"]
     for r in rows:
         unread = "-"
         if r.get("unread_fraction_mean") is not None:
@@ -488,7 +766,30 @@ def format_table(rows: list[dict]) -> str:
             f"{number(r.get('step_ms'), '.2f'):>8} {number(r.get('attention_ms_per_step'), '.2f'):>8} "
             f"{number(r.get('attention_share'), '.0%'):>6} {unread:>15} "
             f"{number(r.get('vs_fox_acp_dense'), '.2f'):>8} {number(r.get('vs_sdpa'), '.2f'):>7} "
-            f"{number(r.get('prefill_tokens_per_s'), ',.0f'):>13}  {r['status']}")
+            f"{number(r.get('prefill_tokens_per_s'), ',.0f'):>13} "
+            f"{number(r.get('compiles_timed'), 'd'):>8}  {r['status']}")
+    return "\n".join(lines)
+
+
+def format_profile(row: dict) -> str:
+    """A row's --profile summary in a few lines."""
+    p = row.get("profile")
+    if not p or "error" in p:
+        return f"    profile: {p.get('error') if p else 'none'}"
+    lines = [f"    profile: host {p['host_ms_per_step']:.2f} ms/step (Dynamo guards "
+             f"{p['guard_ms_per_step']:.3f}, compiled code {p['compiled_ms_per_step']:.2f}), "
+             f"{p['compiled_regions_per_step']:g} compiled region(s)/step, "
+             f"{p['aten_ops_per_step']:g} aten ops/step of which "
+             f"{p['op_aten_ops_per_step']:g} inside {p['op_calls_per_step']:g} op calls "
+             f"({p['op_host_ms_per_step']:.2f} ms), syncing ops {p['sync_ops_per_step'] or 0}"]
+    if "kernels_per_step" in p:
+        lines.append(f"    GPU: {p['kernels_per_step']:g} kernels/step, {p['gpu_ms_per_step']:.2f} "
+                     f"ms busy of {p['wall_ms_per_step']:.2f} ms ({p['gpu_busy_fraction']:.0%}), "
+                     f"{p['launches_per_step']:g} launches, {p['cuda_syncs_per_step']:g} syncs, "
+                     f"{p['memcpy_dtoh_per_step']:g} DtoH copies per step")
+        lines += [f"      {ms:8.3f} ms {n:6.1f}x  {name[:90]}" for name, ms, n in p["top_kernels"]]
+    lines.append("    host, own time: " + ", ".join(f"{name[:40]} {ms:.2f} ms ({n:g}x)"
+                                                   for name, ms, n in p["top_host_self_ms"][:6]))
     return "\n".join(lines)
 
 
@@ -497,6 +798,7 @@ def versions(device: torch.device) -> dict:
     info["cuda"] = torch.version.cuda
     if device.type == "cuda":
         info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        info["cudnn"] = torch.backends.cudnn.version()  # >= 91501: SDPA tries cuDNN first on sm90
     return info
 
 
@@ -506,11 +808,66 @@ def write_results(path: Path, args, rows: list[dict]):
         "device": train.device_name(device), "versions": versions(device),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "environment": {k: v for k, v in __import__("os").environ.items()
-                        if k.startswith(("FOXCOMPILE_", "TORCHINDUCTOR_"))},
+                        if k.startswith(("FOXCOMPILE_", "TORCHINDUCTOR_", "TORCH_CUDNN_"))},
         "args": vars(args), "rows": rows})
 
 
 # ---------------------------------------------------------------- the run
+
+
+def run_variant(args, config: str, batch: int, variant: str, tokens, out: Path):
+    """Compile `variant` of `config` and measure its rows (every context) into `out`."""
+    device, dtype = torch.device(args.device), train.DTYPES[args.dtype]
+    card = train.device_name(device)
+    key = {"device": card, "config": config, "batch": batch, "variant": variant,
+           "cache": args.cache, "fill": args.fill}
+    if VARIANTS[variant][0] == "sdpa":
+        key["sdpa_backend"] = sdpa_backend(variant, args)
+    print(f"[{config} B={batch} {variant}, {args.cache} cache] compiling", flush=True)
+    failed, labels, param_bytes = None, None, 0
+    try:
+        model, prefill, decode = make_model(config, variant, args)
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        labels = site_labels(model, variant, args) if args.explain_len else None
+    except Exception as error:  # a failing variant must not lose the others
+        traceback.print_exc()
+        failed = ("OOM" if is_out_of_memory(error) else
+                  f"error: {type(error).__name__}: {str(error).strip()[:300]}")
+    if not failed:
+        warm_up(model, prefill, decode, config, batch, variant, args, tokens)
+    for context in sorted(args.contexts):
+        row = {**key, "context": context}
+        ok, need_gb = fits(config, batch, context, dtype, device, param_bytes,
+                           args.cache)
+        if failed:
+            row["status"] = failed
+        elif not ok and not args.try_all:
+            row["status"] = f"too large (about {need_gb:.0f} GB)"
+        else:
+            try:
+                row.update(measure_row(model, prefill, decode, config, batch,
+                                       context, variant, args, tokens))
+            except Exception as error:
+                if is_out_of_memory(error):
+                    row["status"] = failed = "OOM"
+                else:
+                    traceback.print_exc()
+                    row["status"] = (f"error: {type(error).__name__}: "
+                                     f"{str(error).strip()[:300]}")
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if labels is not None:
+            row["sites"] = labels
+        merged = merge_rows(out, [row])
+        add_ratios(merged)
+        write_results(out, args, merged)
+        print(format_table([r for r in merged if row_key(r) == row_key(row)])
+              .splitlines()[1], flush=True)
+        if "profile" in row:
+            print(format_profile(row), flush=True)
+    model = prefill = decode = None
+    release_memory(device)
 
 
 def run(args):
@@ -518,8 +875,7 @@ def run(args):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     card = train.device_name(device)
-    dtype = train.DTYPES[args.dtype]
-    variants = [v for v in VARIANTS if v in args.variants]
+    variants = list(dict.fromkeys(args.variants))  # as given: a run cut short keeps the first
     if any(VARIANTS[v][1] == "fox_acp" for v in variants):
         try:
             train.import_foxcompile()
@@ -534,51 +890,8 @@ def run(args):
                 tokens_by_batch[batch] = corpus_windows(batch, longest).to(device)
             tokens = tokens_by_batch[batch]
             for variant in variants:
-                key = {"device": card, "config": config, "batch": batch, "variant": variant,
-                       "cache": args.cache, "fill": args.fill}
-                print(f"[{config} B={batch} {variant}, {args.cache} cache] compiling", flush=True)
-                failed, labels, param_bytes = None, None, 0
-                try:
-                    model, prefill, decode = make_model(config, variant, args)
-                    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-                    labels = site_labels(model, variant, args) if args.explain_len else None
-                except Exception as error:  # a failing variant must not lose the others
-                    traceback.print_exc()
-                    failed = ("OOM" if is_out_of_memory(error) else
-                              f"error: {type(error).__name__}: {str(error).strip()[:300]}")
-                if not failed:
-                    warm_up(model, prefill, decode, config, batch, variant, args, tokens)
-                for context in sorted(args.contexts):
-                    row = {**key, "context": context}
-                    ok, need_gb = fits(config, batch, context, dtype, device, param_bytes,
-                                       args.cache)
-                    if failed:
-                        row["status"] = failed
-                    elif not ok and not args.try_all:
-                        row["status"] = f"too large (about {need_gb:.0f} GB)"
-                    else:
-                        try:
-                            row.update(measure_row(model, prefill, decode, config, batch,
-                                                   context, variant, args, tokens))
-                        except Exception as error:
-                            if is_out_of_memory(error):
-                                row["status"] = failed = "OOM"
-                            else:
-                                traceback.print_exc()
-                                row["status"] = (f"error: {type(error).__name__}: "
-                                                 f"{str(error).strip()[:300]}")
-                        gc.collect()
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                    if labels is not None:
-                        row["sites"] = labels
-                    merged = merge_rows(out, [row])
-                    add_ratios(merged)
-                    write_results(out, args, merged)
-                    print(format_table([r for r in merged if row_key(r) == row_key(row)])
-                          .splitlines()[1], flush=True)
-                model = prefill = decode = None
-                release_memory(device)
+                with sdpa_context(variant, args):
+                    run_variant(args, config, batch, variant, tokens, out)
     rows = [r for r in json.loads(out.read_text())["rows"] if r["device"] == card]
     info = versions(device)
     print(f"\n{card}, torch {info['torch']}, triton {info['triton']}\n{format_table(rows)}\n"
@@ -595,7 +908,14 @@ def parse_args(argv=None):
     parser.add_argument("--batches", "--batch", nargs="+", type=int, default=[1, 16],
                         help="sequences decoded together")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        default=list(DEFAULT_VARIANTS), help="what to measure, see above")
+                        default=list(DEFAULT_VARIANTS),
+                        help="what to measure (in this order), see above")
+    parser.add_argument("--sdpa-backend", choices=["auto", *sorted(SDPA_BACKENDS)],
+                        default="flash",
+                        help="SDPA backend of the sdpa and sdpa_eager variants on CUDA (auto: "
+                             "torch's choice, cuDNN first on sm90 with cuDNN >= 9.15.1, which "
+                             "builds a plan for every new key length, i.e. every decoding step; "
+                             "the sdpa_auto variant always runs auto)")
     parser.add_argument("--cache", choices=CACHES, default="preallocated",
                         help="preallocated or concat (dynamic shapes, mode default), or static "
                              "(mode reduce-overhead), see above")
@@ -625,6 +945,12 @@ def parse_args(argv=None):
                         help="weights and cache (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--fox-compiler", choices=train.FOX_COMPILERS, default="inductor",
                         help='"fox.compiler" of the fox_acp variants')
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timed steps, --profile-steps more under torch.profiler: "
+                             "where a step's time goes (the row's \"profile\", see above)")
+    parser.add_argument("--profile-steps", type=int, default=3, help="steps profiled (--profile)")
+    parser.add_argument("--profile-trace", default=None, metavar="DIR",
+                        help="with --profile: write each row's Chrome trace into DIR")
     parser.add_argument("--try-all", action="store_true",
                         help="also try rows whose cache is estimated not to fit")
     parser.add_argument("--smoke", action="store_true",
@@ -660,11 +986,13 @@ def parse_args(argv=None):
     # slots of a preallocated or static cache after the context: the same for the warm-up and
     # the rows, so
     # that a row of the warm-up's context replays its graphs
-    args.static_room = max(3, args.warmup_steps) + args.steps + 2
+    args.static_room = (max(3, args.warmup_steps) + args.steps + 2
+                        + (args.profile_steps if args.profile else 0))
     if args.checkpoint and len(args.configs) != 1:
         parser.error("--checkpoint needs exactly one --configs (the checkpoint's)")
-    if args.steps < 1 or args.warmup_steps < 1 or args.prefill_chunk < 1:
-        parser.error("--steps, --warmup-steps and --prefill-chunk must be at least 1")
+    if min(args.steps, args.warmup_steps, args.prefill_chunk, args.profile_steps) < 1:
+        parser.error("--steps, --warmup-steps, --prefill-chunk and --profile-steps must be at "
+                     "least 1")
     if min(args.contexts) < 1 or min(args.batches) < 1:
         parser.error("--contexts and --batches must be at least 1")
     if "inductor" in args.variants and args.fill == "prefill" and max(args.contexts) > 8192:
@@ -676,8 +1004,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.smoke:
-        torch.set_num_threads(min(2, torch.get_num_threads()))
+    if args.smoke:  # one thread: OpenMP regions of two threads stall for milliseconds (tens
+        # of ms a step under --cache concat) whenever the machine's other core is busy
+        torch.set_num_threads(1)
     run(args)
 
 

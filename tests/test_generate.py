@@ -210,6 +210,72 @@ def test_pruning_reaches_the_decode_step():
     assert min(site["skipped_tile_fraction"]) >= 0.5
 
 
+def _bench_decode():
+    """benchmarks/bench_decode.py as a module (its profile helpers)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_decode
+
+    return bench_decode
+
+
+def _compiled(name: str, model):
+    if name == "sdpa":
+        return torch.compile(model, backend="aot_eager")
+    return torch.compile(model, backend="fox_acp", options=AOT)
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("name", ["fox", "sdpa"])
+def test_decode_steps_stop_compiling(name):
+    """Decoding on the preallocated cache compiles the first step (its length specialised) and
+    the second (the length made dynamic), then nothing: every later step runs the same graph,
+    with no graph break, whatever the cache length (no guard that fails at every step)."""
+    from torch._dynamo.utils import counters
+
+    model = tiny(name)
+    compiled = _compiled(name, model)
+    prompt = torch.randint(0, VOCAB, (1, 16))
+    compiles = []
+    with torch.no_grad():
+        cache = model.new_cache(max_length=32)
+        model(prompt, cache=cache)  # eager prefill: only decoding steps compile here
+        token = prompt[:, -1]
+        for _ in range(6):
+            before = counters["frames"]["total"]
+            token = compiled(token[:, None], cache=cache)[:, -1].argmax(-1)
+            compiles.append(counters["frames"]["total"] - before)
+    assert compiles[0] == 1 and compiles[1] <= 1 and compiles[2:] == [0] * 4, compiles
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert cache.length == 22
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("name", ["fox", "sdpa"])
+def test_decode_step_is_one_graph_without_host_syncs(name, monkeypatch):
+    """A compiled decoding step, as bench_decode.py --profile sees it: one compiled region, one
+    foxcompile::attention call per layer (fox), and no op that reads a device value back to the
+    host (item, nonzero, ...: a GPU synchronisation). The op runs its decode engine (the
+    kernels' path on a GPU) under the Triton interpreter."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("FOXCOMPILE_ENGINE", raising=False)
+    bench = _bench_decode()
+    model = tiny(name)
+    compiled = _compiled(name, model)
+    prompt = torch.randint(0, VOCAB, (1, 24))
+    with torch.no_grad():
+        cache = model.new_cache(max_length=40)
+        token = model(prompt, cache=cache)[:, -1].argmax(-1)
+    token = bench.decode_steps(compiled, cache, token, 3)  # compiles (see above)
+    _, profile = bench.profile_steps(compiled, cache, token, 2, torch.device("cpu"))
+    assert profile["steps"] == 2 and profile["host_ms_per_step"] > 0
+    assert profile["compiled_regions_per_step"] == 1, profile
+    assert profile["op_calls_per_step"] == (2 if name == "fox" else 0), profile
+    assert profile["sync_ops_per_step"] == {}, profile
+    assert profile["aten_ops_per_step"] >= profile["op_aten_ops_per_step"] > (
+        0 if name == "fox" else -1)
+
+
 def test_static_cache_decode_sites_are_rewritten():
     """The static cache's decoding step: the cache written in place before the attention reads
     it, the unfilled slots masked through the positions (a key mask)."""
@@ -305,7 +371,7 @@ def test_bench_decode_smoke(tmp_path):
     out = tmp_path / "decode.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_decode.py"), "--smoke",
                "--variants", "fox_acp", "--contexts", "300", "--batches", "2", "--fill",
-               "prefill", "--out", str(out)]
+               "prefill", "--profile", "--profile-steps", "2", "--out", str(out)]
     result = run_script(command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -318,3 +384,8 @@ def test_bench_decode_smoke(tmp_path):
     assert row["sites"]["decode"] == {"rewritten": ["guarded"] * 2, "declined": []}
     assert row["sites"]["prefill"]["rewritten"] == ["proven"] * 2
     assert data["versions"]["torch"] == torch.__version__ and data["date"]
+    # the timed steps ran compiled code without compiling, as one graph a step
+    assert row["compiles_timed"] == 0 and row["compiles_warmup"] == 0, row
+    assert row["graph_breaks"] == 0 and not row["dynamo_gave_up"], row
+    assert row["profile"]["compiled_regions_per_step"] == 1, row["profile"]
+    assert row["profile"]["op_calls_per_step"] == 2, row["profile"]
