@@ -432,6 +432,33 @@ def test_interpreter_fused_start_blocks_equal_torch(interpret_env, case, prune):
 
 
 @interp
+@pytest.mark.parametrize("lam_shape,dtype", [
+    pytest.param((2, 3, 1500), torch.float32, id="full"),
+    pytest.param((1, 3, 700), torch.float32, id="batch-broadcast"),
+    pytest.param((2, 1, 300), torch.bfloat16, id="head-broadcast-bf16"),
+])
+def test_interpreter_fused_full_lam_equal_torch(interpret_env, lam_shape, dtype):
+    """The lam the kernels read, made by one kernel, equals plan.full_lam bit for bit: +inf keys
+    (right padding) replaced, NaN and -inf kept, broadcast dims expanded, infinite and NaN
+    bounds taking the fallback offset."""
+    batch, q_heads = 2, 3
+    g = torch.Generator().manual_seed(sum(lam_shape))
+    lam = torch.cumsum(-torch.rand(lam_shape, generator=g), dim=-1)
+    lam[..., -7:] = float("inf")
+    lam[..., 5] = float("inf")
+    lam[0, 0, 11] = float("nan")
+    lam[-1, -1, 13] = float("-inf")
+    lam = lam.to(dtype)
+    bound = torch.rand(batch, q_heads, generator=g) * 5.0
+    bound[0, 1], bound[1, 2] = float("inf"), float("nan")
+    want = plan_mod.full_lam(lam, batch, q_heads, bound)
+    got = interpret_env.fused_full_lam(lam, batch, q_heads, bound, interpret=True)
+    assert got.shape == want.shape and got.is_contiguous() and got.dtype == torch.float32
+    assert torch.equal(got.nan_to_num(nan=7.0), want.nan_to_num(nan=7.0))
+    assert torch.equal(got.isnan(), want.isnan())
+
+
+@interp
 def test_interpreter_fused_start_blocks_strided_lam(interpret_env):
     """A lam that is a strided view (the op's lam is contiguous, the kernel takes any strides)."""
     lam, bound = _plan_inputs(2, 3, 500, seed=3)
@@ -577,6 +604,20 @@ def test_gpu_fused_start_blocks_equal_torch(special, prune):
             want = plan_mod.bound_start_blocks(lam, bound, epsilon, prune, n_queries, block, block)
             got = ta.plan_start_blocks(lam, bound, epsilon, prune, n_queries, block, block)
             assert torch.equal(got, want), (n_queries, block, epsilon)
+
+
+@gpu
+@needs_cuda
+def test_gpu_fused_full_lam_equal_torch():
+    """On the GPU too, the one-kernel full_lam equals plan.full_lam bit for bit."""
+    from foxcompile.kernels import triton_attention as ta
+    lam = torch.cumsum(-torch.rand(2, 1, 3000), dim=-1)
+    lam[..., -9:] = float("inf")
+    lam[0, 0, 17] = float("-inf")
+    bound = torch.rand(2, 4) * 5.0
+    bound[1, 3] = float("inf")
+    lam, bound = lam.cuda(), bound.cuda()
+    assert torch.equal(ta.full_lam(lam, 2, 4, bound), plan_mod.full_lam(lam, 2, 4, bound))
 
 
 @gpu

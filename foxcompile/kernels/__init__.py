@@ -32,6 +32,8 @@ ENGINE_ENV = "FOXCOMPILE_ENGINE"
 # whichever engine then runs the attention.
 max_norm = triton_attention.max_norm
 plan_start_blocks = triton_attention.plan_start_blocks
+# The lam the plan and every engine read (plan.full_lam): one Triton kernel on CUDA, else torch.
+full_lam = triton_attention.full_lam
 
 
 class Engine(NamedTuple):

@@ -522,6 +522,37 @@ def _max_norm_kernel(X, PARTIAL, x_str, n_heads, n_rows, n_tiles,
 
 
 @triton.jit
+def _full_lam_kernel(LAM, BOUND, OUT, lam_str, bound_str, n_heads, n_keys, margin, fallback,
+                     CHUNK: tl.constexpr):
+    """plan.full_lam of one (b, h), equal bit for bit: OUT[b, h] (contiguous float32
+    (B, H, N)) = lam[b, h] (any strides, 0 for broadcast dims, any float dtype) in float32, its
+    +inf entries replaced by (largest finite entry) + (2 U + margin, or fallback where the bound
+    U = BOUND[b, h] is not finite)."""
+    pid = tl.program_id(0)
+    b = pid // n_heads
+    h = pid % n_heads
+    LAM += b.to(tl.int64) * lam_str[0] + h.to(tl.int64) * lam_str[1]
+    OUT += pid.to(tl.int64) * n_keys
+    finite_max = float("-inf")
+    for t0 in range(0, n_keys, CHUNK):
+        offs = t0 + tl.arange(0, CHUNK)
+        x = tl.load(LAM + offs * lam_str[2], mask=offs < n_keys, other=float("-inf"))
+        x = x.to(tl.float32)
+        finite = (x == x) & (tl.abs(x) != float("inf"))
+        finite_max = tl.maximum(finite_max,
+                                tl.reduce(tl.where(finite, x, float("-inf")), 0, _elementwise_max))
+    bound = tl.load(BOUND + b * bound_str[0] + h * bound_str[1])
+    bound_finite = (bound == bound) & (tl.abs(bound) != float("inf"))
+    offset = tl.where(bound_finite, 2.0 * bound + margin, fallback)
+    replacement = finite_max + offset
+    for t0 in range(0, n_keys, CHUNK):
+        offs = t0 + tl.arange(0, CHUNK)
+        ok = offs < n_keys
+        x = tl.load(LAM + offs * lam_str[2], mask=ok, other=0.0).to(tl.float32)
+        tl.store(OUT + offs, tl.where(x == float("inf"), replacement, x), mask=ok)
+
+
+@triton.jit
 def _min_scan(a, b):
     """Combine of the running minima (a module function, so that the interpreter's twin of the
     module has one: its generic scan calls it)."""

@@ -61,6 +61,31 @@ def max_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=-1, dtype=acc).amax(dim=-1)
 
 
+# A key whose lam is +inf (a -inf key-side bias: a padding mask folded into the bias) is masked
+# for every query. The op adds lam at the query's own position too, which for such a query would
+# be +inf - lam_j = NaN where eager still attends the other keys (right padding). Such keys get
+# lam = (largest finite lam) + 2U + margin instead, U = score_bound: every other query's score for
+# them then trails its best real key's by at least the margin (exp(-128) is 0 in float32), and
+# the padded query's own row stays finite and, with lam values this close to the real ones,
+# keeps float32 precision. Where U is not finite (NaN or inf in q or k) the offset is a flat 1e4.
+MASKED_KEY_MARGIN = 128.0
+MASKED_KEY_FALLBACK = 1e4
+
+
+def full_lam(lam: torch.Tensor, batch: int, q_heads: int, bound: torch.Tensor) -> torch.Tensor:
+    """The lam the plan and the kernels read: (B, Hq, N) contiguous in bound's dtype (the
+    accumulator's), from lam (B or 1, Hq or 1, N), +inf replaced as above; bound (B, Hq) is
+    score_bound(q, k, scale). The kernels read lam rows with unit stride (a strided lam made them
+    ~40% slower), and the copy is only B x Hq x N floats. An engine may bring a one-kernel
+    version (triton_attention.full_lam, equal bit for bit)."""
+    lam = lam.to(bound.dtype).expand(batch, q_heads, lam.shape[-1])
+    masked = lam == torch.inf
+    finite_max = torch.where(torch.isfinite(lam), lam, -torch.inf).amax(dim=-1, keepdim=True)
+    offset = torch.where(torch.isfinite(bound), 2.0 * bound + MASKED_KEY_MARGIN,
+                         MASKED_KEY_FALLBACK)[..., None]
+    return torch.where(masked, finite_max + offset, lam).contiguous()
+
+
 def score_bound(q: torch.Tensor, k: torch.Tensor, scale: float, acc: torch.dtype,
                 norm=max_norm) -> torch.Tensor:
     """U = |scale| max_i ||q_i|| max_j ||k_j|| per (b, h), (B, Hq) in acc: no scaled score

@@ -386,6 +386,29 @@ def max_row_norms(x: torch.Tensor) -> torch.Tensor:
     return partial.amax(dim=-1)
 
 
+def full_lam(lam: torch.Tensor, batch: int, q_heads: int, bound: torch.Tensor) -> torch.Tensor:
+    """plan.full_lam (lam in float32, broadcast to (B, Hq, N), contiguous, +inf keys replaced),
+    equal bit for bit: one Triton program per (b, h) (_full_lam_kernel) for a float32 bound on
+    CUDA, in place of some ten small torch kernels; plan's torch elsewhere."""
+    if lam.device.type != "cuda" or bound.dtype != torch.float32:
+        return plan_mod.full_lam(lam, batch, q_heads, bound)
+    return fused_full_lam(lam, batch, q_heads, bound)
+
+
+def fused_full_lam(lam, batch, q_heads, bound, interpret=False):
+    """The kernel of full_lam, compiled or (interpret=True, CPU tensors) interpreted."""
+    n_keys = lam.shape[-1]
+    view = lam.expand(batch, q_heads, n_keys)
+    out = torch.empty((batch, q_heads, n_keys), dtype=torch.float32, device=lam.device)
+    if out.numel():
+        with _device_guard(lam):
+            _kernels(interpret)._full_lam_kernel[(batch * q_heads,)](
+                view, bound, out, view.stride(), bound.stride(), q_heads, n_keys,
+                plan_mod.MASKED_KEY_MARGIN, plan_mod.MASKED_KEY_FALLBACK, CHUNK=1024,
+                num_warps=4)
+    return out
+
+
 def plan_start_blocks(lam: torch.Tensor, bound: torch.Tensor, epsilon: float, prune: int,
                       n_queries: int, block_m: int, block_n: int) -> torch.Tensor:
     """plan.bound_start_blocks (threshold from the bound, the guard, start_blocks), equal bit
@@ -420,4 +443,5 @@ def compiled_kernels():
     return _kernels(False)
 
 
-__all__ = ["forward", "backward", "unsupported_reason", "max_norm", "plan_start_blocks"]
+__all__ = ["forward", "backward", "unsupported_reason", "max_norm", "plan_start_blocks",
+           "full_lam"]

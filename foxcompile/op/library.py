@@ -27,7 +27,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import stats
 from ..contract import accumulator
-from ..kernels import engine_for, max_norm, plan_start_blocks
+from ..kernels import engine_for, full_lam, max_norm, plan_start_blocks
 from ..kernels.plan import (Plan, make_plan, num_blocks, score_bound, tile_counts,
                              tile_sizes)
 
@@ -41,29 +41,6 @@ def _dims(q: Tensor, layout: str) -> tuple[int, int, int, int]:
     """(B, H, T, D) of a tensor in the given layout."""
     batch, a, b, head_dim = q.shape
     return (batch, b, a, head_dim) if layout == "bthd" else (batch, a, b, head_dim)
-
-
-# A key whose lam is +inf (a -inf key-side bias: a padding mask folded into the bias) is masked
-# for every query. The op adds lam at the query's own position too, which for such a query would
-# be +inf - lam_j = NaN where eager still attends the other keys (right padding). Such keys get
-# lam = (largest finite lam) + 2U + margin instead, U = score_bound: every other query's score for
-# them then trails its best real key's by at least the margin (exp(-128) is 0 in float32), and
-# the padded query's own row stays finite and, with lam values this close to the real ones,
-# keeps float32 precision. Where U is not finite (NaN or inf in q or k) the offset is a flat 1e4.
-_MASKED_KEY_MARGIN = 128.0
-_MASKED_KEY_FALLBACK = 1e4
-
-
-def _full_lam(lam: Tensor, batch: int, q_heads: int, bound: Tensor) -> Tensor:
-    """(B, Hq, N) contiguous in bound's dtype (the accumulator's), +inf replaced as above; bound
-    (B, Hq) is score_bound(q, k, scale). The kernels read lam rows with unit stride (a strided
-    lam made them ~40% slower), and the copy is only B x Hq x N floats."""
-    lam = lam.to(bound.dtype).expand(batch, q_heads, lam.shape[-1])
-    masked = lam == torch.inf
-    finite_max = torch.where(torch.isfinite(lam), lam, -torch.inf).amax(dim=-1, keepdim=True)
-    offset = torch.where(torch.isfinite(bound), 2.0 * bound + _MASKED_KEY_MARGIN,
-                         _MASKED_KEY_FALLBACK)[..., None]
-    return torch.where(masked, finite_max + offset, lam).contiguous()
 
 
 def engine_head_dim(q: Tensor, v: Tensor) -> int:
@@ -100,7 +77,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
     width = engine_head_dim(q, v)
     qh, kh, vh = (_bhtd(_widened(x, width), layout) for x in (q, k, v))
     bound = score_bound(qh, kh, scale, accumulator(q.dtype), max_norm)
-    lam_full = _full_lam(lam, batch, q_heads, bound)
+    lam_full = full_lam(lam, batch, q_heads, bound)
     doc = _batch_doc(doc, batch)
     plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh, doc=doc, bound=bound,
                      norm=max_norm, starts=plan_start_blocks)
@@ -152,7 +129,7 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: T
     qh, kh, vh = (_bhtd(x, layout) for x in (q_wide, k_wide, v_wide))
     if bound is None:
         bound = score_bound(qh, kh, scale, accumulator(q.dtype), max_norm)
-    lam_full = _full_lam(lam, batch, q_heads, bound)
+    lam_full = full_lam(lam, batch, q_heads, bound)
     plan = Plan(*tile_sizes(width), start)
     dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device)
                   for x in (q_wide, k_wide, v_wide))
