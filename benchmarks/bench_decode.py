@@ -162,12 +162,17 @@ def fits(config, batch, context, dtype, device, param_bytes, kind) -> tuple[bool
 
 def sdpa_backend(variant: str, args) -> str | None:
     """The SDPA backend of an sdpa variant on CUDA ("auto": torch's own choice), None for the
-    others and off CUDA (where torch chooses)."""
+    others and off CUDA (where torch chooses). With the static cache, whose attention takes a
+    mask, "efficient" stands in for "flash" (which has no mask: no kernel would run)."""
     if VARIANTS[variant][0] != "sdpa":
         return None
     if args.device != "cuda":
         return "auto"
-    return "auto" if variant == "sdpa_auto" else args.sdpa_backend
+    if variant == "sdpa_auto":
+        return "auto"
+    if args.cache == "static" and args.sdpa_backend == "flash":
+        return "efficient"   # the static cache masks its unfilled slots; flash takes no mask
+    return args.sdpa_backend
 
 
 def sdpa_context(variant: str, args):

@@ -251,6 +251,19 @@ def test_decode_steps_stop_compiling(name):
     assert cache.length == 22
 
 
+def test_bench_decode_sdpa_backend_takes_masks_for_the_static_cache():
+    """The static cache's SDPA call takes a mask, which flash cannot: the pinned backend falls
+    to memory-efficient attention there, and stays flash for the other caches."""
+    bench = _bench_decode()
+    args = bench.parse_args(["--device", "cpu"])
+    args.device = "cuda"   # the choice is made for CUDA; nothing runs here
+    for cache, want in (("static", "efficient"), ("preallocated", "flash"), ("concat", "flash")):
+        args.cache, args.sdpa_backend = cache, "flash"
+        assert bench.sdpa_backend("sdpa", args) == want
+        assert bench.sdpa_backend("sdpa_auto", args) == "auto"
+        assert bench.sdpa_backend("fox_acp", args) is None
+
+
 @pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("name", ["fox", "sdpa"])
 def test_decode_step_is_one_graph_without_host_syncs(name, monkeypatch):
