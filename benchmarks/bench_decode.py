@@ -121,8 +121,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import generate  # noqa: E402
 import train  # noqa: E402
-from bench_train import (SDPA_BACKENDS, is_out_of_memory, release_memory,  # noqa: E402
-                         synchronize)
+from bench_train import (SDPA_BACKENDS, is_out_of_memory, merge_rows,  # noqa: E402
+                         release_memory, synchronize)
 from fox_lm import CONFIGS, FoXCache, FoXStaticCache, build_model  # noqa: E402
 
 VARIANTS = {  # name: (attention, backend, epsilon)
@@ -747,12 +747,6 @@ def add_ratios(rows: list[dict]):
             row[f"vs_{reference}"] = row["decode_tokens_per_s"] / base if ok and base else None
 
 
-def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
-    old = json.loads(path.read_text())["rows"] if path.exists() else []
-    fresh = {row_key(r) for r in new_rows}
-    return [r for r in old if row_key(r) not in fresh] + new_rows
-
-
 def format_table(rows: list[dict]) -> str:
     def number(value, spec):
         return "-" if value is None else format(value, spec)
@@ -864,7 +858,7 @@ def run_variant(args, config: str, batch: int, variant: str, tokens, out: Path):
                 torch.cuda.empty_cache()
         if labels is not None:
             row["sites"] = labels
-        merged = merge_rows(out, [row])
+        merged = merge_rows(out, [row], key=row_key)
         add_ratios(merged)
         write_results(out, args, merged)
         print(format_table([r for r in merged if row_key(r) == row_key(row)])

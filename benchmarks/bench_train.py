@@ -269,11 +269,13 @@ def baseline_batch(path: Path, device: str, config: str, seq_len: int) -> int | 
     return max(batches) if batches else None
 
 
-def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
-    """Rows already in `path`, less those that new_rows measure again, plus new_rows."""
+def merge_rows(path: Path, new_rows: list[dict], key=None) -> list[dict]:
+    """Rows already in `path`, less those that new_rows measure again, plus new_rows; key: what
+    identifies a measurement (default: this script's row_key)."""
+    key = key or row_key
     old = json.loads(path.read_text())["rows"] if path.exists() else []
-    fresh = {row_key(r) for r in new_rows}
-    return [r for r in old if row_key(r) not in fresh] + new_rows
+    fresh = {key(r) for r in new_rows}
+    return [r for r in old if key(r) not in fresh] + new_rows
 
 
 def format_table(rows: list[dict]) -> str:
