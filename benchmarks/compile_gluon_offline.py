@@ -12,7 +12,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from compile_offline import _fake_driver, _usage  # noqa: E402
+from compile_offline import _fake_driver, _usage, dump  # noqa: E402
 
 
 def main():
@@ -66,12 +66,7 @@ def main():
               f"waits {ptx.count('wgmma.wait_group')} tma {ptx.count('cp.async.bulk.tensor')} "
               f"setmaxnreg {ptx.count('setmaxnreg')} smem {kernel.metadata.shared}")
         if args.dump:
-            os.makedirs(args.dump, exist_ok=True)
-            for ext in ("ttgir", "ptx"):
-                with open(os.path.join(args.dump, f"gluon_fwd_{d}.{ext}"), "w") as f:
-                    f.write(kernel.asm[ext])
-            with open(os.path.join(args.dump, f"gluon_fwd_{d}.cubin"), "wb") as f:
-                f.write(kernel.asm["cubin"])
+            dump(kernel, args.dump, f"gluon_fwd_{d}")
 
 
 if __name__ == "__main__":

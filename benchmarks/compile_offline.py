@@ -85,6 +85,16 @@ def _usage(cubin):
     return (int(reg.group(1)) if reg else None), (int(stack.group(1)) if stack else None)
 
 
+def dump(kernel, folder: str, stem: str):
+    """A compiled kernel's TTGIR, PTX and cubin as folder/stem.{ttgir,ptx,cubin}."""
+    os.makedirs(folder, exist_ok=True)
+    for ext in ("ttgir", "ptx"):
+        with open(os.path.join(folder, f"{stem}.{ext}"), "w") as f:
+            f.write(kernel.asm[ext])
+    with open(os.path.join(folder, f"{stem}.cubin"), "wb") as f:
+        f.write(kernel.asm["cubin"])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="1,4,4,4096,4096,64",
@@ -165,12 +175,7 @@ def main():
               f"{ptx.count('wgmma.mma_async'):>6} {ptx.count('mma.sync'):>4} "
               f"{ptx.count('wgmma.wait_group'):>6}", flush=True)
         if args.dump:
-            os.makedirs(args.dump, exist_ok=True)
-            for ext in ("ttgir", "ptx"):
-                with open(os.path.join(args.dump, f"{short}.{ext}"), "w") as f:
-                    f.write(kernel.asm[ext])
-            with open(os.path.join(args.dump, f"{short}.cubin"), "wb") as f:
-                f.write(kernel.asm["cubin"])
+            dump(kernel, args.dump, short)
 
 
 if __name__ == "__main__":
