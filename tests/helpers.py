@@ -112,3 +112,18 @@ def assert_compiled_matches_eager(fn: Callable, inputs: tuple[Tensor, ...], *, r
     compiled = run_with_grads(torch.compile(fn, backend="fox_acp", options=options), inputs, **run)
     assert_same_run(eager, compiled, rtol=rtol, atol=atol, what=what, rows=rows, equal_nan=equal_nan,
                     eager_nan_grads=eager_nan_grads)
+
+
+def capture_cuda_graph(step: Callable, args: list[Tensor]):
+    """(graph, outputs): step(*args) run once (compiling its kernels) and once on a side stream,
+    then captured in a CUDA graph whose replays recompute the outputs in place from args."""
+    step(*args)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step(*args)
+    return graph, outputs

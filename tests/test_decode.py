@@ -20,6 +20,7 @@ from foxcompile import kernels
 from foxcompile.contract import Prune
 from foxcompile.kernels import decode, naive, reference
 from foxcompile.kernels import plan as plan_mod
+from helpers import capture_cuda_graph
 from test_kernels import (HAS_CUDA, alloc_like, check_case, interp, make_inputs, packed_doc,
                           rel)
 
@@ -416,15 +417,7 @@ def test_gpu_decode_cuda_graph(cuda_env):
         lse = decode.forward(q, k, v, lam, plan, scale, out)
         return out, lse, plan.start
 
-    step(*static)   # compile outside the capture
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step(*static)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        results = step(*static)
+    graph, results = capture_cuda_graph(step, static)
     starts = []
     for seed, decay in ((3, (1.0, 8.0)), (4, (64.0, 4096.0))):
         new = make_inputs(*shape, dtype, "cuda", decay=decay, layout="bthd", seed=seed)

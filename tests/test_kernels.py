@@ -22,6 +22,7 @@ from foxcompile.contract import Prune
 from foxcompile.kernels import naive
 from foxcompile.kernels import plan as plan_mod
 from foxcompile.kernels import reference
+from helpers import capture_cuda_graph
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -650,15 +651,7 @@ def test_gpu_cuda_graph_capture(cuda_engine):
         dlam = cuda_engine.backward(grad, q, k, v, lam, out, lse, plan, scale, dq, dk, dv)
         return out, dq, dk, dv, dlam, plan.start
 
-    step(*static)  # compile outside the capture
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step(*static)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        results = step(*static)
+    graph, results = capture_cuda_graph(step, static)
 
     for seed, decay in ((3, (1.0, 8.0)), (4, (4.0, 512.0))):
         new = make_inputs(*shape, dtype, "cuda", decay=decay, layout="bthd", seed=seed)
