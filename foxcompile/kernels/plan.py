@@ -23,8 +23,10 @@ a document with a query block is the first whose last key's id reaches the block
 id; the blocks before it are skipped too (document_start_blocks), whatever the gate does.
 
 Everything here runs on the tensors' device with no host synchronisation (CUDA-graph safe), and
-is plain torch: the engine that launches the kernels hands in what it has faster (the `norm`
-argument, e.g. triton_attention.max_norm).
+is plain torch, the reference for the engines' faster versions, which make_plan takes as
+arguments: `norm` (triton_attention.max_norm) and `starts` (triton_attention.plan_start_blocks,
+the threshold and start blocks in one kernel); full_lam's one-kernel twin is
+triton_attention.full_lam. Each twin equals its torch function bit for bit (tests/test_kernels.py).
 """
 import math
 from typing import NamedTuple
