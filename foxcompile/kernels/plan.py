@@ -26,7 +26,8 @@ Everything here runs on the tensors' device with no host synchronisation (CUDA-g
 is plain torch, the reference for the engines' faster versions, which make_plan takes as
 arguments: `norm` (triton_attention.max_norm) and `starts` (triton_attention.plan_start_blocks,
 the threshold and start blocks in one kernel); full_lam's one-kernel twin is
-triton_attention.full_lam. Each twin equals its torch function bit for bit (tests/test_kernels.py).
+triton_attention.full_lam. Those two equal their torch functions bit for bit; the norm agrees to
+float32 rounding (tests/test_kernels.py).
 """
 import math
 from typing import NamedTuple
