@@ -32,8 +32,8 @@ Caches (--cache; docs/generation.md):
                   old and the new one (twice the memory). Rewritten like preallocated.
     static        fox_lm.FoXStaticCache (fixed shapes), decode compiled with
                   mode="reduce-overhead" (CUDA graphs). fox_acp rewrites its decode sites
-                  (`guarded`, a key mask on the unfilled slots) but they run dense: the op's guard
-                  reads the masked slots after the query as a rising gate.
+                  (`guarded`, a key mask on the unfilled slots) and prunes them (the plan reads
+                  the masked slots' lam forward-filled, docs/generation.md).
 
 Filling the cache (--fill):
     synthetic  (default) no prefill: every layer's k, v ~ SYN70 (k RMS-normalised, N(0, 1), in

@@ -19,9 +19,8 @@ dynamic shapes preallocated for prompt + new tokens and written in place (gpt-fa
 rewrites the prefill (decay `proven`), chunked-prefill and decode (`guarded`: lam comes back from
 the cache, an input) sites of both. --static-cache prefills with the dynamic cache, then copies it
 into a static one of prompt + new tokens (shapes fixed, for --mode reduce-overhead, CUDA graphs);
-fox_acp rewrites its decode sites too (`guarded`, with a key mask on the unfilled slots), but
-they run dense: the op's guard sees the masked slots after the query as a rising gate
-(docs/generation.md).
+fox_acp rewrites and prunes its decode sites too (`guarded`, with a key mask on the unfilled
+slots, which the plan reads forward-filled: docs/generation.md).
 
 --check compares the logits of every generated position with eager PyTorch's on the same tokens
 (teacher-forced through the same cache steps) and the greedy tokens with eager's own; it exits

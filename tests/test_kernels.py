@@ -452,11 +452,21 @@ def test_interpreter_fused_full_lam_equal_torch(interpret_env, lam_shape, dtype)
     lam = lam.to(dtype)
     bound = torch.rand(batch, q_heads, generator=g) * 5.0
     bound[0, 1], bound[1, 2] = float("inf"), float("nan")
-    want = plan_mod.full_lam(lam, batch, q_heads, bound)
-    got = interpret_env.fused_full_lam(lam, batch, q_heads, bound, interpret=True)
-    assert got.shape == want.shape and got.is_contiguous() and got.dtype == torch.float32
-    assert torch.equal(got.nan_to_num(nan=7.0), want.nan_to_num(nan=7.0))
-    assert torch.equal(got.isnan(), want.isnan())
+    lam[..., :3] = float("inf")        # masked before any unmasked key: they keep the stand-in
+    lam[..., 1100:1200] = float("inf")  # a masked run across a chunk boundary (filled)
+    want, want_filled = plan_mod.full_lam(lam, batch, q_heads, bound, filled=True)
+    got, got_filled = interpret_env.fused_full_lam(lam, batch, q_heads, bound, filled=True,
+                                                   interpret=True)
+    assert torch.equal(interpret_env.fused_full_lam(lam, batch, q_heads, bound, interpret=True)
+                       .nan_to_num(nan=7.0), got.nan_to_num(nan=7.0))
+    for x, y in ((got, want), (got_filled, want_filled)):
+        assert x.shape == y.shape and x.is_contiguous() and x.dtype == torch.float32
+        assert torch.equal(x.nan_to_num(nan=7.0), y.nan_to_num(nan=7.0))
+        assert torch.equal(x.isnan(), y.isnan())
+    n = lam.shape[-1]
+    if n > 1200:
+        assert torch.equal(want_filled[..., 1100:1200],
+                           want[..., 1099:1100].expand(-1, -1, 100))
 
 
 @interp
@@ -617,8 +627,12 @@ def test_gpu_fused_full_lam_equal_torch():
     lam[0, 0, 17] = float("-inf")
     bound = torch.rand(2, 4) * 5.0
     bound[1, 3] = float("inf")
+    lam[..., 1500:2100] = float("inf")
     lam, bound = lam.cuda(), bound.cuda()
     assert torch.equal(ta.full_lam(lam, 2, 4, bound), plan_mod.full_lam(lam, 2, 4, bound))
+    for got, want in zip(ta.full_lam(lam, 2, 4, bound, filled=True),
+                         plan_mod.full_lam(lam, 2, 4, bound, filled=True)):
+        assert torch.equal(got, want)
 
 
 @gpu

@@ -209,6 +209,33 @@ def test_pruning_guarantee_holds():
     assert (pruned - dense).abs().max() > 0  # pruning really changed something (tiny)
 
 
+@pytest.mark.parametrize("n_queries", [1, 600])
+def test_masked_tail_prunes_within_the_bound(n_queries):
+    """Keys after position p masked (lam = +inf: a static cache's unfilled slots, right
+    padding): the plan measures each query against the last unmasked key at or before it, so
+    the guard does not read the tail as a rising gate and the tiles far behind p are skipped;
+    every row stays within ACP's bound of the dense answer over the keys it sees (j <= p and
+    j <= its position), each row's own lam being that of its last unmasked key."""
+    q, k, v, lam = _fast_decay()
+    p = 450
+    lam_op = lam.clone()
+    lam_op[..., p + 1:] = float("inf")
+    q = q[:, :, -n_queries:]
+    pruned, start = _run(q, k, v, lam_op, Prune.GUARDED)
+    assert int(start.sum()) > 0, "the masked tail turned pruning off"
+    n_keys = k.shape[2]
+    positions = torch.arange(n_keys - n_queries, n_keys)
+    own = lam[..., positions.clamp(max=p)]                         # each row's reference lam
+    scores = torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    scores = scores + own[..., None] - lam[..., None, :]
+    keys = torch.arange(n_keys)
+    hidden = (keys[None, :] > positions[:, None]) | (keys[None, :] > p)
+    dense = torch.matmul(torch.softmax(scores.masked_fill(hidden, float("-inf")), -1), v)
+    eps = foxcompile.DEFAULT_EPSILON
+    bound = 2 * eps / (1 - eps) * v.norm(dim=-1).amax()
+    assert (pruned - dense).norm(dim=-1).max() <= bound + 1e-9
+
+
 def test_guard_turns_pruning_off_where_lam_rises():
     q, k, v, lam = _fast_decay()
     block_n = tile_sizes(q.shape[-1])[1]

@@ -522,12 +522,19 @@ def _max_norm_kernel(X, PARTIAL, x_str, n_heads, n_rows, n_tiles,
 
 
 @triton.jit
-def _full_lam_kernel(LAM, BOUND, OUT, lam_str, bound_str, n_heads, n_keys, margin, fallback,
-                     CHUNK: tl.constexpr):
+def _last_valid(a_value, a_valid, b_value, b_valid):
+    """Combine of a forward fill: the later of two (value, valid) pairs that is valid."""
+    return tl.where(b_valid != 0, b_value, a_value), a_valid | b_valid
+
+
+@triton.jit
+def _full_lam_kernel(LAM, BOUND, OUT, FILLED, lam_str, bound_str, n_heads, n_keys, margin,
+                     fallback, CHUNK: tl.constexpr, FILL: tl.constexpr):
     """plan.full_lam of one (b, h), equal bit for bit: OUT[b, h] (contiguous float32
     (B, H, N)) = lam[b, h] (any strides, 0 for broadcast dims, any float dtype) in float32, its
     +inf entries replaced by (largest finite entry) + (2 U + margin, or fallback where the bound
-    U = BOUND[b, h] is not finite)."""
+    U = BOUND[b, h] is not finite). FILL: also FILLED[b, h] (contiguous like OUT), the same with
+    each +inf entry taking the value of the last entry before it that was not +inf."""
     pid = tl.program_id(0)
     b = pid // n_heads
     h = pid % n_heads
@@ -545,11 +552,27 @@ def _full_lam_kernel(LAM, BOUND, OUT, lam_str, bound_str, n_heads, n_keys, margi
     bound_finite = (bound == bound) & (tl.abs(bound) != float("inf"))
     offset = tl.where(bound_finite, 2.0 * bound + margin, fallback)
     replacement = finite_max + offset
+    carry = 0.0           # the last unmasked value of the chunks before (FILL)
+    carried = 0           # whether there was one
+    if FILL:
+        FILLED += pid.to(tl.int64) * n_keys
     for t0 in range(0, n_keys, CHUNK):
         offs = t0 + tl.arange(0, CHUNK)
         ok = offs < n_keys
         x = tl.load(LAM + offs * lam_str[2], mask=ok, other=0.0).to(tl.float32)
-        tl.store(OUT + offs, tl.where(x == float("inf"), replacement, x), mask=ok)
+        full = tl.where(x == float("inf"), replacement, x)
+        tl.store(OUT + offs, full, mask=ok)
+        if FILL:
+            valid = ((x != float("inf")) & ok).to(tl.int32)
+            last, seen = tl.associative_scan((full, valid), 0, _last_valid)
+            filled = tl.where(seen != 0, last, tl.where(carried != 0, carry, full))
+            tl.store(FILLED + offs, filled, mask=ok)
+            # the chunk's last scanned pair (the sum of zeros keeps the value, -0.0 aside)
+            at_end = tl.arange(0, CHUNK) == CHUNK - 1
+            end_seen = tl.reduce(tl.where(at_end, seen, 0), 0, _sum_combine)
+            end_value = tl.reduce(tl.where(at_end, last, 0.0), 0, _sum_combine)
+            carry = tl.where(end_seen != 0, end_value, carry)
+            carried = carried | end_seen
 
 
 @triton.jit

@@ -75,18 +75,33 @@ MASKED_KEY_MARGIN = 128.0
 MASKED_KEY_FALLBACK = 1e4
 
 
-def full_lam(lam: torch.Tensor, batch: int, q_heads: int, bound: torch.Tensor) -> torch.Tensor:
-    """The lam the plan and the kernels read: (B, Hq, N) contiguous in bound's dtype (the
-    accumulator's), from lam (B or 1, Hq or 1, N), +inf replaced as above; bound (B, Hq) is
-    score_bound(q, k, scale). The kernels read lam rows with unit stride (a strided lam made them
-    ~40% slower), and the copy is only B x Hq x N floats. An engine may bring a one-kernel
-    version (triton_attention.full_lam, equal bit for bit)."""
-    lam = lam.to(bound.dtype).expand(batch, q_heads, lam.shape[-1])
+def full_lam(lam: torch.Tensor, batch: int, q_heads: int, bound: torch.Tensor,
+             filled: bool = False):
+    """The lam the kernels read: (B, Hq, N) contiguous in bound's dtype (the accumulator's),
+    from lam (B or 1, Hq or 1, N), +inf replaced as above; bound (B, Hq) is score_bound(q, k,
+    scale). The kernels read lam rows with unit stride (a strided lam made them ~40% slower), and
+    the copy is only B x Hq x N floats. An engine may bring a one-kernel version
+    (triton_attention.full_lam, equal bit for bit).
+
+    filled=True returns (that lam, the plan's lam): the same with every masked key's stand-in
+    replaced by the lam of the last unmasked key before it (forward fill; masked keys before any
+    unmasked one keep their stand-in). make_plan on the filled lam measures each query's bound
+    against the last unmasked key at or before it, which it sees, so a masked tail (a static
+    cache's unfilled slots, right padding) neither reads as a rising gate nor hides the real
+    query's lam (docs/generation.md, "Why the static cache does not prune"). Only without
+    document ids: with them that key may belong to another document."""
+    n_keys = lam.shape[-1]
+    lam = lam.to(bound.dtype).expand(batch, q_heads, n_keys)
     masked = lam == torch.inf
     finite_max = torch.where(torch.isfinite(lam), lam, -torch.inf).amax(dim=-1, keepdim=True)
     offset = torch.where(torch.isfinite(bound), 2.0 * bound + MASKED_KEY_MARGIN,
                          MASKED_KEY_FALLBACK)[..., None]
-    return torch.where(masked, finite_max + offset, lam).contiguous()
+    full = torch.where(masked, finite_max + offset, lam).contiguous()
+    if not filled:
+        return full
+    positions = torch.arange(n_keys, device=lam.device)
+    last = torch.where(masked, -1, positions).cummax(dim=-1).values     # last unmasked key <= t
+    return full, torch.where(last >= 0, full.gather(-1, last.clamp(min=0)), full)
 
 
 def score_bound(q: torch.Tensor, k: torch.Tensor, scale: float, acc: torch.dtype,

@@ -386,27 +386,30 @@ def max_row_norms(x: torch.Tensor) -> torch.Tensor:
     return partial.amax(dim=-1)
 
 
-def full_lam(lam: torch.Tensor, batch: int, q_heads: int, bound: torch.Tensor) -> torch.Tensor:
-    """plan.full_lam (lam in float32, broadcast to (B, Hq, N), contiguous, +inf keys replaced),
-    equal bit for bit: one Triton program per (b, h) (_full_lam_kernel) for a float32 bound on
-    CUDA, in place of some ten small torch kernels; plan's torch elsewhere."""
+def full_lam(lam: torch.Tensor, batch: int, q_heads: int, bound: torch.Tensor,
+             filled: bool = False):
+    """plan.full_lam (lam in float32, broadcast to (B, Hq, N), contiguous, +inf keys replaced;
+    with filled=True also the plan's forward-filled lam), equal bit for bit: one Triton program
+    per (b, h) (_full_lam_kernel) for a float32 bound on CUDA, in place of some ten small torch
+    kernels (and the fill's slow scan); plan's torch elsewhere."""
     if lam.device.type != "cuda" or bound.dtype != torch.float32:
-        return plan_mod.full_lam(lam, batch, q_heads, bound)
-    return fused_full_lam(lam, batch, q_heads, bound)
+        return plan_mod.full_lam(lam, batch, q_heads, bound, filled)
+    return fused_full_lam(lam, batch, q_heads, bound, filled)
 
 
-def fused_full_lam(lam, batch, q_heads, bound, interpret=False):
+def fused_full_lam(lam, batch, q_heads, bound, filled=False, interpret=False):
     """The kernel of full_lam, compiled or (interpret=True, CPU tensors) interpreted."""
     n_keys = lam.shape[-1]
     view = lam.expand(batch, q_heads, n_keys)
     out = torch.empty((batch, q_heads, n_keys), dtype=torch.float32, device=lam.device)
+    fill = torch.empty_like(out) if filled else out
     if out.numel():
         with _device_guard(lam):
             _kernels(interpret)._full_lam_kernel[(batch * q_heads,)](
-                view, bound, out, view.stride(), bound.stride(), q_heads, n_keys,
+                view, bound, out, fill, view.stride(), bound.stride(), q_heads, n_keys,
                 plan_mod.MASKED_KEY_MARGIN, plan_mod.MASKED_KEY_FALLBACK, CHUNK=1024,
-                num_warps=4)
-    return out
+                FILL=filled, num_warps=4)
+    return (out, fill) if filled else out
 
 
 def plan_start_blocks(lam: torch.Tensor, bound: torch.Tensor, epsilon: float, prune: int,

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from .. import stats
-from ..contract import accumulator
+from ..contract import Prune, accumulator
 from ..kernels import engine_for, full_lam, max_norm, plan_start_blocks
 from ..kernels.plan import (Plan, make_plan, num_blocks, score_bound, tile_counts,
                              tile_sizes)
@@ -77,9 +77,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
     width = engine_head_dim(q, v)
     qh, kh, vh = (_bhtd(_widened(x, width), layout) for x in (q, k, v))
     bound = score_bound(qh, kh, scale, accumulator(q.dtype), max_norm)
-    lam_full = full_lam(lam, batch, q_heads, bound)
+    # the plan reads lam with masked keys forward-filled (plan.full_lam), except with documents
+    prunes = prune != Prune.OFF and epsilon > 0.0 and doc is None
+    lam_full, lam_plan = (full_lam(lam, batch, q_heads, bound, filled=True) if prunes
+                          else (full_lam(lam, batch, q_heads, bound),) * 2)
     doc = _batch_doc(doc, batch)
-    plan = make_plan(qh, kh, lam_full, scale, epsilon, prune, v=vh, doc=doc, bound=bound,
+    plan = make_plan(qh, kh, lam_plan, scale, epsilon, prune, v=vh, doc=doc, bound=bound,
                      norm=max_norm, starts=plan_start_blocks)
     out = torch.empty((*q.shape[:-1], width), dtype=q.dtype, device=q.device)
     lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout),
