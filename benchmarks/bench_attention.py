@@ -95,6 +95,19 @@ def plan_norm():
     return {"norm": kernels.max_norm, "starts": kernels.plan_start_blocks}
 
 
+def _fwd_and_fwd_bwd(run, grad):
+    """(fwd, fwd_bwd) timing closures of an autograd call run(): the forward under no_grad,
+    and the forward with a backward of grad."""
+    def fwd():
+        with torch.no_grad():
+            return run()
+
+    def fwd_bwd():
+        run().backward(grad)
+
+    return fwd, fwd_bwd
+
+
 def fox_kernels(q, k, v, lam, prune, engine="tl"):
     """foxcompile's engine called directly: plan (threshold + boundaries) + kernels, on
     (B, H, T, D) views of the (B, T, H, D) tensors, outputs written through (B, T, H, D) views.
@@ -188,17 +201,9 @@ def flex(q, k, v, lam):
     def score_mod(score, b, h, q_idx, kv_idx):
         return score + c[b, h, q_idx] - c_k[b, h, kv_idx]
 
-    def run():
-        return _flex_compiled(qg, kg, vg, score_mod=score_mod, block_mask=mask)
-
-    def fwd():
-        with torch.no_grad():
-            return run()
-
-    def fwd_bwd():
-        run().backward(grad)
-
-    return fwd, fwd_bwd, [qg, kg, vg, c]
+    return (*_fwd_and_fwd_bwd(
+        lambda: _flex_compiled(qg, kg, vg, score_mod=score_mod, block_mask=mask), grad),
+        [qg, kg, vg, c])
 
 
 def fla(q, k, v, log_f):
@@ -295,17 +300,10 @@ def arctic_fox(q, k, v, log_f, acp=True):
                            dtype=torch.float32, device=q.device)
     grad = torch.randn_like(qg)
 
-    def run():
-        return mod.forgetting_attention(qg, kg, vg, fg, head_first=True, adaptive_threshold=delta)
-
-    def fwd():
-        with torch.no_grad():
-            return run()
-
-    def fwd_bwd():
-        run().backward(grad)
-
-    return fwd, fwd_bwd, [qg, kg, vg, fg]
+    return (*_fwd_and_fwd_bwd(
+        lambda: mod.forgetting_attention(qg, kg, vg, fg, head_first=True,
+                                         adaptive_threshold=delta), grad),
+        [qg, kg, vg, fg])
 
 
 def arctic_fox_skipped(q, k, lam):
