@@ -6,7 +6,10 @@ compiled once; for each context length (ascending) a cache is filled to that man
 greedy), synchronised at the end: tokens/s = batch x steps / time.
 
 Variants:
-    fox_acp        FoX, torch.compile(backend="fox_acp"), pruning on (eps = e^-10)
+    fox_acp        FoX, torch.compile(backend="fox_acp"), pruning on (eps = e^-10): the prefill
+                   prunes, the decoding steps run dense (foxcompile's default: a decoding-sized
+                   call prunes only when asked, kernels.may_prune)
+    fox_acp_prune  fox_acp with FOXCOMPILE_DECODE_PRUNING=1: the decoding steps prune too
     fox_acp_dense  FoX, fox_acp with {"fox.epsilon": 0.0}: the same kernels, pruning off
     sdpa           attention="sdpa" (no forget gate), torch.compile (Inductor), SDPA in the graph,
                    on CUDA with --sdpa-backend (default flash: see below)
@@ -107,6 +110,7 @@ import datetime
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -127,6 +131,7 @@ from fox_lm import CONFIGS, FoXCache, FoXStaticCache, build_model  # noqa: E402
 
 VARIANTS = {  # name: (attention, backend, epsilon)
     "fox_acp": ("fox", "fox_acp", train.DEFAULT_EPSILON),
+    "fox_acp_prune": ("fox", "fox_acp", train.DEFAULT_EPSILON),
     "fox_acp_dense": ("fox", "fox_acp", 0.0),
     "sdpa": ("sdpa", "inductor", 0.0),
     "sdpa_auto": ("sdpa", "inductor", 0.0),
@@ -137,7 +142,8 @@ VARIANTS = {  # name: (attention, backend, epsilon)
 DEFAULT_VARIANTS = ("fox_acp", "fox_acp_dense", "sdpa")
 CACHES = ("preallocated", "concat", "static")
 SYN70_NOISE = 0.3  # gate logit = b_h + 0.3 N(0, 1) (benchmarks/bench_attention.py's syn70)
-ATTENTION_PROFILED = ("fox_acp", "fox_acp_dense", "sdpa", "sdpa_auto", "sdpa_eager")
+ATTENTION_PROFILED = ("fox_acp", "fox_acp_prune", "fox_acp_dense", "sdpa", "sdpa_auto",
+                      "sdpa_eager")
 
 
 # ---------------------------------------------------------------- setup
@@ -184,6 +190,26 @@ def sdpa_context(variant: str, args):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend]))
+
+
+@contextlib.contextmanager
+def decode_pruning(variant: str):
+    """FOXCOMPILE_DECODE_PRUNING=1 for the whole run of fox_acp_prune (compilation, the steps and
+    the attention timed alone), the variable as it was for the others."""
+    if variant != "fox_acp_prune":
+        yield
+        return
+    from foxcompile.kernels import DECODE_PRUNING_ENV
+
+    before = os.environ.get(DECODE_PRUNING_ENV)
+    os.environ[DECODE_PRUNING_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(DECODE_PRUNING_ENV, None)
+        else:
+            os.environ[DECODE_PRUNING_ENV] = before
 
 
 def make_model(config: str, variant: str, args):
@@ -889,7 +915,7 @@ def run(args):
                 tokens_by_batch[batch] = corpus_windows(batch, longest).to(device)
             tokens = tokens_by_batch[batch]
             for variant in variants:
-                with sdpa_context(variant, args):
+                with sdpa_context(variant, args), decode_pruning(variant):
                     run_variant(args, config, batch, variant, tokens, out)
     rows = [r for r in json.loads(out.read_text())["rows"] if r["device"] == card]
     info = versions(device)

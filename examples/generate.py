@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -323,6 +324,10 @@ def parse_args(argv=None):
                              "instead of one preallocated and written in place")
     parser.add_argument("--epsilon", type=float, default=train.DEFAULT_EPSILON,
                         help="fox_acp's pruning tolerance (0: pruning off; default e^-10)")
+    parser.add_argument("--decode-pruning", action="store_true",
+                        help="let fox_acp's decoding steps prune too (FOXCOMPILE_DECODE_PRUNING=1; "
+                             "by default they run dense, which measured faster: "
+                             "docs/generation.md)")
     parser.add_argument("--fox-compiler", choices=train.FOX_COMPILERS, default="inductor",
                         help='what runs the graph fox_acp rewrote ("fox.compiler"); aot_eager '
                              "skips Inductor's compilation (quick CPU runs)")
@@ -353,8 +358,9 @@ def parse_args(argv=None):
         parser.error("--prefill-chunk and --top-k must not be negative")
     if not 0 <= args.epsilon < 1:
         parser.error("--epsilon must be in [0, 1)")
-    if (args.explain or args.stats) and args.backend != "fox_acp":
-        parser.error("--explain and --stats report what fox_acp does: use --backend fox_acp")
+    if (args.explain or args.stats or args.decode_pruning) and args.backend != "fox_acp":
+        parser.error("--explain, --stats and --decode-pruning are about what fox_acp does: use "
+                     "--backend fox_acp")
     if args.mode == "reduce-overhead" and not args.static_cache:
         print("note: --mode reduce-overhead without --static-cache: every decoding step has a "
               "new cache length, so CUDA graphs are recorded anew at every step", flush=True)
@@ -368,6 +374,8 @@ def cache_name(args) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.decode_pruning:   # read by foxcompile at each call (foxcompile.kernels.may_prune)
+        os.environ["FOXCOMPILE_DECODE_PRUNING"] = "1"
     device = torch.device(args.device)
     model = load_model(args)
     prompt = prompt_tokens(args)
@@ -375,7 +383,8 @@ def main(argv=None):
     print(f"{args.config if not args.checkpoint else args.checkpoint}: {config.layers} layers, "
           f"{config.heads} heads x {config.head_dim}, attention {config.attention}"
           f"{', Pro' if config.pro else ''}; {args.backend}"
-          f"{f' (epsilon {args.epsilon:.3g})' if args.backend == 'fox_acp' else ''}, mode "
+          f"{f' (epsilon {args.epsilon:.3g})' if args.backend == 'fox_acp' else ''}"
+          f"{', decoding steps prune' if args.decode_pruning else ''}, mode "
           f"{args.mode}, {cache_name(args)} cache, {args.dtype} on "
           f"{train.device_name(device)}; batch {args.batch}, prompt {args.prompt_len}, "
           f"{args.new_tokens} new tokens", flush=True)

@@ -31,6 +31,7 @@ class _SiteTotals:
     computed_pairs: torch.Tensor   # (H,)
     causal_pairs: torch.Tensor     # (H,)
     calls: int = 0
+    dense_decoding_calls: int = 0  # decoding-sized calls run dense (kernels.may_prune)
 
 
 class PruningStats(contextlib.AbstractContextManager):
@@ -54,7 +55,8 @@ class PruningStats(contextlib.AbstractContextManager):
         _active.remove(self)
         return False
 
-    def _add(self, site: str, counts, flops_per_pair: float, grid: tuple) -> None:
+    def _add(self, site: str, counts, flops_per_pair: float, grid: tuple,
+             dense_decoding: bool) -> None:
         per_head = [c.sum(dim=0) for c in counts]  # (B, H) -> (H,)
         totals = self._sites.get(site)
         if totals is None or totals.skipped_tiles.shape != per_head[0].shape:
@@ -66,6 +68,7 @@ class PruningStats(contextlib.AbstractContextManager):
             total.add_(add)
         totals.grid = grid
         totals.calls += 1
+        totals.dense_decoding_calls += int(dense_decoding)
 
     def all_reduce(self, group=None) -> "PruningStats":
         """Sum the counts of every rank of a torch.distributed process group (default: the world)
@@ -100,19 +103,21 @@ class PruningStats(contextlib.AbstractContextManager):
         for site, (_, _, heads) in layout.items():
             t = self._sites.get(site)
             if t is None:
-                parts.append(torch.zeros(len(fields) * heads + 1, dtype=torch.float64, device=device))
+                parts.append(torch.zeros(len(fields) * heads + 2, dtype=torch.float64, device=device))
                 continue
             parts += [getattr(t, name).to(device, torch.float64) for name in fields]
-            parts.append(torch.tensor([float(t.calls)], dtype=torch.float64, device=device))
+            parts.append(torch.tensor([float(t.calls), float(t.dense_decoding_calls)],
+                                      dtype=torch.float64, device=device))
         flat = torch.cat(parts)
         dist.all_reduce(flat, group=group)
         offset = 0
         for site, (flops_per_pair, grid, heads) in layout.items():
             values = flat[offset:offset + len(fields) * heads].view(len(fields), heads)
-            calls = int(round(float(flat[offset + len(fields) * heads])))
-            offset += len(fields) * heads + 1
+            calls, dense_decoding = (int(round(float(x))) for x in
+                                     flat[offset + len(fields) * heads:][:2])
+            offset += len(fields) * heads + 2
             self._sites[site] = _SiteTotals(flops_per_pair, grid, *values.clone().unbind(0),
-                                            calls=calls)
+                                            calls=calls, dense_decoding_calls=dense_decoding)
         self._sites = {site: self._sites[site] for site in layout}
         return self
 
@@ -121,8 +126,9 @@ class PruningStats(contextlib.AbstractContextManager):
         label), calls, heads, skipped_tile_fraction (per head), skippable_tile_fraction (the most
         the tile grid allows, the same for every head), practical_tile_fraction (the most a real
         gate can skip: a tile whose corner is one step from the diagonal goes only when a single
-        gate value is below the threshold), executed_flops and dense_flops (forward, summed over heads and calls), and grid
-        (BLOCK_M, BLOCK_N, queries, keys) of the last call."""
+        gate value is below the threshold), executed_flops and dense_flops (forward, summed over heads and calls), grid
+        (BLOCK_M, BLOCK_N, queries, keys) of the last call, and dense_decoding_calls (calls of a
+        decoding size that ran dense, as foxcompile does unless FOXCOMPILE_DECODE_PRUNING=1)."""
         rows = []
         for site, t in self._sites.items():
             causal = t.causal_tiles.clamp(min=1)
@@ -139,6 +145,7 @@ class PruningStats(contextlib.AbstractContextManager):
                 "executed_flops": float(t.computed_pairs.sum()) * t.flops_per_pair,
                 "dense_flops": float(t.causal_pairs.sum()) * t.flops_per_pair,
                 "grid": t.grid,
+                "dense_decoding_calls": t.dense_decoding_calls,
             })
         return rows
 
@@ -166,15 +173,21 @@ class PruningStats(contextlib.AbstractContextManager):
                          "can be skipped (the diagonal tiles always run), in practice "
                          f"{100 * r['practical_tile_fraction']:.0f}% (a tile next to the diagonal "
                          "goes only when one gate value alone is below the threshold)")
+            if r["dense_decoding_calls"]:
+                lines.append(f"    {r['dense_decoding_calls']} of the calls were decoding-sized "
+                             "and ran dense, as they do unless FOXCOMPILE_DECODE_PRUNING=1 (the "
+                             "plan of such a call reads the whole cache: docs/generation.md)")
         return "\n".join(lines)
 
 
-def record(site: str, counts, flops_per_pair: float, grid: tuple) -> None:
+def record(site: str, counts, flops_per_pair: float, grid: tuple,
+           dense_decoding: bool = False) -> None:
     """Called by the op with plan.TileCounts (each (B, H) float64 on the device), the forward
-    FLOPs of one (i, j) pair (2 D for q.k plus 2 Dv for p.v) and the grid (BLOCK_M, BLOCK_N,
-    queries, keys)."""
+    FLOPs of one (i, j) pair (2 D for q.k plus 2 Dv for p.v), the grid (BLOCK_M, BLOCK_N,
+    queries, keys) and whether the call ran dense for its decoding size alone."""
     for recorder in _active:
-        recorder._add(site or "forgetting_attention", counts, flops_per_pair, grid)
+        recorder._add(site or "forgetting_attention", counts, flops_per_pair, grid,
+                      dense_decoding)
 
 
 def pruning_stats() -> PruningStats:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import foxcompile
+from foxcompile.kernels import DECODE_PRUNING_ENV
 import fox_lm  # examples/ (tests/conftest.py puts it on sys.path)
 import generate as gen
 from helpers import AOT
@@ -194,9 +195,15 @@ def test_compiled_generation_rewrites_every_site_and_matches_eager():
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
-def test_pruning_reaches_the_decode_step():
-    """A decode step over 700 cached keys skips the far key tiles (the untrained gates forget
-    within tens of tokens): the plan's start block is past the first tiles for every head."""
+@pytest.mark.parametrize("asked", [True, False])
+def test_pruning_reaches_the_decode_step(monkeypatch, asked):
+    """Asked to (FOXCOMPILE_DECODE_PRUNING=1), a decode step over 700 cached keys skips the far
+    key tiles (the untrained gates forget within tens of tokens): the plan's start block is past
+    the first tiles for every head. By default the step runs dense (kernels.may_prune)."""
+    if asked:
+        monkeypatch.setenv(DECODE_PRUNING_ENV, "1")
+    else:
+        monkeypatch.delenv(DECODE_PRUNING_ENV, raising=False)
     model = tiny()
     prompt = torch.randint(0, VOCAB, (1, 700))
     compiled = torch.compile(model, backend="fox_acp", options=AOT)
@@ -207,7 +214,11 @@ def test_pruning_reaches_the_decode_step():
             compiled(prompt[:, -1:], cache=cache)
     (site, *_) = stats.per_head()
     assert site["grid"][2:] == (1, 701)
-    assert min(site["skipped_tile_fraction"]) >= 0.5
+    if asked:
+        assert min(site["skipped_tile_fraction"]) >= 0.5 and site["dense_decoding_calls"] == 0
+    else:
+        assert max(site["skipped_tile_fraction"]) == 0.0 and site["dense_decoding_calls"] == 1
+        assert "decoding-sized and ran dense" in str(stats)
 
 
 def _bench_decode():
@@ -305,9 +316,10 @@ def test_static_cache_decode_sites_are_rewritten():
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
-def test_static_cache_decode_step_prunes():
-    """A decoding step on the static cache skips the tiles far behind the query (its unfilled
-    slots, a masked tail, do not turn pruning off) and gives eager's logits."""
+def test_static_cache_decode_step_prunes(monkeypatch):
+    """Asked to, a decoding step on the static cache skips the tiles far behind the query (its
+    unfilled slots, a masked tail, do not turn pruning off) and gives eager's logits."""
+    monkeypatch.setenv(DECODE_PRUNING_ENV, "1")
     model = tiny()
     prompt = torch.randint(0, VOCAB, (1, 700))
     compiled = torch.compile(model, backend="fox_acp", options=AOT)

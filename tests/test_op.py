@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import foxcompile
-from foxcompile.kernels import naive
+from foxcompile.kernels import DECODE_PRUNING_ENV, decode, naive
 from foxcompile.contract import Prune
 from foxcompile.kernels.plan import make_plan, tile_counts, tile_sizes
 
@@ -209,13 +209,38 @@ def test_pruning_guarantee_holds():
     assert (pruned - dense).abs().max() > 0  # pruning really changed something (tiny)
 
 
+def test_decoding_sized_calls_prune_only_when_asked(monkeypatch):
+    """A call of at most decode.AUTO_ROWS query rows per kv head runs dense by default (its plan
+    would read the whole cache, more than it lets the kernel skip: kernels.may_prune), equal to
+    Prune.OFF; FOXCOMPILE_DECODE_PRUNING=1 makes it prune within ACP's bound; a call with more
+    rows prunes either way; any other value of the variable is an error."""
+    q, k, v, lam = _fast_decay()
+    few = q[:, :, -(decode.AUTO_ROWS // (q.shape[1] // k.shape[1])):]   # M x G = AUTO_ROWS
+    monkeypatch.delenv(DECODE_PRUNING_ENV, raising=False)
+    default, start = _run(few, k, v, lam, Prune.PROVEN)
+    dense, _ = _run(few, k, v, lam, Prune.OFF)
+    assert int(start.sum()) == 0 and torch.equal(default, dense)
+    _, start = _run(q[:, :, -(few.shape[2] + 1):], k, v, lam, Prune.PROVEN)
+    assert int(start.sum()) > 0                               # one row more: prunes
+    monkeypatch.setenv(DECODE_PRUNING_ENV, "1")
+    pruned, start = _run(few, k, v, lam, Prune.PROVEN)
+    assert int(start.sum()) > 0
+    eps = foxcompile.DEFAULT_EPSILON
+    assert (pruned - dense).norm(dim=-1).max() <= 2 * eps / (1 - eps) * v.norm(dim=-1).amax()
+    monkeypatch.setenv(DECODE_PRUNING_ENV, "sometimes")
+    with pytest.raises(ValueError, match=DECODE_PRUNING_ENV):
+        _run(few, k, v, lam, Prune.PROVEN)
+
+
 @pytest.mark.parametrize("n_queries", [1, 600])
-def test_masked_tail_prunes_within_the_bound(n_queries):
+def test_masked_tail_prunes_within_the_bound(n_queries, monkeypatch):
     """Keys after position p masked (lam = +inf: a static cache's unfilled slots, right
     padding): the plan measures each query against the last unmasked key at or before it, so
     the guard does not read the tail as a rising gate and the tiles far behind p are skipped;
     every row stays within ACP's bound of the dense answer over the keys it sees (j <= p and
-    j <= its position), each row's own lam being that of its last unmasked key."""
+    j <= its position), each row's own lam being that of its last unmasked key. (The one-query
+    case is decoding-sized: it prunes only when asked.)"""
+    monkeypatch.setenv(DECODE_PRUNING_ENV, "1")
     q, k, v, lam = _fast_decay()
     p = 450
     lam_op = lam.clone()

@@ -17,6 +17,9 @@ each call, parsed by requested_engine() only) names the engine to try first, `au
 _automatic() choose from the shapes; an engine that cannot run the inputs hands them to its
 fallback (decode, gluon -> tl -> reference), so a forced engine never makes a call fail. A new engine is
 one more ENGINES entry (and, to be chosen automatically, a line in _automatic).
+
+may_prune(q, k) says whether a call of these shapes prunes at all: decoding-sized calls do not,
+unless FOXCOMPILE_DECODE_PRUNING=1 (read at each call, like FOXCOMPILE_ENGINE).
 """
 import os
 from typing import NamedTuple, Optional
@@ -26,6 +29,7 @@ import torch
 from . import decode, gluon_attention, reference, triton_attention
 
 ENGINE_ENV = "FOXCOMPILE_ENGINE"
+DECODE_PRUNING_ENV = "FOXCOMPILE_DECODE_PRUNING"
 
 # The norm the plan's score bound is computed with (plan.make_plan's `norm`) and its start blocks
 # from that bound (make_plan's `starts`): one Triton kernel each on CUDA, torch elsewhere,
@@ -58,6 +62,29 @@ def requested_engine() -> str:
     if text not in ENGINES:
         raise ValueError(f"{ENGINE_ENV}={text!r}: expected auto or one of {', '.join(ENGINES)}")
     return text
+
+
+def decode_pruning_requested() -> bool:
+    """FOXCOMPILE_DECODE_PRUNING as a bool: "1" (or "true", "on") lets decoding-sized calls
+    prune, unset, "", "0" (or "false", "off") keeps them dense; any other value is a
+    ValueError."""
+    text = os.environ.get(DECODE_PRUNING_ENV, "").strip().lower()
+    if text in ("", "0", "false", "off"):
+        return False
+    if text in ("1", "true", "on"):
+        return True
+    raise ValueError(f"{DECODE_PRUNING_ENV}={text!r}: expected 1 (decoding steps prune) or 0")
+
+
+def may_prune(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether a call with these (B, H, T, D) queries and keys prunes: every call except a
+    decoding-sized one (at most decode.AUTO_ROWS query rows per kv head, M x G), which prunes
+    only under FOXCOMPILE_DECODE_PRUNING=1. The plan of a call reads every key (the score bound)
+    and every value (the finiteness check) and scans lam; for a few query rows that costs more
+    than the key blocks it lets the kernel skip, so pruned decoding ran at 0.48-0.83x the speed
+    of dense decoding in every measured case (H100; docs/generation.md, "Pruning while
+    decoding")."""
+    return decode.query_rows(q, k) > decode.AUTO_ROWS or decode_pruning_requested()
 
 
 def _automatic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import stats
 from ..contract import Prune, accumulator
-from ..kernels import engine_for, full_lam, max_norm, plan_start_blocks
+from ..kernels import engine_for, full_lam, max_norm, may_prune, plan_start_blocks
 from ..kernels.plan import (Plan, make_plan, num_blocks, score_bound, tile_counts,
                              tile_sizes)
 
@@ -77,6 +77,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
     width = engine_head_dim(q, v)
     qh, kh, vh = (_bhtd(_widened(x, width), layout) for x in (q, k, v))
     bound = score_bound(qh, kh, scale, accumulator(q.dtype), max_norm)
+    # a decoding-sized call runs dense unless asked (kernels.may_prune)
+    dense_decoding = prune != Prune.OFF and epsilon > 0.0 and not may_prune(qh, kh)
+    if dense_decoding:
+        prune = Prune.OFF
     # the plan reads lam with masked keys forward-filled (plan.full_lam), except with documents
     prunes = prune != Prune.OFF and epsilon > 0.0 and doc is None
     lam_full, lam_plan = (full_lam(lam, batch, q_heads, bound, filled=True) if prunes
@@ -91,7 +95,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
         n_keys = kh.shape[2]
         counts = tile_counts(plan.start, n_queries, n_keys, plan.block_m, plan.block_n)
         stats.record(site, counts, 2 * (q.shape[-1] + v.shape[-1]),
-                     (plan.block_m, plan.block_n, n_queries, n_keys))
+                     (plan.block_m, plan.block_n, n_queries, n_keys), dense_decoding)
     return _narrowed(out, v.shape[-1]), lse.to(accumulator(q.dtype)), plan.start, bound
 
 
