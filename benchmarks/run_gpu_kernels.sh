@@ -2,7 +2,7 @@
 # Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
-#       [bench] [ab] [abref] [ncu] [train] [decode]
+#       [bench] [ab] [abref] [ncu] [train] [decode] [gendecode]
 #   (default: tests bench)
 #
 # Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
@@ -12,6 +12,8 @@
 #   AB="ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1", foxcompile and cuDNN rows only, into
 #   $OUT/ab/NAME.json (cuDNN is timed in each, as the same-run baseline).
 # decode: benchmarks/bench_decode_kernel.py (decode attention alone) into $OUT/decode_kernel.json.
+# gendecode: benchmarks/bench_decode.py (whole-model decoding) once per ';'-separated argument
+#   list of GEN_DECODE (each run's --out is $OUT/gendecode_N.json), logs in $OUT/gendecode.log.
 # gputests: python -m pytest tests/test_gpu.py tests/test_kernels.py (all of them: GPU and CPU
 #   tests), into $OUT/gputests.log.
 # abref: the kernels of another version (OLD=folder holding that checkout, or OLD_REF=git ref,
@@ -145,6 +147,17 @@ for step in $steps; do
         --json "$OUT/decode_kernel.json" > "$OUT/decode_kernel.log" 2>&1
       grep -E "Error|error" "$OUT/decode_kernel.log" | head -5
       tail -40 "$OUT/decode_kernel.log"
+      ;;
+    gendecode)
+      n=0
+      IFS=';' read -ra runs <<< "${GEN_DECODE:?gendecode needs GEN_DECODE}"
+      for args in "${runs[@]}"; do
+        n=$((n + 1))
+        stamp "bench_decode $n: $args"
+        timeout ${GEN_DECODE_TIMEOUT:-300} $PY benchmarks/bench_decode.py $args \
+          --out "$OUT/gendecode_$n.json" >> "$OUT/gendecode.log" 2>&1
+        grep -E "^ *[0-9]+m " "$OUT/gendecode.log" | tail -n 12
+      done
       ;;
     bench)
       stamp "benchmark"
