@@ -456,9 +456,10 @@ def test_interpreter_fused_full_lam_equal_torch(interpret_env, lam_shape, dtype)
     lam[..., 1100:1200] = float("inf")  # a masked run across a chunk boundary (filled)
     want, want_filled = plan_mod.full_lam(lam, batch, q_heads, bound, filled=True)
     got, got_filled = interpret_env.fused_full_lam(lam, batch, q_heads, bound, filled=True,
-                                                   interpret=True)
-    assert torch.equal(interpret_env.fused_full_lam(lam, batch, q_heads, bound, interpret=True)
-                       .nan_to_num(nan=7.0), got.nan_to_num(nan=7.0))
+                                                   interpret=True, chunk=1024)
+    assert torch.equal(interpret_env.fused_full_lam(lam, batch, q_heads, bound, interpret=True,
+                                                    chunk=1024).nan_to_num(nan=7.0),
+                       got.nan_to_num(nan=7.0))
     for x, y in ((got, want), (got_filled, want_filled)):
         assert x.shape == y.shape and x.is_contiguous() and x.dtype == torch.float32
         assert torch.equal(x.nan_to_num(nan=7.0), y.nan_to_num(nan=7.0))
@@ -620,14 +621,17 @@ def test_gpu_fused_start_blocks_equal_torch(special, prune):
 @gpu
 @needs_cuda
 def test_gpu_fused_full_lam_equal_torch():
-    """On the GPU too, the one-kernel full_lam equals plan.full_lam bit for bit."""
+    """On the GPU too, the one-kernel full_lam equals plan.full_lam bit for bit, with masked
+    runs across its chunk boundaries (the forward fill's carry)."""
     from foxcompile.kernels import triton_attention as ta
-    lam = torch.cumsum(-torch.rand(2, 1, 3000), dim=-1)
+    chunk = ta.FULL_LAM_CHUNK
+    lam = torch.cumsum(-torch.rand(2, 1, 2 * chunk + 1000), dim=-1)
     lam[..., -9:] = float("inf")
     lam[0, 0, 17] = float("-inf")
     bound = torch.rand(2, 4) * 5.0
     bound[1, 3] = float("inf")
     lam[..., 1500:2100] = float("inf")
+    lam[..., chunk - 50:2 * chunk + 10] = float("inf")   # across two boundaries
     lam, bound = lam.cuda(), bound.cuda()
     assert torch.equal(ta.full_lam(lam, 2, 4, bound), plan_mod.full_lam(lam, 2, 4, bound))
     for got, want in zip(ta.full_lam(lam, 2, 4, bound, filled=True),

@@ -397,8 +397,16 @@ def full_lam(lam: torch.Tensor, batch: int, q_heads: int, bound: torch.Tensor,
     return fused_full_lam(lam, batch, q_heads, bound, filled)
 
 
-def fused_full_lam(lam, batch, q_heads, bound, filled=False, interpret=False):
-    """The kernel of full_lam, compiled or (interpret=True, CPU tensors) interpreted."""
+# lam elements per step of _full_lam_kernel's two passes: one program walks a whole (b, h) row,
+# so a long row (a decoding step's cache: 1 x 12 rows of 64k keys) takes N / FULL_LAM_CHUNK
+# dependent steps per pass; 4096 on 8 warps is 16 floats a thread.
+FULL_LAM_CHUNK = 4096
+
+
+def fused_full_lam(lam, batch, q_heads, bound, filled=False, interpret=False,
+                   chunk=FULL_LAM_CHUNK):
+    """The kernel of full_lam, compiled or (interpret=True, CPU tensors) interpreted; `chunk`
+    (a power of two) for tests of the chunk boundaries."""
     n_keys = lam.shape[-1]
     view = lam.expand(batch, q_heads, n_keys)
     out = torch.empty((batch, q_heads, n_keys), dtype=torch.float32, device=lam.device)
@@ -407,8 +415,8 @@ def fused_full_lam(lam, batch, q_heads, bound, filled=False, interpret=False):
         with _device_guard(lam):
             _kernels(interpret)._full_lam_kernel[(batch * q_heads,)](
                 view, bound, out, fill, view.stride(), bound.stride(), q_heads, n_keys,
-                plan_mod.MASKED_KEY_MARGIN, plan_mod.MASKED_KEY_FALLBACK, CHUNK=1024,
-                FILL=filled, num_warps=4)
+                plan_mod.MASKED_KEY_MARGIN, plan_mod.MASKED_KEY_FALLBACK, CHUNK=chunk,
+                FILL=filled, num_warps=8)
     return (out, fill) if filled else out
 
 
