@@ -139,7 +139,7 @@ VARIANTS = {  # name: (attention, backend, epsilon)
     "inductor": ("fox", "inductor", 0.0),
     "eager": ("fox", "eager", 0.0),
 }
-DEFAULT_VARIANTS = ("fox_acp", "fox_acp_dense", "sdpa")
+DEFAULT_VARIANTS = ("fox_acp", "fox_acp_prune", "fox_acp_dense", "sdpa")
 CACHES = ("preallocated", "concat", "static")
 SYN70_NOISE = 0.3  # gate logit = b_h + 0.3 N(0, 1) (benchmarks/bench_attention.py's syn70)
 ATTENTION_PROFILED = ("fox_acp", "fox_acp_prune", "fox_acp_dense", "sdpa", "sdpa_auto",

@@ -397,7 +397,7 @@ def test_static_cache_decodes_under_cuda_graphs(backend):
 def test_bench_decode_smoke(tmp_path):
     out = tmp_path / "decode.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_decode.py"), "--smoke",
-               "--variants", "fox_acp", "--contexts", "300", "--batches", "2", "--fill",
+               "--variants", "fox_acp_prune", "--contexts", "300", "--batches", "2", "--fill",
                "prefill", "--profile", "--profile-steps", "2", "--out", str(out)]
     result = run_script(command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
