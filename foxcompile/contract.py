@@ -20,6 +20,10 @@ DEFAULT_EPSILON = math.exp(-10.0)
 LAYOUTS = ("bthd", "bhtd")
 MIN_HEAD_DIM = 16   # the Triton engine's head dims; others run on the PyTorch reference
 MAX_HEAD_DIM = 256
+# A call with at most this many query rows per kv head (M x G) is decoding-sized: the decode
+# engine takes it (kernels/decode.py) and it runs dense unless FOXCOMPILE_DECODE_PRUNING=1
+# (kernels.may_prune); the matcher notes it on sites whose shapes say so.
+DECODE_ROWS = 64
 
 
 class Prune(enum.IntEnum):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import foxcompile
+from foxcompile.contract import DECODE_ROWS
 from foxcompile.kernels import DECODE_PRUNING_ENV
 import fox_lm  # examples/ (tests/conftest.py puts it on sys.path)
 import generate as gen
@@ -162,6 +163,19 @@ def test_explain_labels_prefill_chunked_and_decode_sites(concat):
     for report in reports.values():
         assert {s.module for s in report.sites} == {"blocks.0.attn", "blocks.1.attn"}
         assert all("in attend_cached" in s.location for s in report.sites)
+
+
+def test_explain_notes_the_decoding_sized_sites():
+    """Sites whose shapes fix at most contract.DECODE_ROWS query rows per kv head (decoding
+    steps) say that they run dense unless FOXCOMPILE_DECODE_PRUNING=1; larger ones do not."""
+    model = tiny()
+    prompt = torch.randint(0, VOCAB, (1, 2 * (DECODE_ROWS + 8)))
+    reports = dict(gen.explain_sites(model, prompt))
+    for what, report in reports.items():
+        decoding = what.startswith("decode")
+        notes = [n for s in report.sites for n in s.notes if "FOXCOMPILE_DECODE_PRUNING" in n]
+        assert len(notes) == (2 if decoding else 0), (what, notes)
+        assert all(n.startswith("1 query row per kv head") for n in notes)
 
 
 @pytest.mark.usefixtures("fresh_dynamo")

@@ -16,7 +16,7 @@ import networkx as nx
 import sympy
 from torch import fx
 
-from ..contract import MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
+from ..contract import DECODE_ROWS, MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
 from . import graph as g
 from . import distance
 from .dead import dead_nodes
@@ -89,6 +89,15 @@ def _is_nan_repair_in_place(node, probs) -> bool:
     p, index, fill = node.args
     return (p is probs and g.kind(index) == "isnan" and index.args[0] is probs
             and g.number(fill) == 0.0)
+
+
+def _decoding_rows(n_queries, q_heads, kv_heads):
+    """M x G, the query rows per kv head of a site, when the shapes fix it at a decoding size
+    (contract.DECODE_ROWS or fewer) whatever the symbols; None otherwise."""
+    if not all(isinstance(x, int) for x in (n_queries, q_heads, kv_heads)) or kv_heads <= 0:
+        return None
+    rows = n_queries * (q_heads // kv_heads)
+    return rows if rows <= DECODE_ROWS else None
 
 
 def _nan_repairs(pv, probs) -> set:
@@ -210,6 +219,11 @@ class Matcher:
         if not g.same_size(q_heads, kv_heads):
             site.notes.append(f"k and v go to the op with {kv_heads} heads (query head h reads key "
                               f"head h // {q_heads // kv_heads})")
+        rows = _decoding_rows(site.shapes["q"][2], q_heads, kv_heads)
+        if site.prunable and rows is not None:
+            site.notes.append(f"{rows} query {'row' if rows == 1 else 'rows'} per kv head (at most "
+                              f"{DECODE_ROWS}: decoding-sized): runs dense unless "
+                              "FOXCOMPILE_DECODE_PRUNING=1")
         self._check_in_place(site, walker.reads | _nan_repairs(pv, probs))
         site.changes, site.dead = changes, dead
         return site

@@ -25,19 +25,20 @@ depends on the shapes alone: no host synchronisation, CUDA-graph capturable
 """
 import torch
 
-from ..contract import MAX_HEAD_DIM
+from ..contract import DECODE_ROWS, MAX_HEAD_DIM
 from . import triton_attention as ta
 from .plan import Plan, tile_sizes
 from .triton_configs import decode_config, max_registers
 
 # The most query rows (M x G) one program holds: its accumulator is ROWS x D_PAD float32.
 MAX_ROWS = 128
-# engine_for picks this engine automatically up to AUTO_ROWS query rows per kv head. Up to 64 rows
+# engine_for picks this engine automatically up to AUTO_ROWS (contract.DECODE_ROWS) query rows per
+# kv head. Up to 64 rows
 # the decode tile stays small (a 64 x 128 float32 accumulator is 64 registers a thread on 4 warps)
 # and the prefill forward's 128-row query block would be at least half empty, while each of its
 # G programs per kv head re-reads the same keys; with more rows (chunked prefill) the prefill
 # kernels' parallelism over query blocks is the better fit.
-AUTO_ROWS = 64
+AUTO_ROWS = DECODE_ROWS
 # The split count (a function of the shapes only): enough programs for about two per SM, and at
 # least MIN_STEPS_PER_SPLIT key steps per split over the whole (unpruned) range.
 PROGRAMS_PER_SM = 2
