@@ -26,6 +26,13 @@ MAX_HEAD_DIM = 256
 DECODE_ROWS = 64
 
 
+def query_rows(n_queries, q_heads, kv_heads):
+    """M x G: the query rows per kv head of a call with M queries, Hq query heads and Hk kv
+    heads (G = Hq // Hk), what the decode engine holds in one program and DECODE_ROWS bounds.
+    Works on ints and SymInts."""
+    return n_queries * (q_heads // max(kv_heads, 1))
+
+
 class Prune(enum.IntEnum):
     """How a call may prune. The op takes it as an int (custom-op schemas have no enums)."""
     OFF = 0       # run dense

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import foxcompile
-from foxcompile.kernels import DECODE_PRUNING_ENV, decode, naive
-from foxcompile.contract import Prune
+from foxcompile.kernels import DECODE_PRUNING_ENV, naive
+from foxcompile.contract import DECODE_ROWS, Prune
 from foxcompile.kernels.plan import make_plan, tile_counts, tile_sizes
 
 F64 = torch.float64
@@ -210,12 +210,12 @@ def test_pruning_guarantee_holds():
 
 
 def test_decoding_sized_calls_prune_only_when_asked(monkeypatch):
-    """A call of at most decode.AUTO_ROWS query rows per kv head runs dense by default (its plan
+    """A call of at most DECODE_ROWS query rows per kv head runs dense by default (its plan
     would read the whole cache, more than it lets the kernel skip: kernels.may_prune), equal to
     Prune.OFF; FOXCOMPILE_DECODE_PRUNING=1 makes it prune within ACP's bound; a call with more
     rows prunes either way; any other value of the variable is an error."""
     q, k, v, lam = _fast_decay()
-    few = q[:, :, -(decode.AUTO_ROWS // (q.shape[1] // k.shape[1])):]   # M x G = AUTO_ROWS
+    few = q[:, :, -(DECODE_ROWS // (q.shape[1] // k.shape[1])):]   # M x G = DECODE_ROWS
     monkeypatch.delenv(DECODE_PRUNING_ENV, raising=False)
     default, start = _run(few, k, v, lam, Prune.PROVEN)
     dense, _ = _run(few, k, v, lam, Prune.OFF)

@@ -17,6 +17,7 @@ import sympy
 from torch import fx
 
 from ..contract import DECODE_ROWS, MAX_HEAD_DIM, MIN_HEAD_DIM  # CUDA sites outside: declined
+from ..contract import query_rows
 from . import graph as g
 from . import distance
 from .dead import dead_nodes
@@ -94,9 +95,9 @@ def _is_nan_repair_in_place(node, probs) -> bool:
 def _decoding_rows(n_queries, q_heads, kv_heads):
     """M x G, the query rows per kv head of a site, when the shapes fix it at a decoding size
     (contract.DECODE_ROWS or fewer) whatever the symbols; None otherwise."""
-    if not all(isinstance(x, int) for x in (n_queries, q_heads, kv_heads)) or kv_heads <= 0:
+    if not all(isinstance(x, int) for x in (n_queries, q_heads, kv_heads)):
         return None
-    rows = n_queries * (q_heads // kv_heads)
+    rows = query_rows(n_queries, q_heads, kv_heads)
     return rows if rows <= DECODE_ROWS else None
 
 

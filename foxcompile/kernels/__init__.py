@@ -26,6 +26,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..contract import DECODE_ROWS
 from . import decode, gluon_attention, reference, triton_attention
 
 ENGINE_ENV = "FOXCOMPILE_ENGINE"
@@ -78,18 +79,18 @@ def decode_pruning_requested() -> bool:
 
 def may_prune(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether a call with these (B, H, T, D) queries and keys prunes: every call except a
-    decoding-sized one (at most decode.AUTO_ROWS query rows per kv head, M x G), which prunes
+    decoding-sized one (at most DECODE_ROWS query rows per kv head, M x G), which prunes
     only under FOXCOMPILE_DECODE_PRUNING=1. The plan of a call reads every key (the score bound)
     and every value (the finiteness check) and scans lam; for a few query rows that costs more
     than the key blocks it lets the kernel skip, so pruned decoding ran at 0.48-0.83x the speed
     of dense decoding in every measured case (H100; docs/generation.md, "Pruning while
     decoding")."""
-    return decode.query_rows(q, k) > decode.AUTO_ROWS or decode_pruning_requested()
+    return decode.query_rows(q, k) > DECODE_ROWS or decode_pruning_requested()
 
 
 def _automatic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
     """The engine to try first when none is requested: decode for a few query rows per kv head
-    (decode.preferred: M x G <= decode.AUTO_ROWS), else the prefill kernels: the Gluon forward
+    (decode.preferred: M x G <= DECODE_ROWS), else the prefill kernels: the Gluon forward
     where it was measured faster than tl's (gluon_attention.preferred: sm90, head dim 128), tl
     elsewhere."""
     if decode.preferred(q, k, v):

@@ -26,19 +26,19 @@ depends on the shapes alone: no host synchronisation, CUDA-graph capturable
 import torch
 
 from ..contract import DECODE_ROWS, MAX_HEAD_DIM
+from ..contract import query_rows as _rows
 from . import triton_attention as ta
 from .plan import Plan, tile_sizes
 from .triton_configs import decode_config, max_registers
 
 # The most query rows (M x G) one program holds: its accumulator is ROWS x D_PAD float32.
 MAX_ROWS = 128
-# engine_for picks this engine automatically up to AUTO_ROWS (contract.DECODE_ROWS) query rows per
-# kv head. Up to 64 rows
+# engine_for picks this engine automatically up to contract.DECODE_ROWS query rows per kv head.
+# Up to 64 rows
 # the decode tile stays small (a 64 x 128 float32 accumulator is 64 registers a thread on 4 warps)
 # and the prefill forward's 128-row query block would be at least half empty, while each of its
 # G programs per kv head re-reads the same keys; with more rows (chunked prefill) the prefill
 # kernels' parallelism over query blocks is the better fit.
-AUTO_ROWS = DECODE_ROWS
 # The split count (a function of the shapes only): enough programs for about two per SM, and at
 # least MIN_STEPS_PER_SPLIT key steps per split over the whole (unpruned) range.
 PROGRAMS_PER_SM = 2
@@ -50,8 +50,9 @@ _sms: dict = {}
 
 
 def query_rows(q: torch.Tensor, k: torch.Tensor) -> int:
-    """M x G: the query rows one program of this engine holds (all query heads of a kv head)."""
-    return q.shape[2] * (q.shape[1] // max(k.shape[1], 1))
+    """M x G of (B, H, T, D) q and k (contract.query_rows): the query rows one program of this
+    engine holds (all query heads of a kv head)."""
+    return _rows(q.shape[2], q.shape[1], k.shape[1])
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -72,8 +73,8 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
 
 def preferred(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether engine_for picks this engine on its own for these shapes (it then still checks
-    unsupported_reason): M x G <= AUTO_ROWS."""
-    return q.dim() == 4 and k.dim() == 4 and k.shape[1] > 0 and query_rows(q, k) <= AUTO_ROWS
+    unsupported_reason): M x G <= DECODE_ROWS."""
+    return q.dim() == 4 and k.dim() == 4 and k.shape[1] > 0 and query_rows(q, k) <= DECODE_ROWS
 
 
 def _multiprocessors(device: torch.device) -> int:
