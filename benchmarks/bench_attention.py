@@ -111,15 +111,16 @@ def _fwd_and_fwd_bwd(run, grad):
 def fox_kernels(q, k, v, lam, prune, engine="tl"):
     """foxcompile's engine called directly: plan (threshold + boundaries) + kernels, on
     (B, H, T, D) views of the (B, T, H, D) tensors, outputs written through (B, T, H, D) views.
-    engine: "tl" (triton_attention) or "gluon" (gluon_attention: its own forward, the tl
-    backward)."""
-    if engine == "gluon":
-        from foxcompile.kernels import gluon_attention as ta
-        reason = ta.unsupported_reason(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    engine: "tl" (triton_attention), "gluon" (gluon_attention: Gluon forward and backward) or
+    "tl+gluon" (the tl forward, the Gluon backward)."""
+    from foxcompile.kernels import gluon_attention, triton_attention
+    fwd_engine = gluon_attention if engine == "gluon" else triton_attention
+    bwd_engine = gluon_attention if engine in ("gluon", "tl+gluon") else triton_attention
+    if bwd_engine is gluon_attention:
+        reason = gluon_attention.unsupported_reason(q.transpose(1, 2), k.transpose(1, 2),
+                                                    v.transpose(1, 2))
         if reason:
             raise ImportError(reason)
-    else:
-        from foxcompile.kernels import triton_attention as ta
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     scale = q.shape[-1] ** -0.5
     grad = torch.randn_like(q).transpose(1, 2)
@@ -128,7 +129,7 @@ def fox_kernels(q, k, v, lam, prune, engine="tl"):
     def fwd():
         plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, prune, **norm)
         out = torch.empty_like(q).transpose(1, 2)
-        lse = ta.forward(qh, kh, vh, lam, plan, scale, out)
+        lse = fwd_engine.forward(qh, kh, vh, lam, plan, scale, out)
         return plan, out, lse
 
     def fwd_bwd():
@@ -136,7 +137,9 @@ def fox_kernels(q, k, v, lam, prune, engine="tl"):
         dq = torch.empty_like(q).transpose(1, 2)
         dk = torch.empty_like(k).transpose(1, 2)
         dv = torch.empty_like(v).transpose(1, 2)
-        ta.backward(grad, qh, kh, vh, lam, out, lse, plan, scale, dq, dk, dv)
+        if bwd_engine is gluon_attention and gluon_attention.backward_fallback_reason(qh, plan):
+            raise ImportError(gluon_attention.backward_fallback_reason(qh, plan))
+        bwd_engine.backward(grad, qh, kh, vh, lam, out, lse, plan, scale, dq, dk, dv)
 
     return fwd, fwd_bwd, None
 
@@ -432,7 +435,7 @@ def sweep(args):
                 row = {"config": cfg}
                 try:
                     for prune, plan in plans.items():
-                        lse = ta.forward(qh, kh, vh, lam, plan, scale, out)
+                        lse = fwd_engine.forward(qh, kh, vh, lam, plan, scale, out)
                         if kernel == "fwd":
                             ms = bench(lambda: ta.forward(qh, kh, vh, lam, plan, scale, out))
                         else:
@@ -530,10 +533,14 @@ def main():
         impls = [
             ("foxcompile ACP", "fox-acp", lambda: fox_kernels(q, k, v, lam, Prune.PROVEN)),
             ("foxcompile dense", "fox-dense", lambda: fox_kernels(q, k, v, lam, Prune.OFF)),
-            ("foxcompile Gluon ACP (Gluon fwd, tl bwd)", "gluon-acp",
+            ("foxcompile Gluon ACP (Gluon fwd, Gluon bwd)", "gluon-acp",
              lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "gluon")),
-            ("foxcompile Gluon dense (Gluon fwd, tl bwd)", "gluon-dense",
+            ("foxcompile Gluon dense (Gluon fwd, Gluon bwd)", "gluon-dense",
              lambda: fox_kernels(q, k, v, lam, Prune.OFF, "gluon")),
+            ("foxcompile ACP (tl fwd, Gluon bwd)", "tlg-acp",
+             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "tl+gluon")),
+            ("foxcompile dense (tl fwd, Gluon bwd)", "tlg-dense",
+             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "tl+gluon")),
             ("foxcompile op (autograd, guarded ACP)", "fox-op", lambda: fox_op(q, k, v, log_f)),
             ("SDPA flash, causal, no gate", "flash", lambda: sdpa(q, k, v, "flash")),
             ("SDPA cuDNN, causal, no gate", "cudnn", lambda: sdpa(q, k, v, "cudnn")),
@@ -594,14 +601,14 @@ def print_table(results):
     info = results["versions"]
     print(f"\n{info['card']} (sm{info['capability']}), torch {info['torch']}, triton "
           f"{info['triton']}, CUDA {info['cuda']}, cuDNN {info['cudnn']}, {info['date']}")
-    print(f"{'shape':<19} {'implementation':<38} {'fwd ms':>8} {'f+b ms':>8} {'fwdTF/s':>8} "
+    print(f"{'shape':<19} {'implementation':<46} {'fwd ms':>8} {'f+b ms':>8} {'fwdTF/s':>8} "
           f"{'f+bTF/s':>8} {'skip':>6} {'f/cuDNN':>8} {'fb/cuDNN':>8}")
     for r in results["rows"]:
         if "fwd_ms" not in r:
-            print(f"{r['shape']:<19} {r['impl']:<38} {r.get('error', '')[:60]}")
+            print(f"{r['shape']:<19} {r['impl']:<46} {r.get('error', '')[:60]}")
             continue
         skip = f"{r['skipped_tiles']:.3f}" if "skipped_tiles" in r else ""
-        print(f"{r['shape']:<19} {r['impl']:<38} {r['fwd_ms']:8.2f} {r['fwd_bwd_ms']:8.2f} "
+        print(f"{r['shape']:<19} {r['impl']:<46} {r['fwd_ms']:8.2f} {r['fwd_bwd_ms']:8.2f} "
               f"{r['fwd_tflops']:8.0f} {r['fwd_bwd_tflops']:8.0f} {skip:>6} "
               f"{r.get('fwd_vs_cudnn', float('nan')):8.2f} {r.get('fwd_bwd_vs_cudnn', float('nan')):8.2f}")
 

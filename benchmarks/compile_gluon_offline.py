@@ -1,4 +1,4 @@
-"""Compile the Gluon (sm90) forward offline, with no GPU, and report registers, spills and the
+"""Compile the Gluon (sm90) forward and backward offline, with no GPU, and report registers, spills and the
 count of wgmma / TMA / mbarrier instructions in its PTX: a quick check of a Gluon change on a CPU
 machine. Needs a Triton with Gluon's Hopper pieces (the GPU's is 3.6):
 
@@ -46,6 +46,10 @@ def main():
             return go
 
     kern._gluon_fwd_kernel = Warmup(kern._gluon_fwd_kernel)
+    bwd = ga._bwd_kernels()
+    if bwd is None:
+        raise SystemExit(f"no Gluon backward: {ga._bwd_import_error}")
+    bwd._gluon_bwd_kernel = Warmup(bwd._gluon_bwd_kernel)
     batch, q_heads, kv_heads, n_queries, n_keys = map(int, args.shape.split(","))
     dtype = getattr(torch, args.dtype)
     d = args.head_dim
@@ -57,16 +61,20 @@ def main():
     lam = torch.zeros(batch, q_heads, n_keys)
     plan = plan_mod.make_plan(q, k, lam, d ** -0.5, 0.0, Prune.OFF)
     doc = (torch.arange(n_keys) // 512).expand(batch, n_keys) if args.doc else None
-    ga.forward(q, k, v, lam, plan, d ** -0.5, torch.empty_like(q), doc=doc)
-    for kernel in compiled:
+    out = torch.zeros_like(q)
+    lse = torch.zeros(batch, q_heads, n_queries)
+    ga.forward(q, k, v, lam, plan, d ** -0.5, out, doc=doc)
+    ga.backward(torch.zeros_like(q), q, k, v, lam, out, lse, plan, d ** -0.5,
+                torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), doc=doc)
+    for kernel, name in zip(compiled, ("fwd", "bwd")):
         reg, stack = _usage(kernel.asm["cubin"])
         ptx = kernel.asm["ptx"]
-        print(f"triton {triton.__version__} fwd D={d} {args.dtype} doc={args.doc}: REG {reg} "
+        print(f"triton {triton.__version__} {name} D={d} {args.dtype} doc={args.doc}: REG {reg} "
               f"STACK {stack} wgmma {ptx.count('wgmma.mma_async')} "
               f"waits {ptx.count('wgmma.wait_group')} tma {ptx.count('cp.async.bulk.tensor')} "
               f"setmaxnreg {ptx.count('setmaxnreg')} smem {kernel.metadata.shared}")
         if args.dump:
-            dump(kernel, args.dump, f"gluon_fwd_{d}")
+            dump(kernel, args.dump, f"gluon_{name}_{d}")
 
 
 if __name__ == "__main__":

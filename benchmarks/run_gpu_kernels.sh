@@ -2,7 +2,7 @@
 # Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
-#       [bench] [ab] [abref] [ncu] [train] [decode] [gendecode]
+#       [bench] [ab] [abref] [ncu] [train] [decode] [gendecode] [gluonbwd]
 #   (default: tests bench)
 #
 # Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
@@ -14,6 +14,8 @@
 # decode: benchmarks/bench_decode_kernel.py (decode attention alone) into $OUT/decode_kernel.json.
 # gendecode: benchmarks/bench_decode.py (whole-model decoding) once per ';'-separated argument
 #   list of GEN_DECODE (each run's --out is $OUT/gendecode_N.json), logs in $OUT/gendecode.log.
+# gluonbwd: benchmarks/check_gluon_bwd.py (the Gluon backward against tl and float64, case by
+#   case; GLUONBWD_CASES=t64,g2,... picks some) into $OUT/gluon_bwd_check.json / .log.
 # gputests: python -m pytest tests/test_gpu.py tests/test_kernels.py (all of them: GPU and CPU
 #   tests), into $OUT/gputests.log.
 # abref: the kernels of another version (OLD=folder holding that checkout, or OLD_REF=git ref,
@@ -158,6 +160,11 @@ for step in $steps; do
           --out "$OUT/gendecode_$n.json" >> "$OUT/gendecode.log" 2>&1
         grep -E "^ *[0-9]+m " "$OUT/gendecode.log" | tail -n 12
       done
+      ;;
+    gluonbwd)
+      stamp "Gluon backward against tl and float64 (check_gluon_bwd.py)"
+      timeout ${GLUONBWD_TIMEOUT:-400} $PY benchmarks/check_gluon_bwd.py ${GLUONBWD_CASES:+--cases "$GLUONBWD_CASES"} \
+        --json "$OUT/gluon_bwd_check.json" 2>&1 | tee "$OUT/gluon_bwd_check.log" | tail -30
       ;;
     bench)
       stamp "benchmark"

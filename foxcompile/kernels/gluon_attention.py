@@ -19,20 +19,22 @@ unimportable.
 """
 import torch
 
+from . import plan as plan_mod
 from . import triton_attention
 from .plan import Plan
 from .triton_attention import LOG2E, _capability, _device_guard, _doc_args, _f32, _tma_ok
 
-backward = triton_attention.backward
 max_norm = triton_attention.max_norm
 
 HEAD_DIMS = (64, 128)
 # Ring depth per head dim: shared memory holds Q (128 x D) and STAGES (K, V) tile pairs.
 STAGES = {64: 3, 128: 2}
+# The backward's ring of (Q, dO) tiles per head dim, beside K, V, dS and two dQ buffers.
+BWD_STAGES = {64: 3, 128: 2}
 BLOCK_N = 128
 
 _import_error: list = []
-
+_bwd_import_error: list = []
 
 
 def _kernels():
@@ -45,6 +47,18 @@ def _kernels():
         _import_error.append(f"{type(exc).__name__}: {exc}")
         return None
     return _gluon_kernels
+
+
+def _bwd_kernels():
+    """The Gluon backward kernel module, or None when this Triton cannot build it."""
+    if _bwd_import_error or _kernels() is None:
+        return None
+    try:
+        from . import _gluon_bwd_kernels
+    except Exception as exc:  # ImportError, or an API this Triton spells differently
+        _bwd_import_error.append(f"{type(exc).__name__}: {exc}")
+        return None
+    return _gluon_bwd_kernels
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -85,7 +99,8 @@ def _descriptor(t: torch.Tensor, rows: int):
     the edges. A size-1 dim's stride is never stepped over, so it gets a 16-byte one."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    dtype = gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16
+    dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16,
+             torch.float32: gl.float32}[t.dtype]
     unit = 16 // t.element_size()
     strides = [st if n > 1 else unit for st, n in zip(t.stride(), t.shape)]
     strides[-1] = 1
@@ -135,6 +150,86 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
             HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, STAGES=STAGES[head_dim], HAS_DOC=has_doc,
             num_warps=4)
     return lse
+
+
+def _query_rows(lam: torch.Tensor, lse: torch.Tensor, do_o: torch.Tensor) -> torch.Tensor:
+    """What the Gluon backward reads per query, (B * Hq * 2, M64) float32 with M64 = M rounded up
+    to the 64-row tile: for each (b, h) a row (lam_q - lse) log2 e (lam_q = lam at the query's
+    position), then a row do_o; past M -inf and 0 (such a query gets p = 0)."""
+    batch, heads, n_queries = lse.shape
+    padded = -(-n_queries // 64) * 64
+    rows = torch.empty((batch, heads, 2, padded), dtype=torch.float32, device=lse.device)
+    rows[:, :, 0, n_queries:] = float("-inf")
+    rows[:, :, 1, n_queries:] = 0.0
+    torch.sub(lam[..., lam.shape[-1] - n_queries:], lse, out=rows[:, :, 0, :n_queries])
+    rows[:, :, 0, :n_queries].mul_(LOG2E)
+    rows[:, :, 1, :n_queries] = do_o
+    return rows.view(batch * heads * 2, padded)
+
+
+def _rows_descriptor(rows: torch.Tensor):
+    """Gluon TMA descriptor of _query_rows' buffer, read in blocks [2, 64] (both rows of a
+    (b, h) at 64 queries)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [2, 64], layout)
+
+
+def backward_fallback_reason(q: torch.Tensor, plan: Plan):
+    """Why this engine's backward hands a call (that its forward takes) to the tl kernels, or
+    None: deterministic algorithms (dq is reduced by float32 adds in any order), no queries, or
+    a Triton without the backward's Gluon pieces."""
+    if torch.are_deterministic_algorithms_enabled():
+        return "deterministic algorithms requested: the Gluon backward reduces dq in any order"
+    if q.shape[2] == 0:
+        return "no queries"
+    if (plan.block_m, plan.block_n) != (128, BLOCK_N):
+        return "the Gluon backward walks the 128 x 128 pruning grid"
+    if _bwd_kernels() is None:
+        return f"this Triton cannot build the Gluon backward: {_bwd_import_error[0]}"
+    return None
+
+
+def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
+             dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, doc=None) -> torch.Tensor:
+    """Writes dq, dk, dv through their strides and returns dlam (B, Hq, N) float32: the Gluon
+    backward (_gluon_bwd_kernels), or tl's where backward_fallback_reason names a reason."""
+    if backward_fallback_reason(q, plan):
+        return triton_attention.backward(grad_out, q, k, v, lam, out, lse, plan, scale,
+                                         dq, dk, dv, doc=doc)
+    batch, q_heads, n_queries, head_dim = q.shape
+    kv_heads, n_keys = k.shape[1], k.shape[2]
+    if not _tma_ok(grad_out):
+        grad_out = grad_out.contiguous()
+    lam = _f32(lam)
+    if lam.stride(-1) != 1:
+        lam = lam.contiguous()
+    if doc is not None and doc.stride(-1) != 1:
+        doc = doc.contiguous()
+    assert dk.stride(-1) == 1 and dv.stride(-1) == 1, "dk, dv need a unit stride along the head dim"
+    rows = _query_rows(lam, lse, triton_attention.row_dots(out, grad_out))
+    dq_acc = torch.zeros((batch, q_heads, n_queries, head_dim), dtype=torch.float32,
+                         device=q.device)
+    dlam = torch.empty((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
+    dlam_row = torch.zeros_like(dlam)
+    end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
+    doc, doc_strides, has_doc = _doc_args(doc, lam)
+    kern = _bwd_kernels()
+    grid = (-(-n_keys // BLOCK_N) * batch * kv_heads,)
+    with _device_guard(q):
+        kern._gluon_bwd_kernel[grid](
+            _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N), _descriptor(q, 64),
+            _descriptor(grad_out, 64), _descriptor(dq_acc, 64), _rows_descriptor(rows),
+            lam, dk, dv, dlam, dlam_row, end, doc,
+            lam.stride(), dk.stride(), dv.stride(), dlam.stride(), end.stride(),
+            doc_strides, dk.stride(2), dv.stride(2),
+            kv_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
+            float(scale),
+            HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
+            STAGES=BWD_STAGES[head_dim], HAS_DOC=has_doc, num_warps=8)
+    dq.copy_(dq_acc)
+    return dlam.add_(dlam_row)
 
 
 __all__ = ["forward", "backward", "unsupported_reason", "max_norm"]

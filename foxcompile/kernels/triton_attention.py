@@ -301,8 +301,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     group = q_heads // kv_heads
     qk_scale = float(scale) * LOG2E
 
-    # do_o: the row sums of dO * O (dS = P (dP - do_o)); `delta` names only ACP's threshold.
-    do_o = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
+    do_o = row_dots(out, grad_out)
     dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
@@ -310,11 +309,6 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     dkdv_tma = "dkdv" in tma and _tma_ok(q, grad_out, lam, lse, do_o)
     dq_tma = "dq" in tma and _tma_ok(k, v, lam)
     with _device_guard(q):
-        rows = 64
-        kern._row_dot_kernel[(triton_cdiv(n_queries, rows) * batch * q_heads,)](
-            out, grad_out, do_o, out.stride(), grad_out.stride(), q_heads, n_queries,
-            HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=rows, num_warps=4)
-
         def launch_dkdv(config):
             block_n, block_m, warps, stages = config
             descriptors = ((_descriptor(q, block_m, d_pad), _descriptor(grad_out, block_m, d_pad),
@@ -353,6 +347,19 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                                    q.element_size())
             _launch(kind, config, memo, launch)
     return dlam.add_(dlam_row)
+
+
+def row_dots(out: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """The row sums of dO * O, (B, H, M) float32, contiguous: dS = P (dP - do_o) in every
+    backward (`delta` names only ACP's threshold). out and grad_out: (B, H, M, D), any strides."""
+    batch, heads, n_queries, head_dim = out.shape
+    do_o = torch.empty((batch, heads, n_queries), dtype=torch.float32, device=out.device)
+    rows = 64
+    with _device_guard(out):
+        _kernels(_mode(out))._row_dot_kernel[(triton_cdiv(n_queries, rows) * batch * heads,)](
+            out, grad_out, do_o, out.stride(), grad_out.stride(), heads, n_queries,
+            HEAD_DIM=head_dim, D_PAD=_d_pad(head_dim), BLOCK_M=rows, num_warps=4)
+    return do_o
 
 
 def max_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:

@@ -1,0 +1,265 @@
+"""Gluon (sm90) backward kernel of forgetting attention with ACP: dq, dk, dv and the dS sums in
+one pass, five products per tile, asynchronous wgmma, TMA loads and TMA reduce-adds.
+
+Imported only by gluon_attention.py, and only where Triton has Gluon's Hopper pieces.
+
+Semantics as in _triton_kernels.py's _dkdv_kernel and _dq_kernel together (query i at absolute
+position P + i, P = N - M; key j visible iff j <= P + i; p_ij = exp(scale q_i.k_j + lam[P+i]
+- lam[j] - lse_i); dS = P (dP - do_o)). One program owns a block of BLOCK_N = 128 keys of one
+(b, kv head) (the pruning grid's column) and walks, for each query head of its group, the query
+tiles of TILE_M = 64 rows from the diagonal to the plan's last query block that computes the
+block (plan.end_blocks). Eight warps, no warp specialisation; per tile:
+
+    wait q_ready[s]                           (Q_t, dO_t: TMA, issued STAGES tiles ahead)
+    S^T  = K Q_t^T          } async wgmma,     each warp group owns 64 of the 128 keys
+    dP^T = V dO_t^T         } both in flight
+    wait S^T; P^T = exp2(...), masked             <- dP^T still running
+    dV += P^T dO_t          async (P^T from registers)
+    wait dP^T; dS^T = P^T (dP^T - do_o)           <- dV's product running
+    dK += dS^T Q_t          async (dS^T from registers)
+    dS^T -> shared; fence; CTA barrier
+    dQ_t = dS K             async (dS from shared; the two warp groups split the head dim)
+    wait all; scale dQ_t -> shared (two buffers); fence; barrier
+    TMA reduce-add of dQ_t into the float32 (B, Hq, M, D) buffer; TMA loads of tile t + STAGES
+
+dq is a sum over key blocks, so it is reduced in global memory (float32 adds in any order: not
+deterministic bit for bit); the TMA engine does the adds, not the warps. The dS row sums (the
+lam gradient at the queries' positions) are added with float32 atomics, the column sums (at the
+keys' positions) stored once per (head, key block).
+"""
+from triton._C.libtriton import ir
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language._core import builtin
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
+
+from ._gluon_kernels import LOG2E, _as_desc_block
+
+TILE_M = gl.constexpr(64)     # query rows per step (one wgmma M for dQ)
+BLOCK_N = gl.constexpr(128)   # keys per program: two warp groups of 64
+
+
+@builtin
+def _tma_reduce_add(desc, coord, src, _semantic=None):
+    """TMA reduce-add of the shared buffer src into desc's tensor at coord (Triton 3.6's Gluon
+    has the op but no function for it; later Tritons call it tma.async_atomic_add)."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, desc.handle, coord,
+                                              src.handle)
+
+
+@gluon.jit
+def _head_end(END, end_str, h, n_queries, GRID_M: gl.constexpr):
+    """One past the last query row whose block computes this program's key block, for head h
+    (END already at (b, key block))."""
+    return gl.minimum(gl.load(END + h * end_str[1]) * GRID_M, n_queries)
+
+
+@gluon.jit
+def _next_tile(g, q0, hi, lo, hk, group, END, end_str, n_queries, GRID_M: gl.constexpr):
+    """The tile after (head g of the group, query row q0): the next row tile of the head, else
+    the first tile [lo, ...) of the next head that has one; g == group when none is left. hi:
+    the current head's end (_head_end), returned updated."""
+    q0 += TILE_M
+    while (q0 >= hi) & (g < group):
+        g += 1
+        q0 = lo
+        hi = _head_end(END, end_str, hk * group + gl.minimum(g, group - 1), n_queries, GRID_M)
+        hi = gl.where(g < group, hi, 0)
+    return g, q0, hi
+
+
+@gluon.jit
+def _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, slot, b32,
+               h32, n_heads, q0):
+    """TMA loads of Q, dO and the per-query rows of queries [q0, q0 + 64) of (b, h) into ring
+    slot `slot`."""
+    bar = q_ready.index(slot)
+    mbarrier.expect(bar, 2 * q_desc.block_type.nbytes + rows_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [b32, h32, q0, 0], bar,
+                                    _as_desc_block(q_smem.index(slot)))
+    tma.async_copy_global_to_shared(do_desc, [b32, h32, q0, 0], bar,
+                                    _as_desc_block(do_smem.index(slot)))
+    tma.async_copy_global_to_shared(rows_desc, [(b32 * n_heads + h32) * 2, q0], bar,
+                                    rows_smem.index(slot))
+
+
+@gluon.jit(do_not_specialize=["dk_row", "dv_row", "n_queries", "n_keys"])
+def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
+                      LAM, DK, DV, DLAM, DLAM_ROW, END, DOC,
+                      lam_str, dk_str, dv_str, dlam_str, end_str, doc_str, dk_row, dv_row,
+                      n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
+                      HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
+                      STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
+    """dk, dv of one (b, kv head, block of 128 keys), summed over the group's query heads; the
+    block's share of dq (reduce-added into dq_desc's float32 (B, Hq, M, D) buffer, scaled) and
+    of the dS row sums (atomically added into DLAM_ROW (B, Hq, N) at the queries' positions);
+    the dS column sums of each head, negated, into DLAM. k, v through (B, Hk, N, D)
+    descriptors in blocks [1, 1, 128, D]; q, dO through (B, Hq, M, D) descriptors in blocks
+    [1, 1, 64, D]; rows_desc: the per-query rows (B * Hq * 2, M64) (query_rows) in blocks
+    [2, 64]. LAM, DLAM, DLAM_ROW (B, Hq, N) and DOC (B, N): unit strides along time (DLAM_ROW
+    with DLAM's strides); DK, DV: unit stride along the head dim, dk_row and dv_row their
+    strides along time."""
+    n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
+    pid = gl.program_id(0)
+    pid_n = pid % n_blocks                     # key block 0 sees every query: heavy first
+    pid_bh = pid // n_blocks
+    b = (pid_bh // n_kv_heads).to(gl.int64)
+    hk = (pid_bh % n_kv_heads).to(gl.int64)
+    n_heads = n_kv_heads * group
+    offset = n_keys - n_queries
+    key0 = pid_n * BLOCK_N
+    lo = (gl.maximum(key0 - offset, 0) // TILE_M) * TILE_M       # first tile that sees a key
+    full = gl.maximum(key0 + BLOCK_N - 1 - offset, 0)
+    mid = gl.maximum(((full + TILE_M - 1) // TILE_M) * TILE_M, lo)  # tiles before mid: masked
+    END += b * end_str[0] + (key0 // GRID_N) * end_str[2]
+    DOC += b * doc_str[0]
+
+    # S^T, dP^T: (128 keys, 64 queries); dK, dV: (128 keys, D), a warp group per 64 keys;
+    # dQ: (64 queries, D), a warp group per half of the head dim.
+    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
+                                                        instr_shape=[16, TILE_M, 16])
+    kd_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
+                                                        instr_shape=[16, HEAD_DIM, 16])
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                        instr_shape=[16, HEAD_DIM // 2, 16])
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kd_layout, k_width=2)
+    key_layout: gl.constexpr = gl.SliceLayout(1, st_layout)
+    query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
+    row_vec_layout: gl.constexpr = gl.BlockedLayout([1], [32], [8], [0])
+    dtype: gl.constexpr = k_desc.dtype
+
+    kv_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    q_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM], dtype)
+    ds_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, TILE_M], dtype)
+    k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], kv_smem_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], kv_smem_layout)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE_M, HEAD_DIM], q_smem_layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE_M, HEAD_DIM], q_smem_layout)
+    ds_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, TILE_M], ds_smem_layout)
+    rows_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 2, TILE_M], rows_desc.layout)
+    dq_smem = gl.allocate_shared_memory(gl.float32, [2, TILE_M, HEAD_DIM],
+                                        gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM],
+                                                                             gl.float32))
+    bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
+    kv_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    mbarrier.init(kv_ready, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(q_ready.index(i), count=1)
+    fence_async_shared()
+
+    b32, hk32 = b.to(gl.int32), hk.to(gl.int32)
+    mbarrier.expect(kv_ready, 2 * k_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [b32, hk32, key0, 0], kv_ready, _as_desc_block(k_smem))
+    tma.async_copy_global_to_shared(v_desc, [b32, hk32, key0, 0], kv_ready, _as_desc_block(v_smem))
+
+    # The load cursor (head lg of the group, rows lq) runs STAGES tiles ahead of the math.
+    lhi = _head_end(END, end_str, hk * group, n_queries, GRID_M)
+    lg = 0
+    lq = lo
+    if lq >= lhi:
+        lg, lq, lhi = _next_tile(lg, lo - TILE_M, lhi, lo, hk, group, END, end_str, n_queries,
+                                 GRID_M)
+    for i in gl.static_range(STAGES):
+        if lg < group:
+            _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, i, b32,
+                       (hk * group + lg).to(gl.int32), n_heads, lq)
+            lg, lq, lhi = _next_tile(lg, lq, lhi, lo, hk, group, END, end_str, n_queries, GRID_M)
+
+    offs_n = key0 + gl.arange(0, BLOCK_N, layout=key_layout)
+    n_ok = offs_n < n_keys
+    doc_k = 0
+    if HAS_DOC:
+        doc_k = gl.load(DOC + offs_n, mask=n_ok, other=-1)
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
+    mbarrier.wait(kv_ready, 0)
+
+    it = 0
+    for g in range(group):
+        h = hk * group + g
+        h32 = h.to(gl.int32)
+        LAMh = LAM + b * lam_str[0] + h * lam_str[1]
+        DLAM_ROWh = DLAM_ROW + b * dlam_str[0] + h * dlam_str[1]
+        lam_ref = gl.load(LAMh + key0)
+        lam_k = gl.load(LAMh + offs_n, mask=n_ok, other=0.0)
+        b_key = (lam_ref - lam_k) * LOG2E
+        colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+        hi = _head_end(END, end_str, h, n_queries, GRID_M)
+        for q0 in range(lo, hi, TILE_M):
+            stage = it % STAGES
+            doc_q = 0
+            if HAS_DOC:
+                pos_doc = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
+                doc_q = gl.load(DOC + pos_doc, mask=pos_doc < n_keys, other=-2)
+
+            mbarrier.wait(q_ready.index(stage), (it // STAGES) & 1)
+            q = q_smem.index(stage)
+            do = do_smem.index(stage)
+            tile_rows = rows_smem.index(stage)
+            # (accumulators made here, not kept live across the loop)
+            st = warpgroup_mma(k_smem, q.permute((1, 0)),
+                               gl.zeros([BLOCK_N, TILE_M], gl.float32, layout=st_layout),
+                               use_acc=False, is_async=True)
+            dpt = warpgroup_mma(v_smem, do.permute((1, 0)),
+                                gl.zeros([BLOCK_N, TILE_M], gl.float32, layout=st_layout),
+                                use_acc=False, is_async=True)
+            st = warpgroup_mma_wait(1, deps=(st,))
+            # exp2 first, then the masks zero P (-inf scores before exp2 gave a wrong P in the
+            # warp-specialised Gluon dk/dv kernel on Triton 3.6: docs/kernels.md)
+            # (lam_q - lse) log2 e, read where used: -inf on padded rows, so p = 0 there
+            a_row = tile_rows.slice(0, 1).load(st_layout) - lam_ref * LOG2E
+            pt = gl.exp2(st * qk_scale + gl.expand_dims(b_key, 1) + a_row)
+            if q0 < mid:
+                pos_q = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
+                pt = gl.where(gl.expand_dims(offs_n, 1) <= gl.expand_dims(pos_q, 0), pt, 0.0)
+            if HAS_DOC:
+                pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
+            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv,
+                               is_async=True)
+            dpt = warpgroup_mma_wait(1, deps=(dpt,))
+            dst = pt * (dpt - tile_rows.slice(1, 1).load(st_layout))     # do_o: row 1
+            colsum += gl.sum(dst, 1)
+            # (in a layout of one query per thread: 64-bit addresses for 16 would cost 32 registers)
+            offs_m = q0 + gl.arange(0, TILE_M, layout=row_vec_layout)
+            gl.atomic_add(DLAM_ROWh + offset + offs_m,
+                          gl.convert_layout(gl.sum(dst, 0), row_vec_layout),
+                          mask=offs_m < n_queries, sem="relaxed")
+            dst16 = dst.to(dtype)
+            dk = warpgroup_mma(gl.convert_layout(dst16, op_layout), q, dk, is_async=True)
+            ds_smem.store(dst16)
+            tma.store_wait(1)      # the reduce-add of two tiles ago has read dq_smem[it % 2]
+            fence_async_shared()
+            gl.thread_barrier()
+            dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
+                               gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
+                               use_acc=False, is_async=True)
+            dq, dk, dv = warpgroup_mma_wait(0, deps=(dq, dk, dv))
+            dq_buf = dq_smem.index(it % 2)
+            dq_buf.store(dq * scale)
+            fence_async_shared()
+            gl.thread_barrier()    # every warp's dQ part is in shared memory, and done with
+            #                        this tile's Q, dO and dS buffers
+            _tma_reduce_add(dq_desc, [b32, h32, q0, 0], _as_desc_block(dq_buf))
+            if lg < group:
+                _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready,
+                           stage, b32, (hk * group + lg).to(gl.int32), n_heads, lq)
+                lg, lq, lhi = _next_tile(lg, lq, lhi, lo, hk, group, END, end_str, n_queries,
+                                         GRID_M)
+            it += 1
+        gl.store(DLAM + b * dlam_str[0] + h * dlam_str[1] + offs_n, -colsum, mask=n_ok)
+
+    tma.store_wait(0)
+    kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
+    kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)
+    rows = key0 + gl.arange(0, BLOCK_N, layout=kd_rows)
+    cols = gl.arange(0, HEAD_DIM, layout=kd_cols)
+    ok = gl.expand_dims(rows < n_keys, 1)
+    DKb = DK + b * dk_str[0] + hk * dk_str[1]
+    DVb = DV + b * dv_str[0] + hk * dv_str[1]
+    gl.store(DKb + gl.expand_dims(rows.to(gl.int64) * dk_row, 1) + gl.expand_dims(cols, 0),
+             (dk * scale).to(DK.dtype.element_ty), mask=ok)
+    gl.store(DVb + gl.expand_dims(rows.to(gl.int64) * dv_row, 1) + gl.expand_dims(cols, 0),
+             dv.to(DV.dtype.element_ty), mask=ok)
