@@ -10,7 +10,7 @@
 # Triton and Inductor caches go to .tcache/ (git-ignored), kept while the machine stays warm.
 # ab: bench_attention once per variant of AB (space-separated NAME:ENV=VALUE[+ENV=VALUE]), e.g.
 #   AB="ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1", foxcompile and cuDNN rows only, into
-#   $OUT/ab/NAME.json (cuDNN is timed in each, as the same-run baseline).
+#   $OUT/ab/NAME.json (cuDNN is timed in each, as the same-run baseline); AB_SKIP=key,... leaves more rows out.
 # decode: benchmarks/bench_decode_kernel.py (decode attention alone) into $OUT/decode_kernel.json.
 # gendecode: benchmarks/bench_decode.py (whole-model decoding) once per ';'-separated argument
 #   list of GEN_DECODE (each run's --out is $OUT/gendecode_N.json), logs in $OUT/gendecode.log.
@@ -101,7 +101,7 @@ for step in $steps; do
         name=${variant%%:*}; envs=${variant#*:}
         stamp "variant $name ($envs)"
         env ${envs//+/ } timeout 300 $PY benchmarks/bench_attention.py --json "$OUT/ab/$name.json" \
-          ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op > "$OUT/ab/$name.log" 2>&1
+          ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op${AB_SKIP:+,$AB_SKIP} > "$OUT/ab/$name.log" 2>          ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op > "$OUT/ab/$name.log" 2>&11
         grep -E "^B[0-9]" "$OUT/ab/$name.log" | grep -E "foxcompile|cuDNN" | grep -v skipped
         grep -E "Error|error" "$OUT/ab/$name.log" | head -3
       done

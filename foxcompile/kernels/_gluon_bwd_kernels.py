@@ -71,6 +71,39 @@ def _next_tile(g, q0, hi, lo, hk, group, END, end_str, n_queries, GRID_M: gl.con
 
 
 @gluon.jit
+def _first_tile(lo, hk, group, END, end_str, n_queries, GRID_M: gl.constexpr):
+    """(head g of the group, query row q0, that head's end) of the first tile; g == group when
+    no head has one."""
+    hi = _head_end(END, end_str, hk * group, n_queries, GRID_M)
+    g = 0
+    q0 = lo
+    if q0 >= hi:
+        g, q0, hi = _next_tile(g, lo - TILE_M, hi, lo, hk, group, END, end_str, n_queries,
+                               GRID_M)
+    return g, q0, hi
+
+
+@gluon.jit
+def _head_keys(LAM, lam_str, b, h, key0, offs_n, n_ok):
+    """lam_ref = lam[key0] and the keys' bias (lam_ref - lam_j) log2 e of head h."""
+    LAMh = LAM + b * lam_str[0] + h * lam_str[1]
+    lam_ref = gl.load(LAMh + key0)
+    lam_k = gl.load(LAMh + offs_n, mask=n_ok, other=0.0)
+    return lam_ref, (lam_ref - lam_k) * LOG2E
+
+
+@gluon.jit
+def _issue_scores(k_smem, v_smem, q, do, st_layout: gl.constexpr):
+    """S^T = K Q^T and dP^T = V dO^T, both asynchronous (two wgmma groups)."""
+    shape: gl.constexpr = [k_smem.shape[0], q.shape[0]]
+    st = warpgroup_mma(k_smem, q.permute((1, 0)), gl.zeros(shape, gl.float32, layout=st_layout),
+                       use_acc=False, is_async=True)
+    dpt = warpgroup_mma(v_smem, do.permute((1, 0)), gl.zeros(shape, gl.float32, layout=st_layout),
+                        use_acc=False, is_async=True)
+    return st, dpt
+
+
+@gluon.jit
 def _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, slot, b32,
                h32, n_heads, q0):
     """TMA loads of Q, dO and the per-query rows of queries [q0, q0 + 64) of (b, h) into ring
@@ -91,7 +124,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
                       lam_str, dk_str, dv_str, dlam_str, end_str, doc_str, dk_row, dv_row,
                       n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                       HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
-                      STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
+                      STAGES: gl.constexpr, HAS_DOC: gl.constexpr, VARIANT: gl.constexpr = 0):
     """dk, dv of one (b, kv head, block of 128 keys), summed over the group's query heads; the
     block's share of dq (reduce-added into dq_desc's float32 (B, Hq, M, D) buffer, scaled) and
     of the dS row sums (atomically added into DLAM_ROW (B, Hq, N) at the queries' positions);
@@ -155,18 +188,15 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
     tma.async_copy_global_to_shared(k_desc, [b32, hk32, key0, 0], kv_ready, _as_desc_block(k_smem))
     tma.async_copy_global_to_shared(v_desc, [b32, hk32, key0, 0], kv_ready, _as_desc_block(v_smem))
 
-    # The load cursor (head lg of the group, rows lq) runs STAGES tiles ahead of the math.
-    lhi = _head_end(END, end_str, hk * group, n_queries, GRID_M)
-    lg = 0
-    lq = lo
-    if lq >= lhi:
-        lg, lq, lhi = _next_tile(lg, lo - TILE_M, lhi, lo, hk, group, END, end_str, n_queries,
-                                 GRID_M)
+    # Two cursors over the tiles (head g of the group, query rows q0): the loads run STAGES
+    # tiles ahead of the math.
+    lg, lq, lhi = _first_tile(lo, hk, group, END, end_str, n_queries, GRID_M)
     for i in gl.static_range(STAGES):
         if lg < group:
             _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, i, b32,
                        (hk * group + lg).to(gl.int32), n_heads, lq)
             lg, lq, lhi = _next_tile(lg, lq, lhi, lo, hk, group, END, end_str, n_queries, GRID_M)
+    g, q0, hi = _first_tile(lo, hk, group, END, end_str, n_queries, GRID_M)
 
     offs_n = key0 + gl.arange(0, BLOCK_N, layout=key_layout)
     n_ok = offs_n < n_keys
@@ -175,81 +205,90 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
         doc_k = gl.load(DOC + offs_n, mask=n_ok, other=-1)
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
+    colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+    lam_ref, b_key = _head_keys(LAM, lam_str, b, hk * group + gl.minimum(g, group - 1), key0,
+                                offs_n, n_ok)
     mbarrier.wait(kv_ready, 0)
 
+    # Tile t's S^T and dP^T are issued at the end of tile t - 1 (before its dK and dQ are waited
+    # for), so the tensor cores have work while dQ goes to shared memory. The issue is
+    # unconditional (past the last tile it multiplies a stale buffer, and the results are
+    # dropped); only the wait for the tile's loads needs a tile.
+    if g < group:
+        mbarrier.wait(q_ready.index(0), 0)
+    st, dpt = _issue_scores(k_smem, v_smem, q_smem.index(0), do_smem.index(0), st_layout)
     it = 0
-    for g in range(group):
+    while g < group:
+        stage = it % STAGES
         h = hk * group + g
-        h32 = h.to(gl.int32)
-        LAMh = LAM + b * lam_str[0] + h * lam_str[1]
-        DLAM_ROWh = DLAM_ROW + b * dlam_str[0] + h * dlam_str[1]
-        lam_ref = gl.load(LAMh + key0)
-        lam_k = gl.load(LAMh + offs_n, mask=n_ok, other=0.0)
-        b_key = (lam_ref - lam_k) * LOG2E
-        colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
-        hi = _head_end(END, end_str, h, n_queries, GRID_M)
-        for q0 in range(lo, hi, TILE_M):
-            stage = it % STAGES
-            doc_q = 0
-            if HAS_DOC:
-                pos_doc = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
-                doc_q = gl.load(DOC + pos_doc, mask=pos_doc < n_keys, other=-2)
+        q = q_smem.index(stage)
+        do = do_smem.index(stage)
+        tile_rows = rows_smem.index(stage)
+        doc_q = 0
+        if HAS_DOC:
+            pos_doc = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
+            doc_q = gl.load(DOC + pos_doc, mask=pos_doc < n_keys, other=-2)
 
-            mbarrier.wait(q_ready.index(stage), (it // STAGES) & 1)
-            q = q_smem.index(stage)
-            do = do_smem.index(stage)
-            tile_rows = rows_smem.index(stage)
-            # (accumulators made here, not kept live across the loop)
-            st = warpgroup_mma(k_smem, q.permute((1, 0)),
-                               gl.zeros([BLOCK_N, TILE_M], gl.float32, layout=st_layout),
-                               use_acc=False, is_async=True)
-            dpt = warpgroup_mma(v_smem, do.permute((1, 0)),
-                                gl.zeros([BLOCK_N, TILE_M], gl.float32, layout=st_layout),
-                                use_acc=False, is_async=True)
-            st = warpgroup_mma_wait(1, deps=(st,))
-            # exp2 first, then the masks zero P (-inf scores before exp2 gave a wrong P in the
-            # warp-specialised Gluon dk/dv kernel on Triton 3.6: docs/kernels.md)
-            # (lam_q - lse) log2 e, read where used: -inf on padded rows, so p = 0 there
-            a_row = tile_rows.slice(0, 1).load(st_layout) - lam_ref * LOG2E
-            pt = gl.exp2(st * qk_scale + gl.expand_dims(b_key, 1) + a_row)
-            if q0 < mid:
-                pos_q = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
-                pt = gl.where(gl.expand_dims(offs_n, 1) <= gl.expand_dims(pos_q, 0), pt, 0.0)
-            if HAS_DOC:
-                pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
-            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv,
-                               is_async=True)
-            dpt = warpgroup_mma_wait(1, deps=(dpt,))
-            dst = pt * (dpt - tile_rows.slice(1, 1).load(st_layout))     # do_o: row 1
-            colsum += gl.sum(dst, 1)
-            # (in a layout of one query per thread: 64-bit addresses for 16 would cost 32 registers)
-            offs_m = q0 + gl.arange(0, TILE_M, layout=row_vec_layout)
-            gl.atomic_add(DLAM_ROWh + offset + offs_m,
+        st = warpgroup_mma_wait(1, deps=(st,))
+        # (lam_q - lse) log2 e, read where used: -inf on padded rows, so p = 0 there. exp2
+        # first, then the masks zero P (-inf scores before exp2 gave a wrong P in the
+        # warp-specialised Gluon dk/dv kernel on Triton 3.6: docs/kernels.md)
+        a_row = tile_rows.slice(0, 1).load(st_layout) - lam_ref * LOG2E
+        pt = gl.exp2(st * qk_scale + gl.expand_dims(b_key, 1) + a_row)
+        if q0 < mid:
+            pos_q = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
+            pt = gl.where(gl.expand_dims(offs_n, 1) <= gl.expand_dims(pos_q, 0), pt, 0.0)
+        if HAS_DOC:
+            pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
+        dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
+        dpt = warpgroup_mma_wait(1, deps=(dpt,))
+        dst = pt * (dpt - tile_rows.slice(1, 1).load(st_layout))     # do_o: row 1
+        colsum += gl.sum(dst, 1)
+        # (in a layout of one query per thread: 64-bit addresses for 16 would cost 32 registers)
+        offs_m = q0 + gl.arange(0, TILE_M, layout=row_vec_layout)
+        if VARIANT != 1:
+            gl.atomic_add(DLAM_ROW + b * dlam_str[0] + h * dlam_str[1] + offset + offs_m,
                           gl.convert_layout(gl.sum(dst, 0), row_vec_layout),
                           mask=offs_m < n_queries, sem="relaxed")
-            dst16 = dst.to(dtype)
-            dk = warpgroup_mma(gl.convert_layout(dst16, op_layout), q, dk, is_async=True)
-            ds_smem.store(dst16)
-            tma.store_wait(1)      # the reduce-add of two tiles ago has read dq_smem[it % 2]
-            fence_async_shared()
-            gl.thread_barrier()
-            dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
-                               gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
-                               use_acc=False, is_async=True)
-            dq, dk, dv = warpgroup_mma_wait(0, deps=(dq, dk, dv))
-            dq_buf = dq_smem.index(it % 2)
+        dst16 = dst.to(dtype)
+        dk = warpgroup_mma(gl.convert_layout(dst16, op_layout), q, dk, is_async=True)
+        ds_smem.store(dst16)
+        tma.store_wait(1)      # the reduce-add of two tiles ago has read dq_smem[it % 2]
+        fence_async_shared()
+        gl.thread_barrier()
+        dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
+                           gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
+                           use_acc=False, is_async=True)
+
+        next_g, next_q0, next_hi = _next_tile(g, q0, hi, lo, hk, group, END, end_str, n_queries,
+                                              GRID_M)
+        next_stage = (it + 1) % STAGES
+        if next_g < group:
+            mbarrier.wait(q_ready.index(next_stage), ((it + 1) // STAGES) & 1)
+        st, dpt = _issue_scores(k_smem, v_smem, q_smem.index(next_stage),
+                                do_smem.index(next_stage), st_layout)
+        dq, dk, dv = warpgroup_mma_wait(2, deps=(dq, dk, dv))
+        dq_buf = dq_smem.index(it % 2)
+        if VARIANT != 2:
             dq_buf.store(dq * scale)
-            fence_async_shared()
-            gl.thread_barrier()    # every warp's dQ part is in shared memory, and done with
-            #                        this tile's Q, dO and dS buffers
-            _tma_reduce_add(dq_desc, [b32, h32, q0, 0], _as_desc_block(dq_buf))
-            if lg < group:
-                _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready,
-                           stage, b32, (hk * group + lg).to(gl.int32), n_heads, lq)
-                lg, lq, lhi = _next_tile(lg, lq, lhi, lo, hk, group, END, end_str, n_queries,
-                                         GRID_M)
-            it += 1
-        gl.store(DLAM + b * dlam_str[0] + h * dlam_str[1] + offs_n, -colsum, mask=n_ok)
+        fence_async_shared()
+        gl.thread_barrier()    # every warp's dQ part is in shared memory, and done with this
+        #                        tile's Q, dO and dS buffers
+        if VARIANT != 2:
+            _tma_reduce_add(dq_desc, [b32, h.to(gl.int32), q0, 0], _as_desc_block(dq_buf))
+        if lg < group:         # refill this tile's slot
+            _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, stage,
+                       b32, (hk * group + lg).to(gl.int32), n_heads, lq)
+            lg, lq, lhi = _next_tile(lg, lq, lhi, lo, hk, group, END, end_str, n_queries, GRID_M)
+        if next_g != g:        # the head's last tile: its dS column sums
+            gl.store(DLAM + b * dlam_str[0] + h * dlam_str[1] + offs_n, -colsum, mask=n_ok)
+            colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+            lam_ref, b_key = _head_keys(LAM, lam_str, b,
+                                        hk * group + gl.minimum(next_g, group - 1), key0,
+                                        offs_n, n_ok)
+        g, q0, hi = next_g, next_q0, next_hi
+        it += 1
+    st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
 
     tma.store_wait(0)
     kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)

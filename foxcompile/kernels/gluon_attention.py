@@ -211,7 +211,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     rows = _query_rows(lam, lse, triton_attention.row_dots(out, grad_out))
     dq_acc = torch.zeros((batch, q_heads, n_queries, head_dim), dtype=torch.float32,
                          device=q.device)
-    dlam = torch.empty((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
+    # (zeros: the kernel writes only the heads that compute some tile of a key block)
+    dlam = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
     dlam_row = torch.zeros_like(dlam)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
@@ -227,7 +228,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             kv_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
-            STAGES=BWD_STAGES[head_dim], HAS_DOC=has_doc, num_warps=8)
+            STAGES=BWD_STAGES[head_dim], HAS_DOC=has_doc, num_warps=8,
+            VARIANT=int(__import__("os").environ.get("GLUON_BWD_VARIANT", "0")))
     dq.copy_(dq_acc)
     return dlam.add_(dlam_row)
 
