@@ -101,7 +101,7 @@ for step in $steps; do
         name=${variant%%:*}; envs=${variant#*:}
         stamp "variant $name ($envs)"
         env ${envs//+/ } timeout 300 $PY benchmarks/bench_attention.py --json "$OUT/ab/$name.json" \
-          ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op${AB_SKIP:+,$AB_SKIP} > "$OUT/ab/$name.log" 2>          ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op > "$OUT/ab/$name.log" 2>&11
+          ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op${AB_SKIP:+,$AB_SKIP} > "$OUT/ab/$name.log" 2>&1
         grep -E "^B[0-9]" "$OUT/ab/$name.log" | grep -E "foxcompile|cuDNN" | grep -v skipped
         grep -E "Error|error" "$OUT/ab/$name.log" | head -3
       done
