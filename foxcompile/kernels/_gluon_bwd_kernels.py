@@ -172,7 +172,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE_M, HEAD_DIM], q_smem_layout)
     ds_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, TILE_M], ds_smem_layout)
     rows_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 2, TILE_M], rows_desc.layout)
-    dq_smem = gl.allocate_shared_memory(gl.float32, [2, TILE_M, HEAD_DIM],
+    dq_smem = gl.allocate_shared_memory(gl.float32, [TILE_M, HEAD_DIM],
                                         gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM],
                                                                              gl.float32))
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
@@ -210,14 +210,23 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
                                 offs_n, n_ok)
     mbarrier.wait(kv_ready, 0)
 
-    # Tile t's S^T and dP^T are issued at the end of tile t - 1 (before its dK and dQ are waited
-    # for), so the tensor cores have work while dQ goes to shared memory. The issue is
-    # unconditional (past the last tile it multiplies a stale buffer, and the results are
-    # dropped); only the wait for the tile's loads needs a tile.
+    # The products are issued in the order ... dV_{t-1} | S_t, dP_t, dK_{t-1}, dQ_{t-1} | dV_t
+    # ..., and wgmma groups complete in issue order: tile t's exp and dS run while the tensor
+    # cores still work on tile t - 1's dK and dQ. Before tile 0, dV_{-1} and dK_{-1} add zeros
+    # and dQ_{-1} is dropped. S and dP are issued unconditionally (past the last tile they
+    # multiply a stale buffer and are dropped); only the wait for a tile's loads needs the tile.
+    zero_op = gl.zeros([BLOCK_N, TILE_M], dtype, layout=op_layout)
+    dv = warpgroup_mma(zero_op, do_smem.index(0), dv, is_async=True)
     if g < group:
         mbarrier.wait(q_ready.index(0), 0)
     st, dpt = _issue_scores(k_smem, v_smem, q_smem.index(0), do_smem.index(0), st_layout)
+    dk = warpgroup_mma(zero_op, q_smem.index(0), dk, is_async=True)
+    dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
+                       gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
+                       use_acc=False, is_async=True)
     it = 0
+    prev_h = hk * group
+    prev_q0 = lo
     while g < group:
         stage = it % STAGES
         h = hk * group + g
@@ -229,7 +238,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
             pos_doc = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
             doc_q = gl.load(DOC + pos_doc, mask=pos_doc < n_keys, other=-2)
 
-        st = warpgroup_mma_wait(1, deps=(st,))
+        st, dv = warpgroup_mma_wait(3, deps=(st, dv))  # pending: dP_t, dK_{t-1}, dQ_{t-1}
         # (lam_q - lse) log2 e, read where used: -inf on padded rows, so p = 0 there. exp2
         # first, then the masks zero P (-inf scores before exp2 gave a wrong P in the
         # warp-specialised Gluon dk/dv kernel on Triton 3.6: docs/kernels.md)
@@ -241,7 +250,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
         if HAS_DOC:
             pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
         dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
-        dpt = warpgroup_mma_wait(1, deps=(dpt,))
+        dpt = warpgroup_mma_wait(3, deps=(dpt,))     # pending after: dK_{t-1}, dQ_{t-1}, dV_t
         dst = pt * (dpt - tile_rows.slice(1, 1).load(st_layout))     # do_o: row 1
         colsum += gl.sum(dst, 1)
         # (in a layout of one query per thread: 64-bit addresses for 16 would cost 32 registers)
@@ -251,15 +260,24 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
                           gl.convert_layout(gl.sum(dst, 0), row_vec_layout),
                           mask=offs_m < n_queries, sem="relaxed")
         dst16 = dst.to(dtype)
-        dk = warpgroup_mma(gl.convert_layout(dst16, op_layout), q, dk, is_async=True)
-        ds_smem.store(dst16)
-        tma.store_wait(1)      # the reduce-add of two tiles ago has read dq_smem[it % 2]
-        fence_async_shared()
-        gl.thread_barrier()
-        dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
-                           gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
-                           use_acc=False, is_async=True)
 
+        # tile t - 1's dQ: to shared memory and reduce-added (its dS buffer is then free)
+        dk, dq = warpgroup_mma_wait(1, deps=(dk, dq))
+        tma.store_wait(0)          # the previous reduce-add has read dq_smem
+        if VARIANT != 2:
+            dq_smem.store(dq * scale)
+        ds_smem.store(dst16)
+        fence_async_shared()
+        gl.thread_barrier()        # both halves of dS_t and all of dQ_{t-1} in shared memory
+        if (it > 0) & (VARIANT != 2):
+            _tma_reduce_add(dq_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
+                            _as_desc_block(dq_smem))
+
+        if lg < group:             # refill the slot of tile t - 1, read by now
+            _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready,
+                       (it + STAGES - 1) % STAGES, b32, (hk * group + lg).to(gl.int32),
+                       n_heads, lq)
+            lg, lq, lhi = _next_tile(lg, lq, lhi, lo, hk, group, END, end_str, n_queries, GRID_M)
         next_g, next_q0, next_hi = _next_tile(g, q0, hi, lo, hk, group, END, end_str, n_queries,
                                               GRID_M)
         next_stage = (it + 1) % STAGES
@@ -267,29 +285,31 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
             mbarrier.wait(q_ready.index(next_stage), ((it + 1) // STAGES) & 1)
         st, dpt = _issue_scores(k_smem, v_smem, q_smem.index(next_stage),
                                 do_smem.index(next_stage), st_layout)
-        dq, dk, dv = warpgroup_mma_wait(2, deps=(dq, dk, dv))
-        dq_buf = dq_smem.index(it % 2)
-        if VARIANT != 2:
-            dq_buf.store(dq * scale)
-        fence_async_shared()
-        gl.thread_barrier()    # every warp's dQ part is in shared memory, and done with this
-        #                        tile's Q, dO and dS buffers
-        if VARIANT != 2:
-            _tma_reduce_add(dq_desc, [b32, h.to(gl.int32), q0, 0], _as_desc_block(dq_buf))
-        if lg < group:         # refill this tile's slot
-            _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, stage,
-                       b32, (hk * group + lg).to(gl.int32), n_heads, lq)
-            lg, lq, lhi = _next_tile(lg, lq, lhi, lo, hk, group, END, end_str, n_queries, GRID_M)
-        if next_g != g:        # the head's last tile: its dS column sums
+        # dS^T from shared memory for both (registers holding it would stay live across the
+        # next tile's exp, until dK's product completes)
+        dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
+        dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
+                           gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
+                           use_acc=False, is_async=True)
+        if next_g != g:            # the head's last tile: its dS column sums
             gl.store(DLAM + b * dlam_str[0] + h * dlam_str[1] + offs_n, -colsum, mask=n_ok)
             colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
             lam_ref, b_key = _head_keys(LAM, lam_str, b,
                                         hk * group + gl.minimum(next_g, group - 1), key0,
                                         offs_n, n_ok)
+        prev_h = h
+        prev_q0 = q0
         g, q0, hi = next_g, next_q0, next_hi
         it += 1
-    st, dpt = warpgroup_mma_wait(0, deps=(st, dpt))
 
+    st, dpt, dk, dq, dv = warpgroup_mma_wait(0, deps=(st, dpt, dk, dq, dv))
+    if it > 0:                     # the last tile's dQ
+        tma.store_wait(0)
+        dq_smem.store(dq * scale)
+        fence_async_shared()
+        gl.thread_barrier()
+        _tma_reduce_add(dq_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
+                        _as_desc_block(dq_smem))
     tma.store_wait(0)
     kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
     kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)
