@@ -272,10 +272,12 @@ def test_engine_choice(monkeypatch):
     assert kernels.engine_name(q(1).double(), k.double(), k.double()) == "reference"
     monkeypatch.setenv("FOXCOMPILE_ENGINE", "auto")
     assert kernels.engine_name(q(1), k, k) == "decode"
-    assert not kernels.gluon_attention.preferred(q(300), k, k)       # CPU tensors
-    monkeypatch.setenv("FOXCOMPILE_ENGINE", "gluon")               # sm90 only: tl on the CPU
-    assert kernels.engine_name(q(300, heads=2), k, k) == "tl"
-    assert kernels.engine_name(q(300).double(), k.double(), k.double()) == "reference"
+    for direction in ("forward", "backward"):                     # CPU tensors
+        assert not kernels.gluon_attention.preferred(q(300), k, k, direction)
+    for name in ("gluon", "gluon-fwd", "gluon-bwd"):               # sm90 only: tl on the CPU
+        monkeypatch.setenv("FOXCOMPILE_ENGINE", name)
+        assert kernels.engine_name(q(300, heads=2), k, k) == "tl"
+        assert kernels.engine_name(q(300).double(), k.double(), k.double()) == "reference"
     monkeypatch.setenv("FOXCOMPILE_ENGINE", "gluon-someday")
     with pytest.raises(ValueError, match="FOXCOMPILE_ENGINE"):
         kernels.engine_for(q(1), k, k)

@@ -7,15 +7,17 @@ max_norm; reference.py runs anything and has no unsupported_reason):
 
     reference          reference.py          blockwise PyTorch
     tl                 triton_attention.py   the Triton prefill kernels (forward, dq, dk/dv)
-    gluon              gluon_attention.py    Hopper (sm90) forward in Triton's Gluon dialect, the tl
-                                             backward; bf16/fp16, head dims 64 and 128
+    gluon              gluon_attention.py    Hopper (sm90) forward and backward in Triton's Gluon
+                                             dialect; bf16/fp16, head dims 64 and 128
+    gluon-fwd          gluon_attention.py    the Gluon forward, the tl backward
+    gluon-bwd          gluon_attention.py    the tl forward, the Gluon backward
     decode             decode.py             split-K decode forward for few queries (M x G <= 64
                                              by default), the tl backward
 
 engine_for(q, k, v) picks one per call: FOXCOMPILE_ENGINE (auto, or an engine's name; read at
 each call, parsed by requested_engine() only) names the engine to try first, `auto` lets
 _automatic() choose from the shapes; an engine that cannot run the inputs hands them to its
-fallback (decode, gluon -> tl -> reference), so a forced engine never makes a call fail. A new engine is
+fallback (decode, gluon* -> tl -> reference), so a forced engine never makes a call fail. A new engine is
 one more ENGINES entry (and, to be chosen automatically, a line in _automatic).
 
 may_prune(q, k) says whether a call of these shapes prunes at all: decoding-sized calls do not,
@@ -50,6 +52,8 @@ ENGINES = {
     "reference": Engine(reference, None),
     "tl": Engine(triton_attention, "reference"),
     "gluon": Engine(gluon_attention, "tl"),
+    "gluon-fwd": Engine(gluon_attention.forward_only, "tl"),
+    "gluon-bwd": Engine(gluon_attention.backward_only, "tl"),
     "decode": Engine(decode, "tl"),
 }
 
@@ -90,12 +94,15 @@ def may_prune(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 def _automatic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
     """The engine to try first when none is requested: decode for a few query rows per kv head
-    (decode.preferred: M x G <= DECODE_ROWS), else the prefill kernels: the Gluon forward
-    where it was measured faster than tl's (gluon_attention.preferred: sm90, head dim 128), tl
-    elsewhere."""
+    (decode.preferred: M x G <= DECODE_ROWS), else the prefill kernels: in each direction the
+    Gluon kernel where it was measured faster than tl's (gluon_attention.preferred: sm90 and
+    its table of head dims), tl elsewhere."""
     if decode.preferred(q, k, v):
         return "decode"
-    return "gluon" if gluon_attention.preferred(q, k, v) else "tl"
+    gluon = (gluon_attention.preferred(q, k, v, "forward"),
+             gluon_attention.preferred(q, k, v, "backward"))
+    return {(True, True): "gluon", (True, False): "gluon-fwd", (False, True): "gluon-bwd",
+            (False, False): "tl"}[gluon]
 
 
 def engine_name(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:

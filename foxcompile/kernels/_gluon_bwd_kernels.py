@@ -119,7 +119,7 @@ def _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, 
 
 
 @gluon.jit(do_not_specialize=["dk_row", "dv_row", "n_queries", "n_keys"])
-def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
+def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_desc,
                       LAM, DK, DV, DLAM, DLAM_ROW, END, DOC,
                       lam_str, dk_str, dv_str, dlam_str, end_str, doc_str, dk_row, dv_row,
                       n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
@@ -175,6 +175,17 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
     dq_smem = gl.allocate_shared_memory(gl.float32, [TILE_M, HEAD_DIM],
                                         gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM],
                                                                              gl.float32))
+    ROWSUM_MMA: gl.constexpr = VARIANT == 3
+    if ROWSUM_MMA:
+        rs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                            instr_shape=[16, 8, 16])
+        ones_smem = gl.allocate_shared_memory(
+            dtype, [BLOCK_N, 16], gl.NVMMASharedLayout.get_default_for([BLOCK_N, 16], dtype))
+        ones_smem.store(gl.full([BLOCK_N, 16], 1.0, dtype,
+                                layout=gl.BlockedLayout([1, 8], [16, 2], [8, 1], [1, 0])))
+        rs_smem = gl.allocate_shared_memory(
+            gl.float32, [TILE_M, 16], gl.NVMMASharedLayout.get_default_for([TILE_M, 16],
+                                                                            gl.float32))
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
     kv_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
@@ -182,6 +193,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
     for i in gl.static_range(STAGES):
         mbarrier.init(q_ready.index(i), count=1)
     fence_async_shared()
+    gl.thread_barrier()
 
     b32, hk32 = b.to(gl.int32), hk.to(gl.int32)
     mbarrier.expect(kv_ready, 2 * k_desc.block_type.nbytes)
@@ -224,6 +236,10 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
     dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
                        gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
                        use_acc=False, is_async=True)
+    if ROWSUM_MMA:
+        rs = warpgroup_mma(ds_smem.permute((1, 0)), ones_smem,
+                           gl.zeros([TILE_M, 16], gl.float32, layout=rs_layout),
+                           use_acc=False, is_async=True)
     it = 0
     prev_h = hk * group
     prev_q0 = lo
@@ -238,7 +254,10 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
             pos_doc = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
             doc_q = gl.load(DOC + pos_doc, mask=pos_doc < n_keys, other=-2)
 
-        st, dv = warpgroup_mma_wait(3, deps=(st, dv))  # pending: dP_t, dK_{t-1}, dQ_{t-1}
+        if ROWSUM_MMA:
+            st, dv = warpgroup_mma_wait(4, deps=(st, dv))
+        else:
+            st, dv = warpgroup_mma_wait(3, deps=(st, dv))  # pending: dP_t, dK_{t-1}, dQ_{t-1}
         # (lam_q - lse) log2 e, read where used: -inf on padded rows, so p = 0 there. exp2
         # first, then the masks zero P (-inf scores before exp2 gave a wrong P in the
         # warp-specialised Gluon dk/dv kernel on Triton 3.6: docs/kernels.md)
@@ -250,12 +269,15 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
         if HAS_DOC:
             pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
         dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
-        dpt = warpgroup_mma_wait(3, deps=(dpt,))     # pending after: dK_{t-1}, dQ_{t-1}, dV_t
+        if ROWSUM_MMA:
+            dpt = warpgroup_mma_wait(4, deps=(dpt,))
+        else:
+            dpt = warpgroup_mma_wait(3, deps=(dpt,))     # pending: dK_{t-1}, dQ_{t-1}, dV_t
         dst = pt * (dpt - tile_rows.slice(1, 1).load(st_layout))     # do_o: row 1
         colsum += gl.sum(dst, 1)
         # (in a layout of one query per thread: 64-bit addresses for 16 would cost 32 registers)
         offs_m = q0 + gl.arange(0, TILE_M, layout=row_vec_layout)
-        if VARIANT != 1:
+        if (VARIANT != 1) & (VARIANT != 3):
             gl.atomic_add(DLAM_ROW + b * dlam_str[0] + h * dlam_str[1] + offset + offs_m,
                           gl.convert_layout(gl.sum(dst, 0), row_vec_layout),
                           mask=offs_m < n_queries, sem="relaxed")
@@ -266,12 +288,18 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
         tma.store_wait(0)          # the previous reduce-add has read dq_smem
         if VARIANT != 2:
             dq_smem.store(dq * scale)
+        if ROWSUM_MMA:
+            rs = warpgroup_mma_wait(1, deps=(rs,))
+            rs_smem.store(rs)
         ds_smem.store(dst16)
         fence_async_shared()
         gl.thread_barrier()        # both halves of dS_t and all of dQ_{t-1} in shared memory
         if (it > 0) & (VARIANT != 2):
             _tma_reduce_add(dq_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
                             _as_desc_block(dq_smem))
+            if ROWSUM_MMA:
+                _tma_reduce_add(rs_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
+                                _as_desc_block(rs_smem))
 
         if lg < group:             # refill the slot of tile t - 1, read by now
             _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready,
@@ -291,6 +319,10 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
         dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
                            gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
                            use_acc=False, is_async=True)
+        if ROWSUM_MMA:
+            rs = warpgroup_mma(ds_smem.permute((1, 0)), ones_smem,
+                               gl.zeros([TILE_M, 16], gl.float32, layout=rs_layout),
+                               use_acc=False, is_async=True)
         if next_g != g:            # the head's last tile: its dS column sums
             gl.store(DLAM + b * dlam_str[0] + h * dlam_str[1] + offs_n, -colsum, mask=n_ok)
             colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
@@ -303,13 +335,20 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc,
         it += 1
 
     st, dpt, dk, dq, dv = warpgroup_mma_wait(0, deps=(st, dpt, dk, dq, dv))
+    if ROWSUM_MMA:
+        rs = warpgroup_mma_wait(0, deps=(rs,))
     if it > 0:                     # the last tile's dQ
         tma.store_wait(0)
         dq_smem.store(dq * scale)
+        if ROWSUM_MMA:
+            rs_smem.store(rs)
         fence_async_shared()
         gl.thread_barrier()
         _tma_reduce_add(dq_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
                         _as_desc_block(dq_smem))
+        if ROWSUM_MMA:
+            _tma_reduce_add(rs_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
+                            _as_desc_block(rs_smem))
     tma.store_wait(0)
     kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
     kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)

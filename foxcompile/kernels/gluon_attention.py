@@ -17,6 +17,8 @@ about a CUDA tensor on an sm90 GPU: its API moves between Triton versions, and a
 it (or with an API this module does not know) leaves the engine unsupported, never the package
 unimportable.
 """
+import types
+
 import torch
 
 from . import plan as plan_mod
@@ -82,15 +84,18 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return None
 
 
-# Head dims where the Gluon forward beat tl's on an H100 (docs/kernels.md, "The Gluon engine":
-# 2.06 against 2.55 ms at B1-T16384-H16-D128; at D = 64 a tie at 16k and slower at 4k).
-PREFERRED_HEAD_DIMS = (128,)
+# Head dims where each Gluon kernel beat tl's on an H100, by direction (docs/kernels.md, "The
+# Gluon engine"): the forward at 128 (2.06 against 2.55 ms at B1-T16384-H16-D128; at D = 64 a
+# tie at 16k and slower at 4k); the backward nowhere yet.
+PREFERRED_HEAD_DIMS = {"forward": (128,), "backward": ()}
 
 
-def preferred(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the automatic engine choice should take this engine for these inputs (it then
-    still falls back to tl when unsupported_reason names a reason)."""
-    return (q.device.type == "cuda" and q.dim() == 4 and q.shape[-1] in PREFERRED_HEAD_DIMS
+def preferred(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, direction: str) -> bool:
+    """Whether the automatic engine choice should take this engine's kernel of `direction`
+    ("forward" or "backward") for these inputs (it then still falls back to tl when
+    unsupported_reason names a reason)."""
+    return (q.device.type == "cuda" and q.dim() == 4
+            and q.shape[-1] in PREFERRED_HEAD_DIMS[direction]
             and _capability(q.device)[0] == 9)
 
 
@@ -216,12 +221,16 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     dlam_row = torch.zeros_like(dlam)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
+    variant = int(__import__("os").environ.get("GLUON_BWD_VARIANT", "0"))
+    rs_acc = torch.zeros((batch, q_heads, n_queries, 16) if variant == 3 else (1, 1, 1, 16),
+                         dtype=torch.float32, device=q.device)
     kern = _bwd_kernels()
     grid = (-(-n_keys // BLOCK_N) * batch * kv_heads,)
     with _device_guard(q):
         kern._gluon_bwd_kernel[grid](
             _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N), _descriptor(q, 64),
             _descriptor(grad_out, 64), _descriptor(dq_acc, 64), _rows_descriptor(rows),
+            _descriptor(rs_acc, 64),
             lam, dk, dv, dlam, dlam_row, end, doc,
             lam.stride(), dk.stride(), dv.stride(), dlam.stride(), end.stride(),
             doc_strides, dk.stride(2), dv.stride(2),
@@ -229,9 +238,26 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
             STAGES=BWD_STAGES[head_dim], HAS_DOC=has_doc, num_warps=8,
-            VARIANT=int(__import__("os").environ.get("GLUON_BWD_VARIANT", "0")))
+            VARIANT=variant)
     dq.copy_(dq_acc)
+    if variant == 3:
+        dlam_row[..., n_keys - n_queries:] += rs_acc[..., 0]
     return dlam.add_(dlam_row)
 
 
-__all__ = ["forward", "backward", "unsupported_reason", "max_norm"]
+def _one_direction(direction: str) -> types.SimpleNamespace:
+    """An engine that runs the Gluon kernel of one direction and tl's of the other."""
+    gluon = {"forward": forward, "backward": backward}
+    tl = {"forward": triton_attention.forward, "backward": triton_attention.backward}
+    other = "backward" if direction == "forward" else "forward"
+    return types.SimpleNamespace(
+        __name__=f"{__name__}.{direction}_only", unsupported_reason=unsupported_reason,
+        max_norm=max_norm, **{direction: gluon[direction], other: tl[other]})
+
+
+# The Gluon forward with the tl backward, and the tl forward with the Gluon backward.
+forward_only = _one_direction("forward")
+backward_only = _one_direction("backward")
+
+__all__ = ["forward", "backward", "unsupported_reason", "max_norm", "forward_only",
+           "backward_only"]
