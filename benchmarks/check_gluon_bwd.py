@@ -3,7 +3,7 @@ sm90 GPU: one process per case (a kernel that faults poisons its CUDA context), 
 Prints, per case and gradient, the relative error of each engine against float64 and the Gluon
 one against tl; writes the rows to --json.
 
-    python benchmarks/check_gluon_bwd.py [--cases t64,g2,...] [--json out.json]
+    python benchmarks/check_gluon_bwd.py [--cases t64,g2,...] [--json out.json] [--case-timeout S]
     python benchmarks/check_gluon_bwd.py --one NAME        # one case in this process
 """
 import argparse
@@ -102,14 +102,19 @@ def main():
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--one", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--case-timeout", type=float, default=300.0,
+                        help="seconds a case may take (a hung kernel is reported, not waited for)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one)))
         return
 
     def spawn(name):
-        proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
-                              text=True, timeout=300)
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
+                                  text=True, timeout=args.case_timeout)
+        except subprocess.TimeoutExpired:
+            return {"case": name, "error": f"no result in {args.case_timeout:.0f} s (hung?)"}
         lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
         if proc.returncode or not lines:
             return {"case": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}

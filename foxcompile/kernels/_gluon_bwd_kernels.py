@@ -120,20 +120,21 @@ def _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, 
 
 @gluon.jit(do_not_specialize=["dk_row", "dv_row", "n_queries", "n_keys"])
 def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_desc,
-                      LAM, DK, DV, DLAM, DLAM_ROW, END, DOC,
+                      LAM, DK, DV, DLAM, END, DOC,
                       lam_str, dk_str, dv_str, dlam_str, end_str, doc_str, dk_row, dv_row,
                       n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                       HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
-                      STAGES: gl.constexpr, HAS_DOC: gl.constexpr, VARIANT: gl.constexpr = 0):
+                      STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
     """dk, dv of one (b, kv head, block of 128 keys), summed over the group's query heads; the
-    block's share of dq (reduce-added into dq_desc's float32 (B, Hq, M, D) buffer, scaled) and
-    of the dS row sums (atomically added into DLAM_ROW (B, Hq, N) at the queries' positions);
-    the dS column sums of each head, negated, into DLAM. k, v through (B, Hk, N, D)
+    block's share of dq and of the dS row sums, reduce-added into the float32 buffers of dq_desc
+    ((B, Hq, M, D), scaled) and rs_desc ((B, Hq, M, 16), every column the row sum); the dS
+    column sums of each head that computes a tile of the block, negated, into DLAM (the other
+    heads' entries are left as they are: zeros from the host). k, v through (B, Hk, N, D)
     descriptors in blocks [1, 1, 128, D]; q, dO through (B, Hq, M, D) descriptors in blocks
-    [1, 1, 64, D]; rows_desc: the per-query rows (B * Hq * 2, M64) (query_rows) in blocks
-    [2, 64]. LAM, DLAM, DLAM_ROW (B, Hq, N) and DOC (B, N): unit strides along time (DLAM_ROW
-    with DLAM's strides); DK, DV: unit stride along the head dim, dk_row and dv_row their
-    strides along time."""
+    [1, 1, 64, D]; rows_desc: the per-query rows (B * Hq * 2, M64) (gluon_attention's
+    _query_rows) in blocks [2, 64]. LAM, DLAM (B, Hq, N) and DOC (B, N): unit strides along
+    time; DK, DV: unit stride along the head dim, dk_row and dv_row their strides along
+    time."""
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = gl.program_id(0)
     pid_n = pid % n_blocks                     # key block 0 sees every query: heavy first
@@ -160,7 +161,8 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kd_layout, k_width=2)
     key_layout: gl.constexpr = gl.SliceLayout(1, st_layout)
     query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
-    row_vec_layout: gl.constexpr = gl.BlockedLayout([1], [32], [8], [0])
+    rs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                        instr_shape=[16, 8, 16])
     dtype: gl.constexpr = k_desc.dtype
 
     kv_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
@@ -175,17 +177,14 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     dq_smem = gl.allocate_shared_memory(gl.float32, [TILE_M, HEAD_DIM],
                                         gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM],
                                                                              gl.float32))
-    ROWSUM_MMA: gl.constexpr = VARIANT == 3
-    if ROWSUM_MMA:
-        rs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                            instr_shape=[16, 8, 16])
-        ones_smem = gl.allocate_shared_memory(
-            dtype, [BLOCK_N, 16], gl.NVMMASharedLayout.get_default_for([BLOCK_N, 16], dtype))
-        ones_smem.store(gl.full([BLOCK_N, 16], 1.0, dtype,
-                                layout=gl.BlockedLayout([1, 8], [16, 2], [8, 1], [1, 0])))
-        rs_smem = gl.allocate_shared_memory(
-            gl.float32, [TILE_M, 16], gl.NVMMASharedLayout.get_default_for([TILE_M, 16],
-                                                                            gl.float32))
+    # dS row sums on the tensor cores: dS (64 x 128) times a (128, 16) block of ones, each of the
+    # 16 columns the sum (the host keeps column 0)
+    ones_smem = gl.allocate_shared_memory(
+        dtype, [BLOCK_N, 16], gl.NVMMASharedLayout.get_default_for([BLOCK_N, 16], dtype))
+    ones_smem.store(gl.full([BLOCK_N, 16], 1.0, dtype,
+                            layout=gl.BlockedLayout([1, 8], [16, 2], [8, 1], [1, 0])))
+    rs_smem = gl.allocate_shared_memory(
+        gl.float32, [TILE_M, 16], gl.NVMMASharedLayout.get_default_for([TILE_M, 16], gl.float32))
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
     kv_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
@@ -200,10 +199,10 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     tma.async_copy_global_to_shared(k_desc, [b32, hk32, key0, 0], kv_ready, _as_desc_block(k_smem))
     tma.async_copy_global_to_shared(v_desc, [b32, hk32, key0, 0], kv_ready, _as_desc_block(v_smem))
 
-    # Two cursors over the tiles (head g of the group, query rows q0): the loads run STAGES
-    # tiles ahead of the math.
+    # Two cursors over the tiles (head g of the group, query rows q0): the loads run STAGES - 1
+    # tiles ahead of the math (tile t + STAGES - 1 goes into the slot that tile t - 1 leaves).
     lg, lq, lhi = _first_tile(lo, hk, group, END, end_str, n_queries, GRID_M)
-    for i in gl.static_range(STAGES):
+    for i in gl.static_range(STAGES - 1):
         if lg < group:
             _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, i, b32,
                        (hk * group + lg).to(gl.int32), n_heads, lq)
@@ -225,21 +224,22 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     # The products are issued in the order ... dV_{t-1} | S_t, dP_t, dK_{t-1}, dQ_{t-1} | dV_t
     # ..., and wgmma groups complete in issue order: tile t's exp and dS run while the tensor
     # cores still work on tile t - 1's dK and dQ. Before tile 0, dV_{-1} and dK_{-1} add zeros
-    # and dQ_{-1} is dropped. S and dP are issued unconditionally (past the last tile they
-    # multiply a stale buffer and are dropped); only the wait for a tile's loads needs the tile.
+    # times K (loaded, so finite: 0 x NaN would not be zero) and dQ_{-1}, R_{-1} are dropped. S
+    # and dP are issued unconditionally (past the last tile they multiply a stale buffer and are
+    # dropped); only the wait for a tile's loads needs the tile.
     zero_op = gl.zeros([BLOCK_N, TILE_M], dtype, layout=op_layout)
-    dv = warpgroup_mma(zero_op, do_smem.index(0), dv, is_async=True)
+    k_rows = k_smem.slice(0, TILE_M)
+    dv = warpgroup_mma(zero_op, k_rows, dv, is_async=True)
     if g < group:
         mbarrier.wait(q_ready.index(0), 0)
     st, dpt = _issue_scores(k_smem, v_smem, q_smem.index(0), do_smem.index(0), st_layout)
-    dk = warpgroup_mma(zero_op, q_smem.index(0), dk, is_async=True)
+    dk = warpgroup_mma(zero_op, k_rows, dk, is_async=True)
     dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
                        gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
                        use_acc=False, is_async=True)
-    if ROWSUM_MMA:
-        rs = warpgroup_mma(ds_smem.permute((1, 0)), ones_smem,
-                           gl.zeros([TILE_M, 16], gl.float32, layout=rs_layout),
-                           use_acc=False, is_async=True)
+    rs = warpgroup_mma(ds_smem.permute((1, 0)), ones_smem,
+                       gl.zeros([TILE_M, 16], gl.float32, layout=rs_layout),
+                       use_acc=False, is_async=True)
     it = 0
     prev_h = hk * group
     prev_q0 = lo
@@ -254,10 +254,8 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
             pos_doc = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
             doc_q = gl.load(DOC + pos_doc, mask=pos_doc < n_keys, other=-2)
 
-        if ROWSUM_MMA:
-            st, dv = warpgroup_mma_wait(4, deps=(st, dv))
-        else:
-            st, dv = warpgroup_mma_wait(3, deps=(st, dv))  # pending: dP_t, dK_{t-1}, dQ_{t-1}
+        # pending after: dP_t, dK_{t-1}, dQ_{t-1}, R_{t-1}
+        st, dv = warpgroup_mma_wait(4, deps=(st, dv))
         # (lam_q - lse) log2 e, read where used: -inf on padded rows, so p = 0 there. exp2
         # first, then the masks zero P (-inf scores before exp2 gave a wrong P in the
         # warp-specialised Gluon dk/dv kernel on Triton 3.6: docs/kernels.md)
@@ -269,37 +267,25 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
         if HAS_DOC:
             pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
         dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
-        if ROWSUM_MMA:
-            dpt = warpgroup_mma_wait(4, deps=(dpt,))
-        else:
-            dpt = warpgroup_mma_wait(3, deps=(dpt,))     # pending: dK_{t-1}, dQ_{t-1}, dV_t
+        dpt = warpgroup_mma_wait(4, deps=(dpt,))    # pending: dK_{t-1}, dQ_{t-1}, R_{t-1}, dV_t
         dst = pt * (dpt - tile_rows.slice(1, 1).load(st_layout))     # do_o: row 1
-        colsum += gl.sum(dst, 1)
-        # (in a layout of one query per thread: 64-bit addresses for 16 would cost 32 registers)
-        offs_m = q0 + gl.arange(0, TILE_M, layout=row_vec_layout)
-        if (VARIANT != 1) & (VARIANT != 3):
-            gl.atomic_add(DLAM_ROW + b * dlam_str[0] + h * dlam_str[1] + offset + offs_m,
-                          gl.convert_layout(gl.sum(dst, 0), row_vec_layout),
-                          mask=offs_m < n_queries, sem="relaxed")
         dst16 = dst.to(dtype)
+        colsum += gl.sum(dst16.to(gl.float32), 1)   # the dS that dK, dQ and the row sums use
 
         # tile t - 1's dQ: to shared memory and reduce-added (its dS buffer is then free)
-        dk, dq = warpgroup_mma_wait(1, deps=(dk, dq))
-        tma.store_wait(0)          # the previous reduce-add has read dq_smem
-        if VARIANT != 2:
-            dq_smem.store(dq * scale)
-        if ROWSUM_MMA:
-            rs = warpgroup_mma_wait(1, deps=(rs,))
-            rs_smem.store(rs)
+        dk, dq, rs = warpgroup_mma_wait(1, deps=(dk, dq, rs))
+        tma.store_wait(0)          # the previous reduce-adds have read dq_smem and rs_smem
+        gl.thread_barrier()        # ... and both warp groups' products have read ds_smem
+        dq_smem.store(dq * scale)
+        rs_smem.store(rs)
         ds_smem.store(dst16)
         fence_async_shared()
         gl.thread_barrier()        # both halves of dS_t and all of dQ_{t-1} in shared memory
-        if (it > 0) & (VARIANT != 2):
+        if it > 0:
             _tma_reduce_add(dq_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
                             _as_desc_block(dq_smem))
-            if ROWSUM_MMA:
-                _tma_reduce_add(rs_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
-                                _as_desc_block(rs_smem))
+            _tma_reduce_add(rs_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
+                            _as_desc_block(rs_smem))
 
         if lg < group:             # refill the slot of tile t - 1, read by now
             _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready,
@@ -319,10 +305,9 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
         dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
                            gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
                            use_acc=False, is_async=True)
-        if ROWSUM_MMA:
-            rs = warpgroup_mma(ds_smem.permute((1, 0)), ones_smem,
-                               gl.zeros([TILE_M, 16], gl.float32, layout=rs_layout),
-                               use_acc=False, is_async=True)
+        rs = warpgroup_mma(ds_smem.permute((1, 0)), ones_smem,
+                           gl.zeros([TILE_M, 16], gl.float32, layout=rs_layout),
+                           use_acc=False, is_async=True)
         if next_g != g:            # the head's last tile: its dS column sums
             gl.store(DLAM + b * dlam_str[0] + h * dlam_str[1] + offs_n, -colsum, mask=n_ok)
             colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
@@ -334,21 +319,18 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
         g, q0, hi = next_g, next_q0, next_hi
         it += 1
 
-    st, dpt, dk, dq, dv = warpgroup_mma_wait(0, deps=(st, dpt, dk, dq, dv))
-    if ROWSUM_MMA:
-        rs = warpgroup_mma_wait(0, deps=(rs,))
-    if it > 0:                     # the last tile's dQ
+    st, dpt, dk, dq, rs, dv = warpgroup_mma_wait(0, deps=(st, dpt, dk, dq, rs, dv))
+    if it > 0:                     # the last tile's dQ and row sums
         tma.store_wait(0)
+        gl.thread_barrier()
         dq_smem.store(dq * scale)
-        if ROWSUM_MMA:
-            rs_smem.store(rs)
+        rs_smem.store(rs)
         fence_async_shared()
         gl.thread_barrier()
         _tma_reduce_add(dq_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
                         _as_desc_block(dq_smem))
-        if ROWSUM_MMA:
-            _tma_reduce_add(rs_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
-                            _as_desc_block(rs_smem))
+        _tma_reduce_add(rs_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
+                        _as_desc_block(rs_smem))
     tma.store_wait(0)
     kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
     kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)

@@ -218,31 +218,27 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                          device=q.device)
     # (zeros: the kernel writes only the heads that compute some tile of a key block)
     dlam = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
-    dlam_row = torch.zeros_like(dlam)
+    row_sums = torch.zeros((batch, q_heads, n_queries, 16), dtype=torch.float32,
+                           device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
-    variant = int(__import__("os").environ.get("GLUON_BWD_VARIANT", "0"))
-    rs_acc = torch.zeros((batch, q_heads, n_queries, 16) if variant == 3 else (1, 1, 1, 16),
-                         dtype=torch.float32, device=q.device)
     kern = _bwd_kernels()
     grid = (-(-n_keys // BLOCK_N) * batch * kv_heads,)
     with _device_guard(q):
         kern._gluon_bwd_kernel[grid](
             _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N), _descriptor(q, 64),
             _descriptor(grad_out, 64), _descriptor(dq_acc, 64), _rows_descriptor(rows),
-            _descriptor(rs_acc, 64),
-            lam, dk, dv, dlam, dlam_row, end, doc,
+            _descriptor(row_sums, 64),
+            lam, dk, dv, dlam, end, doc,
             lam.stride(), dk.stride(), dv.stride(), dlam.stride(), end.stride(),
             doc_strides, dk.stride(2), dv.stride(2),
             kv_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
-            STAGES=BWD_STAGES[head_dim], HAS_DOC=has_doc, num_warps=8,
-            VARIANT=variant)
+            STAGES=BWD_STAGES[head_dim], HAS_DOC=has_doc, num_warps=8)
     dq.copy_(dq_acc)
-    if variant == 3:
-        dlam_row[..., n_keys - n_queries:] += rs_acc[..., 0]
-    return dlam.add_(dlam_row)
+    dlam[..., n_keys - n_queries:] += row_sums[..., 0]
+    return dlam
 
 
 def _one_direction(direction: str) -> types.SimpleNamespace:
