@@ -8,24 +8,17 @@ position P + i, P = N - M; key j visible iff j <= P + i; p_ij = exp(scale q_i.k_
 - lam[j] - lse_i); dS = P (dP - do_o)). One program owns a block of BLOCK_N = 128 keys of one
 (b, kv head) (the pruning grid's column) and walks, for each query head of its group, the query
 tiles of TILE_M = 64 rows from the diagonal to the plan's last query block that computes the
-block (plan.end_blocks). Eight warps, no warp specialisation; per tile:
+block (plan.end_blocks). Eight warps, no warp specialisation: each warp group owns 64 of the
+keys (S^T, dP^T, dK, dV) and half of the head dim (dQ). Per tile t, in the order the products
+are issued (wgmma groups complete in that order; docs/kernels.md, "The Gluon backward", has the
+diagram of who waits on whom):
 
-    wait q_ready[s]                           (Q_t, dO_t: TMA, issued STAGES tiles ahead)
-    S^T  = K Q_t^T          } async wgmma,     each warp group owns 64 of the 128 keys
-    dP^T = V dO_t^T         } both in flight
-    wait S^T; P^T = exp2(...), masked             <- dP^T still running
-    dV += P^T dO_t          async (P^T from registers)
-    wait dP^T; dS^T = P^T (dP^T - do_o)           <- dV's product running
-    dK += dS^T Q_t          async (dS^T from registers)
-    dS^T -> shared; fence; CTA barrier
-    dQ_t = dS K             async (dS from shared; the two warp groups split the head dim)
-    wait all; scale dQ_t -> shared (two buffers); fence; barrier
-    TMA reduce-add of dQ_t into the float32 (B, Hq, M, D) buffer; TMA loads of tile t + STAGES
+    S_t = K Q_t^T, dP_t = V dO_t^T, dK_{t-1} += dS_{t-1}^T Q_{t-1}, dQ_{t-1} = dS_{t-1} K,
+    R_{t-1} = dS_{t-1} 1 (the dS row sums), then dV_t += P_t dO_t
 
-dq is a sum over key blocks, so it is reduced in global memory (float32 adds in any order: not
-deterministic bit for bit); the TMA engine does the adds, not the warps. The dS row sums (the
-lam gradient at the queries' positions) are added with float32 atomics, the column sums (at the
-keys' positions) stored once per (head, key block).
+so tile t's exp and dS run while the tensor cores finish tile t - 1. dS goes through shared
+memory (both warp groups' halves feed dQ); dQ and R, float32, are reduce-added by TMA into
+buffers summed over key blocks (in any order: not deterministic bit for bit).
 """
 from triton._C.libtriton import ir
 from triton.experimental import gluon

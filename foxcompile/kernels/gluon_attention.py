@@ -1,16 +1,22 @@
 """Gluon engine (Hopper, sm90) of forgetting attention with ACP: same interface as
 triton_attention.py, for the inputs it takes (unsupported_reason says which).
 
-    forward(q, k, v, lam, plan, scale, out, doc=None) -> lse      the Gluon kernel
-    backward(...)                                                the tl kernels (triton_attention)
+    forward(q, k, v, lam, plan, scale, out, doc=None) -> lse      the Gluon forward kernel
+    backward(...) -> dlam                                        the Gluon backward kernel (tl's
+                                                                 where backward_fallback_reason
+                                                                 names a reason)
     unsupported_reason(q, k, v) -> str | None
     max_norm(x, acc)                                             as triton_attention's
+    forward_only, backward_only                                  engines with the Gluon kernel of
+                                                                 one direction, tl's of the other
 
 The forward is _gluon_kernels._gluon_fwd_kernel: a loader warp streams K/V through a TMA ring
 while two consumer warp groups run asynchronous wgmma, the previous tile's PV product in flight
-during the current tile's softmax.
-It skips exactly the tiles of the plan (128 x 128 pruning grid), and writes out and lse as the tl
-forward does, so the tl backward runs after it unchanged.
+during the current tile's softmax. The backward is _gluon_bwd_kernels._gluon_bwd_kernel: one
+program per block of 128 keys computes dk, dv and its share of dq (five products per tile),
+dq reduced over key blocks by TMA reduce-adds into a float32 buffer. Both skip exactly the
+tiles of the plan (128 x 128 pruning grid) and read and write what the tl kernels do, so either
+direction pairs with tl's other one. PREFERRED_HEAD_DIMS says where each is chosen automatically.
 
 Triton's Gluon dialect (triton.experimental.gluon) is imported only when this engine is asked
 about a CUDA tensor on an sm90 GPU: its API moves between Triton versions, and a Triton without
