@@ -33,7 +33,7 @@ def main():
 
     kern = ga._kernels()
     if kern is None:
-        raise SystemExit(f"no Gluon: {ga._import_error}")
+        raise SystemExit(f"no Gluon: {ga._import_errors}")
     compiled = []
 
     class Warmup:
@@ -48,7 +48,7 @@ def main():
     kern._gluon_fwd_kernel = Warmup(kern._gluon_fwd_kernel)
     bwd = ga._bwd_kernels()
     if bwd is None:
-        raise SystemExit(f"no Gluon backward: {ga._bwd_import_error}")
+        raise SystemExit(f"no Gluon backward: {ga._import_errors}")
     bwd._gluon_bwd_kernel = Warmup(bwd._gluon_bwd_kernel)
     batch, q_heads, kv_heads, n_queries, n_keys = map(int, args.shape.split(","))
     dtype = getattr(torch, args.dtype)

@@ -510,7 +510,7 @@ def cuda_engine(request, monkeypatch):
     from foxcompile.kernels import gluon_attention
     if not HAS_CUDA or torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon engine is for sm90")
-    assert gluon_attention._kernels() is not None, gluon_attention._import_error
+    assert gluon_attention._kernels() is not None, gluon_attention._import_errors
     return gluon_attention
 
 

@@ -97,6 +97,20 @@ def _issue_scores(k_smem, v_smem, q, do, st_layout: gl.constexpr):
 
 
 @gluon.jit
+def _issue_dq(ds_smem, k_smem, ones_smem, dq_layout: gl.constexpr, rs_layout: gl.constexpr):
+    """dQ = dS K and the dS row sums R = dS 1 from dS^T in shared memory, both asynchronous
+    (two wgmma groups)."""
+    ds = ds_smem.permute((1, 0))
+    dq_shape: gl.constexpr = [ds_smem.shape[1], k_smem.shape[1]]
+    rs_shape: gl.constexpr = [ds_smem.shape[1], ones_smem.shape[1]]
+    dq = warpgroup_mma(ds, k_smem, gl.zeros(dq_shape, gl.float32, layout=dq_layout),
+                       use_acc=False, is_async=True)
+    rs = warpgroup_mma(ds, ones_smem, gl.zeros(rs_shape, gl.float32, layout=rs_layout),
+                       use_acc=False, is_async=True)
+    return dq, rs
+
+
+@gluon.jit
 def _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, slot, b32,
                h32, n_heads, q0):
     """TMA loads of Q, dO and the per-query rows of queries [q0, q0 + 64) of (b, h) into ring
@@ -227,12 +241,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
         mbarrier.wait(q_ready.index(0), 0)
     st, dpt = _issue_scores(k_smem, v_smem, q_smem.index(0), do_smem.index(0), st_layout)
     dk = warpgroup_mma(zero_op, k_rows, dk, is_async=True)
-    dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
-                       gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
-                       use_acc=False, is_async=True)
-    rs = warpgroup_mma(ds_smem.permute((1, 0)), ones_smem,
-                       gl.zeros([TILE_M, 16], gl.float32, layout=rs_layout),
-                       use_acc=False, is_async=True)
+    dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
     it = 0
     prev_h = hk * group
     prev_q0 = lo
@@ -295,12 +304,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
         # dS^T from shared memory for both (registers holding it would stay live across the
         # next tile's exp, until dK's product completes)
         dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
-        dq = warpgroup_mma(ds_smem.permute((1, 0)), k_smem,
-                           gl.zeros([TILE_M, HEAD_DIM], gl.float32, layout=dq_layout),
-                           use_acc=False, is_async=True)
-        rs = warpgroup_mma(ds_smem.permute((1, 0)), ones_smem,
-                           gl.zeros([TILE_M, 16], gl.float32, layout=rs_layout),
-                           use_acc=False, is_async=True)
+        dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
         if next_g != g:            # the head's last tile: its dS column sums
             gl.store(DLAM + b * dlam_str[0] + h * dlam_str[1] + offs_n, -colsum, mask=n_ok)
             colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)

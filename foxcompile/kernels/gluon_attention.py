@@ -23,6 +23,7 @@ about a CUDA tensor on an sm90 GPU: its API moves between Triton versions, and a
 it (or with an API this module does not know) leaves the engine unsupported, never the package
 unimportable.
 """
+import importlib
 import types
 
 import torch
@@ -41,32 +42,29 @@ STAGES = {64: 3, 128: 2}
 BWD_STAGES = {64: 3, 128: 2}
 BLOCK_N = 128
 
-_import_error: list = []
-_bwd_import_error: list = []
+_import_errors: dict = {}
+
+
+def _import_kernels(name: str):
+    """The kernel module `name` of this package, or None when this Triton cannot build it (the
+    reason recorded in _import_errors[name])."""
+    if name in _import_errors:
+        return None
+    try:
+        return importlib.import_module(f"{__package__}.{name}")
+    except Exception as exc:  # ImportError, or an API this Triton spells differently
+        _import_errors[name] = f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def _kernels():
-    """The Gluon kernel module, or None when this Triton cannot build it (reason recorded)."""
-    if _import_error:
-        return None
-    try:
-        from . import _gluon_kernels
-    except Exception as exc:  # ImportError, or an API this Triton spells differently
-        _import_error.append(f"{type(exc).__name__}: {exc}")
-        return None
-    return _gluon_kernels
+    """The Gluon forward's kernel module, or None (reason in _import_errors)."""
+    return _import_kernels("_gluon_kernels")
 
 
 def _bwd_kernels():
-    """The Gluon backward kernel module, or None when this Triton cannot build it."""
-    if _bwd_import_error or _kernels() is None:
-        return None
-    try:
-        from . import _gluon_bwd_kernels
-    except Exception as exc:  # ImportError, or an API this Triton spells differently
-        _bwd_import_error.append(f"{type(exc).__name__}: {exc}")
-        return None
-    return _gluon_bwd_kernels
+    """The Gluon backward's kernel module, or None (reason in _import_errors)."""
+    return _import_kernels("_gluon_bwd_kernels") if _kernels() is not None else None
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -86,7 +84,7 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     if not _tma_ok(q, k, v):
         return "TMA needs unit last strides and 16-byte aligned bases and strides"
     if _kernels() is None:
-        return f"this Triton has no usable Gluon: {_import_error[0]}"
+        return f"this Triton has no usable Gluon: {_import_errors['_gluon_kernels']}"
     return None
 
 
@@ -198,7 +196,8 @@ def backward_fallback_reason(q: torch.Tensor, plan: Plan):
     if (plan.block_m, plan.block_n) != (128, BLOCK_N):
         return "the Gluon backward walks the 128 x 128 pruning grid"
     if _bwd_kernels() is None:
-        return f"this Triton cannot build the Gluon backward: {_bwd_import_error[0]}"
+        return ("this Triton cannot build the Gluon backward: "
+                f"{_import_errors.get('_gluon_bwd_kernels', _import_errors.get('_gluon_kernels'))}")
     return None
 
 
