@@ -1,6 +1,7 @@
 """Compile the Gluon (sm90) forward and backward offline, with no GPU, and report registers, spills and the
-count of wgmma / TMA / mbarrier instructions in its PTX: a quick check of a Gluon change on a CPU
-machine. Needs a Triton with Gluon's Hopper pieces (the GPU's is 3.6):
+count of wgmma / TMA / mbarrier instructions in its PTX, and what ptxas made of the wgmma pipeline
+(compile_offline.wgmma_report: C7514 means every product is waited for before the next issues)
+and the CTA barriers of the SASS: a quick check of a Gluon change on a CPU machine. Needs a Triton with Gluon's Hopper pieces (the GPU's is 3.6):
 
     /path/to/triton-3.6-venv/bin/python benchmarks/compile_gluon_offline.py [--head-dim 64]
         [--doc] [--dump DIR]
@@ -12,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from compile_offline import _fake_driver, _usage, dump  # noqa: E402
+from compile_offline import _fake_driver, _usage, dump, wgmma_report  # noqa: E402
 
 
 def main():
@@ -73,6 +74,7 @@ def main():
               f"STACK {stack} wgmma {ptx.count('wgmma.mma_async')} "
               f"waits {ptx.count('wgmma.wait_group')} tma {ptx.count('cp.async.bulk.tensor')} "
               f"setmaxnreg {ptx.count('setmaxnreg')} smem {kernel.metadata.shared}")
+        print(f"    {wgmma_report(kernel)}")
         if args.dump:
             dump(kernel, args.dump, f"gluon_{name}_{d}")
 

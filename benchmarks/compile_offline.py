@@ -10,7 +10,8 @@ The installed Triton compiles, which need not be the GPU machine's version: the 
 indicative. Per kernel: REG and STACK (bytes of spill stack) from cuobjdump -res-usage, counts in
 the PTX of wgmma and mma.sync instructions and of wgmma waits. --dump writes each kernel's TTGIR
 PTX and cubin to DIR
-(cuobjdump --dump-sass DIR/dq.cubin shows the machine code). --doc compiles the packed-sequence
+(cuobjdump --dump-sass DIR/dq.cubin shows the machine code). For kernels with wgmma it also prints
+wgmma_report: ptxas's C75xx warnings (a serialised wgmma pipeline) and the SASS barrier count. --doc compiles the packed-sequence
 variants (document ids). --decode compiles the decode engine's kernels (decode.py: the split-K
 kernel and the combine kernel, for a GPU of --sms multiprocessors) for the shape instead of the
 prefill forward and backward. The script compiles the foxcompile next to it: to compare two versions
@@ -74,8 +75,7 @@ def _fake_driver(arch):
 
 
 def _usage(cubin):
-    import triton
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    tool = _nvidia_tool("cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -83,6 +83,38 @@ def _usage(cubin):
     reg = re.search(r"REG:(\d+)", text)
     stack = re.search(r"STACK:(\d+)", text)
     return (int(reg.group(1)) if reg else None), (int(stack.group(1)) if stack else None)
+
+
+def _nvidia_tool(name: str) -> str:
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def wgmma_report(kernel) -> str:
+    """What ptxas makes of a kernel's wgmma pipeline and barriers: its C75xx performance
+    warnings (C7514: wgmma serialised, each product waited for before the next issues), the
+    HGMMA instructions of the SASS and how many of them are followed at once by a wait for
+    completion (WARPGROUP.DEPBAR.LE gsb0, 0x0), and the CTA barriers (BAR.SYNC) in the SASS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        arch = re.search(r"\.target\s+(\w+)", kernel.asm["ptx"]).group(1)
+        info = subprocess.run([_nvidia_tool("ptxas"), f"-arch={arch}", "-v", ptx, "-o",
+                               os.path.join(tmp, "k.cubin")], capture_output=True, text=True)
+        warnings = sorted(set(re.findall(r"\((C75\d\d)\)", info.stdout + info.stderr)))
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        sass = subprocess.run([_nvidia_tool("cuobjdump"), "-sass", f.name], capture_output=True,
+                              text=True).stdout
+    lines = [l for l in sass.splitlines() if re.search(r"/\*[0-9a-f]{4,}\*/\s+\S", l)]
+    hgmma = [i for i, l in enumerate(lines) if "HGMMA" in l]
+    waited = sum(1 for i in hgmma if i + 1 < len(lines)
+                 and "WARPGROUP.DEPBAR.LE gsb0, 0x0" in lines[i + 1])
+    bars = sum("BAR.SYNC" in l for l in lines)
+    return (f"ptxas {','.join(warnings) or 'no C75xx warnings'}; HGMMA {len(hgmma)}, "
+            f"{waited} waited at once; BAR.SYNC {bars}")
 
 
 def dump(kernel, folder: str, stem: str):
@@ -174,6 +206,8 @@ def main():
         print(f"{short:<13} {str(config):<22} {reg:>4} {stack:>6} "
               f"{ptx.count('wgmma.mma_async'):>6} {ptx.count('mma.sync'):>4} "
               f"{ptx.count('wgmma.wait_group'):>6}", flush=True)
+        if "wgmma" in ptx:
+            print(f"{'':<13} {wgmma_report(kernel)}", flush=True)
         if args.dump:
             dump(kernel, args.dump, short)
 
