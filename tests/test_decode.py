@@ -245,6 +245,37 @@ def test_op_runs_decode_engine_with_autograd(interpret_env, monkeypatch, n_queri
         assert rel(a, b, 1e-3 * b.norm().item() + 1e-6) < 2e-4
 
 
+def test_gluon_engines_pair_their_kernels():
+    """gluon runs the Gluon kernels both ways, gluon-fwd the Gluon forward with tl's backward,
+    gluon-bwd tl's forward with the Gluon backward; all three ask Gluon's unsupported_reason
+    and fall back to tl."""
+    from foxcompile import kernels
+    from foxcompile.kernels import gluon_attention as ga, triton_attention as ta
+    pairs = {"gluon": (ga.forward, ga.backward), "gluon-fwd": (ga.forward, ta.backward),
+             "gluon-bwd": (ta.forward, ga.backward)}
+    for name, (forward, backward) in pairs.items():
+        engine = kernels.ENGINES[name]
+        assert (engine.module.forward, engine.module.backward) == (forward, backward), name
+        assert engine.module.unsupported_reason is ga.unsupported_reason
+        assert engine.fallback == "tl"
+
+
+def test_gluon_backward_query_rows():
+    """The Gluon backward's per-query buffer: per (b, h) a row (lam_q - lse) log2 e and a row
+    do_o, padded to 64 queries with -inf and 0 (a padded query gets p = 0)."""
+    from foxcompile.kernels import gluon_attention as ga
+    batch, heads, n_queries, n_keys = 2, 3, 70, 100
+    lam = torch.randn(batch, heads, n_keys)
+    lse = torch.randn(batch, heads, n_queries)
+    do_o = torch.randn(batch, heads, n_queries)
+    rows = ga._query_rows(lam, lse, do_o).view(batch, heads, 2, 128)
+    want = (lam[..., n_keys - n_queries:] - lse) * math.log2(math.e)
+    torch.testing.assert_close(rows[:, :, 0, :n_queries], want)
+    assert torch.equal(rows[:, :, 1, :n_queries], do_o)
+    assert torch.isneginf(rows[:, :, 0, n_queries:]).all()
+    assert (rows[:, :, 1, n_queries:] == 0).all()
+
+
 def test_engine_choice(monkeypatch):
     """auto: decode for a few query rows per kv head, the prefill kernels for many, the reference
     where Triton cannot run; FOXCOMPILE_ENGINE forces one (falling back when it cannot run the
