@@ -38,7 +38,8 @@ max_norm = triton_attention.max_norm
 HEAD_DIMS = (64, 128)
 # Ring depth per head dim: shared memory holds Q (128 x D) and STAGES (K, V) tile pairs.
 STAGES = {64: 3, 128: 2}
-# The backward's ring of (Q, dO) tiles per head dim, beside K, V, dS and two dQ buffers.
+# The backward's ring of (Q, dO, per-query rows) tiles per head dim, beside K, V, dS, the dQ and
+# row-sum buffers and the block of ones.
 BWD_STAGES = {64: 3, 128: 2}
 BLOCK_N = 128
 
