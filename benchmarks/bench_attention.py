@@ -438,7 +438,7 @@ def sweep(args):
                 row = {"config": cfg}
                 try:
                     for prune, plan in plans.items():
-                        lse = fwd_engine.forward(qh, kh, vh, lam, plan, scale, out)
+                        lse = ta.forward(qh, kh, vh, lam, plan, scale, out)
                         if kernel == "fwd":
                             ms = bench(lambda: ta.forward(qh, kh, vh, lam, plan, scale, out))
                         else:
