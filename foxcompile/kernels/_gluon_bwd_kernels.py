@@ -43,14 +43,14 @@ def _tma_reduce_add(desc, coord, src, _semantic=None):
 
 
 @gluon.jit
-def _head_end(END, end_str, h, n_queries, GRID_M: gl.constexpr):
+def _head_end(END, end_head, h, n_queries, GRID_M: gl.constexpr):
     """One past the last query row whose block computes this program's key block, for head h
-    (END already at (b, key block))."""
-    return gl.minimum(gl.load(END + h * end_str[1]) * GRID_M, n_queries)
+    (END already at (b, key block); end_head: its stride between heads)."""
+    return gl.minimum(gl.load(END + h * end_head) * GRID_M, n_queries)
 
 
 @gluon.jit
-def _next_tile(g, q0, hi, lo, hk, group, END, end_str, n_queries, GRID_M: gl.constexpr):
+def _next_tile(g, q0, hi, lo, hk, group, END, end_head, n_queries, GRID_M: gl.constexpr):
     """The tile after (head g of the group, query row q0): the next row tile of the head, else
     the first tile [lo, ...) of the next head that has one; g == group when none is left. hi:
     the current head's end (_head_end), returned updated."""
@@ -58,28 +58,28 @@ def _next_tile(g, q0, hi, lo, hk, group, END, end_str, n_queries, GRID_M: gl.con
     while (q0 >= hi) & (g < group):
         g += 1
         q0 = lo
-        hi = _head_end(END, end_str, hk * group + gl.minimum(g, group - 1), n_queries, GRID_M)
+        hi = _head_end(END, end_head, hk * group + gl.minimum(g, group - 1), n_queries, GRID_M)
         hi = gl.where(g < group, hi, 0)
     return g, q0, hi
 
 
 @gluon.jit
-def _first_tile(lo, hk, group, END, end_str, n_queries, GRID_M: gl.constexpr):
+def _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M: gl.constexpr):
     """(head g of the group, query row q0, that head's end) of the first tile; g == group when
     no head has one."""
-    hi = _head_end(END, end_str, hk * group, n_queries, GRID_M)
+    hi = _head_end(END, end_head, hk * group, n_queries, GRID_M)
     g = 0
     q0 = lo
     if q0 >= hi:
-        g, q0, hi = _next_tile(g, lo - TILE_M, hi, lo, hk, group, END, end_str, n_queries,
+        g, q0, hi = _next_tile(g, lo - TILE_M, hi, lo, hk, group, END, end_head, n_queries,
                                GRID_M)
     return g, q0, hi
 
 
 @gluon.jit
-def _head_keys(LAM, lam_str, b, h, key0, offs_n, n_ok):
-    """lam_ref = lam[key0] and the keys' bias (lam_ref - lam_j) log2 e of head h."""
-    LAMh = LAM + b * lam_str[0] + h * lam_str[1]
+def _head_keys(LAM, lam_head, h, key0, offs_n, n_ok):
+    """lam_ref = lam[key0] and the keys' bias (lam_ref - lam_j) log2 e of head h (LAM at b)."""
+    LAMh = LAM + h * lam_head
     lam_ref = gl.load(LAMh + key0)
     lam_k = gl.load(LAMh + offs_n, mask=n_ok, other=0.0)
     return lam_ref, (lam_ref - lam_k) * LOG2E
@@ -125,10 +125,150 @@ def _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, 
                                     rows_smem.index(slot))
 
 
-@gluon.jit(do_not_specialize=["dk_row", "dv_row", "n_queries", "n_keys"])
+@gluon.jit
+def _bwd_loader(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, q_free, END,
+                end_head, b32, hk, group, n_heads, lo, n_queries,
+                GRID_M: gl.constexpr, STAGES: gl.constexpr):
+    """The loader warp: Q, dO and the per-query rows of every tile through the ring, a slot
+    refilled once the math has finished with it (q_free)."""
+    g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
+    it = 0
+    while g < group:
+        slot = it % STAGES
+        # the first round finds every slot free (parity 1 of a fresh barrier has completed)
+        mbarrier.wait(q_free.index(slot), ((it // STAGES) & 1) ^ 1)
+        _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, slot, b32,
+                   (hk * group + g).to(gl.int32), n_heads, q0)
+        g, q0, hi = _next_tile(g, q0, hi, lo, hk, group, END, end_head, n_queries, GRID_M)
+        it += 1
+
+
+@gluon.jit
+def _bwd_reducer(dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, END, end_head, b32, hk,
+                 group, lo, n_queries, GRID_M: gl.constexpr):
+    """The reducer warp: each tile's dQ and row sums, once in shared memory (dq_ready), added
+    into the float32 buffers by TMA; the buffers handed back (dq_free) once the adds have read
+    them."""
+    g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
+    it = 0
+    while g < group:
+        mbarrier.wait(dq_ready, it & 1)
+        h32 = (hk * group + g).to(gl.int32)
+        _tma_reduce_add(dq_desc, [b32, h32, q0, 0], _as_desc_block(dq_smem))
+        _tma_reduce_add(rs_desc, [b32, h32, q0, 0], _as_desc_block(rs_smem))
+        tma.store_wait(0)
+        mbarrier.arrive(dq_free)
+        g, q0, hi = _next_tile(g, q0, hi, lo, hk, group, END, end_head, n_queries, GRID_M)
+        it += 1
+
+
+@gluon.jit
+def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
+              kv_ready, q_ready, q_free, dq_ready, dq_free, LAM, DK, DV, DLAM, END, DOC,
+              lam_head, dk_head, dv_head, dlam_head, end_head, dk_row, dv_row,
+              hk, group, key0, lo, mid, n_queries, n_keys, qk_scale, scale,
+              HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, STAGES: gl.constexpr,
+              HAS_DOC: gl.constexpr):
+    """The eight math warps: per tile, the five products and the dS math, every product waited
+    for inside the tile (ptxas serialises groups left pending across the loop's back-edge);
+    dS^T through ds_smem (both warp groups' halves feed dQ), dQ and the row sums handed to the
+    reducer. LAM, DLAM, DOC at b; DK, DV at (b, kv head)."""
+    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
+                                                        instr_shape=[16, TILE_M, 16])
+    kd_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
+                                                        instr_shape=[16, HEAD_DIM, 16])
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                        instr_shape=[16, HEAD_DIM // 2, 16])
+    rs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                        instr_shape=[16, 8, 16])
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kd_layout, k_width=2)
+    key_layout: gl.constexpr = gl.SliceLayout(1, st_layout)
+    query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
+    dtype: gl.constexpr = k_smem.dtype
+    offset = n_keys - n_queries
+
+    offs_n = key0 + gl.arange(0, BLOCK_N, layout=key_layout)
+    n_ok = offs_n < n_keys
+    doc_k = 0
+    if HAS_DOC:
+        doc_k = gl.load(DOC + offs_n, mask=n_ok, other=-1)
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
+    colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+    g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
+    lam_ref, b_key = _head_keys(LAM, lam_head, hk * group + gl.minimum(g, group - 1), key0,
+                                offs_n, n_ok)
+    mbarrier.wait(kv_ready, 0)
+    it = 0
+    while g < group:
+        slot = it % STAGES
+        h = hk * group + g
+        q = q_smem.index(slot)
+        do = do_smem.index(slot)
+        tile_rows = rows_smem.index(slot)
+        doc_q = 0
+        if HAS_DOC:
+            pos_doc = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
+            doc_q = gl.load(DOC + pos_doc, mask=pos_doc < n_keys, other=-2)
+
+        mbarrier.wait(q_ready.index(slot), (it // STAGES) & 1)
+        st, dpt = _issue_scores(k_smem, v_smem, q, do, st_layout)
+        st = warpgroup_mma_wait(1, deps=(st,))
+        # (lam_q - lse) log2 e, read where used: -inf on padded rows, so p = 0 there; exp2
+        # first, then the masks zero P (docs/kernels.md)
+        a_row = tile_rows.slice(0, 1).load(st_layout) - lam_ref * LOG2E
+        pt = gl.exp2(st * qk_scale + gl.expand_dims(b_key, 1) + a_row)
+        if q0 < mid:
+            pos_q = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
+            pt = gl.where(gl.expand_dims(offs_n, 1) <= gl.expand_dims(pos_q, 0), pt, 0.0)
+        if HAS_DOC:
+            pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
+        dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
+        dpt = warpgroup_mma_wait(1, deps=(dpt,))       # dV's product still running
+        dst16 = (pt * (dpt - tile_rows.slice(1, 1).load(st_layout))).to(dtype)
+        colsum += gl.sum(dst16.to(gl.float32), 1)   # the dS that dK, dQ and the row sums use
+        ds_smem.store(dst16)
+        fence_async_shared()
+        gl.thread_barrier()        # both warp groups' halves of dS^T in shared memory
+        dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
+        dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
+        dv, dk, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, dq, rs))
+        mbarrier.arrive(q_free.index(slot))          # Q, dO and the rows of this slot read
+        mbarrier.wait(dq_free, (it & 1) ^ 1)         # the reducer has read the last tile's
+        dq_smem.store(dq * scale)
+        rs_smem.store(rs)
+        fence_async_shared()
+        gl.thread_barrier()        # all of dQ and R written (and every product read ds_smem)
+        mbarrier.arrive(dq_ready)
+
+        next_g, next_q0, next_hi = _next_tile(g, q0, hi, lo, hk, group, END, end_head,
+                                              n_queries, GRID_M)
+        if next_g != g:            # the head's last tile: its dS column sums
+            gl.store(DLAM + h * dlam_head + offs_n, -colsum, mask=n_ok)
+            colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+            lam_ref, b_key = _head_keys(LAM, lam_head,
+                                        hk * group + gl.minimum(next_g, group - 1), key0,
+                                        offs_n, n_ok)
+        g, q0, hi = next_g, next_q0, next_hi
+        it += 1
+
+    kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
+    kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)
+    rows = key0 + gl.arange(0, BLOCK_N, layout=kd_rows)
+    cols = gl.arange(0, HEAD_DIM, layout=kd_cols)
+    ok = gl.expand_dims(rows < n_keys, 1)
+    gl.store(DK + gl.expand_dims(rows.to(gl.int64) * dk_row, 1) + gl.expand_dims(cols, 0),
+             (dk * scale).to(DK.dtype.element_ty), mask=ok)
+    gl.store(DV + gl.expand_dims(rows.to(gl.int64) * dv_row, 1) + gl.expand_dims(cols, 0),
+             dv.to(DV.dtype.element_ty), mask=ok)
+
+
+@gluon.jit(do_not_specialize=["lam_head", "dk_head", "dv_head", "dlam_head", "end_head",
+                              "dk_row", "dv_row", "n_kv_heads", "group", "n_queries", "n_keys"])
 def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_desc,
                       LAM, DK, DV, DLAM, END, DOC,
-                      lam_str, dk_str, dv_str, dlam_str, end_str, doc_str, dk_row, dv_row,
+                      lam_str, dk_str, dv_str, dlam_str, end_str, doc_str,
+                      lam_head, dk_head, dv_head, dlam_head, end_head, dk_row, dv_row,
                       n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                       HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
                       STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
@@ -140,8 +280,13 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     descriptors in blocks [1, 1, 128, D]; q, dO through (B, Hq, M, D) descriptors in blocks
     [1, 1, 64, D]; rows_desc: the per-query rows (B * Hq * 2, M64) (gluon_attention's
     _query_rows) in blocks [2, 64]. LAM, DLAM (B, Hq, N) and DOC (B, N): unit strides along
-    time; DK, DV: unit stride along the head dim, dk_row and dv_row their strides along
-    time."""
+    time; DK, DV: unit stride along the head dim. The strides the partitions use come again as
+    plain values (*_head: between heads; dk_row, dv_row: along time), never specialised: a
+    stride of 1 would arrive as a constant, which warp_specialize cannot pass on.
+
+    Three partitions: the eight math warps (_bwd_math), a loader warp (_bwd_loader) and a
+    reducer warp (_bwd_reducer), so that no TMA is issued from the math warps (Triton puts a
+    CTA barrier before each one there)."""
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = gl.program_id(0)
     pid_n = pid % n_blocks                     # key block 0 sees every query: heavy first
@@ -156,22 +301,12 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     mid = gl.maximum(((full + TILE_M - 1) // TILE_M) * TILE_M, lo)  # tiles before mid: masked
     END += b * end_str[0] + (key0 // GRID_N) * end_str[2]
     DOC += b * doc_str[0]
+    LAM += b * lam_str[0]
+    DLAM += b * dlam_str[0]
+    DK += b * dk_str[0] + hk * dk_head
+    DV += b * dv_str[0] + hk * dv_head
 
-    # S^T, dP^T: (128 keys, 64 queries); dK, dV: (128 keys, D), a warp group per 64 keys;
-    # dQ: (64 queries, D), a warp group per half of the head dim.
-    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
-                                                        instr_shape=[16, TILE_M, 16])
-    kd_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
-                                                        instr_shape=[16, HEAD_DIM, 16])
-    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                        instr_shape=[16, HEAD_DIM // 2, 16])
-    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kd_layout, k_width=2)
-    key_layout: gl.constexpr = gl.SliceLayout(1, st_layout)
-    query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
-    rs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                        instr_shape=[16, 8, 16])
     dtype: gl.constexpr = k_desc.dtype
-
     kv_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM], dtype)
     ds_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, TILE_M], dtype)
@@ -195,9 +330,15 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
     kv_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    q_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    dq_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+    dq_free = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
     mbarrier.init(kv_ready, count=1)
+    mbarrier.init(dq_ready, count=1)
+    mbarrier.init(dq_free, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_free.index(i), count=1)
     fence_async_shared()
     gl.thread_barrier()
 
@@ -206,137 +347,14 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     tma.async_copy_global_to_shared(k_desc, [b32, hk32, key0, 0], kv_ready, _as_desc_block(k_smem))
     tma.async_copy_global_to_shared(v_desc, [b32, hk32, key0, 0], kv_ready, _as_desc_block(v_smem))
 
-    # Two cursors over the tiles (head g of the group, query rows q0): the loads run STAGES - 1
-    # tiles ahead of the math (tile t + STAGES - 1 goes into the slot that tile t - 1 leaves).
-    lg, lq, lhi = _first_tile(lo, hk, group, END, end_str, n_queries, GRID_M)
-    for i in gl.static_range(STAGES - 1):
-        if lg < group:
-            _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, i, b32,
-                       (hk * group + lg).to(gl.int32), n_heads, lq)
-            lg, lq, lhi = _next_tile(lg, lq, lhi, lo, hk, group, END, end_str, n_queries, GRID_M)
-    g, q0, hi = _first_tile(lo, hk, group, END, end_str, n_queries, GRID_M)
-
-    offs_n = key0 + gl.arange(0, BLOCK_N, layout=key_layout)
-    n_ok = offs_n < n_keys
-    doc_k = 0
-    if HAS_DOC:
-        doc_k = gl.load(DOC + offs_n, mask=n_ok, other=-1)
-    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
-    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
-    colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
-    lam_ref, b_key = _head_keys(LAM, lam_str, b, hk * group + gl.minimum(g, group - 1), key0,
-                                offs_n, n_ok)
-    mbarrier.wait(kv_ready, 0)
-
-    # The products are issued in the order ... dV_{t-1} | S_t, dP_t, dK_{t-1}, dQ_{t-1} | dV_t
-    # ..., and wgmma groups complete in issue order: tile t's exp and dS run while the tensor
-    # cores still work on tile t - 1's dK and dQ. Before tile 0, dV_{-1} and dK_{-1} add zeros
-    # times K (loaded, so finite: 0 x NaN would not be zero) and dQ_{-1}, R_{-1} are dropped. S
-    # and dP are issued unconditionally (past the last tile they multiply a stale buffer and are
-    # dropped); only the wait for a tile's loads needs the tile.
-    zero_op = gl.zeros([BLOCK_N, TILE_M], dtype, layout=op_layout)
-    k_rows = k_smem.slice(0, TILE_M)
-    dv = warpgroup_mma(zero_op, k_rows, dv, is_async=True)
-    if g < group:
-        mbarrier.wait(q_ready.index(0), 0)
-    st, dpt = _issue_scores(k_smem, v_smem, q_smem.index(0), do_smem.index(0), st_layout)
-    dk = warpgroup_mma(zero_op, k_rows, dk, is_async=True)
-    dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
-    it = 0
-    prev_h = hk * group
-    prev_q0 = lo
-    while g < group:
-        stage = it % STAGES
-        h = hk * group + g
-        q = q_smem.index(stage)
-        do = do_smem.index(stage)
-        tile_rows = rows_smem.index(stage)
-        doc_q = 0
-        if HAS_DOC:
-            pos_doc = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
-            doc_q = gl.load(DOC + pos_doc, mask=pos_doc < n_keys, other=-2)
-
-        # pending after: dP_t, dK_{t-1}, dQ_{t-1}, R_{t-1}
-        st, dv = warpgroup_mma_wait(4, deps=(st, dv))
-        # (lam_q - lse) log2 e, read where used: -inf on padded rows, so p = 0 there. exp2
-        # first, then the masks zero P (-inf scores before exp2 gave a wrong P in the
-        # warp-specialised Gluon dk/dv kernel on Triton 3.6: docs/kernels.md)
-        a_row = tile_rows.slice(0, 1).load(st_layout) - lam_ref * LOG2E
-        pt = gl.exp2(st * qk_scale + gl.expand_dims(b_key, 1) + a_row)
-        if q0 < mid:
-            pos_q = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
-            pt = gl.where(gl.expand_dims(offs_n, 1) <= gl.expand_dims(pos_q, 0), pt, 0.0)
-        if HAS_DOC:
-            pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
-        dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
-        dpt = warpgroup_mma_wait(4, deps=(dpt,))    # pending: dK_{t-1}, dQ_{t-1}, R_{t-1}, dV_t
-        dst = pt * (dpt - tile_rows.slice(1, 1).load(st_layout))     # do_o: row 1
-        dst16 = dst.to(dtype)
-        colsum += gl.sum(dst16.to(gl.float32), 1)   # the dS that dK, dQ and the row sums use
-
-        # tile t - 1's dQ: to shared memory and reduce-added (its dS buffer is then free)
-        dk, dq, rs = warpgroup_mma_wait(1, deps=(dk, dq, rs))
-        tma.store_wait(0)          # the previous reduce-adds have read dq_smem and rs_smem
-        gl.thread_barrier()        # ... and both warp groups' products have read ds_smem
-        dq_smem.store(dq * scale)
-        rs_smem.store(rs)
-        ds_smem.store(dst16)
-        fence_async_shared()
-        gl.thread_barrier()        # both halves of dS_t and all of dQ_{t-1} in shared memory
-        if it > 0:
-            _tma_reduce_add(dq_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
-                            _as_desc_block(dq_smem))
-            _tma_reduce_add(rs_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
-                            _as_desc_block(rs_smem))
-
-        if lg < group:             # refill the slot of tile t - 1, read by now
-            _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready,
-                       (it + STAGES - 1) % STAGES, b32, (hk * group + lg).to(gl.int32),
-                       n_heads, lq)
-            lg, lq, lhi = _next_tile(lg, lq, lhi, lo, hk, group, END, end_str, n_queries, GRID_M)
-        next_g, next_q0, next_hi = _next_tile(g, q0, hi, lo, hk, group, END, end_str, n_queries,
-                                              GRID_M)
-        next_stage = (it + 1) % STAGES
-        if next_g < group:
-            mbarrier.wait(q_ready.index(next_stage), ((it + 1) // STAGES) & 1)
-        st, dpt = _issue_scores(k_smem, v_smem, q_smem.index(next_stage),
-                                do_smem.index(next_stage), st_layout)
-        # dS^T from shared memory for both (registers holding it would stay live across the
-        # next tile's exp, until dK's product completes)
-        dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
-        dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
-        if next_g != g:            # the head's last tile: its dS column sums
-            gl.store(DLAM + b * dlam_str[0] + h * dlam_str[1] + offs_n, -colsum, mask=n_ok)
-            colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
-            lam_ref, b_key = _head_keys(LAM, lam_str, b,
-                                        hk * group + gl.minimum(next_g, group - 1), key0,
-                                        offs_n, n_ok)
-        prev_h = h
-        prev_q0 = q0
-        g, q0, hi = next_g, next_q0, next_hi
-        it += 1
-
-    st, dpt, dk, dq, rs, dv = warpgroup_mma_wait(0, deps=(st, dpt, dk, dq, rs, dv))
-    if it > 0:                     # the last tile's dQ and row sums
-        tma.store_wait(0)
-        gl.thread_barrier()
-        dq_smem.store(dq * scale)
-        rs_smem.store(rs)
-        fence_async_shared()
-        gl.thread_barrier()
-        _tma_reduce_add(dq_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
-                        _as_desc_block(dq_smem))
-        _tma_reduce_add(rs_desc, [b32, prev_h.to(gl.int32), prev_q0, 0],
-                        _as_desc_block(rs_smem))
-    tma.store_wait(0)
-    kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
-    kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)
-    rows = key0 + gl.arange(0, BLOCK_N, layout=kd_rows)
-    cols = gl.arange(0, HEAD_DIM, layout=kd_cols)
-    ok = gl.expand_dims(rows < n_keys, 1)
-    DKb = DK + b * dk_str[0] + hk * dk_str[1]
-    DVb = DV + b * dv_str[0] + hk * dv_str[1]
-    gl.store(DKb + gl.expand_dims(rows.to(gl.int64) * dk_row, 1) + gl.expand_dims(cols, 0),
-             (dk * scale).to(DK.dtype.element_ty), mask=ok)
-    gl.store(DVb + gl.expand_dims(rows.to(gl.int64) * dv_row, 1) + gl.expand_dims(cols, 0),
-             dv.to(DV.dtype.element_ty), mask=ok)
+    gl.warp_specialize([
+        (_bwd_math, (k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem,
+                     ones_smem, kv_ready, q_ready, q_free, dq_ready, dq_free, LAM, DK, DV, DLAM,
+                     END, DOC, lam_head, dk_head, dv_head, dlam_head, end_head, dk_row, dv_row,
+                     hk, group, key0, lo, mid, n_queries, n_keys, qk_scale, scale,
+                     HEAD_DIM, GRID_M, STAGES, HAS_DOC)),
+        (_bwd_loader, (q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, q_free,
+                       END, end_head, b32, hk, group, n_heads, lo, n_queries, GRID_M, STAGES)),
+        (_bwd_reducer, (dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, END, end_head, b32,
+                        hk, group, lo, n_queries, GRID_M)),
+    ], [1, 1], [24, 24])
