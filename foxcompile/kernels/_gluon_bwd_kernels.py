@@ -8,17 +8,17 @@ position P + i, P = N - M; key j visible iff j <= P + i; p_ij = exp(scale q_i.k_
 - lam[j] - lse_i); dS = P (dP - do_o)). One program owns a block of BLOCK_N = 128 keys of one
 (b, kv head) (the pruning grid's column) and walks, for each query head of its group, the query
 tiles of TILE_M = 64 rows from the diagonal to the plan's last query block that computes the
-block (plan.end_blocks). Eight warps, no warp specialisation: each warp group owns 64 of the
-keys (S^T, dP^T, dK, dV) and half of the head dim (dQ). Per tile t, in the order the products
-are issued (wgmma groups complete in that order; docs/kernels.md, "The Gluon backward", has the
-diagram of who waits on whom):
+block (plan.end_blocks). Three partitions (gl.warp_specialize): a loader warp streams Q, dO
+and the per-query rows of each tile through a ring; eight math warps, each warp group owning 64
+of the keys (S^T, dP^T, dK, dV) and half of the head dim (dQ), compute per tile
 
-    S_t = K Q_t^T, dP_t = V dO_t^T, dK_{t-1} += dS_{t-1}^T Q_{t-1}, dQ_{t-1} = dS_{t-1} K,
-    R_{t-1} = dS_{t-1} 1 (the dS row sums), then dV_t += P_t dO_t
+    S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, dQ = dS K, R = dS 1 (row sums)
 
-so tile t's exp and dS run while the tensor cores finish tile t - 1. dS goes through shared
-memory (both warp groups' halves feed dQ); dQ and R, float32, are reduce-added by TMA into
-buffers summed over key blocks (in any order: not deterministic bit for bit).
+each product waited for inside the tile (ptxas serialises wgmma groups left pending across the
+loop's back-edge); dS^T goes through shared memory, since both warp groups' halves feed dQ; a
+reducer warp adds each tile's dQ and R, handed over in shared memory, into float32 buffers
+summed over key blocks by TMA reduce-adds (in any order: not deterministic bit for bit).
+docs/kernels.md, "The Gluon backward", has the diagram of who waits on whom.
 """
 from triton._C.libtriton import ir
 from triton.experimental import gluon
