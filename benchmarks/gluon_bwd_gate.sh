@@ -3,7 +3,7 @@
 # short timeout: a hung kernel must not eat the call), and only if all of them agree, the timing
 # (bench_attention.py, SHAPES) and the GPU tests of the kernels. Results under $OUT.
 #   bash benchmarks/gluon_bwd_gate.sh
-# TESTS_K=expr passes -k expr to the tests (TESTS=0 leaves them out); FWD_CONFIGS="a b" first times the
+# BENCH_SKIP replaces the rows the bench leaves out. TESTS_K=expr passes -k expr to the tests (TESTS=0 leaves them out); FWD_CONFIGS="a b" first times the
 # tl forward with each FOXCOMPILE_KERNEL_CONFIG forward entry (e.g. 64,128,4,3) at FWD_SHAPES,
 # into $OUT/fwd_CONFIG.json (cuDNN timed in each, the same-run baseline).
 set -u
@@ -35,7 +35,7 @@ PY
 then exit 1; fi
 timeout -k 5 ${BENCH_TIMEOUT:-110} python benchmarks/bench_attention.py --json "$OUT/bench.json" \
   --shapes "${SHAPES:-B8-T4096-H24-D64,B2-T16384-H24-D64,B1-T16384-H16-D128}" \
-  --skip flash,flex,fla,fox-op,arctic-fox-acp,arctic-fox-dense,gluon-acp > "$OUT/bench.log" 2>&1
+  --skip "${BENCH_SKIP:-flash,flex,fla,fox-op,arctic-fox-acp,arctic-fox-dense,gluon-acp}" > "$OUT/bench.log" 2>&1
 grep -E "^B[0-9]" "$OUT/bench.log" | grep -v skipped
 [ "${TESTS:-1}" = 0 ] && exit 0
 timeout -k 5 ${TESTS_TIMEOUT:-230} python -m pytest -q -m gpu -p no:cacheprovider -n 8 --timeout 120 \
