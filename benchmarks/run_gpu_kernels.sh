@@ -2,7 +2,7 @@
 # Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
-#       [bench] [ab] [abref] [ncu] [train] [decode] [gendecode] [gluonbwd]
+#       [bench] [ab] [abref] [ncu] [ncusrc] [train] [decode] [gendecode] [gluonbwd]
 #   (default: tests bench)
 #
 # Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
@@ -28,6 +28,9 @@
 #   OLD=.ab_old on the command line.
 # ncu: Nsight Compute counters of the dense kernels and cuDNN (benchmarks/ncu_kernels.py) at each
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
+# ncusrc: per-instruction stall samples (ncu SourceCounters) of one kernel (NCU_KERNEL regex,
+#   default _gluon_bwd) at NCU_SHAPE, into $OUT/ncusrc.ncu-rep, ncusrc_sass.csv, ncusrc_details.txt
+#   (not yet run on a GPU).
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
 # bench's arctic-fox rows need .peers/arctic-fox (benchmarks/fetch_arctic_fox.sh) and `.peers` in
@@ -142,6 +145,17 @@ for step in $steps; do
           $PY benchmarks/ncu_kernels.py --shape "$shape" > "$OUT/ncu_$shape.csv" 2> "$OUT/ncu_$shape.err"
         $PY benchmarks/ncu_kernels.py --summarise "$OUT/ncu_$shape.csv" 2>&1 | tee "$OUT/ncu_$shape.txt"
       done
+      ;;
+    ncusrc)
+      # per-instruction stall samples of one kernel (NCU_KERNEL, a regex) at NCU_SHAPE: the
+      # report, its SASS page as CSV and the details page (SourceCounters: top stall locations)
+      stamp "ncu source counters ${NCU_KERNEL:=_gluon_bwd} ${NCU_SHAPE:=B8-T4096-H24-D64}"
+      timeout 150 ncu --clock-control none --profile-from-start off --kernel-name "regex:$NCU_KERNEL" \
+        --launch-count 1 --section SourceCounters --section WarpStateStats -o "$OUT/ncusrc" -f \
+        $PY benchmarks/ncu_kernels.py --shape "$NCU_SHAPE" > "$OUT/ncusrc.log" 2>&1
+      ncu -i "$OUT/ncusrc.ncu-rep" --page source --csv --print-source sass > "$OUT/ncusrc_sass.csv" 2>&1
+      ncu -i "$OUT/ncusrc.ncu-rep" --page details > "$OUT/ncusrc_details.txt" 2>&1
+      tail -40 "$OUT/ncusrc_details.txt"
       ;;
     decode)
       stamp "decode kernels (bench_decode_kernel.py)"
