@@ -205,6 +205,21 @@ def _key_walk(START, start_str, row0, pos0, n_keys, BLOCK_M: tl.constexpr,
 
 
 @triton.jit
+def _softmax_step(s, m_i, l_i, ROW_MAY_BE_EMPTY: tl.constexpr):
+    """One step of the online softmax (exp2 domain) over scores s (rows x keys): returns the new
+    running max m_new, alpha = exp2(m_i - m_new) that rescales what came before, p = exp2(s -
+    m_new) and the new row sums. ROW_MAY_BE_EMPTY: a row may have seen only -inf scores so far
+    (m_new = -inf); its alpha and p are then 0, not NaN."""
+    m_new = tl.maximum(m_i, _max_rows(s))
+    m_ref = m_new
+    if ROW_MAY_BE_EMPTY:
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_ref)
+    p = tl.exp2(s - m_ref[:, None])
+    return m_new, alpha, p, l_i * alpha + _sum_rows(p)
+
+
+@triton.jit
 def _fwd_steps(acc, l_i, m_i, rows, keys, lo, hi, n_keys, qk_scale, BLOCK_N: tl.constexpr,
                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr,
                CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
@@ -227,13 +242,8 @@ def _fwd_steps(acc, l_i, m_i, rows, keys, lo, hi, n_keys, qk_scale, BLOCK_N: tl.
         if HAS_DOC:
             doc_k = _doc_ids(DOC, doc_str, offs_n, n_ok)
             s = tl.where(doc_q[:, None] == doc_k[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, _max_rows(s))
-        m_ref = m_new
-        if HAS_DOC:  # a row with no key of its document so far: alpha = p = 0, not NaN
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_ref)
-        p = tl.exp2(s - m_ref[:, None])
-        l_i = l_i * alpha + _sum_rows(p)
+        # a row may have no key of its document so far (HAS_DOC)
+        m_new, alpha, p, l_i = _softmax_step(s, m_i, l_i, HAS_DOC)
         v = _step_tile(v_src, start, offs_n, n_ok, BLOCK_N, HEAD_DIM, D_PAD, MASKED, False, TMA,
                        CAST_F32)
         acc = acc * alpha[:, None]
@@ -706,15 +716,8 @@ def _decode_steps(acc, l_i, m_i, rows, keys, lo, hi, n_keys, qk_scale, BLOCK_N: 
         if HAS_DOC:
             doc_k = _doc_ids(DOC, doc_str, offs_n, n_ok)
             s = tl.where(doc_q[:, None] == doc_k[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, _max_rows(s))
-        m_ref = m_new
-        if MASKED:  # a row with no visible key so far: alpha = p = 0, not NaN
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        if HAS_DOC:
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_ref)
-        p = tl.exp2(s - m_ref[:, None])
-        l_i = l_i * alpha + _sum_rows(p)
+        # a row may have no visible key so far (MASKED: before its start block; HAS_DOC)
+        m_new, alpha, p, l_i = _softmax_step(s, m_i, l_i, MASKED or HAS_DOC)
         v = _tile(V, v_str, offs_n, n_ok, HEAD_DIM, D_PAD, MASKED, False, CAST_F32)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
