@@ -4,7 +4,11 @@ count of wgmma / TMA / mbarrier instructions in its PTX, and what ptxas made of 
 and the CTA barriers of the SASS: a quick check of a Gluon change on a CPU machine. Needs a Triton with Gluon's Hopper pieces (the GPU's is 3.6):
 
     /path/to/triton-3.6-venv/bin/python benchmarks/compile_gluon_offline.py [--head-dim 64]
-        [--doc] [--dump DIR]
+        [--doc] [--dump DIR] [--loops]
+
+--loops prints each hot loop's synchronisation points in the SASS with the instructions between
+them (compile_offline.loop_report): where ptxas put the waits for the tensor cores against the
+softmax's MUFU instructions.
 """
 import argparse
 import os
@@ -13,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from compile_offline import _fake_driver, _usage, dump, wgmma_report  # noqa: E402
+from compile_offline import _fake_driver, _usage, dump, loop_report, wgmma_report  # noqa: E402
 
 
 def main():
@@ -24,6 +28,8 @@ def main():
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
     parser.add_argument("--doc", action="store_true")
     parser.add_argument("--dump", default=None)
+    parser.add_argument("--loops", action="store_true",
+                        help="print the hot loops' synchronisation points (loop_report)")
     args = parser.parse_args()
     os.environ["TRITON_INTERPRET"] = "0"
     _fake_driver(90)
@@ -75,6 +81,8 @@ def main():
               f"waits {ptx.count('wgmma.wait_group')} tma {ptx.count('cp.async.bulk.tensor')} "
               f"setmaxnreg {ptx.count('setmaxnreg')} smem {kernel.metadata.shared}")
         print(f"    {wgmma_report(kernel)}")
+        if args.loops:
+            print(loop_report(kernel))
         if args.dump:
             dump(kernel, args.dump, f"gluon_{name}_{d}")
 

@@ -103,18 +103,58 @@ def wgmma_report(kernel) -> str:
         info = subprocess.run([_nvidia_tool("ptxas"), f"-arch={arch}", "-v", ptx, "-o",
                                os.path.join(tmp, "k.cubin")], capture_output=True, text=True)
         warnings = sorted(set(re.findall(r"\((C75\d\d)\)", info.stdout + info.stderr)))
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        sass = subprocess.run([_nvidia_tool("cuobjdump"), "-sass", f.name], capture_output=True,
-                              text=True).stdout
-    lines = [l for l in sass.splitlines() if re.search(r"/\*[0-9a-f]{4,}\*/\s+\S", l)]
+    lines = [text for _, text in _sass(kernel.asm["cubin"])]
     hgmma = [i for i, l in enumerate(lines) if "HGMMA" in l]
     waited = sum(1 for i in hgmma if i + 1 < len(lines)
                  and "WARPGROUP.DEPBAR.LE gsb0, 0x0" in lines[i + 1])
     bars = sum("BAR.SYNC" in l for l in lines)
     return (f"ptxas {','.join(warnings) or 'no C75xx warnings'}; HGMMA {len(hgmma)}, "
             f"{waited} waited at once; BAR.SYNC {bars}")
+
+
+def _sass(cubin):
+    """(address, instruction) of each SASS instruction of a cubin."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([_nvidia_tool("cuobjdump"), "-sass", f.name], capture_output=True,
+                              text=True).stdout
+    return [(int(m.group(1), 16), m.group(2).strip())
+            for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]+);", text)]
+
+
+SYNC_OPS = ("WARPGROUP", "BAR", "SYNCS", "BRA")
+
+
+def loop_report(kernel) -> str:
+    """The hot loops of a kernel as ptxas scheduled them: each loop (a backward branch) that
+    holds both HGMMA and MUFU, as its sequence of synchronisation points (WARPGROUP.ARRIVE /
+    DEPBAR, BAR, SYNCS, branches, and each HGMMA that closes a group) with the counts of the
+    other instructions between them. It shows where the waits for the tensor cores sit
+    against the softmax's MUFU instructions, which ptxas may move across them."""
+    sass = _sass(kernel.asm["cubin"])
+    out = []
+    for address, text in sass:
+        target = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
+        if not target or int(target.group(1), 16) >= address:
+            continue
+        body = [(a, t) for a, t in sass if int(target.group(1), 16) <= a <= address]
+        ops = [re.split(r"[\s.]", re.sub(r"^@!?U?P\w+\s+", "", t))[0] for _, t in body]
+        if "HGMMA" not in ops or "MUFU" not in ops or len(body) > 1500:
+            continue
+        out.append(f"loop {body[0][0]:#x}-{address:#x}, {len(body)} instructions")
+        between: dict = {}
+        for (a, t), op in zip(body, ops):
+            if op in SYNC_OPS or (op == "HGMMA" and "gsb0" in t):
+                if between:
+                    out.append("    " + " ".join(f"{k} {n}" for k, n in between.items()))
+                    between = {}
+                out.append(f"  {a:#06x} {t[:72]}")
+            else:
+                between[op] = between.get(op, 0) + 1
+        if between:
+            out.append("    " + " ".join(f"{k} {n}" for k, n in between.items()))
+    return "\n".join(out)
 
 
 def dump(kernel, folder: str, stem: str):
