@@ -6,25 +6,31 @@ compute capability 9.x, or an offline compile for one).
 
 Semantics as in _triton_kernels.py (query i at absolute position P + i, P = N - M; key j visible
 iff j <= P + i; score scale q_i.k_j + lam[P+i] - lam[j], computed in the exp2 domain against a
-reference lam_ref near the rows). One program owns BLOCK_M = 128 query rows of one (b, query
-head) and walks the key blocks [START * 128, diagonal] of the pruning grid (plan.tile_sizes:
-128 x 128 at head dims 64 and 128, so program and grid tiles coincide).
+reference lam_ref near the rows). A work item is BLOCK_M = 128 query rows of one (b, query
+head), walking the key blocks [START * 128, diagonal] of the pruning grid (plan.tile_sizes:
+128 x 128 at head dims 64 and 128, so items and grid tiles coincide). The kernel is persistent:
+one program per SM takes items one after another, each the next free one (an atomic counter),
+so the pipeline's fill and the epilogue are paid once per SM rather than once per block.
 
 Who does what (three partitions of one program, docs/kernels.md "The Gluon engine"):
 
-    loader (1 warp)      Q halves once; then for each key tile t, stage t % STAGES:
+    loader (1 warp)      per item: take the next from the counter, publish it to the
+                           consumers (a two-slot queue in shared memory), wait q_free, TMA
+                           its Q halves into Q buffer (item % 2); then for each key tile t
+                           (counted over all items), stage t % STAGES:
                            wait k_free, TMA K_t and lam_t -> k_ready
                            wait v_free, TMA V_t -> v_ready
-    consumer 0 (4 warps) rows [0, 64) of the block      } each, for tile t: issue S_t = Q K_t^T
-    consumer 1 (4 warps) rows [64, 128) of the block    } and P_{t-1} V_{t-1} (async), wait for
+    consumer 0 (4 warps) rows [0, 64) of each item      } each, for tile t: issue S_t = Q K_t^T
+    consumer 1 (4 warps) rows [64, 128) of each item    } and P_{t-1} V_{t-1} (async), wait for
                                                         } S_t only (arrive k_free), softmax of
-                                                        } S_t while PV runs, wait for PV (arrive
-                                                        } v_free), rescale the accumulator
+                                                        } S_t, wait for PV (arrive v_free),
+                                                        } rescale the accumulator; after the
+                                                        } item's last S, arrive q_free
 
-Within a warp group the PV product runs during the softmax; across the two groups the SM's
-schedulers interleave one group's softmax with the other's products (explicit turn-taking, as in
-FlashAttention-3's ping-pong, measured no faster here: docs/kernels.md). Every buffer of the
-ring is released by both consumers (the free barriers count 2 arrivals) before the loader
+Across the two groups the SM's schedulers interleave one group's softmax with the other's
+products (explicit turn-taking, as in FlashAttention-3's ping-pong, measured no faster here;
+within a group ptxas puts the wait for PV before the softmax: docs/kernels.md). Every buffer of
+the ring is released by both consumers (the free barriers count 2 arrivals) before the loader
 refills it; K is released as soon as the scores are in registers, V after its product.
 """
 from triton.experimental import gluon

@@ -91,8 +91,9 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
 
 
 # Head dims where each Gluon kernel beat tl's on an H100, by direction (docs/kernels.md, "The
-# Gluon engine" and "The Gluon backward"): the forward at 128 (2.06 against 2.55 ms at
-# B1-T16384-H16-D128; at D = 64 a tie at 16k and slower at 4k); the backward at 128 (dense
+# Gluon engine" and "The Gluon backward"): the forward at 128 (2.14 against 2.46 ms at
+# B1-T16384-H16-D128; at D = 64 a tie at 16k and slower at 4k: 1.32 against 1.25 ms dense,
+# 0.96 against 0.87 with pruning); the backward at 128 (dense
 # fwd+bwd 9.51 against 9.78 ms with the tl forward, ACP 3.77 against 3.88; at D = 64 faster
 # only dense at 16k).
 PREFERRED_HEAD_DIMS = {"forward": (128,), "backward": (128,)}
