@@ -47,7 +47,6 @@ MAX_SPLITS = 128
 _INTERPRETER_SMS = 4   # under the interpreter: a few splits, so that the combine runs
 
 
-
 def query_rows(q: torch.Tensor, k: torch.Tensor) -> int:
     """M x G of (B, H, T, D) q and k (contract.query_rows): the query rows one program of this
     engine holds (all query heads of a kv head)."""
