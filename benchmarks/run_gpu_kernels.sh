@@ -2,7 +2,7 @@
 # Builds, checks and times foxcompile's Triton kernels on the GPU machine in one call.
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
-#       [bench] [ab] [abref] [ncu] [ncusrc] [train] [decode] [gendecode] [gluonbwd]
+#       [bench] [ab] [abref] [variants] [ncu] [ncusrc] [train] [decode] [gendecode] [gluonbwd]
 #   (default: tests bench)
 #
 # Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
@@ -26,6 +26,10 @@
 #   $OUT/ab_ref.txt (the table). To carry an older version to a machine without the repository:
 #   here, `git archive REF | tar -x -C .ab_old` in the repository root, `.ab_old` in carry, and
 #   OLD=.ab_old on the command line.
+# variants: the versions that benchmarks/prepare_variants.sh unpacked into build/variants/NAME
+#   (carry `build`): this tree's bench (the same-call baseline), then each variant's GPU kernel
+#   tests (-k VARIANT_TESTS_K, default gluon) and the same bench, into $OUT/variants/ (VARIANT_SKIP:
+#   rows left out; SHAPES as for bench).
 # ncu: Nsight Compute counters of the dense kernels and cuDNN (benchmarks/ncu_kernels.py) at each
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
 # ncusrc: per-instruction stall samples (ncu SourceCounters) of one kernel (NCU_KERNEL regex,
@@ -135,6 +139,30 @@ for step in $steps; do
         done
       done
       $PY benchmarks/ab_compare.py "$abdir" --json "$OUT/ab_ref.json" | tee "$OUT/ab_ref.txt"
+      ;;
+    variants)
+      # other versions of the tree, unpacked here by benchmarks/prepare_variants.sh into
+      # build/variants/NAME (carry `build`): this tree's bench first (the same-call baseline),
+      # then per variant its GPU kernel tests (-k VARIANT_TESTS_K, default gluon) and the same
+      # bench, into $OUT/variants/{main,NAME}.json and .log
+      mkdir -p "$OUT/variants"
+      vskip=${VARIANT_SKIP:-flash,flex,fla,fox-op,arctic-fox-acp,arctic-fox-dense,tlg-acp,tlg-dense}
+      stamp "variants: this tree's bench"
+      timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py --json "$OUT/variants/main.json" \
+        ${SHAPES:+--shapes "$SHAPES"} --skip "$vskip" > "$OUT/variants/main.log" 2>&1
+      grep -E "^B[0-9]" "$OUT/variants/main.log" | grep -v skipped
+      for dir in build/variants/*/; do
+        name=$(basename "$dir")
+        stamp "variant $name: tests, then bench"
+        (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
+          timeout ${VARIANT_TESTS_TIMEOUT:-150} $PY -m pytest -q -m gpu -p no:cacheprovider -n "${PYTEST_WORKERS:-8}" \
+          --timeout 100 -k "${VARIANT_TESTS_K:-gluon}" tests/test_kernels.py -rf 2>&1 | tail -3 \
+          | tee "$OUT/variants/$name.tests.log")
+        (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
+          timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py --json "$OUT/variants/$name.json" \
+          ${SHAPES:+--shapes "$SHAPES"} --skip "$vskip" > "$OUT/variants/$name.log" 2>&1)
+        grep -E "^B[0-9]" "$OUT/variants/$name.log" | grep -v skipped
+      done
       ;;
     ncu)
       for shape in ${NCU_SHAPES:-B2-T16384-H24-D64 B1-T16384-H16-D128}; do
