@@ -31,8 +31,7 @@ import torch
 from . import plan as plan_mod
 from . import triton_attention
 from .plan import Plan
-from .triton_attention import (LOG2E, _capability, _device_guard, _doc_args, _f32,
-                               _multiprocessors, _tma_ok)
+from .triton_attention import LOG2E, _capability, _device_guard, _doc_args, _f32, _tma_ok
 
 max_norm = triton_attention.max_norm
 
@@ -91,9 +90,8 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
 
 
 # Head dims where each Gluon kernel beat tl's on an H100, by direction (docs/kernels.md, "The
-# Gluon engine" and "The Gluon backward"): the forward at 128 (2.14 against 2.46 ms at
-# B1-T16384-H16-D128; at D = 64 a tie at 16k and slower at 4k: 1.32 against 1.25 ms dense,
-# 0.96 against 0.87 with pruning); the backward at 128 (dense
+# Gluon engine" and "The Gluon backward"): the forward at 128 (2.06 against 2.55 ms at
+# B1-T16384-H16-D128; at D = 64 a tie at 16k and slower at 4k); the backward at 128 (dense
 # fwd+bwd 9.51 against 9.78 ms with the tl forward, ACP 3.77 against 3.88; at D = 64 faster
 # only dense at 16k).
 PREFERRED_HEAD_DIMS = {"forward": (128,), "backward": (128,)}
@@ -153,16 +151,14 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
     assert out.stride(-1) == 1, "out must have a unit stride along the head dim"
     doc, doc_strides, has_doc = _doc_args(doc, lam)
     kern = _kernels()
-    n_items = -(-n_queries // 128) * batch * q_heads
-    grid = (min(n_items, _multiprocessors(q.device)),)   # persistent: one program per SM
+    grid = (-(-n_queries // 128) * batch * q_heads,)
     with _device_guard(q):
         kern._gluon_fwd_kernel[grid](
             _descriptor(q, 64), _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N),
             _lam_descriptor(lam), lam, out, lse, plan.start, doc,
-            torch.zeros(1, dtype=torch.int32, device=q.device),
-            lam.stride(0), lam.stride(1), out.stride(0), out.stride(1), lse.stride(0),
-            lse.stride(1), *plan.start.stride(), doc_strides[0], out.stride(2),
-            n_items, q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
+            lam.stride(), out.stride(), lse.stride(), plan.start.stride(), doc_strides,
+            out.stride(2),
+            q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, STAGES=STAGES[head_dim], HAS_DOC=has_doc,
             num_warps=4)
     return lse
