@@ -156,8 +156,8 @@ for step in $steps; do
         stamp "variant $name: tests, then bench"
         (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
           timeout ${VARIANT_TESTS_TIMEOUT:-150} $PY -m pytest -q -m gpu -p no:cacheprovider -n "${PYTEST_WORKERS:-8}" \
-          --timeout 100 -k "${VARIANT_TESTS_K:-gluon}" tests/test_kernels.py -rf 2>&1 | tail -3 \
-          | tee "$OUT/variants/$name.tests.log")
+          --timeout 100 -k "${VARIANT_TESTS_K:-gluon}" tests/test_kernels.py -rf > "$OUT/variants/$name.tests.log" 2>&1; \
+          tail -3 "$OUT/variants/$name.tests.log")
         (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
           timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py --json "$OUT/variants/$name.json" \
           ${SHAPES:+--shapes "$SHAPES"} --skip "$vskip" > "$OUT/variants/$name.log" 2>&1)
