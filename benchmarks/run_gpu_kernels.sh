@@ -27,9 +27,11 @@
 #   here, `git archive REF | tar -x -C .ab_old` in the repository root, `.ab_old` in carry, and
 #   OLD=.ab_old on the command line.
 # variants: the versions that benchmarks/prepare_variants.sh unpacked into build/variants/NAME
-#   (carry `build`): this tree's bench (the same-call baseline), then each variant's GPU kernel
-#   tests (-k VARIANT_TESTS_K, default gluon) and the same bench, into $OUT/variants/ (VARIANT_SKIP:
-#   rows left out; SHAPES as for bench).
+#   (carry `build`): this tree's bench (the same-call baseline), then each variant's GPU tests
+#   (VARIANT_TESTS, default tests/test_kernels.py, -k VARIANT_TESTS_K, default gluon; the whole
+#   -m gpu suite of a variant about to land: VARIANT_TESTS=tests/ VARIANT_TESTS_K=all
+#   VARIANT_TESTS_TIMEOUT=330) and the same bench, into $OUT/variants/ (VARIANT_SKIP: rows left
+#   out; SHAPES as for bench).
 # ncu: Nsight Compute counters of the dense kernels and cuDNN (benchmarks/ncu_kernels.py) at each
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
 # ncusrc: per-instruction stall samples (ncu SourceCounters) of one kernel (NCU_KERNEL regex,
@@ -151,12 +153,15 @@ for step in $steps; do
       timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py --json "$OUT/variants/main.json" \
         ${SHAPES:+--shapes "$SHAPES"} --skip "$vskip" > "$OUT/variants/main.log" 2>&1
       grep -E "^B[0-9]" "$OUT/variants/main.log" | grep -v skipped
+      vselect=(-k "${VARIANT_TESTS_K:-gluon}")
+      [ "${VARIANT_TESTS_K:-}" = all ] && vselect=()
       for dir in build/variants/*/; do
         name=$(basename "$dir")
         stamp "variant $name: tests, then bench"
         (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
           timeout ${VARIANT_TESTS_TIMEOUT:-150} $PY -m pytest -q -m gpu -p no:cacheprovider -n "${PYTEST_WORKERS:-8}" \
-          --timeout 100 -k "${VARIANT_TESTS_K:-gluon}" tests/test_kernels.py -rf > "$OUT/variants/$name.tests.log" 2>&1; \
+          --timeout 240 "${vselect[@]}" ${VARIANT_TESTS:-tests/test_kernels.py} -rf \
+          > "$OUT/variants/$name.tests.log" 2>&1; \
           tail -3 "$OUT/variants/$name.tests.log")
         (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
           timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py --json "$OUT/variants/$name.json" \
