@@ -30,8 +30,8 @@
 #   (carry `build`): this tree's bench (the same-call baseline), then each variant's GPU tests
 #   (VARIANT_TESTS, default tests/test_kernels.py, -k VARIANT_TESTS_K, default gluon; the whole
 #   -m gpu suite of a variant about to land: VARIANT_TESTS=tests/ VARIANT_TESTS_K=all
-#   VARIANT_TESTS_TIMEOUT=330) and the same bench, into $OUT/variants/ (VARIANT_SKIP: rows left
-#   out; SHAPES as for bench).
+#   VARIANT_TESTS_TIMEOUT=330; or only for the variants named in VARIANT_FULL, space-separated)
+#   and the same bench, into $OUT/variants/ (VARIANT_SKIP: rows left out; SHAPES as for bench).
 # ncu: Nsight Compute counters of the dense kernels and cuDNN (benchmarks/ncu_kernels.py) at each
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
 # ncusrc: per-instruction stall samples (ncu SourceCounters) of one kernel (NCU_KERNEL regex,
@@ -153,14 +153,17 @@ for step in $steps; do
       timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py --json "$OUT/variants/main.json" \
         ${SHAPES:+--shapes "$SHAPES"} --skip "$vskip" > "$OUT/variants/main.log" 2>&1
       grep -E "^B[0-9]" "$OUT/variants/main.log" | grep -v skipped
-      vselect=(-k "${VARIANT_TESTS_K:-gluon}")
-      [ "${VARIANT_TESTS_K:-}" = all ] && vselect=()
       for dir in build/variants/*/; do
         name=$(basename "$dir")
-        stamp "variant $name: tests, then bench"
+        vselect=(-k "${VARIANT_TESTS_K:-gluon}")
+        [ "${VARIANT_TESTS_K:-}" = all ] && vselect=()
+        vtests=${VARIANT_TESTS:-tests/test_kernels.py}
+        vlimit=${VARIANT_TESTS_TIMEOUT:-150}
+        case " ${VARIANT_FULL:-} " in *" $name "*) vselect=(); vtests=tests/; vlimit=330;; esac
+        stamp "variant $name: tests ($vtests), then bench"
         (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
-          timeout ${VARIANT_TESTS_TIMEOUT:-150} $PY -m pytest -q -m gpu -p no:cacheprovider -n "${PYTEST_WORKERS:-8}" \
-          --timeout 240 "${vselect[@]}" ${VARIANT_TESTS:-tests/test_kernels.py} -rf \
+          timeout $vlimit $PY -m pytest -q -m gpu -p no:cacheprovider -n "${PYTEST_WORKERS:-8}" \
+          --timeout 240 "${vselect[@]}" $vtests -rf \
           > "$OUT/variants/$name.tests.log" 2>&1; \
           tail -3 "$OUT/variants/$name.tests.log")
         (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
