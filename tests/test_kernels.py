@@ -691,6 +691,33 @@ def test_gpu_cuda_graph_capture(cuda_engine):
 
 @gpu
 @needs_cuda
+@pytest.mark.parametrize("programs", [1, 3])
+@pytest.mark.parametrize("case", [
+    # batch, Hq, Hk, M, N, D, dtype, prune, mean document length (None: no documents)
+    (2, 4, 2, 513, 513, 64, torch.bfloat16, Prune.PROVEN, None),
+    (1, 3, 3, 640, 640, 128, torch.float16, Prune.OFF, None),
+    (2, 2, 1, 200, 777, 64, torch.bfloat16, Prune.GUARDED, None),
+    (2, 4, 2, 700, 700, 64, torch.bfloat16, Prune.GUARDED, 150),
+], ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-{}-{}-doc{}".format(*s))
+def test_gpu_gluon_forward_programs_take_many_items(monkeypatch, programs, case):
+    """The persistent Gluon forward with far fewer programs than work items (the SM count
+    replaced by 1 or 3, where the other tests' shapes give every program one item): each
+    program walks many items of different lengths one after another, so its Q buffers
+    alternate and the K/V ring runs on from item to item. Outputs and all gradients against
+    float64, with and without pruning, GQA, M < N, odd sizes and packed sequences."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from foxcompile.kernels import gluon_attention
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon engine is for sm90")
+    monkeypatch.setattr(gluon_attention, "_multiprocessors", lambda device: programs)
+    *shape, dtype, prune, length = case
+    doc = None if length is None else packed_doc(shape[0], shape[4], length, True).cuda()
+    check_case(gluon_attention, *shape, dtype, torch.device("cuda"), prune=prune,
+               decay=(1.0, 32.0), layout="bthd", doc=doc)
+
+
+@gpu
+@needs_cuda
 def test_gpu_gluon_backward_deterministic_is_tl(monkeypatch):
     """Under torch.use_deterministic_algorithms the Gluon engine's backward hands the call to tl's
     (it reduces dq by float32 adds in any order): the same gradients bit for bit, and without

@@ -181,6 +181,10 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
                                                         instr_shape=[16, HEAD_DIM // 2, 16])
     rs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
                                                         instr_shape=[16, 8, 16])
+    # the dS column sums (per key, over a head's query tiles): dS^T x ones (TILE_M, 16) on the
+    # tensor cores, accumulated across the head's tiles, all 16 columns equal
+    cs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
+                                                        instr_shape=[16, 16, 16])
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kd_layout, k_width=2)
     key_layout: gl.constexpr = gl.SliceLayout(1, st_layout)
     query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
@@ -194,7 +198,8 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
         doc_k = gl.load(DOC + offs_n, mask=n_ok, other=-1)
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
-    colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+    colsum = gl.zeros([BLOCK_N, 16], gl.float32, layout=cs_layout)
+    ones_q = ones_smem.slice(0, TILE_M)                # (TILE_M, 16) ones
     g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
     lam_ref, b_key = _head_keys(LAM, lam_head, hk * group + gl.minimum(g, group - 1), key0,
                                 offs_n, n_ok)
@@ -226,16 +231,16 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
         dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
         dpt = warpgroup_mma_wait(1, deps=(dpt,))       # dV's product still running
         dst16 = (pt * (dpt - tile_rows.slice(1, 1).load(st_layout))).to(dtype)
-        colsum += gl.sum(dst16.to(gl.float32), 1)   # the dS that dK, dQ and the row sums use
         ds_smem.store(dst16)
         fence_async_shared()
         gl.thread_barrier()        # both warp groups' halves of dS^T in shared memory
         dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
+        colsum = warpgroup_mma(ds_smem, ones_q, colsum, is_async=True)   # the dS dK, dQ use
         dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
-        dv, dk, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, dq, rs))
+        dv, dk, colsum, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, colsum, dq, rs))
         mbarrier.arrive(q_free.index(slot))          # Q, dO and the rows of this slot read
         mbarrier.wait(dq_free, (it & 1) ^ 1)         # the reducer has read the last tile's
-        dq_smem.store(dq * scale)
+        dq_smem.store(dq)                            # unscaled: the host scales the sum
         rs_smem.store(rs)
         fence_async_shared()
         gl.thread_barrier()        # all of dQ and R written (and every product read ds_smem)
@@ -244,8 +249,9 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
         next_g, next_q0, next_hi = _next_tile(g, q0, hi, lo, hk, group, END, end_head,
                                               n_queries, GRID_M)
         if next_g != g:            # the head's last tile: its dS column sums
-            gl.store(DLAM + h * dlam_head + offs_n, -colsum, mask=n_ok)
-            colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+            head_colsum = gl.convert_layout(gl.max(colsum, 1), key_layout)
+            gl.store(DLAM + h * dlam_head + offs_n, -head_colsum, mask=n_ok)
+            colsum = gl.zeros([BLOCK_N, 16], gl.float32, layout=cs_layout)
             lam_ref, b_key = _head_keys(LAM, lam_head,
                                         hk * group + gl.minimum(next_g, group - 1), key0,
                                         offs_n, n_ok)
@@ -274,7 +280,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
                       STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
     """dk, dv of one (b, kv head, block of 128 keys), summed over the group's query heads; the
     block's share of dq and of the dS row sums, reduce-added into the float32 buffers of dq_desc
-    ((B, Hq, M, D), scaled) and rs_desc ((B, Hq, M, 16), every column the row sum); the dS
+    ((B, Hq, M, D), not yet multiplied by scale) and rs_desc ((B, Hq, M, 16), every column the row sum); the dS
     column sums of each head that computes a tile of the block, negated, into DLAM (the other
     heads' entries are left as they are: zeros from the host). k, v through (B, Hk, N, D)
     descriptors in blocks [1, 1, 128, D]; q, dO through (B, Hq, M, D) descriptors in blocks

@@ -46,8 +46,6 @@ MIN_STEPS_PER_SPLIT = 4
 MAX_SPLITS = 128
 _INTERPRETER_SMS = 4   # under the interpreter: a few splits, so that the combine runs
 
-_sms: dict = {}
-
 
 def query_rows(q: torch.Tensor, k: torch.Tensor) -> int:
     """M x G of (B, H, T, D) q and k (contract.query_rows): the query rows one program of this
@@ -80,10 +78,7 @@ def preferred(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 def _multiprocessors(device: torch.device) -> int:
     if device.type != "cuda":
         return _INTERPRETER_SMS
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _sms:
-        _sms[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _sms[index]
+    return ta._multiprocessors(device)
 
 
 def num_splits(programs: int, n_keys: int, block_n: int, multiprocessors: int) -> int:

@@ -31,7 +31,8 @@ import torch
 from . import plan as plan_mod
 from . import triton_attention
 from .plan import Plan
-from .triton_attention import LOG2E, _capability, _device_guard, _doc_args, _f32, _tma_ok
+from .triton_attention import (LOG2E, _capability, _device_guard, _doc_args, _f32,
+                               _multiprocessors, _tma_ok)
 
 max_norm = triton_attention.max_norm
 
@@ -151,14 +152,16 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
     assert out.stride(-1) == 1, "out must have a unit stride along the head dim"
     doc, doc_strides, has_doc = _doc_args(doc, lam)
     kern = _kernels()
-    grid = (-(-n_queries // 128) * batch * q_heads,)
+    n_items = -(-n_queries // 128) * batch * q_heads
+    grid = (min(n_items, _multiprocessors(q.device)),)   # persistent: one program per SM
     with _device_guard(q):
         kern._gluon_fwd_kernel[grid](
             _descriptor(q, 64), _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N),
             _lam_descriptor(lam), lam, out, lse, plan.start, doc,
-            lam.stride(), out.stride(), lse.stride(), plan.start.stride(), doc_strides,
-            out.stride(2),
-            q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
+            torch.zeros(1, dtype=torch.int32, device=q.device),
+            lam.stride(0), lam.stride(1), out.stride(0), out.stride(1), lse.stride(0),
+            lse.stride(1), *plan.start.stride(), doc_strides[0], out.stride(2),
+            n_items, q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, STAGES=STAGES[head_dim], HAS_DOC=has_doc,
             num_warps=4)
     return lse
@@ -245,7 +248,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
             STAGES=BWD_STAGES[head_dim], HAS_DOC=has_doc, num_warps=8)
-    dq.copy_(dq_acc)
+    torch.mul(dq_acc, scale, out=dq)   # the kernel sums dS K; the scale once, here
     dlam[..., n_keys - n_queries:] += row_sums[..., 0]
     return dlam
 

@@ -45,6 +45,7 @@ _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _twins: dict = {}
 _lock = threading.Lock()
 _capabilities: dict = {}
+_multiprocessor_counts: dict = {}
 
 
 def _interpret_requested() -> bool:
@@ -94,6 +95,15 @@ def _decorated_again(module, interpret: bool) -> types.SimpleNamespace:
             twin.__doc__ = fn.__doc__
             namespace[name] = decorate(twin)
     return types.SimpleNamespace(**namespace)
+
+
+def _multiprocessors(device: torch.device) -> int:
+    """The SM count of a CUDA device (cached)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _multiprocessor_counts:
+        properties = torch.cuda.get_device_properties(index)
+        _multiprocessor_counts[index] = properties.multi_processor_count
+    return _multiprocessor_counts[index]
 
 
 def _capability(device: torch.device):
