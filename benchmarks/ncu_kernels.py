@@ -9,9 +9,8 @@ often warps can issue, and why they stall. Answers "what holds the kernels back"
     python benchmarks/ncu_kernels.py --summarise raw.csv      # the table below from the CSV
 
 Without --summarise the script warms everything up (compiles, autotunes), then profiles exactly
-one dense forward + backward of foxcompile's kernels, one of SDPA cuDNN and, on sm90, one
-with the Gluon forward between
-cudaProfilerStart and cudaProfilerStop.
+one dense forward + backward of foxcompile's `tl` kernels, one of SDPA cuDNN and, on sm90, one
+of the Gluon engine (Gluon forward and backward) between cudaProfilerStart and cudaProfilerStop.
 """
 import argparse
 import csv
@@ -46,7 +45,7 @@ def profile(shape):
     batch, seq, heads, head_dim = parse_shape(shape)
     q, k, v, _, lam = syn70(batch, seq, heads, head_dim)
     runs = [fox_kernels(q, k, v, lam, Prune.OFF)[1], sdpa(q, k, v, "cudnn")[1]]
-    try:   # the Gluon forward (_gluon_fwd_kernel) where it runs, before the same tl backward
+    try:   # the Gluon engine (_gluon_fwd_kernel, _gluon_bwd_kernel) where it runs
         runs.append(fox_kernels(q, k, v, lam, Prune.OFF, "gluon")[1])
     except ImportError as exc:
         print(f"no Gluon engine: {exc}", file=sys.stderr)
