@@ -36,6 +36,7 @@
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
 # ncusrc: per-instruction stall samples (ncu SourceCounters) of one kernel (NCU_KERNEL regex,
 #   default _gluon_bwd) at NCU_SHAPE, into $OUT/ncusrc.ncu-rep, ncusrc_sass.csv, ncusrc_details.txt
+#   and ncusrc_summary.txt / .json (benchmarks/ncu_source_summary.py: where the warps wait)
 #   (not yet run on a GPU).
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
@@ -191,7 +192,9 @@ for step in $steps; do
         $PY benchmarks/ncu_kernels.py --shape "$NCU_SHAPE" > "$OUT/ncusrc.log" 2>&1
       ncu -i "$OUT/ncusrc.ncu-rep" --page source --csv --print-source sass > "$OUT/ncusrc_sass.csv" 2>&1
       ncu -i "$OUT/ncusrc.ncu-rep" --page details > "$OUT/ncusrc_details.txt" 2>&1
-      tail -40 "$OUT/ncusrc_details.txt"
+      tail -20 "$OUT/ncusrc_details.txt"
+      $PY benchmarks/ncu_source_summary.py "$OUT/ncusrc_sass.csv" --json "$OUT/ncusrc_summary.json" \
+        2>&1 | tee "$OUT/ncusrc_summary.txt"
       ;;
     decode)
       stamp "decode kernels (bench_decode_kernel.py)"
