@@ -57,20 +57,23 @@ def read(path: str):
     """[(address, source, samples, not_issued_samples)] of the SASS page, in address order."""
     with open(path, newline="") as handle:
         lines = handle.read().splitlines()
-    start = next((i for i, line in enumerate(lines) if '"Address"' in line or line.startswith("Address")),
-                 None)
+    start = next((i for i, line in enumerate(lines)
+                  if "Address" in line and "Source" in line), None)
     if start is None:
-        raise SystemExit(f"{path}: no 'Address' header (is it the source page in CSV?)")
+        raise SystemExit(f"{path}: no header with 'Address' and 'Source' (is it the source "
+                         "page in CSV?)")
     rows = list(csv.DictReader(lines[start:]))
-    header = rows[0].keys() if rows else []
-    all_col = next((c for c in header if c and c.startswith("Warp Stall Sampling (All")), None)
-    not_col = next((c for c in header if c and c.startswith("Warp Stall Sampling (Not")), None)
+    header = [c for c in (rows[0].keys() if rows else []) if c]
+    address_col = next(c for c in header if "Address" in c)
+    source_col = next(c for c in header if c.strip() == "Source")
+    all_col = next((c for c in header if "Sampling (All" in c), None)
+    not_col = next((c for c in header if "Sampling (Not" in c), None)
     if all_col is None:
-        raise SystemExit(f"{path}: no 'Warp Stall Sampling (All Samples)' column: {list(header)}")
+        raise SystemExit(f"{path}: no 'Warp Stall Sampling (All Samples)' column: {header}")
     out = []
     for row in rows:
-        address = row.get("Address", "")
-        source = row.get("Source", "")
+        address = row.get(address_col, "")
+        source = row.get(source_col, "")
         if not address or not source:
             continue
         out.append((address, source, _number(row[all_col]),
