@@ -280,11 +280,11 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
                       STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
     """dk, dv of one (b, kv head, block of 128 keys), summed over the group's query heads; the
     block's share of dq and of the dS row sums, reduce-added into the float32 buffers of dq_desc
-    ((B, Hq, M, D), not yet multiplied by scale) and rs_desc ((B, Hq, M, 16), every column the row sum); the dS
-    column sums of each head that computes a tile of the block, negated, into DLAM (the other
-    heads' entries are left as they are: zeros from the host). k, v through (B, Hk, N, D)
-    descriptors in blocks [1, 1, 128, D]; q, dO through (B, Hq, M, D) descriptors in blocks
-    [1, 1, 64, D]; rows_desc: the per-query rows (B * Hq * 2, M64) (gluon_attention's
+    ((B, Hq, M, D), not yet multiplied by scale) and rs_desc ((B, Hq, M, 16), every column the
+    row sum); the dS column sums of each head that computes a tile of the block, negated, into
+    DLAM (the other heads' entries are left as they are: zeros from the host). k, v through
+    (B, Hk, N, D) descriptors in blocks [1, 1, 128, D]; q, dO through (B, Hq, M, D) descriptors
+    in blocks [1, 1, 64, D]; rows_desc: the per-query rows (B * Hq * 2, M64) (gluon_attention's
     _query_rows) in blocks [2, 64]. LAM, DLAM (B, Hq, N) and DOC (B, N): unit strides along
     time; DK, DV: unit stride along the head dim. The strides the partitions use come again as
     plain values (*_head: between heads; dk_row, dv_row: along time), never specialised: a

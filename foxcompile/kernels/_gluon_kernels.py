@@ -5,26 +5,32 @@ Imported only by gluon_attention.py, and only where Triton has Gluon's Hopper pi
 compute capability 9.x, or an offline compile for one).
 
 Semantics as in _triton_kernels.py (query i at absolute position P + i, P = N - M; key j visible
-iff j <= P + i; score scale q_i.k_j + lam[P+i] - lam[j], computed in the exp2 domain against a
-reference lam_ref near the rows). One program owns BLOCK_M = 128 query rows of one (b, query
-head) and walks the key blocks [START * 128, diagonal] of the pruning grid (plan.tile_sizes:
-128 x 128 at head dims 64 and 128, so program and grid tiles coincide).
+iff j <= P + i; score scale q_i.k_j + lam[P+i] - lam[j], taken against a reference lam_ref near
+the rows, in the natural-log domain; p = exp2(s log2 e - m log2 e), one FFMA per score). A work
+item is a block of BLOCK_M = 128 query rows of one (b, query head); it walks the key blocks
+[START * 128, diagonal] of the pruning grid (plan.tile_sizes: 128 x 128 at head dims 64 and
+128, so item and grid tiles coincide). The kernel is persistent: one program per SM takes the
+items one after another from an atomic counter.
 
 Who does what (three partitions of one program, docs/kernels.md "The Gluon engine"):
 
-    loader (1 warp)      Q halves once; then for each key tile t, stage t % STAGES:
+    loader (1 warp)      per item: take it (COUNTER), hand it to the consumers (item queue),
+                           the Q halves into Q buffer jj % 2; then per key tile t, stage t % STAGES
+                           (the ring runs on across items):
                            wait k_free, TMA K_t and lam_t -> k_ready
                            wait v_free, TMA V_t -> v_ready
-    consumer 0 (4 warps) rows [0, 64) of the block      } each, for tile t: issue S_t = Q K_t^T
-    consumer 1 (4 warps) rows [64, 128) of the block    } and P_{t-1} V_{t-1} (async), wait for
-                                                        } S_t only (arrive k_free), softmax of
-                                                        } S_t while PV runs, wait for PV (arrive
-                                                        } v_free), rescale the accumulator
+    consumer 0 (4 warps) rows [0, 64) of the item       } each, for tile t: issue S_t = Q K_t^T
+    consumer 1 (4 warps) rows [64, 128) of the item     } and P_{t-1} V_{t-1} (async), wait for
+                                                        } S_t only (arrive k_free), scores of
+                                                        } S_t, wait for PV (arrive v_free),
+                                                        } online softmax, rescale the accumulator
 
-Within a warp group the PV product runs during the softmax; across the two groups the SM's
-schedulers interleave one group's softmax with the other's products (explicit turn-taking, as in
-FlashAttention-3's ping-pong, measured no faster here: docs/kernels.md). Every buffer of the
-ring is released by both consumers (the free barriers count 2 arrivals) before the loader
+Within a warp group ptxas puts the wait for PV before the row maximum and the exponentials, so
+only the scores' arithmetic runs beside the product; across the two groups the SM's schedulers
+interleave one group's softmax with the other's products (explicit turn-taking, as in
+FlashAttention-3's ping-pong, measured no faster here: docs/kernels.md). At D = 64 without
+documents the row sums of P come from the tensor cores (P x ones beside P V). Every buffer of
+the ring is released by both consumers (the free barriers count 2 arrivals) before the loader
 refills it; K is released as soon as the scores are in registers, V after its product.
 """
 from triton.experimental import gluon
