@@ -123,7 +123,8 @@ def _loader(q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, 
             mbarrier.wait(q_free.index(q_buf), ((jj // 2) & 1) ^ 1)
             mbarrier.expect(q_ready.index(q_buf), q_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(q_desc, [b32, h32, row0 + half * HALF_M, 0],
-                                            q_ready.index(q_buf), _as_desc_block(q_smem.index(q_buf)))
+                                            q_ready.index(q_buf),
+                                            _as_desc_block(q_smem.index(q_buf)))
         for i in range(n_tiles):
             stage = t % STAGES
             # the first round finds every buffer free (parity 1 of a fresh barrier has completed)
@@ -225,8 +226,7 @@ def _softmax_step(s, m_i, l_i, HAS_DOC: gl.constexpr, ROWSUM_MMA: gl.constexpr):
 @gluon.jit
 def _pv(p_op, v, ones, acc, acc_l, ROWSUM_MMA: gl.constexpr):
     """Issue acc += P V and, with ROWSUM_MMA, acc_l += P ones (the row sums of P on the
-    tensor cores, saving the softmax one FADD per score: at D = 64 the consumers' instruction
-    issue, not the tensor cores, bounds the forward)."""
+    tensor cores, saving the softmax one FADD per score)."""
     acc = warpgroup_mma(p_op, v, acc, is_async=True)
     if ROWSUM_MMA:
         pl_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l.type.layout,
@@ -358,7 +358,8 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, 
                                                  BLOCK_N)
         q_buf = 2 * (jj % 2) + HALF
         _attend_block(q_smem.index(q_buf), q_ready.index(q_buf), (jj // 2) & 1,
-                      q_free.index(q_buf), k_smem, v_smem, lam_smem, ones, k_ready, v_ready, kv_free,
+                      q_free.index(q_buf), k_smem, v_smem, lam_smem, ones, k_ready, v_ready,
+                      kv_free,
                       LAM + b * lam_b + h * lam_h, OUT + b * out_b + h * out_h,
                       LSE + b * lse_b + h * lse_h, DOC + b * doc_b, out_row, row0, lo, mid,
                       n_tiles, t0, n_queries, n_keys, qk_scale, HALF, HEAD_DIM, BLOCK_N, STAGES,
@@ -387,8 +388,9 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DO
     constant, which warp_specialize cannot pass on.
 
     Q has two buffers of two halves, so the loader fetches the next item's Q while the
-    consumers finish the current one, and the K/V ring runs on across items: a program's
-    start (pipeline fill) and end (epilogue) are paid once per SM, not once per block."""
+    consumers finish the current one, and the K/V ring runs on across items: the launch and
+    the loads' fill are paid once per SM; each item still pays its first tile's scores alone
+    and its epilogue (docs/kernels.md, "Per tile faster than `tl`, per work item slower")."""
     BLOCK_M: gl.constexpr = 2 * HALF_M
     m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
     dtype: gl.constexpr = q_desc.dtype
