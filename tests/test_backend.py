@@ -76,7 +76,10 @@ def test_forms_match_eager(style, dtype):
     report = foxcompile.explain(model, x)
     assert len(report.sites) == 1, str(report)
     assert report.sites[0].decay == "proven" and report.sites[0].prunable
-    tol = dict(rtol=2e-5, atol=2e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    # float32: the parameter grads reach about 30 and are sums over all tokens, so another
+    # order of summation moves a small entry by a few ulps of the largest (about 5e-6 from
+    # float64 for eager and compiled alike); the float64 case checks the maths tightly
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     if style == "matmul_masked_fill" and dtype == torch.float64:
         tol = dict(rtol=1e-5, atol=1e-6)  # eager's softmax(s.float()) rounds to fp32; ours doesn't
     assert_compiled_matches_eager(model, (x,), **tol)
