@@ -699,12 +699,13 @@ def test_gpu_cuda_graph_capture(cuda_engine):
     (2, 2, 1, 200, 777, 64, torch.bfloat16, Prune.GUARDED, None),
     (2, 4, 2, 700, 700, 64, torch.bfloat16, Prune.GUARDED, 150),
 ], ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-{}-{}-doc{}".format(*s))
-def test_gpu_gluon_forward_programs_take_many_items(monkeypatch, programs, case):
-    """The persistent Gluon forward with far fewer programs than work items (the SM count
-    replaced by 1 or 3, where the other tests' shapes give every program one item): each
-    program walks many items of different lengths one after another, so its Q buffers
-    alternate and the K/V ring runs on from item to item. Outputs and all gradients against
-    float64, with and without pruning, GQA, M < N, odd sizes and packed sequences."""
+def test_gpu_gluon_programs_take_many_items(monkeypatch, programs, case):
+    """The persistent Gluon kernels, forward and backward, with far fewer programs than work
+    items (the SM count replaced by 1 or 3, where the other tests' shapes give every program
+    one item): each program walks many items of different lengths one after another, so its
+    Q (forward) or K/V (backward) buffers alternate and the rings run on from item to item.
+    Outputs and all gradients against float64, with and without pruning, GQA, M < N, odd
+    sizes and packed sequences."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from foxcompile.kernels import gluon_attention
     if torch.cuda.get_device_capability()[0] != 9:

@@ -5,12 +5,16 @@ Imported only by gluon_attention.py, and only where Triton has Gluon's Hopper pi
 
 Semantics as in _triton_kernels.py's _dkdv_kernel and _dq_kernel together (query i at absolute
 position P + i, P = N - M; key j visible iff j <= P + i; p_ij = exp(scale q_i.k_j + lam[P+i]
-- lam[j] - lse_i); dS = P (dP - do_o)). One program owns a block of BLOCK_N = 128 keys of one
-(b, kv head) (the pruning grid's column) and walks, for each query head of its group, the query
-tiles of TILE_M = 64 rows from the diagonal to the plan's last query block that computes the
-block (plan.end_blocks). Three partitions (gl.warp_specialize): a loader warp streams Q, dO
-and the per-query rows of each tile through a ring; eight math warps, each warp group owning 64
-of the keys (S^T, dP^T, dK, dV) and half of the head dim (dQ), compute per tile
+- lam[j] - lse_i); dS = P (dP - do_o)). A work item is a block of BLOCK_N = 128 keys of one
+(b, kv head) (the pruning grid's column): its dk, dv and its share of dq from the query tiles
+of TILE_M = 64 rows of each query head of its group, from the diagonal to the plan's last
+query block that computes the block (plan.end_blocks). The kernel is persistent: one program
+per SM takes the items one after another from an atomic counter (as the forward does, sharing
+its item queue). Three partitions (gl.warp_specialize): a loader warp, the scheduler, streams
+each item's K and V (KV_BUFFERS of them, so the next item's arrive during this one's tiles)
+and then Q, dO and the per-query rows of each tile through a ring that runs on across items;
+eight math warps, each warp group owning 64 of the keys (S^T, dP^T, dK, dV) and half of the
+head dim (dQ), compute per tile
 
     S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, dQ = dS K, R = dS 1 (row sums)
 
@@ -27,7 +31,7 @@ from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from ._gluon_kernels import LOG2E, _as_desc_block
+from ._gluon_kernels import LOG2E, _as_desc_block, _item_queue, _publish_item, _take_item
 
 TILE_M = gl.constexpr(64)     # query rows per step (one wgmma M for dQ)
 BLOCK_N = gl.constexpr(128)   # keys per program: two warp groups of 64
@@ -126,53 +130,107 @@ def _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, 
 
 
 @gluon.jit
-def _bwd_loader(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, q_free, END,
-                end_head, b32, hk, group, n_heads, lo, n_queries,
-                GRID_M: gl.constexpr, STAGES: gl.constexpr):
-    """The loader warp: Q, dO and the per-query rows of every tile through the ring, a slot
-    refilled once the math has finished with it (q_free)."""
-    g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
-    it = 0
-    while g < group:
-        slot = it % STAGES
-        # the first round finds every slot free (parity 1 of a fresh barrier has completed)
-        mbarrier.wait(q_free.index(slot), ((it // STAGES) & 1) ^ 1)
-        _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, slot, b32,
-                   (hk * group + g).to(gl.int32), n_heads, q0)
-        g, q0, hi = _next_tile(g, q0, hi, lo, hk, group, END, end_head, n_queries, GRID_M)
-        it += 1
+def _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys):
+    """(b, hk, key0, lo, mid) of work item `item`: key block item % n_blocks of (b, kv head)
+    item // n_blocks, so that a head's blocks come one after another (its Q and dO shared in L2
+    by the programs at work) and its heavy blocks first (key block 0 sees every query). Query
+    tiles from lo on see a key of the block; tiles before mid cross the diagonal (masked)."""
+    pid_n = item % n_blocks
+    pid_bh = item // n_blocks
+    b = (pid_bh // n_kv_heads).to(gl.int64)
+    hk = (pid_bh % n_kv_heads).to(gl.int64)
+    offset = n_keys - n_queries
+    key0 = pid_n * BLOCK_N
+    lo = (gl.maximum(key0 - offset, 0) // TILE_M) * TILE_M
+    full = gl.maximum(key0 + BLOCK_N - 1 - offset, 0)
+    mid = gl.maximum(((full + TILE_M - 1) // TILE_M) * TILE_M, lo)
+    return b, hk, key0, lo, mid
 
 
 @gluon.jit
-def _bwd_reducer(dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, END, end_head, b32, hk,
-                 group, lo, n_queries, GRID_M: gl.constexpr):
+def _bwd_loader(k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_smem, do_smem,
+                rows_smem, kv_ready, kv_free, q_ready, q_free, items, item_ready, item_free,
+                COUNTER, END, end_b, end_head, end_n, n_items, n_blocks, n_kv_heads, group,
+                n_queries, n_keys, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
+                STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr):
+    """The loader warp, and the scheduler: work item program_id first, then the next free one
+    (COUNTER, an int32 zero at launch, plus num_programs), each published to the other
+    partitions (_publish_item) before its loads. Per item: K and V into buffer jj % KV_BUFFERS
+    (once the math is done with that buffer's last item: kv_free), then Q, dO and the
+    per-query rows of every tile through the ring, a slot refilled once the math has finished
+    with it (q_free; `it` counts the tiles of all the program's items)."""
+    n_heads = n_kv_heads * group
+    it = 0
+    jj = 0
+    item = gl.program_id(0)
+    while item < n_items:
+        _publish_item(items, item_ready, item_free, jj, item)
+        b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
+        b32, hk32 = b.to(gl.int32), hk.to(gl.int32)
+        kv = jj % KV_BUFFERS
+        # the first round finds every buffer free (parity 1 of a fresh barrier has completed)
+        mbarrier.wait(kv_free.index(kv), ((jj // KV_BUFFERS) & 1) ^ 1)
+        mbarrier.expect(kv_ready.index(kv), 2 * k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [b32, hk32, key0, 0], kv_ready.index(kv),
+                                        _as_desc_block(k_smem.index(kv)))
+        tma.async_copy_global_to_shared(v_desc, [b32, hk32, key0, 0], kv_ready.index(kv),
+                                        _as_desc_block(v_smem.index(kv)))
+        item_end = END + b * end_b + (key0 // GRID_N) * end_n
+        g, q0, hi = _first_tile(lo, hk, group, item_end, end_head, n_queries, GRID_M)
+        while g < group:
+            slot = it % STAGES
+            mbarrier.wait(q_free.index(slot), ((it // STAGES) & 1) ^ 1)
+            _load_tile(q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, slot,
+                       b32, (hk * group + g).to(gl.int32), n_heads, q0)
+            g, q0, hi = _next_tile(g, q0, hi, lo, hk, group, item_end, end_head, n_queries,
+                                   GRID_M)
+            it += 1
+        item = gl.atomic_add(COUNTER, 1) + gl.num_programs(0)
+        jj += 1
+    _publish_item(items, item_ready, item_free, jj, n_items)
+
+
+@gluon.jit
+def _bwd_reducer(dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, item_ready,
+                 item_free, END, end_b, end_head, end_n, n_items, n_blocks, n_kv_heads, group,
+                 n_queries, n_keys, GRID_M: gl.constexpr, GRID_N: gl.constexpr):
     """The reducer warp: each tile's dQ and row sums, once in shared memory (dq_ready), added
     into the float32 buffers by TMA; the buffers handed back (dq_free) once the adds have read
-    them."""
-    g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
+    them. Items from the loader (_take_item) until none is left."""
     it = 0
-    while g < group:
-        mbarrier.wait(dq_ready, it & 1)
-        h32 = (hk * group + g).to(gl.int32)
-        _tma_reduce_add(dq_desc, [b32, h32, q0, 0], _as_desc_block(dq_smem))
-        _tma_reduce_add(rs_desc, [b32, h32, q0, 0], _as_desc_block(rs_smem))
-        tma.store_wait(0)
-        mbarrier.arrive(dq_free)
-        g, q0, hi = _next_tile(g, q0, hi, lo, hk, group, END, end_head, n_queries, GRID_M)
-        it += 1
+    jj = 0
+    item = _take_item(items, item_ready, item_free, jj, 1)
+    while item < n_items:
+        b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
+        b32 = b.to(gl.int32)
+        item_end = END + b * end_b + (key0 // GRID_N) * end_n
+        g, q0, hi = _first_tile(lo, hk, group, item_end, end_head, n_queries, GRID_M)
+        while g < group:
+            mbarrier.wait(dq_ready, it & 1)
+            h32 = (hk * group + g).to(gl.int32)
+            _tma_reduce_add(dq_desc, [b32, h32, q0, 0], _as_desc_block(dq_smem))
+            _tma_reduce_add(rs_desc, [b32, h32, q0, 0], _as_desc_block(rs_smem))
+            tma.store_wait(0)
+            mbarrier.arrive(dq_free)
+            g, q0, hi = _next_tile(g, q0, hi, lo, hk, group, item_end, end_head, n_queries,
+                                   GRID_M)
+            it += 1
+        jj += 1
+        item = _take_item(items, item_ready, item_free, jj, 1)
 
 
 @gluon.jit
-def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
-              kv_ready, q_ready, q_free, dq_ready, dq_free, LAM, DK, DV, DLAM, END, DOC,
-              lam_head, dk_head, dv_head, dlam_head, end_head, dk_row, dv_row,
-              hk, group, key0, lo, mid, n_queries, n_keys, qk_scale, scale,
-              HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, STAGES: gl.constexpr,
-              HAS_DOC: gl.constexpr):
-    """The eight math warps: per tile, the five products and the dS math, every product waited
-    for inside the tile (ptxas serialises groups left pending across the loop's back-edge);
-    dS^T through ds_smem (both warp groups' halves feed dQ), dQ and the row sums handed to the
-    reducer. LAM, DLAM, DOC at b; DK, DV at (b, kv head)."""
+def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
+               q_ready, q_free, dq_ready, dq_free, LAM, DK, DV, DLAM, END, DOC, lam_head,
+               dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid, it, n_queries,
+               n_keys, qk_scale, scale, HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr,
+               STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
+    """The math warps' share of one work item (K and V in k_smem, v_smem, ready): per tile, the
+    five products and the dS math, every product waited for inside the tile (ptxas serialises
+    groups left pending across the loop's back-edge); dS^T through ds_smem (both warp groups'
+    halves feed dQ), dQ and the row sums handed to the reducer; then dk, dv of the block. LAM,
+    DLAM, DOC at b; DK, DV at (b, kv head); END at (b, key block). `it`: the ring's tiles of the
+    items before; returned advanced past this item's."""
     st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
                                                         instr_shape=[16, TILE_M, 16])
     kd_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
@@ -203,8 +261,6 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
     g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
     lam_ref, b_key = _head_keys(LAM, lam_head, hk * group + gl.minimum(g, group - 1), key0,
                                 offs_n, n_ok)
-    mbarrier.wait(kv_ready, 0)
-    it = 0
     while g < group:
         slot = it % STAGES
         h = hk * group + g
@@ -267,57 +323,76 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
              (dk * scale).to(DK.dtype.element_ty), mask=ok)
     gl.store(DV + gl.expand_dims(rows.to(gl.int64) * dv_row, 1) + gl.expand_dims(cols, 0),
              dv.to(DV.dtype.element_ty), mask=ok)
+    return it
 
 
-@gluon.jit(do_not_specialize=["lam_head", "dk_head", "dv_head", "dlam_head", "end_head",
-                              "dk_row", "dv_row", "n_kv_heads", "group", "n_queries", "n_keys"])
+@gluon.jit
+def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
+              kv_ready, kv_free, q_ready, q_free, dq_ready, dq_free, items, item_ready, item_free,
+              LAM, DK, DV, DLAM, END, DOC, lam_b, lam_head, dk_b, dk_head, dk_row, dv_b, dv_head,
+              dv_row, dlam_b, dlam_head, end_b, end_head, end_n, doc_b, n_items, n_blocks,
+              n_kv_heads, group, n_queries, n_keys, qk_scale, scale, HEAD_DIM: gl.constexpr,
+              GRID_M: gl.constexpr, GRID_N: gl.constexpr, STAGES: gl.constexpr,
+              KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr):
+    """The eight math warps: items from the loader (_take_item) until none is left, each
+    (_bwd_block) once its K and V are in buffer jj % KV_BUFFERS (kv_ready), the buffer handed
+    back (kv_free) once its last product has read it."""
+    it = 0
+    jj = 0
+    item = _take_item(items, item_ready, item_free, jj, 8)
+    while item < n_items:
+        b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
+        kv = jj % KV_BUFFERS
+        mbarrier.wait(kv_ready.index(kv), (jj // KV_BUFFERS) & 1)
+        it = _bwd_block(k_smem.index(kv), v_smem.index(kv), q_smem, do_smem, rows_smem, ds_smem,
+                        dq_smem, rs_smem, ones_smem, q_ready, q_free, dq_ready, dq_free,
+                        LAM + b * lam_b, DK + b * dk_b + hk * dk_head,
+                        DV + b * dv_b + hk * dv_head, DLAM + b * dlam_b,
+                        END + b * end_b + (key0 // GRID_N) * end_n, DOC + b * doc_b, lam_head,
+                        dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid, it,
+                        n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, STAGES, HAS_DOC)
+        mbarrier.arrive(kv_free.index(kv))
+        jj += 1
+        item = _take_item(items, item_ready, item_free, jj, 8)
+
+
+@gluon.jit(do_not_specialize=["lam_b", "lam_head", "dk_b", "dk_head", "dk_row", "dv_b",
+                              "dv_head", "dv_row", "dlam_b", "dlam_head", "end_b", "end_head",
+                              "end_n", "doc_b", "n_items", "n_kv_heads", "group", "n_queries",
+                              "n_keys"])
 def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_desc,
-                      LAM, DK, DV, DLAM, END, DOC,
-                      lam_str, dk_str, dv_str, dlam_str, end_str, doc_str,
-                      lam_head, dk_head, dv_head, dlam_head, end_head, dk_row, dv_row,
-                      n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
+                      LAM, DK, DV, DLAM, END, DOC, COUNTER,
+                      lam_b, lam_head, dk_b, dk_head, dk_row, dv_b, dv_head, dv_row,
+                      dlam_b, dlam_head, end_b, end_head, end_n, doc_b,
+                      n_items, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                       HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
-                      STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
-    """dk, dv of one (b, kv head, block of 128 keys), summed over the group's query heads; the
-    block's share of dq and of the dS row sums, reduce-added into the float32 buffers of dq_desc
-    ((B, Hq, M, D), not yet multiplied by scale) and rs_desc ((B, Hq, M, 16), every column the
-    row sum); the dS column sums of each head that computes a tile of the block, negated, into
-    DLAM (the other heads' entries are left as they are: zeros from the host). k, v through
-    (B, Hk, N, D) descriptors in blocks [1, 1, 128, D]; q, dO through (B, Hq, M, D) descriptors
-    in blocks [1, 1, 64, D]; rows_desc: the per-query rows (B * Hq * 2, M64) (gluon_attention's
-    _query_rows) in blocks [2, 64]. LAM, DLAM (B, Hq, N) and DOC (B, N): unit strides along
-    time; DK, DV: unit stride along the head dim. The strides the partitions use come again as
-    plain values (*_head: between heads; dk_row, dv_row: along time), never specialised: a
-    stride of 1 would arrive as a constant, which warp_specialize cannot pass on.
+                      STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr):
+    """Persistent, scheduled dynamically: each program takes work item program_id, then the
+    next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
+    wave) of the n_items = blocks of 128 keys x (b, kv head) (_bwd_item). Per item: dk, dv of
+    its keys, summed over the group's query heads; its share of dq and of the dS row sums,
+    reduce-added into the float32 buffers of dq_desc ((B, Hq, M, D), not yet multiplied by
+    scale) and rs_desc ((B, Hq, M, 16), every column the row sum); the dS column sums of each
+    head that computes a tile of the block, negated, into DLAM (the other heads' entries are
+    left as they are: zeros from the host). k, v through (B, Hk, N, D) descriptors in blocks
+    [1, 1, 128, D]; q, dO through (B, Hq, M, D) descriptors in blocks [1, 1, 64, D]; rows_desc:
+    the per-query rows (B * Hq * 2, M64) (gluon_attention's _query_rows) in blocks [2, 64].
+    LAM, DLAM (B, Hq, N), END (B, Hq, GRID_N blocks) and DOC (B, N): unit strides along time;
+    DK, DV: unit stride along the head dim. Strides come as plain values (*_b: between
+    batches, *_head: between heads, end_n: END's between key blocks, dk_row, dv_row: along
+    time), never specialised, nor are the sizes: a 1 would arrive as a constant, which
+    warp_specialize cannot pass on.
 
-    Three partitions: the eight math warps (_bwd_math), a loader warp (_bwd_loader) and a
-    reducer warp (_bwd_reducer), so that no TMA is issued from the math warps (Triton puts a
-    CTA barrier before each one there)."""
+    Three partitions: the eight math warps (_bwd_math), the loader warp (_bwd_loader, also the
+    scheduler) and a reducer warp (_bwd_reducer), so that no TMA is issued from the math warps
+    (Triton puts a CTA barrier before each one there)."""
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
-    pid = gl.program_id(0)
-    pid_n = pid % n_blocks                     # key block 0 sees every query: heavy first
-    pid_bh = pid // n_blocks
-    b = (pid_bh // n_kv_heads).to(gl.int64)
-    hk = (pid_bh % n_kv_heads).to(gl.int64)
-    n_heads = n_kv_heads * group
-    offset = n_keys - n_queries
-    key0 = pid_n * BLOCK_N
-    lo = (gl.maximum(key0 - offset, 0) // TILE_M) * TILE_M       # first tile that sees a key
-    full = gl.maximum(key0 + BLOCK_N - 1 - offset, 0)
-    mid = gl.maximum(((full + TILE_M - 1) // TILE_M) * TILE_M, lo)  # tiles before mid: masked
-    END += b * end_str[0] + (key0 // GRID_N) * end_str[2]
-    DOC += b * doc_str[0]
-    LAM += b * lam_str[0]
-    DLAM += b * dlam_str[0]
-    DK += b * dk_str[0] + hk * dk_head
-    DV += b * dv_str[0] + hk * dv_head
-
     dtype: gl.constexpr = k_desc.dtype
     kv_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM], dtype)
     ds_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, TILE_M], dtype)
-    k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], kv_smem_layout)
-    v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], kv_smem_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [KV_BUFFERS, BLOCK_N, HEAD_DIM], kv_smem_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [KV_BUFFERS, BLOCK_N, HEAD_DIM], kv_smem_layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE_M, HEAD_DIM], q_smem_layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE_M, HEAD_DIM], q_smem_layout)
     ds_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, TILE_M], ds_smem_layout)
@@ -334,33 +409,38 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     rs_smem = gl.allocate_shared_memory(
         gl.float32, [TILE_M, 16], gl.NVMMASharedLayout.get_default_for([TILE_M, 16], gl.float32))
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
-    kv_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+    kv_ready = gl.allocate_shared_memory(gl.int64, [KV_BUFFERS, 1], bar_layout)
+    kv_free = gl.allocate_shared_memory(gl.int64, [KV_BUFFERS, 1], bar_layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     q_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     dq_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
     dq_free = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
-    mbarrier.init(kv_ready, count=1)
+    # the item queue: the loader writes it, the math and the reducer read it
+    items, item_ready, item_free = _item_queue(2)
     mbarrier.init(dq_ready, count=1)
     mbarrier.init(dq_free, count=1)
+    for i in gl.static_range(KV_BUFFERS):
+        mbarrier.init(kv_ready.index(i), count=1)
+        mbarrier.init(kv_free.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_free.index(i), count=1)
     fence_async_shared()
     gl.thread_barrier()
 
-    b32, hk32 = b.to(gl.int32), hk.to(gl.int32)
-    mbarrier.expect(kv_ready, 2 * k_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k_desc, [b32, hk32, key0, 0], kv_ready, _as_desc_block(k_smem))
-    tma.async_copy_global_to_shared(v_desc, [b32, hk32, key0, 0], kv_ready, _as_desc_block(v_smem))
-
     gl.warp_specialize([
         (_bwd_math, (k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem,
-                     ones_smem, kv_ready, q_ready, q_free, dq_ready, dq_free, LAM, DK, DV, DLAM,
-                     END, DOC, lam_head, dk_head, dv_head, dlam_head, end_head, dk_row, dv_row,
-                     hk, group, key0, lo, mid, n_queries, n_keys, qk_scale, scale,
-                     HEAD_DIM, GRID_M, STAGES, HAS_DOC)),
-        (_bwd_loader, (q_desc, do_desc, rows_desc, q_smem, do_smem, rows_smem, q_ready, q_free,
-                       END, end_head, b32, hk, group, n_heads, lo, n_queries, GRID_M, STAGES)),
-        (_bwd_reducer, (dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, END, end_head, b32,
-                        hk, group, lo, n_queries, GRID_M)),
+                     ones_smem, kv_ready, kv_free, q_ready, q_free, dq_ready, dq_free, items,
+                     item_ready, item_free, LAM, DK, DV, DLAM, END, DOC, lam_b, lam_head, dk_b,
+                     dk_head, dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head, end_b, end_head,
+                     end_n, doc_b, n_items, n_blocks, n_kv_heads, group, n_queries, n_keys,
+                     qk_scale, scale, HEAD_DIM, GRID_M, GRID_N, STAGES, KV_BUFFERS, HAS_DOC)),
+        (_bwd_loader, (k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_smem,
+                       do_smem, rows_smem, kv_ready, kv_free, q_ready, q_free, items, item_ready,
+                       item_free, COUNTER, END, end_b, end_head, end_n, n_items, n_blocks,
+                       n_kv_heads, group, n_queries, n_keys, GRID_M, GRID_N, STAGES,
+                       KV_BUFFERS)),
+        (_bwd_reducer, (dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, item_ready,
+                        item_free, END, end_b, end_head, end_n, n_items, n_blocks, n_kv_heads,
+                        group, n_queries, n_keys, GRID_M, GRID_N)),
     ], [1, 1], [24, 24])

@@ -75,9 +75,25 @@ def _item(item, m_blocks, n_heads, group, n_queries, n_keys, START, start_b, sta
 
 
 @gluon.jit
+def _item_queue(READERS: gl.constexpr):
+    """The item queue's shared memory, initialised: two int32 slots the scheduling partition
+    writes (_publish_item) and READERS partitions read (_take_item), with their ready and free
+    barriers (a slot is free once all READERS have taken its item)."""
+    bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
+    items = gl.allocate_shared_memory(gl.int32, [2, 1],
+                                      gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    item_ready = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
+    item_free = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
+    for i in gl.static_range(2):
+        mbarrier.init(item_ready.index(i), count=1)
+        mbarrier.init(item_free.index(i), count=READERS)
+    return items, item_ready, item_free
+
+
+@gluon.jit
 def _publish_item(items, item_ready, item_free, jj, item):
-    """The loader's side of the item queue: the program's item number jj (>= n_items: none
-    left) into slot jj % 2, once both consumers have taken the item that slot held before."""
+    """The scheduler's side of the item queue: the program's item number jj (>= n_items: none
+    left) into slot jj % 2, once every reader has taken the item that slot held before."""
     slot = jj % 2
     mbarrier.wait(item_free.index(slot), ((jj // 2) & 1) ^ 1)
     one_warp: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
@@ -87,7 +103,7 @@ def _publish_item(items, item_ready, item_free, jj, item):
 
 @gluon.jit
 def _take_item(items, item_ready, item_free, jj, WARPS: gl.constexpr):
-    """A consumer's side of the item queue (a partition of WARPS warps): the program's item
+    """A reader's side of the item queue (a partition of WARPS warps): the program's item
     number jj; the slot is handed back once every warp of the partition has read it."""
     slot = jj % 2
     mbarrier.wait(item_ready.index(slot), (jj // 2) & 1)
@@ -412,17 +428,11 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DO
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     kv_free = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], bar_layout)
-    # the item queue: two slots the loader writes and both consumers read
-    items = gl.allocate_shared_memory(gl.int32, [2, 1],
-                                      gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
-    item_ready = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
-    item_free = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
+    # the item queue: the loader writes it, both consumers read it
+    items, item_ready, item_free = _item_queue(2)
     for i in gl.static_range(4):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_free.index(i), count=1)
-    for i in gl.static_range(2):
-        mbarrier.init(item_ready.index(i), count=1)
-        mbarrier.init(item_free.index(i), count=2)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)

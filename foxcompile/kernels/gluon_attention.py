@@ -13,8 +13,9 @@ triton_attention.py, for the inputs it takes (unsupported_reason says which).
 The forward is _gluon_kernels._gluon_fwd_kernel: a loader warp streams K/V through a TMA ring
 while two consumer warp groups run asynchronous wgmma, the previous tile's PV product in flight
 during the current tile's softmax. The backward is _gluon_bwd_kernels._gluon_bwd_kernel: one
-program per block of 128 keys computes dk, dv and its share of dq (five products per tile),
-dq reduced over key blocks by TMA reduce-adds into a float32 buffer. Both skip exactly the
+persistent program per SM takes blocks of 128 keys one after another and computes their dk, dv
+and their share of dq (five products per tile), dq reduced over key blocks by TMA reduce-adds
+into a float32 buffer. Both skip exactly the
 tiles of the plan (128 x 128 pruning grid) and read and write what the tl kernels do, so either
 direction pairs with tl's other one. PREFERRED_HEAD_DIMS says where each is chosen automatically.
 
@@ -40,8 +41,10 @@ HEAD_DIMS = (64, 128)
 # Ring depth per head dim: shared memory holds Q (128 x D) and STAGES (K, V) tile pairs.
 STAGES = {64: 3, 128: 2}
 # The backward's ring of (Q, dO, per-query rows) tiles per head dim, beside K, V, dS, the dQ and
-# row-sum buffers and the block of ones.
+# row-sum buffers and the block of ones; and its K/V buffers (two: the next work item's K and V
+# arrive during this one's tiles; at D = 128 one, for shared memory).
 BWD_STAGES = {64: 3, 128: 2}
+BWD_KV_BUFFERS = {64: 2, 128: 1}
 BLOCK_N = 128
 
 _import_errors: dict = {}
@@ -234,20 +237,22 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
     kern = _bwd_kernels()
-    grid = (-(-n_keys // BLOCK_N) * batch * kv_heads,)
+    n_items = -(-n_keys // BLOCK_N) * batch * kv_heads
+    grid = (min(n_items, _multiprocessors(q.device)),)   # persistent: one program per SM
     with _device_guard(q):
         kern._gluon_bwd_kernel[grid](
             _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N), _descriptor(q, 64),
             _descriptor(grad_out, 64), _descriptor(dq_acc, 64), _rows_descriptor(rows),
             _descriptor(row_sums, 64),
-            lam, dk, dv, dlam, end, doc,
-            lam.stride(), dk.stride(), dv.stride(), dlam.stride(), end.stride(),
-            doc_strides, lam.stride(1), dk.stride(1), dv.stride(1), dlam.stride(1),
-            end.stride(1), dk.stride(2), dv.stride(2),
-            kv_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
+            lam, dk, dv, dlam, end, doc, torch.zeros(1, dtype=torch.int32, device=q.device),
+            lam.stride(0), lam.stride(1), dk.stride(0), dk.stride(1), dk.stride(2),
+            dv.stride(0), dv.stride(1), dv.stride(2), dlam.stride(0), dlam.stride(1),
+            end.stride(0), end.stride(1), end.stride(2), doc_strides[0],
+            n_items, kv_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
-            STAGES=BWD_STAGES[head_dim], HAS_DOC=has_doc, num_warps=8)
+            STAGES=BWD_STAGES[head_dim], KV_BUFFERS=BWD_KV_BUFFERS[head_dim], HAS_DOC=has_doc,
+            num_warps=8)
     torch.mul(dq_acc, scale, out=dq)   # the kernel sums dS K; the scale once, here
     dlam[..., n_keys - n_queries:] += row_sums[..., 0]
     return dlam
