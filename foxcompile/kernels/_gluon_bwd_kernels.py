@@ -164,7 +164,7 @@ def _bwd_loader(k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_sm
     jj = 0
     item = gl.program_id(0)
     while item < n_items:
-        _publish_item(items, item_ready, item_free, jj, item)
+        _publish_item(items, item_ready, item_free, jj, item, 0)
         b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
         b32, hk32 = b.to(gl.int32), hk.to(gl.int32)
         kv = jj % KV_BUFFERS
@@ -187,7 +187,7 @@ def _bwd_loader(k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_sm
             it += 1
         item = gl.atomic_add(COUNTER, 1) + gl.num_programs(0)
         jj += 1
-    _publish_item(items, item_ready, item_free, jj, n_items)
+    _publish_item(items, item_ready, item_free, jj, n_items, 0)
 
 
 @gluon.jit
@@ -199,7 +199,7 @@ def _bwd_reducer(dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, i
     them. Items from the loader (_take_item) until none is left."""
     it = 0
     jj = 0
-    item = _take_item(items, item_ready, item_free, jj, 1)
+    item = _take_item(items, item_ready, item_free, jj, 1)[0]
     while item < n_items:
         b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
         b32 = b.to(gl.int32)
@@ -216,7 +216,7 @@ def _bwd_reducer(dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, i
                                    GRID_M)
             it += 1
         jj += 1
-        item = _take_item(items, item_ready, item_free, jj, 1)
+        item = _take_item(items, item_ready, item_free, jj, 1)[0]
 
 
 @gluon.jit
@@ -339,7 +339,7 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
     back (kv_free) once its last product has read it."""
     it = 0
     jj = 0
-    item = _take_item(items, item_ready, item_free, jj, 8)
+    item = _take_item(items, item_ready, item_free, jj, 8)[0]
     while item < n_items:
         b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
         kv = jj % KV_BUFFERS
@@ -353,7 +353,7 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
                         n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, STAGES, HAS_DOC)
         mbarrier.arrive(kv_free.index(kv))
         jj += 1
-        item = _take_item(items, item_ready, item_free, jj, 8)
+        item = _take_item(items, item_ready, item_free, jj, 8)[0]
 
 
 @gluon.jit(do_not_specialize=["lam_b", "lam_head", "dk_b", "dk_head", "dk_row", "dv_b",

@@ -53,21 +53,34 @@ def _as_desc_block(buf):
 
 
 @gluon.jit
-def _item(item, m_blocks, n_heads, group, n_queries, n_keys, START, start_b, start_h, start_m,
+def _item_block(item, m_blocks, n_heads):
+    """(b, h, query block) of work item `item`: query block m_blocks - 1 - item % m_blocks of
+    (b, query head) item // m_blocks, so that the heads come one after another (their K and V
+    shared in L2 by the programs at work) and each head's late, heavy blocks first."""
+    pid_bh = item // m_blocks
+    return ((pid_bh // n_heads).to(gl.int64), (pid_bh % n_heads).to(gl.int64),
+            m_blocks - 1 - item % m_blocks)
+
+
+@gluon.jit
+def _start_block(item, m_blocks, n_heads, START, start_b, start_h, start_m):
+    """The plan's first key block of work item `item` (the loader reads it, and hands it to the
+    consumers with the item: no global load between two items in the math)."""
+    b, h, pid_m = _item_block(item, m_blocks, n_heads)
+    return gl.load(START + b * start_b + h * start_h + pid_m * start_m)
+
+
+@gluon.jit
+def _item(item, start_block, m_blocks, n_heads, group, n_queries, n_keys,
           BLOCK_N: gl.constexpr):
-    """(b, h, hk, row0, lo, mid, n_tiles) of work item `item`: query block m_blocks - 1 -
-    item % m_blocks of (b, query head) item // m_blocks, so that the heads come one after
-    another (their K and V shared in L2 by the programs at work) and each head's late, heavy
-    blocks first. Keys from lo (the plan's start block); tiles from mid on cross the diagonal;
+    """(b, h, hk, row0, lo, mid, n_tiles) of work item `item` (_item_block), whose keys start
+    at block start_block (_start_block): keys from lo; tiles from mid on cross the diagonal;
     n_tiles key tiles in all (at least one: the diagonal's)."""
     BLOCK_M: gl.constexpr = 2 * HALF_M
-    pid_m = m_blocks - 1 - item % m_blocks
-    pid_bh = item // m_blocks
-    b = (pid_bh // n_heads).to(gl.int64)
-    h = (pid_bh % n_heads).to(gl.int64)
+    b, h, pid_m = _item_block(item, m_blocks, n_heads)
     row0 = pid_m * BLOCK_M
     pos0 = n_keys - n_queries + row0
-    lo = gl.load(START + b * start_b + h * start_h + pid_m * start_m) * BLOCK_N
+    lo = start_block * BLOCK_N
     mid = lo + ((pos0 + 1 - lo) // BLOCK_N) * BLOCK_N
     hi = gl.minimum(pos0 + BLOCK_M, n_keys)
     n_tiles = (hi - lo + BLOCK_N - 1) // BLOCK_N
@@ -76,11 +89,12 @@ def _item(item, m_blocks, n_heads, group, n_queries, n_keys, START, start_b, sta
 
 @gluon.jit
 def _item_queue(READERS: gl.constexpr):
-    """The item queue's shared memory, initialised: two int32 slots the scheduling partition
-    writes (_publish_item) and READERS partitions read (_take_item), with their ready and free
-    barriers (a slot is free once all READERS have taken its item)."""
+    """The item queue's shared memory, initialised: two slots of two int32 (an item and a value
+    that goes with it) the scheduling partition writes (_publish_item) and READERS partitions
+    read (_take_item), with their ready and free barriers (a slot is free once all READERS
+    have taken its item)."""
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
-    items = gl.allocate_shared_memory(gl.int32, [2, 1],
+    items = gl.allocate_shared_memory(gl.int32, [4, 1],
                                       gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
     item_ready = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
     item_free = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
@@ -91,27 +105,31 @@ def _item_queue(READERS: gl.constexpr):
 
 
 @gluon.jit
-def _publish_item(items, item_ready, item_free, jj, item):
+def _publish_item(items, item_ready, item_free, jj, item, value):
     """The scheduler's side of the item queue: the program's item number jj (>= n_items: none
-    left) into slot jj % 2, once every reader has taken the item that slot held before."""
+    left) and its value into slot jj % 2, once every reader has taken what that slot held
+    before."""
     slot = jj % 2
     mbarrier.wait(item_free.index(slot), ((jj // 2) & 1) ^ 1)
     one_warp: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
-    items.index(slot).store(gl.full([1], item, gl.int32, layout=one_warp))
+    items.index(2 * slot).store(gl.full([1], item, gl.int32, layout=one_warp))
+    items.index(2 * slot + 1).store(gl.full([1], value, gl.int32, layout=one_warp))
     mbarrier.arrive(item_ready.index(slot))
 
 
 @gluon.jit
 def _take_item(items, item_ready, item_free, jj, WARPS: gl.constexpr):
     """A reader's side of the item queue (a partition of WARPS warps): the program's item
-    number jj; the slot is handed back once every warp of the partition has read it."""
+    number jj and its value; the slot is handed back once every warp of the partition has
+    read it."""
     slot = jj % 2
     mbarrier.wait(item_ready.index(slot), (jj // 2) & 1)
     layout: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
-    item = gl.max(items.index(slot).load(layout), 0)
+    item = gl.max(items.index(2 * slot).load(layout), 0)
+    value = gl.max(items.index(2 * slot + 1).load(layout), 0)
     gl.thread_barrier()
     mbarrier.arrive(item_free.index(slot))
-    return item
+    return item, value
 
 
 @gluon.jit
@@ -121,17 +139,17 @@ def _loader(q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, 
             BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     """The loader warp, and the scheduler: work item program_id first, then the next free one
     (COUNTER, an int32 zero at launch, plus num_programs), each published to the consumers
-    (_publish_item) before its loads. Per item: its two Q halves into Q buffer jj % 2 (a half
+    with its start block (_publish_item) before its loads. Per item: its two Q halves into Q buffer jj % 2 (a half
     once its consumer is done with that buffer's last item: q_free), then its key tiles through
     the ring of STAGES stages (t counts the tiles of all the program's items)."""
     t = 0
     jj = 0
     item = gl.program_id(0)
     while item < n_items:
-        _publish_item(items, item_ready, item_free, jj, item)
-        b, h, hk, row0, lo, mid, n_tiles = _item(item, m_blocks, n_heads, group, n_queries,
-                                                 n_keys, START, start_b, start_h, start_m,
-                                                 BLOCK_N)
+        start_block = _start_block(item, m_blocks, n_heads, START, start_b, start_h, start_m)
+        _publish_item(items, item_ready, item_free, jj, item, start_block)
+        b, h, hk, row0, lo, mid, n_tiles = _item(item, start_block, m_blocks, n_heads, group,
+                                                 n_queries, n_keys, BLOCK_N)
         b32, h32, hk32 = b.to(gl.int32), h.to(gl.int32), hk.to(gl.int32)
         lam_row = (b * n_heads + h).to(gl.int32)
         for half in gl.static_range(2):
@@ -160,7 +178,7 @@ def _loader(q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, 
             t += 1
         item = gl.atomic_add(COUNTER, 1) + gl.num_programs(0)
         jj += 1
-    _publish_item(items, item_ready, item_free, jj, n_items)
+    _publish_item(items, item_ready, item_free, jj, n_items, 0)
 
 
 @gluon.jit
@@ -256,7 +274,7 @@ def _pv(p_op, v, ones, acc, acc_l, ROWSUM_MMA: gl.constexpr):
 def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k_ready, v_ready,
                   kv_free,
                   LAM, OUT, LSE, DOC, out_row, row0, lo, mid, n_tiles, t0, n_queries, n_keys,
-                  qk_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                  sm_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                   STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
     """One warp group's share of one work item: rows [row0 + HALF * 64, +64) against its
     n_tiles key tiles, which are tiles t0, t0 + 1, ... of the program's ring. q: the rows' Q
@@ -279,13 +297,13 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
     col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     dtype: gl.constexpr = k_smem.dtype
 
-    sm_scale = qk_scale * LN2
     offset = n_keys - n_queries
     offs_m = row0 + HALF * HALF_M + gl.arange(0, HALF_M, layout=row_layout)
     m_ok = offs_m < n_queries
     pos_q = offset + offs_m
     pos0 = offset + row0 + HALF * HALF_M
     lam_ref = gl.load(LAM + pos0, mask=pos0 < n_keys, other=0.0)
+    lam_q = gl.load(LAM + pos_q, mask=m_ok, other=0.0)     # for lse, read now: no load at the end
     doc_q = 0
     if HAS_DOC:
         doc_q = gl.load(DOC + pos_q, mask=m_ok, other=-1)
@@ -352,37 +370,35 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
     offs_d = gl.arange(0, HEAD_DIM, layout=o_cols)
     ptrs = OUT + gl.expand_dims(offs_mo.to(gl.int64) * out_row, 1) + gl.expand_dims(offs_d, 0)
     gl.store(ptrs, out.to(OUT.dtype.element_ty), mask=gl.expand_dims(offs_mo < n_queries, 1))
-    lam_q = gl.load(LAM + pos_q, mask=m_ok, other=0.0)
     lse = m_i + gl.log2(l_i) * LN2 + (lam_q - lam_ref)
     gl.store(LSE + offs_m, lse, mask=m_ok)
 
 
 @gluon.jit
 def _consumer(q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, v_ready, kv_free,
-              items, item_ready, item_free, LAM, OUT, LSE, DOC, START, lam_b, lam_h, out_b, out_h,
-              lse_b, lse_h, doc_b, start_b, start_h, start_m, out_row, n_items, m_blocks, n_heads,
-              group, n_queries, n_keys, qk_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr,
+              items, item_ready, item_free, LAM, OUT, LSE, DOC, lam_b, lam_h, out_b, out_h,
+              lse_b, lse_h, doc_b, out_row, n_items, m_blocks, n_heads, group, n_queries,
+              n_keys, sm_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr,
               BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
     """One warp group: rows [HALF * 64, +64) of each work item's block, items from the loader
     (_take_item) until none is left; t0 counts the ring's tiles of the items before."""
     t0 = 0
     jj = 0
-    item = _take_item(items, item_ready, item_free, jj, 4)
+    item, start_block = _take_item(items, item_ready, item_free, jj, 4)
     while item < n_items:
-        b, h, hk, row0, lo, mid, n_tiles = _item(item, m_blocks, n_heads, group, n_queries,
-                                                 n_keys, START, start_b, start_h, start_m,
-                                                 BLOCK_N)
+        b, h, hk, row0, lo, mid, n_tiles = _item(item, start_block, m_blocks, n_heads, group,
+                                                 n_queries, n_keys, BLOCK_N)
         q_buf = 2 * (jj % 2) + HALF
         _attend_block(q_smem.index(q_buf), q_ready.index(q_buf), (jj // 2) & 1,
                       q_free.index(q_buf), k_smem, v_smem, lam_smem, ones, k_ready, v_ready,
                       kv_free,
                       LAM + b * lam_b + h * lam_h, OUT + b * out_b + h * out_h,
                       LSE + b * lse_b + h * lse_h, DOC + b * doc_b, out_row, row0, lo, mid,
-                      n_tiles, t0, n_queries, n_keys, qk_scale, HALF, HEAD_DIM, BLOCK_N, STAGES,
+                      n_tiles, t0, n_queries, n_keys, sm_scale, HALF, HEAD_DIM, BLOCK_N, STAGES,
                       HAS_DOC)
         t0 += n_tiles
         jj += 1
-        item = _take_item(items, item_ready, item_free, jj, 4)
+        item, start_block = _take_item(items, item_ready, item_free, jj, 4)
 
 
 @gluon.jit(do_not_specialize=["lam_b", "lam_h", "out_b", "out_h", "lse_b", "lse_h", "start_b",
@@ -390,7 +406,7 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, 
                              "group", "n_queries", "n_keys"])
 def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC, COUNTER,
                       lam_b, lam_h, out_b, out_h, lse_b, lse_h, start_b, start_h, start_m, doc_b,
-                      out_row, n_items, n_heads, group, n_queries, n_keys, qk_scale,
+                      out_row, n_items, n_heads, group, n_queries, n_keys, sm_scale,
                       HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                       HAS_DOC: gl.constexpr):
     """Persistent, scheduled dynamically: each program takes work item program_id, then the
@@ -443,14 +459,14 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DO
 
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, v_ready,
-                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, START, lam_b,
-                     lam_h, out_b, out_h, lse_b, lse_h, doc_b, start_b, start_h, start_m,
-                     out_row, n_items, m_blocks, n_heads, group, n_queries, n_keys, qk_scale,
+                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, lam_b, lam_h,
+                     out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks, n_heads,
+                     group, n_queries, n_keys, sm_scale,
                      FIRST_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC)),
         (_consumer, (q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, v_ready,
-                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, START, lam_b,
-                     lam_h, out_b, out_h, lse_b, lse_h, doc_b, start_b, start_h, start_m,
-                     out_row, n_items, m_blocks, n_heads, group, n_queries, n_keys, qk_scale,
+                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, lam_b, lam_h,
+                     out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks, n_heads,
+                     group, n_queries, n_keys, sm_scale,
                      SECOND_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC)),
         (_loader, (q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, q_ready,
                    q_free, k_ready, v_ready, kv_free, items, item_ready, item_free, COUNTER,

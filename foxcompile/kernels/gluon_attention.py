@@ -164,7 +164,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
             torch.zeros(1, dtype=torch.int32, device=q.device),
             lam.stride(0), lam.stride(1), out.stride(0), out.stride(1), lse.stride(0),
             lse.stride(1), *plan.start.stride(), doc_strides[0], out.stride(2),
-            n_items, q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
+            n_items, q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale),
             HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, STAGES=STAGES[head_dim], HAS_DOC=has_doc,
             num_warps=4)
     return lse
