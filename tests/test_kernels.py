@@ -757,24 +757,40 @@ def test_gpu_gluon_backward_deterministic_is_tl(monkeypatch):
 @needs_cuda
 def test_gpu_automatic_engine_choice(monkeypatch):
     """The measured choice: on sm90 the Gluon forward and backward (gluon) at head dim 128
-    (bf16/fp16), the tl kernels at 64, for float32 and off sm90; a few queries go to the decode
-    engine."""
+    (bf16/fp16), and at 64 from 16k keys on; the tl kernels at 64 below that, for float32 and
+    off sm90; a few queries go to the decode engine."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("FOXCOMPILE_ENGINE", raising=False)
     from foxcompile import kernels
 
-    def qkv(head_dim, dtype=torch.bfloat16, n_queries=1000):
+    def qkv(head_dim, dtype=torch.bfloat16, n_queries=1000, n_keys=1000):
         q = torch.randn(1, 4, n_queries, head_dim, device="cuda", dtype=dtype)
-        k = torch.randn(1, 4, 1000, head_dim, device="cuda", dtype=dtype)
+        k = torch.randn(1, 4, n_keys, head_dim, device="cuda", dtype=dtype)
         return q, k, k
 
-    sm90 = torch.cuda.get_device_capability()[0] == 9
-    for head_dim, want in ((64, "tl"), (128, "gluon" if sm90 else "tl")):
+    gluon = "gluon" if torch.cuda.get_device_capability()[0] == 9 else "tl"
+    for head_dim, want in ((64, "tl"), (128, gluon)):
         assert kernels.engine_name(*qkv(head_dim)) == want
         assert kernels.engine_name(*qkv(head_dim, torch.float16)) == want
         assert kernels.engine_name(*qkv(head_dim, torch.float32)) == "tl"
+    assert kernels.engine_name(*qkv(64, n_keys=16384)) == gluon
+    assert kernels.engine_name(*qkv(64, n_keys=16383)) == "tl"
     assert kernels.engine_name(*qkv(80)) == "tl"
     assert kernels.engine_name(*qkv(128, n_queries=1)) == "decode"
+
+
+def test_gluon_preference_table():
+    """Where the automatic choice takes each Gluon kernel (on sm90): every length at head dim
+    128, from 16k keys at 64, never at other head dims; both directions alike."""
+    from foxcompile.kernels import gluon_attention
+    for direction in ("forward", "backward"):
+        assert gluon_attention.prefers(128, 1, direction)
+        assert gluon_attention.prefers(64, 16384, direction)
+        assert gluon_attention.prefers(64, 65536, direction)
+        assert not gluon_attention.prefers(64, 16383, direction)
+        assert not gluon_attention.prefers(64, 4096, direction)
+        for head_dim in (16, 32, 80, 96, 256):
+            assert not gluon_attention.prefers(head_dim, 16384, direction)
 
 
 @gpu

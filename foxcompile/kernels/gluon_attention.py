@@ -13,11 +13,11 @@ triton_attention.py, for the inputs it takes (unsupported_reason says which).
 The forward is _gluon_kernels._gluon_fwd_kernel: a loader warp streams K/V through a TMA ring
 while two consumer warp groups run asynchronous wgmma, the previous tile's PV product in flight
 during the current tile's softmax. The backward is _gluon_bwd_kernels._gluon_bwd_kernel: one
-persistent program per SM takes blocks of 128 keys one after another and computes their dk, dv
-and their share of dq (five products per tile), dq reduced over key blocks by TMA reduce-adds
-into a float32 buffer. Both skip exactly the
+program per SM (at D = 64; one per item at D = 128: BWD_PERSISTENT) takes blocks of 128 keys
+one after another and computes their dk, dv and their share of dq (five products per tile), dq
+reduced over key blocks by TMA reduce-adds into a float32 buffer. Both skip exactly the
 tiles of the plan (128 x 128 pruning grid) and read and write what the tl kernels do, so either
-direction pairs with tl's other one. PREFERRED_HEAD_DIMS says where each is chosen automatically.
+direction pairs with tl's other one. PREFERRED_MIN_KEYS says where each is chosen automatically.
 
 Triton's Gluon dialect (triton.experimental.gluon) is imported only when this engine is asked
 about a CUDA tensor on an sm90 GPU: its API moves between Triton versions, and a Triton without
@@ -45,6 +45,11 @@ STAGES = {64: 3, 128: 2}
 # arrive during this one's tiles; at D = 128 one, for shared memory).
 BWD_STAGES = {64: 3, 128: 2}
 BWD_KV_BUFFERS = {64: 2, 128: 1}
+# Whether the backward runs persistent (one program per SM taking items one after another) or
+# one program per item, by head dim. Persistent at D = 64: 4-5% faster backward on an H200
+# (docs/kernels.md, "The Gluon backward"); at D = 128, with one K/V buffer, each item waits for
+# its K and V, and pruned items (few tiles) ran 8% slower than one program per item.
+BWD_PERSISTENT = {64: True, 128: False}
 BLOCK_N = 128
 
 _import_errors: dict = {}
@@ -93,20 +98,28 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return None
 
 
-# Head dims where each Gluon kernel beat tl's on an H100, by direction (docs/kernels.md, "The
-# Gluon engine" and "The Gluon backward"): the forward at 128 (2.06 against 2.55 ms at
-# B1-T16384-H16-D128; at D = 64 a tie at 16k and slower at 4k); the backward at 128 (dense
-# fwd+bwd 9.51 against 9.78 ms with the tl forward, ACP 3.77 against 3.88; at D = 64 faster
-# only dense at 16k).
-PREFERRED_HEAD_DIMS = {"forward": (128,), "backward": (128,)}
+# Where each Gluon kernel beat tl's, by direction: head dim -> the fewest keys from which it is
+# chosen (docs/kernels.md, "The Gluon engine" and "The Gluon backward"). At D = 128 always (H100
+# and H200: 8.4 against 9.8 ms dense fwd+bwd at B1-T16384-H16, 3.5-3.7 against 3.9 with
+# pruning). At D = 64 from 16k keys (H200, B2-T16384-H24: 16.8 against 18.3 ms dense, 6.1
+# against 6.2 with pruning); at 4k tl stays ahead with pruning (3.2 against 3.5 ms at
+# B8-T4096-H24) and ties dense. Lengths between 4k and 16k were not measured.
+PREFERRED_MIN_KEYS = {"forward": {64: 16384, 128: 0}, "backward": {64: 16384, 128: 0}}
+
+
+def prefers(head_dim: int, n_keys: int, direction: str) -> bool:
+    """Whether the measurements favour this engine's kernel of `direction` for this head dim
+    and number of keys (PREFERRED_MIN_KEYS), on an sm90 GPU."""
+    min_keys = PREFERRED_MIN_KEYS[direction].get(head_dim)
+    return min_keys is not None and n_keys >= min_keys
 
 
 def preferred(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, direction: str) -> bool:
     """Whether the automatic engine choice should take this engine's kernel of `direction`
-    ("forward" or "backward") for these inputs (it then still falls back to tl when
-    unsupported_reason names a reason)."""
+    ("forward" or "backward") for these (B, H, T, D) inputs (it then still falls back to tl
+    when unsupported_reason names a reason)."""
     return (q.device.type == "cuda" and q.dim() == 4
-            and q.shape[-1] in PREFERRED_HEAD_DIMS[direction]
+            and prefers(q.shape[-1], k.shape[2], direction)
             and _capability(q.device)[0] == 9)
 
 
@@ -238,9 +251,9 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     doc, doc_strides, has_doc = _doc_args(doc, lam)
     kern = _bwd_kernels()
     n_items = -(-n_keys // BLOCK_N) * batch * kv_heads
-    grid = (min(n_items, _multiprocessors(q.device)),)   # persistent: one program per SM
+    programs = min(n_items, _multiprocessors(q.device)) if BWD_PERSISTENT[head_dim] else n_items
     with _device_guard(q):
-        kern._gluon_bwd_kernel[grid](
+        kern._gluon_bwd_kernel[(programs,)](
             _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N), _descriptor(q, 64),
             _descriptor(grad_out, 64), _descriptor(dq_acc, 64), _rows_descriptor(rows),
             _descriptor(row_sums, 64),
