@@ -138,10 +138,10 @@ def _loader(q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, 
             start_b, start_h, start_m, n_items, m_blocks, n_heads, group, n_queries, n_keys,
             BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
     """The loader warp, and the scheduler: work item program_id first, then the next free one
-    (COUNTER, an int32 zero at launch, plus num_programs), each published to the consumers
-    with its start block (_publish_item) before its loads. Per item: its two Q halves into Q buffer jj % 2 (a half
-    once its consumer is done with that buffer's last item: q_free), then its key tiles through
-    the ring of STAGES stages (t counts the tiles of all the program's items)."""
+    (COUNTER, an int32 zero at launch, plus num_programs), each published to the consumers with
+    its start block (_publish_item) before its loads. Per item: its two Q halves into Q buffer
+    jj % 2 (a half once its consumer is done with that buffer's last item: q_free), then its key
+    tiles through the ring of STAGES stages (t counts the tiles of all the program's items)."""
     t = 0
     jj = 0
     item = gl.program_id(0)

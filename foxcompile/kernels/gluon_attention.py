@@ -47,8 +47,9 @@ BWD_STAGES = {64: 3, 128: 2}
 BWD_KV_BUFFERS = {64: 2, 128: 1}
 # Whether the backward runs persistent (one program per SM taking items one after another) or
 # one program per item, by head dim. Persistent at D = 64: 4-5% faster backward on an H200
-# (docs/kernels.md, "The Gluon backward"); at D = 128, with one K/V buffer, each item waits for
-# its K and V, and pruned items (few tiles) ran 8% slower than one program per item.
+# (docs/kernels.md, "The persistent backward and items without a load at their start"); at
+# D = 128, with one K/V buffer, each item waits for its K and V, and pruned items (few tiles)
+# ran 8% slower than one program per item.
 BWD_PERSISTENT = {64: True, 128: False}
 BLOCK_N = 128
 
