@@ -41,7 +41,9 @@
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
 # bench's arctic-fox rows need .peers/arctic-fox (benchmarks/fetch_arctic_fox.sh) and `.peers` in
-#   the device call's carry list (else they report skipped).
+#   the device call's carry list (else they report skipped). After the bench, benchmarks/targets.py
+#   checks the speed targets against it (and against $OUT/bench_train.json when a train step ran
+#   before it: `train bench`), into $OUT/targets.txt / .json.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -228,6 +230,10 @@ for step in $steps; do
         > "$OUT/bench.log" 2>&1
       grep -E "Error|error" "$OUT/bench.log" | head -5
       tail -24 "$OUT/bench.log"
+      train_json=()
+      [ -f "$OUT/bench_train.json" ] && train_json=(--train "$OUT/bench_train.json")
+      $PY benchmarks/targets.py "$OUT/bench.json" "${train_json[@]}" --json "$OUT/targets.json" \
+        2>&1 | tee "$OUT/targets.txt"
       ;;
   esac
 done
