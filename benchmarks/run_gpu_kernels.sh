@@ -42,8 +42,13 @@
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
 # bench's arctic-fox rows need .peers/arctic-fox (benchmarks/fetch_arctic_fox.sh) and `.peers` in
 #   the device call's carry list (else they report skipped). After the bench, benchmarks/targets.py
-#   checks the speed targets against it (and against $OUT/bench_train.json when a train step ran
+#   checks the speed targets against it (and against $OUT/bench_train*.json when a train step ran
 #   before it: `train bench`), into $OUT/targets.txt / .json.
+# train: benchmarks/bench_train.py once per ';'-separated argument list of TRAIN_ARGS (each run
+#   limited to TRAIN_TIMEOUT s, default 560), e.g. for the training targets on an H200:
+#   TRAIN_ARGS="--configs 760m --seq-lens 16384 --variants fox_acp sdpa --batch-size 3 --warmup-steps 2 --steps 5;
+#   --configs 125m --seq-lens 4096 --variants fox_acp sdpa --batch-size 60 --warmup-steps 2 --steps 5"
+#   (the card-filling batches of the H200 runs; without --batch-size it halves from a large one).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -90,9 +95,17 @@ for step in $steps; do
       timeout 200 $PY examples/quickstart.py --seq-len 4096 2>&1 | tee "$OUT/quickstart.log" | tail -30
       ;;
     train)
-      stamp "training throughput (bench_train.py)"
-      timeout 560 $PY benchmarks/bench_train.py --device cuda ${TRAIN_ARGS:---configs 125m --seq-lens 16384 --variants fox_acp fox_acp_dense sdpa --batch-size 2 --warmup-steps 2 --steps 5} \
-        --out "$OUT/bench_train.json" 2>&1 | tee "$OUT/train.log" | grep -v Warning | tail -30
+      # one bench_train.py run per ';'-separated argument list of TRAIN_ARGS, into
+      # $OUT/bench_train.json, bench_train_2.json, ...
+      n=0
+      IFS=';' read -ra runs <<< "${TRAIN_ARGS:---configs 125m --seq-lens 16384 --variants fox_acp fox_acp_dense sdpa --batch-size 2 --warmup-steps 2 --steps 5}"
+      for args in "${runs[@]}"; do
+        n=$((n + 1))
+        out=$OUT/bench_train.json; [ $n -gt 1 ] && out=$OUT/bench_train_$n.json
+        stamp "training throughput (bench_train.py $args)"
+        timeout ${TRAIN_TIMEOUT:-560} $PY benchmarks/bench_train.py --device cuda $args --out "$out" \
+          2>&1 | tee -a "$OUT/train.log" | grep -v Warning | tail -12
+      done
       ;;
     plan)
       stamp "plan profile"
@@ -231,7 +244,8 @@ for step in $steps; do
       grep -E "Error|error" "$OUT/bench.log" | head -5
       tail -24 "$OUT/bench.log"
       train_json=()
-      [ -f "$OUT/bench_train.json" ] && train_json=(--train "$OUT/bench_train.json")
+      for f in "$OUT"/bench_train*.json; do [ -f "$f" ] && train_json+=("$f"); done
+      [ ${#train_json[@]} -gt 0 ] && train_json=(--train "${train_json[@]}")
       $PY benchmarks/targets.py "$OUT/bench.json" "${train_json[@]}" --json "$OUT/targets.json" \
         2>&1 | tee "$OUT/targets.txt"
       ;;
