@@ -37,16 +37,18 @@ SUMMARY = [
 STALLS = "smsp__average_warps_issue_stalled_"
 
 
-def profile(shape):
+def profile(shape, prune=False):
+    """prune: profile the ACP kernels (pruning on) instead of the dense ones."""
     import torch
     from bench_attention import fox_kernels, parse_shape, sdpa, syn70
     from foxcompile.contract import Prune
 
     batch, seq, heads, head_dim = parse_shape(shape)
     q, k, v, _, lam = syn70(batch, seq, heads, head_dim)
-    runs = [fox_kernels(q, k, v, lam, Prune.OFF)[1], sdpa(q, k, v, "cudnn")[1]]
+    mode = Prune.PROVEN if prune else Prune.OFF
+    runs = [fox_kernels(q, k, v, lam, mode)[1], sdpa(q, k, v, "cudnn")[1]]
     try:   # the Gluon engine (_gluon_fwd_kernel, _gluon_bwd_kernel) where it runs
-        runs.append(fox_kernels(q, k, v, lam, Prune.OFF, "gluon")[1])
+        runs.append(fox_kernels(q, k, v, lam, mode, "gluon")[1])
     except ImportError as exc:
         print(f"no Gluon engine: {exc}", file=sys.stderr)
     for run in runs:
@@ -109,11 +111,13 @@ def main():
                         help="SYN70 shape to profile (default: %(default)s)")
     parser.add_argument("--summarise", default=None, metavar="CSV",
                         help="print the table of an ncu CSV instead of running the kernels")
+    parser.add_argument("--prune", action="store_true",
+                        help="profile foxcompile's kernels with pruning on (ACP) instead of dense")
     args = parser.parse_args()
     if args.summarise:
         summarise(args.summarise)
     else:
-        profile(args.shape)
+        profile(args.shape, args.prune)
 
 
 if __name__ == "__main__":

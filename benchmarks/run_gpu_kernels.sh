@@ -34,10 +34,11 @@
 #   and the same bench, into $OUT/variants/ (VARIANT_SKIP: rows left out; SHAPES as for bench).
 # ncu: Nsight Compute counters of the dense kernels and cuDNN (benchmarks/ncu_kernels.py) at each
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
-# ncusrc: per-instruction stall samples (ncu SourceCounters) of one kernel (NCU_KERNEL regex,
-#   default _gluon_bwd) at NCU_SHAPE, into $OUT/ncusrc.ncu-rep, ncusrc_sass.csv, ncusrc_details.txt
-#   and ncusrc_summary.txt / .json (benchmarks/ncu_source_summary.py: where the warps wait)
-#   (not yet run on a GPU).
+# ncusrc: per-instruction stall samples (ncu SourceCounters) of one kernel per ';'-separated
+#   entry of NCUSRC, "NAME KERNEL_REGEX SHAPE [--prune]" (default: "bwd $NCU_KERNEL $NCU_SHAPE",
+#   _gluon_bwd at B8-T4096-H24-D64), into $OUT/ncusrc_NAME.ncu-rep, _sass.csv, _details.txt and
+#   _summary.txt / .json (benchmarks/ncu_source_summary.py: where the warps wait)
+#   (first run on a GPU 2026-12-06).
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
 # bench's arctic-fox rows need .peers/arctic-fox (benchmarks/fetch_arctic_fox.sh) and `.peers` in
@@ -199,17 +200,25 @@ for step in $steps; do
       done
       ;;
     ncusrc)
-      # per-instruction stall samples of one kernel (NCU_KERNEL, a regex) at NCU_SHAPE: the
-      # report, its SASS page as CSV and the details page (SourceCounters: top stall locations)
-      stamp "ncu source counters ${NCU_KERNEL:=_gluon_bwd} ${NCU_SHAPE:=B8-T4096-H24-D64}"
-      timeout 150 ncu --clock-control none --profile-from-start off --kernel-name "regex:$NCU_KERNEL" \
-        --launch-count 1 --section SourceCounters --section WarpStateStats -o "$OUT/ncusrc" -f \
-        $PY benchmarks/ncu_kernels.py --shape "$NCU_SHAPE" > "$OUT/ncusrc.log" 2>&1
-      ncu -i "$OUT/ncusrc.ncu-rep" --page source --csv --print-source sass > "$OUT/ncusrc_sass.csv" 2>&1
-      ncu -i "$OUT/ncusrc.ncu-rep" --page details > "$OUT/ncusrc_details.txt" 2>&1
-      tail -20 "$OUT/ncusrc_details.txt"
-      $PY benchmarks/ncu_source_summary.py "$OUT/ncusrc_sass.csv" --json "$OUT/ncusrc_summary.json" \
-        2>&1 | tee "$OUT/ncusrc_summary.txt"
+      # per-instruction stall samples of one kernel per ';'-separated entry of NCUSRC
+      # ("NAME KERNEL_REGEX SHAPE [--prune]"; default one entry from NCU_KERNEL / NCU_SHAPE):
+      # the report, its SASS page as CSV and the details page (SourceCounters: top stall
+      # locations), into $OUT/ncusrc_NAME.*
+      IFS=';' read -ra entries <<< "${NCUSRC:-bwd ${NCU_KERNEL:-_gluon_bwd} ${NCU_SHAPE:-B8-T4096-H24-D64}}"
+      for entry in "${entries[@]}"; do
+        read -r name kernel shape extra <<< "$entry"
+        stamp "ncu source counters $name: $kernel at $shape $extra"
+        rep=$OUT/ncusrc_$name
+        timeout ${NCUSRC_TIMEOUT:-150} ncu --clock-control none --profile-from-start off \
+          --kernel-name "regex:$kernel" --launch-count 1 --section SourceCounters \
+          --section WarpStateStats -o "$rep" -f \
+          $PY benchmarks/ncu_kernels.py --shape "$shape" $extra > "$rep.log" 2>&1
+        ncu -i "$rep.ncu-rep" --page source --csv --print-source sass > "${rep}_sass.csv" 2>&1
+        ncu -i "$rep.ncu-rep" --page details > "${rep}_details.txt" 2>&1
+        tail -20 "${rep}_details.txt"
+        $PY benchmarks/ncu_source_summary.py "${rep}_sass.csv" --json "${rep}_summary.json" \
+          2>&1 | tee "${rep}_summary.txt"
+      done
       ;;
     decode)
       stamp "decode kernels (bench_decode_kernel.py)"
