@@ -51,6 +51,11 @@ BWD_KV_BUFFERS = {64: 2, 128: 1}
 # D = 128, with one K/V buffer, each item waits for its K and V, and pruned items (few tiles)
 # ran 8% slower than one program per item.
 BWD_PERSISTENT = {64: True, 128: False}
+# The backward's math warps as one partition of 8 warps or as two of 4 (each taking 64 of a
+# block's keys and its own share of dQ, the two running out of step), by head dim. Two at
+# D = 64; at D = 128 each partition's dK and dV (64 x 128) would not fit beside the tile's
+# scores.
+BWD_PARTS = {64: 2, 128: 1}
 BLOCK_N = 128
 
 _import_errors: dict = {}
@@ -266,7 +271,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
             STAGES=BWD_STAGES[head_dim], KV_BUFFERS=BWD_KV_BUFFERS[head_dim], HAS_DOC=has_doc,
-            num_warps=8)
+            PARTS=BWD_PARTS[head_dim], num_warps=8 // BWD_PARTS[head_dim])
     torch.mul(dq_acc, scale, out=dq)   # the kernel sums dS K; the scale once, here
     dlam[..., n_keys - n_queries:] += row_sums[..., 0]
     return dlam
