@@ -691,6 +691,7 @@ def test_gpu_cuda_graph_capture(cuda_engine):
 
 @gpu
 @needs_cuda
+@pytest.mark.parametrize("bwd_parts", ["table", "one"])
 @pytest.mark.parametrize("programs", [1, 3])
 @pytest.mark.parametrize("case", [
     # batch, Hq, Hk, M, N, D, dtype, prune, mean document length (None: no documents)
@@ -699,18 +700,22 @@ def test_gpu_cuda_graph_capture(cuda_engine):
     (2, 2, 1, 200, 777, 64, torch.bfloat16, Prune.GUARDED, None),
     (2, 4, 2, 700, 700, 64, torch.bfloat16, Prune.GUARDED, 150),
 ], ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-{}-{}-doc{}".format(*s))
-def test_gpu_gluon_programs_take_many_items(monkeypatch, programs, case):
+def test_gpu_gluon_programs_take_many_items(monkeypatch, bwd_parts, programs, case):
     """The persistent Gluon kernels, forward and backward, with far fewer programs than work
     items (the SM count replaced by 1 or 3, where the other tests' shapes give every program
     one item): each program walks many items of different lengths one after another, so its
     Q (forward) or K/V (backward) buffers alternate and the rings run on from item to item.
     Outputs and all gradients against float64, with and without pruning, GQA, M < N, odd
-    sizes and packed sequences."""
+    sizes and packed sequences; the backward's math warps as gluon_attention.BWD_PARTS says
+    ("table") and as one partition at every head dim ("one")."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from foxcompile.kernels import gluon_attention
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon engine is for sm90")
     monkeypatch.setattr(gluon_attention, "_multiprocessors", lambda device: programs)
+    if bwd_parts == "one":
+        monkeypatch.setattr(gluon_attention, "BWD_PARTS",
+                            dict.fromkeys(gluon_attention.HEAD_DIMS, 1))
     *shape, dtype, prune, length = case
     doc = None if length is None else packed_doc(shape[0], shape[4], length, True).cuda()
     check_case(gluon_attention, *shape, dtype, torch.device("cuda"), prune=prune,
