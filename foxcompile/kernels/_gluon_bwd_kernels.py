@@ -453,6 +453,9 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     fence_async_shared()
     gl.thread_barrier()
 
+    # The argument lists are written out in both calls: Triton 3.6's Gluon loses the constexprs
+    # (HEAD_DIM, PART, ...) of a tuple built beforehand and concatenated here, and cannot hold
+    # a function in one.
     if PARTS == 1:
         gl.warp_specialize([
             (_bwd_math, (k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem,
