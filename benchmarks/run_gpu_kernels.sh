@@ -38,7 +38,7 @@
 #   entry of NCUSRC, "NAME KERNEL_REGEX SHAPE [--prune]" (default: "bwd $NCU_KERNEL $NCU_SHAPE",
 #   _gluon_bwd at B8-T4096-H24-D64), into $OUT/ncusrc_NAME.ncu-rep, _sass.csv, _details.txt and
 #   _summary.txt / .json (benchmarks/ncu_source_summary.py: where the warps wait)
-#   (first run on a GPU 2026-12-06).
+#   (not yet run on a GPU).
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
 # bench's arctic-fox rows need .peers/arctic-fox (benchmarks/fetch_arctic_fox.sh) and `.peers` in
