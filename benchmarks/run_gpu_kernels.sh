@@ -5,8 +5,11 @@
 #       [bench] [ab] [abref] [variants] [ncu] [ncusrc] [train] [decode] [gendecode] [gluonbwd]
 #   (default: tests bench)
 #
-# Writes under $OUT (default ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
-# bench.json/bench.log,
+# Writes under $OUT/all ($OUT defaults to ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
+# bench.json/bench.log, ... (each step's files, below). A device call brings back at most 8
+# files, top-level ones first, so after every step all of $OUT/all but Nsight's .ncu-rep reports
+# is packed into $OUT/results.tgz (unpack with `tar -xzf results.tgz`), and env.txt and
+# targets.txt are copied to $OUT.
 # Triton and Inductor caches go to .tcache/ (git-ignored), kept while the machine stays warm.
 # ab: bench_attention once per variant of AB (space-separated NAME:ENV=VALUE[+ENV=VALUE]), e.g.
 #   AB="ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1", foxcompile and cuDNN rows only, into
@@ -38,7 +41,7 @@
 #   entry of NCUSRC, "NAME KERNEL_REGEX SHAPE [--prune]" (default: "bwd $NCU_KERNEL $NCU_SHAPE",
 #   _gluon_bwd at B8-T4096-H24-D64), into $OUT/ncusrc_NAME.ncu-rep, _sass.csv, _details.txt and
 #   _summary.txt / .json (benchmarks/ncu_source_summary.py: where the warps wait)
-#   (not yet run on a GPU).
+#   (first run on an H200 2026-12-06).
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
 # bench's arctic-fox rows need .peers/arctic-fox (benchmarks/fetch_arctic_fox.sh) and `.peers` in
@@ -52,8 +55,14 @@
 #   (the card-filling batches of the H200 runs; without --batch-size it halves from a large one).
 set -u
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/out}
+TOP=${OUT:-$PWD/out}
+OUT=$TOP/all
 mkdir -p "$OUT"
+pack() {
+  tar -czf "$TOP/results.tgz.part" --exclude='*.ncu-rep' -C "$OUT" . \
+    && mv "$TOP/results.tgz.part" "$TOP/results.tgz"
+  for f in env.txt targets.txt; do if [ -f "$OUT/$f" ]; then cp "$OUT/$f" "$TOP/"; fi; done
+}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.tcache/triton}
@@ -259,6 +268,8 @@ for step in $steps; do
         2>&1 | tee "$OUT/targets.txt"
       ;;
   esac
+  pack
 done
-ls -la "$OUT"
+pack
+ls -la "$OUT" "$TOP"
 stamp "done"
