@@ -691,7 +691,6 @@ def test_gpu_cuda_graph_capture(cuda_engine):
 
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("bwd_parts", ["table", "two"])
 @pytest.mark.parametrize("programs", [1, 3])
 @pytest.mark.parametrize("case", [
     # batch, Hq, Hk, M, N, D, dtype, prune, mean document length (None: no documents)
@@ -700,24 +699,19 @@ def test_gpu_cuda_graph_capture(cuda_engine):
     (2, 2, 1, 200, 777, 64, torch.bfloat16, Prune.GUARDED, None),
     (2, 4, 2, 700, 700, 64, torch.bfloat16, Prune.GUARDED, 150),
 ], ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-{}-{}-doc{}".format(*s))
-def test_gpu_gluon_programs_take_many_items(monkeypatch, bwd_parts, programs, case):
+def test_gpu_gluon_programs_take_many_items(monkeypatch, programs, case):
     """The persistent Gluon kernels, forward and backward, with far fewer programs than work
     items (the SM count replaced by 1 or 3, where the other tests' shapes give every program
     one item): each program walks many items of different lengths one after another, so its
     Q (forward) or K/V (backward) buffers alternate and the rings run on from item to item.
     Outputs and all gradients against float64, with and without pruning, GQA, M < N, odd
-    sizes and packed sequences; the backward's math warps as gluon_attention.BWD_PARTS says
-    ("table") and as two partitions ("two", at head dim 64, the most it takes)."""
+    sizes and packed sequences."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from foxcompile.kernels import gluon_attention
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon engine is for sm90")
     monkeypatch.setattr(gluon_attention, "_multiprocessors", lambda device: programs)
     *shape, dtype, prune, length = case
-    if bwd_parts == "two":
-        if gluon_attention.BWD_MAX_PARTS[shape[5]] < 2:
-            pytest.skip("one math partition at most at this head dim")
-        monkeypatch.setenv("FOXCOMPILE_GLUON_BWD_PARTS", "2")
     doc = None if length is None else packed_doc(shape[0], shape[4], length, True).cuda()
     check_case(gluon_attention, *shape, dtype, torch.device("cuda"), prune=prune,
                decay=(1.0, 32.0), layout="bthd", doc=doc)
@@ -797,24 +791,6 @@ def test_gluon_preference_table():
         assert not gluon_attention.prefers(64, 4096, direction)
         for head_dim in (16, 32, 80, 96, 256):
             assert not gluon_attention.prefers(head_dim, 16384, direction)
-
-
-def test_gluon_bwd_parts(monkeypatch):
-    """The backward's math partitions: the table by default, FOXCOMPILE_GLUON_BWD_PARTS where
-    set, and a clear error for a value the kernel cannot run."""
-    from foxcompile.kernels import gluon_attention
-    monkeypatch.delenv("FOXCOMPILE_GLUON_BWD_PARTS", raising=False)
-    for head_dim in gluon_attention.HEAD_DIMS:
-        assert gluon_attention.bwd_parts(head_dim) == gluon_attention.BWD_PARTS[head_dim]
-        assert gluon_attention.BWD_PARTS[head_dim] <= gluon_attention.BWD_MAX_PARTS[head_dim]
-    monkeypatch.setenv("FOXCOMPILE_GLUON_BWD_PARTS", " 2 ")
-    assert gluon_attention.bwd_parts(64) == 2
-    with pytest.raises(ValueError, match="at most 1 math partition"):
-        gluon_attention.bwd_parts(128)
-    for bad in ("0", "3", "two", "1.5"):
-        monkeypatch.setenv("FOXCOMPILE_GLUON_BWD_PARTS", bad)
-        with pytest.raises(ValueError, match="must be 1 or 2"):
-            gluon_attention.bwd_parts(64)
 
 
 @gpu

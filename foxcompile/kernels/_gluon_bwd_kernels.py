@@ -35,7 +35,6 @@ from ._gluon_kernels import LOG2E, _as_desc_block, _item_queue, _publish_item, _
 
 TILE_M = gl.constexpr(64)     # query rows per step (one wgmma M for dQ)
 BLOCK_N = gl.constexpr(128)   # keys per program: two warp groups of 64
-MATH_REGS = gl.constexpr(232)  # registers of the second math partition when there are two
 
 
 @builtin
@@ -194,12 +193,10 @@ def _bwd_loader(k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_sm
 @gluon.jit
 def _bwd_reducer(dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, item_ready,
                  item_free, END, end_b, end_head, end_n, n_items, n_blocks, n_kv_heads, group,
-                 n_queries, n_keys, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
-                 PARTS: gl.constexpr):
-    """The reducer warp: each tile's dQ and row sums of each math partition, once in that
-    partition's shared buffers (dq_ready), added into the float32 buffers by TMA; the buffers
-    handed back (dq_free) once the adds have read them. Items from the loader (_take_item)
-    until none is left."""
+                 n_queries, n_keys, GRID_M: gl.constexpr, GRID_N: gl.constexpr):
+    """The reducer warp: each tile's dQ and row sums, once in shared memory (dq_ready), added
+    into the float32 buffers by TMA; the buffers handed back (dq_free) once the adds have read
+    them. Items from the loader (_take_item) until none is left."""
     it = 0
     jj = 0
     item = _take_item(items, item_ready, item_free, jj, 1)[0]
@@ -209,13 +206,12 @@ def _bwd_reducer(dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, i
         item_end = END + b * end_b + (key0 // GRID_N) * end_n
         g, q0, hi = _first_tile(lo, hk, group, item_end, end_head, n_queries, GRID_M)
         while g < group:
+            mbarrier.wait(dq_ready, it & 1)
             h32 = (hk * group + g).to(gl.int32)
-            for part in gl.static_range(PARTS):
-                mbarrier.wait(dq_ready.index(part), it & 1)
-                _tma_reduce_add(dq_desc, [b32, h32, q0, 0], _as_desc_block(dq_smem.index(part)))
-                _tma_reduce_add(rs_desc, [b32, h32, q0, 0], _as_desc_block(rs_smem.index(part)))
-                tma.store_wait(0)
-                mbarrier.arrive(dq_free.index(part))
+            _tma_reduce_add(dq_desc, [b32, h32, q0, 0], _as_desc_block(dq_smem))
+            _tma_reduce_add(rs_desc, [b32, h32, q0, 0], _as_desc_block(rs_smem))
+            tma.store_wait(0)
+            mbarrier.arrive(dq_free)
             g, q0, hi = _next_tile(g, q0, hi, lo, hk, group, item_end, end_head, n_queries,
                                    GRID_M)
             it += 1
@@ -228,30 +224,24 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
                q_ready, q_free, dq_ready, dq_free, LAM, DK, DV, DLAM, END, DOC, lam_head,
                dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid, it, n_queries,
                n_keys, qk_scale, scale, HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr,
-               STAGES: gl.constexpr, HAS_DOC: gl.constexpr, PART: gl.constexpr,
-               PARTS: gl.constexpr):
-    """One math partition's share of one work item: the KEYS = BLOCK_N / PARTS keys from
-    key0 + PART * KEYS on (their K and V in k_smem, v_smem, ready), with 8 / PARTS warps, 64
-    keys per warp group. Per tile, the five products and the dS math, every product waited for
-    inside the tile (ptxas serialises groups left pending across the loop's back-edge); dS^T
-    through ds_smem (with one partition both warp groups' halves feed dQ), the partition's dQ
-    and row sums (over its keys) handed to the reducer; then dk, dv of its keys. LAM, DLAM, DOC
-    at b; DK, DV at (b, kv head); END at (b, key block). `it`: the ring's tiles of the items
-    before; returned advanced past this item's."""
-    KEYS: gl.constexpr = BLOCK_N // PARTS
-    WARPS: gl.constexpr = 8 // PARTS
-    COLS: gl.constexpr = WARPS // 4           # warp groups side by side along dQ's columns
-    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+               STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
+    """The math warps' share of one work item (K and V in k_smem, v_smem, ready): per tile, the
+    five products and the dS math, every product waited for inside the tile (ptxas serialises
+    groups left pending across the loop's back-edge); dS^T through ds_smem (both warp groups'
+    halves feed dQ), dQ and the row sums handed to the reducer; then dk, dv of the block. LAM,
+    DLAM, DOC at b; DK, DV at (b, kv head); END at (b, key block). `it`: the ring's tiles of the
+    items before; returned advanced past this item's."""
+    st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
                                                         instr_shape=[16, TILE_M, 16])
-    kd_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+    kd_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
                                                         instr_shape=[16, HEAD_DIM, 16])
-    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, COLS],
-                                                        instr_shape=[16, HEAD_DIM // COLS, 16])
-    rs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, COLS],
-                                                        instr_shape=[16, 16 // COLS, 16])
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                        instr_shape=[16, HEAD_DIM // 2, 16])
+    rs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                        instr_shape=[16, 8, 16])
     # the dS column sums (per key, over a head's query tiles): dS^T x ones (TILE_M, 16) on the
     # tensor cores, accumulated across the head's tiles, all 16 columns equal
-    cs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+    cs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
                                                         instr_shape=[16, 16, 16])
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kd_layout, k_width=2)
     key_layout: gl.constexpr = gl.SliceLayout(1, st_layout)
@@ -259,14 +249,14 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
     dtype: gl.constexpr = k_smem.dtype
     offset = n_keys - n_queries
 
-    offs_n = key0 + PART * KEYS + gl.arange(0, KEYS, layout=key_layout)
+    offs_n = key0 + gl.arange(0, BLOCK_N, layout=key_layout)
     n_ok = offs_n < n_keys
     doc_k = 0
     if HAS_DOC:
         doc_k = gl.load(DOC + offs_n, mask=n_ok, other=-1)
-    dk = gl.zeros([KEYS, HEAD_DIM], gl.float32, layout=kd_layout)
-    dv = gl.zeros([KEYS, HEAD_DIM], gl.float32, layout=kd_layout)
-    colsum = gl.zeros([KEYS, 16], gl.float32, layout=cs_layout)
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
+    colsum = gl.zeros([BLOCK_N, 16], gl.float32, layout=cs_layout)
     ones_q = ones_smem.slice(0, TILE_M)                # (TILE_M, 16) ones
     g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
     lam_ref, b_key = _head_keys(LAM, lam_head, hk * group + gl.minimum(g, group - 1), key0,
@@ -299,10 +289,10 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         dst16 = (pt * (dpt - tile_rows.slice(1, 1).load(st_layout))).to(dtype)
         ds_smem.store(dst16)
         fence_async_shared()
-        gl.thread_barrier()        # the partition's warp groups' rows of dS^T in shared memory
+        gl.thread_barrier()        # both warp groups' halves of dS^T in shared memory
         dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
         colsum = warpgroup_mma(ds_smem, ones_q, colsum, is_async=True)   # the dS dK, dQ use
-        dq, rs = _issue_dq(ds_smem, k_smem, ones_smem.slice(0, KEYS), dq_layout, rs_layout)
+        dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
         dv, dk, colsum, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, colsum, dq, rs))
         mbarrier.arrive(q_free.index(slot))          # Q, dO and the rows of this slot read
         mbarrier.wait(dq_free, (it & 1) ^ 1)         # the reducer has read the last tile's
@@ -317,7 +307,7 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         if next_g != g:            # the head's last tile: its dS column sums
             head_colsum = gl.convert_layout(gl.max(colsum, 1), key_layout)
             gl.store(DLAM + h * dlam_head + offs_n, -head_colsum, mask=n_ok)
-            colsum = gl.zeros([KEYS, 16], gl.float32, layout=cs_layout)
+            colsum = gl.zeros([BLOCK_N, 16], gl.float32, layout=cs_layout)
             lam_ref, b_key = _head_keys(LAM, lam_head,
                                         hk * group + gl.minimum(next_g, group - 1), key0,
                                         offs_n, n_ok)
@@ -326,7 +316,7 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
 
     kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
     kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)
-    rows = key0 + PART * KEYS + gl.arange(0, KEYS, layout=kd_rows)
+    rows = key0 + gl.arange(0, BLOCK_N, layout=kd_rows)
     cols = gl.arange(0, HEAD_DIM, layout=kd_cols)
     ok = gl.expand_dims(rows < n_keys, 1)
     gl.store(DK + gl.expand_dims(rows.to(gl.int64) * dk_row, 1) + gl.expand_dims(cols, 0),
@@ -343,34 +333,27 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
               dv_row, dlam_b, dlam_head, end_b, end_head, end_n, doc_b, n_items, n_blocks,
               n_kv_heads, group, n_queries, n_keys, qk_scale, scale, HEAD_DIM: gl.constexpr,
               GRID_M: gl.constexpr, GRID_N: gl.constexpr, STAGES: gl.constexpr,
-              KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr, PART: gl.constexpr,
-              PARTS: gl.constexpr):
-    """Math partition PART of PARTS (8 / PARTS warps, the keys PART * KEYS ... of each block,
-    KEYS = BLOCK_N / PARTS): items from the loader (_take_item) until none is left, each
+              KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr):
+    """The eight math warps: items from the loader (_take_item) until none is left, each
     (_bwd_block) once its K and V are in buffer jj % KV_BUFFERS (kv_ready), the buffer handed
-    back (kv_free, one arrival per partition) once its last product has read it."""
-    KEYS: gl.constexpr = BLOCK_N // PARTS
-    WARPS: gl.constexpr = 8 // PARTS
+    back (kv_free) once its last product has read it."""
     it = 0
     jj = 0
-    item = _take_item(items, item_ready, item_free, jj, WARPS)[0]
+    item = _take_item(items, item_ready, item_free, jj, 8)[0]
     while item < n_items:
         b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
         kv = jj % KV_BUFFERS
         mbarrier.wait(kv_ready.index(kv), (jj // KV_BUFFERS) & 1)
-        it = _bwd_block(k_smem.index(kv).slice(PART * KEYS, KEYS),
-                        v_smem.index(kv).slice(PART * KEYS, KEYS), q_smem, do_smem, rows_smem,
-                        ds_smem.index(PART), dq_smem.index(PART), rs_smem.index(PART), ones_smem,
-                        q_ready, q_free, dq_ready.index(PART), dq_free.index(PART),
+        it = _bwd_block(k_smem.index(kv), v_smem.index(kv), q_smem, do_smem, rows_smem, ds_smem,
+                        dq_smem, rs_smem, ones_smem, q_ready, q_free, dq_ready, dq_free,
                         LAM + b * lam_b, DK + b * dk_b + hk * dk_head,
                         DV + b * dv_b + hk * dv_head, DLAM + b * dlam_b,
                         END + b * end_b + (key0 // GRID_N) * end_n, DOC + b * doc_b, lam_head,
                         dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid, it,
-                        n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, STAGES, HAS_DOC,
-                        PART, PARTS)
+                        n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, STAGES, HAS_DOC)
         mbarrier.arrive(kv_free.index(kv))
         jj += 1
-        item = _take_item(items, item_ready, item_free, jj, WARPS)[0]
+        item = _take_item(items, item_ready, item_free, jj, 8)[0]
 
 
 @gluon.jit(do_not_specialize=["lam_b", "lam_head", "dk_b", "dk_head", "dk_row", "dv_b",
@@ -383,8 +366,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
                       dlam_b, dlam_head, end_b, end_head, end_n, doc_b,
                       n_items, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                       HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
-                      STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr,
-                      PARTS: gl.constexpr):
+                      STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr):
     """Persistent, scheduled dynamically: each program takes work item program_id, then the
     next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
     wave) of the n_items = blocks of 128 keys x (b, kv head) (_bwd_item). Per item: dk, dv of
@@ -401,25 +383,21 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     time), never specialised, nor are the sizes: a 1 would arrive as a constant, which
     warp_specialize cannot pass on.
 
-    The partitions: eight math warps (_bwd_math), as one partition (PARTS = 1, launched with
-    8 warps) or as two of four warps that take 64 of each block's keys each (PARTS = 2,
-    launched with 4 warps) and so run out of step, one's products beside the other's
-    exponentials; the loader warp (_bwd_loader, also the scheduler); and a reducer warp
-    (_bwd_reducer), so that no TMA is issued from the math warps (Triton puts a CTA barrier
-    before each one there)."""
+    Three partitions: the eight math warps (_bwd_math), the loader warp (_bwd_loader, also the
+    scheduler) and a reducer warp (_bwd_reducer), so that no TMA is issued from the math warps
+    (Triton puts a CTA barrier before each one there)."""
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     dtype: gl.constexpr = k_desc.dtype
     kv_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM], dtype)
-    KEYS: gl.constexpr = BLOCK_N // PARTS     # keys of one math partition
-    ds_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([KEYS, TILE_M], dtype)
+    ds_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, TILE_M], dtype)
     k_smem = gl.allocate_shared_memory(dtype, [KV_BUFFERS, BLOCK_N, HEAD_DIM], kv_smem_layout)
     v_smem = gl.allocate_shared_memory(dtype, [KV_BUFFERS, BLOCK_N, HEAD_DIM], kv_smem_layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE_M, HEAD_DIM], q_smem_layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE_M, HEAD_DIM], q_smem_layout)
-    ds_smem = gl.allocate_shared_memory(dtype, [PARTS, KEYS, TILE_M], ds_smem_layout)
+    ds_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, TILE_M], ds_smem_layout)
     rows_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 2, TILE_M], rows_desc.layout)
-    dq_smem = gl.allocate_shared_memory(gl.float32, [PARTS, TILE_M, HEAD_DIM],
+    dq_smem = gl.allocate_shared_memory(gl.float32, [TILE_M, HEAD_DIM],
                                         gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM],
                                                                              gl.float32))
     # dS row sums on the tensor cores: dS (64 x 128) times a (128, 16) block of ones, each of the
@@ -427,75 +405,42 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     ones_smem = gl.allocate_shared_memory(
         dtype, [BLOCK_N, 16], gl.NVMMASharedLayout.get_default_for([BLOCK_N, 16], dtype))
     ones_smem.store(gl.full([BLOCK_N, 16], 1.0, dtype,
-                            layout=gl.BlockedLayout([1, 8], [16, 2], [8 // PARTS, 1], [1, 0])))
+                            layout=gl.BlockedLayout([1, 8], [16, 2], [8, 1], [1, 0])))
     rs_smem = gl.allocate_shared_memory(
-        gl.float32, [PARTS, TILE_M, 16],
-        gl.NVMMASharedLayout.get_default_for([TILE_M, 16], gl.float32))
+        gl.float32, [TILE_M, 16], gl.NVMMASharedLayout.get_default_for([TILE_M, 16], gl.float32))
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
     kv_ready = gl.allocate_shared_memory(gl.int64, [KV_BUFFERS, 1], bar_layout)
     kv_free = gl.allocate_shared_memory(gl.int64, [KV_BUFFERS, 1], bar_layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     q_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
-    dq_ready = gl.allocate_shared_memory(gl.int64, [PARTS, 1], bar_layout)
-    dq_free = gl.allocate_shared_memory(gl.int64, [PARTS, 1], bar_layout)
-    # the item queue: the loader writes it, the math partitions and the reducer read it
-    items, item_ready, item_free = _item_queue(PARTS + 1)
-    for i in gl.static_range(PARTS):
-        mbarrier.init(dq_ready.index(i), count=1)
-        mbarrier.init(dq_free.index(i), count=1)
-    # K/V buffers and ring slots are free again once every math partition is done with them
+    dq_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+    dq_free = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+    # the item queue: the loader writes it, the math and the reducer read it
+    items, item_ready, item_free = _item_queue(2)
+    mbarrier.init(dq_ready, count=1)
+    mbarrier.init(dq_free, count=1)
     for i in gl.static_range(KV_BUFFERS):
         mbarrier.init(kv_ready.index(i), count=1)
-        mbarrier.init(kv_free.index(i), count=PARTS)
+        mbarrier.init(kv_free.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(q_free.index(i), count=PARTS)
+        mbarrier.init(q_free.index(i), count=1)
     fence_async_shared()
     gl.thread_barrier()
 
-    # The argument lists are written out in both calls: Triton 3.6's Gluon loses the constexprs
-    # (HEAD_DIM, PART, ...) of a tuple built beforehand and concatenated here, and cannot hold
-    # a function in one.
-    if PARTS == 1:
-        gl.warp_specialize([
-            (_bwd_math, (k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem,
-                         ones_smem, kv_ready, kv_free, q_ready, q_free, dq_ready, dq_free, items,
-                         item_ready, item_free, LAM, DK, DV, DLAM, END, DOC, lam_b, lam_head,
-                         dk_b, dk_head, dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head, end_b,
-                         end_head, end_n, doc_b, n_items, n_blocks, n_kv_heads, group,
-                         n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, GRID_N, STAGES,
-                         KV_BUFFERS, HAS_DOC, 0, 1)),
-            (_bwd_loader, (k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_smem,
-                           do_smem, rows_smem, kv_ready, kv_free, q_ready, q_free, items,
-                           item_ready, item_free, COUNTER, END, end_b, end_head, end_n, n_items,
-                           n_blocks, n_kv_heads, group, n_queries, n_keys, GRID_M, GRID_N,
-                           STAGES, KV_BUFFERS)),
-            (_bwd_reducer, (dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items,
-                            item_ready, item_free, END, end_b, end_head, end_n, n_items,
-                            n_blocks, n_kv_heads, group, n_queries, n_keys, GRID_M, GRID_N, 1)),
-        ], [1, 1], [24, 24])
-    else:
-        gl.warp_specialize([
-            (_bwd_math, (k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem,
-                         ones_smem, kv_ready, kv_free, q_ready, q_free, dq_ready, dq_free, items,
-                         item_ready, item_free, LAM, DK, DV, DLAM, END, DOC, lam_b, lam_head,
-                         dk_b, dk_head, dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head, end_b,
-                         end_head, end_n, doc_b, n_items, n_blocks, n_kv_heads, group,
-                         n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, GRID_N, STAGES,
-                         KV_BUFFERS, HAS_DOC, 0, 2)),
-            (_bwd_math, (k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem,
-                         ones_smem, kv_ready, kv_free, q_ready, q_free, dq_ready, dq_free, items,
-                         item_ready, item_free, LAM, DK, DV, DLAM, END, DOC, lam_b, lam_head,
-                         dk_b, dk_head, dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head, end_b,
-                         end_head, end_n, doc_b, n_items, n_blocks, n_kv_heads, group,
-                         n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, GRID_N, STAGES,
-                         KV_BUFFERS, HAS_DOC, 1, 2)),
-            (_bwd_loader, (k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_smem,
-                           do_smem, rows_smem, kv_ready, kv_free, q_ready, q_free, items,
-                           item_ready, item_free, COUNTER, END, end_b, end_head, end_n, n_items,
-                           n_blocks, n_kv_heads, group, n_queries, n_keys, GRID_M, GRID_N,
-                           STAGES, KV_BUFFERS)),
-            (_bwd_reducer, (dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items,
-                            item_ready, item_free, END, end_b, end_head, end_n, n_items,
-                            n_blocks, n_kv_heads, group, n_queries, n_keys, GRID_M, GRID_N, 2)),
-        ], [4, 1, 1], [MATH_REGS, 24, 24])
+    gl.warp_specialize([
+        (_bwd_math, (k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem,
+                     ones_smem, kv_ready, kv_free, q_ready, q_free, dq_ready, dq_free, items,
+                     item_ready, item_free, LAM, DK, DV, DLAM, END, DOC, lam_b, lam_head, dk_b,
+                     dk_head, dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head, end_b, end_head,
+                     end_n, doc_b, n_items, n_blocks, n_kv_heads, group, n_queries, n_keys,
+                     qk_scale, scale, HEAD_DIM, GRID_M, GRID_N, STAGES, KV_BUFFERS, HAS_DOC)),
+        (_bwd_loader, (k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_smem,
+                       do_smem, rows_smem, kv_ready, kv_free, q_ready, q_free, items, item_ready,
+                       item_free, COUNTER, END, end_b, end_head, end_n, n_items, n_blocks,
+                       n_kv_heads, group, n_queries, n_keys, GRID_M, GRID_N, STAGES,
+                       KV_BUFFERS)),
+        (_bwd_reducer, (dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, item_ready,
+                        item_free, END, end_b, end_head, end_n, n_items, n_blocks, n_kv_heads,
+                        group, n_queries, n_keys, GRID_M, GRID_N)),
+    ], [1, 1], [24, 24])

@@ -25,7 +25,6 @@ it (or with an API this module does not know) leaves the engine unsupported, nev
 unimportable.
 """
 import importlib
-import os
 import types
 
 import torch
@@ -52,14 +51,6 @@ BWD_KV_BUFFERS = {64: 2, 128: 1}
 # D = 128, with one K/V buffer, each item waits for its K and V, and pruned items (few tiles)
 # ran 8% slower than one program per item.
 BWD_PERSISTENT = {64: True, 128: False}
-# The backward's math warps as one partition of 8 warps or as two of 4 (each taking 64 of a
-# block's keys and its own share of dQ, the two running out of step), by head dim. Two are
-# possible at D = 64 only (at D = 128 each partition's 64 x 128 dK and dV would not fit beside
-# the tile's scores); one everywhere until two is measured on a GPU (docs/kernels.md, "Two
-# math partitions in the persistent backward"). FOXCOMPILE_GLUON_BWD_PARTS=1|2 overrides it
-# (for benchmarks and tests).
-BWD_PARTS = {64: 1, 128: 1}
-BWD_MAX_PARTS = {64: 2, 128: 1}
 BLOCK_N = 128
 
 _import_errors: dict = {}
@@ -217,21 +208,6 @@ def _rows_descriptor(rows: torch.Tensor):
     return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [2, 64], layout)
 
 
-def bwd_parts(head_dim: int) -> int:
-    """How many math partitions the backward runs at head_dim: FOXCOMPILE_GLUON_BWD_PARTS
-    (1 or 2, read at each call) where set, else BWD_PARTS."""
-    text = os.environ.get("FOXCOMPILE_GLUON_BWD_PARTS", "").strip()
-    if not text:
-        return BWD_PARTS[head_dim]
-    if text not in ("1", "2"):
-        raise ValueError(f"FOXCOMPILE_GLUON_BWD_PARTS must be 1 or 2, got {text!r}")
-    parts = int(text)
-    if parts > BWD_MAX_PARTS[head_dim]:
-        raise ValueError(f"FOXCOMPILE_GLUON_BWD_PARTS={parts}: the Gluon backward runs at most "
-                         f"{BWD_MAX_PARTS[head_dim]} math partition(s) at head dim {head_dim}")
-    return parts
-
-
 def backward_fallback_reason(q: torch.Tensor, plan: Plan):
     """Why this engine's backward hands a call (that its forward takes) to the tl kernels, or
     None: deterministic algorithms (dq is reduced by float32 adds in any order), no queries, or
@@ -275,7 +251,6 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
     kern = _bwd_kernels()
-    parts = bwd_parts(head_dim)
     n_items = -(-n_keys // BLOCK_N) * batch * kv_heads
     programs = min(n_items, _multiprocessors(q.device)) if BWD_PERSISTENT[head_dim] else n_items
     with _device_guard(q):
@@ -291,7 +266,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
             STAGES=BWD_STAGES[head_dim], KV_BUFFERS=BWD_KV_BUFFERS[head_dim], HAS_DOC=has_doc,
-            PARTS=parts, num_warps=8 // parts)
+            num_warps=8)
     torch.mul(dq_acc, scale, out=dq)   # the kernel sums dS K; the scale once, here
     dlam[..., n_keys - n_queries:] += row_sums[..., 0]
     return dlam
