@@ -5,7 +5,8 @@
 #   bash benchmarks/run_gpu_parallel.sh 0:alltests 0:parity-dense-0 1:parity-pruned-0 2:throughput-125m-16384
 #
 # Steps:
-#   any step of run_gpu_kernels.sh (alltests, bench, ...), with $OUT/gpuN as its OUT (its files under $OUT/gpuN/all, packed into $OUT/gpuN/results.tgz);
+#   any step of run_gpu_kernels.sh (alltests, bench, ...), with $OUT/gpuN as its OUT (its
+#     files under $OUT/gpuN/all, packed into $OUT/gpuN/results.tgz);
 #   parity-RUN-SEED: one loss-parity run of bench_train.py (125m, T = $PARITY_T, batch
 #     $PARITY_BATCH, $PARITY_TOKENS tokens, --gate-init $PARITY_GATE_INIT), into
 #     $OUT/parity_$PARITY_GATE_INIT/RUN_seedSEED;
