@@ -779,6 +779,19 @@ def test_gpu_automatic_engine_choice(monkeypatch):
     assert kernels.engine_name(*qkv(128, n_queries=1)) == "decode"
 
 
+def test_gluon_store_strides():
+    """The Gluon kernels' plain stores get their tensors' batch, head and time strides divided
+    by 8 when all of them allow it (16-byte aligned rows; the kernels multiply them back), and
+    as they are otherwise."""
+    from foxcompile.kernels import gluon_attention
+    bthd = torch.empty(2, 40, 3, 64).transpose(1, 2)             # strides (7680, 64, 192, 1)
+    assert gluon_attention._store_strides(bthd) == (8, [960, 8, 24])
+    odd = torch.empty(2, 3, 40, 68)[..., :64]                     # rows 68 apart
+    assert gluon_attention._store_strides(odd) == (1, [8160, 2720, 68])
+    # one tensor that does not allow it keeps both as they are
+    assert gluon_attention._store_strides(bthd, odd) == (1, [7680, 64, 192, 8160, 2720, 68])
+
+
 def test_gluon_preference_table():
     """Where the automatic choice takes each Gluon kernel (on sm90): every length at head dim
     128, from 16k keys at 64, never at other head dims; both directions alike."""

@@ -366,7 +366,8 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
                       dlam_b, dlam_head, end_b, end_head, end_n, doc_b,
                       n_items, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                       HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
-                      STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr):
+                      STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr,
+                      KV_ALIGN: gl.constexpr):
     """Persistent, scheduled dynamically: each program takes work item program_id, then the
     next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
     wave) of the n_items = blocks of 128 keys x (b, kv head) (_bwd_item). Per item: dk, dv of
@@ -381,12 +382,20 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     DK, DV: unit stride along the head dim. Strides come as plain values (*_b: between
     batches, *_head: between heads, end_n: END's between key blocks, dk_row, dv_row: along
     time), never specialised, nor are the sizes: a 1 would arrive as a constant, which
-    warp_specialize cannot pass on.
+    warp_specialize cannot pass on. DK's and DV's strides come divided by KV_ALIGN (8 where
+    they allow it): multiplied back here, they tell the compiler that each thread's two
+    adjacent entries can go out as one 4-byte store.
 
     Three partitions: the eight math warps (_bwd_math), the loader warp (_bwd_loader, also the
     scheduler) and a reducer warp (_bwd_reducer), so that no TMA is issued from the math warps
     (Triton puts a CTA barrier before each one there)."""
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
+    dk_b = dk_b * KV_ALIGN
+    dk_head = dk_head * KV_ALIGN
+    dk_row = dk_row * KV_ALIGN
+    dv_b = dv_b * KV_ALIGN
+    dv_head = dv_head * KV_ALIGN
+    dv_row = dv_row * KV_ALIGN
     dtype: gl.constexpr = k_desc.dtype
     kv_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM], dtype)

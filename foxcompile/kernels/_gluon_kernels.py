@@ -408,7 +408,7 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DO
                       lam_b, lam_h, out_b, out_h, lse_b, lse_h, start_b, start_h, start_m, doc_b,
                       out_row, n_items, n_heads, group, n_queries, n_keys, sm_scale,
                       HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                      HAS_DOC: gl.constexpr):
+                      HAS_DOC: gl.constexpr, OUT_ALIGN: gl.constexpr):
     """Persistent, scheduled dynamically: each program takes work item program_id, then the
     next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
     wave) of the n_items = blocks of 128 queries x (b, query head) (_item); per item OUT and LSE
@@ -417,7 +417,9 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DO
     and DOC have unit strides along time (and OUT along the head dim). Strides come as plain
     values (*_b: between batches, *_h: between heads, start_m: between START's query blocks,
     out_row: OUT's along time), never specialised, nor are the sizes: a 1 would arrive as a
-    constant, which warp_specialize cannot pass on.
+    constant, which warp_specialize cannot pass on. OUT's three strides come divided by
+    OUT_ALIGN (8 where they allow it): multiplied back here, they tell the compiler that each
+    thread's two adjacent outputs can go out as one 4-byte store.
 
     Q has two buffers of two halves, so the loader fetches the next item's Q while the
     consumers finish the current one, and the K/V ring runs on across items: the launch and
@@ -425,6 +427,9 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DO
     and its epilogue (docs/kernels.md, "Per tile faster than `tl`, per work item slower")."""
     BLOCK_M: gl.constexpr = 2 * HALF_M
     m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
+    out_b = out_b * OUT_ALIGN
+    out_h = out_h * OUT_ALIGN
+    out_row = out_row * OUT_ALIGN
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [4, HALF_M, HEAD_DIM],
                                        gl.NVMMASharedLayout.get_default_for([HALF_M, HEAD_DIM],

@@ -168,6 +168,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
         doc = doc.contiguous()
     assert out.stride(-1) == 1, "out must have a unit stride along the head dim"
     doc, doc_strides, has_doc = _doc_args(doc, lam)
+    out_align, out_strides = _store_strides(out)
     kern = _kernels()
     n_items = -(-n_queries // 128) * batch * q_heads
     grid = (min(n_items, _multiprocessors(q.device)),)   # persistent: one program per SM
@@ -176,12 +177,21 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
             _descriptor(q, 64), _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N),
             _lam_descriptor(lam), lam, out, lse, plan.start, doc,
             torch.zeros(1, dtype=torch.int32, device=q.device),
-            lam.stride(0), lam.stride(1), out.stride(0), out.stride(1), lse.stride(0),
-            lse.stride(1), *plan.start.stride(), doc_strides[0], out.stride(2),
+            lam.stride(0), lam.stride(1), out_strides[0], out_strides[1], lse.stride(0),
+            lse.stride(1), *plan.start.stride(), doc_strides[0], out_strides[2],
             n_items, q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale),
             HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, STAGES=STAGES[head_dim], HAS_DOC=has_doc,
-            num_warps=4)
+            OUT_ALIGN=out_align, num_warps=4)
     return lse
+
+
+def _store_strides(*tensors):
+    """(ALIGN, the strides over batch, head and time of each tensor, divided by ALIGN), for the
+    kernels' plain stores: ALIGN = 8 when every such stride is a multiple of 8 elements (the
+    kernels multiply them back, so the compiler knows each row starts 16-byte aligned), else 1."""
+    strides = [t.stride()[:3] for t in tensors]
+    align = 8 if all(s % 8 == 0 for st in strides for s in st) else 1
+    return align, [s // align for st in strides for s in st]
 
 
 def _query_rows(lam: torch.Tensor, lse: torch.Tensor, do_o: torch.Tensor) -> torch.Tensor:
@@ -250,6 +260,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                            device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
+    kv_align, kv_strides = _store_strides(dk, dv)
+    dk_strides, dv_strides = kv_strides[:3], kv_strides[3:]
     kern = _bwd_kernels()
     n_items = -(-n_keys // BLOCK_N) * batch * kv_heads
     programs = min(n_items, _multiprocessors(q.device)) if BWD_PERSISTENT[head_dim] else n_items
@@ -259,14 +271,14 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             _descriptor(grad_out, 64), _descriptor(dq_acc, 64), _rows_descriptor(rows),
             _descriptor(row_sums, 64),
             lam, dk, dv, dlam, end, doc, torch.zeros(1, dtype=torch.int32, device=q.device),
-            lam.stride(0), lam.stride(1), dk.stride(0), dk.stride(1), dk.stride(2),
-            dv.stride(0), dv.stride(1), dv.stride(2), dlam.stride(0), dlam.stride(1),
+            lam.stride(0), lam.stride(1), *dk_strides, *dv_strides, dlam.stride(0),
+            dlam.stride(1),
             end.stride(0), end.stride(1), end.stride(2), doc_strides[0],
             n_items, kv_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
             STAGES=BWD_STAGES[head_dim], KV_BUFFERS=BWD_KV_BUFFERS[head_dim], HAS_DOC=has_doc,
-            num_warps=8)
+            KV_ALIGN=kv_align, num_warps=8)
     torch.mul(dq_acc, scale, out=dq)   # the kernel sums dS K; the scale once, here
     dlam[..., n_keys - n_queries:] += row_sums[..., 0]
     return dlam
