@@ -247,6 +247,7 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
     key_layout: gl.constexpr = gl.SliceLayout(1, st_layout)
     query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
     dtype: gl.constexpr = k_smem.dtype
+    ROWS_EARLY: gl.constexpr = HEAD_DIM == 64 and not HAS_DOC
     offset = n_keys - n_queries
 
     offs_n = key0 + gl.arange(0, BLOCK_N, layout=key_layout)
@@ -274,10 +275,15 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
 
         mbarrier.wait(q_ready.index(slot), (it // STAGES) & 1)
         st, dpt = _issue_scores(k_smem, v_smem, q, do, st_layout)
+        # the rows: (lam_q - lse) log2 e (-inf on padded rows, so p = 0 there; exp2 first,
+        # then the masks zero P: docs/kernels.md) and dO.O; at D = 64 read while the products
+        # run (at D = 128 held across the wait they make ptxas spill more), else where used
+        if ROWS_EARLY:
+            a_row = tile_rows.slice(0, 1).load(st_layout) - lam_ref * LOG2E
+            do_o = tile_rows.slice(1, 1).load(st_layout)
         st = warpgroup_mma_wait(1, deps=(st,))
-        # (lam_q - lse) log2 e, read where used: -inf on padded rows, so p = 0 there; exp2
-        # first, then the masks zero P (docs/kernels.md)
-        a_row = tile_rows.slice(0, 1).load(st_layout) - lam_ref * LOG2E
+        if not ROWS_EARLY:
+            a_row = tile_rows.slice(0, 1).load(st_layout) - lam_ref * LOG2E
         pt = gl.exp2(st * qk_scale + gl.expand_dims(b_key, 1) + a_row)
         if q0 < mid:
             pos_q = offset + q0 + gl.arange(0, TILE_M, layout=query_layout)
@@ -286,7 +292,9 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
             pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
         dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
         dpt = warpgroup_mma_wait(1, deps=(dpt,))       # dV's product still running
-        dst16 = (pt * (dpt - tile_rows.slice(1, 1).load(st_layout))).to(dtype)
+        if not ROWS_EARLY:
+            do_o = tile_rows.slice(1, 1).load(st_layout)
+        dst16 = (pt * (dpt - do_o)).to(dtype)
         ds_smem.store(dst16)
         fence_async_shared()
         gl.thread_barrier()        # both warp groups' halves of dS^T in shared memory

@@ -39,7 +39,7 @@ max_norm = triton_attention.max_norm
 
 HEAD_DIMS = (64, 128)
 # Ring depth per head dim: shared memory holds Q (128 x D) and STAGES (K, V) tile pairs.
-STAGES = {64: 3, 128: 2}
+STAGES = {64: 4, 128: 2}
 # The backward's ring of (Q, dO, per-query rows) tiles per head dim, beside K, V, dS, the dQ and
 # row-sum buffers and the block of ones; and its K/V buffers (two: the next work item's K and V
 # arrive during this one's tiles; at D = 128 one, for shared memory).
