@@ -53,8 +53,23 @@ class MaskedKeys:
     removed_when: bool
 
 
+class Reported:
+    """What the reports read from a rewritten site, Site or peers.PeerSite alike: whether it
+    prunes (its decay is "proven" or "guarded") and its label (module path or call site)."""
+    decay: str
+    module: str
+    location: str
+
+    @property
+    def prunable(self) -> bool:
+        return self.decay != "none"
+
+    def label(self) -> str:
+        return site_label(self.module, self.location)
+
+
 @dataclass
-class Site:
+class Site(Reported):
     """One forgetting-attention computation the backend replaces by foxcompile::attention."""
     kind: str                 # how it was written: "matmul", "einsum", "bmm", "sdpa", ...
     location: str             # the user's source line
@@ -80,13 +95,6 @@ class Site:
     @property
     def output(self) -> fx.Node:
         return self.out.node
-
-    @property
-    def prunable(self) -> bool:
-        return self.decay != "none"
-
-    def label(self) -> str:
-        return site_label(self.module, self.location)
 
     def __str__(self) -> str:
         return describe(self, f"{self.kind} forgetting attention")

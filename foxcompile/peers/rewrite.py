@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from ..contract import Prune, site_label
+from ..contract import Prune
 from ..find import graph as g
 from ..find.decay import decay_verdict, sign
-from ..find.site import describe
+from ..find.site import Reported, describe
 from . import trace
 
 
@@ -35,7 +35,7 @@ def _set_arguments(node: fx.Node, **values) -> None:
 
 
 @dataclass
-class PeerSite:
+class PeerSite(Reported):
     """A call into a peer's FoX kernel that now runs foxcompile::attention. Reads like a Site:
     kind, location, module, decay, prunable, scale, shapes, notes."""
     kind: str          # "fla parallel_forgetting_attn call", "FoX authors' forgetting_attention call"
@@ -47,13 +47,6 @@ class PeerSite:
     shapes: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     node: str = ""     # the op node in the graph
-
-    @property
-    def prunable(self) -> bool:
-        return self.decay != "none"
-
-    def label(self) -> str:
-        return site_label(self.module, self.location)
 
     def __str__(self) -> str:
         return describe(self, self.kind, f"layout {self.layout}, ")
