@@ -30,11 +30,13 @@
 #   here, `git archive REF | tar -x -C .ab_old` in the repository root, `.ab_old` in carry, and
 #   OLD=.ab_old on the command line.
 # variants: the versions that benchmarks/prepare_variants.sh unpacked into build/variants/NAME
-#   (carry `build`): this tree's bench (the same-call baseline), then each variant's GPU tests
-#   (VARIANT_TESTS, default tests/test_kernels.py, -k VARIANT_TESTS_K, default gluon; the whole
-#   -m gpu suite of a variant about to land: VARIANT_TESTS=tests/ VARIANT_TESTS_K=all
-#   VARIANT_TESTS_TIMEOUT=330; or only for the variants named in VARIANT_FULL, space-separated)
-#   and the same bench, into $OUT/variants/ (VARIANT_SKIP: rows left out; SHAPES as for bench).
+#   (carry `build`): each variant's GPU tests (VARIANT_TESTS, default tests/test_kernels.py,
+#   -k VARIANT_TESTS_K, default gluon; the whole -m gpu suite of a variant about to land:
+#   VARIANT_TESTS=tests/ VARIANT_TESTS_K=all VARIANT_TESTS_TIMEOUT=330; or only for the
+#   variants named in VARIANT_FULL, space-separated), then VARIANT_ROUNDS (default 2) rounds
+#   of the same bench, this tree (main, the same-call baseline) and every variant alternated,
+#   then their medians and ratios to main (benchmarks/ab_compare.py), into $OUT/variants/
+#   (VARIANT_SKIP: rows left out; SHAPES as for bench).
 # ncu: Nsight Compute counters of the dense kernels and cuDNN (benchmarks/ncu_kernels.py) at each
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
 # ncusrc: per-instruction stall samples (ncu SourceCounters) of one kernel per ';'-separated
@@ -55,7 +57,7 @@
 #   (the card-filling batches of the H200 runs; without --batch-size it halves from a large one).
 set -u
 cd "$(dirname "$0")/.."
-TOP=${OUT:-$PWD/out}
+TOP=$(mkdir -p "${OUT:-$PWD/out}" && cd "${OUT:-$PWD/out}" && pwd)
 OUT=$TOP/all
 mkdir -p "$OUT"
 pack() {
@@ -161,7 +163,7 @@ for step in $steps; do
           if [ $side = old ]; then script=$old/benchmarks/bench_attention_ab.py; else script=benchmarks/bench_attention.py; fi
           stamp "abref round $round: $side"
           echo "=== round $round $side" >> "$OUT/ab_ref.log"
-          (cd "$(dirname "$script")/.." && timeout 300 $PY "$script" --json "$abdir/${side}$round.json" \
+          (cd "$(dirname "$script")/.." && timeout 300 $PY "$script" --json "$abdir/$side.r$round.json" \
             ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op) >> "$OUT/ab_ref.log" 2>&1
           grep -E "Error|error" "$OUT/ab_ref.log" | tail -3
         done
@@ -170,15 +172,19 @@ for step in $steps; do
       ;;
     variants)
       # other versions of the tree, unpacked here by benchmarks/prepare_variants.sh into
-      # build/variants/NAME (carry `build`): this tree's bench first (the same-call baseline),
-      # then per variant its GPU kernel tests (-k VARIANT_TESTS_K, default gluon) and the same
-      # bench, into $OUT/variants/{main,NAME}.json and .log
+      # build/variants/NAME (carry `build`): first each variant's GPU kernel tests (-k
+      # VARIANT_TESTS_K, default gluon), then VARIANT_ROUNDS (default 2) rounds of the same bench
+      # of this tree (main, the same-call baseline) and of each variant, alternated, then
+      # ab_compare.py's medians and ratios to main; into $OUT/variants/ (NAME.tests.log,
+      # NAME.log, NAME.rK.json, compare.txt / .json)
       mkdir -p "$OUT/variants"
       vskip=${VARIANT_SKIP:-flash,flex,fla,fox-op,arctic-fox-acp,arctic-fox-dense,tlg-acp,tlg-dense}
-      stamp "variants: this tree's bench"
-      timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py --json "$OUT/variants/main.json" \
-        ${SHAPES:+--shapes "$SHAPES"} --skip "$vskip" > "$OUT/variants/main.log" 2>&1
-      grep -E "^B[0-9]" "$OUT/variants/main.log" | grep -v skipped
+      vbench() {  # vbench NAME DIR ROUND: one bench of the tree in DIR
+        (cd "$2" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
+          timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py \
+          --json "$OUT/variants/$1.r$3.json" ${SHAPES:+--shapes "$SHAPES"} --skip "$vskip" \
+          >> "$OUT/variants/$1.log" 2>&1)
+      }
       for dir in build/variants/*/; do
         name=$(basename "$dir")
         vselect=(-k "${VARIANT_TESTS_K:-gluon}")
@@ -186,17 +192,20 @@ for step in $steps; do
         vtests=${VARIANT_TESTS:-tests/test_kernels.py}
         vlimit=${VARIANT_TESTS_TIMEOUT:-150}
         case " ${VARIANT_FULL:-} " in *" $name "*) vselect=(); vtests=tests/; vlimit=330;; esac
-        stamp "variant $name: tests ($vtests), then bench"
+        stamp "variant $name: tests ($vtests)"
         (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
           timeout $vlimit $PY -m pytest -q -m gpu -p no:cacheprovider -n "${PYTEST_WORKERS:-8}" \
           --timeout 240 "${vselect[@]}" $vtests -rf \
           > "$OUT/variants/$name.tests.log" 2>&1; \
           tail -3 "$OUT/variants/$name.tests.log")
-        (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
-          timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py --json "$OUT/variants/$name.json" \
-          ${SHAPES:+--shapes "$SHAPES"} --skip "$vskip" > "$OUT/variants/$name.log" 2>&1)
-        grep -E "^B[0-9]" "$OUT/variants/$name.log" | grep -v skipped
       done
+      for round in $(seq 1 "${VARIANT_ROUNDS:-2}"); do
+        stamp "variants: bench round $round (main, then each variant)"
+        vbench main . "$round"
+        for dir in build/variants/*/; do vbench "$(basename "$dir")" "$dir" "$round"; done
+      done
+      $PY benchmarks/ab_compare.py "$OUT/variants" --base main --json "$OUT/variants/compare.json" \
+        | tee "$OUT/variants/compare.txt"
       ;;
     ncu)
       for shape in ${NCU_SHAPES:-B2-T16384-H24-D64 B1-T16384-H16-D128}; do
