@@ -48,7 +48,8 @@ def rounds_by_version(folder: str) -> dict:
 
 def compare(folder: str, base: str | None = None) -> dict:
     """The merged result: versions block, base, and per version other than the base its rows
-    (shape, impl, the medians of both, ratio_fwd, ratio_fwd_bwd, rounds of each)."""
+    (shape, impl, the medians of both, ratio_fwd, ratio_fwd_bwd, the base's spread, the number
+    of rounds of each and every round's times)."""
     files = rounds_by_version(folder)
     if not files:
         raise SystemExit(f"{folder}: no NAME.rK.json files")
@@ -75,6 +76,7 @@ def compare(folder: str, base: str | None = None) -> dict:
                 row["base_spread_fwd_bwd"] = (max(a["fwd_bwd_ms"]) - min(a["fwd_bwd_ms"])) \
                     / med[base]["fwd_bwd_ms"]
                 row["rounds"] = [len(a["fwd_ms"]), len(b["fwd_ms"])]
+                row["every_round"] = {base: a, name: b}
             else:
                 row["only_in"] = base if a else name
             out.append(row)

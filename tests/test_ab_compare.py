@@ -38,6 +38,7 @@ def test_medians_and_ratios_against_main(tmp_path, capsys):
     assert gluon["ratio_fwd"] == pytest.approx(3.9 / 4.02)
     assert gluon["base_spread_fwd_bwd"] == pytest.approx(0.4 / 16.2)
     assert gluon["rounds"] == [3, 3]
+    assert gluon["every_round"]["fast.v2"]["fwd_bwd_ms"] == [15.0, 15.2, 14.9]
     assert rows["cudnn"]["ratio_fwd_bwd"] == 1.0
     ab_compare.print_table(merged)
     text = capsys.readouterr().out
