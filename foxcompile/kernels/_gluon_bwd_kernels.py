@@ -248,6 +248,7 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
     query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
     dtype: gl.constexpr = k_smem.dtype
     ROWS_EARLY: gl.constexpr = HEAD_DIM == 64 and not HAS_DOC
+    LATE_DV: gl.constexpr = HEAD_DIM == 128
     offset = n_keys - n_queries
 
     offs_n = key0 + gl.arange(0, BLOCK_N, layout=key_layout)
@@ -257,7 +258,7 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         doc_k = gl.load(DOC + offs_n, mask=n_ok, other=-1)
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
-    colsum = gl.zeros([BLOCK_N, 16], gl.float32, layout=cs_layout)
+    colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
     ones_q = ones_smem.slice(0, TILE_M)                # (TILE_M, 16) ones
     g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
     lam_ref, b_key = _head_keys(LAM, lam_head, hk * group + gl.minimum(g, group - 1), key0,
@@ -290,18 +291,24 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
             pt = gl.where(gl.expand_dims(offs_n, 1) <= gl.expand_dims(pos_q, 0), pt, 0.0)
         if HAS_DOC:
             pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
-        dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
-        dpt = warpgroup_mma_wait(1, deps=(dpt,))       # dV's product still running
-        if not ROWS_EARLY:
+        if LATE_DV:
+            dpt = warpgroup_mma_wait(0, deps=(dpt,))
             do_o = tile_rows.slice(1, 1).load(st_layout)
-        dst16 = (pt * (dpt - do_o)).to(dtype)
+            dst16 = (pt * (dpt - do_o)).to(dtype)
+            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
+        else:
+            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
+            dpt = warpgroup_mma_wait(1, deps=(dpt,))       # dV's product still running
+            if not ROWS_EARLY:
+                do_o = tile_rows.slice(1, 1).load(st_layout)
+            dst16 = (pt * (dpt - do_o)).to(dtype)
         ds_smem.store(dst16)
+        colsum += gl.sum(dst16.to(gl.float32), 1)
         fence_async_shared()
         gl.thread_barrier()        # both warp groups' halves of dS^T in shared memory
         dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
-        colsum = warpgroup_mma(ds_smem, ones_q, colsum, is_async=True)   # the dS dK, dQ use
         dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
-        dv, dk, colsum, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, colsum, dq, rs))
+        dv, dk, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, dq, rs))
         mbarrier.arrive(q_free.index(slot))          # Q, dO and the rows of this slot read
         mbarrier.wait(dq_free, (it & 1) ^ 1)         # the reducer has read the last tile's
         dq_smem.store(dq)                            # unscaled: the host scales the sum
@@ -313,9 +320,8 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         next_g, next_q0, next_hi = _next_tile(g, q0, hi, lo, hk, group, END, end_head,
                                               n_queries, GRID_M)
         if next_g != g:            # the head's last tile: its dS column sums
-            head_colsum = gl.convert_layout(gl.max(colsum, 1), key_layout)
-            gl.store(DLAM + h * dlam_head + offs_n, -head_colsum, mask=n_ok)
-            colsum = gl.zeros([BLOCK_N, 16], gl.float32, layout=cs_layout)
+            gl.store(DLAM + h * dlam_head + offs_n, -colsum, mask=n_ok)
+            colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
             lam_ref, b_key = _head_keys(LAM, lam_head,
                                         hk * group + gl.minimum(next_g, group - 1), key0,
                                         offs_n, n_ok)
