@@ -21,7 +21,10 @@ head dim (dQ), compute per tile
 each product waited for inside the tile (ptxas serialises wgmma groups left pending across the
 loop's back-edge); dS^T goes through shared memory, since both warp groups' halves feed dQ; a
 reducer warp adds each tile's dQ and R, handed over in shared memory, into float32 buffers
-summed over key blocks by TMA reduce-adds (in any order: not deterministic bit for bit).
+summed over key blocks by TMA reduce-adds (in any order: not deterministic bit for bit). The
+dS column sums (per key, for dlam): dS^T times ones on the tensor cores at D = 64; at D = 128,
+where the accumulators crowd the registers, summed in registers, and dV's product issued only
+after dS.
 docs/kernels.md, "The Gluon backward", has the diagram of who waits on whom.
 """
 from triton._C.libtriton import ir
@@ -248,6 +251,10 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
     query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
     dtype: gl.constexpr = k_smem.dtype
     ROWS_EARLY: gl.constexpr = HEAD_DIM == 64 and not HAS_DOC
+    # at D = 128 (where the accumulators crowd the registers): dV's product issued after dS,
+    # so that P's operand registers are not held across the dP wait, and the dS column sums
+    # added up in registers (2 per thread, not a (128, 16) accumulator); at D = 64 both cost
+    # time (docs/kernels.md, "Registers at D = 128")
     LATE_DV: gl.constexpr = HEAD_DIM == 128
     offset = n_keys - n_queries
 
@@ -258,7 +265,10 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         doc_k = gl.load(DOC + offs_n, mask=n_ok, other=-1)
     dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
     dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, layout=kd_layout)
-    colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+    if LATE_DV:
+        colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+    else:
+        colsum = gl.zeros([BLOCK_N, 16], gl.float32, layout=cs_layout)
     ones_q = ones_smem.slice(0, TILE_M)                # (TILE_M, 16) ones
     g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
     lam_ref, b_key = _head_keys(LAM, lam_head, hk * group + gl.minimum(g, group - 1), key0,
@@ -303,12 +313,18 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
                 do_o = tile_rows.slice(1, 1).load(st_layout)
             dst16 = (pt * (dpt - do_o)).to(dtype)
         ds_smem.store(dst16)
-        colsum += gl.sum(dst16.to(gl.float32), 1)
+        if LATE_DV:
+            colsum += gl.sum(dst16.to(gl.float32), 1)
         fence_async_shared()
         gl.thread_barrier()        # both warp groups' halves of dS^T in shared memory
         dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
+        if not LATE_DV:    # the dS dK, dQ use, times ones
+            colsum = warpgroup_mma(ds_smem, ones_q, colsum, is_async=True)
         dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
-        dv, dk, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, dq, rs))
+        if LATE_DV:
+            dv, dk, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, dq, rs))
+        else:
+            dv, dk, colsum, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, colsum, dq, rs))
         mbarrier.arrive(q_free.index(slot))          # Q, dO and the rows of this slot read
         mbarrier.wait(dq_free, (it & 1) ^ 1)         # the reducer has read the last tile's
         dq_smem.store(dq)                            # unscaled: the host scales the sum
@@ -320,8 +336,13 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         next_g, next_q0, next_hi = _next_tile(g, q0, hi, lo, hk, group, END, end_head,
                                               n_queries, GRID_M)
         if next_g != g:            # the head's last tile: its dS column sums
-            gl.store(DLAM + h * dlam_head + offs_n, -colsum, mask=n_ok)
-            colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+            if LATE_DV:
+                gl.store(DLAM + h * dlam_head + offs_n, -colsum, mask=n_ok)
+                colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
+            else:
+                head_colsum = gl.convert_layout(gl.max(colsum, 1), key_layout)
+                gl.store(DLAM + h * dlam_head + offs_n, -head_colsum, mask=n_ok)
+                colsum = gl.zeros([BLOCK_N, 16], gl.float32, layout=cs_layout)
             lam_ref, b_key = _head_keys(LAM, lam_head,
                                         hk * group + gl.minimum(next_g, group - 1), key0,
                                         offs_n, n_ok)
