@@ -3,17 +3,22 @@
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
 #       [bench] [ab] [abref] [variants] [ncu] [ncusrc] [train] [decode] [gendecode] [gluonbwd]
+#       [choice]
 #   (default: tests bench)
 #
 # Writes under $OUT/all ($OUT defaults to ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
 # bench.json/bench.log, ... (each step's files, below). A device call brings back at most 8
 # files, top-level ones first, so after every step all of $OUT/all but Nsight's .ncu-rep reports
 # is packed into $OUT/results.tgz (unpack with `tar -xzf results.tgz`), and env.txt and
-# targets.txt are copied to $OUT.
+# targets.txt (and choice.txt) are copied to $OUT.
 # Triton and Inductor caches go to .tcache/ (git-ignored), kept while the machine stays warm.
 # ab: bench_attention once per variant of AB (space-separated NAME:ENV=VALUE[+ENV=VALUE]), e.g.
 #   AB="ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1", foxcompile and cuDNN rows only, into
 #   $OUT/ab/NAME.json (cuDNN is timed in each, as the same-run baseline); AB_SKIP=key,... leaves more rows out.
+# choice: where the Gluon engine should be chosen automatically: the tl, tl+Gluon and Gluon rows
+#   of bench_attention.py at CHOICE_SHAPES (default: D = 64 at 4k, 8k, 16k keys and D = 128 at
+#   4k, 16k), then benchmarks/engine_choice.py's proposal for PREFERRED_MIN_KEYS, into
+#   $OUT/choice_bench.json / .log and $OUT/choice.txt / .json.
 # decode: benchmarks/bench_decode_kernel.py (decode attention alone) into $OUT/decode_kernel.json.
 # gendecode: benchmarks/bench_decode.py (whole-model decoding) once per ';'-separated argument
 #   list of GEN_DECODE (each run's --out is $OUT/gendecode_N.json), logs in $OUT/gendecode.log.
@@ -63,7 +68,7 @@ mkdir -p "$OUT"
 pack() {
   tar -czf "$TOP/results.tgz.part" --exclude='*.ncu-rep' -C "$OUT" . \
     && mv "$TOP/results.tgz.part" "$TOP/results.tgz"
-  for f in env.txt targets.txt; do if [ -f "$OUT/$f" ]; then cp "$OUT/$f" "$TOP/"; fi; done
+  for f in env.txt targets.txt choice.txt; do if [ -f "$OUT/$f" ]; then cp "$OUT/$f" "$TOP/"; fi; done
 }
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -206,6 +211,15 @@ for step in $steps; do
       done
       $PY benchmarks/ab_compare.py "$OUT/variants" --base main --json "$OUT/variants/compare.json" \
         | tee "$OUT/variants/compare.txt"
+      ;;
+    choice)
+      stamp "engine choice: tl against Gluon per direction"
+      timeout ${CHOICE_TIMEOUT:-400} $PY benchmarks/bench_attention.py --json "$OUT/choice_bench.json" \
+        --shapes "${CHOICE_SHAPES:-B8-T4096-H24-D64,B4-T8192-H24-D64,B2-T16384-H24-D64,B4-T4096-H16-D128,B1-T16384-H16-D128}" \
+        --skip flash,flex,fla,fox-op,cudnn,arctic-fox-acp,arctic-fox-dense > "$OUT/choice_bench.log" 2>&1
+      tail -4 "$OUT/choice_bench.log"
+      $PY benchmarks/engine_choice.py "$OUT/choice_bench.json" --json "$OUT/choice.json" \
+        2>&1 | tee "$OUT/choice.txt"
       ;;
     ncu)
       for shape in ${NCU_SHAPES:-B2-T16384-H24-D64 B1-T16384-H16-D128}; do

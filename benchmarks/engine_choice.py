@@ -1,0 +1,154 @@
+"""Where the Gluon engine should be chosen automatically, read off bench_attention.py runs:
+per direction and head dim, the `tl` and the Gluon kernel's times at each measured length, and
+the PREFERRED_MIN_KEYS that follows, beside the one foxcompile has now.
+
+    python benchmarks/engine_choice.py BENCH.json [BENCH.json ...] [--json choice.json]
+
+Each file is one bench run with the rows `fox-acp` / `fox-dense` (tl both ways), `tlg-acp` /
+`tlg-dense` (tl forward, Gluon backward) and `gluon-acp` / `gluon-dense` (Gluon both ways) at
+shapes of one head dim and several lengths, e.g. on the GPU machine
+
+    SHAPES=B8-T4096-H24-D64,B4-T8192-H24-D64,B2-T16384-H24-D64 \\
+    SKIP=flash,flex,fla,fox-op,arctic-fox-acp,arctic-fox-dense bash benchmarks/run_gpu_kernels.sh bench
+
+Forward times are the rows' fwd_ms; backward times are fwd_bwd_ms - fwd_ms of the row with the
+backward in question, tl's from `fox-*`, Gluon's from `tlg-*` (else `gluon-*`). At a length the
+Gluon kernel of a direction wins when its dense time plus its ACP time is the smaller (pruned
+and dense training weigh the same). The proposed minimum is the shortest measured length from
+which it wins at every longer measured one, or None (tl everywhere) when it loses at the
+longest; lengths between the measured ones are not known, and the times of several files are
+their medians. Times from different cards should not be mixed: the script says which cards it
+read.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+MODES = ("dense", "acp")
+DIRECTIONS = ("forward", "backward")
+
+
+def parse_shape(name: str) -> tuple:
+    """(batch, length, heads, head_dim) of a bench shape name like B2-T16384-H24-D64."""
+    parts = dict((p[0], int(p[1:])) for p in name.split("-"))
+    return parts["B"], parts["T"], parts["H"], parts["D"]
+
+
+def _times(rows: dict, shape: str, key: str, direction: str):
+    """The forward or backward ms of row `key` at `shape`, or None if it did not run."""
+    row = rows.get((shape, key))
+    if row is None:
+        return None
+    if direction == "forward":
+        return row["fwd_ms"]
+    return row["fwd_bwd_ms"] - row["fwd_ms"]
+
+
+def engine_times(paths) -> tuple:
+    """({(head_dim, length, direction, engine, mode): ms}, cards): medians over the files of
+    each kernel's time, engine "tl" or "gluon"."""
+    per_file, cards = [], []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        cards.append(data.get("versions", {}).get("card", "?"))
+        rows = {(r["shape"], r["key"]): r for r in data.get("rows", [])
+                if "fwd_ms" in r and "fwd_bwd_ms" in r}
+        found = {}
+        for shape in {s for s, _ in rows}:
+            _, length, _, head_dim = parse_shape(shape)
+            for mode in MODES:
+                sources = {("forward", "tl"): [f"fox-{mode}"],
+                           ("forward", "gluon"): [f"gluon-{mode}"],
+                           ("backward", "tl"): [f"fox-{mode}"],
+                           ("backward", "gluon"): [f"tlg-{mode}", f"gluon-{mode}"]}
+                for (direction, engine), keys in sources.items():
+                    ms = next((t for t in (_times(rows, shape, key, direction) for key in keys)
+                               if t is not None), None)
+                    if ms is not None:
+                        found[(head_dim, length, direction, engine, mode)] = ms
+        per_file.append(found)
+    merged = {}
+    for key in {k for found in per_file for k in found}:
+        merged[key] = statistics.median(found[key] for found in per_file if key in found)
+    return merged, sorted(set(cards))
+
+
+def choose(times: dict) -> dict:
+    """{direction: {head_dim: {"lengths": [{length, tl, gluon, winner}], "min_keys": int |
+    None}}}: per measured length the dense + ACP sums of each engine (None where a row is
+    missing) and the proposed PREFERRED_MIN_KEYS entry."""
+    result: dict = {}
+    for direction in DIRECTIONS:
+        dims = sorted({hd for hd, _, d, _, _ in times if d == direction})
+        for head_dim in dims:
+            lengths = sorted({n for hd, n, d, _, _ in times if d == direction and hd == head_dim})
+            table = []
+            for length in lengths:
+                sums = {}
+                for engine in ("tl", "gluon"):
+                    parts = [times.get((head_dim, length, direction, engine, m)) for m in MODES]
+                    sums[engine] = None if None in parts else sum(parts)
+                winner = None
+                if sums["tl"] is not None and sums["gluon"] is not None:
+                    winner = "gluon" if sums["gluon"] < sums["tl"] else "tl"
+                table.append({"length": length, "tl": sums["tl"], "gluon": sums["gluon"],
+                              "winner": winner})
+            min_keys = None
+            for entry in reversed(table):   # from the longest down, while Gluon keeps winning
+                if entry["winner"] != "gluon":
+                    break
+                min_keys = entry["length"]
+            result.setdefault(direction, {})[head_dim] = {"lengths": table, "min_keys": min_keys}
+    return result
+
+
+def current_min_keys() -> dict:
+    """foxcompile's PREFERRED_MIN_KEYS (pure Python: importing gluon_attention needs no GPU)."""
+    from foxcompile.kernels import gluon_attention
+    return gluon_attention.PREFERRED_MIN_KEYS
+
+
+def report(choice: dict, current: dict, cards) -> str:
+    lines = [f"cards: {', '.join(cards)}" + ("  (more than one: do not mix cards)"
+                                             if len(cards) > 1 else "")]
+    lines.append("direction  D    length   tl dense+ACP ms  Gluon dense+ACP ms  Gluon / tl  faster")
+    for direction, dims in choice.items():
+        for head_dim, entry in dims.items():
+            for row in entry["lengths"]:
+                tl = "-" if row["tl"] is None else f"{row['tl']:.3f}"
+                gl = "-" if row["gluon"] is None else f"{row['gluon']:.3f}"
+                ratio = (f"{row['gluon'] / row['tl']:.3f}" if row["winner"] else "-")
+                lines.append(f"{direction:10s} {head_dim:<4d} {row['length']:<8d} {tl:>15s}"
+                             f"  {gl:>18s}  {ratio:>10s}  {row['winner'] or '-'}")
+            now = current.get(direction, {}).get(head_dim, "not listed")
+            shortest = entry["lengths"][0]["length"]
+            note = (", or fewer: Gluon wins at the shortest length measured"
+                    if entry["min_keys"] == shortest else "")
+            lines.append(f"{direction:10s} {head_dim:<4d} proposed min keys: {entry['min_keys']}"
+                         f"{note} (now: {now})")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", nargs="+", help="bench_attention.py --json files")
+    parser.add_argument("--json", default=None, help="write the proposal here")
+    args = parser.parse_args()
+    times, cards = engine_times(args.bench)
+    if not times:
+        raise SystemExit("no tl / Gluon rows with times in these files")
+    choice = choose(times)
+    print(report(choice, current_min_keys(), cards))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cards": cards, "choice": choice}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
