@@ -27,15 +27,11 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from bench_attention import parse_shape  # noqa: E402
+from foxcompile.kernels.gluon_attention import PREFERRED_MIN_KEYS  # noqa: E402
 
 MODES = ("dense", "acp")
 DIRECTIONS = ("forward", "backward")
-
-
-def parse_shape(name: str) -> tuple:
-    """(batch, length, heads, head_dim) of a bench shape name like B2-T16384-H24-D64."""
-    parts = dict((p[0], int(p[1:])) for p in name.split("-"))
-    return parts["B"], parts["T"], parts["H"], parts["D"]
 
 
 def _times(rows: dict, shape: str, key: str, direction: str):
@@ -107,12 +103,6 @@ def choose(times: dict) -> dict:
     return result
 
 
-def current_min_keys() -> dict:
-    """foxcompile's PREFERRED_MIN_KEYS (pure Python: importing gluon_attention needs no GPU)."""
-    from foxcompile.kernels import gluon_attention
-    return gluon_attention.PREFERRED_MIN_KEYS
-
-
 def report(choice: dict, current: dict, cards) -> str:
     lines = [f"cards: {', '.join(cards)}" + ("  (more than one: do not mix cards)"
                                              if len(cards) > 1 else "")]
@@ -144,7 +134,7 @@ def main():
     if not times:
         raise SystemExit("no tl / Gluon rows with times in these files")
     choice = choose(times)
-    print(report(choice, current_min_keys(), cards))
+    print(report(choice, PREFERRED_MIN_KEYS, cards))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cards": cards, "choice": choice}, f, indent=1)
