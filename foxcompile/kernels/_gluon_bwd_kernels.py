@@ -269,7 +269,6 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         colsum = gl.zeros([BLOCK_N], gl.float32, layout=key_layout)
     else:
         colsum = gl.zeros([BLOCK_N, 16], gl.float32, layout=cs_layout)
-    ones_q = ones_smem.slice(0, TILE_M)                # (TILE_M, 16) ones
     g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
     lam_ref, b_key = _head_keys(LAM, lam_head, hk * group + gl.minimum(g, group - 1), key0,
                                 offs_n, n_ok)
@@ -318,8 +317,8 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         fence_async_shared()
         gl.thread_barrier()        # both warp groups' halves of dS^T in shared memory
         dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
-        if not LATE_DV:    # the dS dK, dQ use, times ones
-            colsum = warpgroup_mma(ds_smem, ones_q, colsum, is_async=True)
+        if not LATE_DV:    # the dS dK, dQ use, times (TILE_M, 16) ones
+            colsum = warpgroup_mma(ds_smem, ones_smem.slice(0, TILE_M), colsum, is_async=True)
         dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
         if LATE_DV:
             dv, dk, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, dq, rs))
