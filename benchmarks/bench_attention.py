@@ -111,12 +111,13 @@ def _fwd_and_fwd_bwd(run, grad):
 def fox_kernels(q, k, v, lam, prune, engine="tl"):
     """foxcompile's engine called directly: plan (threshold + boundaries) + kernels, on
     (B, H, T, D) views of the (B, T, H, D) tensors, outputs written through (B, T, H, D) views.
-    engine: "tl" (triton_attention), "gluon" (gluon_attention: Gluon forward and backward) or
-    "tl+gluon" (the tl forward, the Gluon backward)."""
+    engine: "tl" (triton_attention), "gluon" (gluon_attention: Gluon forward and backward),
+    "tl+gluon" (the tl forward, the Gluon backward) or "gluon+tl" (the Gluon forward, the tl
+    backward)."""
     from foxcompile.kernels import gluon_attention, triton_attention
-    fwd_engine = gluon_attention if engine == "gluon" else triton_attention
+    fwd_engine = gluon_attention if engine in ("gluon", "gluon+tl") else triton_attention
     bwd_engine = gluon_attention if engine in ("gluon", "tl+gluon") else triton_attention
-    if bwd_engine is gluon_attention:
+    if gluon_attention in (fwd_engine, bwd_engine):
         reason = gluon_attention.unsupported_reason(q.transpose(1, 2), k.transpose(1, 2),
                                                     v.transpose(1, 2))
         if reason:
@@ -544,6 +545,10 @@ def main():
              lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "tl+gluon")),
             ("foxcompile dense (tl fwd, Gluon bwd)", "tlg-dense",
              lambda: fox_kernels(q, k, v, lam, Prune.OFF, "tl+gluon")),
+            ("foxcompile ACP (Gluon fwd, tl bwd)", "gtl-acp",
+             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "gluon+tl")),
+            ("foxcompile dense (Gluon fwd, tl bwd)", "gtl-dense",
+             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "gluon+tl")),
             ("foxcompile op (autograd, guarded ACP)", "fox-op", lambda: fox_op(q, k, v, log_f)),
             ("SDPA flash, causal, no gate", "flash", lambda: sdpa(q, k, v, "flash")),
             ("SDPA cuDNN, causal, no gate", "cudnn", lambda: sdpa(q, k, v, "cudnn")),

@@ -18,7 +18,7 @@ for config in ${FWD_CONFIGS:-}; do
   FOXCOMPILE_KERNEL_CONFIG="{\"fwd\": [$config]}" timeout -k 5 ${FWD_TIMEOUT:-80} \
     python benchmarks/bench_attention.py --json "$OUT/fwd_${config//,/_}.json" \
     --shapes "${FWD_SHAPES:-B8-T4096-H24-D64,B2-T16384-H24-D64}" \
-    --skip flash,flex,fla,fox-op,arctic-fox-acp,arctic-fox-dense,gluon-acp,gluon-dense,tlg-acp,tlg-dense \
+    --skip flash,flex,fla,fox-op,arctic-fox-acp,arctic-fox-dense,gluon-acp,gluon-dense,tlg-acp,tlg-dense,gtl-acp,gtl-dense \
     > "$OUT/fwd_${config//,/_}.log" 2>&1
   echo "tl forward config $config:"; grep -E "^B[0-9]" "$OUT/fwd_${config//,/_}.log" | grep -v skipped
 done

@@ -183,7 +183,7 @@ for step in $steps; do
       # ab_compare.py's medians and ratios to main; into $OUT/variants/ (NAME.tests.log,
       # NAME.log, NAME.rK.json, compare.txt / .json)
       mkdir -p "$OUT/variants"
-      vskip=${VARIANT_SKIP:-flash,flex,fla,fox-op,arctic-fox-acp,arctic-fox-dense,tlg-acp,tlg-dense}
+      vskip=${VARIANT_SKIP:-flash,flex,fla,fox-op,arctic-fox-acp,arctic-fox-dense,tlg-acp,tlg-dense,gtl-acp,gtl-dense}
       vbench() {  # vbench NAME DIR ROUND: one bench of the tree in DIR
         (cd "$2" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
           timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py \
@@ -216,7 +216,7 @@ for step in $steps; do
       stamp "engine choice: tl against Gluon per direction"
       timeout ${CHOICE_TIMEOUT:-400} $PY benchmarks/bench_attention.py --json "$OUT/choice_bench.json" \
         --shapes "${CHOICE_SHAPES:-B8-T4096-H24-D64,B4-T8192-H24-D64,B2-T16384-H24-D64,B4-T4096-H16-D128,B1-T16384-H16-D128}" \
-        --skip flash,flex,fla,fox-op,cudnn,arctic-fox-acp,arctic-fox-dense > "$OUT/choice_bench.log" 2>&1
+        --skip flash,flex,fla,fox-op,cudnn,arctic-fox-acp,arctic-fox-dense,gtl-acp,gtl-dense > "$OUT/choice_bench.log" 2>&1
       tail -4 "$OUT/choice_bench.log"
       $PY benchmarks/engine_choice.py "$OUT/choice_bench.json" --json "$OUT/choice.json" \
         2>&1 | tee "$OUT/choice.txt"

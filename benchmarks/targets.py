@@ -50,12 +50,11 @@ def _best(rows, keys, field):
 
 
 def _kernel_key(shape: str, sm90: bool):
-    """The ACP row of the kernels the automatic choice runs for this shape (both directions
-    Gluon, the tl forward with the Gluon backward, or tl); None for the Gluon forward with the
-    tl backward, which the bench does not time alone."""
+    """The ACP row of the kernels the automatic choice runs for this shape: both directions
+    Gluon, one of them Gluon and the other tl, or tl both ways."""
     _, n_keys, _, head_dim = parse_shape(shape)
     gluon = tuple(sm90 and prefers(head_dim, n_keys, d) for d in ("forward", "backward"))
-    return {(True, True): "gluon-acp", (False, True): "tlg-acp", (True, False): None,
+    return {(True, True): "gluon-acp", (False, True): "tlg-acp", (True, False): "gtl-acp",
             (False, False): "fox-acp"}[gluon]
 
 
@@ -76,7 +75,7 @@ def kernel_targets(bench: dict) -> list:
             best = _best(rows, ("fox-dense", "gluon-dense"), field)
             if best:
                 results.append(_result(target, shape, best[0], best[1] / cudnn[field], 1.0))
-        acp = _best(rows, ("fox-acp", "gluon-acp", "tlg-acp"), "fwd_bwd_ms")
+        acp = _best(rows, ("fox-acp", "gluon-acp", "tlg-acp", "gtl-acp"), "fwd_bwd_ms")
         if acp and shape in ACP_BARS:
             results.append(_result(f"ACP fwd+bwd <= {ACP_BARS[shape]:.2f}x cuDNN", shape, acp[0],
                                    acp[1] / cudnn["fwd_bwd_ms"], ACP_BARS[shape]))

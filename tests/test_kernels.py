@@ -757,8 +757,9 @@ def test_gpu_gluon_backward_deterministic_is_tl(monkeypatch):
 @needs_cuda
 def test_gpu_automatic_engine_choice(monkeypatch):
     """The measured choice: on sm90 the Gluon forward and backward (gluon) at head dim 128
-    (bf16/fp16), and at 64 from 16k keys on; the tl kernels at 64 below that, for float32 and
-    off sm90; a few queries go to the decode engine."""
+    (bf16/fp16); at 64 the Gluon forward from 4k keys and its backward from 8k (gluon-fwd
+    between), tl below 4k; tl for float32 and off sm90; a few queries go to the decode
+    engine."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("FOXCOMPILE_ENGINE", raising=False)
     from foxcompile import kernels
@@ -768,13 +769,17 @@ def test_gpu_automatic_engine_choice(monkeypatch):
         k = torch.randn(1, 4, n_keys, head_dim, device="cuda", dtype=dtype)
         return q, k, k
 
-    gluon = "gluon" if torch.cuda.get_device_capability()[0] == 9 else "tl"
+    sm90 = torch.cuda.get_device_capability()[0] == 9
+    gluon, gluon_fwd = ("gluon", "gluon-fwd") if sm90 else ("tl", "tl")
     for head_dim, want in ((64, "tl"), (128, gluon)):
         assert kernels.engine_name(*qkv(head_dim)) == want
         assert kernels.engine_name(*qkv(head_dim, torch.float16)) == want
         assert kernels.engine_name(*qkv(head_dim, torch.float32)) == "tl"
-    assert kernels.engine_name(*qkv(64, n_keys=16384)) == gluon
-    assert kernels.engine_name(*qkv(64, n_keys=16383)) == "tl"
+    assert kernels.engine_name(*qkv(64, n_keys=4095)) == "tl"
+    assert kernels.engine_name(*qkv(64, n_keys=4096)) == gluon_fwd
+    assert kernels.engine_name(*qkv(64, n_keys=8191)) == gluon_fwd
+    assert kernels.engine_name(*qkv(64, n_keys=8192)) == gluon
+    assert kernels.engine_name(*qkv(64, torch.float32, n_keys=8192)) == "tl"
     assert kernels.engine_name(*qkv(80)) == "tl"
     assert kernels.engine_name(*qkv(128, n_queries=1)) == "decode"
 
@@ -794,14 +799,14 @@ def test_gluon_store_strides():
 
 def test_gluon_preference_table():
     """Where the automatic choice takes each Gluon kernel (on sm90): every length at head dim
-    128, from 16k keys at 64, never at other head dims; both directions alike."""
+    128; at 64 the forward from 4k keys, the backward from 8k; never at other head dims."""
     from foxcompile.kernels import gluon_attention
-    for direction in ("forward", "backward"):
+    for direction, min_keys in (("forward", 4096), ("backward", 8192)):
         assert gluon_attention.prefers(128, 1, direction)
-        assert gluon_attention.prefers(64, 16384, direction)
+        assert gluon_attention.prefers(64, min_keys, direction)
         assert gluon_attention.prefers(64, 65536, direction)
-        assert not gluon_attention.prefers(64, 16383, direction)
-        assert not gluon_attention.prefers(64, 4096, direction)
+        assert not gluon_attention.prefers(64, min_keys - 1, direction)
+        assert not gluon_attention.prefers(64, 1000, direction)
         for head_dim in (16, 32, 80, 96, 256):
             assert not gluon_attention.prefers(head_dim, 16384, direction)
 

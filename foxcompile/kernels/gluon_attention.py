@@ -100,12 +100,13 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
 
 
 # Where each Gluon kernel beat tl's, by direction: head dim -> the fewest keys from which it is
-# chosen (docs/kernels.md, "The Gluon engine" and "The Gluon backward"). At D = 128 always (H100
-# and H200: 8.4 against 9.8 ms dense fwd+bwd at B1-T16384-H16, 3.5-3.7 against 3.9 with
-# pruning). At D = 64 from 16k keys (H200, B2-T16384-H24: 16.8 against 18.3 ms dense, 6.1
-# against 6.2 with pruning); at 4k tl stays ahead with pruning (3.2 against 3.5 ms at
-# B8-T4096-H24) and ties dense. Lengths between 4k and 16k were not measured.
-PREFERRED_MIN_KEYS = {"forward": {64: 16384, 128: 0}, "backward": {64: 16384, 128: 0}}
+# chosen (docs/kernels.md, "The engine choice, measured"). Read off one H100 run of
+# benchmarks/engine_choice.py (2026-12-07, B8-T4096 / B4-T8192 / B2-T16384 at H24-D64 and
+# B4-T4096 / B1-T16384 at H16-D128; dense + ACP ms, Gluon's over tl's): the forward wins at
+# every length measured (0.93 / 0.94 / 0.91 at D = 64, 0.80 / 0.79 at D = 128), the backward
+# at D = 128 (0.89 / 0.81) and at D = 64 from 8k (0.97 / 0.94; at 4k 1.01, tl's). Below 4k
+# keys at D = 64 nothing was measured, so tl stays there.
+PREFERRED_MIN_KEYS = {"forward": {64: 4096, 128: 0}, "backward": {64: 8192, 128: 0}}
 
 
 def prefers(head_dim: int, n_keys: int, direction: str) -> bool:
