@@ -795,6 +795,11 @@ def test_gluon_store_strides():
     assert gluon_attention._store_strides(odd) == (1, [8160, 2720, 68])
     # one tensor that does not allow it keeps both as they are
     assert gluon_attention._store_strides(bthd, odd) == (1, [7680, 64, 192, 8160, 2720, 68])
+    # a dim of size 1 is never stepped over: its stride, odd or not, counts as 0
+    one = torch.empty(1, 3, 40, 68)[..., :64].as_strided((1, 3, 40, 64), (5, 2720, 68, 1))
+    assert gluon_attention._store_strides(one) == (1, [0, 2720, 68])
+    lone = torch.empty(1, 40, 1, 64).transpose(1, 2).as_strided((1, 1, 40, 64), (7, 3, 64, 1))
+    assert gluon_attention._store_strides(lone, bthd) == (8, [0, 0, 8, 960, 8, 24])
 
 
 def test_gluon_preference_table():

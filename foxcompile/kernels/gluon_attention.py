@@ -189,8 +189,10 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
 def _store_strides(*tensors):
     """(ALIGN, the strides over batch, head and time of each tensor, divided by ALIGN), for the
     kernels' plain stores: ALIGN = 8 when every such stride is a multiple of 8 elements (the
-    kernels multiply them back, so the compiler knows each row starts 16-byte aligned), else 1."""
-    strides = [t.stride()[:3] for t in tensors]
+    kernels multiply them back, so the compiler knows each row starts 16-byte aligned), else 1.
+    A dim of size 1 is never stepped over: its stride is passed as 0, so it does not decide."""
+    strides = [[0 if size == 1 else stride for size, stride in zip(t.shape[:3], t.stride()[:3])]
+               for t in tensors]
     align = 8 if all(s % 8 == 0 for st in strides for s in st) else 1
     return align, [s // align for st in strides for s in st]
 
