@@ -7,8 +7,11 @@ foxcompile's autograd op end to end. One run, one card.
     python benchmarks/bench_attention.py [--shapes B8-T4096-H24-D64,...] [--json out.json]
     python benchmarks/bench_attention.py --sweep --json sweep.json    # launch-config sweep
     python benchmarks/bench_attention.py --configs sweep.json ...       # time with the sweep's best
+    python benchmarks/bench_attention.py --rounds 3 ...                 # medians of 3 rounds
 
-Median milliseconds (triton.testing.do_bench) of the forward and of forward + backward;
+Median milliseconds (triton.testing.do_bench) of the forward and of forward + backward (with
+--rounds N, the median of N rounds that each time every row once, so that a slow stretch of the
+card falls on one round of several rows rather than on one row);
 dense-equivalent TFLOP/s (causal forward 4 B H T^2 D / 2, forward + backward 3.5 times that, the
 unpruned count over the time); the fraction of causal tiles skipped (on the kernels' pruning grid,
 and on the 128 x 64 grid of the published measurements); the ratio to cuDNN.
@@ -19,6 +22,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import traceback
 
@@ -77,6 +81,68 @@ def bench(fn, grad_to_none=None):
     import triton.testing
     return triton.testing.do_bench(fn, warmup=25, rep=120, grad_to_none=grad_to_none,
                                    return_mode="median")
+
+
+def time_rows(shape, impls, skip, rounds=1, timer=None):
+    """One row per (label, key, make) of impls at this shape: fwd_ms and fwd_bwd_ms, the
+    medians over `rounds` rounds that each time every row once, in order (so that a slow
+    stretch of the card, clocks or another process, lands on one round of several rows, not
+    on all rounds of one row), with each round's times in fwd_ms_rounds / fwd_bwd_ms_rounds
+    when rounds > 1; "error" instead where the row is in `skip` or failed. make() returns
+    (fwd, fwd_bwd, leaves), run once each before timing. timer(fn, grad_to_none) -> ms
+    (default: bench)."""
+    timer = timer or bench
+    rows, calls = [], {}
+    for label, key, make in impls:
+        row = {"shape": shape, "impl": label, "key": key}
+        rows.append(row)
+        if key in skip:
+            row["error"] = "skipped"
+            continue
+        try:
+            fwd, fwd_bwd, leaves = make()
+            fwd()
+            fwd_bwd()
+            _synchronize()
+            calls[key] = (fwd, fwd_bwd, leaves)
+        except Exception as exc:
+            _failed(row, exc)
+    times = {key: ([], []) for key in calls}
+    for _ in range(rounds):
+        for row in rows:
+            key = row["key"]
+            if key not in calls:
+                continue
+            fwd, fwd_bwd, leaves = calls[key]
+            try:
+                times[key][0].append(timer(fwd, None))
+                times[key][1].append(timer(fwd_bwd, leaves))
+            except Exception as exc:
+                _failed(row, exc)
+                del calls[key]
+            _synchronize()
+    for row in rows:
+        if row["key"] in calls:
+            fwd_ms, fwd_bwd_ms = times[row["key"]]
+            row["fwd_ms"] = statistics.median(fwd_ms)
+            row["fwd_bwd_ms"] = statistics.median(fwd_bwd_ms)
+            if rounds > 1:
+                row["fwd_ms_rounds"], row["fwd_bwd_ms_rounds"] = fwd_ms, fwd_bwd_ms
+    return rows
+
+
+def _failed(row, exc):
+    """Records exc as the row's error (a traceback too, unless it is an ImportError: a peer or
+    engine that is not there)."""
+    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" \
+        if str(exc) else type(exc).__name__
+    if not isinstance(exc, ImportError):
+        traceback.print_exc(limit=3)
+
+
+def _synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -505,7 +571,12 @@ def main():
                         help="profile the pruning plan (threshold and tile boundaries) alone")
     parser.add_argument("--configs", default=None, help="a sweep's JSON: time with its best configs")
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out (e.g. flex,fla)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every row this many times, round by round, and keep the "
+                             "medians (default: %(default)s)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
 
     if args.profile_plan:
         profile_plan()
@@ -559,36 +630,19 @@ def main():
             ("arctic-fox preview kernel, no pruning", "arctic-fox-dense",
              lambda: arctic_fox(q, k, v, log_f, acp=False)),
         ]
-        shape_rows = []
-        for label, key, make in impls:
-            row = {"shape": shape, "impl": label, "key": key}
-            if key in skip:
-                row["error"] = "skipped"
-            else:
-                try:
-                    fwd, fwd_bwd, leaves = make()
-                    fwd()
-                    fwd_bwd()
-                    torch.cuda.synchronize()
-                    row["fwd_ms"] = bench(fwd)
-                    row["fwd_bwd_ms"] = bench(fwd_bwd, grad_to_none=leaves)
-                    row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
-                    row["fwd_bwd_tflops"] = 3.5 * flops / row["fwd_bwd_ms"] / 1e9
-                except Exception as exc:
-                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" \
-                        if str(exc) else type(exc).__name__
-                    if not isinstance(exc, ImportError):
-                        traceback.print_exc(limit=3)
-                torch.cuda.synchronize()
-            if key in ("fox-acp", "fox-op"):
+        shape_rows = time_rows(shape, impls, skip, args.rounds)
+        for row in shape_rows:
+            if "fwd_ms" in row:
+                row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
+                row["fwd_bwd_tflops"] = 3.5 * flops / row["fwd_bwd_ms"] / 1e9
+            if row["key"] in ("fox-acp", "fox-op"):
                 row["skipped_tiles"] = skip_grid
                 row["skipped_tiles_128x64"] = skip_anchor
-            if key == "arctic-fox-acp" and "fwd_ms" in row:
+            if row["key"] == "arctic-fox-acp" and "fwd_ms" in row:
                 try:
                     row.update(arctic_fox_skipped(q, k, lam))
                 except Exception as exc:  # the timing stands without it
                     row["skipped_tiles_error"] = f"{type(exc).__name__}: {exc}"[:200]
-            shape_rows.append(row)
             print(json.dumps(row), flush=True)
         base = next((r for r in shape_rows if r["key"] == "cudnn" and "fwd_ms" in r), None)
         for row in shape_rows:

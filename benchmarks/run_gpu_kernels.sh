@@ -50,7 +50,9 @@
 #   _summary.txt / .json (benchmarks/ncu_source_summary.py: where the warps wait)
 #   (first run on an H200 2026-12-06).
 # Env: CONFIGS=path/to/sweep.json times with that sweep's best launch configs;
-#      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8.
+#      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8;
+#      BENCH_ROUNDS=3: bench times every row 3 times, round by round, and keeps the medians
+#      (bench_attention.py --rounds; about 3x the bench's timing time).
 # bench's arctic-fox rows need .peers/arctic-fox (benchmarks/fetch_arctic_fox.sh) and `.peers` in
 #   the device call's carry list (else they report skipped). After the bench, benchmarks/targets.py
 #   checks the speed targets against it (and against $OUT/bench_train*.json when a train step ran
@@ -216,7 +218,8 @@ for step in $steps; do
       stamp "engine choice: tl against Gluon per direction"
       timeout ${CHOICE_TIMEOUT:-400} $PY benchmarks/bench_attention.py --json "$OUT/choice_bench.json" \
         --shapes "${CHOICE_SHAPES:-B8-T4096-H24-D64,B4-T8192-H24-D64,B2-T16384-H24-D64,B4-T4096-H16-D128,B1-T16384-H16-D128}" \
-        --skip flash,flex,fla,fox-op,cudnn,arctic-fox-acp,arctic-fox-dense,gtl-acp,gtl-dense > "$OUT/choice_bench.log" 2>&1
+        --skip flash,flex,fla,fox-op,cudnn,arctic-fox-acp,arctic-fox-dense,gtl-acp,gtl-dense \
+        ${BENCH_ROUNDS:+--rounds "$BENCH_ROUNDS"} > "$OUT/choice_bench.log" 2>&1
       tail -4 "$OUT/choice_bench.log"
       $PY benchmarks/engine_choice.py "$OUT/choice_bench.json" --json "$OUT/choice.json" \
         2>&1 | tee "$OUT/choice.txt"
@@ -281,7 +284,7 @@ for step in $steps; do
       if [ -z "$cfg" ] && [ -f "$OUT/sweep.json" ]; then cfg=$OUT/sweep.json; fi
       timeout 400 $PY benchmarks/bench_attention.py --json "$OUT/bench.json" \
         ${cfg:+--configs "$cfg"} ${SHAPES:+--shapes "$SHAPES"} ${SKIP:+--skip "$SKIP"} \
-        > "$OUT/bench.log" 2>&1
+        ${BENCH_ROUNDS:+--rounds "$BENCH_ROUNDS"} > "$OUT/bench.log" 2>&1
       grep -E "Error|error" "$OUT/bench.log" | head -5
       tail -24 "$OUT/bench.log"
       train_json=()
