@@ -73,6 +73,17 @@ def syn70(batch, seq, heads, head_dim, device="cuda", seed=0):
     return q, k, v, log_f, lam
 
 
+# rows that take no document ids: skipped when the run packs documents (--doc-len)
+NO_DOCUMENTS = {"flash", "cudnn", "flex", "fla", "arctic-fox-acp", "arctic-fox-dense"}
+
+
+def document_ids(batch, seq, doc_len, dtype="int64", device="cuda"):
+    """(B, T) document ids of sequences packed as documents of doc_len tokens (the last one
+    shorter): arange(T) // doc_len in every row, as int64 or int32."""
+    ids = torch.arange(seq, device=device) // doc_len
+    return ids.to(getattr(torch, dtype)).expand(batch, seq)
+
+
 def causal_flops(batch, seq, heads, head_dim):
     return 4.0 * batch * heads * seq * seq * head_dim / 2.0
 
@@ -174,12 +185,12 @@ def _fwd_and_fwd_bwd(run, grad):
     return fwd, fwd_bwd
 
 
-def fox_kernels(q, k, v, lam, prune, engine="tl"):
+def fox_kernels(q, k, v, lam, prune, engine="tl", doc=None):
     """foxcompile's engine called directly: plan (threshold + boundaries) + kernels, on
     (B, H, T, D) views of the (B, T, H, D) tensors, outputs written through (B, T, H, D) views.
     engine: "tl" (triton_attention), "gluon" (gluon_attention: Gluon forward and backward),
     "tl+gluon" (the tl forward, the Gluon backward) or "gluon+tl" (the Gluon forward, the tl
-    backward)."""
+    backward); doc: (B, T) document ids of packed sequences, or None."""
     from foxcompile.kernels import gluon_attention, triton_attention
     fwd_engine = gluon_attention if engine in ("gluon", "gluon+tl") else triton_attention
     bwd_engine = gluon_attention if engine in ("gluon", "tl+gluon") else triton_attention
@@ -194,9 +205,9 @@ def fox_kernels(q, k, v, lam, prune, engine="tl"):
     norm = plan_norm()
 
     def fwd():
-        plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, prune, **norm)
+        plan = plan_mod.make_plan(qh, kh, lam, scale, EPSILON, prune, doc=doc, **norm)
         out = torch.empty_like(q).transpose(1, 2)
-        lse = fwd_engine.forward(qh, kh, vh, lam, plan, scale, out)
+        lse = fwd_engine.forward(qh, kh, vh, lam, plan, scale, out, doc=doc)
         return plan, out, lse
 
     def fwd_bwd():
@@ -206,13 +217,14 @@ def fox_kernels(q, k, v, lam, prune, engine="tl"):
         dv = torch.empty_like(v).transpose(1, 2)
         if bwd_engine is gluon_attention and gluon_attention.backward_fallback_reason(qh, plan):
             raise ImportError(gluon_attention.backward_fallback_reason(qh, plan))
-        bwd_engine.backward(grad, qh, kh, vh, lam, out, lse, plan, scale, dq, dk, dv)
+        bwd_engine.backward(grad, qh, kh, vh, lam, out, lse, plan, scale, dq, dk, dv, doc=doc)
 
     return fwd, fwd_bwd, None
 
 
-def fox_op(q, k, v, log_f):
-    """foxcompile's autograd op (foxcompile.forgetting_attention), guarded pruning, bthd layout."""
+def fox_op(q, k, v, log_f, doc=None):
+    """foxcompile's autograd op (foxcompile.forgetting_attention), guarded pruning, bthd layout;
+    doc: (B, T) document ids, or None."""
     import foxcompile
     qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
     fg = log_f.detach().clone().requires_grad_(True)
@@ -220,10 +232,10 @@ def fox_op(q, k, v, log_f):
 
     def fwd():
         with torch.no_grad():
-            return foxcompile.forgetting_attention(qg, kg, vg, fg, layout="bthd")
+            return foxcompile.forgetting_attention(qg, kg, vg, fg, layout="bthd", doc=doc)
 
     def fwd_bwd():
-        foxcompile.forgetting_attention(qg, kg, vg, fg, layout="bthd").backward(grad)
+        foxcompile.forgetting_attention(qg, kg, vg, fg, layout="bthd", doc=doc).backward(grad)
 
     return fwd, fwd_bwd, [qg, kg, vg, fg]
 
@@ -571,12 +583,21 @@ def main():
                         help="profile the pruning plan (threshold and tile boundaries) alone")
     parser.add_argument("--configs", default=None, help="a sweep's JSON: time with its best configs")
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out (e.g. flex,fla)")
+    parser.add_argument("--doc-len", type=int, default=0,
+                        help="pack every sequence as documents of this many tokens (document "
+                             "ids arange(T) // DOC_LEN; only foxcompile's rows take them, the "
+                             "others are skipped; the skip column still counts ACP's tiles "
+                             "alone); 0: one sequence (default)")
+    parser.add_argument("--doc-dtype", default="int64", choices=("int64", "int32"),
+                        help="dtype of the document ids (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="time every row this many times, round by round, and keep the "
                              "medians (default: %(default)s)")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    if args.doc_len < 0:
+        parser.error(f"--doc-len must be 0 (no documents) or positive, not {args.doc_len}")
 
     if args.profile_plan:
         profile_plan()
@@ -594,6 +615,9 @@ def main():
             configs = json.load(f).get("best")
     skip = set(filter(None, args.skip.split(",")))
     info = versions()
+    if args.doc_len:
+        info["documents"] = {"doc_len": args.doc_len, "dtype": args.doc_dtype}
+        skip |= NO_DOCUMENTS
     print(json.dumps(info), flush=True)
     results = {"versions": info, "configs": configs, "rows": []}
     for shape in args.shapes.split(","):
@@ -605,22 +629,26 @@ def main():
         grid = plan_mod.tile_sizes(head_dim)
         skip_grid = skipped_fraction(q, k, lam, *grid)
         skip_anchor = skipped_fraction(q, k, lam, 128, 64)
+        doc = document_ids(batch, seq, args.doc_len, args.doc_dtype) if args.doc_len else None
         impls = [
-            ("foxcompile ACP", "fox-acp", lambda: fox_kernels(q, k, v, lam, Prune.PROVEN)),
-            ("foxcompile dense", "fox-dense", lambda: fox_kernels(q, k, v, lam, Prune.OFF)),
+            ("foxcompile ACP", "fox-acp",
+             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, doc=doc)),
+            ("foxcompile dense", "fox-dense",
+             lambda: fox_kernels(q, k, v, lam, Prune.OFF, doc=doc)),
             ("foxcompile Gluon ACP (Gluon fwd, Gluon bwd)", "gluon-acp",
-             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "gluon")),
+             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "gluon", doc)),
             ("foxcompile Gluon dense (Gluon fwd, Gluon bwd)", "gluon-dense",
-             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "gluon")),
+             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "gluon", doc)),
             ("foxcompile ACP (tl fwd, Gluon bwd)", "tlg-acp",
-             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "tl+gluon")),
+             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "tl+gluon", doc)),
             ("foxcompile dense (tl fwd, Gluon bwd)", "tlg-dense",
-             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "tl+gluon")),
+             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "tl+gluon", doc)),
             ("foxcompile ACP (Gluon fwd, tl bwd)", "gtl-acp",
-             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "gluon+tl")),
+             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "gluon+tl", doc)),
             ("foxcompile dense (Gluon fwd, tl bwd)", "gtl-dense",
-             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "gluon+tl")),
-            ("foxcompile op (autograd, guarded ACP)", "fox-op", lambda: fox_op(q, k, v, log_f)),
+             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "gluon+tl", doc)),
+            ("foxcompile op (autograd, guarded ACP)", "fox-op",
+             lambda: fox_op(q, k, v, log_f, doc)),
             ("SDPA flash, causal, no gate", "flash", lambda: sdpa(q, k, v, "flash")),
             ("SDPA cuDNN, causal, no gate", "cudnn", lambda: sdpa(q, k, v, "cudnn")),
             ("FlexAttention, FoX score_mod", "flex", lambda: flex(q, k, v, lam)),

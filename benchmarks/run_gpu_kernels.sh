@@ -53,6 +53,8 @@
 #      SHAPES=B8-T4096-H24-D64,... ; SKIP=flex,fla ; PYTEST_WORKERS=8;
 #      BENCH_ROUNDS=3: bench times every row 3 times, round by round, and keeps the medians
 #      (bench_attention.py --rounds; about 3x the bench's timing time).
+#      BENCH_ARGS="--doc-len 512 --doc-dtype int32": more bench_attention.py arguments for bench
+#      and ab (here: sequences packed as documents of 512 tokens, int32 ids).
 # bench's arctic-fox rows need .peers/arctic-fox (benchmarks/fetch_arctic_fox.sh) and `.peers` in
 #   the device call's carry list (else they report skipped). After the bench, benchmarks/targets.py
 #   checks the speed targets against it (and against $OUT/bench_train*.json when a train step ran
@@ -145,7 +147,8 @@ for step in $steps; do
         name=${variant%%:*}; envs=${variant#*:}
         stamp "variant $name ($envs)"
         env ${envs//+/ } timeout 300 $PY benchmarks/bench_attention.py --json "$OUT/ab/$name.json" \
-          ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op${AB_SKIP:+,$AB_SKIP} > "$OUT/ab/$name.log" 2>&1
+          ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op${AB_SKIP:+,$AB_SKIP} \
+          ${BENCH_ARGS:-} > "$OUT/ab/$name.log" 2>&1
         grep -E "^B[0-9]" "$OUT/ab/$name.log" | grep -E "foxcompile|cuDNN" | grep -v skipped
         grep -E "Error|error" "$OUT/ab/$name.log" | head -3
       done
@@ -284,7 +287,7 @@ for step in $steps; do
       if [ -z "$cfg" ] && [ -f "$OUT/sweep.json" ]; then cfg=$OUT/sweep.json; fi
       timeout 400 $PY benchmarks/bench_attention.py --json "$OUT/bench.json" \
         ${cfg:+--configs "$cfg"} ${SHAPES:+--shapes "$SHAPES"} ${SKIP:+--skip "$SKIP"} \
-        ${BENCH_ROUNDS:+--rounds "$BENCH_ROUNDS"} > "$OUT/bench.log" 2>&1
+        ${BENCH_ROUNDS:+--rounds "$BENCH_ROUNDS"} ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
       grep -E "Error|error" "$OUT/bench.log" | head -5
       tail -24 "$OUT/bench.log"
       train_json=()

@@ -1,4 +1,5 @@
-"""benchmarks/bench_attention.py's time_rows: rows timed round by round, medians kept."""
+"""benchmarks/bench_attention.py: time_rows (rows timed round by round, medians kept) and the
+document ids of --doc-len."""
 import os
 import sys
 
@@ -64,3 +65,18 @@ def test_rounds_below_one_are_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench_attention.main()
     assert "--rounds must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32"])
+def test_document_ids_pack_documents_of_the_given_length(dtype):
+    import torch
+    ids = bench_attention.document_ids(2, 10, 4, dtype, device="cpu")
+    assert ids.shape == (2, 10) and ids.dtype == getattr(torch, dtype)
+    assert ids[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2] and torch.equal(ids[0], ids[1])
+
+
+def test_negative_document_lengths_are_refused(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_attention.py", "--doc-len", "-2"])
+    with pytest.raises(SystemExit):
+        bench_attention.main()
+    assert "--doc-len must be 0" in capsys.readouterr().err
