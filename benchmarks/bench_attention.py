@@ -73,6 +73,15 @@ def syn70(batch, seq, heads, head_dim, device="cuda", seed=0):
     return q, k, v, log_f, lam
 
 
+# foxcompile's kernel rows, each timed with pruning (KEY-acp, "ACP") and without (KEY-dense,
+# "dense"): (KEY, label, fox_kernels engine)
+KERNEL_ROWS = [
+    ("fox", "foxcompile {mode}", "tl"),
+    ("gluon", "foxcompile Gluon {mode} (Gluon fwd, Gluon bwd)", "gluon"),
+    ("tlg", "foxcompile {mode} (tl fwd, Gluon bwd)", "tl+gluon"),
+    ("gtl", "foxcompile {mode} (Gluon fwd, tl bwd)", "gluon+tl"),
+]
+
 # rows that take no document ids: skipped when the run packs documents (--doc-len)
 NO_DOCUMENTS = {"flash", "cudnn", "flex", "fla", "arctic-fox-acp", "arctic-fox-dense"}
 
@@ -631,22 +640,11 @@ def main():
         skip_anchor = skipped_fraction(q, k, lam, 128, 64)
         doc = document_ids(batch, seq, args.doc_len, args.doc_dtype) if args.doc_len else None
         impls = [
-            ("foxcompile ACP", "fox-acp",
-             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, doc=doc)),
-            ("foxcompile dense", "fox-dense",
-             lambda: fox_kernels(q, k, v, lam, Prune.OFF, doc=doc)),
-            ("foxcompile Gluon ACP (Gluon fwd, Gluon bwd)", "gluon-acp",
-             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "gluon", doc)),
-            ("foxcompile Gluon dense (Gluon fwd, Gluon bwd)", "gluon-dense",
-             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "gluon", doc)),
-            ("foxcompile ACP (tl fwd, Gluon bwd)", "tlg-acp",
-             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "tl+gluon", doc)),
-            ("foxcompile dense (tl fwd, Gluon bwd)", "tlg-dense",
-             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "tl+gluon", doc)),
-            ("foxcompile ACP (Gluon fwd, tl bwd)", "gtl-acp",
-             lambda: fox_kernels(q, k, v, lam, Prune.PROVEN, "gluon+tl", doc)),
-            ("foxcompile dense (Gluon fwd, tl bwd)", "gtl-dense",
-             lambda: fox_kernels(q, k, v, lam, Prune.OFF, "gluon+tl", doc)),
+            (label.format(mode=mode), f"{prefix}-{suffix}",
+             lambda engine=engine, prune=prune: fox_kernels(q, k, v, lam, prune, engine, doc))
+            for prefix, label, engine in KERNEL_ROWS
+            for mode, suffix, prune in (("ACP", "acp", Prune.PROVEN), ("dense", "dense", Prune.OFF))
+        ] + [
             ("foxcompile op (autograd, guarded ACP)", "fox-op",
              lambda: fox_op(q, k, v, log_f, doc)),
             ("SDPA flash, causal, no gate", "flash", lambda: sdpa(q, k, v, "flash")),

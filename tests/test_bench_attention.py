@@ -80,3 +80,22 @@ def test_negative_document_lengths_are_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench_attention.main()
     assert "--doc-len must be 0" in capsys.readouterr().err
+
+
+def test_kernel_rows_keep_the_keys_and_labels_of_recorded_runs():
+    """KERNEL_ROWS expands to the keys targets.py and engine_choice.py read, with the labels a
+    recorded run printed for them."""
+    import json
+    expanded = {f"{prefix}-{suffix}": label.format(mode=mode)
+                for prefix, label, _ in bench_attention.KERNEL_ROWS
+                for mode, suffix in (("ACP", "acp"), ("dense", "dense"))}
+    assert set(expanded) == {f"{p}-{m}" for p in ("fox", "gluon", "tlg", "gtl")
+                             for m in ("acp", "dense")}
+    recorded = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks",
+                            "results", "h100_2026-12-07_0300", "bench.json")
+    with open(recorded) as f:
+        rows = {row["key"]: row["impl"] for row in json.load(f)["rows"]}
+    for key, label in expanded.items():
+        if key in rows:                        # the gtl rows came after that run
+            assert rows[key] == label
+    assert sum(key in rows for key in expanded) == 6
