@@ -4,7 +4,7 @@ Python and launches, timed without waiting for the GPU) and wall time per call, 
 the host holds back (host >= GPU kernels) shows as such.
 
     python benchmarks/profile_kernels.py [--shapes B2-T16384-H24-D64,B1-T16384-H16-D128]
-        [--rows 8]
+        [--rows 8] [--engine gluon]
 """
 import argparse
 import os
@@ -81,14 +81,17 @@ def main():
     parser.add_argument("--shapes", default="B2-T16384-H24-D64,B1-T16384-H16-D128",
                         help="comma-separated SYN70 shapes (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=8, help="kernels listed per case")
+    parser.add_argument("--engine", default="gluon", choices=["tl", "gluon", "tl+gluon", "gluon+tl"],
+                        help="the engine of the kernels-alone cases, as bench_attention.fox_kernels "
+                             "takes it; the op runs the automatic choice (default: %(default)s)")
     parser.add_argument("--cprofile", action="store_true",
                         help="also the Python profile (cProfile, by own time) of each case")
     args = parser.parse_args()
     for shape in args.shapes.split(","):
         batch, seq, heads, head_dim = parse_shape(shape)
         q, k, v, log_f, lam = syn70(batch, seq, heads, head_dim)
-        cases = [("kernels dense", fox_kernels(q, k, v, lam, Prune.OFF)[1]),
-                 ("kernels ACP", fox_kernels(q, k, v, lam, Prune.PROVEN)[1])]
+        cases = [(f"{args.engine} kernels dense", fox_kernels(q, k, v, lam, Prune.OFF, args.engine)[1]),
+                 (f"{args.engine} kernels ACP", fox_kernels(q, k, v, lam, Prune.PROVEN, args.engine)[1])]
         try:
             op_fwd, op_fwd_bwd, _ = fox_op(q, k, v, log_f)
             cases += [("op forward (no grad, guarded)", op_fwd),
