@@ -247,6 +247,7 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
     cs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
                                                         instr_shape=[16, 16, 16])
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kd_layout, k_width=2)
+    cs_op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=cs_layout, k_width=2)
     key_layout: gl.constexpr = gl.SliceLayout(1, st_layout)
     query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
     dtype: gl.constexpr = k_smem.dtype
@@ -311,14 +312,21 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
             if not ROWS_EARLY:
                 do_o = tile_rows.slice(1, 1).load(st_layout)
             dst16 = (pt * (dpt - do_o)).to(dtype)
+        if not LATE_DV:
+            # dK and the dS column sums (times (TILE_M, 16) ones) from the warp group's own
+            # dS^T in registers: issued now, under the store and barrier below, and without
+            # reading dS^T back from shared memory
+            ds_op = gl.convert_layout(dst16, op_layout)
+            dk = warpgroup_mma(ds_op, q, dk, is_async=True)
+            colsum = warpgroup_mma(gl.convert_layout(ds_op, cs_op_layout),
+                                   ones_smem.slice(0, TILE_M), colsum, is_async=True)
         ds_smem.store(dst16)
         if LATE_DV:
             colsum += gl.sum(dst16.to(gl.float32), 1)
         fence_async_shared()
         gl.thread_barrier()        # both warp groups' halves of dS^T in shared memory
-        dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
-        if not LATE_DV:    # the dS dK, dQ use, times (TILE_M, 16) ones
-            colsum = warpgroup_mma(ds_smem, ones_smem.slice(0, TILE_M), colsum, is_async=True)
+        if LATE_DV:
+            dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
         dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
         if LATE_DV:
             dv, dk, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, dq, rs))
