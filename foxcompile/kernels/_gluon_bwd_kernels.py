@@ -19,10 +19,11 @@ head dim (dQ), compute per tile
     S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, dQ = dS K, R = dS 1 (row sums)
 
 each product waited for inside the tile (ptxas serialises wgmma groups left pending across the
-loop's back-edge); dS^T goes through shared memory, since both warp groups' halves feed dQ; a
+loop's back-edge); dV and dK take P^T and dS^T from registers, and dS^T also goes through shared
+memory, since both warp groups' halves feed dQ and R; a
 reducer warp adds each tile's dQ and R, handed over in shared memory, into float32 buffers
 summed over key blocks by TMA reduce-adds (in any order: not deterministic bit for bit). The
-dS column sums (per key, for dlam): dS^T times ones on the tensor cores at D = 64; at D = 128,
+dS column sums (per key, for dlam): dS^T (registers) times ones on the tensor cores at D = 64; at D = 128,
 where the accumulators crowd the registers, summed in registers, and dV's product issued only
 after dS.
 docs/kernels.md, "The Gluon backward", has the diagram of who waits on whom.
@@ -312,12 +313,12 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
             if not ROWS_EARLY:
                 do_o = tile_rows.slice(1, 1).load(st_layout)
             dst16 = (pt * (dpt - do_o)).to(dtype)
+        # dK (and at D = 64 the dS column sums, times (TILE_M, 16) ones) from the warp group's
+        # own dS^T in registers: issued before the store and barrier below, and without
+        # reading dS^T back from shared memory (only dQ and R need the other group's half)
+        ds_op = gl.convert_layout(dst16, op_layout)
+        dk = warpgroup_mma(ds_op, q, dk, is_async=True)
         if not LATE_DV:
-            # dK and the dS column sums (times (TILE_M, 16) ones) from the warp group's own
-            # dS^T in registers: issued now, under the store and barrier below, and without
-            # reading dS^T back from shared memory
-            ds_op = gl.convert_layout(dst16, op_layout)
-            dk = warpgroup_mma(ds_op, q, dk, is_async=True)
             colsum = warpgroup_mma(gl.convert_layout(ds_op, cs_op_layout),
                                    ones_smem.slice(0, TILE_M), colsum, is_async=True)
         ds_smem.store(dst16)
@@ -325,8 +326,6 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
             colsum += gl.sum(dst16.to(gl.float32), 1)
         fence_async_shared()
         gl.thread_barrier()        # both warp groups' halves of dS^T in shared memory
-        if LATE_DV:
-            dk = warpgroup_mma(ds_smem, q, dk, is_async=True)
         dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
         if LATE_DV:
             dv, dk, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, dq, rs))
