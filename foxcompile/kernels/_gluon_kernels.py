@@ -315,22 +315,12 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
     zero_s = gl.zeros([HALF_M, BLOCK_N], gl.float32, layout=s_layout)
 
     mbarrier.wait(q_ready, q_phase)
-    # at D = 64 without documents Q is the register operand of every S = Q K^T of the item
-    # (RS wgmma: only K is read from shared memory per product), and its buffer is free for
-    # the next item's Q at once; elsewhere (Q's 32 registers at D = 128, the documents' state)
-    # ptxas would spill, and the products read Q from shared memory
-    Q_REGS: gl.constexpr = HEAD_DIM == 64 and not HAS_DOC
-    if Q_REGS:
-        q_op = q.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
-        mbarrier.arrive(q_free)
-    else:
-        q_op = q
 
     # tile 0: its scores alone
     first = t0 % STAGES
     mbarrier.wait(k_ready.index(first), (t0 // STAGES) & 1)
     keys = _key_row(lam_smem.index(first), DOC, lo, n_keys, s_layout, BLOCK_N, HAS_DOC)
-    s = warpgroup_mma(q_op, k_smem.index(first).permute((1, 0)), zero_s, use_acc=False,
+    s = warpgroup_mma(q, k_smem.index(first).permute((1, 0)), zero_s, use_acc=False,
                       is_async=True)
     s = warpgroup_mma_wait(0, deps=(s,))
     mbarrier.arrive(kv_free.index(first))
@@ -347,7 +337,7 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
         keys = _key_row(lam_smem.index(stage), DOC, key0, n_keys, s_layout, BLOCK_N, HAS_DOC)
         mbarrier.wait(v_ready.index(prev), ((ring - 1) // STAGES) & 1)
         # S_t in flight, then P_{t-1} V_{t-1} behind it
-        s = warpgroup_mma(q_op, k_smem.index(stage).permute((1, 0)), zero_s, use_acc=False,
+        s = warpgroup_mma(q, k_smem.index(stage).permute((1, 0)), zero_s, use_acc=False,
                           is_async=True)
         acc, acc_l = _pv(p_op, v_smem.index(prev), ones, acc, acc_l, ROWSUM_MMA)
         s = warpgroup_mma_wait(2 if ROWSUM_MMA else 1, deps=(s,))
@@ -361,8 +351,7 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
             acc_l = acc_l * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, l_layout)),
                                            1)
 
-    if not Q_REGS:
-        mbarrier.arrive(q_free)                           # Q read by its last product
+    mbarrier.arrive(q_free)                               # Q read by its last product
     last = (t0 + n_tiles - 1) % STAGES
     p_op = gl.convert_layout(p.to(dtype), p_layout)
     mbarrier.wait(v_ready.index(last), ((t0 + n_tiles - 1) // STAGES) & 1)
