@@ -84,7 +84,8 @@ def forgetting_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     (batch, head) whose gates are positive anywhere. doc: packed sequences, int32/int64 document
     ids of the N key positions, (B, N) or (N,); query i (at position N - M + i) then sees only
     the keys of its own document. Ids that never decrease along N also skip the tiles of earlier
-    documents; ids that fit pass best as int32 (the kernels compare them in their dtype). Empty inputs (B, H, M or N of 0) give empty results.
+    documents; ids that fit pass best as int32 (the kernels compare them in their dtype). Empty
+    inputs (B, H, M or N of 0) give empty results.
     Returns (B, M, Hq, Dv) or (B, Hq, M, Dv), contiguous.
     """
     epsilon = _check(q, k, v, log_fgate, layout, scale, epsilon, doc)
