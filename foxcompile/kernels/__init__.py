@@ -14,9 +14,9 @@ max_norm; reference.py runs anything and has no unsupported_reason):
     decode             decode.py             split-K decode forward for few queries (M x G <= 64
                                              by default), the tl backward
 
-engine_for(q, k, v) picks one per call: FOXCOMPILE_ENGINE (auto, or an engine's name; read at
-each call, parsed by requested_engine() only) names the engine to try first, `auto` lets
-_automatic() choose from the shapes; an engine that cannot run the inputs hands them to its
+engine_for(q, k, v, doc) picks one per call: FOXCOMPILE_ENGINE (auto, or an engine's name; read
+at each call, parsed by requested_engine() only) names the engine to try first, `auto` lets
+_automatic() choose from the shapes and whether there are document ids; an engine that cannot run the inputs hands them to its
 fallback (decode, gluon* -> tl -> reference), so a forced engine never makes a call fail. A new engine is
 one more ENGINES entry (and, to be chosen automatically, a line in _automatic).
 
@@ -92,24 +92,27 @@ def may_prune(q: torch.Tensor, k: torch.Tensor) -> bool:
     return decode.query_rows(q, k) > DECODE_ROWS or decode_pruning_requested()
 
 
-def _automatic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+def _automatic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               doc: Optional[torch.Tensor] = None) -> str:
     """The engine to try first when none is requested: decode for a few query rows per kv head
     (decode.preferred: M x G <= DECODE_ROWS), else the prefill kernels: in each direction the
     Gluon kernel where it was measured faster than tl's (gluon_attention.preferred: sm90 and
-    its table of head dims), tl elsewhere."""
+    its tables of head dims and lengths, without and with document ids), tl elsewhere."""
     if decode.preferred(q, k, v):
         return "decode"
-    gluon = (gluon_attention.preferred(q, k, v, "forward"),
-             gluon_attention.preferred(q, k, v, "backward"))
+    documents = doc is not None
+    gluon = (gluon_attention.preferred(q, k, v, "forward", documents),
+             gluon_attention.preferred(q, k, v, "backward", documents))
     return {(True, True): "gluon", (True, False): "gluon-fwd", (False, True): "gluon-bwd",
             (False, False): "tl"}[gluon]
 
 
-def engine_name(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+def engine_name(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                doc: Optional[torch.Tensor] = None) -> str:
     """The name of the engine that runs these inputs (see engine_for)."""
     name = requested_engine()
     if name == "auto":
-        name = _automatic(q, k, v)
+        name = _automatic(q, k, v, doc)
     while True:
         engine = ENGINES[name]
         if engine.fallback is None or engine.module.unsupported_reason(q, k, v) is None:
@@ -117,7 +120,9 @@ def engine_name(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
         name = engine.fallback
 
 
-def engine_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """The module (forward/backward) that runs these inputs: FOXCOMPILE_ENGINE's engine or the
-    automatic choice, else the first of its fallbacks that can run them."""
-    return ENGINES[engine_name(q, k, v)].module
+def engine_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               doc: Optional[torch.Tensor] = None):
+    """The module (forward/backward) that runs these inputs (doc: their document ids or None):
+    FOXCOMPILE_ENGINE's engine or the automatic choice, else the first of its fallbacks that
+    can run them."""
+    return ENGINES[engine_name(q, k, v, doc)].module

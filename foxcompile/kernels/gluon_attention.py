@@ -107,21 +107,32 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
 # at D = 128 (0.89 / 0.81) and at D = 64 from 8k (0.97 / 0.94; at 4k 1.01, tl's). Below 4k
 # keys at D = 64 nothing was measured, so tl stays there.
 PREFERRED_MIN_KEYS = {"forward": {64: 4096, 128: 0}, "backward": {64: 8192, 128: 0}}
+# The same with document ids (packed sequences), where the Gluon forward spills: at D = 64 tl's
+# forward won every row of one H100 run (2026-12-07, B2-T16384-H24-D64, documents of 2048
+# tokens; docs/kernels.md, "Packed sequences"): 1.23 against 1.56 ms with pruning and 1.46
+# against 1.93 dense with int64 ids, 1.19 / 1.30 and 1.39 / 1.52 with int32 ids, and the tl
+# forward with the Gluon backward was the fastest pair in all four. It is taken at every
+# length: the Gluon forward's loss is per tile (its spills), its gain without documents at 4k
+# and 8k small. D = 128 with documents was not measured and keeps the table above.
+PREFERRED_MIN_KEYS_WITH_DOCS = {"forward": {128: 0}, "backward": {64: 8192, 128: 0}}
 
 
-def prefers(head_dim: int, n_keys: int, direction: str) -> bool:
+def prefers(head_dim: int, n_keys: int, direction: str, documents: bool = False) -> bool:
     """Whether the measurements favour this engine's kernel of `direction` for this head dim
-    and number of keys (PREFERRED_MIN_KEYS), on an sm90 GPU."""
-    min_keys = PREFERRED_MIN_KEYS[direction].get(head_dim)
+    and number of keys, with or without document ids (PREFERRED_MIN_KEYS,
+    PREFERRED_MIN_KEYS_WITH_DOCS), on an sm90 GPU."""
+    table = PREFERRED_MIN_KEYS_WITH_DOCS if documents else PREFERRED_MIN_KEYS
+    min_keys = table[direction].get(head_dim)
     return min_keys is not None and n_keys >= min_keys
 
 
-def preferred(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, direction: str) -> bool:
+def preferred(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, direction: str,
+              documents: bool = False) -> bool:
     """Whether the automatic engine choice should take this engine's kernel of `direction`
-    ("forward" or "backward") for these (B, H, T, D) inputs (it then still falls back to tl
-    when unsupported_reason names a reason)."""
+    ("forward" or "backward") for these (B, H, T, D) inputs, with or without document ids (it
+    then still falls back to tl when unsupported_reason names a reason)."""
     return (q.device.type == "cuda" and q.dim() == 4
-            and prefers(q.shape[-1], k.shape[2], direction)
+            and prefers(q.shape[-1], k.shape[2], direction, documents)
             and _capability(q.device)[0] == 9)
 
 

@@ -89,8 +89,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
     plan = make_plan(qh, kh, lam_plan, scale, epsilon, prune, v=vh, doc=doc, bound=bound,
                      norm=max_norm, starts=plan_start_blocks)
     out = torch.empty((*q.shape[:-1], width), dtype=q.dtype, device=q.device)
-    lse = engine_for(qh, kh, vh).forward(qh, kh, vh, lam_full, plan, scale, _bhtd(out, layout),
-                                         doc=doc)
+    lse = engine_for(qh, kh, vh, doc).forward(qh, kh, vh, lam_full, plan, scale,
+                                              _bhtd(out, layout), doc=doc)
     if stats.recording():
         n_keys = kh.shape[2]
         counts = tile_counts(plan.start, n_queries, n_keys, plan.block_m, plan.block_n)
@@ -141,9 +141,10 @@ def attention_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, lam: T
     dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device)
                   for x in (q_wide, k_wide, v_wide))
     grad_out, out = _widened(grad_out, width), _widened(out, width)
-    dlam = engine_for(qh, kh, vh).backward(
+    doc = _batch_doc(doc, batch)
+    dlam = engine_for(qh, kh, vh, doc).backward(
         _bhtd(grad_out, layout), qh, kh, vh, lam_full, _bhtd(out, layout), lse, plan, scale,
-        _bhtd(dq, layout), _bhtd(dk, layout), _bhtd(dv, layout), doc=_batch_doc(doc, batch))
+        _bhtd(dq, layout), _bhtd(dk, layout), _bhtd(dv, layout), doc=doc)
     dq, dk, dv = (_narrowed(d, x.shape[-1]) for d, x in ((dq, q), (dk, k), (dv, v)))
     # sum over the dims lam was broadcast along
     broadcast_dims = [d for d in (0, 1) if lam.shape[d] == 1 and dlam.shape[d] != 1]
