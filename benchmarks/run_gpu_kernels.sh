@@ -41,7 +41,8 @@
 #   variants named in VARIANT_FULL, space-separated), then VARIANT_ROUNDS (default 2) rounds
 #   of the same bench, this tree (main, the same-call baseline) and every variant alternated,
 #   then their medians and ratios to main (benchmarks/ab_compare.py), into $OUT/variants/
-#   (VARIANT_SKIP: rows left out; SHAPES as for bench).
+#   (VARIANT_SKIP: rows left out; SHAPES and BENCH_ARGS as for bench, e.g.
+#   BENCH_ARGS="--doc-len 2048" for packed sequences).
 # ncu: Nsight Compute counters of the dense kernels and cuDNN (benchmarks/ncu_kernels.py) at each
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
 # ncusrc: per-instruction stall samples (ncu SourceCounters) of one kernel per ';'-separated
@@ -193,7 +194,7 @@ for step in $steps; do
         (cd "$2" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
           timeout ${VARIANT_BENCH_TIMEOUT:-120} $PY benchmarks/bench_attention.py \
           --json "$OUT/variants/$1.r$3.json" ${SHAPES:+--shapes "$SHAPES"} --skip "$vskip" \
-          >> "$OUT/variants/$1.log" 2>&1)
+          ${BENCH_ARGS:-} >> "$OUT/variants/$1.log" 2>&1)
       }
       for dir in build/variants/*/; do
         name=$(basename "$dir")
