@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
 #       [bench] [ab] [abref] [variants] [ncu] [ncusrc] [train] [decode] [gendecode] [gluonbwd]
-#       [choice]
+#       [choice] [spread]
 #   (default: tests bench)
 #
 # Writes under $OUT/all ($OUT defaults to ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
@@ -22,6 +22,9 @@
 # decode: benchmarks/bench_decode_kernel.py (decode attention alone) into $OUT/decode_kernel.json.
 # gendecode: benchmarks/bench_decode.py (whole-model decoding) once per ';'-separated argument
 #   list of GEN_DECODE (each run's --out is $OUT/gendecode_N.json), logs in $OUT/gendecode.log.
+# spread: benchmarks/bwd_spread.py (the Gluon backward alone, with and without pruning, at
+#   several allocator states in one process; SPREAD_ARGS="--trials 8 --repeats 3") into
+#   $OUT/bwd_spread.json / .log.
 # gluonbwd: benchmarks/check_gluon_bwd.py (the Gluon backward against tl and float64, case by
 #   case; GLUONBWD_CASES=t64,g2,... picks some) into $OUT/gluon_bwd_check.json / .log.
 # gputests: python -m pytest tests/test_gpu.py tests/test_kernels.py (all of them: GPU and CPU
@@ -217,6 +220,13 @@ for step in $steps; do
       done
       $PY benchmarks/ab_compare.py "$OUT/variants" --base main --json "$OUT/variants/compare.json" \
         | tee "$OUT/variants/compare.txt"
+      ;;
+    spread)
+      # the Gluon backward alone at several allocator states in one process (why the ACP
+      # backward's time moves between runs), into $OUT/bwd_spread.json / .log
+      stamp "Gluon backward spread (benchmarks/bwd_spread.py)"
+      timeout ${SPREAD_TIMEOUT:-240} $PY benchmarks/bwd_spread.py ${SPREAD_ARGS:-} \
+        --json "$OUT/bwd_spread.json" 2>&1 | tee "$OUT/bwd_spread.log" | grep -v Warning
       ;;
     choice)
       stamp "engine choice: tl against Gluon per direction"
