@@ -16,9 +16,10 @@ max_norm; reference.py runs anything and has no unsupported_reason):
 
 engine_for(q, k, v, doc) picks one per call: FOXCOMPILE_ENGINE (auto, or an engine's name; read
 at each call, parsed by requested_engine() only) names the engine to try first, `auto` lets
-_automatic() choose from the shapes and whether there are document ids; an engine that cannot run the inputs hands them to its
-fallback (decode, gluon* -> tl -> reference), so a forced engine never makes a call fail. A new engine is
-one more ENGINES entry (and, to be chosen automatically, a line in _automatic).
+_automatic() choose from the shapes and whether there are document ids; an engine that cannot
+run the inputs hands them to its fallback (decode, gluon* -> tl -> reference), so a forced
+engine never makes a call fail. A new engine is one more ENGINES entry (and, to be chosen
+automatically, a line in _automatic).
 
 may_prune(q, k) says whether a call of these shapes prunes at all: decoding-sized calls do not,
 unless FOXCOMPILE_DECODE_PRUNING=1 (read at each call, like FOXCOMPILE_ENGINE).

@@ -19,13 +19,12 @@ head dim (dQ), compute per tile
     S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, dQ = dS K, R = dS 1 (row sums)
 
 each product waited for inside the tile (ptxas serialises wgmma groups left pending across the
-loop's back-edge); dV and dK take P^T and dS^T from registers, and dS^T also goes through shared
-memory, since both warp groups' halves feed dQ and R; a
-reducer warp adds each tile's dQ and R, handed over in shared memory, into float32 buffers
-summed over key blocks by TMA reduce-adds (in any order: not deterministic bit for bit). The
-dS column sums (per key, for dlam): dS^T (registers) times ones on the tensor cores at D = 64; at D = 128,
-where the accumulators crowd the registers, summed in registers, and dV's product issued only
-after dS.
+loop's back-edge); dV and dK take P^T and dS^T from registers, and dS^T also goes through
+shared memory, since both warp groups' halves feed dQ and R; a reducer warp adds each tile's dQ
+and R, handed over in shared memory, into float32 buffers summed over key blocks by TMA
+reduce-adds (in any order: not deterministic bit for bit). The dS column sums (per key, for
+dlam): dS^T (registers) times ones on the tensor cores at D = 64; at D = 128, where the
+accumulators crowd the registers, summed in registers, and dV's product issued only after dS.
 docs/kernels.md, "The Gluon backward", has the diagram of who waits on whom.
 """
 from triton._C.libtriton import ir
