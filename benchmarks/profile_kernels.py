@@ -4,7 +4,7 @@ Python and launches, timed without waiting for the GPU) and wall time per call, 
 the host holds back (host >= GPU kernels) shows as such.
 
     python benchmarks/profile_kernels.py [--shapes B2-T16384-H24-D64,B1-T16384-H16-D128]
-        [--rows 8] [--engine gluon]
+        [--rows 8] [--engine gluon] [--doc-len 2048 --doc-dtype int32]
 """
 import argparse
 import os
@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_attention import fox_kernels, fox_op, parse_shape, syn70  # noqa: E402
+from bench_attention import document_ids, fox_kernels, fox_op, parse_shape, syn70  # noqa: E402
 from foxcompile.kernels import plan as plan_mod  # noqa: E402
 from foxcompile.contract import Prune
 
@@ -97,19 +97,29 @@ def main():
                              "takes it; the op runs the automatic choice (default: %(default)s)")
     parser.add_argument("--cprofile", action="store_true",
                         help="also the Python profile (cProfile, by own time) of each case")
+    parser.add_argument("--doc-len", type=int, default=0,
+                        help="pack every sequence as documents of this many tokens, as "
+                             "bench_attention.py --doc-len does (default: no documents)")
+    parser.add_argument("--doc-dtype", default="int64", choices=("int64", "int32"),
+                        help="dtype of the document ids (default: %(default)s)")
     args = parser.parse_args()
+    if args.doc_len < 0:
+        parser.error(f"--doc-len must be 0 (no documents) or positive, not {args.doc_len}")
+    if args.doc_len:
+        print(f"sequences packed as documents of {args.doc_len} tokens ({args.doc_dtype} ids)")
     for shape in args.shapes.split(","):
         batch, seq, heads, head_dim = parse_shape(shape)
         q, k, v, log_f, lam = syn70(batch, seq, heads, head_dim)
+        doc = document_ids(batch, seq, args.doc_len, args.doc_dtype) if args.doc_len else None
         cases = []
         try:   # the Gluon engine runs only on sm90 with a Triton that has it
             cases += [(f"{args.engine} kernels {name}",
-                       fox_kernels(q, k, v, lam, prune, args.engine)[1])
+                       fox_kernels(q, k, v, lam, prune, args.engine, doc)[1])
                       for name, prune in (("dense", Prune.OFF), ("ACP", Prune.PROVEN))]
         except ImportError as exc:
             print(f"{shape} {args.engine} kernels: {exc}")
         try:
-            op_fwd, op_fwd_bwd, leaves = fox_op(q, k, v, log_f)
+            op_fwd, op_fwd_bwd, leaves = fox_op(q, k, v, log_f, doc)
             cases += [("op forward (no grad, guarded)", op_fwd),
                       ("op (autograd, guarded)", lambda: op_fwd_bwd_fresh(op_fwd_bwd, leaves))]
         except Exception as exc:  # the op is optional here

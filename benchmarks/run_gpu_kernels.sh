@@ -138,7 +138,7 @@ for step in $steps; do
       ;;
     profile)
       stamp "per-kernel profile"
-      timeout 200 $PY benchmarks/profile_kernels.py 2>&1 | tee "$OUT/profile.log" | grep -v Warning
+      timeout ${PROFILE_TIMEOUT:-200} $PY benchmarks/profile_kernels.py ${PROFILE_ARGS:-} 2>&1 | tee -a "$OUT/profile.log" | grep -v Warning
       ;;
     sweep)
       stamp "launch-config sweep"
