@@ -208,9 +208,14 @@ def document_start_blocks(doc: torch.Tensor, n_queries: int, block_m: int,
     documents before every query of query block m when doc[last key of n] < doc[first query of m].
     0 for every block of a batch row whose doc decreases anywhere (nothing skipped, still exact).
     Non-decreasing in the query block and never past the block of the first query's diagonal."""
-    last_col, first_row = _block_corners(n_queries, doc.shape[-1], block_m, block_n, doc.device)
-    start = torch.searchsorted(doc[:, last_col].contiguous(), doc[:, first_row].contiguous(),
-                               side="left")
+    # the ids at _block_corners' positions, read through strided views (no index tensors: a
+    # few small kernels fewer per call, which the host pays for at every step)
+    n_keys = doc.shape[-1]
+    last_keys = doc[:, block_n - 1::block_n]
+    if n_keys % block_n:                                      # the last key block is partial
+        last_keys = torch.cat((last_keys, doc[:, -1:]), dim=-1)
+    first_queries = doc[:, n_keys - n_queries::block_m]
+    start = torch.searchsorted(last_keys.contiguous(), first_queries.contiguous(), side="left")
     monotone = (doc[:, 1:] >= doc[:, :-1]).all(dim=-1, keepdim=True)
     return torch.where(monotone, start, 0)
 
