@@ -791,7 +791,8 @@ def test_gpu_gluon_backward_deterministic_is_tl(monkeypatch):
 def test_gpu_automatic_engine_choice(monkeypatch):
     """The measured choice: on sm90 the Gluon forward and backward (gluon) at head dim 128
     (bf16/fp16); at 64 the Gluon forward from 4k keys and its backward from 8k (gluon-fwd
-    between), tl below 4k, and with document ids tl's forward at 64 (gluon-bwd from 8k keys);
+    between), tl below 4k, and with document ids always tl's forward (gluon-bwd from 8k keys
+    at 64, at every length at 128);
     tl for float32 and off sm90; a few queries go to the decode engine."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("FOXCOMPILE_ENGINE", raising=False)
@@ -816,7 +817,8 @@ def test_gpu_automatic_engine_choice(monkeypatch):
     doc = torch.zeros(1, 8192, dtype=torch.int32, device="cuda")
     assert kernels.engine_name(*qkv(64, n_keys=8192), doc=doc) == ("gluon-bwd" if sm90 else "tl")
     assert kernels.engine_name(*qkv(64, n_keys=4096), doc=doc[:, :4096]) == "tl"
-    assert kernels.engine_name(*qkv(128, n_keys=4096), doc=doc[:, :4096]) == gluon
+    assert kernels.engine_name(*qkv(128, n_keys=4096), doc=doc[:, :4096]) == (
+        "gluon-bwd" if sm90 else "tl")
     assert kernels.engine_name(*qkv(80)) == "tl"
     assert kernels.engine_name(*qkv(128, n_queries=1)) == "decode"
 
@@ -842,12 +844,13 @@ def test_gluon_store_strides():
 def test_gluon_preference_table():
     """Where the automatic choice takes each Gluon kernel (on sm90): every length at head dim
     128; at 64 the forward from 4k keys, the backward from 8k; never at other head dims. With
-    document ids the same, except that the forward at 64 is never Gluon's."""
+    document ids the same, except that the forward is never Gluon's."""
     from foxcompile.kernels import gluon_attention
     for documents in (False, True):
         for direction, min_keys in (("forward", 4096), ("backward", 8192)):
             gluon_at_64 = direction == "backward" or not documents
-            assert gluon_attention.prefers(128, 1, direction, documents)
+            assert gluon_attention.prefers(128, 1, direction, documents) == gluon_at_64
+            assert gluon_attention.prefers(128, 65536, direction, documents) == gluon_at_64
             assert gluon_attention.prefers(64, min_keys, direction, documents) == gluon_at_64
             assert gluon_attention.prefers(64, 65536, direction, documents) == gluon_at_64
             assert not gluon_attention.prefers(64, min_keys - 1, direction, documents)

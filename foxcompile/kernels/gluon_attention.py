@@ -113,8 +113,11 @@ PREFERRED_MIN_KEYS = {"forward": {64: 4096, 128: 0}, "backward": {64: 8192, 128:
 # against 1.93 dense with int64 ids, 1.19 / 1.30 and 1.39 / 1.52 with int32 ids, and the tl
 # forward with the Gluon backward was the fastest pair in all four. It is taken at every
 # length: the Gluon forward's loss is per tile (its spills), its gain without documents at 4k
-# and 8k small. D = 128 with documents was not measured and keeps the table above.
-PREFERRED_MIN_KEYS_WITH_DOCS = {"forward": {128: 0}, "backward": {64: 8192, 128: 0}}
+# and 8k small. At D = 128 (B1-T16384-H16, the same documents, int32 ids, a second H100 run)
+# tl's forward won too: 0.99-1.01 against 1.09-1.13 ms with pruning, 0.89-0.90 against 0.94
+# dense, while the Gluon backward stayed ahead (fwd+bwd - fwd: 1.06-1.11 against 1.08-1.19 ms
+# with pruning, 1.60-1.61 against 1.73 dense). So with documents the forward is tl's.
+PREFERRED_MIN_KEYS_WITH_DOCS = {"forward": {}, "backward": {64: 8192, 128: 0}}
 
 
 def prefers(head_dim: int, n_keys: int, direction: str, documents: bool = False) -> bool:
