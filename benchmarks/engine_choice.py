@@ -18,7 +18,8 @@ and dense training weigh the same). The proposed minimum is the shortest measure
 which it wins at every longer measured one, or None (tl everywhere) when it loses at the
 longest; lengths between the measured ones are not known, and the times of several files are
 their medians. Times from different cards should not be mixed: the script says which cards it
-read.
+read. Runs with document ids (bench_attention.py --doc-len) are compared with
+PREFERRED_MIN_KEYS_WITH_DOCS instead; runs with and without them cannot be mixed.
 """
 import argparse
 import json
@@ -28,7 +29,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from bench_attention import parse_shape  # noqa: E402
-from foxcompile.kernels.gluon_attention import PREFERRED_MIN_KEYS  # noqa: E402
+from foxcompile.kernels.gluon_attention import (PREFERRED_MIN_KEYS,  # noqa: E402
+                                                PREFERRED_MIN_KEYS_WITH_DOCS)
 
 MODES = ("dense", "acp")
 DIRECTIONS = ("forward", "backward")
@@ -42,6 +44,20 @@ def _times(rows: dict, shape: str, key: str, direction: str):
     if direction == "forward":
         return row["fwd_ms"]
     return row["fwd_bwd_ms"] - row["fwd_ms"]
+
+
+def documents_of(paths) -> dict | None:
+    """The document ids the bench runs packed their sequences with (their --doc-len and
+    --doc-dtype, as {"doc_len", "dtype"}), or None for runs without; a ValueError when the
+    files differ (a choice made from both would fit neither table)."""
+    seen = []
+    for path in paths:
+        with open(path) as f:
+            seen.append(json.load(f).get("versions", {}).get("documents"))
+    if any(documents != seen[0] for documents in seen):
+        raise ValueError(f"the bench runs differ in their document ids ({seen}): pass runs "
+                         "that all pack documents the same way, or none that does")
+    return seen[0]
 
 
 def engine_times(paths) -> tuple:
@@ -130,14 +146,21 @@ def main():
     parser.add_argument("bench", nargs="+", help="bench_attention.py --json files")
     parser.add_argument("--json", default=None, help="write the proposal here")
     args = parser.parse_args()
+    try:
+        documents = documents_of(args.bench)
+    except ValueError as exc:
+        raise SystemExit(str(exc))
     times, cards = engine_times(args.bench)
     if not times:
         raise SystemExit("no tl / Gluon rows with times in these files")
     choice = choose(times)
-    print(report(choice, PREFERRED_MIN_KEYS, cards))
+    if documents:
+        print(f"with document ids ({documents}): against PREFERRED_MIN_KEYS_WITH_DOCS")
+    print(report(choice, PREFERRED_MIN_KEYS_WITH_DOCS if documents else PREFERRED_MIN_KEYS,
+                 cards))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cards": cards, "choice": choice}, f, indent=1)
+            json.dump({"cards": cards, "documents": documents, "choice": choice}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@
 # choice: where the Gluon engine should be chosen automatically: the tl, tl+Gluon and Gluon rows
 #   of bench_attention.py at CHOICE_SHAPES (default: D = 64 at 4k, 8k, 16k keys and D = 128 at
 #   4k, 16k), then benchmarks/engine_choice.py's proposal for PREFERRED_MIN_KEYS, into
-#   $OUT/choice_bench.json / .log and $OUT/choice.txt / .json.
+#   $OUT/choice_bench.json / .log and $OUT/choice.txt / .json. With BENCH_ARGS="--doc-len 2048
+#   --doc-dtype int32" the runs pack documents and the proposal is for PREFERRED_MIN_KEYS_WITH_DOCS.
 # decode: benchmarks/bench_decode_kernel.py (decode attention alone) into $OUT/decode_kernel.json.
 # gendecode: benchmarks/bench_decode.py (whole-model decoding) once per ';'-separated argument
 #   list of GEN_DECODE (each run's --out is $OUT/gendecode_N.json), logs in $OUT/gendecode.log.
@@ -233,7 +234,7 @@ for step in $steps; do
       timeout ${CHOICE_TIMEOUT:-400} $PY benchmarks/bench_attention.py --json "$OUT/choice_bench.json" \
         --shapes "${CHOICE_SHAPES:-B8-T4096-H24-D64,B4-T8192-H24-D64,B2-T16384-H24-D64,B4-T4096-H16-D128,B1-T16384-H16-D128}" \
         --skip flash,flex,fla,fox-op,cudnn,arctic-fox-acp,arctic-fox-dense,gtl-acp,gtl-dense \
-        ${BENCH_ROUNDS:+--rounds "$BENCH_ROUNDS"} > "$OUT/choice_bench.log" 2>&1
+        ${BENCH_ROUNDS:+--rounds "$BENCH_ROUNDS"} ${BENCH_ARGS:-} > "$OUT/choice_bench.log" 2>&1
       tail -4 "$OUT/choice_bench.log"
       $PY benchmarks/engine_choice.py "$OUT/choice_bench.json" --json "$OUT/choice.json" \
         2>&1 | tee "$OUT/choice.txt"

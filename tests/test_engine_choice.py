@@ -10,12 +10,16 @@ sys.path.insert(0, BENCHMARKS)
 import engine_choice  # noqa: E402
 
 
-def write_bench(path, times, card="test card"):
-    """One bench_attention.py JSON: times maps (shape, key) to (fwd ms, fwd+bwd ms)."""
+def write_bench(path, times, card="test card", documents=None):
+    """One bench_attention.py JSON: times maps (shape, key) to (fwd ms, fwd+bwd ms); documents:
+    the run's document ids ({"doc_len", "dtype"}) or None."""
     rows = [{"shape": shape, "impl": key, "key": key, "fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd}
             for (shape, key), (fwd, fwd_bwd) in times.items()]
     rows.append({"shape": "B8-T4096-H24-D64", "impl": "flex", "key": "flex", "error": "skipped"})
-    path.write_text(json.dumps({"versions": {"card": card}, "rows": rows}))
+    versions = {"card": card}
+    if documents:
+        versions["documents"] = documents
+    path.write_text(json.dumps({"versions": versions, "rows": rows}))
     return str(path)
 
 
@@ -115,3 +119,29 @@ def test_files_without_engine_rows_are_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["engine_choice.py", path])
     with pytest.raises(SystemExit, match="no tl / Gluon rows"):
         engine_choice.main()
+
+
+def test_runs_with_documents_are_compared_with_their_own_table(tmp_path, capsys, monkeypatch):
+    """Runs packed with document ids propose against PREFERRED_MIN_KEYS_WITH_DOCS and say so;
+    runs with and without them (or with other ids) are refused, not mixed."""
+    from foxcompile.kernels.gluon_attention import PREFERRED_MIN_KEYS_WITH_DOCS
+    documents = {"doc_len": 2048, "dtype": "int32"}
+    times = shape_times("B2-T16384-H24-D64", tl=(4.0, 16.0), tlg=(4.0, 15.0), gluon=(4.4, 15.4))
+    with_docs = write_bench(tmp_path / "docs.json", times, documents=documents)
+    assert engine_choice.documents_of([with_docs]) == documents
+    monkeypatch.setattr(sys, "argv", ["engine_choice.py", with_docs])
+    engine_choice.main()
+    text = capsys.readouterr().out
+    assert "with document ids" in text and "PREFERRED_MIN_KEYS_WITH_DOCS" in text
+    assert "forward    64   proposed min keys: None (now: not listed)" in text
+    now = PREFERRED_MIN_KEYS_WITH_DOCS["backward"][64]
+    assert f"backward   64   proposed min keys: 16384, or fewer: Gluon wins at the shortest " \
+           f"length measured (now: {now})" in text
+    plain = write_bench(tmp_path / "plain.json", times)
+    other = write_bench(tmp_path / "other.json", times, documents={**documents, "doc_len": 512})
+    for mixed in ([with_docs, plain], [with_docs, other]):
+        with pytest.raises(ValueError, match="differ in their document ids"):
+            engine_choice.documents_of(mixed)
+        monkeypatch.setattr(sys, "argv", ["engine_choice.py", *mixed])
+        with pytest.raises(SystemExit, match="differ in their document ids"):
+            engine_choice.main()
