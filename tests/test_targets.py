@@ -114,3 +114,26 @@ def test_command_line_prints_and_writes_json(tmp_path):
     written = json.loads(out.read_text())["targets"]
     assert {r["target"] for r in written} == {"dense fwd+bwd <= 1.0x cuDNN",
                                               "dense fwd <= 1.0x cuDNN"}
+
+
+def test_runs_with_document_ids_check_the_op_against_the_engine_chosen_for_them():
+    """A --doc-len run has no cuDNN rows: the op target is still checked, against the kernels
+    the automatic choice takes with document ids (the tl forward with the Gluon backward at
+    16k on sm90), and its name says the run packed documents; nothing else is checked."""
+    s16, s128 = "B2-T16384-H24-D64", "B1-T16384-H16-D128"
+    times = {(s16, "gluon-acp"): (1.3, 3.2), (s16, "tlg-acp"): (1.2, 3.1),
+             (s16, "fox-op"): (1.6, 4.0), (s128, "gluon-acp"): (1.1, 2.2),
+             (s128, "tlg-acp"): (1.0, 2.1), (s128, "fox-op"): (1.1, 2.2)}
+    run = bench_run(times=times)
+    run["versions"]["documents"] = {"doc_len": 2048, "dtype": "int32"}
+    got = by_target(targets.kernel_targets(run))
+    name = OP + " (documents of 2048)"
+    assert set(got) == {(name, s16), (name, s128)}
+    assert got[(name, s16)]["impl"] == "fox-op / tlg-acp"
+    assert got[(name, s16)]["measured"] == pytest.approx(4.0 / 3.1)
+    assert not got[(name, s16)]["met"]
+    assert got[(name, s128)]["impl"] == "fox-op / tlg-acp" and got[(name, s128)]["met"]
+    # the same rows without documents: the choice without them (Gluon both ways at 16k)
+    del run["versions"]["documents"]
+    plain = by_target(targets.kernel_targets(run))
+    assert plain[(OP, s16)]["impl"] == "fox-op / gluon-acp"
