@@ -113,7 +113,8 @@ def train_targets(train: dict) -> list:
 
 def format_table(results: list) -> str:
     width = max([44] + [len(r["target"]) for r in results])
-    lines = [f"{'target':<{width}} {'shape':<26} {'best':<22} {'needed':>7} {'measured':>9}  verdict"]
+    lines = [f"{'target':<{width}} {'shape':<26} {'best':<22} {'needed':>7} {'measured':>9}"
+             "  verdict"]
     for r in results:
         verdict = "met" if r["met"] else f"missed by {100 * r['by']:.0f}%"
         lines.append(f"{r['target']:<{width}} {r['shape']:<26} {r['impl']:<22} {r['needed']:7.2f} "
