@@ -116,7 +116,9 @@ PREFERRED_MIN_KEYS = {"forward": {64: 4096, 128: 0}, "backward": {64: 8192, 128:
 # and 8k small. At D = 128 (B1-T16384-H16, the same documents, int32 ids, a second H100 run)
 # tl's forward won too: 0.99-1.01 against 1.09-1.13 ms with pruning, 0.89-0.90 against 0.94
 # dense, while the Gluon backward stayed ahead (fwd+bwd - fwd: 1.06-1.11 against 1.08-1.19 ms
-# with pruning, 1.60-1.61 against 1.73 dense). So with documents the forward is tl's.
+# with pruning, 1.60-1.61 against 1.73 dense), and again on a second H100 (0.77 against 0.81
+# ms with pruning; these rows are close to host-bound, docs/kernels.md "Packed sequences").
+# So with documents the forward is tl's.
 PREFERRED_MIN_KEYS_WITH_DOCS = {"forward": {}, "backward": {64: 8192, 128: 0}}
 
 
