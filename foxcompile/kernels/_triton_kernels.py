@@ -375,11 +375,16 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DO_O, DQ, DLAM_ROW, START, DOC, K_D, V_D, 
 
 
 @triton.jit
-def _row_dot_kernel(OUT, DO, DO_O, out_str, do_str, n_heads, n_queries,
-                    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+def _row_dot_kernel(OUT, DO, DO_O, LAM, LSE, out_str, do_str, lam_str, lse_str, n_heads,
+                    n_queries, n_keys, padded, log2e,
+                    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                    QUERY_ROWS: tl.constexpr):
     """DO_O[b, h, i] = sum_d dO * O, float32, contiguous (B, H, M): the row dots of
-    dS = P (dP - do_o)."""
-    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
+    dS = P (dP - do_o). QUERY_ROWS (the Gluon backward's per-query buffer): DO_O is instead
+    (B, H, 2, padded) contiguous, padded a multiple of BLOCK_M >= M, with row 0 = (lam_q - lse)
+    * log2e (lam_q = LAM[b, h, N - M + i]) and row 1 = the dots; past M -inf and 0."""
+    rows = padded if QUERY_ROWS else n_queries
+    m_blocks = (rows + BLOCK_M - 1) // BLOCK_M
     pid = tl.program_id(0)
     pid_m = pid % m_blocks
     pid_bh = pid // m_blocks
@@ -389,7 +394,17 @@ def _row_dot_kernel(OUT, DO, DO_O, out_str, do_str, n_heads, n_queries,
     m_ok = offs_m < n_queries
     o = _tile(_at(OUT, out_str, b, h), out_str, offs_m, m_ok, HEAD_DIM, D_PAD, True, False, True)
     do = _tile(_at(DO, do_str, b, h), do_str, offs_m, m_ok, HEAD_DIM, D_PAD, True, False, True)
-    tl.store(DO_O + pid_bh.to(tl.int64) * n_queries + offs_m, _sum_rows(o * do), mask=m_ok)
+    dots = _sum_rows(o * do)
+    if QUERY_ROWS:
+        lam_q = tl.load(LAM + b * lam_str[0] + h * lam_str[1]
+                        + (n_keys - n_queries + offs_m) * lam_str[2], mask=m_ok, other=0.0)
+        lse = tl.load(LSE + b * lse_str[0] + h * lse_str[1] + offs_m * lse_str[2], mask=m_ok,
+                      other=0.0)
+        base = DO_O + pid_bh.to(tl.int64) * 2 * padded
+        tl.store(base + offs_m, tl.where(m_ok, (lam_q - lse) * log2e, float("-inf")))
+        tl.store(base + padded + offs_m, tl.where(m_ok, dots, 0.0))
+    else:
+        tl.store(DO_O + pid_bh.to(tl.int64) * n_queries + offs_m, dots, mask=m_ok)
 
 
 # ----------------------------------------------------------------------------- dk, dv

@@ -369,9 +369,28 @@ def row_dots(out: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     rows = 64
     with _device_guard(out):
         _kernels(_mode(out))._row_dot_kernel[(triton_cdiv(n_queries, rows) * batch * heads,)](
-            out, grad_out, do_o, out.stride(), grad_out.stride(), heads, n_queries,
-            HEAD_DIM=head_dim, D_PAD=_d_pad(head_dim), BLOCK_M=rows, num_warps=4)
+            out, grad_out, do_o, do_o, do_o, out.stride(), grad_out.stride(), (0, 0, 0),
+            (0, 0, 0), heads, n_queries, n_queries, n_queries, 1.0, HEAD_DIM=head_dim,
+            D_PAD=_d_pad(head_dim), BLOCK_M=rows, QUERY_ROWS=False, num_warps=4)
     return do_o
+
+
+def query_rows(lam: torch.Tensor, lse: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor,
+               log2e: float) -> torch.Tensor:
+    """The Gluon backward's per-query buffer in one launch, (B * H * 2, M64) float32 with M64 =
+    M rounded up to 64: per (b, h) a row (lam_q - lse) * log2e (lam_q: lam (B, H, N) at the
+    query's position N - M + i) and a row of row_dots(out, grad_out); past M -inf and 0 (such a
+    query gets p = 0). lse (B, H, M); all of any strides."""
+    batch, heads, n_queries, head_dim = out.shape
+    rows = 64
+    padded = triton_cdiv(n_queries, rows) * rows
+    buffer = torch.empty((batch, heads, 2, padded), dtype=torch.float32, device=out.device)
+    with _device_guard(out):
+        _kernels(_mode(out))._row_dot_kernel[(padded // rows * batch * heads,)](
+            out, grad_out, buffer, lam, lse, out.stride(), grad_out.stride(), lam.stride(),
+            lse.stride(), heads, n_queries, lam.shape[-1], padded, log2e, HEAD_DIM=head_dim,
+            D_PAD=_d_pad(head_dim), BLOCK_M=rows, QUERY_ROWS=True, num_warps=4)
+    return buffer.view(batch * heads * 2, padded)
 
 
 def max_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
