@@ -8,11 +8,15 @@ the op runs at the host's pace instead of the GPU's.
 
     python benchmarks/host_overhead.py [--reps 300] [--json out.json]
 
-Rows: the op (forward without grad, forward + backward) on a prefill shape with and without
-document ids and on a decoding-sized shape; then the op's forward step by step as
+Per row: host and wall microseconds per call, and kernel launches per call (a count that,
+unlike the times, does not move between runs: the host's times moved by up to 2x between runs
+on machines of one kind). Rows: the op (forward without grad, forward in grad mode, forward +
+backward) on a prefill shape with and without document ids and on a decoding-sized shape;
+foxcompile::attention_backward alone; the op's forward step by step as
 foxcompile/op/library.py runs it (the checks and the gate cumsum of forgetting_attention, the
-score bound, the lam copy, the plan, the engine's choice and forward), the backward's engine
-call, and two baselines: an empty tensor, and one launch of a small Triton kernel.
+score bound, the lam copy, the plan, the engine's choice and forward) and the backward's engine
+call; two baselines: an empty tensor, and one launch of a small Triton kernel. Then, for each
+forward + backward row, the host events with the most self time (torch.profiler).
 """
 import argparse
 import json
@@ -106,6 +110,22 @@ def backward_op_row(name, q, k, v, log_f, doc):
                                         bound))]
 
 
+LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+def launches(fn, reps=5):
+    """Kernel launches per call (torch.profiler's CUDA launch events): unlike the host's time,
+    a count that does not move between runs or machines."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+        sync()
+    return sum(e.count for e in prof.key_averages() if e.key in LAUNCH_EVENTS) / reps
+
+
 def host_profile(fn, rows=15, reps=20):
     """The host events with the most self CPU time over reps calls (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -197,11 +217,12 @@ def main():
         rows += backward_op_row(name, *tensors) + step_rows(name, *tensors)
     rows += baseline_rows(dev)
     results = []
-    print(f"{'row':78s} {'host us':>9s} {'wall us':>9s}")
+    print(f"{'row':78s} {'host us':>9s} {'wall us':>9s} {'launches':>9s}")
     for name, fn in rows:
         host, wall = host_us(fn, args.reps)
-        results.append({"row": name, "host_us": host, "wall_us": wall})
-        print(f"{name:78s} {host:9.1f} {wall:9.1f}", flush=True)
+        count = launches(fn)
+        results.append({"row": name, "host_us": host, "wall_us": wall, "launches": count})
+        print(f"{name:78s} {host:9.1f} {wall:9.1f} {count:9.1f}", flush=True)
     for name, fn in rows:
         if name.endswith("op forward + backward"):
             print(f"{name}, host events by self CPU time per call:")
