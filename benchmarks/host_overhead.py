@@ -37,7 +37,6 @@ from foxcompile.kernels import triton_attention  # noqa: E402
 from foxcompile.op import api  # noqa: E402
 
 
-
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -70,12 +69,14 @@ def inputs(batch, n_queries, n_keys, heads, head_dim, doc_len=0, device="cuda"):
         torch.randn(batch, n_keys, heads, device=device, generator=gen) + 4.0)
     doc = None
     if doc_len:
-        doc = (torch.arange(n_keys, device=device) // doc_len).to(torch.int32).expand(batch, n_keys)
+        ids = torch.arange(n_keys, device=device) // doc_len
+        doc = ids.to(torch.int32).expand(batch, n_keys)
     return q, k, v, log_f, doc
 
 
 def op_rows(name, q, k, v, log_f, doc):
-    """The op end to end: forward without grad, forward + backward (leaf grads cleared)."""
+    """The op end to end: forward without grad, forward in grad mode, forward + backward (leaf
+    grads cleared)."""
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, log_f)]
     grad = torch.randn_like(q)
 
