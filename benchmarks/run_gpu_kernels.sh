@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
 #       [bench] [ab] [abref] [variants] [ncu] [ncusrc] [train] [decode] [gendecode] [gluonbwd]
-#       [choice] [spread]
+#       [choice] [spread] [host]
 #   (default: tests bench)
 #
 # Writes under $OUT/all ($OUT defaults to ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
@@ -26,6 +26,8 @@
 # spread: benchmarks/bwd_spread.py (the Gluon backward alone, with and without pruning, at
 #   several allocator states in one process; SPREAD_ARGS="--trials 8 --repeats 3") into
 #   $OUT/bwd_spread.json / .log.
+# host: benchmarks/host_overhead.py (the op's host time per call and step, and its kernel
+#   launches per call, on shapes too small to load the GPU) into $OUT/host_overhead.json / .log.
 # gluonbwd: benchmarks/check_gluon_bwd.py (the Gluon backward against tl and float64, case by
 #   case; GLUONBWD_CASES=t64,g2,... picks some) into $OUT/gluon_bwd_check.json / .log.
 # gputests: python -m pytest tests/test_gpu.py tests/test_kernels.py (all of them: GPU and CPU
@@ -136,6 +138,11 @@ for step in $steps; do
     plan)
       stamp "plan profile"
       timeout 120 $PY benchmarks/bench_attention.py --profile-plan 2>&1 | tee "$OUT/plan.log" | grep "plan ms"
+      ;;
+    host)
+      stamp "host time and launches per op call (host_overhead.py)"
+      timeout ${HOST_TIMEOUT:-200} $PY benchmarks/host_overhead.py --json "$OUT/host_overhead.json" \
+        2>&1 | grep -v Warning | tee "$OUT/host_overhead.log" | head -32
       ;;
     profile)
       stamp "per-kernel profile"
