@@ -114,9 +114,8 @@ def backward_op_row(name, q, k, v, log_f, doc):
 LAUNCH_EVENTS = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx")
 
 
-def launches(fn, reps=5):
-    """Kernel launches per call (torch.profiler's CUDA launch events): unlike the host's time,
-    a count that does not move between runs or machines."""
+def host_events(fn, reps):
+    """torch.profiler's host events over reps calls of fn (after a warm-up call), averaged."""
     from torch.profiler import ProfilerActivity, profile
     fn()
     sync()
@@ -124,19 +123,18 @@ def launches(fn, reps=5):
         for _ in range(reps):
             fn()
         sync()
-    return sum(e.count for e in prof.key_averages() if e.key in LAUNCH_EVENTS) / reps
+    return prof.key_averages()
+
+
+def launches(fn, reps=5):
+    """Kernel launches per call (the CUDA launch events): unlike the host's time, a count that
+    does not move between runs or machines."""
+    return sum(e.count for e in host_events(fn, reps) if e.key in LAUNCH_EVENTS) / reps
 
 
 def host_profile(fn, rows=15, reps=20):
-    """The host events with the most self CPU time over reps calls (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    sync()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(reps):
-            fn()
-        sync()
-    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:rows]
+    """The host events with the most self CPU time per call."""
+    events = sorted(host_events(fn, reps), key=lambda e: -e.self_cpu_time_total)[:rows]
     return [f"    {e.self_cpu_time_total / reps:9.1f} us self {e.cpu_time_total / reps:9.1f} us "
             f"total {e.count / reps:5.1f}x  {e.key[:80]}" for e in events]
 
