@@ -214,8 +214,8 @@ def _store_strides(*tensors):
 
 
 def _rows_descriptor(rows: torch.Tensor):
-    """Gluon TMA descriptor of triton_attention.query_rows' buffer, read in blocks [2, 64] (both rows of a
-    (b, h) at 64 queries)."""
+    """Gluon TMA descriptor of triton_attention.query_rows' buffer, read in blocks [2, 64]
+    (both rows of a (b, h) at 64 queries)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
