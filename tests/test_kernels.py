@@ -891,11 +891,11 @@ def test_gluon_preference_table():
     from foxcompile.kernels import gluon_attention
     for documents in (False, True):
         for direction, min_keys in (("forward", 4096), ("backward", 8192)):
-            gluon_at_64 = direction == "backward" or not documents
-            assert gluon_attention.prefers(128, 1, direction, documents) == gluon_at_64
-            assert gluon_attention.prefers(128, 65536, direction, documents) == gluon_at_64
-            assert gluon_attention.prefers(64, min_keys, direction, documents) == gluon_at_64
-            assert gluon_attention.prefers(64, 65536, direction, documents) == gluon_at_64
+            gluon_chosen = direction == "backward" or not documents
+            assert gluon_attention.prefers(128, 1, direction, documents) == gluon_chosen
+            assert gluon_attention.prefers(128, 65536, direction, documents) == gluon_chosen
+            assert gluon_attention.prefers(64, min_keys, direction, documents) == gluon_chosen
+            assert gluon_attention.prefers(64, 65536, direction, documents) == gluon_chosen
             assert not gluon_attention.prefers(64, min_keys - 1, direction, documents)
             assert not gluon_attention.prefers(64, 1000, direction, documents)
             for head_dim in (16, 32, 80, 96, 256):

@@ -113,12 +113,12 @@ PREFERRED_MIN_KEYS = {"forward": {64: 4096, 128: 0}, "backward": {64: 8192, 128:
 # against 1.93 dense with int64 ids, 1.19 / 1.30 and 1.39 / 1.52 with int32 ids, and the tl
 # forward with the Gluon backward was the fastest pair in all four. It is taken at every
 # length: the Gluon forward's loss is per tile (its spills), its gain without documents at 4k
-# and 8k small. At D = 128 (B1-T16384-H16, the same documents, int32 ids, a second H100 run)
+# and 8k small. At D = 128 (B1-T16384-H16, the same documents, int32 ids, a later H100 run)
 # tl's forward won too: 0.99-1.01 against 1.09-1.13 ms with pruning, 0.89-0.90 against 0.94
 # dense, while the Gluon backward stayed ahead (fwd+bwd - fwd: 1.06-1.11 against 1.08-1.19 ms
-# with pruning, 1.60-1.61 against 1.73 dense), and again on a second H100 (0.77 against 0.81
-# ms with pruning; these rows are close to host-bound, docs/kernels.md "Packed sequences").
-# So with documents the forward is tl's.
+# with pruning, 1.60-1.61 against 1.73 dense); a run on another H100 agreed (0.77 against
+# 0.81 ms with pruning). These rows are close to host-bound (docs/kernels.md, "Packed
+# sequences"). So with documents the forward is tl's at every head dim.
 PREFERRED_MIN_KEYS_WITH_DOCS = {"forward": {}, "backward": {64: 8192, 128: 0}}
 
 
