@@ -206,7 +206,8 @@ def main():
                 compiled.append((self.name, kw, self.fn.run(*a, grid=grid, warmup=True, **kw)))
             return go
 
-    for name in KERNELS + ("_row_dot_kernel", "_max_norm_kernel"):
+    for name in KERNELS + ("_row_dot_kernel", "_max_norm_kernel", "_qkv_norms_kernel",
+                           "_score_bound_kernel"):
         if hasattr(kern, name):
             setattr(kern, name, Warmup(getattr(kern, name), name))
     ta._mode = lambda q: False
@@ -232,6 +233,7 @@ def main():
         grads = [torch.empty_like(t) for t in (q, k, v)]
         ta.backward(torch.zeros_like(q), q, k, v, lam, q, lse, plan, scale, *grads, doc=doc)
         ta.max_row_norms(q)
+        ta.fused_score_bounds(q, k, v, scale, check_v=True)
     print(f"{'kernel':<13} {'config':<22} {'REG':>4} {'STACK':>6} {'wgmma':>6} {'mma':>4} "
           f"{'waits':>6}")
     for name, kw, kernel in compiled:

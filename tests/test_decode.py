@@ -260,18 +260,26 @@ def test_gluon_engines_pair_their_kernels():
         assert engine.fallback == "tl"
 
 
-def test_gluon_backward_query_rows():
-    """The Gluon backward's per-query buffer: per (b, h) a row (lam_q - lse) log2 e and a row
-    do_o, padded to 64 queries with -inf and 0 (a padded query gets p = 0)."""
+def test_gluon_backward_query_rows(interpret_env):
+    """The Gluon backward's per-query buffer, made in one launch: per (b, h) a row (lam_q - lse)
+    log2 e and a row of the dO.O dots, padded to 64 queries with -inf and 0 (a padded query gets
+    p = 0), equal bit for bit to the same in torch; strided lam, lse, out and grad_out."""
     from foxcompile.kernels import gluon_attention as ga
-    batch, heads, n_queries, n_keys = 2, 3, 70, 100
-    lam = torch.randn(batch, heads, n_keys)
-    lse = torch.randn(batch, heads, n_queries)
-    do_o = torch.randn(batch, heads, n_queries)
-    rows = ga._query_rows(lam, lse, do_o).view(batch, heads, 2, 128)
-    want = (lam[..., n_keys - n_queries:] - lse) * math.log2(math.e)
-    torch.testing.assert_close(rows[:, :, 0, :n_queries], want)
-    assert torch.equal(rows[:, :, 1, :n_queries], do_o)
+    from foxcompile.kernels import triton_attention as ta
+    batch, heads, n_queries, n_keys, head_dim = 2, 3, 70, 100, 48
+    g = torch.Generator().manual_seed(5)
+    lam = torch.randn(batch, n_keys, heads, generator=g).transpose(1, 2)
+    lse = torch.randn(batch, n_queries, heads, generator=g).transpose(1, 2)
+    out, grad_out = (torch.randn(batch, n_queries, heads, head_dim, generator=g)
+                     .to(torch.bfloat16).transpose(1, 2) for _ in range(2))
+    rows = ta.query_rows(lam, lse, out, grad_out, ga.LOG2E)
+    assert rows.shape == (batch * heads * 2, 128) and rows.dtype == torch.float32
+    rows = rows.view(batch, heads, 2, 128)
+    want = (lam[..., n_keys - n_queries:] - lse) * ga.LOG2E
+    assert torch.equal(rows[:, :, 0, :n_queries], want)
+    assert torch.equal(rows[:, :, 1, :n_queries], ta.row_dots(out, grad_out))
+    torch.testing.assert_close(rows[:, :, 1, :n_queries],
+                               (out.double() * grad_out.double()).sum(-1).float())
     assert torch.isneginf(rows[:, :, 0, n_queries:]).all()
     assert (rows[:, :, 1, n_queries:] == 0).all()
 

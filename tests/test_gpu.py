@@ -111,3 +111,27 @@ def test_value_head_dim_of_its_own_on_cuda(head_dim, value_dim):
     assert out.shape == (*q.shape[:-1], value_dim)
     assert (out.double() - ref).norm() / ref.norm() < 2e-2
     _assert_gradients_close(out, ref, (q, k, v, gates), 8e-2)
+
+
+def test_op_forward_launches(monkeypatch):
+    """A call's host cost is mostly its launches (docs/kernels.md, "Packed sequences"), so their
+    number is held down: a pruned forward in bthd layout (tl engine at this length, no document
+    ids, float32 gates) launches the gates' copy and cumsum, the bound's two kernels, the lam
+    copy, the start blocks and the attention kernel, and nothing else."""
+    from torch.profiler import ProfilerActivity, profile
+    monkeypatch.delenv("FOXCOMPILE_ENGINE", raising=False)
+    q, k, v = (torch.randn(1, 256, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    gates = torch.nn.functional.logsigmoid(torch.randn(1, 256, 4, device="cuda") + 4.0)
+
+    def forward():
+        with torch.no_grad():
+            return foxcompile.forgetting_attention(q, k, v, gates, layout="bthd")
+
+    forward()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        forward()
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 7, kernels

@@ -471,6 +471,49 @@ def test_interpreter_fused_full_lam_equal_torch(interpret_env, lam_shape, dtype)
 
 
 @interp
+@pytest.mark.parametrize("case", [
+    pytest.param((2, 4, 2, 70, 300, 64, 64), id="gqa-M<N"),
+    pytest.param((1, 3, 3, 1, 1, 32, 48), id="T1-Dv48"),
+    pytest.param((2, 2, 1, 200, 200, 80, 80), id="D80"),
+])
+def test_interpreter_fused_score_bounds_equal_the_plans(interpret_env, case):
+    """The op's bound and value-checked bound from two launches equal plan.score_bound and
+    value_checked_bound over the same norm passes bit for bit: GQA, M < N, T = 1, head dims
+    that are not powers of two, a v narrower than q, strided (bthd) views, NaN and inf in q, k
+    or v, and partial maxima over several chunks of the per-head loop."""
+    batch, q_heads, kv_heads, n_queries, n_keys, head_dim, v_dim = case
+    g = torch.Generator().manual_seed(n_queries + n_keys + head_dim)
+    q = torch.randn(batch, n_queries, q_heads, head_dim, generator=g).to(torch.bfloat16)
+    k = torch.randn(batch, n_keys, kv_heads, head_dim, generator=g).to(torch.bfloat16)
+    v = torch.randn(batch, n_keys, kv_heads, v_dim, generator=g).to(torch.bfloat16)
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))                  # (B, H, T, D) views
+    scale = -0.37                                                       # |scale| is what counts
+    if n_keys > 1:
+        k[0, -1, n_keys - 2, 1] = float("inf")                         # one head's bound inf
+        v[-1, 0, n_keys // 2, 0] = float("nan")                        # one kv head's v not finite
+        q[0, 0, 0, 0] = float("nan")                                   # one head's bound NaN
+
+    def norm(x, acc):
+        return interpret_env.max_row_norms(x, interpret=True)
+
+    want = plan_mod.score_bound(q, k, scale, torch.float32, norm)
+    want_checked = plan_mod.value_checked_bound(q, k, scale, torch.float32, v, want, norm)
+    for check_v, chunk in ((True, 2), (True, 1024), (False, 4)):
+        bound, checked = interpret_env.fused_score_bounds(q, k, v, scale, check_v,
+                                                          interpret=True, chunk=chunk)
+        expected = want_checked if check_v else want
+        for got, ref in ((bound, want), (checked, expected)):
+            assert got.shape == (batch, q_heads) and got.dtype == torch.float32
+            assert torch.equal(got.isnan(), ref.isnan())
+            assert torch.equal(got.nan_to_num(nan=7.0), ref.nan_to_num(nan=7.0))
+        if not check_v:
+            assert checked is bound
+    if n_keys > 1:
+        assert torch.isnan(want[0, 0]) and torch.isinf(want[0, -1])
+        assert torch.isinf(want_checked[-1, 0]) and torch.isfinite(want[-1, 0])
+
+
+@interp
 def test_interpreter_fused_start_blocks_strided_lam(interpret_env):
     """A lam that is a strided view (the op's lam is contiguous, the kernel takes any strides)."""
     lam, bound = _plan_inputs(2, 3, 500, seed=3)

@@ -40,6 +40,9 @@ DECODE_PRUNING_ENV = "FOXCOMPILE_DECODE_PRUNING"
 # whichever engine then runs the attention.
 max_norm = triton_attention.max_norm
 plan_start_blocks = triton_attention.plan_start_blocks
+# The op's score bound and the plan's value-checked one (plan.score_bound and
+# value_checked_bound): two Triton kernels on CUDA, torch elsewhere.
+score_bounds = triton_attention.score_bounds
 # The lam the plan and every engine read (plan.full_lam): one Triton kernel on CUDA, else torch.
 full_lam = triton_attention.full_lam
 

@@ -417,7 +417,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     head that computes a tile of the block, negated, into DLAM (the other heads' entries are
     left as they are: zeros from the host). k, v through (B, Hk, N, D) descriptors in blocks
     [1, 1, 128, D]; q, dO through (B, Hq, M, D) descriptors in blocks [1, 1, 64, D]; rows_desc:
-    the per-query rows (B * Hq * 2, M64) (gluon_attention's _query_rows) in blocks [2, 64].
+    the per-query rows (B * Hq * 2, M64) (triton_attention.query_rows) in blocks [2, 64].
     LAM, DLAM (B, Hq, N), END (B, Hq, GRID_N blocks) and DOC (B, N): unit strides along time;
     DK, DV: unit stride along the head dim. Strides come as plain values (*_b: between
     batches, *_head: between heads, end_n: END's between key blocks, dk_row, dv_row: along

@@ -375,11 +375,16 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DO_O, DQ, DLAM_ROW, START, DOC, K_D, V_D, 
 
 
 @triton.jit
-def _row_dot_kernel(OUT, DO, DO_O, out_str, do_str, n_heads, n_queries,
-                    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+def _row_dot_kernel(OUT, DO, DO_O, LAM, LSE, out_str, do_str, lam_str, lse_str, n_heads,
+                    n_queries, n_keys, padded, log2e,
+                    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                    QUERY_ROWS: tl.constexpr):
     """DO_O[b, h, i] = sum_d dO * O, float32, contiguous (B, H, M): the row dots of
-    dS = P (dP - do_o)."""
-    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
+    dS = P (dP - do_o). QUERY_ROWS (the Gluon backward's per-query buffer): DO_O is instead
+    (B, H, 2, padded) contiguous, padded a multiple of BLOCK_M >= M, with row 0 = (lam_q - lse)
+    * log2e (lam_q = LAM[b, h, N - M + i]) and row 1 = the dots; past M -inf and 0."""
+    rows = padded if QUERY_ROWS else n_queries
+    m_blocks = (rows + BLOCK_M - 1) // BLOCK_M
     pid = tl.program_id(0)
     pid_m = pid % m_blocks
     pid_bh = pid // m_blocks
@@ -389,7 +394,17 @@ def _row_dot_kernel(OUT, DO, DO_O, out_str, do_str, n_heads, n_queries,
     m_ok = offs_m < n_queries
     o = _tile(_at(OUT, out_str, b, h), out_str, offs_m, m_ok, HEAD_DIM, D_PAD, True, False, True)
     do = _tile(_at(DO, do_str, b, h), do_str, offs_m, m_ok, HEAD_DIM, D_PAD, True, False, True)
-    tl.store(DO_O + pid_bh.to(tl.int64) * n_queries + offs_m, _sum_rows(o * do), mask=m_ok)
+    dots = _sum_rows(o * do)
+    if QUERY_ROWS:
+        lam_q = tl.load(LAM + b * lam_str[0] + h * lam_str[1]
+                        + (n_keys - n_queries + offs_m) * lam_str[2], mask=m_ok, other=0.0)
+        lse = tl.load(LSE + b * lse_str[0] + h * lse_str[1] + offs_m * lse_str[2], mask=m_ok,
+                      other=0.0)
+        base = DO_O + pid_bh.to(tl.int64) * 2 * padded
+        tl.store(base + offs_m, tl.where(m_ok, (lam_q - lse) * log2e, float("-inf")))
+        tl.store(base + padded + offs_m, tl.where(m_ok, dots, 0.0))
+    else:
+        tl.store(DO_O + pid_bh.to(tl.int64) * n_queries + offs_m, dots, mask=m_ok)
 
 
 # ----------------------------------------------------------------------------- dk, dv
@@ -513,12 +528,12 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _max_norm_kernel(X, PARTIAL, x_str, n_heads, n_rows, n_tiles,
-                     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
-    """PARTIAL[bh, tile] = max over the tile's rows of ||x_row|| (float32; NaN and inf kept)."""
-    pid = tl.program_id(0)
-    tile = pid % n_tiles
-    bh = pid // n_tiles
+def _tile_max_norm(X, x_str, tile_id, n_heads, n_rows, n_tiles,
+                   HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """max over the rows of tile tile_id (of (b, h) tile_id // n_tiles) of ||x_row||, float32
+    (NaN and inf kept)."""
+    tile = tile_id % n_tiles
+    bh = tile_id // n_tiles
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
     rows = tile * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -528,7 +543,70 @@ def _max_norm_kernel(X, PARTIAL, x_str, n_heads, n_rows, n_tiles,
                 mask=(rows < n_rows)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
     x = x.to(tl.float32)
     norm = tl.sqrt(_sum_rows(x * x))
-    tl.store(PARTIAL + pid.to(tl.int64), tl.reduce(norm, 0, _max_nan))
+    return tl.reduce(norm, 0, _max_nan)
+
+
+@triton.jit
+def _max_norm_kernel(X, PARTIAL, x_str, n_heads, n_rows, n_tiles,
+                     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """PARTIAL[bh, tile] = max over the tile's rows of ||x_row|| (float32; NaN and inf kept)."""
+    pid = tl.program_id(0)
+    tl.store(PARTIAL + pid.to(tl.int64),
+             _tile_max_norm(X, x_str, pid, n_heads, n_rows, n_tiles, HEAD_DIM, D_PAD, BLOCK_T))
+
+
+@triton.jit
+def _qkv_norms_kernel(Q, K, V, PARTIAL, q_str, k_str, v_str, q_heads, kv_heads, n_queries,
+                      n_keys, q_tiles, k_tiles, n_q, n_k,
+                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, V_DIM: tl.constexpr,
+                      V_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """_max_norm_kernel's partial maxima of q (B, Hq, M, D), k (B, Hk, N, D) and v (B, Hk, N,
+    Dv) in one launch: PARTIAL holds q's n_q = B Hq q_tiles tiles, then k's n_k = B Hk k_tiles,
+    then v's n_k (the grid leaves v's out when it has only n_q + n_k programs)."""
+    pid = tl.program_id(0)
+    if pid < n_q:
+        value = _tile_max_norm(Q, q_str, pid, q_heads, n_queries, q_tiles, HEAD_DIM, D_PAD,
+                               BLOCK_T)
+    elif pid < n_q + n_k:
+        value = _tile_max_norm(K, k_str, pid - n_q, kv_heads, n_keys, k_tiles, HEAD_DIM, D_PAD,
+                               BLOCK_T)
+    else:
+        value = _tile_max_norm(V, v_str, pid - n_q - n_k, kv_heads, n_keys, k_tiles, V_DIM, V_PAD,
+                               BLOCK_T)
+    tl.store(PARTIAL + pid.to(tl.int64), value)
+
+
+@triton.jit
+def _partial_max(PARTIAL, first, count, CHUNK: tl.constexpr):
+    """max of PARTIAL[first:first + count] (float32, NaN kept; -inf when count is 0)."""
+    offs = tl.arange(0, CHUNK)
+    best = tl.full([CHUNK], float("-inf"), tl.float32)
+    for start in range(0, count, CHUNK):
+        x = tl.load(PARTIAL + first + start + offs, mask=start + offs < count,
+                    other=float("-inf"))
+        best = _max_nan(best, x)
+    return tl.reduce(best, 0, _max_nan)
+
+
+@triton.jit
+def _score_bound_kernel(PARTIAL, BOUND, CHECKED, scale_abs, q_heads, group, q_tiles, k_tiles,
+                        n_q, n_k, CHECK_V: tl.constexpr, CHUNK: tl.constexpr):
+    """plan.score_bound and value_checked_bound of one (b, h) from _qkv_norms_kernel's partial
+    maxima, equal bit for bit: BOUND[b, h] = scale_abs * max ||q|| * max ||k of head h // group||
+    (float32, in that order), CHECKED[b, h] = BOUND[b, h], or +inf where that head's v holds a
+    NaN or inf (CHECK_V; else CHECKED is not written). BOUND and CHECKED contiguous (B, Hq)."""
+    bh = tl.program_id(0)
+    b = bh // q_heads
+    hk = (bh % q_heads) // group
+    kv_row = b * (q_heads // group) + hk
+    q_max = _partial_max(PARTIAL, bh.to(tl.int64) * q_tiles, q_tiles, CHUNK)
+    k_max = _partial_max(PARTIAL, n_q + kv_row.to(tl.int64) * k_tiles, k_tiles, CHUNK)
+    bound = scale_abs * q_max * k_max
+    tl.store(BOUND + bh, bound)
+    if CHECK_V:
+        v_max = _partial_max(PARTIAL, n_q + n_k + kv_row.to(tl.int64) * k_tiles, k_tiles, CHUNK)
+        v_finite = (v_max == v_max) & (v_max != float("inf"))
+        tl.store(CHECKED + bh, tl.where(v_finite, bound, float("inf")))
 
 
 @triton.jit

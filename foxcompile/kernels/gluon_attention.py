@@ -213,24 +213,9 @@ def _store_strides(*tensors):
     return align, [s // align for st in strides for s in st]
 
 
-def _query_rows(lam: torch.Tensor, lse: torch.Tensor, do_o: torch.Tensor) -> torch.Tensor:
-    """What the Gluon backward reads per query, (B * Hq * 2, M64) float32 with M64 = M rounded up
-    to the 64-row tile: for each (b, h) a row (lam_q - lse) log2 e (lam_q = lam at the query's
-    position), then a row do_o; past M -inf and 0 (such a query gets p = 0)."""
-    batch, heads, n_queries = lse.shape
-    padded = -(-n_queries // 64) * 64
-    rows = torch.empty((batch, heads, 2, padded), dtype=torch.float32, device=lse.device)
-    rows[:, :, 0, n_queries:] = float("-inf")
-    rows[:, :, 1, n_queries:] = 0.0
-    torch.sub(lam[..., lam.shape[-1] - n_queries:], lse, out=rows[:, :, 0, :n_queries])
-    rows[:, :, 0, :n_queries].mul_(LOG2E)
-    rows[:, :, 1, :n_queries] = do_o
-    return rows.view(batch * heads * 2, padded)
-
-
 def _rows_descriptor(rows: torch.Tensor):
-    """Gluon TMA descriptor of _query_rows' buffer, read in blocks [2, 64] (both rows of a
-    (b, h) at 64 queries)."""
+    """Gluon TMA descriptor of triton_attention.query_rows' buffer, read in blocks [2, 64]
+    (both rows of a (b, h) at 64 queries)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
@@ -270,13 +255,16 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     if doc is not None and doc.stride(-1) != 1:
         doc = doc.contiguous()
     assert dk.stride(-1) == 1 and dv.stride(-1) == 1, "dk, dv need a unit stride along the head dim"
-    rows = _query_rows(lam, lse, triton_attention.row_dots(out, grad_out))
-    dq_acc = torch.zeros((batch, q_heads, n_queries, head_dim), dtype=torch.float32,
-                         device=q.device)
+    rows = triton_attention.query_rows(lam, lse, out, grad_out, LOG2E)
+    # the float32 sums the kernel reduce-adds into (dq and the dS row sums) and its work
+    # counter, zeroed by one fill
+    dq_size, sums_size = (batch * q_heads * n_queries * w for w in (head_dim, 16))
+    zeroed = torch.zeros(dq_size + sums_size + 1, dtype=torch.float32, device=q.device)
+    dq_acc = zeroed[:dq_size].view(batch, q_heads, n_queries, head_dim)
+    row_sums = zeroed[dq_size:dq_size + sums_size].view(batch, q_heads, n_queries, 16)
+    counter = zeroed[-1:].view(torch.int32)
     # (zeros: the kernel writes only the heads that compute some tile of a key block)
     dlam = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
-    row_sums = torch.zeros((batch, q_heads, n_queries, 16), dtype=torch.float32,
-                           device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
     kv_align, kv_strides = _store_strides(dk, dv)
@@ -289,7 +277,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N), _descriptor(q, 64),
             _descriptor(grad_out, 64), _descriptor(dq_acc, 64), _rows_descriptor(rows),
             _descriptor(row_sums, 64),
-            lam, dk, dv, dlam, end, doc, torch.zeros(1, dtype=torch.int32, device=q.device),
+            lam, dk, dv, dlam, end, doc, counter,
             lam.stride(0), lam.stride(1), *dk_strides, *dv_strides, dlam.stride(0),
             dlam.stride(1),
             end.stride(0), end.stride(1), end.stride(2), doc_strides[0],

@@ -4,6 +4,8 @@
     backward(grad_out, q, k, v, lam, out, lse, plan, scale, dq, dk, dv, doc=None) -> dlam
     unsupported_reason(q, k, v) -> str | None
     max_norm(x, acc) -> (B, H)     # the plan's max_t ||x[b, h, t]|| (make_plan's norm=)
+    score_bounds(q, k, v, scale, acc, check_v) -> (bound, checked)   # plan.score_bound and
+                                   # value_checked_bound, two launches on CUDA
 
 Shapes and semantics as in plan.py / reference.py: q (B, Hq, M, D), k and v (B, Hk, N, D),
 lam (B, Hq, N) float32, any strides (views of (B, T, H, D) or (B, H, T, D) tensors are read in
@@ -367,9 +369,28 @@ def row_dots(out: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     rows = 64
     with _device_guard(out):
         _kernels(_mode(out))._row_dot_kernel[(triton_cdiv(n_queries, rows) * batch * heads,)](
-            out, grad_out, do_o, out.stride(), grad_out.stride(), heads, n_queries,
-            HEAD_DIM=head_dim, D_PAD=_d_pad(head_dim), BLOCK_M=rows, num_warps=4)
+            out, grad_out, do_o, do_o, do_o, out.stride(), grad_out.stride(), (0, 0, 0),
+            (0, 0, 0), heads, n_queries, n_queries, n_queries, 1.0, HEAD_DIM=head_dim,
+            D_PAD=_d_pad(head_dim), BLOCK_M=rows, QUERY_ROWS=False, num_warps=4)
     return do_o
+
+
+def query_rows(lam: torch.Tensor, lse: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor,
+               log2e: float) -> torch.Tensor:
+    """The Gluon backward's per-query buffer in one launch, (B * H * 2, M64) float32 with M64 =
+    M rounded up to 64: per (b, h) a row (lam_q - lse) * log2e (lam_q: lam (B, H, N) at the
+    query's position N - M + i) and a row of row_dots(out, grad_out); past M -inf and 0 (such a
+    query gets p = 0). lse (B, H, M); all of any strides."""
+    batch, heads, n_queries, head_dim = out.shape
+    rows = 64
+    padded = triton_cdiv(n_queries, rows) * rows
+    buffer = torch.empty((batch, heads, 2, padded), dtype=torch.float32, device=out.device)
+    with _device_guard(out):
+        _kernels(_mode(out))._row_dot_kernel[(padded // rows * batch * heads,)](
+            out, grad_out, buffer, lam, lse, out.stride(), grad_out.stride(), lam.stride(),
+            lse.stride(), heads, n_queries, lam.shape[-1], padded, log2e, HEAD_DIM=head_dim,
+            D_PAD=_d_pad(head_dim), BLOCK_M=rows, QUERY_ROWS=True, num_warps=4)
+    return buffer.view(batch * heads * 2, padded)
 
 
 def max_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
@@ -387,17 +408,62 @@ def max_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return plan_mod.max_norm(x, acc)
 
 
-def max_row_norms(x: torch.Tensor) -> torch.Tensor:
+def score_bounds(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                 acc: torch.dtype, check_v: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(plan.score_bound(q, k, scale, acc, max_norm), plan.value_checked_bound of it with v
+    when check_v, else that same bound), both (B, Hq) in acc, equal bit for bit: on CUDA
+    (float32 accumulation, head dims 16..256) two Triton launches (fused_score_bounds) in place
+    of three norm passes and some nine small torch ops; plan's torch elsewhere."""
+    if all(type(x) is torch.Tensor and x.is_cuda and x.numel() > 0
+           and MIN_HEAD_DIM <= x.shape[-1] <= MAX_HEAD_DIM for x in (q, k, v)) \
+            and acc == torch.float32:
+        return fused_score_bounds(q, k, v, scale, check_v)
+    bound = plan_mod.score_bound(q, k, scale, acc, max_norm)
+    if not check_v:
+        return bound, bound
+    return bound, plan_mod.value_checked_bound(q, k, scale, acc, v, bound, max_norm)
+
+
+# partial maxima per step of _score_bound_kernel's loops (one program per (b, h))
+SCORE_BOUND_CHUNK = 1024
+
+
+def fused_score_bounds(q, k, v, scale, check_v, interpret=False, chunk=SCORE_BOUND_CHUNK):
+    """The kernels of score_bounds for q (B, Hq, M, D), k (B, Hk, N, D), v (B, Hk, N, Dv) of any
+    strides, compiled or (interpret=True, CPU tensors) interpreted: _qkv_norms_kernel's partial
+    maxima of all three (v's only when check_v), then _score_bound_kernel per (b, h)."""
+    batch, q_heads, n_queries, head_dim = q.shape
+    kv_heads, n_keys = k.shape[1], k.shape[2]
+    block_t = 64
+    q_tiles, k_tiles = triton_cdiv(n_queries, block_t), triton_cdiv(n_keys, block_t)
+    n_q, n_k = batch * q_heads * q_tiles, batch * kv_heads * k_tiles
+    programs = n_q + n_k * (2 if check_v else 1)
+    partial = torch.empty(programs, dtype=torch.float32, device=q.device)
+    bound = torch.empty((batch, q_heads), dtype=torch.float32, device=q.device)
+    checked = torch.empty_like(bound) if check_v else bound
+    kernels = _kernels(interpret)
+    with _device_guard(q):
+        kernels._qkv_norms_kernel[(programs,)](
+            q, k, v, partial, q.stride(), k.stride(), v.stride(), q_heads, kv_heads, n_queries,
+            n_keys, q_tiles, k_tiles, n_q, n_k, HEAD_DIM=head_dim, D_PAD=_d_pad(head_dim),
+            V_DIM=v.shape[-1], V_PAD=_d_pad(v.shape[-1]), BLOCK_T=block_t, num_warps=4)
+        kernels._score_bound_kernel[(batch * q_heads,)](
+            partial, bound, checked, abs(scale), q_heads, q_heads // kv_heads, q_tiles, k_tiles,
+            n_q, n_k, CHECK_V=check_v, CHUNK=chunk, num_warps=4)
+    return bound, checked
+
+
+def max_row_norms(x: torch.Tensor, interpret: bool = False) -> torch.Tensor:
     """max over t of ||x[b, h, t, :]|| in float32, (B, H), for a CUDA tensor (B, H, T, D) of any
     strides: one pass over x (torch's vector_norm over a short strided last dim reads far below
     the memory bandwidth; docs/kernels.md). NaN and inf propagate, as in
-    vector_norm(...).amax(-1)."""
+    vector_norm(...).amax(-1). interpret=True: through Triton's interpreter (CPU tensors)."""
     batch, heads, rows, head_dim = x.shape
     block_t = 64
     tiles = triton_cdiv(rows, block_t)
     partial = torch.empty((batch, heads, tiles), dtype=torch.float32, device=x.device)
     with _device_guard(x):
-        _kernels(False)._max_norm_kernel[(batch * heads * tiles,)](
+        _kernels(interpret)._max_norm_kernel[(batch * heads * tiles,)](
             x, partial, x.stride(), heads, rows, tiles,
             HEAD_DIM=head_dim, D_PAD=_d_pad(head_dim), BLOCK_T=block_t, num_warps=4)
     return partial.amax(dim=-1)
@@ -471,5 +537,6 @@ def compiled_kernels():
     return _kernels(False)
 
 
-__all__ = ["forward", "backward", "unsupported_reason", "max_norm", "plan_start_blocks",
+__all__ = ["forward", "backward", "unsupported_reason", "max_norm", "score_bounds",
+           "plan_start_blocks",
            "full_lam"]

@@ -27,7 +27,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import stats
 from ..contract import Prune, accumulator
-from ..kernels import engine_for, full_lam, max_norm, may_prune, plan_start_blocks
+from ..kernels import (engine_for, full_lam, max_norm, may_prune, plan_start_blocks,
+                       score_bounds)
 from ..kernels.plan import (Plan, make_plan, num_blocks, score_bound, tile_counts,
                              tile_sizes)
 
@@ -76,17 +77,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, scale: float, epsilo
         return _empty_outputs(q, v, layout)
     width = engine_head_dim(q, v)
     qh, kh, vh = (_bhtd(_widened(x, width), layout) for x in (q, k, v))
-    bound = score_bound(qh, kh, scale, accumulator(q.dtype), max_norm)
     # a decoding-sized call runs dense unless asked (kernels.may_prune)
     dense_decoding = prune != Prune.OFF and epsilon > 0.0 and not may_prune(qh, kh)
     if dense_decoding:
         prune = Prune.OFF
+    pruning = prune != Prune.OFF and epsilon > 0.0
+    # the bound (saved for the backward) and, when pruning, the plan's: inf where v is not
+    # finite (plan.value_checked_bound), so that make_plan needs v no more
+    bound, plan_bound = score_bounds(qh, kh, vh, scale, accumulator(q.dtype), check_v=pruning)
     # the plan reads lam with masked keys forward-filled (plan.full_lam), except with documents
-    prunes = prune != Prune.OFF and epsilon > 0.0 and doc is None
-    lam_full, lam_plan = (full_lam(lam, batch, q_heads, bound, filled=True) if prunes
+    filled = pruning and doc is None
+    lam_full, lam_plan = (full_lam(lam, batch, q_heads, bound, filled=True) if filled
                           else (full_lam(lam, batch, q_heads, bound),) * 2)
     doc = _batch_doc(doc, batch)
-    plan = make_plan(qh, kh, lam_plan, scale, epsilon, prune, v=vh, doc=doc, bound=bound,
+    plan = make_plan(qh, kh, lam_plan, scale, epsilon, prune, doc=doc, bound=plan_bound,
                      norm=max_norm, starts=plan_start_blocks)
     out = torch.empty((*q.shape[:-1], width), dtype=q.dtype, device=q.device)
     lse = engine_for(qh, kh, vh, doc).forward(qh, kh, vh, lam_full, plan, scale,
