@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import foxcompile  # noqa: E402
 from foxcompile.contract import DEFAULT_EPSILON as EPSILON, Prune  # noqa: E402
 from foxcompile.kernels import (engine_for, engine_name, full_lam, max_norm,  # noqa: E402
-                                plan_start_blocks)
+                                plan_start_blocks, score_bounds)
 from foxcompile.kernels import plan as plan_mod  # noqa: E402
 from foxcompile.kernels import triton_attention  # noqa: E402
 from foxcompile.op import api  # noqa: E402
@@ -145,10 +145,10 @@ def step_rows(name, q, k, v, log_f, doc):
     batch, heads, n_keys = q.shape[0], q.shape[2], k.shape[1]
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
     lam = torch.cumsum(log_f.transpose(1, 2).float().contiguous(), dim=-1)
-    bound = plan_mod.score_bound(qh, kh, scale, torch.float32, max_norm)
+    bound, plan_bound = score_bounds(qh, kh, vh, scale, torch.float32, check_v=True)
     lam_full = full_lam(lam, batch, heads, bound)
-    plan = plan_mod.make_plan(qh, kh, lam_full, scale, EPSILON, Prune.GUARDED, v=vh, doc=doc,
-                              bound=bound, norm=max_norm, starts=plan_start_blocks)
+    plan = plan_mod.make_plan(qh, kh, lam_full, scale, EPSILON, Prune.GUARDED, doc=doc,
+                              bound=plan_bound, norm=max_norm, starts=plan_start_blocks)
     engine = engine_for(qh, kh, vh, doc)
     out = torch.empty_like(q)
     lse = engine.forward(qh, kh, vh, lam_full, plan, scale, out.transpose(1, 2), doc=doc)
@@ -158,12 +158,12 @@ def step_rows(name, q, k, v, log_f, doc):
         ("api checks (forgetting_attention's _check)",
          lambda: api._check(q, k, v, log_f, "bthd", None, EPSILON, doc)),
         ("gate cumsum", lambda: torch.cumsum(log_f.transpose(1, 2).float().contiguous(), dim=-1)),
-        ("score bound (two max_norm launches)",
-         lambda: plan_mod.score_bound(qh, kh, scale, torch.float32, max_norm)),
+        ("score bounds (norms and bound: two launches)",
+         lambda: score_bounds(qh, kh, vh, scale, torch.float32, check_v=True)),
         ("full_lam (one launch)", lambda: full_lam(lam, batch, heads, bound)),
-        ("make_plan (v's check, start blocks, documents)",
-         lambda: plan_mod.make_plan(qh, kh, lam_full, scale, EPSILON, Prune.GUARDED, v=vh,
-                                    doc=doc, bound=bound, norm=max_norm,
+        ("make_plan (start blocks, documents)",
+         lambda: plan_mod.make_plan(qh, kh, lam_full, scale, EPSILON, Prune.GUARDED,
+                                    doc=doc, bound=plan_bound, norm=max_norm,
                                     starts=plan_start_blocks)),
         ("engine_for", lambda: engine_for(qh, kh, vh, doc)),
         (f"engine forward ({engine_name(qh, kh, vh, doc)})",
