@@ -207,7 +207,7 @@ def main():
             return go
 
     for name in KERNELS + ("_row_dot_kernel", "_max_norm_kernel", "_qkv_norms_kernel",
-                           "_score_bound_kernel"):
+                           "_score_bound_kernel", "_dq_finish_kernel"):
         if hasattr(kern, name):
             setattr(kern, name, Warmup(getattr(kern, name), name))
     ta._mode = lambda q: False
@@ -234,6 +234,8 @@ def main():
         ta.backward(torch.zeros_like(q), q, k, v, lam, q, lse, plan, scale, *grads, doc=doc)
         ta.max_row_norms(q)
         ta.fused_score_bounds(q, k, v, scale, check_v=True)
+        ta.finish_dq(torch.zeros(q.shape), torch.zeros(*q.shape[:3], 16), scale,
+                     torch.empty_like(q), torch.zeros(batch, q_heads, n_keys))
     print(f"{'kernel':<13} {'config':<22} {'REG':>4} {'STACK':>6} {'wgmma':>6} {'mma':>4} "
           f"{'waits':>6}")
     for name, kw, kernel in compiled:

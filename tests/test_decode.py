@@ -284,6 +284,44 @@ def test_gluon_backward_query_rows(interpret_env):
     assert (rows[:, :, 1, n_queries:] == 0).all()
 
 
+def finish_dq_case(head_dim, dtype, device):
+    """(inputs of triton_attention.finish_dq, the dq and dlam torch makes of them): M < N, a
+    strided dq filled with NaN, dlam with values before the queries' positions."""
+    batch, heads, n_queries, n_keys = 2, 3, 150, 170
+    g = torch.Generator().manual_seed(head_dim)
+    dq_acc = torch.randn(batch, heads, n_queries, head_dim, generator=g) * 40
+    row_sums = torch.randn(batch, heads, n_queries, 16, generator=g)
+    dlam = torch.randn(batch, heads, n_keys, generator=g)
+    dq = torch.full((batch, n_queries, heads, head_dim), float("nan"), dtype=dtype).transpose(1, 2)
+    dq_acc, row_sums, dlam, dq = (x.to(device) for x in (dq_acc, row_sums, dlam, dq))
+    scale = head_dim ** -0.5
+    want_dq = torch.empty_like(dq)
+    torch.mul(dq_acc, scale, out=want_dq)
+    want_dlam = dlam.clone()
+    want_dlam[..., n_keys - n_queries:] += row_sums[..., 0]
+    return (dq_acc, row_sums, scale, dq, dlam), want_dq, want_dlam
+
+
+@pytest.mark.parametrize("head_dim, dtype", [(64, torch.bfloat16), (128, torch.float16),
+                                             (48, torch.bfloat16)])
+def test_gluon_backward_finish_dq(interpret_env, head_dim, dtype):
+    """The Gluon backward's last pass, one launch: dq = dq_acc * scale into a strided dq of the
+    inputs' dtype, and the dS row sums (column 0) added into dlam at the queries' positions,
+    as torch.mul and the in-place add it replaces compute them; the keys before the queries
+    keep their dlam. Equal bit for bit, except that Triton's interpreter rounds float32 to
+    bfloat16 towards zero (compiled, it rounds to nearest even: tests/test_gpu.py checks the
+    bits there), so bfloat16 here is within one unit in the last place."""
+    from foxcompile.kernels import triton_attention as ta
+    args, want_dq, want_dlam = finish_dq_case(head_dim, dtype, "cpu")
+    ta.finish_dq(*args)
+    dq, dlam = args[3], args[4]
+    assert torch.equal(dlam, want_dlam)
+    if dtype == torch.bfloat16:
+        torch.testing.assert_close(dq.float(), want_dq.float(), atol=0.0, rtol=2.0 ** -7)
+    else:
+        assert torch.equal(dq, want_dq)
+
+
 def test_engine_choice(monkeypatch):
     """auto: decode for a few query rows per kv head, the prefill kernels for many, the reference
     where Triton cannot run; FOXCOMPILE_ENGINE forces one (falling back when it cannot run the

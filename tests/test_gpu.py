@@ -113,6 +113,20 @@ def test_value_head_dim_of_its_own_on_cuda(head_dim, value_dim):
     _assert_gradients_close(out, ref, (q, k, v, gates), 8e-2)
 
 
+@pytest.mark.parametrize("head_dim, dtype", [(64, torch.bfloat16), (128, torch.float16),
+                                             (48, torch.bfloat16)])
+def test_gluon_backward_finish_dq_on_cuda(head_dim, dtype):
+    """The Gluon backward's last pass (dq scaled and cast, the row sums into dlam) equals, bit
+    for bit, the torch.mul and in-place add it replaced."""
+    from test_decode import finish_dq_case
+
+    from foxcompile.kernels import triton_attention as ta
+    args, want_dq, want_dlam = finish_dq_case(head_dim, dtype, "cuda")
+    ta.finish_dq(*args)
+    assert torch.equal(args[3], want_dq)
+    assert torch.equal(args[4], want_dlam)
+
+
 def test_op_forward_launches(monkeypatch):
     """A call's host cost is mostly its launches (docs/kernels.md, "Packed sequences"), so their
     number is held down: a pruned forward in bthd layout (tl engine at this length, no document

@@ -407,6 +407,29 @@ def _row_dot_kernel(OUT, DO, DO_O, LAM, LSE, out_str, do_str, lam_str, lse_str, 
         tl.store(DO_O + pid_bh.to(tl.int64) * n_queries + offs_m, dots, mask=m_ok)
 
 
+@triton.jit
+def _dq_finish_kernel(DQ_ACC, DQ, ROW_SUMS, DLAM, acc_str, dq_str, sums_str, dlam_str, n_heads,
+                      n_queries, n_keys, scale, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+                      BLOCK_M: tl.constexpr):
+    """The Gluon backward's last pass over its float32 sums, one program per BLOCK_M queries of
+    a (b, h): DQ = DQ_ACC * scale in DQ's dtype (through DQ's strides), and
+    DLAM[b, h, N - M + i] += ROW_SUMS[b, h, i, 0] (the dS row sums: the queries' part of
+    dlam). DQ_ACC (B, H, M, D) and ROW_SUMS (B, H, M, 16) float32, DLAM (B, H, N) float32."""
+    m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
+    pid = tl.program_id(0)
+    pid_bh = pid // m_blocks
+    b = (pid_bh // n_heads).to(tl.int64)
+    h = (pid_bh % n_heads).to(tl.int64)
+    offs_m = (pid % m_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < n_queries
+    acc = _tile(_at(DQ_ACC, acc_str, b, h), acc_str, offs_m, m_ok, HEAD_DIM, D_PAD, True, False,
+                False)
+    _store_tile(_at(DQ, dq_str, b, h), dq_str, offs_m, m_ok, acc * scale, HEAD_DIM, D_PAD)
+    row_sums = tl.load(_at(ROW_SUMS, sums_str, b, h) + offs_m * sums_str[2], mask=m_ok)
+    dlam = _at(DLAM, dlam_str, b, h) + (n_keys - n_queries + offs_m) * dlam_str[2]
+    tl.store(dlam, tl.load(dlam, mask=m_ok) + row_sums, mask=m_ok)
+
+
 # ----------------------------------------------------------------------------- dk, dv
 
 @triton.jit

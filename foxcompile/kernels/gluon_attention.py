@@ -286,8 +286,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
             STAGES=BWD_STAGES[head_dim], KV_BUFFERS=BWD_KV_BUFFERS[head_dim], HAS_DOC=has_doc,
             KV_ALIGN=kv_align, num_warps=8)
-    torch.mul(dq_acc, scale, out=dq)   # the kernel sums dS K; the scale once, here
-    dlam[..., n_keys - n_queries:] += row_sums[..., 0]
+    # the kernel sums dS K: the scale once, here, with the dS row sums' part of dlam
+    triton_attention.finish_dq(dq_acc, row_sums, float(scale), dq, dlam)
     return dlam
 
 

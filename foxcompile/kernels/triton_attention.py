@@ -393,6 +393,22 @@ def query_rows(lam: torch.Tensor, lse: torch.Tensor, out: torch.Tensor, grad_out
     return buffer.view(batch * heads * 2, padded)
 
 
+def finish_dq(dq_acc: torch.Tensor, row_sums: torch.Tensor, scale: float, dq: torch.Tensor,
+              dlam: torch.Tensor) -> None:
+    """The Gluon backward's float32 sums into its outputs, in one launch: dq = dq_acc * scale
+    (dq (B, H, M, D) of any strides and dtype; dq_acc contiguous) and dlam[..., N - M:] +=
+    row_sums[..., 0] (row_sums (B, H, M, 16), dlam (B, H, N)), equal bit for bit to
+    torch.mul(dq_acc, scale, out=dq) and that in-place add."""
+    batch, heads, n_queries, head_dim = dq_acc.shape
+    d_pad = _d_pad(head_dim)
+    rows = max(8192 // d_pad, 16)
+    with _device_guard(dq_acc):
+        _kernels(_mode(dq_acc))._dq_finish_kernel[(triton_cdiv(n_queries, rows) * batch * heads,)](
+            dq_acc, dq, row_sums, dlam, dq_acc.stride(), dq.stride(), row_sums.stride(),
+            dlam.stride(), heads, n_queries, dlam.shape[-1], scale, HEAD_DIM=head_dim,
+            D_PAD=d_pad, BLOCK_M=rows, num_warps=8)
+
+
 def max_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """max over t of ||x[b, h, t]|| in acc, (B, H), as plan.max_norm computes it: the plan's norm
     for this engine (make_plan(..., norm=max_norm)). On CUDA (float32 accumulation, head dims
