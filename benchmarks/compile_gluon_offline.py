@@ -4,7 +4,7 @@ count of wgmma / TMA / mbarrier instructions in its PTX, and what ptxas made of 
 and the CTA barriers of the SASS: a quick check of a Gluon change on a CPU machine. Needs a Triton with Gluon's Hopper pieces (the GPU's is 3.6):
 
     /path/to/triton-3.6-venv/bin/python benchmarks/compile_gluon_offline.py [--head-dim 64]
-        [--doc] [--dump DIR] [--loops]
+        [--doc] [--dump DIR] [--loops] [--timeline]
 
 --loops prints each hot loop's synchronisation points in the SASS with the instructions between
 them (compile_offline.loop_report): where ptxas put the waits for the tensor cores against the
@@ -30,6 +30,8 @@ def main():
     parser.add_argument("--dump", default=None)
     parser.add_argument("--loops", action="store_true",
                         help="print the hot loops' synchronisation points (loop_report)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="the kernels' TIMELINE build (benchmarks/item_timeline.py)")
     args = parser.parse_args()
     os.environ["TRITON_INTERPRET"] = "0"
     _fake_driver(90)
@@ -71,9 +73,14 @@ def main():
     doc = (torch.arange(n_keys) // 512).expand(batch, n_keys) if args.doc else None
     out = torch.zeros_like(q)
     lse = torch.zeros(batch, q_heads, n_queries)
-    ga.forward(q, k, v, lam, plan, d ** -0.5, out, doc=doc)
+    fwd_stamps = bwd_stamps = None
+    if args.timeline:
+        fwd_stamps = torch.zeros(-(-n_queries // 128) * batch * q_heads, 2, 8, dtype=torch.int64)
+        bwd_stamps = torch.zeros(-(-n_keys // 128) * batch * kv_heads, 8, dtype=torch.int64)
+    ga.forward(q, k, v, lam, plan, d ** -0.5, out, doc=doc, stamps=fwd_stamps)
     ga.backward(torch.zeros_like(q), q, k, v, lam, out, lse, plan, d ** -0.5,
-                torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), doc=doc)
+                torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), doc=doc,
+                stamps=bwd_stamps)
     for kernel, name in zip(compiled, ("fwd", "bwd")):
         reg, stack = _usage(kernel.asm["cubin"])
         ptx = kernel.asm["ptx"]

@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
 #       [bench] [ab] [abref] [variants] [ncu] [ncusrc] [train] [decode] [gendecode] [gluonbwd]
-#       [choice] [spread] [host]
+#       [choice] [spread] [host] [timeline]
 #   (default: tests bench)
 #
 # Writes under $OUT/all ($OUT defaults to ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
@@ -28,6 +28,8 @@
 #   $OUT/bwd_spread.json / .log.
 # host: benchmarks/host_overhead.py (the op's host time per call and step, and its kernel
 #   launches per call, on shapes too small to load the GPU) into $OUT/host_overhead.json / .log.
+# timeline: benchmarks/item_timeline.py (the Gluon kernels' TIMELINE build: where each work
+#   item's time goes, at TIMELINE_SHAPES or the three standard shapes) into $OUT/timeline.json / .log.
 # gluonbwd: benchmarks/check_gluon_bwd.py (the Gluon backward against tl and float64, case by
 #   case; GLUONBWD_CASES=t64,g2,... picks some) into $OUT/gluon_bwd_check.json / .log.
 # gputests: python -m pytest tests/test_gpu.py tests/test_kernels.py (all of them: GPU and CPU
@@ -143,6 +145,11 @@ for step in $steps; do
       stamp "host time and launches per op call (host_overhead.py)"
       timeout ${HOST_TIMEOUT:-200} $PY benchmarks/host_overhead.py --json "$OUT/host_overhead.json" \
         2>&1 | grep -v Warning | tee "$OUT/host_overhead.log" | head -32
+      ;;
+    timeline)
+      stamp "work items' timelines (item_timeline.py)"
+      timeout ${TIMELINE_TIMEOUT:-240} $PY benchmarks/item_timeline.py --json "$OUT/timeline.json" \
+        ${TIMELINE_SHAPES:+--shapes "$TIMELINE_SHAPES"} 2>&1 | grep -v Warning | tee "$OUT/timeline.log"
       ;;
     profile)
       stamp "per-kernel profile"

@@ -34,7 +34,8 @@ from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from ._gluon_kernels import LOG2E, _as_desc_block, _item_queue, _publish_item, _take_item
+from ._gluon_kernels import (LOG2E, _as_desc_block, _item_queue, _publish_item, _stamp,
+                             _take_item)
 
 TILE_M = gl.constexpr(64)     # query rows per step (one wgmma M for dQ)
 BLOCK_N = gl.constexpr(128)   # keys per program: two warp groups of 64
@@ -224,16 +225,19 @@ def _bwd_reducer(dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, i
 
 @gluon.jit
 def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
-               q_ready, q_free, dq_ready, dq_free, LAM, DK, DV, DLAM, END, DOC, lam_head,
-               dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid, it, n_queries,
-               n_keys, qk_scale, scale, HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr,
-               STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
+               q_ready, q_free, dq_ready, dq_free, LAM, DK, DV, DLAM, END, DOC, STAMPS,
+               lam_head, dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid, it,
+               n_queries, n_keys, qk_scale, scale, HEAD_DIM: gl.constexpr,
+               GRID_M: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr,
+               TIMELINE: gl.constexpr):
     """The math warps' share of one work item (K and V in k_smem, v_smem, ready): per tile, the
     five products and the dS math, every product waited for inside the tile (ptxas serialises
     groups left pending across the loop's back-edge); dS^T through ds_smem (both warp groups'
     halves feed dQ), dQ and the row sums handed to the reducer; then dk, dv of the block. LAM,
     DLAM, DOC at b; DK, DV at (b, kv head); END at (b, key block). `it`: the ring's tiles of the
-    items before; returned advanced past this item's."""
+    items before; returned advanced past this item's. STAMPS: the item's timeline row
+    (TIMELINE: slots 2-5, once the first tile is known, after the first tile, after the last,
+    after the dk, dv stores)."""
     st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
                                                         instr_shape=[16, TILE_M, 16])
     kd_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
@@ -273,6 +277,8 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
     g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
     lam_ref, b_key = _head_keys(LAM, lam_head, hk * group + gl.minimum(g, group - 1), key0,
                                 offs_n, n_ok)
+    _stamp(STAMPS, 2, TIMELINE)
+    it_first = it
     while g < group:
         slot = it % STAGES
         h = hk * group + g
@@ -337,6 +343,9 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         fence_async_shared()
         gl.thread_barrier()        # all of dQ and R written (and every product read ds_smem)
         mbarrier.arrive(dq_ready)
+        if TIMELINE:
+            if it == it_first:
+                _stamp(STAMPS, 3, TIMELINE)
 
         next_g, next_q0, next_hi = _next_tile(g, q0, hi, lo, hk, group, END, end_head,
                                               n_queries, GRID_M)
@@ -354,6 +363,7 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         g, q0, hi = next_g, next_q0, next_hi
         it += 1
 
+    _stamp(STAMPS, 4, TIMELINE)
     kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
     kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)
     rows = key0 + gl.arange(0, BLOCK_N, layout=kd_rows)
@@ -363,34 +373,46 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
              (dk * scale).to(DK.dtype.element_ty), mask=ok)
     gl.store(DV + gl.expand_dims(rows.to(gl.int64) * dv_row, 1) + gl.expand_dims(cols, 0),
              dv.to(DV.dtype.element_ty), mask=ok)
+    _stamp(STAMPS, 5, TIMELINE)
+    if TIMELINE:
+        gl.store(STAMPS + 6, (it - it_first).to(gl.int64))
     return it
 
 
 @gluon.jit
 def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
               kv_ready, kv_free, q_ready, q_free, dq_ready, dq_free, items, item_ready, item_free,
-              LAM, DK, DV, DLAM, END, DOC, lam_b, lam_head, dk_b, dk_head, dk_row, dv_b, dv_head,
-              dv_row, dlam_b, dlam_head, end_b, end_head, end_n, doc_b, n_items, n_blocks,
-              n_kv_heads, group, n_queries, n_keys, qk_scale, scale, HEAD_DIM: gl.constexpr,
-              GRID_M: gl.constexpr, GRID_N: gl.constexpr, STAGES: gl.constexpr,
-              KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr):
+              LAM, DK, DV, DLAM, END, DOC, STAMPS, lam_b, lam_head, dk_b, dk_head, dk_row, dv_b,
+              dv_head, dv_row, dlam_b, dlam_head, end_b, end_head, end_n, doc_b, n_items,
+              n_blocks, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
+              HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
+              STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr,
+              TIMELINE: gl.constexpr):
     """The eight math warps: items from the loader (_take_item) until none is left, each
     (_bwd_block) once its K and V are in buffer jj % KV_BUFFERS (kv_ready), the buffer handed
-    back (kv_free) once its last product has read it."""
+    back (kv_free) once its last product has read it. With TIMELINE, each item's row of STAMPS
+    (n_items, 8): slot 0 the stamp when the item is taken, 1 when its K and V are there, 2-5
+    _bwd_block's, 6 its tiles, 7 the program."""
     it = 0
     jj = 0
     item = _take_item(items, item_ready, item_free, jj, 8)[0]
     while item < n_items:
+        stamps = STAMPS + item.to(gl.int64) * 8
+        _stamp(stamps, 0, TIMELINE)
         b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
         kv = jj % KV_BUFFERS
         mbarrier.wait(kv_ready.index(kv), (jj // KV_BUFFERS) & 1)
+        _stamp(stamps, 1, TIMELINE)
+        if TIMELINE:
+            gl.store(stamps + 7, gl.program_id(0).to(gl.int64))
         it = _bwd_block(k_smem.index(kv), v_smem.index(kv), q_smem, do_smem, rows_smem, ds_smem,
                         dq_smem, rs_smem, ones_smem, q_ready, q_free, dq_ready, dq_free,
                         LAM + b * lam_b, DK + b * dk_b + hk * dk_head,
                         DV + b * dv_b + hk * dv_head, DLAM + b * dlam_b,
-                        END + b * end_b + (key0 // GRID_N) * end_n, DOC + b * doc_b, lam_head,
-                        dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid, it,
-                        n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, STAGES, HAS_DOC)
+                        END + b * end_b + (key0 // GRID_N) * end_n, DOC + b * doc_b, stamps,
+                        lam_head, dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid,
+                        it, n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, STAGES,
+                        HAS_DOC, TIMELINE)
         mbarrier.arrive(kv_free.index(kv))
         jj += 1
         item = _take_item(items, item_ready, item_free, jj, 8)[0]
@@ -401,13 +423,13 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
                               "end_n", "doc_b", "n_items", "n_kv_heads", "group", "n_queries",
                               "n_keys"])
 def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_desc,
-                      LAM, DK, DV, DLAM, END, DOC, COUNTER,
+                      LAM, DK, DV, DLAM, END, DOC, COUNTER, STAMPS,
                       lam_b, lam_head, dk_b, dk_head, dk_row, dv_b, dv_head, dv_row,
                       dlam_b, dlam_head, end_b, end_head, end_n, doc_b,
                       n_items, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                       HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
                       STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr,
-                      KV_ALIGN: gl.constexpr):
+                      KV_ALIGN: gl.constexpr, TIMELINE: gl.constexpr):
     """Persistent, scheduled dynamically: each program takes work item program_id, then the
     next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
     wave) of the n_items = blocks of 128 keys x (b, kv head) (_bwd_item). Per item: dk, dv of
@@ -424,7 +446,8 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     time), never specialised, nor are the sizes: a 1 would arrive as a constant, which
     warp_specialize cannot pass on. DK's and DV's strides come divided by KV_ALIGN (8 where
     they allow it): multiplied back here, they tell the compiler that each thread's two
-    adjacent entries can go out as one 4-byte store.
+    adjacent entries can go out as one 4-byte store. With TIMELINE, STAMPS (n_items, 8) int64
+    gets each item's timeline (_bwd_math); otherwise it is not read.
 
     Three partitions: the eight math warps (_bwd_math), the loader warp (_bwd_loader, also the
     scheduler) and a reducer warp (_bwd_reducer), so that no TMA is issued from the math warps
@@ -480,10 +503,11 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     gl.warp_specialize([
         (_bwd_math, (k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem,
                      ones_smem, kv_ready, kv_free, q_ready, q_free, dq_ready, dq_free, items,
-                     item_ready, item_free, LAM, DK, DV, DLAM, END, DOC, lam_b, lam_head, dk_b,
-                     dk_head, dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head, end_b, end_head,
-                     end_n, doc_b, n_items, n_blocks, n_kv_heads, group, n_queries, n_keys,
-                     qk_scale, scale, HEAD_DIM, GRID_M, GRID_N, STAGES, KV_BUFFERS, HAS_DOC)),
+                     item_ready, item_free, LAM, DK, DV, DLAM, END, DOC, STAMPS, lam_b,
+                     lam_head, dk_b, dk_head, dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head,
+                     end_b, end_head, end_n, doc_b, n_items, n_blocks, n_kv_heads, group,
+                     n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, GRID_N, STAGES,
+                     KV_BUFFERS, HAS_DOC, TIMELINE)),
         (_bwd_loader, (k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_smem,
                        do_smem, rows_smem, kv_ready, kv_free, q_ready, q_free, items, item_ready,
                        item_free, COUNTER, END, end_b, end_head, end_n, n_items, n_blocks,

@@ -47,6 +47,21 @@ ROWS_N = gl.constexpr(16)     # columns of the row sums' product (P x ones, _pv)
 
 
 @gluon.jit
+def _clock():
+    """The SM's cycle counter (%clock64), int64: the timeline's stamps (TIMELINE)."""
+    return gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [gl.program_id(0)],
+                                     dtype=gl.int64, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _stamp(STAMPS, slot: gl.constexpr, TIMELINE: gl.constexpr):
+    """With TIMELINE, the cycle counter into STAMPS[slot] (the timeline's row of one work item
+    and partition, docs/kernels.md "Where a work item's time goes"); nothing otherwise."""
+    if TIMELINE:
+        gl.store(STAMPS + slot, _clock())
+
+
+@gluon.jit
 def _as_desc_block(buf):
     """A (rows, D) shared buffer seen as the descriptors' [1, 1, rows, D] block."""
     return buf.reshape([1, 1, buf.shape[0], buf.shape[1]])
@@ -273,14 +288,17 @@ def _pv(p_op, v, ones, acc, acc_l, ROWSUM_MMA: gl.constexpr):
 @gluon.jit
 def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k_ready, v_ready,
                   kv_free,
-                  LAM, OUT, LSE, DOC, out_row, row0, lo, mid, n_tiles, t0, n_queries, n_keys,
-                  sm_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-                  STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
+                  LAM, OUT, LSE, DOC, STAMPS, out_row, row0, lo, mid, n_tiles, t0, n_queries,
+                  n_keys, sm_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr,
+                  BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr,
+                  TIMELINE: gl.constexpr):
     """One warp group's share of one work item: rows [row0 + HALF * 64, +64) against its
     n_tiles key tiles, which are tiles t0, t0 + 1, ... of the program's ring. q: the rows' Q
     buffer (ready at q_ready's phase q_phase; q_free is arrived once its last product has read
     it). LAM, OUT, LSE and DOC are at (b, h) (DOC at b) with unit strides along time and the
-    head dim; out_row is OUT's stride between rows."""
+    head dim; out_row is OUT's stride between rows. STAMPS: the item's timeline row for this
+    warp group (TIMELINE: slots 1-5, after the Q wait, the first tile's scores, the tile loop,
+    the last product and the stores)."""
     # wgmma accumulators of (64, BLOCK_N) scores and the (64, HEAD_DIM) output over 4 warps
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -315,6 +333,7 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
     zero_s = gl.zeros([HALF_M, BLOCK_N], gl.float32, layout=s_layout)
 
     mbarrier.wait(q_ready, q_phase)
+    _stamp(STAMPS, 1, TIMELINE)
 
     # tile 0: its scores alone
     first = t0 % STAGES
@@ -326,6 +345,7 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
     mbarrier.arrive(kv_free.index(first))
     s = _scores(s, keys, lo, mid, pos_q, sm_scale, doc_q, lam_ref, HAS_DOC)
     p, m_i, alpha, l_i = _softmax_step(s, m_i, l_i, HAS_DOC, ROWSUM_MMA)
+    _stamp(STAMPS, 2, TIMELINE)
 
     for t in range(1, n_tiles):
         ring = t0 + t
@@ -351,6 +371,7 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
             acc_l = acc_l * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, l_layout)),
                                            1)
 
+    _stamp(STAMPS, 3, TIMELINE)
     mbarrier.arrive(q_free)                               # Q read by its last product
     last = (t0 + n_tiles - 1) % STAGES
     p_op = gl.convert_layout(p.to(dtype), p_layout)
@@ -358,6 +379,7 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
     acc, acc_l = _pv(p_op, v_smem.index(last), ones, acc, acc_l, ROWSUM_MMA)
     acc, acc_l = warpgroup_mma_wait(0, deps=(acc, acc_l))
     mbarrier.arrive(kv_free.index(STAGES + last))
+    _stamp(STAMPS, 4, TIMELINE)
 
     # out = acc / l, lse = natural-log normaliser of the true scores
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -372,30 +394,39 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
     gl.store(ptrs, out.to(OUT.dtype.element_ty), mask=gl.expand_dims(offs_mo < n_queries, 1))
     lse = m_i + gl.log2(l_i) * LN2 + (lam_q - lam_ref)
     gl.store(LSE + offs_m, lse, mask=m_ok)
+    _stamp(STAMPS, 5, TIMELINE)
 
 
 @gluon.jit
 def _consumer(q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, v_ready, kv_free,
-              items, item_ready, item_free, LAM, OUT, LSE, DOC, lam_b, lam_h, out_b, out_h,
-              lse_b, lse_h, doc_b, out_row, n_items, m_blocks, n_heads, group, n_queries,
+              items, item_ready, item_free, LAM, OUT, LSE, DOC, STAMPS, lam_b, lam_h, out_b,
+              out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks, n_heads, group, n_queries,
               n_keys, sm_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr,
-              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr):
+              BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr,
+              TIMELINE: gl.constexpr):
     """One warp group: rows [HALF * 64, +64) of each work item's block, items from the loader
-    (_take_item) until none is left; t0 counts the ring's tiles of the items before."""
+    (_take_item) until none is left; t0 counts the ring's tiles of the items before. With
+    TIMELINE, each item's row of STAMPS (n_items, 2, 8) for this half: slot 0 the stamp when
+    the item is taken, 1-5 _attend_block's, 6 the item's tiles, 7 the program."""
     t0 = 0
     jj = 0
     item, start_block = _take_item(items, item_ready, item_free, jj, 4)
     while item < n_items:
+        stamps = STAMPS + (item.to(gl.int64) * 2 + HALF) * 8
+        _stamp(stamps, 0, TIMELINE)
         b, h, hk, row0, lo, mid, n_tiles = _item(item, start_block, m_blocks, n_heads, group,
                                                  n_queries, n_keys, BLOCK_N)
+        if TIMELINE:
+            gl.store(stamps + 6, n_tiles.to(gl.int64))
+            gl.store(stamps + 7, gl.program_id(0).to(gl.int64))
         q_buf = 2 * (jj % 2) + HALF
         _attend_block(q_smem.index(q_buf), q_ready.index(q_buf), (jj // 2) & 1,
                       q_free.index(q_buf), k_smem, v_smem, lam_smem, ones, k_ready, v_ready,
                       kv_free,
                       LAM + b * lam_b + h * lam_h, OUT + b * out_b + h * out_h,
-                      LSE + b * lse_b + h * lse_h, DOC + b * doc_b, out_row, row0, lo, mid,
-                      n_tiles, t0, n_queries, n_keys, sm_scale, HALF, HEAD_DIM, BLOCK_N, STAGES,
-                      HAS_DOC)
+                      LSE + b * lse_b + h * lse_h, DOC + b * doc_b, stamps, out_row, row0, lo,
+                      mid, n_tiles, t0, n_queries, n_keys, sm_scale, HALF, HEAD_DIM, BLOCK_N,
+                      STAGES, HAS_DOC, TIMELINE)
         t0 += n_tiles
         jj += 1
         item, start_block = _take_item(items, item_ready, item_free, jj, 4)
@@ -405,10 +436,11 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, 
                              "start_h", "start_m", "doc_b", "out_row", "n_items", "n_heads",
                              "group", "n_queries", "n_keys"])
 def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC, COUNTER,
-                      lam_b, lam_h, out_b, out_h, lse_b, lse_h, start_b, start_h, start_m, doc_b,
-                      out_row, n_items, n_heads, group, n_queries, n_keys, sm_scale,
-                      HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                      HAS_DOC: gl.constexpr, OUT_ALIGN: gl.constexpr):
+                      STAMPS, lam_b, lam_h, out_b, out_h, lse_b, lse_h, start_b, start_h,
+                      start_m, doc_b, out_row, n_items, n_heads, group, n_queries, n_keys,
+                      sm_scale, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                      STAGES: gl.constexpr, HAS_DOC: gl.constexpr, OUT_ALIGN: gl.constexpr,
+                      TIMELINE: gl.constexpr):
     """Persistent, scheduled dynamically: each program takes work item program_id, then the
     next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
     wave) of the n_items = blocks of 128 queries x (b, query head) (_item); per item OUT and LSE
@@ -419,7 +451,8 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DO
     out_row: OUT's along time), never specialised, nor are the sizes: a 1 would arrive as a
     constant, which warp_specialize cannot pass on. OUT's three strides come divided by
     OUT_ALIGN (8 where they allow it): multiplied back here, they tell the compiler that each
-    thread's two adjacent outputs can go out as one 4-byte store.
+    thread's two adjacent outputs can go out as one 4-byte store. With TIMELINE, STAMPS
+    (n_items, 2, 8) int64 gets each item's timeline (_consumer); otherwise it is not read.
 
     Q has two buffers of two halves, so the loader fetches the next item's Q while the
     consumers finish the current one, and the K/V ring runs on across items: the launch and
@@ -464,15 +497,15 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DO
 
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, v_ready,
-                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, lam_b, lam_h,
-                     out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks, n_heads,
-                     group, n_queries, n_keys, sm_scale,
-                     FIRST_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC)),
+                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, STAMPS, lam_b,
+                     lam_h, out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks,
+                     n_heads, group, n_queries, n_keys, sm_scale,
+                     FIRST_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, TIMELINE)),
         (_consumer, (q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, v_ready,
-                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, lam_b, lam_h,
-                     out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks, n_heads,
-                     group, n_queries, n_keys, sm_scale,
-                     SECOND_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC)),
+                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, STAMPS, lam_b,
+                     lam_h, out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks,
+                     n_heads, group, n_queries, n_keys, sm_scale,
+                     SECOND_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, TIMELINE)),
         (_loader, (q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, q_ready,
                    q_free, k_ready, v_ready, kv_free, items, item_ready, item_free, COUNTER,
                    START, start_b, start_h, start_m, n_items, m_blocks, n_heads, group,

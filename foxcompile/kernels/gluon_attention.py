@@ -172,8 +172,12 @@ def _lam_descriptor(lam: torch.Tensor):
     return TensorDescriptor(view, [rows, n_keys], [view.stride(0), 1], [1, BLOCK_N], layout)
 
 
-def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None) -> torch.Tensor:
-    """Writes out (B, Hq, M, D) through its strides and returns lse (B, Hq, M) float32."""
+def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None,
+            stamps: torch.Tensor | None = None) -> torch.Tensor:
+    """Writes out (B, Hq, M, D) through its strides and returns lse (B, Hq, M) float32.
+    stamps: an int64 (items, 2, 8) tensor (items = blocks of 128 queries x B x Hq, in the
+    kernel's order) that gets each work item's timeline, benchmarks/item_timeline.py's input:
+    the kernel then reads the SM's cycle counter at each step of an item (the TIMELINE build)."""
     batch, q_heads, n_queries, head_dim = q.shape
     kv_heads, n_keys = k.shape[1], k.shape[2]
     lse = torch.empty((batch, q_heads, n_queries), dtype=torch.float32, device=q.device)
@@ -193,13 +197,23 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
         kern._gluon_fwd_kernel[grid](
             _descriptor(q, 64), _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N),
             _lam_descriptor(lam), lam, out, lse, plan.start, doc,
-            torch.zeros(1, dtype=torch.int32, device=q.device),
+            torch.zeros(1, dtype=torch.int32, device=q.device), _stamps(stamps, lse, n_items),
             lam.stride(0), lam.stride(1), out_strides[0], out_strides[1], lse.stride(0),
             lse.stride(1), *plan.start.stride(), doc_strides[0], out_strides[2],
             n_items, q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale),
             HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, STAGES=STAGES[head_dim], HAS_DOC=has_doc,
-            OUT_ALIGN=out_align, num_warps=4)
+            OUT_ALIGN=out_align, TIMELINE=stamps is not None, num_warps=4)
     return lse
+
+
+def _stamps(stamps: torch.Tensor | None, unused: torch.Tensor, n_items: int) -> torch.Tensor:
+    """The kernels' STAMPS argument: stamps, checked (int64, contiguous, n_items rows), or, with
+    no timeline asked for, any tensor of the call (the kernel then never reads it)."""
+    if stamps is None:
+        return unused
+    assert stamps.dtype == torch.int64 and stamps.is_contiguous() and stamps.shape[0] == n_items, \
+        f"stamps: int64, contiguous, {n_items} rows"
+    return stamps
 
 
 def _store_strides(*tensors):
@@ -239,10 +253,14 @@ def backward_fallback_reason(q: torch.Tensor, plan: Plan):
 
 
 def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
-             dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, doc=None) -> torch.Tensor:
+             dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, doc=None,
+             stamps: torch.Tensor | None = None) -> torch.Tensor:
     """Writes dq, dk, dv through their strides and returns dlam (B, Hq, N) float32: the Gluon
-    backward (_gluon_bwd_kernels), or tl's where backward_fallback_reason names a reason."""
+    backward (_gluon_bwd_kernels), or tl's where backward_fallback_reason names a reason.
+    stamps: an int64 (items, 8) tensor (items = blocks of 128 keys x B x Hk) that gets each
+    work item's timeline, as forward's (Gluon backward only)."""
     if backward_fallback_reason(q, plan):
+        assert stamps is None, "a timeline needs the Gluon backward"
         return triton_attention.backward(grad_out, q, k, v, lam, out, lse, plan, scale,
                                          dq, dk, dv, doc=doc)
     batch, q_heads, n_queries, head_dim = q.shape
@@ -277,7 +295,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N), _descriptor(q, 64),
             _descriptor(grad_out, 64), _descriptor(dq_acc, 64), _rows_descriptor(rows),
             _descriptor(row_sums, 64),
-            lam, dk, dv, dlam, end, doc, counter,
+            lam, dk, dv, dlam, end, doc, counter, _stamps(stamps, dlam, n_items),
             lam.stride(0), lam.stride(1), *dk_strides, *dv_strides, dlam.stride(0),
             dlam.stride(1),
             end.stride(0), end.stride(1), end.stride(2), doc_strides[0],
@@ -285,7 +303,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
             STAGES=BWD_STAGES[head_dim], KV_BUFFERS=BWD_KV_BUFFERS[head_dim], HAS_DOC=has_doc,
-            KV_ALIGN=kv_align, num_warps=8)
+            KV_ALIGN=kv_align, TIMELINE=stamps is not None, num_warps=8)
     # the kernel sums dS K: the scale once, here, with the dS row sums' part of dlam
     triton_attention.finish_dq(dq_acc, row_sums, float(scale), dq, dlam)
     return dlam
