@@ -25,7 +25,6 @@ it (or with an API this module does not know) leaves the engine unsupported, nev
 unimportable.
 """
 import importlib
-import os
 import types
 
 import torch
@@ -53,8 +52,11 @@ BWD_KV_BUFFERS = {64: 2, 128: 1}
 # ran 8% slower than one program per item.
 BWD_PERSISTENT = {64: True, 128: False}
 # Whether the backward writes dk and dv through shared memory and TMA stores (issued by its
-# reducer warp, so that the math warps go on to the next item) where their strides allow it.
-KV_TMA_STORES = os.environ.get("FOXCOMPILE_GLUON_KV_TMA", "1") != "0"
+# reducer warp, so that the math warps go on to the next item) where their strides allow it,
+# by head dim. At D = 128 that took a work item's fixed cost from about 14,200 to 8,600 cycles
+# with the tile loop unchanged; at D = 64 it took 2,300 cycles off each item but made the tile
+# loop 3% slower (docs/kernels.md, "Where a work item's time goes").
+KV_TMA_STORES = {64: False, 128: True}
 BLOCK_N = 128
 
 _import_errors: dict = {}
@@ -291,7 +293,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     doc, doc_strides, has_doc = _doc_args(doc, lam)
     kv_align, kv_strides = _store_strides(dk, dv)
     # dk and dv through TMA stores from shared memory where they allow it (KV_TMA)
-    kv_tma = KV_TMA_STORES and dk.dtype == dv.dtype == k.dtype and _tma_ok(dk, dv)
+    kv_tma = KV_TMA_STORES[head_dim] and dk.dtype == dv.dtype == k.dtype and _tma_ok(dk, dv)
     dk_strides, dv_strides = kv_strides[:3], kv_strides[3:]
     kern = _bwd_kernels()
     k_desc, v_desc = _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N)
