@@ -195,12 +195,16 @@ def _bwd_loader(k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_sm
 
 
 @gluon.jit
-def _bwd_reducer(dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, item_ready,
-                 item_free, END, end_b, end_head, end_n, n_items, n_blocks, n_kv_heads, group,
-                 n_queries, n_keys, GRID_M: gl.constexpr, GRID_N: gl.constexpr):
+def _bwd_reducer(dq_desc, rs_desc, dk_desc, dv_desc, dq_smem, rs_smem, k_smem, v_smem, dq_ready,
+                 dq_free, kv_out, kv_free, items, item_ready, item_free, END, end_b, end_head,
+                 end_n, n_items, n_blocks, n_kv_heads, group, n_queries, n_keys,
+                 GRID_M: gl.constexpr, GRID_N: gl.constexpr, KV_BUFFERS: gl.constexpr,
+                 KV_TMA: gl.constexpr):
     """The reducer warp: each tile's dQ and row sums, once in shared memory (dq_ready), added
     into the float32 buffers by TMA; the buffers handed back (dq_free) once the adds have read
-    them. Items from the loader (_take_item) until none is left."""
+    them. With KV_TMA, after an item's tiles, its dk and dv (in its K and V buffers: kv_out)
+    stored by TMA, and the buffers handed back to the loader (kv_free) once the stores have
+    read them. Items from the loader (_take_item) until none is left."""
     it = 0
     jj = 0
     item = _take_item(items, item_ready, item_free, jj, 1)[0]
@@ -219,6 +223,16 @@ def _bwd_reducer(dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, i
             g, q0, hi = _next_tile(g, q0, hi, lo, hk, group, item_end, end_head, n_queries,
                                    GRID_M)
             it += 1
+        if KV_TMA:
+            kv = jj % KV_BUFFERS
+            mbarrier.wait(kv_out.index(kv), (jj // KV_BUFFERS) & 1)
+            hk32 = hk.to(gl.int32)
+            tma.async_copy_shared_to_global(dk_desc, [b32, hk32, key0, 0],
+                                            _as_desc_block(k_smem.index(kv)))
+            tma.async_copy_shared_to_global(dv_desc, [b32, hk32, key0, 0],
+                                            _as_desc_block(v_smem.index(kv)))
+            tma.store_wait(0)
+            mbarrier.arrive(kv_free.index(kv))
         jj += 1
         item = _take_item(items, item_ready, item_free, jj, 1)[0]
 
@@ -229,13 +243,15 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
                lam_head, dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid, it,
                n_queries, n_keys, qk_scale, scale, HEAD_DIM: gl.constexpr,
                GRID_M: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr,
-               TIMELINE: gl.constexpr):
+               KV_TMA: gl.constexpr, TIMELINE: gl.constexpr):
     """The math warps' share of one work item (K and V in k_smem, v_smem, ready): per tile, the
     five products and the dS math, every product waited for inside the tile (ptxas serialises
     groups left pending across the loop's back-edge); dS^T through ds_smem (both warp groups'
     halves feed dQ), dQ and the row sums handed to the reducer; then dk, dv of the block. LAM,
     DLAM, DOC at b; DK, DV at (b, kv head); END at (b, key block). `it`: the ring's tiles of the
-    items before; returned advanced past this item's. STAMPS: the item's timeline row
+    items before; returned advanced past this item's. dk and dv go out through global stores,
+    or with KV_TMA into k_smem and v_smem (their last product has read them) for the reducer's
+    TMA stores. STAMPS: the item's timeline row
     (TIMELINE: slots 2-5, once the first tile is known, after the first tile, after the last,
     after the dk, dv stores)."""
     st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
@@ -364,15 +380,21 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         it += 1
 
     _stamp(STAMPS, 4, TIMELINE)
-    kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
-    kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)
-    rows = key0 + gl.arange(0, BLOCK_N, layout=kd_rows)
-    cols = gl.arange(0, HEAD_DIM, layout=kd_cols)
-    ok = gl.expand_dims(rows < n_keys, 1)
-    gl.store(DK + gl.expand_dims(rows.to(gl.int64) * dk_row, 1) + gl.expand_dims(cols, 0),
-             (dk * scale).to(DK.dtype.element_ty), mask=ok)
-    gl.store(DV + gl.expand_dims(rows.to(gl.int64) * dv_row, 1) + gl.expand_dims(cols, 0),
-             dv.to(DV.dtype.element_ty), mask=ok)
+    if KV_TMA:
+        k_smem.store((dk * scale).to(dtype))
+        v_smem.store(dv.to(dtype))
+        fence_async_shared()
+        gl.thread_barrier()        # all of dk and dv in shared memory before kv_out
+    else:
+        kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
+        kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)
+        rows = key0 + gl.arange(0, BLOCK_N, layout=kd_rows)
+        cols = gl.arange(0, HEAD_DIM, layout=kd_cols)
+        ok = gl.expand_dims(rows < n_keys, 1)
+        gl.store(DK + gl.expand_dims(rows.to(gl.int64) * dk_row, 1) + gl.expand_dims(cols, 0),
+                 (dk * scale).to(DK.dtype.element_ty), mask=ok)
+        gl.store(DV + gl.expand_dims(rows.to(gl.int64) * dv_row, 1) + gl.expand_dims(cols, 0),
+                 dv.to(DV.dtype.element_ty), mask=ok)
     _stamp(STAMPS, 5, TIMELINE)
     if TIMELINE:
         gl.store(STAMPS + 6, (it - it_first).to(gl.int64))
@@ -381,16 +403,17 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
 
 @gluon.jit
 def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
-              kv_ready, kv_free, q_ready, q_free, dq_ready, dq_free, items, item_ready, item_free,
+              kv_ready, kv_free, kv_out, q_ready, q_free, dq_ready, dq_free, items, item_ready, item_free,
               LAM, DK, DV, DLAM, END, DOC, STAMPS, lam_b, lam_head, dk_b, dk_head, dk_row, dv_b,
               dv_head, dv_row, dlam_b, dlam_head, end_b, end_head, end_n, doc_b, n_items,
               n_blocks, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
               HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
               STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr,
-              TIMELINE: gl.constexpr):
+              KV_TMA: gl.constexpr, TIMELINE: gl.constexpr):
     """The eight math warps: items from the loader (_take_item) until none is left, each
     (_bwd_block) once its K and V are in buffer jj % KV_BUFFERS (kv_ready), the buffer handed
-    back (kv_free) once its last product has read it. With TIMELINE, each item's row of STAMPS
+    back (kv_free) once its last product has read it, or with KV_TMA handed to the reducer
+    (kv_out) holding dk and dv. With TIMELINE, each item's row of STAMPS
     (n_items, 8): slot 0 the stamp when the item is taken, 1 when its K and V are there, 2-5
     _bwd_block's, 6 its tiles, 7 the program."""
     it = 0
@@ -412,8 +435,11 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
                         END + b * end_b + (key0 // GRID_N) * end_n, DOC + b * doc_b, stamps,
                         lam_head, dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid,
                         it, n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, STAGES,
-                        HAS_DOC, TIMELINE)
-        mbarrier.arrive(kv_free.index(kv))
+                        HAS_DOC, KV_TMA, TIMELINE)
+        if KV_TMA:
+            mbarrier.arrive(kv_out.index(kv))
+        else:
+            mbarrier.arrive(kv_free.index(kv))
         jj += 1
         item = _take_item(items, item_ready, item_free, jj, 8)[0]
 
@@ -422,14 +448,14 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
                               "dv_head", "dv_row", "dlam_b", "dlam_head", "end_b", "end_head",
                               "end_n", "doc_b", "n_items", "n_kv_heads", "group", "n_queries",
                               "n_keys"])
-def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_desc,
-                      LAM, DK, DV, DLAM, END, DOC, COUNTER, STAMPS,
+def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_desc, dk_desc,
+                      dv_desc, LAM, DK, DV, DLAM, END, DOC, COUNTER, STAMPS,
                       lam_b, lam_head, dk_b, dk_head, dk_row, dv_b, dv_head, dv_row,
                       dlam_b, dlam_head, end_b, end_head, end_n, doc_b,
                       n_items, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                       HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
                       STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr,
-                      KV_ALIGN: gl.constexpr, TIMELINE: gl.constexpr):
+                      KV_ALIGN: gl.constexpr, KV_TMA: gl.constexpr, TIMELINE: gl.constexpr):
     """Persistent, scheduled dynamically: each program takes work item program_id, then the
     next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
     wave) of the n_items = blocks of 128 keys x (b, kv head) (_bwd_item). Per item: dk, dv of
@@ -446,7 +472,9 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     time), never specialised, nor are the sizes: a 1 would arrive as a constant, which
     warp_specialize cannot pass on. DK's and DV's strides come divided by KV_ALIGN (8 where
     they allow it): multiplied back here, they tell the compiler that each thread's two
-    adjacent entries can go out as one 4-byte store. With TIMELINE, STAMPS (n_items, 8) int64
+    adjacent entries can go out as one 4-byte store; with KV_TMA they go out instead through
+    dk_desc and dv_desc ((B, Hk, N, D) in blocks [1, 1, 128, D], as k_desc), from the item's K
+    and V buffers, by TMA stores from the reducer warp, and DK, DV are not read. With TIMELINE, STAMPS (n_items, 8) int64
     gets each item's timeline (_bwd_math); otherwise it is not read.
 
     Three partitions: the eight math warps (_bwd_math), the loader warp (_bwd_loader, also the
@@ -483,6 +511,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
     kv_ready = gl.allocate_shared_memory(gl.int64, [KV_BUFFERS, 1], bar_layout)
     kv_free = gl.allocate_shared_memory(gl.int64, [KV_BUFFERS, 1], bar_layout)
+    kv_out = gl.allocate_shared_memory(gl.int64, [KV_BUFFERS, 1], bar_layout)   # dk, dv in K, V
     q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     q_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     dq_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
@@ -494,6 +523,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     for i in gl.static_range(KV_BUFFERS):
         mbarrier.init(kv_ready.index(i), count=1)
         mbarrier.init(kv_free.index(i), count=1)
+        mbarrier.init(kv_out.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(q_ready.index(i), count=1)
         mbarrier.init(q_free.index(i), count=1)
@@ -502,18 +532,19 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
 
     gl.warp_specialize([
         (_bwd_math, (k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem,
-                     ones_smem, kv_ready, kv_free, q_ready, q_free, dq_ready, dq_free, items,
+                     ones_smem, kv_ready, kv_free, kv_out, q_ready, q_free, dq_ready, dq_free, items,
                      item_ready, item_free, LAM, DK, DV, DLAM, END, DOC, STAMPS, lam_b,
                      lam_head, dk_b, dk_head, dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head,
                      end_b, end_head, end_n, doc_b, n_items, n_blocks, n_kv_heads, group,
                      n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, GRID_N, STAGES,
-                     KV_BUFFERS, HAS_DOC, TIMELINE)),
+                     KV_BUFFERS, HAS_DOC, KV_TMA, TIMELINE)),
         (_bwd_loader, (k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_smem,
                        do_smem, rows_smem, kv_ready, kv_free, q_ready, q_free, items, item_ready,
                        item_free, COUNTER, END, end_b, end_head, end_n, n_items, n_blocks,
                        n_kv_heads, group, n_queries, n_keys, GRID_M, GRID_N, STAGES,
                        KV_BUFFERS)),
-        (_bwd_reducer, (dq_desc, rs_desc, dq_smem, rs_smem, dq_ready, dq_free, items, item_ready,
-                        item_free, END, end_b, end_head, end_n, n_items, n_blocks, n_kv_heads,
-                        group, n_queries, n_keys, GRID_M, GRID_N)),
+        (_bwd_reducer, (dq_desc, rs_desc, dk_desc, dv_desc, dq_smem, rs_smem, k_smem, v_smem,
+                        dq_ready, dq_free, kv_out, kv_free, items, item_ready, item_free, END,
+                        end_b, end_head, end_n, n_items, n_blocks, n_kv_heads, group, n_queries,
+                        n_keys, GRID_M, GRID_N, KV_BUFFERS, KV_TMA)),
     ], [1, 1], [24, 24])

@@ -51,6 +51,12 @@ BWD_KV_BUFFERS = {64: 2, 128: 1}
 # D = 128, with one K/V buffer, each item waits for its K and V, and pruned items (few tiles)
 # ran 8% slower than one program per item.
 BWD_PERSISTENT = {64: True, 128: False}
+# Whether the backward writes dk and dv through shared memory and TMA stores (issued by its
+# reducer warp, so that the math warps go on to the next item) where their strides allow it,
+# by head dim. At D = 128 that took a work item's fixed cost from about 14,200 to 8,600 cycles
+# with the tile loop unchanged; at D = 64 it took 2,300 cycles off each item but made the tile
+# loop 3% slower (docs/kernels.md, "Where a work item's time goes").
+KV_TMA_STORES = {64: False, 128: True}
 BLOCK_N = 128
 
 _import_errors: dict = {}
@@ -286,15 +292,19 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
     kv_align, kv_strides = _store_strides(dk, dv)
+    # dk and dv through TMA stores from shared memory where they allow it (KV_TMA)
+    kv_tma = KV_TMA_STORES[head_dim] and dk.dtype == dv.dtype == k.dtype and _tma_ok(dk, dv)
     dk_strides, dv_strides = kv_strides[:3], kv_strides[3:]
     kern = _bwd_kernels()
+    k_desc, v_desc = _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N)
     n_items = -(-n_keys // BLOCK_N) * batch * kv_heads
     programs = min(n_items, _multiprocessors(q.device)) if BWD_PERSISTENT[head_dim] else n_items
     with _device_guard(q):
         kern._gluon_bwd_kernel[(programs,)](
-            _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N), _descriptor(q, 64),
+            k_desc, v_desc, _descriptor(q, 64),
             _descriptor(grad_out, 64), _descriptor(dq_acc, 64), _rows_descriptor(rows),
-            _descriptor(row_sums, 64),
+            _descriptor(row_sums, 64), *((_descriptor(dk, BLOCK_N), _descriptor(dv, BLOCK_N))
+                                         if kv_tma else (k_desc, v_desc)),
             lam, dk, dv, dlam, end, doc, counter, _stamps(stamps, dlam, n_items),
             lam.stride(0), lam.stride(1), *dk_strides, *dv_strides, dlam.stride(0),
             dlam.stride(1),
@@ -303,7 +313,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
             STAGES=BWD_STAGES[head_dim], KV_BUFFERS=BWD_KV_BUFFERS[head_dim], HAS_DOC=has_doc,
-            KV_ALIGN=kv_align, TIMELINE=stamps is not None, num_warps=8)
+            KV_ALIGN=kv_align, KV_TMA=kv_tma, TIMELINE=stamps is not None, num_warps=8)
     # the kernel sums dS K: the scale once, here, with the dS row sums' part of dlam
     triton_attention.finish_dq(dq_acc, row_sums, float(scale), dq, dlam)
     return dlam
