@@ -16,9 +16,10 @@ Per kernel and case, summed over all items and shown as shares of the programs' 
     loop   the other tiles                                store  dk, dv
 and `between`: the gaps between one item's end and the next one's start. Then a least-squares
 fit of each item's cycles against its tiles (cycles per tile, cycles per item) and, per tile,
-the loop's own rate. Cycles become microseconds at the clock rate the run implies (the
-programs' spans against the kernel's measured time). The TIMELINE build's own time is given
-beside the normal build's: the stamps cost a little (a few stores per item).
+the loop's own rate. Everything is in SM cycles (%clock64): the call's time from CUDA events
+includes its other launches and gaps, so it gives no reliable clock rate to convert them. The
+TIMELINE build's own time is given beside the normal build's: the stamps cost a little (a few
+stores per item).
 """
 import argparse
 import json
@@ -115,12 +116,6 @@ def run_case(shape: str, prune: int):
                                           else 0)
         result[name] = {**analyse(rows, streams, PHASES[name]), "ms": plain,
                         "timeline_ms": timed}
-    # cycles to microseconds: the forward is one kernel (its call's other launches are tiny),
-    # so its programs' span over its time is the clock; the backward's call has more launches
-    ghz = result["forward"]["span_cycles"] / (result["forward"]["timeline_ms"] * 1e6)
-    for r in result.values():
-        r["ghz"] = ghz
-        r["us_per_item"] = {k: v / ghz / 1e3 for k, v in r["cycles_per_item"].items()}
     return result
 
 
@@ -145,12 +140,12 @@ def main():
             for kernel, r in case.items():
                 results.append({"shape": shape, "mode": mode, "kernel": kernel, **r})
                 shares = "  ".join(f"{k} {v * 100:4.1f}%" for k, v in r["share"].items())
-                per_item = "  ".join(f"{k} {v:5.2f}" for k, v in r["us_per_item"].items())
+                per_item = "  ".join(f"{k} {v:5.0f}" for k, v in r["cycles_per_item"].items())
                 print(f"{shape} {mode:5s} {kernel:8s} {r['ms']:.3f} ms "
                       f"(timeline build {r['timeline_ms']:.3f}), {r['items']} rows, "
-                      f"{r['tiles'] / r['items']:.1f} tiles/item, {r['ghz']:.2f} GHz")
+                      f"{r['tiles'] / r['items']:.1f} tiles/item")
                 print(f"    shares of busy time: {shares}")
-                print(f"    us per item:         {per_item}")
+                print(f"    cycles per item:     {per_item}")
                 print(f"    fit: {r['fit_cycles_per_tile']:.0f} cycles/tile + "
                       f"{r['fit_cycles_per_item']:.0f} cycles/item; the loop alone "
                       f"{r['loop_cycles_per_tile']:.0f} cycles/tile", flush=True)
