@@ -30,27 +30,13 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench_attention import EPSILON, parse_shape, plan_norm, syn70  # noqa: E402
+from bench_attention import EPSILON, bench, parse_shape, plan_norm, syn70  # noqa: E402
 from foxcompile.contract import Prune  # noqa: E402
 from foxcompile.kernels import gluon_attention as ga  # noqa: E402
 from foxcompile.kernels import plan as plan_mod  # noqa: E402
 
 PHASES = {"forward": ("take", "q", "first", "loop", "drain", "store"),
           "backward": ("take", "kv", "setup", "first", "loop", "store")}
-
-
-def kernel_ms(fn, reps=20):
-    """Median ms of fn over reps calls, timed with CUDA events (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def analyse(rows: torch.Tensor, streams: torch.Tensor, names) -> dict:
@@ -104,8 +90,8 @@ def run_case(shape: str, prune: int):
     result = {}
     for name, stamps in (("forward", fwd_stamps), ("backward", bwd_stamps)):
         call = calls[name]
-        plain = kernel_ms(call)
-        timed = kernel_ms(lambda: call(stamps))
+        plain = bench(call)
+        timed = bench(lambda: call(stamps))
         stamps.zero_()
         call(stamps)
         torch.cuda.synchronize()
