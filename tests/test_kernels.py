@@ -793,6 +793,76 @@ def test_gpu_gluon_repeats_bit_for_bit(monkeypatch, head_dim):
             assert torch.equal(x, x0), f"run {run}: {name} differs from run 0"
 
 
+def timeline_tiles(plan, n_queries, n_keys, kv_heads):
+    """The tiles each Gluon work item walks, from the plan, in the kernels' item order: the
+    forward's (B * Hq * query blocks; query block m_blocks - 1 - i % m_blocks of (b, h) i //
+    m_blocks) and the backward's (B * Hk * key blocks of 128, 64-row query tiles of every query
+    head of the group, from the diagonal to the plan's end block)."""
+    batch, q_heads, m_blocks = plan.start.shape
+    offset, group = n_keys - n_queries, q_heads // kv_heads
+    start = plan.start.cpu().long()
+    forward = []
+    for bh in range(batch * q_heads):
+        for i in range(m_blocks):
+            m = m_blocks - 1 - i
+            hi = min(offset + m * 128 + 128, n_keys)
+            forward.append(-(-(hi - start[bh // q_heads, bh % q_heads, m].item() * 128) // 128))
+    end = plan_mod.end_blocks(plan.start, n_keys, 128).cpu().long()
+    backward = []
+    for bh in range(batch * kv_heads):
+        b, hk = divmod(bh, kv_heads)
+        for n in range(end.shape[-1]):
+            lo = max(n * 128 - offset, 0) // 64 * 64
+            tiles = 0
+            for h in range(hk * group, hk * group + group):
+                stop = min(end[b, h, n].item() * 128, n_queries)
+                tiles += max(-(-(stop - lo) // 64), 0)
+            backward.append(tiles)
+    return torch.tensor(forward), torch.tensor(backward)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_gpu_gluon_timeline(monkeypatch, head_dim):
+    """The kernels' TIMELINE build (benchmarks/item_timeline.py): with stamps asked for, out,
+    lse, dk and dv are the normal build's bit for bit; every work item has a row whose six
+    cycle stamps never go back, its tile count is what the plan gives it, and its program is
+    one of the launch's (3 programs, many pruned items of different lengths, GQA, M < N)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from foxcompile.kernels import gluon_attention
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon engine is for sm90")
+    monkeypatch.setattr(gluon_attention, "_multiprocessors", lambda device: 3)
+    batch, q_heads, kv_heads, n_queries, n_keys = 2, 4, 2, 700, 1100
+    q, k, v, lam = make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, head_dim,
+                               torch.bfloat16, "cuda", decay=(1.0, 16.0), layout="bthd")
+    scale = head_dim ** -0.5
+    plan = plan_mod.make_plan(q, k, lam, scale, math.exp(-10.0), Prune.PROVEN,
+                              norm=gluon_attention.max_norm)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q)
+    want = run_kernels(gluon_attention, q, k, v, lam, plan, scale, grad_out, "bthd")
+    fwd_tiles, bwd_tiles = timeline_tiles(plan, n_queries, n_keys, kv_heads)
+    fwd_stamps = torch.zeros(len(fwd_tiles), 2, 8, dtype=torch.int64, device="cuda")
+    bwd_stamps = torch.zeros(len(bwd_tiles), 8, dtype=torch.int64, device="cuda")
+    out = alloc_like(q, "bthd")
+    lse = gluon_attention.forward(q, k, v, lam, plan, scale, out, stamps=fwd_stamps)
+    dq, dk, dv = alloc_like(q, "bthd"), alloc_like(k, "bthd"), alloc_like(v, "bthd")
+    gluon_attention.backward(grad_out, q, k, v, lam, out, lse, plan, scale, dq, dk, dv,
+                             stamps=bwd_stamps)
+    for name, x, x0 in zip(("out", "lse", "dk", "dv"), (out, lse, dk, dv),
+                           (want[0], want[1], want[3], want[4])):
+        assert torch.equal(x, x0), f"{name} differs with the timeline"
+    programs = {"forward": 3, "backward": 3 if gluon_attention.BWD_PERSISTENT[head_dim]
+                else len(bwd_tiles)}
+    for name, rows, tiles in (("forward", fwd_stamps.reshape(-1, 8), fwd_tiles.repeat_interleave(2)),
+                              ("backward", bwd_stamps, bwd_tiles)):
+        rows = rows.cpu()
+        assert (rows[:, 1:6] >= rows[:, 0:5]).all() and (rows[:, 0] > 0).all(), name
+        assert torch.equal(rows[:, 6], tiles), name
+        assert ((rows[:, 7] >= 0) & (rows[:, 7] < programs[name])).all(), name
+
+
 @gpu
 @needs_cuda
 def test_gpu_gluon_backward_deterministic_is_tl(monkeypatch):

@@ -379,6 +379,9 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         g, q0, hi = next_g, next_q0, next_hi
         it += 1
 
+    if TIMELINE:
+        if it == it_first:         # no tile (M < N with every head's tiles pruned): slot 3 too
+            _stamp(STAMPS, 3, TIMELINE)
     _stamp(STAMPS, 4, TIMELINE)
     if KV_TMA:
         k_smem.store((dk * scale).to(dtype))
