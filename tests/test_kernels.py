@@ -855,7 +855,8 @@ def test_gpu_gluon_timeline(monkeypatch, head_dim):
         assert torch.equal(x, x0), f"{name} differs with the timeline"
     programs = {"forward": 3, "backward": 3 if gluon_attention.BWD_PERSISTENT[head_dim]
                 else len(bwd_tiles)}
-    for name, rows, tiles in (("forward", fwd_stamps.reshape(-1, 8), fwd_tiles.repeat_interleave(2)),
+    for name, rows, tiles in (("forward", fwd_stamps.reshape(-1, 8),
+                               fwd_tiles.repeat_interleave(2)),
                               ("backward", bwd_stamps, bwd_tiles)):
         rows = rows.cpu()
         assert (rows[:, 1:6] >= rows[:, 0:5]).all() and (rows[:, 0] > 0).all(), name
