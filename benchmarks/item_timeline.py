@@ -51,8 +51,10 @@ def analyse(rows: torch.Tensor, streams: torch.Tensor, names) -> dict:
         mine = (streams == stream).nonzero().flatten()
         order = mine[start[mine].argsort()]
         busy += float(end[order].max() - start[order].min())
-        take += float((start[order][1:] - end[order][:-1]).sum())  # an item's end to the next's take
-    total = {names[0]: take, **{name: float(phases[:, i].sum()) for i, name in enumerate(names[1:])}}
+        # from each item's end to the next item's take
+        take += float((start[order][1:] - end[order][:-1]).sum())
+    total = {names[0]: take,
+             **{name: float(phases[:, i].sum()) for i, name in enumerate(names[1:])}}
     fit = torch.linalg.lstsq(torch.stack([tiles, torch.ones_like(tiles)], 1),
                              (end - start)[:, None]).solution.flatten()
     many = tiles > 1

@@ -22,7 +22,8 @@ each product waited for inside the tile (ptxas serialises wgmma groups left pend
 loop's back-edge); dV and dK take P^T and dS^T from registers, and dS^T also goes through
 shared memory, since both warp groups' halves feed dQ and R; a reducer warp adds each tile's dQ
 and R, handed over in shared memory, into float32 buffers summed over key blocks by TMA
-reduce-adds (in any order: not deterministic bit for bit). The dS column sums (per key, for
+reduce-adds (in any order: not deterministic bit for bit), and with KV_TMA (D = 128) also
+stores each item's dk and dv from shared memory by TMA. The dS column sums (per key, for
 dlam): dS^T (registers) times ones on the tensor cores at D = 64; at D = 128, where the
 accumulators crowd the registers, summed in registers, and dV's product issued only after dS.
 docs/kernels.md, "The Gluon backward", has the diagram of who waits on whom.
@@ -406,8 +407,8 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
 
 @gluon.jit
 def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
-              kv_ready, kv_free, kv_out, q_ready, q_free, dq_ready, dq_free, items, item_ready, item_free,
-              LAM, DK, DV, DLAM, END, DOC, STAMPS, lam_b, lam_head, dk_b, dk_head, dk_row, dv_b,
+              kv_ready, kv_free, kv_out, q_ready, q_free, dq_ready, dq_free, items, item_ready,
+              item_free, LAM, DK, DV, DLAM, END, DOC, STAMPS, lam_b, lam_head, dk_b, dk_head, dk_row, dv_b,
               dv_head, dv_row, dlam_b, dlam_head, end_b, end_head, end_n, doc_b, n_items,
               n_blocks, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
               HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
@@ -477,8 +478,9 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     they allow it): multiplied back here, they tell the compiler that each thread's two
     adjacent entries can go out as one 4-byte store; with KV_TMA they go out instead through
     dk_desc and dv_desc ((B, Hk, N, D) in blocks [1, 1, 128, D], as k_desc), from the item's K
-    and V buffers, by TMA stores from the reducer warp, and DK, DV are not read. With TIMELINE, STAMPS (n_items, 8) int64
-    gets each item's timeline (_bwd_math); otherwise it is not read.
+    and V buffers, by TMA stores from the reducer warp, and DK, DV are not read. With
+    TIMELINE, STAMPS (n_items, 8) int64 gets each item's timeline (_bwd_math); otherwise it is
+    not read.
 
     Three partitions: the eight math warps (_bwd_math), the loader warp (_bwd_loader, also the
     scheduler) and a reducer warp (_bwd_reducer), so that no TMA is issued from the math warps
@@ -535,8 +537,8 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
 
     gl.warp_specialize([
         (_bwd_math, (k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem,
-                     ones_smem, kv_ready, kv_free, kv_out, q_ready, q_free, dq_ready, dq_free, items,
-                     item_ready, item_free, LAM, DK, DV, DLAM, END, DOC, STAMPS, lam_b,
+                     ones_smem, kv_ready, kv_free, kv_out, q_ready, q_free, dq_ready, dq_free,
+                     items, item_ready, item_free, LAM, DK, DV, DLAM, END, DOC, STAMPS, lam_b,
                      lam_head, dk_b, dk_head, dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head,
                      end_b, end_head, end_n, doc_b, n_items, n_blocks, n_kv_heads, group,
                      n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, GRID_N, STAGES,
