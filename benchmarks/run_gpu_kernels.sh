@@ -50,7 +50,8 @@
 #   of the same bench, this tree (main, the same-call baseline) and every variant alternated,
 #   then their medians and ratios to main (benchmarks/ab_compare.py), into $OUT/variants/
 #   (VARIANT_SKIP: rows left out; SHAPES and BENCH_ARGS as for bench, e.g.
-#   BENCH_ARGS="--doc-len 2048" for packed sequences).
+#   BENCH_ARGS="--doc-len 2048" for packed sequences). VARIANT_TIMELINE=1: then each tree's
+#   item_timeline.py (main's first) into $OUT/variants/NAME.timeline.json / .log.
 # ncu: Nsight Compute counters of the dense kernels and cuDNN (benchmarks/ncu_kernels.py) at each
 #   of NCU_SHAPES, into $OUT/ncu_SHAPE.csv / .txt.
 # ncusrc: per-instruction stall samples (ncu SourceCounters) of one kernel per ';'-separated
@@ -235,6 +236,17 @@ for step in $steps; do
       done
       $PY benchmarks/ab_compare.py "$OUT/variants" --base main --json "$OUT/variants/compare.json" \
         | tee "$OUT/variants/compare.txt"
+      if [ -n "${VARIANT_TIMELINE:-}" ]; then   # each tree's work-item timelines, main's first
+        for dir in . build/variants/*/; do
+          name=$(basename "$(cd "$dir" && pwd)"); [ "$dir" = . ] && name=main
+          stamp "variants: timeline of $name"
+          (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
+            timeout ${TIMELINE_TIMEOUT:-240} $PY benchmarks/item_timeline.py \
+            --json "$OUT/variants/$name.timeline.json" ${TIMELINE_SHAPES:+--shapes "$TIMELINE_SHAPES"} \
+            2>&1 | grep -v Warning > "$OUT/variants/$name.timeline.log"; \
+            tail -4 "$OUT/variants/$name.timeline.log")
+        done
+      fi
       ;;
     spread)
       # the Gluon backward alone at several allocator states in one process (why the ACP
