@@ -288,15 +288,17 @@ def _pv(p_op, v, ones, acc, acc_l, ROWSUM_MMA: gl.constexpr):
 @gluon.jit
 def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k_ready, v_ready,
                   kv_free,
-                  LAM, OUT, LSE, DOC, STAMPS, out_row, row0, lo, mid, n_tiles, t0, n_queries,
-                  n_keys, sm_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr,
-                  BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr,
-                  TIMELINE: gl.constexpr):
+                  LAM, OUT, LSE, DOC, STAMPS, out_desc, out_b, out_h, out_row, row0, lo, mid,
+                  n_tiles, t0, n_queries, n_keys, sm_scale, HALF: gl.constexpr,
+                  HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                  HAS_DOC: gl.constexpr, OUT_TMA: gl.constexpr, TIMELINE: gl.constexpr):
     """One warp group's share of one work item: rows [row0 + HALF * 64, +64) against its
     n_tiles key tiles, which are tiles t0, t0 + 1, ... of the program's ring. q: the rows' Q
     buffer (ready at q_ready's phase q_phase; q_free is arrived once its last product has read
     it). LAM, OUT, LSE and DOC are at (b, h) (DOC at b) with unit strides along time and the
-    head dim; out_row is OUT's stride between rows. STAMPS: the item's timeline row for this
+    head dim; out_row is OUT's stride between rows. With OUT_TMA the rows' out goes through
+    their Q buffer (its last product has read it) and a TMA store to out_desc at (out_b, out_h)
+    instead, and the buffer is handed back (q_free) once the store has read it. STAMPS: the item's timeline row for this
     warp group (TIMELINE: slots 1-5, after the Q wait, the first tile's scores, the tile loop,
     the last product and the stores)."""
     # wgmma accumulators of (64, BLOCK_N) scores and the (64, HEAD_DIM) output over 4 warps
@@ -372,7 +374,8 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
                                            1)
 
     _stamp(STAMPS, 3, TIMELINE)
-    mbarrier.arrive(q_free)                               # Q read by its last product
+    if not OUT_TMA:
+        mbarrier.arrive(q_free)                           # Q read by its last product
     last = (t0 + n_tiles - 1) % STAGES
     p_op = gl.convert_layout(p.to(dtype), p_layout)
     mbarrier.wait(v_ready.index(last), ((t0 + n_tiles - 1) // STAGES) & 1)
@@ -388,10 +391,18 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
         l_i = gl.convert_layout(gl.max(acc_l, 1), row_layout)
     l_o = gl.convert_layout(l_i, o_rows)
     out = acc / gl.expand_dims(l_o, 1)
-    offs_mo = row0 + HALF * HALF_M + gl.arange(0, HALF_M, layout=o_rows)
-    offs_d = gl.arange(0, HEAD_DIM, layout=o_cols)
-    ptrs = OUT + gl.expand_dims(offs_mo.to(gl.int64) * out_row, 1) + gl.expand_dims(offs_d, 0)
-    gl.store(ptrs, out.to(OUT.dtype.element_ty), mask=gl.expand_dims(offs_mo < n_queries, 1))
+    if OUT_TMA:
+        q.store(out.to(dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(out_desc, [out_b, out_h, row0 + HALF * HALF_M, 0],
+                                        _as_desc_block(q))
+        tma.store_wait(0)
+        mbarrier.arrive(q_free)                           # the store has read the buffer
+    else:
+        offs_mo = row0 + HALF * HALF_M + gl.arange(0, HALF_M, layout=o_rows)
+        offs_d = gl.arange(0, HEAD_DIM, layout=o_cols)
+        ptrs = OUT + gl.expand_dims(offs_mo.to(gl.int64) * out_row, 1) + gl.expand_dims(offs_d, 0)
+        gl.store(ptrs, out.to(OUT.dtype.element_ty), mask=gl.expand_dims(offs_mo < n_queries, 1))
     lse = m_i + gl.log2(l_i) * LN2 + (lam_q - lam_ref)
     gl.store(LSE + offs_m, lse, mask=m_ok)
     _stamp(STAMPS, 5, TIMELINE)
@@ -399,11 +410,11 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
 
 @gluon.jit
 def _consumer(q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, v_ready, kv_free,
-              items, item_ready, item_free, LAM, OUT, LSE, DOC, STAMPS, lam_b, lam_h, out_b,
-              out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks, n_heads, group, n_queries,
-              n_keys, sm_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr,
+              items, item_ready, item_free, LAM, OUT, LSE, DOC, STAMPS, out_desc, lam_b, lam_h,
+              out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks, n_heads, group,
+              n_queries, n_keys, sm_scale, HALF: gl.constexpr, HEAD_DIM: gl.constexpr,
               BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr,
-              TIMELINE: gl.constexpr):
+              OUT_TMA: gl.constexpr, TIMELINE: gl.constexpr):
     """One warp group: rows [HALF * 64, +64) of each work item's block, items from the loader
     (_take_item) until none is left; t0 counts the ring's tiles of the items before. With
     TIMELINE, each item's row of STAMPS (n_items, 2, 8) for this half: slot 0 the stamp when
@@ -424,9 +435,10 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, 
                       q_free.index(q_buf), k_smem, v_smem, lam_smem, ones, k_ready, v_ready,
                       kv_free,
                       LAM + b * lam_b + h * lam_h, OUT + b * out_b + h * out_h,
-                      LSE + b * lse_b + h * lse_h, DOC + b * doc_b, stamps, out_row, row0, lo,
-                      mid, n_tiles, t0, n_queries, n_keys, sm_scale, HALF, HEAD_DIM, BLOCK_N,
-                      STAGES, HAS_DOC, TIMELINE)
+                      LSE + b * lse_b + h * lse_h, DOC + b * doc_b, stamps, out_desc,
+                      b.to(gl.int32), h.to(gl.int32), out_row, row0, lo, mid, n_tiles, t0,
+                      n_queries, n_keys, sm_scale, HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC,
+                      OUT_TMA, TIMELINE)
         t0 += n_tiles
         jj += 1
         item, start_block = _take_item(items, item_ready, item_free, jj, 4)
@@ -435,12 +447,12 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, 
 @gluon.jit(do_not_specialize=["lam_b", "lam_h", "out_b", "out_h", "lse_b", "lse_h", "start_b",
                              "start_h", "start_m", "doc_b", "out_row", "n_items", "n_heads",
                              "group", "n_queries", "n_keys"])
-def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DOC, COUNTER,
-                      STAMPS, lam_b, lam_h, out_b, out_h, lse_b, lse_h, start_b, start_h,
+def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, out_desc, LAM, OUT, LSE, START, DOC,
+                      COUNTER, STAMPS, lam_b, lam_h, out_b, out_h, lse_b, lse_h, start_b, start_h,
                       start_m, doc_b, out_row, n_items, n_heads, group, n_queries, n_keys,
                       sm_scale, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                       STAGES: gl.constexpr, HAS_DOC: gl.constexpr, OUT_ALIGN: gl.constexpr,
-                      TIMELINE: gl.constexpr):
+                      OUT_TMA: gl.constexpr, TIMELINE: gl.constexpr):
     """Persistent, scheduled dynamically: each program takes work item program_id, then the
     next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
     wave) of the n_items = blocks of 128 queries x (b, query head) (_item); per item OUT and LSE
@@ -451,7 +463,9 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DO
     out_row: OUT's along time), never specialised, nor are the sizes: a 1 would arrive as a
     constant, which warp_specialize cannot pass on. OUT's three strides come divided by
     OUT_ALIGN (8 where they allow it): multiplied back here, they tell the compiler that each
-    thread's two adjacent outputs can go out as one 4-byte store. With TIMELINE, STAMPS
+    thread's two adjacent outputs can go out as one 4-byte store. With OUT_TMA, out goes
+    instead through out_desc ((B, Hq, M, D) in blocks [1, 1, 64, D], as q_desc) by TMA stores
+    from the rows' Q buffer, and OUT is not written. With TIMELINE, STAMPS
     (n_items, 2, 8) int64 gets each item's timeline (_consumer); otherwise it is not read.
 
     Q has two buffers of two halves, so the loader fetches the next item's Q while the
@@ -497,15 +511,15 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, LAM, OUT, LSE, START, DO
 
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, v_ready,
-                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, STAMPS, lam_b,
-                     lam_h, out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks,
-                     n_heads, group, n_queries, n_keys, sm_scale,
-                     FIRST_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, TIMELINE)),
+                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, STAMPS,
+                     out_desc, lam_b, lam_h, out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items,
+                     m_blocks, n_heads, group, n_queries, n_keys, sm_scale,
+                     FIRST_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, OUT_TMA, TIMELINE)),
         (_consumer, (q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, v_ready,
-                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, STAMPS, lam_b,
-                     lam_h, out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items, m_blocks,
-                     n_heads, group, n_queries, n_keys, sm_scale,
-                     SECOND_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, TIMELINE)),
+                     kv_free, items, item_ready, item_free, LAM, OUT, LSE, DOC, STAMPS,
+                     out_desc, lam_b, lam_h, out_b, out_h, lse_b, lse_h, doc_b, out_row, n_items,
+                     m_blocks, n_heads, group, n_queries, n_keys, sm_scale,
+                     SECOND_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, OUT_TMA, TIMELINE)),
         (_loader, (q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, q_ready,
                    q_free, k_ready, v_ready, kv_free, items, item_ready, item_free, COUNTER,
                    START, start_b, start_h, start_m, n_items, m_blocks, n_heads, group,

@@ -57,6 +57,9 @@ BWD_PERSISTENT = {64: True, 128: False}
 # with the tile loop unchanged; at D = 64 it took 2,300 cycles off each item but made the tile
 # loop 3% slower (docs/kernels.md, "Where a work item's time goes").
 KV_TMA_STORES = {64: False, 128: True}
+# Whether the forward writes out through its Q buffers and TMA stores, by head dim (branch
+# gluon-fwd-out-tma: not measured yet).
+OUT_TMA_STORES = {64: True, 128: True}
 BLOCK_N = 128
 
 _import_errors: dict = {}
@@ -196,19 +199,23 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None,
     assert out.stride(-1) == 1, "out must have a unit stride along the head dim"
     doc, doc_strides, has_doc = _doc_args(doc, lam)
     out_align, out_strides = _store_strides(out)
+    # out through TMA stores from the Q buffers where it allows them (OUT_TMA)
+    out_tma = OUT_TMA_STORES[head_dim] and out.dtype == q.dtype and _tma_ok(out)
+    q_desc = _descriptor(q, 64)
     kern = _kernels()
     n_items = -(-n_queries // 128) * batch * q_heads
     grid = (min(n_items, _multiprocessors(q.device)),)   # persistent: one program per SM
     with _device_guard(q):
         kern._gluon_fwd_kernel[grid](
-            _descriptor(q, 64), _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N),
-            _lam_descriptor(lam), lam, out, lse, plan.start, doc,
+            q_desc, _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N),
+            _lam_descriptor(lam), _descriptor(out, 64) if out_tma else q_desc, lam, out, lse,
+            plan.start, doc,
             torch.zeros(1, dtype=torch.int32, device=q.device), _stamps(stamps, lse, n_items),
             lam.stride(0), lam.stride(1), out_strides[0], out_strides[1], lse.stride(0),
             lse.stride(1), *plan.start.stride(), doc_strides[0], out_strides[2],
             n_items, q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale),
             HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, STAGES=STAGES[head_dim], HAS_DOC=has_doc,
-            OUT_ALIGN=out_align, TIMELINE=stamps is not None, num_warps=4)
+            OUT_ALIGN=out_align, OUT_TMA=out_tma, TIMELINE=stamps is not None, num_warps=4)
     return lse
 
 
