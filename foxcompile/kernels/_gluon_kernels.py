@@ -298,9 +298,9 @@ def _attend_block(q, q_ready, q_phase, q_free, k_smem, v_smem, lam_smem, ones, k
     it). LAM, OUT, LSE and DOC are at (b, h) (DOC at b) with unit strides along time and the
     head dim; out_row is OUT's stride between rows. With OUT_TMA the rows' out goes through
     their Q buffer (its last product has read it) and a TMA store to out_desc at (out_b, out_h)
-    instead, and the buffer is handed back (q_free) once the store has read it. STAMPS: the item's timeline row for this
-    warp group (TIMELINE: slots 1-5, after the Q wait, the first tile's scores, the tile loop,
-    the last product and the stores)."""
+    instead, and the buffer is handed back (q_free) once the store has read it. STAMPS: the
+    item's timeline row for this warp group (TIMELINE: slots 1-5, after the Q wait, the first
+    tile's scores, the tile loop, the last product and the stores)."""
     # wgmma accumulators of (64, BLOCK_N) scores and the (64, HEAD_DIM) output over 4 warps
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])

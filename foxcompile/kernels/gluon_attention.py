@@ -57,9 +57,12 @@ BWD_PERSISTENT = {64: True, 128: False}
 # with the tile loop unchanged; at D = 64 it took 2,300 cycles off each item but made the tile
 # loop 3% slower (docs/kernels.md, "Where a work item's time goes").
 KV_TMA_STORES = {64: False, 128: True}
-# Whether the forward writes out through its Q buffers and TMA stores, by head dim (branch
-# gluon-fwd-out-tma: not measured yet).
-OUT_TMA_STORES = {64: True, 128: True}
+# Whether the forward writes out through the rows' Q buffer and TMA stores (issued by the
+# consumer warp group, the buffer handed back once the store has read it), by head dim. At
+# D = 64 that took a work item's fixed cost from about 3,400 to 2,300 cycles and the tile loop
+# from 2,520 to 2,440 (forward 0.97-0.98x with pruning); at D = 128 the forward was 2% slower
+# (docs/kernels.md, "Where a work item's time goes").
+OUT_TMA_STORES = {64: True, 128: False}
 BLOCK_N = 128
 
 _import_errors: dict = {}
