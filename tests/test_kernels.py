@@ -763,6 +763,32 @@ def test_gpu_gluon_programs_take_many_items(monkeypatch, programs, case):
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("head_dim", [64, 128])
+def test_gpu_gluon_items_without_tiles(monkeypatch, head_dim):
+    """M < N with gates that forget within a few tokens: the plan prunes every key block of
+    each (b, kv head) but the last few for all its query heads, so a program of the persistent
+    backward meets runs of work items with no tile between items with tiles (at D = 64 the
+    last tile's dQ of an item waits in its K buffer for the next tile, across such runs).
+    Outputs and all gradients against float64, with one program taking every item in turn."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from foxcompile.kernels import gluon_attention
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon engine is for sm90")
+    monkeypatch.setattr(gluon_attention, "_multiprocessors", lambda device: 1)
+    shape = (2, 4, 2, 100, 1300, head_dim)
+    decay = (1.0, 3.0)
+    q, k, v, lam = make_inputs(*shape, torch.bfloat16, "cuda", decay=decay, layout="bthd")
+    plan = plan_mod.make_plan(q, k, lam, head_dim ** -0.5, math.exp(-10.0), Prune.GUARDED,
+                              norm=gluon_attention.max_norm)
+    # key blocks that no query head of a kv head computes: all before the group's least start
+    least_start = plan.start.reshape(2, 2, 2, -1).amin(dim=(2, 3))
+    assert (least_start >= 4).all(), f"the case should leave runs of items with no tile: {least_start}"
+    check_case(gluon_attention, *shape, torch.bfloat16, torch.device("cuda"),
+               prune=Prune.GUARDED, decay=decay, layout="bthd")
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("head_dim", [64, 128])
 def test_gpu_gluon_repeats_bit_for_bit(monkeypatch, head_dim):
     """A race between the Gluon partitions (a buffer handed back to the loader before every warp
     has read it) changes results from run to run, while within tolerance most of the time. What

@@ -95,28 +95,54 @@ def _head_keys(LAM, lam_head, h, key0, offs_n, n_ok):
 
 
 @gluon.jit
-def _issue_scores(k_smem, v_smem, q, do, st_layout: gl.constexpr):
-    """S^T = K Q^T and dP^T = V dO^T, both asynchronous (two wgmma groups)."""
-    shape: gl.constexpr = [k_smem.shape[0], q.shape[0]]
-    st = warpgroup_mma(k_smem, q.permute((1, 0)), gl.zeros(shape, gl.float32, layout=st_layout),
-                       use_acc=False, is_async=True)
-    dpt = warpgroup_mma(v_smem, do.permute((1, 0)), gl.zeros(shape, gl.float32, layout=st_layout),
-                        use_acc=False, is_async=True)
-    return st, dpt
+def _issue_t(a_smem, b_smem, st_layout: gl.constexpr):
+    """A transposed score tile, asynchronous (one wgmma group): S^T = K Q^T from (K, Q) or
+    dP^T = V dO^T from (V, dO)."""
+    shape: gl.constexpr = [a_smem.shape[0], b_smem.shape[0]]
+    return warpgroup_mma(a_smem, b_smem.permute((1, 0)),
+                         gl.zeros(shape, gl.float32, layout=st_layout), use_acc=False,
+                         is_async=True)
 
 
 @gluon.jit
-def _issue_dq(ds_smem, k_smem, ones_smem, dq_layout: gl.constexpr, rs_layout: gl.constexpr):
-    """dQ = dS K and the dS row sums R = dS 1 from dS^T in shared memory, both asynchronous
-    (two wgmma groups)."""
+def _issue_dq(ds_smem, k_smem, ones_smem):
+    """dQ = dS K (64 x D, each warp group half of the head dim) and the dS row sums R = dS 1
+    (64 x 16) from dS^T in shared memory, both asynchronous (two wgmma groups)."""
+    HEAD_DIM: gl.constexpr = k_smem.shape[1]
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                        instr_shape=[16, HEAD_DIM // 2, 16])
+    rs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                        instr_shape=[16, 8, 16])
     ds = ds_smem.permute((1, 0))
-    dq_shape: gl.constexpr = [ds_smem.shape[1], k_smem.shape[1]]
+    dq_shape: gl.constexpr = [ds_smem.shape[1], HEAD_DIM]
     rs_shape: gl.constexpr = [ds_smem.shape[1], ones_smem.shape[1]]
     dq = warpgroup_mma(ds, k_smem, gl.zeros(dq_shape, gl.float32, layout=dq_layout),
                        use_acc=False, is_async=True)
     rs = warpgroup_mma(ds, ones_smem, gl.zeros(rs_shape, gl.float32, layout=rs_layout),
                        use_acc=False, is_async=True)
     return dq, rs
+
+
+@gluon.jit
+def _store_dq(dq, rs, dq_smem, rs_smem, dq_free, n):
+    """dQ and the row sums of the program's n-th tile into the reducer's buffers, once it has
+    read the tile before's (dq_free). The caller fences, meets the math warps' barrier and
+    arrives dq_ready."""
+    mbarrier.wait(dq_free, (n & 1) ^ 1)
+    dq_smem.store(dq)                            # unscaled: the host scales the sum
+    rs_smem.store(rs)
+
+
+@gluon.jit
+def _flush_dq(ds_smem, k_smem, ones_smem, dq_smem, rs_smem, dq_free, dq_ready, n):
+    """DQ_NEXT: the left-over dQ and row sums of the program's n-th tile (its dS^T in ds_smem,
+    its K in k_smem), computed and handed to the reducer now."""
+    dq, rs = _issue_dq(ds_smem, k_smem, ones_smem)
+    dq, rs = warpgroup_mma_wait(0, deps=(dq, rs))
+    _store_dq(dq, rs, dq_smem, rs_smem, dq_free, n)
+    fence_async_shared()
+    gl.thread_barrier()
+    mbarrier.arrive(dq_ready)
 
 
 @gluon.jit
@@ -239,30 +265,33 @@ def _bwd_reducer(dq_desc, rs_desc, dk_desc, dv_desc, dq_smem, rs_smem, k_smem, v
 
 
 @gluon.jit
-def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
-               q_ready, q_free, dq_ready, dq_free, LAM, DK, DV, DLAM, END, DOC, STAMPS,
+def _bwd_block(k_all, v_all, kv, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
+               q_ready, q_free, dq_ready, dq_free, kv_free, LAM, DK, DV, DLAM, END, DOC, STAMPS,
                lam_head, dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid, it,
-               n_queries, n_keys, qk_scale, scale, HEAD_DIM: gl.constexpr,
+               pend, pend_kv, n_queries, n_keys, qk_scale, scale, HEAD_DIM: gl.constexpr,
                GRID_M: gl.constexpr, STAGES: gl.constexpr, HAS_DOC: gl.constexpr,
-               KV_TMA: gl.constexpr, TIMELINE: gl.constexpr):
-    """The math warps' share of one work item (K and V in k_smem, v_smem, ready): per tile, the
-    five products and the dS math, every product waited for inside the tile (ptxas serialises
-    groups left pending across the loop's back-edge); dS^T through ds_smem (both warp groups'
-    halves feed dQ), dQ and the row sums handed to the reducer; then dk, dv of the block. LAM,
-    DLAM, DOC at b; DK, DV at (b, kv head); END at (b, key block). `it`: the ring's tiles of the
-    items before; returned advanced past this item's. dk and dv go out through global stores,
-    or with KV_TMA into k_smem and v_smem (their last product has read them) for the reducer's
-    TMA stores. STAMPS: the item's timeline row
-    (TIMELINE: slots 2-5, once the first tile is known, after the first tile, after the last,
-    after the dk, dv stores)."""
+               KV_TMA: gl.constexpr, DQ_NEXT: gl.constexpr, TIMELINE: gl.constexpr):
+    """The math warps' share of one work item (K and V in buffer kv of k_all, v_all, ready): per
+    tile, the five products and the dS math, every product waited for inside the tile (ptxas
+    serialises groups left pending across the loop's back-edge); dS^T through ds_smem (both
+    warp groups' halves feed dQ), dQ and the row sums handed to the reducer; then dk, dv of the
+    block. LAM, DLAM, DOC at b; DK, DV at (b, kv head); END at (b, key block). `it`: the ring's
+    tiles of the items before; returned advanced past this item's. dk and dv go out through
+    global stores, or with KV_TMA into the item's K and V buffers (their last product has read
+    them) for the reducer's TMA stores.
+
+    DQ_NEXT: a tile's dQ and row sums are issued at the next tile's start, between its S^T and
+    dP^T (from dS^T in ds_smem buffer it % 2 and the K of buffer pend_kv, which stay until
+    then), so that the tensor cores run them while the scores wait, and their hand-over shares
+    the tile's one barrier with dS^T's. pend (0 or 1): whether a tile's dQ is left over from
+    before (with its K in buffer pend_kv); that buffer goes back to the loader (kv_free) once
+    the dQ is done. Returns (it, pend, pend_kv) advanced; the caller flushes the last one.
+    STAMPS: the item's timeline row (TIMELINE: slots 2-5, once the first tile is known, after
+    the first tile, after the last, after the dk, dv stores)."""
     st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
                                                         instr_shape=[16, TILE_M, 16])
     kd_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
                                                         instr_shape=[16, HEAD_DIM, 16])
-    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                        instr_shape=[16, HEAD_DIM // 2, 16])
-    rs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                        instr_shape=[16, 8, 16])
     # the dS column sums (per key, over a head's query tiles): dS^T x ones (TILE_M, 16) on the
     # tensor cores, accumulated across the head's tiles, all 16 columns equal
     cs_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
@@ -271,6 +300,8 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
     cs_op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=cs_layout, k_width=2)
     key_layout: gl.constexpr = gl.SliceLayout(1, st_layout)
     query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
+    k_smem = k_all.index(kv)
+    v_smem = v_all.index(kv)
     dtype: gl.constexpr = k_smem.dtype
     ROWS_EARLY: gl.constexpr = HEAD_DIM == 64 and not HAS_DOC
     # at D = 128 (where the accumulators crowd the registers): dV's product issued after dS,
@@ -308,14 +339,19 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
             doc_q = gl.load(DOC + pos_doc, mask=pos_doc < n_keys, other=-2)
 
         mbarrier.wait(q_ready.index(slot), (it // STAGES) & 1)
-        st, dpt = _issue_scores(k_smem, v_smem, q, do, st_layout)
+        st = _issue_t(k_smem, q, st_layout)
+        if DQ_NEXT:
+            # the tile before's dQ and row sums (when pend is 0, a product nobody reads,
+            # so that the wgmma groups are the same in every tile)
+            dq, rs = _issue_dq(ds_smem.index((it + 1) % 2), k_all.index(pend_kv), ones_smem)
+        dpt = _issue_t(v_smem, do, st_layout)
         # the rows: (lam_q - lse) log2 e (-inf on padded rows, so p = 0 there; exp2 first,
         # then the masks zero P: docs/kernels.md) and dO.O; at D = 64 read while the products
         # run (at D = 128 held across the wait they make ptxas spill more), else where used
         if ROWS_EARLY:
             a_row = tile_rows.slice(0, 1).load(st_layout) - lam_ref * LOG2E
             do_o = tile_rows.slice(1, 1).load(st_layout)
-        st = warpgroup_mma_wait(1, deps=(st,))
+        st = warpgroup_mma_wait(3 if DQ_NEXT else 1, deps=(st,))
         if not ROWS_EARLY:
             a_row = tile_rows.slice(0, 1).load(st_layout) - lam_ref * LOG2E
         pt = gl.exp2(st * qk_scale + gl.expand_dims(b_key, 1) + a_row)
@@ -325,13 +361,20 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         if HAS_DOC:
             pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
         if LATE_DV:
-            dpt = warpgroup_mma_wait(0, deps=(dpt,))
+            if DQ_NEXT:
+                dpt, dq, rs = warpgroup_mma_wait(0, deps=(dpt, dq, rs))
+            else:
+                dpt = warpgroup_mma_wait(0, deps=(dpt,))
             do_o = tile_rows.slice(1, 1).load(st_layout)
             dst16 = (pt * (dpt - do_o)).to(dtype)
             dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
         else:
             dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
-            dpt = warpgroup_mma_wait(1, deps=(dpt,))       # dV's product still running
+            # dV's product still running
+            if DQ_NEXT:
+                dpt, dq, rs = warpgroup_mma_wait(1, deps=(dpt, dq, rs))
+            else:
+                dpt = warpgroup_mma_wait(1, deps=(dpt,))
             if not ROWS_EARLY:
                 do_o = tile_rows.slice(1, 1).load(st_layout)
             dst16 = (pt * (dpt - do_o)).to(dtype)
@@ -343,23 +386,41 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
         if not LATE_DV:
             colsum = warpgroup_mma(gl.convert_layout(ds_op, cs_op_layout),
                                    ones_smem.slice(0, TILE_M), colsum, is_async=True)
-        ds_smem.store(dst16)
-        if LATE_DV:
-            colsum += gl.sum(dst16.to(gl.float32), 1)
-        fence_async_shared()
-        gl.thread_barrier()        # both warp groups' halves of dS^T in shared memory
-        dq, rs = _issue_dq(ds_smem, k_smem, ones_smem, dq_layout, rs_layout)
-        if LATE_DV:
-            dv, dk, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, dq, rs))
+        if DQ_NEXT:
+            if pend != 0:
+                _store_dq(dq, rs, dq_smem, rs_smem, dq_free, it - 1)
+            ds_smem.index(it % 2).store(dst16)
+            if LATE_DV:
+                colsum += gl.sum(dst16.to(gl.float32), 1)
+            fence_async_shared()
+            gl.thread_barrier()    # dS^T's halves (and the tile before's dQ, R) written, its
+            if pend != 0:          # dQ done in both warp groups
+                mbarrier.arrive(dq_ready)
+                if pend_kv != kv:
+                    mbarrier.arrive(kv_free.index(pend_kv))
+            if LATE_DV:
+                dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
+            else:
+                dv, dk, colsum = warpgroup_mma_wait(0, deps=(dv, dk, colsum))
+            mbarrier.arrive(q_free.index(slot))      # Q, dO and the rows of this slot read
+            pend = 1
+            pend_kv = kv
         else:
-            dv, dk, colsum, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, colsum, dq, rs))
-        mbarrier.arrive(q_free.index(slot))          # Q, dO and the rows of this slot read
-        mbarrier.wait(dq_free, (it & 1) ^ 1)         # the reducer has read the last tile's
-        dq_smem.store(dq)                            # unscaled: the host scales the sum
-        rs_smem.store(rs)
-        fence_async_shared()
-        gl.thread_barrier()        # all of dQ and R written (and every product read ds_smem)
-        mbarrier.arrive(dq_ready)
+            ds_smem.index(0).store(dst16)
+            if LATE_DV:
+                colsum += gl.sum(dst16.to(gl.float32), 1)
+            fence_async_shared()
+            gl.thread_barrier()    # both warp groups' halves of dS^T in shared memory
+            dq, rs = _issue_dq(ds_smem.index(0), k_smem, ones_smem)
+            if LATE_DV:
+                dv, dk, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, dq, rs))
+            else:
+                dv, dk, colsum, dq, rs = warpgroup_mma_wait(0, deps=(dv, dk, colsum, dq, rs))
+            mbarrier.arrive(q_free.index(slot))      # Q, dO and the rows of this slot read
+            _store_dq(dq, rs, dq_smem, rs_smem, dq_free, it)
+            fence_async_shared()
+            gl.thread_barrier()    # all of dQ and R written (and every product read ds_smem)
+            mbarrier.arrive(dq_ready)
         if TIMELINE:
             if it == it_first:
                 _stamp(STAMPS, 3, TIMELINE)
@@ -402,50 +463,67 @@ def _bwd_block(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_
     _stamp(STAMPS, 5, TIMELINE)
     if TIMELINE:
         gl.store(STAMPS + 6, (it - it_first).to(gl.int64))
-    return it
+    return it, pend, pend_kv
 
 
 @gluon.jit
 def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
               kv_ready, kv_free, kv_out, q_ready, q_free, dq_ready, dq_free, items, item_ready,
-              item_free, LAM, DK, DV, DLAM, END, DOC, STAMPS, lam_b, lam_head, dk_b, dk_head, dk_row, dv_b,
-              dv_head, dv_row, dlam_b, dlam_head, end_b, end_head, end_n, doc_b, n_items,
-              n_blocks, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
+              item_free, LAM, DK, DV, DLAM, END, DOC, STAMPS, lam_b, lam_head, dk_b, dk_head,
+              dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head, end_b, end_head, end_n, doc_b,
+              n_items, n_blocks, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
               HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
               STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr,
-              KV_TMA: gl.constexpr, TIMELINE: gl.constexpr):
+              KV_TMA: gl.constexpr, DQ_NEXT: gl.constexpr, TIMELINE: gl.constexpr):
     """The eight math warps: items from the loader (_take_item) until none is left, each
     (_bwd_block) once its K and V are in buffer jj % KV_BUFFERS (kv_ready), the buffer handed
     back (kv_free) once its last product has read it, or with KV_TMA handed to the reducer
-    (kv_out) holding dk and dv. With TIMELINE, each item's row of STAMPS
-    (n_items, 8): slot 0 the stamp when the item is taken, 1 when its K and V are there, 2-5
-    _bwd_block's, 6 its tiles, 7 the program."""
+    (kv_out) holding dk and dv. With DQ_NEXT the last tile's dQ of an item is left for the
+    next item's first tile (its K buffer held until then), flushed first where that item's
+    buffer is the one held (items with no tile between), and at the end. With TIMELINE, each
+    item's row of STAMPS (n_items, 8): slot 0 the stamp when the item is taken, 1 when its K
+    and V are there, 2-5 _bwd_block's, 6 its tiles, 7 the program."""
     it = 0
     jj = 0
+    pend = 0
+    pend_kv = 0
     item = _take_item(items, item_ready, item_free, jj, 8)[0]
     while item < n_items:
         stamps = STAMPS + item.to(gl.int64) * 8
         _stamp(stamps, 0, TIMELINE)
         b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
         kv = jj % KV_BUFFERS
+        if DQ_NEXT:
+            if (pend != 0) & (pend_kv == kv):
+                _flush_dq(ds_smem.index((it + 1) % 2), k_smem.index(pend_kv), ones_smem,
+                          dq_smem, rs_smem, dq_free, dq_ready, it - 1)
+                mbarrier.arrive(kv_free.index(pend_kv))
+                pend = 0
         mbarrier.wait(kv_ready.index(kv), (jj // KV_BUFFERS) & 1)
         _stamp(stamps, 1, TIMELINE)
         if TIMELINE:
             gl.store(stamps + 7, gl.program_id(0).to(gl.int64))
-        it = _bwd_block(k_smem.index(kv), v_smem.index(kv), q_smem, do_smem, rows_smem, ds_smem,
-                        dq_smem, rs_smem, ones_smem, q_ready, q_free, dq_ready, dq_free,
-                        LAM + b * lam_b, DK + b * dk_b + hk * dk_head,
-                        DV + b * dv_b + hk * dv_head, DLAM + b * dlam_b,
-                        END + b * end_b + (key0 // GRID_N) * end_n, DOC + b * doc_b, stamps,
-                        lam_head, dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid,
-                        it, n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, STAGES,
-                        HAS_DOC, KV_TMA, TIMELINE)
+        it, pend, pend_kv = _bwd_block(
+            k_smem, v_smem, kv, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_smem, ones_smem,
+            q_ready, q_free, dq_ready, dq_free, kv_free, LAM + b * lam_b,
+            DK + b * dk_b + hk * dk_head, DV + b * dv_b + hk * dv_head, DLAM + b * dlam_b,
+            END + b * end_b + (key0 // GRID_N) * end_n, DOC + b * doc_b, stamps, lam_head,
+            dlam_head, end_head, dk_row, dv_row, hk, group, key0, lo, mid, it, pend, pend_kv,
+            n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, STAGES, HAS_DOC, KV_TMA,
+            DQ_NEXT, TIMELINE)
         if KV_TMA:
             mbarrier.arrive(kv_out.index(kv))
+        elif DQ_NEXT:
+            if (pend == 0) | (pend_kv != kv):      # no tile: nothing left over in this buffer
+                mbarrier.arrive(kv_free.index(kv))
         else:
             mbarrier.arrive(kv_free.index(kv))
         jj += 1
         item = _take_item(items, item_ready, item_free, jj, 8)[0]
+    if DQ_NEXT:
+        if pend != 0:
+            _flush_dq(ds_smem.index((it + 1) % 2), k_smem.index(pend_kv), ones_smem, dq_smem,
+                      rs_smem, dq_free, dq_ready, it - 1)
 
 
 @gluon.jit(do_not_specialize=["lam_b", "lam_head", "dk_b", "dk_head", "dk_row", "dv_b",
@@ -459,7 +537,8 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
                       n_items, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                       HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
                       STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr,
-                      KV_ALIGN: gl.constexpr, KV_TMA: gl.constexpr, TIMELINE: gl.constexpr):
+                      KV_ALIGN: gl.constexpr, KV_TMA: gl.constexpr, DQ_NEXT: gl.constexpr,
+                      TIMELINE: gl.constexpr):
     """Persistent, scheduled dynamically: each program takes work item program_id, then the
     next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
     wave) of the n_items = blocks of 128 keys x (b, kv head) (_bwd_item). Per item: dk, dv of
@@ -500,7 +579,9 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     v_smem = gl.allocate_shared_memory(dtype, [KV_BUFFERS, BLOCK_N, HEAD_DIM], kv_smem_layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE_M, HEAD_DIM], q_smem_layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE_M, HEAD_DIM], q_smem_layout)
-    ds_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, TILE_M], ds_smem_layout)
+    # dS^T: one buffer, or two with DQ_NEXT (a tile's dQ reads its dS^T during the next tile)
+    ds_smem = gl.allocate_shared_memory(dtype, [2 if DQ_NEXT else 1, BLOCK_N, TILE_M],
+                                        ds_smem_layout)
     rows_smem = gl.allocate_shared_memory(gl.float32, [STAGES, 2, TILE_M], rows_desc.layout)
     dq_smem = gl.allocate_shared_memory(gl.float32, [TILE_M, HEAD_DIM],
                                         gl.NVMMASharedLayout.get_default_for([TILE_M, HEAD_DIM],
@@ -542,7 +623,7 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
                      lam_head, dk_b, dk_head, dk_row, dv_b, dv_head, dv_row, dlam_b, dlam_head,
                      end_b, end_head, end_n, doc_b, n_items, n_blocks, n_kv_heads, group,
                      n_queries, n_keys, qk_scale, scale, HEAD_DIM, GRID_M, GRID_N, STAGES,
-                     KV_BUFFERS, HAS_DOC, KV_TMA, TIMELINE)),
+                     KV_BUFFERS, HAS_DOC, KV_TMA, DQ_NEXT, TIMELINE)),
         (_bwd_loader, (k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_smem,
                        do_smem, rows_smem, kv_ready, kv_free, q_ready, q_free, items, item_ready,
                        item_free, COUNTER, END, end_b, end_head, end_n, n_items, n_blocks,

@@ -63,6 +63,11 @@ KV_TMA_STORES = {64: False, 128: True}
 # from 2,520 to 2,440 (forward 0.97-0.98x with pruning); at D = 128 the forward was 2% slower
 # (docs/kernels.md, "Where a work item's time goes").
 OUT_TMA_STORES = {64: True, 128: False}
+# Whether the backward issues a tile's dQ at the next tile's start, beside its S^T and dP^T
+# (DQ_NEXT: two dS^T buffers, a K/V buffer held one tile longer, so three of them), by head
+# dim; not with KV_TMA, which reuses an item's K buffer for dk.
+BWD_DQ_NEXT = {64: True, 128: False}
+BWD_KV_BUFFERS_DQ_NEXT = 3
 BLOCK_N = 128
 
 _import_errors: dict = {}
@@ -305,6 +310,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     # dk and dv through TMA stores from shared memory where they allow it (KV_TMA)
     kv_tma = KV_TMA_STORES[head_dim] and dk.dtype == dv.dtype == k.dtype and _tma_ok(dk, dv)
     dk_strides, dv_strides = kv_strides[:3], kv_strides[3:]
+    dq_next = BWD_DQ_NEXT[head_dim] and not kv_tma
+    kv_buffers = BWD_KV_BUFFERS_DQ_NEXT if dq_next else BWD_KV_BUFFERS[head_dim]
     kern = _bwd_kernels()
     k_desc, v_desc = _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N)
     n_items = -(-n_keys // BLOCK_N) * batch * kv_heads
@@ -322,8 +329,9 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             n_items, kv_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
-            STAGES=BWD_STAGES[head_dim], KV_BUFFERS=BWD_KV_BUFFERS[head_dim], HAS_DOC=has_doc,
-            KV_ALIGN=kv_align, KV_TMA=kv_tma, TIMELINE=stamps is not None, num_warps=8)
+            STAGES=BWD_STAGES[head_dim], KV_BUFFERS=kv_buffers, HAS_DOC=has_doc,
+            KV_ALIGN=kv_align, KV_TMA=kv_tma, DQ_NEXT=dq_next, TIMELINE=stamps is not None,
+            num_warps=8)
     # the kernel sums dS K: the scale once, here, with the dS row sums' part of dlam
     triton_attention.finish_dq(dq_acc, row_sums, float(scale), dq, dlam)
     return dlam
