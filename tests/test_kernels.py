@@ -734,6 +734,7 @@ def test_gpu_cuda_graph_capture(cuda_engine):
 
 @gpu
 @needs_cuda
+@pytest.mark.parametrize("dq_next", [False, True], ids=["default", "dq_next"])
 @pytest.mark.parametrize("programs", [1, 3])
 @pytest.mark.parametrize("case", [
     # batch, Hq, Hk, M, N, D, dtype, prune, mean document length (None: no documents)
@@ -742,19 +743,22 @@ def test_gpu_cuda_graph_capture(cuda_engine):
     (2, 2, 1, 200, 777, 64, torch.bfloat16, Prune.GUARDED, None),
     (2, 4, 2, 700, 700, 64, torch.bfloat16, Prune.GUARDED, 150),
 ], ids=lambda s: "B{}-Hq{}-Hk{}-M{}-N{}-D{}-{}-{}-doc{}".format(*s))
-def test_gpu_gluon_programs_take_many_items(monkeypatch, programs, case):
+def test_gpu_gluon_programs_take_many_items(monkeypatch, dq_next, programs, case):
     """The persistent Gluon kernels, forward and backward, with far fewer programs than work
     items (the SM count replaced by 1 or 3, where the other tests' shapes give every program
     one item): each program walks many items of different lengths one after another, so its
     Q (forward) or K/V (backward) buffers alternate and the rings run on from item to item.
     Outputs and all gradients against float64, with and without pruning, GQA, M < N, odd
-    sizes and packed sequences."""
+    sizes and packed sequences; at D = 64 also with the backward's DQ_NEXT (off by default)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from foxcompile.kernels import gluon_attention
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon engine is for sm90")
     monkeypatch.setattr(gluon_attention, "_multiprocessors", lambda device: programs)
     *shape, dtype, prune, length = case
+    if dq_next and shape[5] != 64:
+        pytest.skip("DQ_NEXT is a D = 64 option")
+    monkeypatch.setitem(gluon_attention.BWD_DQ_NEXT, shape[5], dq_next)
     doc = None if length is None else packed_doc(shape[0], shape[4], length, True).cuda()
     check_case(gluon_attention, *shape, dtype, torch.device("cuda"), prune=prune,
                decay=(1.0, 32.0), layout="bthd", doc=doc)
@@ -762,18 +766,22 @@ def test_gpu_gluon_programs_take_many_items(monkeypatch, programs, case):
 
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_gpu_gluon_items_without_tiles(monkeypatch, head_dim):
+@pytest.mark.parametrize("head_dim,dq_next", [(64, False), (64, True), (128, False)])
+def test_gpu_gluon_items_without_tiles(monkeypatch, head_dim, dq_next):
     """M < N with gates that forget within a few tokens: the plan prunes every key block of
     each (b, kv head) but the last few for all its query heads, so a program of the persistent
-    backward meets runs of work items with no tile between items with tiles (at D = 64 the
-    last tile's dQ of an item waits in its K buffer for the next tile, across such runs).
-    Outputs and all gradients against float64, with one program taking every item in turn."""
+    backward meets runs of work items with no tile between items with tiles. With DQ_NEXT the
+    last tile's dQ of an item waits for the next item, which must hand it over even when it
+    has no tile: left for later, the reducer (which takes the next items only after it) and
+    the loader (which publishes an item only once the reducer has taken the one two before)
+    deadlock. Outputs and all gradients against float64, with one program taking every item
+    in turn."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from foxcompile.kernels import gluon_attention
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon engine is for sm90")
     monkeypatch.setattr(gluon_attention, "_multiprocessors", lambda device: 1)
+    monkeypatch.setitem(gluon_attention.BWD_DQ_NEXT, head_dim, dq_next)
     shape = (2, 4, 2, 100, 1300, head_dim)
     decay = (1.0, 3.0)
     q, k, v, lam = make_inputs(*shape, torch.bfloat16, "cuda", decay=decay, layout="bthd")

@@ -285,7 +285,8 @@ def _bwd_block(k_all, v_all, kv, q_smem, do_smem, rows_smem, ds_smem, dq_smem, r
     then), so that the tensor cores run them while the scores wait, and their hand-over shares
     the tile's one barrier with dS^T's. pend (0 or 1): whether a tile's dQ is left over from
     before (with its K in buffer pend_kv); that buffer goes back to the loader (kv_free) once
-    the dQ is done. Returns (it, pend, pend_kv) advanced; the caller flushes the last one.
+    the dQ is done; an item with no tile hands it over at once (_flush_dq). Returns (it, pend,
+    pend_kv) advanced; the caller flushes the program's last one.
     STAMPS: the item's timeline row (TIMELINE: slots 2-5, once the first tile is known, after
     the first tile, after the last, after the dk, dv stores)."""
     st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1],
@@ -323,6 +324,15 @@ def _bwd_block(k_all, v_all, kv, q_smem, do_smem, rows_smem, ds_smem, dq_smem, r
     else:
         colsum = gl.zeros([BLOCK_N, 16], gl.float32, layout=cs_layout)
     g, q0, hi = _first_tile(lo, hk, group, END, end_head, n_queries, GRID_M)
+    if DQ_NEXT:
+        if (g >= group) & (pend != 0):
+            # no tile: the left-over dQ goes now. The reducer takes the next items only once
+            # it has it, and the loader publishes an item only once the reducer has taken the
+            # one two before, so leaving it for a later item could deadlock.
+            _flush_dq(ds_smem.index((it + 1) % 2), k_all.index(pend_kv), ones_smem, dq_smem,
+                      rs_smem, dq_free, dq_ready, it - 1)
+            mbarrier.arrive(kv_free.index(pend_kv))
+            pend = 0
     lam_ref, b_key = _head_keys(LAM, lam_head, hk * group + gl.minimum(g, group - 1), key0,
                                 offs_n, n_ok)
     _stamp(STAMPS, 2, TIMELINE)
@@ -479,8 +489,9 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
     (_bwd_block) once its K and V are in buffer jj % KV_BUFFERS (kv_ready), the buffer handed
     back (kv_free) once its last product has read it, or with KV_TMA handed to the reducer
     (kv_out) holding dk and dv. With DQ_NEXT the last tile's dQ of an item is left for the
-    next item's first tile (its K buffer held until then), flushed first where that item's
-    buffer is the one held (items with no tile between), and at the end. With TIMELINE, each
+    next item (its K buffer held until then: three buffers keep the next items' loads ahead),
+    whose first tile, or at once if it has none, hands it over; the program's last one goes
+    at the end. With TIMELINE, each
     item's row of STAMPS (n_items, 8): slot 0 the stamp when the item is taken, 1 when its K
     and V are there, 2-5 _bwd_block's, 6 its tiles, 7 the program."""
     it = 0
@@ -493,12 +504,6 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
         _stamp(stamps, 0, TIMELINE)
         b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
         kv = jj % KV_BUFFERS
-        if DQ_NEXT:
-            if (pend != 0) & (pend_kv == kv):
-                _flush_dq(ds_smem.index((it + 1) % 2), k_smem.index(pend_kv), ones_smem,
-                          dq_smem, rs_smem, dq_free, dq_ready, it - 1)
-                mbarrier.arrive(kv_free.index(pend_kv))
-                pend = 0
         mbarrier.wait(kv_ready.index(kv), (jj // KV_BUFFERS) & 1)
         _stamp(stamps, 1, TIMELINE)
         if TIMELINE:
