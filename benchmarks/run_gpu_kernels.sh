@@ -242,7 +242,8 @@ for step in $steps; do
           stamp "variants: timeline of $name"
           (cd "$dir" && PYTHONPATH=$PWD TRITON_CACHE_DIR=$PWD/.tcache/triton \
             timeout ${TIMELINE_TIMEOUT:-240} $PY benchmarks/item_timeline.py \
-            --json "$OUT/variants/$name.timeline.json" ${TIMELINE_SHAPES:+--shapes "$TIMELINE_SHAPES"} \
+            --json "$OUT/variants/$name.timeline.json" \
+            ${TIMELINE_SHAPES:+--shapes "$TIMELINE_SHAPES"} \
             2>&1 | grep -v Warning > "$OUT/variants/$name.timeline.log"; \
             tail -4 "$OUT/variants/$name.timeline.log")
         done

@@ -789,7 +789,7 @@ def test_gpu_gluon_items_without_tiles(monkeypatch, head_dim, dq_next):
                               norm=gluon_attention.max_norm)
     # key blocks that no query head of a kv head computes: all before the group's least start
     least_start = plan.start.reshape(2, 2, 2, -1).amin(dim=(2, 3))
-    assert (least_start >= 4).all(), f"the case should leave runs of items with no tile: {least_start}"
+    assert (least_start >= 4).all(), f"the case should leave runs of tileless items: {least_start}"
     check_case(gluon_attention, *shape, torch.bfloat16, torch.device("cuda"),
                prune=Prune.GUARDED, decay=decay, layout="bthd")
 
