@@ -351,8 +351,8 @@ def _bwd_block(k_all, v_all, kv, q_smem, do_smem, rows_smem, ds_smem, dq_smem, r
         mbarrier.wait(q_ready.index(slot), (it // STAGES) & 1)
         st = _issue_t(k_smem, q, st_layout)
         if DQ_NEXT:
-            # the tile before's dQ and row sums (when pend is 0, a product nobody reads,
-            # so that the wgmma groups are the same in every tile)
+            # the tile before's dQ and row sums (when pend is 0, a product nobody reads, from
+            # whatever the buffers hold, so that the wgmma groups are the same in every tile)
             dq, rs = _issue_dq(ds_smem.index((it + 1) % 2), k_all.index(pend_kv), ones_smem)
         dpt = _issue_t(v_smem, do, st_layout)
         # the rows: (lam_q - lse) log2 e (-inf on padded rows, so p = 0 there; exp2 first,
@@ -491,9 +491,9 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
     (kv_out) holding dk and dv. With DQ_NEXT the last tile's dQ of an item is left for the
     next item (its K buffer held until then: three buffers keep the next items' loads ahead),
     whose first tile, or at once if it has none, hands it over; the program's last one goes
-    at the end. With TIMELINE, each
-    item's row of STAMPS (n_items, 8): slot 0 the stamp when the item is taken, 1 when its K
-    and V are there, 2-5 _bwd_block's, 6 its tiles, 7 the program."""
+    at the end. With TIMELINE, each item's row of STAMPS (n_items, 8): slot 0 the stamp when
+    the item is taken, 1 when its K and V are there, 2-5 _bwd_block's, 6 its tiles, 7 the
+    program."""
     it = 0
     jj = 0
     pend = 0
