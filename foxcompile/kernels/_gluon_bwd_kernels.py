@@ -310,6 +310,9 @@ def _bwd_block(k_all, v_all, kv, q_smem, do_smem, rows_smem, ds_smem, dq_smem, r
     # added up in registers (2 per thread, not a (128, 16) accumulator); at D = 64 both cost
     # time (docs/kernels.md, "Registers at D = 128")
     LATE_DV: gl.constexpr = HEAD_DIM == 128
+    # DQ_NEXT's dQ accumulator, live across the exponentials, does not fit beside D = 128's
+    # (offline: ptxas serialises the products and spills)
+    gl.static_assert(not (DQ_NEXT and LATE_DV), "DQ_NEXT is for D = 64")
     offset = n_keys - n_queries
 
     offs_n = key0 + gl.arange(0, BLOCK_N, layout=key_layout)
@@ -371,10 +374,7 @@ def _bwd_block(k_all, v_all, kv, q_smem, do_smem, rows_smem, ds_smem, dq_smem, r
         if HAS_DOC:
             pt = gl.where(gl.expand_dims(doc_k, 1) == gl.expand_dims(doc_q, 0), pt, 0.0)
         if LATE_DV:
-            if DQ_NEXT:
-                dpt, dq, rs = warpgroup_mma_wait(0, deps=(dpt, dq, rs))
-            else:
-                dpt = warpgroup_mma_wait(0, deps=(dpt,))
+            dpt = warpgroup_mma_wait(0, deps=(dpt,))
             do_o = tile_rows.slice(1, 1).load(st_layout)
             dst16 = (pt * (dpt - do_o)).to(dtype)
             dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), op_layout), do, dv, is_async=True)
@@ -400,18 +400,13 @@ def _bwd_block(k_all, v_all, kv, q_smem, do_smem, rows_smem, ds_smem, dq_smem, r
             if pend != 0:
                 _store_dq(dq, rs, dq_smem, rs_smem, dq_free, it - 1)
             ds_smem.index(it % 2).store(dst16)
-            if LATE_DV:
-                colsum += gl.sum(dst16.to(gl.float32), 1)
             fence_async_shared()
             gl.thread_barrier()    # dS^T's halves (and the tile before's dQ, R) written, its
             if pend != 0:          # dQ done in both warp groups
                 mbarrier.arrive(dq_ready)
                 if pend_kv != kv:
                     mbarrier.arrive(kv_free.index(pend_kv))
-            if LATE_DV:
-                dv, dk = warpgroup_mma_wait(0, deps=(dv, dk))
-            else:
-                dv, dk, colsum = warpgroup_mma_wait(0, deps=(dv, dk, colsum))
+            dv, dk, colsum = warpgroup_mma_wait(0, deps=(dv, dk, colsum))
             mbarrier.arrive(q_free.index(slot))      # Q, dO and the rows of this slot read
             pend = 1
             pend_kv = kv

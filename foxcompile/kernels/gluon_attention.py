@@ -65,10 +65,11 @@ KV_TMA_STORES = {64: False, 128: True}
 OUT_TMA_STORES = {64: True, 128: False}
 # Whether the backward issues a tile's dQ at the next tile's start, beside its S^T and dP^T
 # (DQ_NEXT: two dS^T buffers, a K/V buffer held one tile longer, so three of them), by head
-# dim; not with KV_TMA, which reuses an item's K buffer for dk. At D = 64 it took the tile loop
-# from about 3,700 to 3,500 cycles and fwd+bwd to 0.96-0.97x (H100, docs/kernels.md, "Where a
-# work item's time goes"), but that version deadlocked on runs of items with no tile; the fix
-# has not run on a GPU yet, so it stays off until its GPU tests pass
+# dim; not with KV_TMA, which reuses an item's K buffer for dk, and never at D = 128, where its
+# dQ accumulator does not fit beside the others (the kernel asserts it). At D = 64 it took the
+# tile loop from about 3,700 to 3,500 cycles and fwd+bwd to 0.96-0.97x (H100, docs/kernels.md,
+# "Where a work item's time goes"), but that version deadlocked on runs of items with no tile;
+# the fix has not run on a GPU yet, so it stays off until its GPU tests pass
 # (test_gpu_gluon_items_without_tiles).
 BWD_DQ_NEXT = {64: False, 128: False}
 BWD_KV_BUFFERS_DQ_NEXT = 3
