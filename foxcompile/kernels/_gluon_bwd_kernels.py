@@ -564,6 +564,8 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
     Three partitions: the eight math warps (_bwd_math), the loader warp (_bwd_loader, also the
     scheduler) and a reducer warp (_bwd_reducer), so that no TMA is issued from the math warps
     (Triton puts a CTA barrier before each one there)."""
+    # DQ_NEXT holds an item's K buffer into the next item, which must load into another one
+    gl.static_assert(not DQ_NEXT or KV_BUFFERS >= 2, "DQ_NEXT needs two K/V buffers or more")
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     dk_b = dk_b * KV_ALIGN
     dk_head = dk_head * KV_ALIGN
