@@ -71,7 +71,7 @@ OUT_TMA_STORES = {64: True, 128: False}
 # "Where a work item's time goes"), but that version deadlocked on runs of items with no tile;
 # the fix has not run on a GPU yet, so it stays off until its GPU tests pass
 # (test_gpu_gluon_items_without_tiles).
-BWD_DQ_NEXT = {64: False, 128: False}
+BWD_DQ_NEXT = {64: True, 128: False}
 BWD_KV_BUFFERS_DQ_NEXT = 3
 BLOCK_N = 128
 
