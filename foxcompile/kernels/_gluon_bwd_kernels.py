@@ -456,15 +456,19 @@ def _bwd_block(k_all, v_all, kv, q_smem, do_smem, rows_smem, ds_smem, dq_smem, r
         fence_async_shared()
         gl.thread_barrier()        # all of dk and dv in shared memory before kv_out
     else:
-        kd_rows: gl.constexpr = gl.SliceLayout(1, kd_layout)
-        kd_cols: gl.constexpr = gl.SliceLayout(0, kd_layout)
+        # through a layout of 8 consecutive entries per thread (a shared-memory round trip),
+        # so that each thread's stores are 16 bytes where the strides allow it, not 4
+        store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // HEAD_DIM, HEAD_DIM // 8],
+                                                      [8, 1], [1, 0])
+        kd_rows: gl.constexpr = gl.SliceLayout(1, store_layout)
+        kd_cols: gl.constexpr = gl.SliceLayout(0, store_layout)
         rows = key0 + gl.arange(0, BLOCK_N, layout=kd_rows)
         cols = gl.arange(0, HEAD_DIM, layout=kd_cols)
         ok = gl.expand_dims(rows < n_keys, 1)
         gl.store(DK + gl.expand_dims(rows.to(gl.int64) * dk_row, 1) + gl.expand_dims(cols, 0),
-                 (dk * scale).to(DK.dtype.element_ty), mask=ok)
+                 gl.convert_layout((dk * scale).to(DK.dtype.element_ty), store_layout), mask=ok)
         gl.store(DV + gl.expand_dims(rows.to(gl.int64) * dv_row, 1) + gl.expand_dims(cols, 0),
-                 dv.to(DV.dtype.element_ty), mask=ok)
+                 gl.convert_layout(dv.to(DV.dtype.element_ty), store_layout), mask=ok)
     _stamp(STAMPS, 5, TIMELINE)
     if TIMELINE:
         gl.store(STAMPS + 6, (it - it_first).to(gl.int64))
