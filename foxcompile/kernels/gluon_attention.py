@@ -128,7 +128,7 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
 # every length measured (0.93 / 0.94 / 0.91 at D = 64, 0.80 / 0.79 at D = 128), the backward
 # at D = 128 (0.89 / 0.81) and at D = 64 from 8k (0.97 / 0.94; at 4k 1.01, tl's). Below 4k
 # keys at D = 64 nothing was measured, so tl stays there.
-PREFERRED_MIN_KEYS = {"forward": {64: 4096, 128: 0}, "backward": {64: 8192, 128: 0}}
+PREFERRED_MIN_KEYS = {"forward": {64: 4096, 128: 0}, "backward": {64: 4096, 128: 0}}
 # The same with document ids (packed sequences), where the Gluon forward spills: at D = 64 tl's
 # forward won every row of one H100 run (2026-12-07, B2-T16384-H24-D64, documents of 2048
 # tokens; docs/kernels.md, "Packed sequences"): 1.23 against 1.56 ms with pruning and 1.46
