@@ -938,9 +938,8 @@ def test_gpu_gluon_backward_deterministic_is_tl(monkeypatch):
 @needs_cuda
 def test_gpu_automatic_engine_choice(monkeypatch):
     """The measured choice: on sm90 the Gluon forward and backward (gluon) at head dim 128
-    (bf16/fp16); at 64 the Gluon forward from 4k keys and its backward from 8k (gluon-fwd
-    between), tl below 4k, and with document ids always tl's forward (gluon-bwd from 8k keys
-    at 64, at every length at 128);
+    (bf16/fp16); at 64 both from 4k keys, tl below, and with document ids always tl's
+    forward (gluon-bwd from 8k keys at 64, at every length at 128);
     tl for float32 and off sm90; a few queries go to the decode engine."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("FOXCOMPILE_ENGINE", raising=False)
@@ -952,15 +951,14 @@ def test_gpu_automatic_engine_choice(monkeypatch):
         return q, k, k
 
     sm90 = torch.cuda.get_device_capability()[0] == 9
-    gluon, gluon_fwd = ("gluon", "gluon-fwd") if sm90 else ("tl", "tl")
+    gluon = "gluon" if sm90 else "tl"
     for head_dim, want in ((64, "tl"), (128, gluon)):
         assert kernels.engine_name(*qkv(head_dim)) == want
         assert kernels.engine_name(*qkv(head_dim, torch.float16)) == want
         assert kernels.engine_name(*qkv(head_dim, torch.float32)) == "tl"
     assert kernels.engine_name(*qkv(64, n_keys=4095)) == "tl"
-    assert kernels.engine_name(*qkv(64, n_keys=4096)) == gluon_fwd
-    assert kernels.engine_name(*qkv(64, n_keys=8191)) == gluon_fwd
-    assert kernels.engine_name(*qkv(64, n_keys=8192)) == gluon
+    assert kernels.engine_name(*qkv(64, n_keys=4096)) == gluon
+    assert kernels.engine_name(*qkv(64, n_keys=16384)) == gluon
     assert kernels.engine_name(*qkv(64, torch.float32, n_keys=8192)) == "tl"
     doc = torch.zeros(1, 8192, dtype=torch.int32, device="cuda")
     assert kernels.engine_name(*qkv(64, n_keys=8192), doc=doc) == ("gluon-bwd" if sm90 else "tl")
