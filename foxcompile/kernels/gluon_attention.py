@@ -68,9 +68,9 @@ OUT_TMA_STORES = {64: True, 128: False}
 # dim; not with KV_TMA, which reuses an item's K buffer for dk, and never at D = 128, where its
 # dQ accumulator does not fit beside the others (the kernel asserts it). At D = 64 it took the
 # tile loop from about 3,700 to 3,500 cycles and fwd+bwd to 0.96-0.97x (H100, docs/kernels.md,
-# "Where a work item's time goes"), but that version deadlocked on runs of items with no tile;
-# the fix has not run on a GPU yet, so it stays off until its GPU tests pass
-# (test_gpu_gluon_items_without_tiles).
+# "Where a work item's time goes"). Its first version deadlocked on runs of items with no tile;
+# with the fix (such an item hands its pending dQ over at once) the GPU suite passed, and
+# fwd+bwd against DQ_NEXT off was 0.97-0.98x with pruning and 0.97x dense (H100, 14:46).
 BWD_DQ_NEXT = {64: True, 128: False}
 BWD_KV_BUFFERS_DQ_NEXT = 3
 BLOCK_N = 128
@@ -123,11 +123,11 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
 
 # Where each Gluon kernel beat tl's, by direction: head dim -> the fewest keys from which it is
 # chosen (docs/kernels.md, "The engine choice, measured"). Read off one H100 run of
-# benchmarks/engine_choice.py (2026-12-07, B8-T4096 / B4-T8192 / B2-T16384 at H24-D64 and
-# B4-T4096 / B1-T16384 at H16-D128; dense + ACP ms, Gluon's over tl's): the forward wins at
-# every length measured (0.93 / 0.94 / 0.91 at D = 64, 0.80 / 0.79 at D = 128), the backward
-# at D = 128 (0.89 / 0.81) and at D = 64 from 8k (0.97 / 0.94; at 4k 1.01, tl's). Below 4k
-# keys at D = 64 nothing was measured, so tl stays there.
+# benchmarks/engine_choice.py (2026-12-07 14:53, B8-T4096 / B4-T8192 / B2-T16384 at H24-D64
+# and B4-T4096 / B1-T16384 at H16-D128; dense + ACP ms, Gluon's over tl's): the forward wins
+# at every length measured (0.91 / 0.90 / 0.90 at D = 64, 0.83 / 0.80 at D = 128), and so
+# does the backward (0.84 / 0.81 / 0.80 at D = 64, 0.81 / 0.78 at D = 128). Below 4k keys at
+# D = 64 nothing was measured, so tl stays there.
 PREFERRED_MIN_KEYS = {"forward": {64: 4096, 128: 0}, "backward": {64: 4096, 128: 0}}
 # The same with document ids (packed sequences), where the Gluon forward spills: at D = 64 tl's
 # forward won every row of one H100 run (2026-12-07, B2-T16384-H24-D64, documents of 2048
