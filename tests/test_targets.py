@@ -62,7 +62,7 @@ def test_shapes_without_cudnn_or_a_bar_check_what_they_can():
     assert set(got) == set()                   # no dense row here, no ACP bar for this shape
 
 
-def test_arctic_fox_speedup_and_the_op_against_its_engine():
+def test_arctic_fox_speedup_and_the_op_against_its_engine(monkeypatch):
     s4, s16 = "B8-T4096-H24-D64", "B2-T16384-H24-D64"
     times = {(s4, "cudnn"): (1.0, 4.0), (s4, "fox-acp"): (0.8, 3.0), (s4, "gluon-acp"): (0.7, 3.2),
              (s4, "gtl-acp"): (0.75, 2.95), (s4, "fox-op"): (0.9, 3.3),
@@ -74,12 +74,17 @@ def test_arctic_fox_speedup_and_the_op_against_its_engine():
     assert arctic["impl"] == "gtl-acp"                  # the fastest ACP row
     assert arctic["measured"] == pytest.approx(5.7 / 2.95) and not arctic["met"]
     assert not arctic["at_most"] and arctic["by"] == pytest.approx(2.0 / (5.7 / 2.95) - 1)
-    # on sm90 at D = 64 the automatic choice runs the Gluon forward with tl's backward at 4k
-    # (gtl-acp) and the Gluon pair at 16k
+    # on sm90 at D = 64 the automatic choice runs the Gluon pair from 4k keys
     op4, op16 = got[(OP, s4)], got[(OP, s16)]
+    assert op4["impl"] == "fox-op / gluon-acp" and op4["measured"] == pytest.approx(3.3 / 3.2)
+    assert op4["met"]
+    assert op16["impl"] == "fox-op / gluon-acp" and op16["met"]
+    # where the table takes tl's backward at 4k, the op is held to that pair (gtl-acp)
+    from foxcompile.kernels import gluon_attention
+    monkeypatch.setitem(gluon_attention.PREFERRED_MIN_KEYS["backward"], 64, 8192)
+    op4 = by_target(targets.kernel_targets(bench_run(times=times)))[(OP, s4)]
     assert op4["impl"] == "fox-op / gtl-acp" and op4["measured"] == pytest.approx(3.3 / 2.95)
     assert not op4["met"]
-    assert op16["impl"] == "fox-op / gluon-acp" and op16["met"]
     # off sm90 the op runs tl everywhere
     off = by_target(targets.kernel_targets(bench_run(capability="8.0", times=times)))
     assert off[(OP, s4)]["impl"] == "fox-op / fox-acp"
