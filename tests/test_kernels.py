@@ -749,7 +749,7 @@ def test_gpu_gluon_programs_take_many_items(monkeypatch, dq_next, programs, case
     one item): each program walks many items of different lengths one after another, so its
     Q (forward) or K/V (backward) buffers alternate and the rings run on from item to item.
     Outputs and all gradients against float64, with and without pruning, GQA, M < N, odd
-    sizes and packed sequences; at D = 64 also with the backward's DQ_NEXT (off by default)."""
+    sizes and packed sequences; at D = 64 with the backward's DQ_NEXT on and off."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from foxcompile.kernels import gluon_attention
     if torch.cuda.get_device_capability()[0] != 9:
