@@ -70,7 +70,8 @@ OUT_TMA_STORES = {64: True, 128: False}
 # tile loop from about 3,700 to 3,500 cycles and fwd+bwd to 0.96-0.97x (H100, docs/kernels.md,
 # "Where a work item's time goes"). Its first version deadlocked on runs of items with no tile;
 # with the fix (such an item hands its pending dQ over at once) the GPU suite passed, and
-# fwd+bwd against DQ_NEXT off was 0.97-0.98x with pruning and 0.97x dense (H100, 2026-12-07 14:46 UTC).
+# fwd+bwd against DQ_NEXT off was 0.97-0.98x with pruning and 0.97x dense (H100, 2026-12-07
+# 14:46 UTC).
 BWD_DQ_NEXT = {64: True, 128: False}
 BWD_KV_BUFFERS_DQ_NEXT = 3
 BLOCK_N = 128
