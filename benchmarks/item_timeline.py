@@ -16,7 +16,9 @@ Per kernel and case, summed over all items and shown as shares of the programs' 
     loop   the other tiles                                store  dk, dv
 and `between`: the gaps between one item's end and the next one's start. Then a least-squares
 fit of each item's cycles against its tiles (cycles per tile, cycles per item) and, per tile,
-the loop's own rate. Everything is in SM cycles (%clock64): the call's time from CUDA events
+the loop's own rate, and the idle time at the end: the streams' mean busy span short of the
+longest one (all start together, so that is the time they wait for the last items: the
+tail). Everything is in SM cycles (%clock64): the call's time from CUDA events
 includes its other launches and gaps, so it gives no reliable clock rate to convert them. The
 TIMELINE build's own time is given beside the normal build's: the stamps cost a little (a few
 stores per item).
@@ -46,13 +48,15 @@ def analyse(rows: torch.Tensor, streams: torch.Tensor, names) -> dict:
     stamps, tiles = rows[:, :6], rows[:, 6]
     phases = stamps[:, 1:] - stamps[:, :-1]                       # the five steps after the take
     start, end = stamps[:, 0], stamps[:, 5]
-    busy = take = 0.0
+    spans = []
+    take = 0.0
     for stream in streams.unique():
         mine = (streams == stream).nonzero().flatten()
         order = mine[start[mine].argsort()]
-        busy += float(end[order].max() - start[order].min())
+        spans.append(float(end[order].max() - start[order].min()))
         # from each item's end to the next item's take
         take += float((start[order][1:] - end[order][:-1]).sum())
+    busy = sum(spans)
     total = {names[0]: take,
              **{name: float(phases[:, i].sum()) for i, name in enumerate(names[1:])}}
     fit = torch.linalg.lstsq(torch.stack([tiles, torch.ones_like(tiles)], 1),
@@ -61,7 +65,11 @@ def analyse(rows: torch.Tensor, streams: torch.Tensor, names) -> dict:
     loop = phases[:, names.index("loop") - 1]
     return {
         "items": int(rows.shape[0]), "streams": len(streams.unique()), "tiles": float(tiles.sum()),
-        "span_cycles": busy / len(streams.unique()),
+        "span_cycles": busy / len(spans), "max_span_cycles": max(spans),
+        # the programs start together, so the longest span is about the kernel's: the rest of
+        # it, averaged over the streams, is time they wait at the end for the last ones (the
+        # tail; meaningful for the persistent kernels, whose streams take many items)
+        "idle_at_end": 1.0 - busy / len(spans) / max(spans),
         "share": {k: v / busy for k, v in total.items()},
         "cycles_per_item": {k: v / rows.shape[0] for k, v in total.items()},
         "fit_cycles_per_tile": float(fit[0]), "fit_cycles_per_item": float(fit[1]),
@@ -136,7 +144,9 @@ def main():
                 print(f"    cycles per item:     {per_item}")
                 print(f"    fit: {r['fit_cycles_per_tile']:.0f} cycles/tile + "
                       f"{r['fit_cycles_per_item']:.0f} cycles/item; the loop alone "
-                      f"{r['loop_cycles_per_tile']:.0f} cycles/tile", flush=True)
+                      f"{r['loop_cycles_per_tile']:.0f} cycles/tile")
+                print(f"    idle at the end: {r['idle_at_end'] * 100:.1f}% of the longest "
+                      f"stream's span ({r['streams']} streams)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"versions": versions, "rows": results}, f, indent=1)

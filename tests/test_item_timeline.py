@@ -45,3 +45,9 @@ def test_shares_gaps_and_fit():
     assert r["fit_cycles_per_item"] == pytest.approx(10 + SETUP + STORE)
     assert r["loop_cycles_per_tile"] == pytest.approx(PER_TILE)
     assert r["streams"] == 2 and r["tiles"] == sum(tiles)
+    # program 0 took items of 1, 2, 3 and 6 tiles, program 1 of 4, 7, 5 and 2: its span is the
+    # longest, and program 0 waits for the difference at the end
+    spans = [4 * (10 + SETUP + STORE) + PER_TILE * work + 3 * GAP for work in (12, 18)]
+    assert r["max_span_cycles"] == spans[1]
+    assert r["span_cycles"] == pytest.approx(sum(spans) / 2)
+    assert r["idle_at_end"] == pytest.approx(1 - sum(spans) / 2 / spans[1])
