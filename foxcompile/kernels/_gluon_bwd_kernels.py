@@ -19,7 +19,8 @@ head dim (dQ), compute per tile
     S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q, dQ = dS K, R = dS 1 (row sums)
 
 each product waited for inside the tile (ptxas serialises wgmma groups left pending across the
-loop's back-edge); dV and dK take P^T and dS^T from registers, and dS^T also goes through
+loop's back-edge), but at D = 64 (DQ_NEXT) a tile's dQ and R are issued at the next tile's
+start, beside its S^T and dP^T, and waited for there; dV and dK take P^T and dS^T from registers, and dS^T also goes through
 shared memory, since both warp groups' halves feed dQ and R; a reducer warp adds each tile's dQ
 and R, handed over in shared memory, into float32 buffers summed over key blocks by TMA
 reduce-adds (in any order: not deterministic bit for bit), and with KV_TMA (D = 128) also
