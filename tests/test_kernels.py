@@ -536,6 +536,32 @@ def test_plan_is_plain_torch():
     assert not [name for name in imported if "triton" in name], imported
 
 
+@pytest.mark.parametrize("group", [1, 3])
+def test_heads_by_work(group):
+    """plan.heads_by_work: a permutation of the (b, head)s (kv heads with group > 1) whose
+    tiles to compute never increase along it, ties in index order; a dense plan keeps the
+    heads' own order. The tiles are counted here from the plan, one head at a time."""
+    generator = torch.Generator().manual_seed(7)
+    batch, q_heads, m_blocks = 3, 6, 9
+    rate = torch.rand(batch, q_heads, 1, generator=generator)     # how fast each head forgets
+    start = (torch.arange(m_blocks) * rate).floor().to(torch.int32)  # causal, non-decreasing
+    start[1, :group] = start[0, :group]                   # a tie between two (b, head)s
+    order = plan_mod.heads_by_work(start, group)
+    kv_heads = q_heads // group
+    assert order.dtype == torch.int32
+    assert sorted(order.tolist()) == list(range(batch * kv_heads))
+    causal = sum(m + 1 for m in range(m_blocks)) * group
+    tiles = [causal - start[b, hk * group:(hk + 1) * group].sum().item()
+             for b in range(batch) for hk in range(kv_heads)]
+    along = [tiles[i] for i in order.tolist()]
+    assert along == sorted(along, reverse=True)
+    assert len(set(along)) > 1, "the case should order something"
+    for i, j in zip(order.tolist(), order.tolist()[1:]):
+        assert tiles[i] > tiles[j] or i < j, "ties keep the heads' own order"
+    dense = torch.zeros_like(start)
+    assert plan_mod.heads_by_work(dense, group).tolist() == list(range(batch * kv_heads))
+
+
 # ----------------------------------------------------------------------------- GPU
 
 gpu = pytest.mark.gpu
@@ -828,7 +854,7 @@ def test_gpu_gluon_repeats_bit_for_bit(monkeypatch, head_dim):
 
 
 def timeline_tiles(plan, n_queries, n_keys, kv_heads):
-    """The tiles each Gluon work item walks, from the plan, in the kernels' item order: the
+    """The tiles each Gluon work item walks, from the plan, by the kernels' item numbers: the
     forward's (B * Hq * query blocks; query block m_blocks - 1 - i % m_blocks of (b, h) i //
     m_blocks) and the backward's (B * Hk * key blocks of 128, 64-row query tiles of every query
     head of the group, from the diagonal to the plan's end block)."""
@@ -862,7 +888,8 @@ def test_gpu_gluon_timeline(monkeypatch, head_dim):
     """The kernels' TIMELINE build (benchmarks/item_timeline.py): with stamps asked for, out,
     lse, dk and dv are the normal build's bit for bit; every work item has a row whose six
     cycle stamps never go back, its tile count is what the plan gives it, and its program is
-    one of the launch's (3 programs, many pruned items of different lengths, GQA, M < N)."""
+    one of the launch's (3 programs, many pruned items of different lengths, GQA, M < N); and
+    each program takes its items in the schedule's order (heads with the most tiles first)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from foxcompile.kernels import gluon_attention
     if torch.cuda.get_device_capability()[0] != 9:
@@ -896,6 +923,30 @@ def test_gpu_gluon_timeline(monkeypatch, head_dim):
         assert (rows[:, 1:6] >= rows[:, 0:5]).all() and (rows[:, 0] > 0).all(), name
         assert torch.equal(rows[:, 6], tiles), name
         assert ((rows[:, 7] >= 0) & (rows[:, 7] < programs[name])).all(), name
+    # the schedule: the (b, head)s in plan.heads_by_work's order, each head's blocks in turn, so
+    # each program takes its items at rising positions of it (one program per item: its own)
+    for name, rows, group in (("forward", fwd_stamps[:, 0].cpu(), 1),
+                              ("backward", bwd_stamps.cpu(), q_heads // kv_heads)):
+        position = schedule_positions(plan.start, group, len(rows))
+        if programs[name] == len(rows):
+            assert torch.equal(rows[:, 7], position), name
+            continue
+        for program in rows[:, 7].unique().tolist():
+            mine = rows[:, 7] == program
+            taken = position[mine][rows[mine, 0].argsort()]
+            assert (taken[1:] > taken[:-1]).all(), f"{name}: program {program} out of order"
+
+
+def schedule_positions(start, group, n_items):
+    """Each Gluon work item's position in the kernels' schedule: its (b, head) (b, kv head
+    with group > 1) at its place in plan.heads_by_work, then its block within the head."""
+    order = plan_mod.heads_by_work(start, group).cpu().long()
+    assert not torch.equal(order, torch.arange(len(order))), "the case should reorder heads"
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    blocks = n_items // len(order)
+    item = torch.arange(n_items)
+    return rank[item // blocks] * blocks + item % blocks
 
 
 @gpu

@@ -36,7 +36,8 @@ from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from ._gluon_kernels import (LOG2E, _as_desc_block, _item_queue, _publish_item, _stamp,
+from ._gluon_kernels import (LOG2E, _as_desc_block, _item_queue, _publish_item,
+                             _scheduled_item, _stamp,
                              _take_item)
 
 TILE_M = gl.constexpr(64)     # query rows per step (one wgmma M for dQ)
@@ -182,20 +183,22 @@ def _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys):
 @gluon.jit
 def _bwd_loader(k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_smem, do_smem,
                 rows_smem, kv_ready, kv_free, q_ready, q_free, items, item_ready, item_free,
-                COUNTER, END, end_b, end_head, end_n, n_items, n_blocks, n_kv_heads, group,
-                n_queries, n_keys, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
-                STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr):
-    """The loader warp, and the scheduler: work item program_id first, then the next free one
-    (COUNTER, an int32 zero at launch, plus num_programs), each published to the other
-    partitions (_publish_item) before its loads. Per item: K and V into buffer jj % KV_BUFFERS
+                COUNTER, ORDER, END, end_b, end_head, end_n, n_items, n_blocks, n_kv_heads,
+                group, n_queries, n_keys, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
+                STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, ORDERED: gl.constexpr):
+    """The loader warp, and the scheduler: the work item at schedule position program_id
+    first, then at the next free one (COUNTER, an int32 zero at launch, plus num_programs;
+    _scheduled_item), each published to the other partitions (_publish_item) before its
+    loads. Per item: K and V into buffer jj % KV_BUFFERS
     (once the math is done with that buffer's last item: kv_free), then Q, dO and the
     per-query rows of every tile through the ring, a slot refilled once the math has finished
     with it (q_free; `it` counts the tiles of all the program's items)."""
     n_heads = n_kv_heads * group
     it = 0
     jj = 0
-    item = gl.program_id(0)
-    while item < n_items:
+    position = gl.program_id(0)
+    while position < n_items:
+        item = _scheduled_item(position, ORDER, n_blocks, ORDERED)
         _publish_item(items, item_ready, item_free, jj, item, 0)
         b, hk, key0, lo, mid = _bwd_item(item, n_blocks, n_kv_heads, n_queries, n_keys)
         b32, hk32 = b.to(gl.int32), hk.to(gl.int32)
@@ -217,7 +220,7 @@ def _bwd_loader(k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_sm
             g, q0, hi = _next_tile(g, q0, hi, lo, hk, group, item_end, end_head, n_queries,
                                    GRID_M)
             it += 1
-        item = gl.atomic_add(COUNTER, 1) + gl.num_programs(0)
+        position = gl.atomic_add(COUNTER, 1) + gl.num_programs(0)
         jj += 1
     _publish_item(items, item_ready, item_free, jj, n_items, 0)
 
@@ -536,17 +539,19 @@ def _bwd_math(k_smem, v_smem, q_smem, do_smem, rows_smem, ds_smem, dq_smem, rs_s
                               "end_n", "doc_b", "n_items", "n_kv_heads", "group", "n_queries",
                               "n_keys"])
 def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_desc, dk_desc,
-                      dv_desc, LAM, DK, DV, DLAM, END, DOC, COUNTER, STAMPS,
+                      dv_desc, LAM, DK, DV, DLAM, END, DOC, COUNTER, ORDER, STAMPS,
                       lam_b, lam_head, dk_b, dk_head, dk_row, dv_b, dv_head, dv_row,
                       dlam_b, dlam_head, end_b, end_head, end_n, doc_b,
                       n_items, n_kv_heads, group, n_queries, n_keys, qk_scale, scale,
                       HEAD_DIM: gl.constexpr, GRID_M: gl.constexpr, GRID_N: gl.constexpr,
                       STAGES: gl.constexpr, KV_BUFFERS: gl.constexpr, HAS_DOC: gl.constexpr,
                       KV_ALIGN: gl.constexpr, KV_TMA: gl.constexpr, DQ_NEXT: gl.constexpr,
-                      TIMELINE: gl.constexpr):
-    """Persistent, scheduled dynamically: each program takes work item program_id, then the
-    next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
-    wave) of the n_items = blocks of 128 keys x (b, kv head) (_bwd_item). Per item: dk, dv of
+                      ORDERED: gl.constexpr, TIMELINE: gl.constexpr):
+    """Persistent, scheduled dynamically: each program takes the work item at schedule
+    position program_id, then at the next free one (COUNTER, an int32 zero at launch, counts
+    the items taken after the first wave) of the n_items = blocks of 128 keys x (b, kv head)
+    (_bwd_item); with ORDERED the (b, kv head)s in ORDER's order (int32 (B * Hk,), most tiles
+    first: _scheduled_item), otherwise in their own (ORDER not read). Per item: dk, dv of
     its keys, summed over the group's query heads; its share of dq and of the dS row sums,
     reduce-added into the float32 buffers of dq_desc ((B, Hq, M, D), not yet multiplied by
     scale) and rs_desc ((B, Hq, M, 16), every column the row sum); the dS column sums of each
@@ -633,9 +638,9 @@ def _gluon_bwd_kernel(k_desc, v_desc, q_desc, do_desc, dq_desc, rows_desc, rs_de
                      KV_BUFFERS, HAS_DOC, KV_TMA, DQ_NEXT, TIMELINE)),
         (_bwd_loader, (k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_smem,
                        do_smem, rows_smem, kv_ready, kv_free, q_ready, q_free, items, item_ready,
-                       item_free, COUNTER, END, end_b, end_head, end_n, n_items, n_blocks,
-                       n_kv_heads, group, n_queries, n_keys, GRID_M, GRID_N, STAGES,
-                       KV_BUFFERS)),
+                       item_free, COUNTER, ORDER, END, end_b, end_head, end_n, n_items,
+                       n_blocks, n_kv_heads, group, n_queries, n_keys, GRID_M, GRID_N, STAGES,
+                       KV_BUFFERS, ORDERED)),
         (_bwd_reducer, (dq_desc, rs_desc, dk_desc, dv_desc, dq_smem, rs_smem, k_smem, v_smem,
                         dq_ready, dq_free, kv_out, kv_free, items, item_ready, item_free, END,
                         end_b, end_head, end_n, n_items, n_blocks, n_kv_heads, group, n_queries,

@@ -78,6 +78,17 @@ def _item_block(item, m_blocks, n_heads):
 
 
 @gluon.jit
+def _scheduled_item(position, ORDER, blocks, ORDERED: gl.constexpr):
+    """The work item at position `position` of the schedule, items being `blocks` blocks of
+    one (b, head) after another: with ORDERED the heads go in ORDER's order (ORDER[i] the i-th
+    (b, head) to take, plan.heads_by_work: most tiles first), each head's blocks in their own
+    order; otherwise position itself."""
+    if ORDERED:
+        return gl.load(ORDER + position // blocks) * blocks + position % blocks
+    return position
+
+
+@gluon.jit
 def _start_block(item, m_blocks, n_heads, START, start_b, start_h, start_m):
     """The plan's first key block of work item `item` (the loader reads it, and hands it to the
     consumers with the item: no global load between two items in the math)."""
@@ -149,18 +160,20 @@ def _take_item(items, item_ready, item_free, jj, WARPS: gl.constexpr):
 
 @gluon.jit
 def _loader(q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, q_ready, q_free,
-            k_ready, v_ready, kv_free, items, item_ready, item_free, COUNTER, START,
+            k_ready, v_ready, kv_free, items, item_ready, item_free, COUNTER, ORDER, START,
             start_b, start_h, start_m, n_items, m_blocks, n_heads, group, n_queries, n_keys,
-            BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-    """The loader warp, and the scheduler: work item program_id first, then the next free one
-    (COUNTER, an int32 zero at launch, plus num_programs), each published to the consumers with
-    its start block (_publish_item) before its loads. Per item: its two Q halves into Q buffer
+            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, ORDERED: gl.constexpr):
+    """The loader warp, and the scheduler: the work item at schedule position program_id
+    first, then at the next free one (COUNTER, an int32 zero at launch, plus num_programs;
+    _scheduled_item), each published to the consumers with its start block (_publish_item)
+    before its loads. Per item: its two Q halves into Q buffer
     jj % 2 (a half once its consumer is done with that buffer's last item: q_free), then its key
     tiles through the ring of STAGES stages (t counts the tiles of all the program's items)."""
     t = 0
     jj = 0
-    item = gl.program_id(0)
-    while item < n_items:
+    position = gl.program_id(0)
+    while position < n_items:
+        item = _scheduled_item(position, ORDER, m_blocks, ORDERED)
         start_block = _start_block(item, m_blocks, n_heads, START, start_b, start_h, start_m)
         _publish_item(items, item_ready, item_free, jj, item, start_block)
         b, h, hk, row0, lo, mid, n_tiles = _item(item, start_block, m_blocks, n_heads, group,
@@ -191,7 +204,7 @@ def _loader(q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, 
             tma.async_copy_global_to_shared(v_desc, [b32, hk32, key0, 0], v_ready.index(stage),
                                             _as_desc_block(v_smem.index(stage)))
             t += 1
-        item = gl.atomic_add(COUNTER, 1) + gl.num_programs(0)
+        position = gl.atomic_add(COUNTER, 1) + gl.num_programs(0)
         jj += 1
     _publish_item(items, item_ready, item_free, jj, n_items, 0)
 
@@ -448,15 +461,17 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, 
                              "start_h", "start_m", "doc_b", "out_row", "n_items", "n_heads",
                              "group", "n_queries", "n_keys"])
 def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, out_desc, LAM, OUT, LSE, START, DOC,
-                      COUNTER, STAMPS, lam_b, lam_h, out_b, out_h, lse_b, lse_h, start_b, start_h,
+                      COUNTER, ORDER, STAMPS, lam_b, lam_h, out_b, out_h, lse_b, lse_h, start_b, start_h,
                       start_m, doc_b, out_row, n_items, n_heads, group, n_queries, n_keys,
                       sm_scale, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                       STAGES: gl.constexpr, HAS_DOC: gl.constexpr, OUT_ALIGN: gl.constexpr,
-                      OUT_TMA: gl.constexpr, TIMELINE: gl.constexpr):
-    """Persistent, scheduled dynamically: each program takes work item program_id, then the
-    next free one (COUNTER, an int32 zero at launch, counts the items taken after the first
-    wave) of the n_items = blocks of 128 queries x (b, query head) (_item); per item OUT and LSE
-    of its rows. q, k and v through the tensor descriptors q_desc (B, Hq, M, D) in blocks
+                      OUT_TMA: gl.constexpr, ORDERED: gl.constexpr, TIMELINE: gl.constexpr):
+    """Persistent, scheduled dynamically: each program takes the work item at schedule
+    position program_id, then at the next free one (COUNTER, an int32 zero at launch, counts
+    the items taken after the first wave) of the n_items = blocks of 128 queries x (b, query
+    head) (_item); with ORDERED the (b, head)s in ORDER's order (int32 (B * Hq,), most tiles
+    first: _scheduled_item), otherwise in their own (ORDER not read); per item OUT and LSE of
+    its rows. q, k and v through the tensor descriptors q_desc (B, Hq, M, D) in blocks
     [1, 1, 64, D], k_desc and v_desc (B, Hk, N, D) in blocks [1, 1, BLOCK_N, D]. LAM, OUT, LSE
     and DOC have unit strides along time (and OUT along the head dim). Strides come as plain
     values (*_b: between batches, *_h: between heads, start_m: between START's query blocks,
@@ -522,6 +537,6 @@ def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, out_desc, LAM, OUT, LSE,
                      SECOND_HALF, HEAD_DIM, BLOCK_N, STAGES, HAS_DOC, OUT_TMA, TIMELINE)),
         (_loader, (q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, q_ready,
                    q_free, k_ready, v_ready, kv_free, items, item_ready, item_free, COUNTER,
-                   START, start_b, start_h, start_m, n_items, m_blocks, n_heads, group,
-                   n_queries, n_keys, BLOCK_N, STAGES)),
+                   ORDER, START, start_b, start_h, start_m, n_items, m_blocks, n_heads, group,
+                   n_queries, n_keys, BLOCK_N, STAGES, ORDERED)),
     ], [4, 1], [232, 40])

@@ -288,6 +288,24 @@ def unread_key_fraction(start: torch.Tensor, n_keys: int, block_n: int,
     return (first / max(n_keys, 1)).clamp(max=1.0)
 
 
+def heads_by_work(start: torch.Tensor, group: int = 1) -> torch.Tensor:
+    """The order in which a kernel should take the heads of a plan: the (b, head) numbers
+    b * H + h, the heads with the most tiles to compute first, ties (a dense plan: every head)
+    in their own order. start: the plan's start blocks (B, Hq, MB); with group = G > 1 the
+    heads are the kv heads (H = Hq / G), each with the tiles of its G query heads. Every head
+    has the same causal tiles, so the most work is the fewest skipped blocks (a stable sort of
+    start's sums). Returns int32 (B * H,) on start's device, with no host synchronisation.
+
+    Why: the kernels take (b, head) after (b, head), and when the last heads are the heaviest
+    (a gate whose decay slows with the head index) the programs that drew their light blocks
+    wait for the one with the heaviest at the end (docs/kernels.md, "Where a work item's time
+    goes", the tail)."""
+    skipped = start.sum(-1, dtype=torch.int64)                           # (B, Hq)
+    if group > 1:
+        skipped = skipped.unflatten(1, (-1, group)).sum(-1)              # (B, Hk)
+    return torch.sort(skipped.flatten(), stable=True).indices.to(torch.int32)
+
+
 class Plan(NamedTuple):
     """Everything a launch needs to know about pruning."""
     block_m: int
