@@ -28,8 +28,9 @@ BWD_TILE_M = 64       # the backward's query rows per tile
 # the 16-byte dk/dv stores that came after)
 COSTS = {(64, "forward"): (2300, 2440), (64, "backward"): (6000, 3500),
          (128, "forward"): (6000, 2900), (128, "backward"): (10700, 4950)}
-# the item orders `order` compares: the kernels' ((b, head) after (b, head), each head's heavy
-# blocks first), and the same with the (b, head)s sorted by their tiles, most first
+# the item orders `order` compares: (b, head) after (b, head), each head's heavy blocks first
+# (the kernels' order until they sorted their heads), and the same with the (b, head)s in
+# plan.heads_by_work's order, most tiles first (the kernels' order now)
 ORDERS = ("by head", "heavy heads first")
 
 
@@ -101,12 +102,13 @@ def item_tiles(start, n_queries: int, n_keys: int) -> dict:
     return {"forward": forward.flip(-1), "backward": backward}
 
 
-def ordered(tiles, name: str):
-    """The items' tiles, flattened in the order `name` (ORDERS) takes them."""
-    import torch
+def ordered(tiles, name: str, start):
+    """The items' tiles, flattened in the order `name` (ORDERS) takes them; start: the plan's
+    start blocks, from which the kernels order their heads (plan.heads_by_work)."""
+    from foxcompile.kernels import plan as plan_mod
     heads = tiles.flatten(0, 1)                                          # (B * H, blocks)
     if name == "heavy heads first":
-        heads = heads[torch.sort(heads.sum(-1), descending=True, stable=True).indices]
+        heads = heads[plan_mod.heads_by_work(start).long()]
     return heads.flatten()
 
 
@@ -126,7 +128,7 @@ def order(programs: int, shapes: str, json_path: str | None):
             row = {"shape": shape, "direction": direction, "items": tiles.numel(),
                    "tiles": int(tiles.sum()), "max_item_tiles": int(tiles.max())}
             for name in ORDERS:
-                costs = (per_item + per_tile * ordered(tiles, name).double()).tolist()
+                costs = (per_item + per_tile * ordered(tiles, name, plan.start).double()).tolist()
                 row[name] = over_ideal(greedy(costs, programs), costs, programs)
             rows.append(row)
     print(f"{programs} programs, SYN70 with pruning: makespan / (the work / programs)")
