@@ -152,14 +152,27 @@ def _step_row(src, start, offs, ok, other, BLOCK: tl.constexpr, MASKED: tl.const
 # ----------------------------------------------------------------------------- forward and dq
 
 @triton.jit
-def _query_program(n_heads, group, n_queries, BLOCK_M: tl.constexpr):
+def _scheduled_head(position, ORDER, ORDERED: tl.constexpr):
+    """The (b, head) number b * H + h that the grid's position-th head of programs runs:
+    ORDER[position] with ORDERED (plan.heads_by_work, the heads with the most tiles first:
+    the hardware starts programs in grid order as slots free up, so the heaviest are not left
+    for the end), otherwise position (ORDER not read)."""
+    if ORDERED:
+        return tl.load(ORDER + position)
+    return position
+
+
+@triton.jit
+def _query_program(n_heads, group, n_queries, ORDER, BLOCK_M: tl.constexpr,
+                   ORDERED: tl.constexpr):
     """(b, query head, kv head, query block, b * n_heads + h) of a forward or dq program. One
-    flat grid (no 65535 limit on B * H); within a head the heavy (late) query blocks, which have
-    the most key blocks under the causal mask, start first."""
+    flat grid (no 65535 limit on B * H), the (b, head)s in the order _scheduled_head gives;
+    within a head the heavy (late) query blocks, which have the most key blocks under the
+    causal mask, start first."""
     m_blocks = (n_queries + BLOCK_M - 1) // BLOCK_M
     pid = tl.program_id(0)
     pid_m = m_blocks - 1 - pid % m_blocks
-    pid_bh = pid // m_blocks
+    pid_bh = _scheduled_head(pid // m_blocks, ORDER, ORDERED)
     b = (pid_bh // n_heads).to(tl.int64)
     h = (pid_bh % n_heads).to(tl.int64)
     return b, h, h // group, pid_m, pid_bh
@@ -253,19 +266,19 @@ def _fwd_steps(acc, l_i, m_i, rows, keys, lo, hi, n_keys, qk_scale, BLOCK_N: tl.
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, K_D, V_D, LAM_D,
+def _fwd_kernel(Q, K, V, LAM, OUT, LSE, START, DOC, ORDER, K_D, V_D, LAM_D,
                 q_str, k_str, v_str, lam_str, out_str, lse_str, start_str, doc_str,
                 n_heads, group, n_queries, n_keys, qk_scale,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 GRID_M: tl.constexpr, GRID_N: tl.constexpr,
                 CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
-                TMA: tl.constexpr):
-    """OUT and LSE of one (b, query head, block of BLOCK_M queries). TMA: k, v and lam are read
-    through the tensor descriptors K_D, V_D ((B, Hk, N, D), blocks [1, 1, BLOCK_N, D_PAD]) and
-    LAM_D ((B, Hq, N), blocks [1, 1, BLOCK_N]), zeros past the edges; otherwise through
-    pointers."""
-    b, h, hk, pid_m, _ = _query_program(n_heads, group, n_queries, BLOCK_M)
+                TMA: tl.constexpr, ORDERED: tl.constexpr):
+    """OUT and LSE of one (b, query head, block of BLOCK_M queries); with ORDERED the (b, query
+    head)s in ORDER's order (_scheduled_head). TMA: k, v and lam are read through the tensor
+    descriptors K_D, V_D ((B, Hk, N, D), blocks [1, 1, BLOCK_N, D_PAD]) and LAM_D ((B, Hq, N),
+    blocks [1, 1, BLOCK_N]), zeros past the edges; otherwise through pointers."""
+    b, h, hk, pid_m, _ = _query_program(n_heads, group, n_queries, ORDER, BLOCK_M, ORDERED)
     Q, K, V = _at(Q, q_str, b, h), _at(K, k_str, b, hk), _at(V, v_str, b, hk)
     LAM, OUT, LSE = _at(LAM, lam_str, b, h), _at(OUT, out_str, b, h), _at(LSE, lse_str, b, h)
     START = _at(START, start_str, b, h)
@@ -327,7 +340,7 @@ def _dq_steps(dq, ds_rows, rows, keys, lo, hi, n_keys, qk_scale, BLOCK_N: tl.con
 
 
 @triton.jit
-def _dq_kernel(Q, K, V, LAM, DO, LSE, DO_O, DQ, DLAM_ROW, START, DOC, K_D, V_D, LAM_D,
+def _dq_kernel(Q, K, V, LAM, DO, LSE, DO_O, DQ, DLAM_ROW, START, DOC, ORDER, K_D, V_D, LAM_D,
                q_str, k_str, v_str, lam_str, do_str, lse_str, dq_str, dlam_row_str, start_str,
                doc_str,
                n_heads, group, n_queries, n_keys, qk_scale, scale,
@@ -335,10 +348,11 @@ def _dq_kernel(Q, K, V, LAM, DO, LSE, DO_O, DQ, DLAM_ROW, START, DOC, K_D, V_D, 
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                GRID_M: tl.constexpr, GRID_N: tl.constexpr,
                CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
-               TMA: tl.constexpr):
-    """dq and the dS row sums of one (b, query head, block of BLOCK_M queries). TMA: k, v and
-    lam through descriptors, as in _fwd_kernel."""
-    b, h, hk, pid_m, pid_bh = _query_program(n_heads, group, n_queries, BLOCK_M)
+               TMA: tl.constexpr, ORDERED: tl.constexpr):
+    """dq and the dS row sums of one (b, query head, block of BLOCK_M queries); ORDER and
+    ORDERED, and with TMA k, v and lam through descriptors, as in _fwd_kernel."""
+    b, h, hk, pid_m, pid_bh = _query_program(n_heads, group, n_queries, ORDER, BLOCK_M,
+                                             ORDERED)
     Q, K, V = _at(Q, q_str, b, h), _at(K, k_str, b, hk), _at(V, v_str, b, hk)
     LAM, DO, LSE = _at(LAM, lam_str, b, h), _at(DO, do_str, b, h), _at(LSE, lse_str, b, h)
     DO_O += pid_bh.to(tl.int64) * n_queries   # our own contiguous (B, Hq, M) buffer
@@ -475,7 +489,7 @@ def _dkdv_steps(dk, dv, colsum, keys, queries, lo, hi, offset, n_queries, qk_sca
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DO_O, DK, DV, DLAM, END, DOC,
+def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DO_O, DK, DV, DLAM, END, DOC, ORDER,
                  Q_D, DO_D, LAM_D, LSE_D, DO_O_D,
                  q_str, k_str, v_str, lam_str, do_str, lse_str, dk_str, dv_str, dlam_str,
                  end_str, doc_str,
@@ -484,16 +498,17 @@ def _dkdv_kernel(Q, K, V, LAM, DO, LSE, DO_O, DK, DV, DLAM, END, DOC,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                  GRID_M: tl.constexpr, GRID_N: tl.constexpr, ROW_EDGE: tl.constexpr,
                  CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DOC: tl.constexpr,
-                 TMA: tl.constexpr):
+                 TMA: tl.constexpr, ORDERED: tl.constexpr):
     """dk, dv of one (b, kv head, block of BLOCK_N keys), summed over the group's query heads,
-    and the dS column sums of each of them. TMA: the streamed q, dO, lam, lse and do_o come
+    and the dS column sums of each of them; with ORDERED the (b, kv head)s in ORDER's order
+    (_scheduled_head). TMA: the streamed q, dO, lam, lse and do_o come
     through the descriptors Q_D, DO_D ((B, Hq, M, D), blocks [1, 1, BLOCK_M, D_PAD]), LAM_D,
     LSE_D and DO_O_D ((B, Hq, .), blocks [1, 1, BLOCK_M]); otherwise through pointers."""
     # Key block 0 sees every query: launch in key order, heavy first.
     n_blocks = (n_keys + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
     pid_n = pid % n_blocks
-    pid_bh = pid // n_blocks
+    pid_bh = _scheduled_head(pid // n_blocks, ORDER, ORDERED)
     b = (pid_bh // n_kv_heads).to(tl.int64)
     hk = (pid_bh % n_kv_heads).to(tl.int64)
     K, V = _at(K, k_str, b, hk), _at(V, v_str, b, hk)

@@ -33,7 +33,7 @@ from . import plan as plan_mod
 from . import triton_attention
 from .plan import Plan
 from .triton_attention import (LOG2E, _capability, _device_guard, _doc_args, _f32,
-                               _multiprocessors, _tma_ok)
+                               _multiprocessors, _tma_ok, head_order)
 
 max_norm = triton_attention.max_norm
 
@@ -216,7 +216,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None,
     # out through TMA stores from the Q buffers where it allows them (OUT_TMA)
     out_tma = OUT_TMA_STORES[head_dim] and out.dtype == q.dtype and _tma_ok(out)
     q_desc = _descriptor(q, 64)
-    order = _head_order(plan.start, 1, has_doc)
+    order = head_order(plan.start, 1, has_doc)
     kern = _kernels()
     n_items = -(-n_queries // 128) * batch * q_heads
     grid = (min(n_items, _multiprocessors(q.device)),)   # persistent: one program per SM
@@ -234,14 +234,6 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None,
             OUT_ALIGN=out_align, OUT_TMA=out_tma, ORDERED=not has_doc,
             TIMELINE=stamps is not None, num_warps=4)
     return lse
-
-
-def _head_order(start: torch.Tensor, group: int, has_doc: bool) -> torch.Tensor:
-    """The kernels' ORDER: the (b, head)s by work, most first (plan.heads_by_work; kv heads
-    with group > 1), or, with document ids, start itself, unread (ORDERED off: there the items
-    are cut short by their documents, which the plan's start blocks do not count, and such
-    calls are bound by the host)."""
-    return start if has_doc else plan_mod.heads_by_work(start, group)
 
 
 def _stamps(stamps: torch.Tensor | None, unused: torch.Tensor, n_items: int) -> torch.Tensor:
@@ -340,7 +332,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             _descriptor(row_sums, 64), *((_descriptor(dk, BLOCK_N), _descriptor(dv, BLOCK_N))
                                          if kv_tma else (k_desc, v_desc)),
             lam, dk, dv, dlam, end, doc, counter,
-            _head_order(plan.start, q_heads // kv_heads, has_doc), _stamps(stamps, dlam, n_items),
+            head_order(plan.start, q_heads // kv_heads, has_doc), _stamps(stamps, dlam, n_items),
             lam.stride(0), lam.stride(1), *dk_strides, *dv_strides, dlam.stride(0),
             dlam.stride(1),
             end.stride(0), end.stride(1), end.stride(2), doc_strides[0],

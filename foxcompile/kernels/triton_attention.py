@@ -253,6 +253,14 @@ def _doc_args(doc, lam):
     return doc, doc.stride(), True
 
 
+def head_order(start: torch.Tensor, group: int, has_doc: bool) -> torch.Tensor:
+    """The kernels' ORDER: the (b, head)s by work, most first (plan.heads_by_work; kv heads
+    with group > 1), or, with document ids, start itself, unread (ORDERED off: there the items
+    are cut short by their documents, which the plan's start blocks do not count, and such
+    calls are bound by the host)."""
+    return start if has_doc else plan_mod.heads_by_work(start, group)
+
+
 def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None) -> torch.Tensor:
     """Writes out (B, Hq, M, D) through its strides and returns lse (B, Hq, M) float32."""
     batch, q_heads, n_queries, head_dim = q.shape
@@ -268,6 +276,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
     lam = _f32(lam)
     start = plan.start
     doc, doc_strides, has_doc = _doc_args(doc, lam)
+    order = head_order(start, 1, has_doc)
     tma = "fwd" in _tma_kernels(d_pad, interpret, _capability(q.device)) and _tma_ok(k, v, lam)
 
     def launch(config):
@@ -276,14 +285,14 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
         kd, vd, ld = ((_descriptor(k, block_n, d_pad), _descriptor(v, block_n, d_pad),
                        _descriptor(lam, block_n)) if tma else (None, None, None))
         kern._fwd_kernel[grid](
-            q, k, v, lam, out, lse, start, doc, kd, vd, ld,
+            q, k, v, lam, out, lse, start, doc, order, kd, vd, ld,
             q.stride(), k.stride(), v.stride(), lam.stride(), out.stride(), lse.stride(),
             start.stride(), doc_strides,
             q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale) * LOG2E,
             HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
             GRID_M=plan.block_m, GRID_N=plan.block_n,
             CAST_F32=interpret, DOT_PREC=_dot_precision(q.dtype, interpret), HAS_DOC=has_doc,
-            TMA=tma, num_warps=warps, num_stages=stages,
+            TMA=tma, ORDERED=not has_doc, num_warps=warps, num_stages=stages,
             **max_registers("fwd", d_pad, _capability(q.device), interpret))
 
     with _device_guard(q):
@@ -317,6 +326,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
+    q_order = head_order(plan.start, 1, has_doc)
+    kv_order = q_order if group == 1 else head_order(plan.start, group, has_doc)
     tma = _tma_kernels(d_pad, interpret, cap)
     dkdv_tma = "dkdv" in tma and _tma_ok(q, grad_out, lam, lse, do_o)
     dq_tma = "dq" in tma and _tma_ok(k, v, lam)
@@ -327,7 +338,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                             _descriptor(lam, block_m), _descriptor(lse, block_m),
                             _descriptor(do_o, block_m)) if dkdv_tma else (None,) * 5)
             kern._dkdv_kernel[(triton_cdiv(n_keys, block_n) * batch * kv_heads,)](
-                q, k, v, lam, grad_out, lse, do_o, dk, dv, dlam, end, doc, *descriptors,
+                q, k, v, lam, grad_out, lse, do_o, dk, dv, dlam, end, doc, kv_order,
+                *descriptors,
                 q.stride(), k.stride(), v.stride(), lam.stride(), grad_out.stride(),
                 lse.stride(), dk.stride(), dv.stride(), dlam.stride(), end.stride(),
                 doc_strides,
@@ -335,7 +347,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
                 GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
                 CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, TMA=dkdv_tma,
-                num_warps=warps, num_stages=stages,
+                ORDERED=not has_doc, num_warps=warps, num_stages=stages,
                 **max_registers("dkdv", d_pad, cap, interpret))
 
         def launch_dq(config):
@@ -343,7 +355,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             descriptors = ((_descriptor(k, block_n, d_pad), _descriptor(v, block_n, d_pad),
                             _descriptor(lam, block_n)) if dq_tma else (None,) * 3)
             kern._dq_kernel[(triton_cdiv(n_queries, block_m) * batch * q_heads,)](
-                q, k, v, lam, grad_out, lse, do_o, dq, dlam_row, plan.start, doc, *descriptors,
+                q, k, v, lam, grad_out, lse, do_o, dq, dlam_row, plan.start, doc, q_order,
+                *descriptors,
                 q.stride(), k.stride(), v.stride(), lam.stride(), grad_out.stride(),
                 lse.stride(), dq.stride(), dlam_row.stride(), plan.start.stride(),
                 doc_strides,
@@ -351,7 +364,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
                 GRID_M=plan.block_m, GRID_N=plan.block_n,
                 CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, TMA=dq_tma,
-                num_warps=warps, num_stages=stages, **max_registers("dq", d_pad, cap, interpret))
+                ORDERED=not has_doc, num_warps=warps, num_stages=stages,
+                **max_registers("dq", d_pad, cap, interpret))
 
         memo = (d_pad, q.dtype, q.device, dkdv_tma, dq_tma)
         for kind, launch in (("dkdv", launch_dkdv), ("dq", launch_dq)):
