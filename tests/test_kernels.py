@@ -562,6 +562,56 @@ def test_heads_by_work(group):
     assert plan_mod.heads_by_work(dense, group).tolist() == list(range(batch * kv_heads))
 
 
+def head_orders_agree(engine, monkeypatch, device, exact=("out", "lse", "dq", "dk", "dv", "dlam")):
+    """Forward and backward of a pruned GQA case (M < N, odd sizes) with the kernels taking
+    the heads in their own order and by work (FOXCOMPILE_HEAD_ORDER): every program computes
+    the same thing either way, so the outputs named in `exact` agree bit for bit (the others,
+    reduced by float32 adds in any order, to their rounding); and the case does reorder."""
+    q, k, v, lam = make_inputs(2, 6, 3, 300, 420, 64, torch.bfloat16, device,
+                               decay=(1.0, 64.0), layout="bthd")
+    scale = 64 ** -0.5
+    plan = plan_mod.make_plan(q, k, lam, scale, math.exp(-10.0), Prune.PROVEN,
+                              norm=engine.max_norm)
+    for group in (1, 2):
+        order = plan_mod.heads_by_work(plan.start, group).cpu()
+        assert not torch.equal(order, torch.arange(len(order), dtype=order.dtype)), group
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q)
+    results = {}
+    for name in ("index", "work"):
+        monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", name)
+        results[name] = run_kernels(engine, q, k, v, lam, plan, scale, grad_out, "bthd")
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv", "dlam"), *results.values()):
+        if name in exact:
+            assert torch.equal(a, b), name
+        else:
+            assert torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-3), name
+
+
+@interp
+def test_interpreter_head_order_changes_nothing(interpret_env, monkeypatch):
+    """The tl kernels (forward, dq, dk/dv) in both head orders: the same results bit for bit."""
+    head_orders_agree(interpret_env, monkeypatch, "cpu")
+
+
+def test_head_order_setting(monkeypatch):
+    """FOXCOMPILE_HEAD_ORDER: unset takes the default, "index" and documents keep the heads'
+    own order (start, unread), "work" takes plan.heads_by_work's, anything else is an error."""
+    from foxcompile.kernels import triton_attention
+    start = torch.tensor([[[0, 1], [0, 0], [1, 1]]], dtype=torch.int32)     # (1, 3, 2)
+    monkeypatch.delenv("FOXCOMPILE_HEAD_ORDER", raising=False)
+    assert triton_attention.head_order(start, 1, False)[1] == (
+        triton_attention.HEAD_ORDER_DEFAULT == "work")
+    monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", "work")
+    order, ordered = triton_attention.head_order(start, 1, False)
+    assert ordered and order.tolist() == [1, 0, 2]
+    assert triton_attention.head_order(start, 1, True) == (start, False)
+    monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", "index")
+    assert triton_attention.head_order(start, 1, False) == (start, False)
+    monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", "heaviest")
+    with pytest.raises(ValueError, match="FOXCOMPILE_HEAD_ORDER"):
+        triton_attention.head_order(start, 1, False)
+
+
 # ----------------------------------------------------------------------------- GPU
 
 gpu = pytest.mark.gpu
@@ -895,6 +945,7 @@ def test_gpu_gluon_timeline(monkeypatch, head_dim):
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the Gluon engine is for sm90")
     monkeypatch.setattr(gluon_attention, "_multiprocessors", lambda device: 3)
+    monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", "work")
     batch, q_heads, kv_heads, n_queries, n_keys = 2, 4, 2, 700, 1100
     q, k, v, lam = make_inputs(batch, q_heads, kv_heads, n_queries, n_keys, head_dim,
                                torch.bfloat16, "cuda", decay=(1.0, 16.0), layout="bthd")
@@ -947,6 +998,18 @@ def schedule_positions(start, group, n_items):
     blocks = n_items // len(order)
     item = torch.arange(n_items)
     return rank[item // blocks] * blocks + item % blocks
+
+
+@gpu
+@needs_cuda
+def test_gpu_head_order_changes_nothing(cuda_engine, monkeypatch):
+    """Both engines in both head orders (FOXCOMPILE_HEAD_ORDER), 3 programs for the persistent
+    Gluon kernels: the same results, bit for bit where each work item writes alone."""
+    if cuda_engine.__name__.endswith("gluon_attention"):
+        monkeypatch.setattr(cuda_engine, "_multiprocessors", lambda device: 3)
+        head_orders_agree(cuda_engine, monkeypatch, "cuda", exact=("out", "lse", "dk", "dv"))
+    else:
+        head_orders_agree(cuda_engine, monkeypatch, "cuda")
 
 
 @gpu

@@ -216,7 +216,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None,
     # out through TMA stores from the Q buffers where it allows them (OUT_TMA)
     out_tma = OUT_TMA_STORES[head_dim] and out.dtype == q.dtype and _tma_ok(out)
     q_desc = _descriptor(q, 64)
-    order = head_order(plan.start, 1, has_doc)
+    order, ordered = head_order(plan.start, 1, has_doc)
     kern = _kernels()
     n_items = -(-n_queries // 128) * batch * q_heads
     grid = (min(n_items, _multiprocessors(q.device)),)   # persistent: one program per SM
@@ -231,7 +231,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None,
             lse.stride(1), *plan.start.stride(), doc_strides[0], out_strides[2],
             n_items, q_heads, q_heads // kv_heads, n_queries, n_keys, float(scale),
             HEAD_DIM=head_dim, BLOCK_N=BLOCK_N, STAGES=STAGES[head_dim], HAS_DOC=has_doc,
-            OUT_ALIGN=out_align, OUT_TMA=out_tma, ORDERED=not has_doc,
+            OUT_ALIGN=out_align, OUT_TMA=out_tma, ORDERED=ordered,
             TIMELINE=stamps is not None, num_warps=4)
     return lse
 
@@ -321,6 +321,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     dk_strides, dv_strides = kv_strides[:3], kv_strides[3:]
     dq_next = BWD_DQ_NEXT[head_dim] and not kv_tma
     kv_buffers = BWD_KV_BUFFERS_DQ_NEXT if dq_next else BWD_KV_BUFFERS[head_dim]
+    order, ordered = head_order(plan.start, q_heads // kv_heads, has_doc)
     kern = _bwd_kernels()
     k_desc, v_desc = _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N)
     n_items = -(-n_keys // BLOCK_N) * batch * kv_heads
@@ -331,8 +332,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             _descriptor(grad_out, 64), _descriptor(dq_acc, 64), _rows_descriptor(rows),
             _descriptor(row_sums, 64), *((_descriptor(dk, BLOCK_N), _descriptor(dv, BLOCK_N))
                                          if kv_tma else (k_desc, v_desc)),
-            lam, dk, dv, dlam, end, doc, counter,
-            head_order(plan.start, q_heads // kv_heads, has_doc), _stamps(stamps, dlam, n_items),
+            lam, dk, dv, dlam, end, doc, counter, order, _stamps(stamps, dlam, n_items),
             lam.stride(0), lam.stride(1), *dk_strides, *dv_strides, dlam.stride(0),
             dlam.stride(1),
             end.stride(0), end.stride(1), end.stride(2), doc_strides[0],
@@ -340,7 +340,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
             float(scale),
             HEAD_DIM=head_dim, GRID_M=plan.block_m, GRID_N=plan.block_n,
             STAGES=BWD_STAGES[head_dim], KV_BUFFERS=kv_buffers, HAS_DOC=has_doc,
-            KV_ALIGN=kv_align, KV_TMA=kv_tma, DQ_NEXT=dq_next, ORDERED=not has_doc,
+            KV_ALIGN=kv_align, KV_TMA=kv_tma, DQ_NEXT=dq_next, ORDERED=ordered,
             TIMELINE=stamps is not None, num_warps=8)
     # the kernel sums dS K: the scale once, here, with the dS row sums' part of dlam
     triton_attention.finish_dq(dq_acc, row_sums, float(scale), dq, dlam)

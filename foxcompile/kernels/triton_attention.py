@@ -253,12 +253,26 @@ def _doc_args(doc, lam):
     return doc, doc.stride(), True
 
 
-def head_order(start: torch.Tensor, group: int, has_doc: bool) -> torch.Tensor:
-    """The kernels' ORDER: the (b, head)s by work, most first (plan.heads_by_work; kv heads
-    with group > 1), or, with document ids, start itself, unread (ORDERED off: there the items
-    are cut short by their documents, which the plan's start blocks do not count, and such
-    calls are bound by the host)."""
-    return start if has_doc else plan_mod.heads_by_work(start, group)
+# The order in which both engines' kernels take the (b, head)s: "work" (plan.heads_by_work,
+# the most tiles first, so that the heaviest heads are not left for the end of the call) or
+# "index" (b, head after b, head); FOXCOMPILE_HEAD_ORDER overrides it (docs/kernels.md, "The
+# order of the heads").
+HEAD_ORDER_ENV = "FOXCOMPILE_HEAD_ORDER"
+HEAD_ORDER_DEFAULT = "work"
+
+
+def head_order(start: torch.Tensor, group: int, has_doc: bool) -> tuple[torch.Tensor, bool]:
+    """(the kernels' ORDER, ORDERED): the (b, head)s by work, most first (plan.heads_by_work;
+    kv heads with group > 1), and True, where the head order (HEAD_ORDER_ENV, default
+    HEAD_ORDER_DEFAULT) is "work" and there are no document ids; otherwise start itself,
+    never read, and False. With document ids the items are cut short by their documents,
+    which the plan's start blocks do not count, and such calls are bound by the host."""
+    text = os.environ.get(HEAD_ORDER_ENV, "").strip().lower() or HEAD_ORDER_DEFAULT
+    if text not in ("work", "index"):
+        raise ValueError(f"{HEAD_ORDER_ENV}={text!r}: expected work or index")
+    if has_doc or text == "index":
+        return start, False
+    return plan_mod.heads_by_work(start, group), True
 
 
 def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None) -> torch.Tensor:
@@ -276,7 +290,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
     lam = _f32(lam)
     start = plan.start
     doc, doc_strides, has_doc = _doc_args(doc, lam)
-    order = head_order(start, 1, has_doc)
+    order, ordered = head_order(start, 1, has_doc)
     tma = "fwd" in _tma_kernels(d_pad, interpret, _capability(q.device)) and _tma_ok(k, v, lam)
 
     def launch(config):
@@ -292,7 +306,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
             HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
             GRID_M=plan.block_m, GRID_N=plan.block_n,
             CAST_F32=interpret, DOT_PREC=_dot_precision(q.dtype, interpret), HAS_DOC=has_doc,
-            TMA=tma, ORDERED=not has_doc, num_warps=warps, num_stages=stages,
+            TMA=tma, ORDERED=ordered, num_warps=warps, num_stages=stages,
             **max_registers("fwd", d_pad, _capability(q.device), interpret))
 
     with _device_guard(q):
@@ -326,8 +340,8 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
-    q_order = head_order(plan.start, 1, has_doc)
-    kv_order = q_order if group == 1 else head_order(plan.start, group, has_doc)
+    q_order, ordered = head_order(plan.start, 1, has_doc)
+    kv_order = q_order if group == 1 else head_order(plan.start, group, has_doc)[0]
     tma = _tma_kernels(d_pad, interpret, cap)
     dkdv_tma = "dkdv" in tma and _tma_ok(q, grad_out, lam, lse, do_o)
     dq_tma = "dq" in tma and _tma_ok(k, v, lam)
@@ -347,7 +361,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_N=block_n, BLOCK_M=block_m,
                 GRID_M=plan.block_m, GRID_N=plan.block_n, ROW_EDGE=n_queries % block_m != 0,
                 CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, TMA=dkdv_tma,
-                ORDERED=not has_doc, num_warps=warps, num_stages=stages,
+                ORDERED=ordered, num_warps=warps, num_stages=stages,
                 **max_registers("dkdv", d_pad, cap, interpret))
 
         def launch_dq(config):
@@ -364,7 +378,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
                 HEAD_DIM=head_dim, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
                 GRID_M=plan.block_m, GRID_N=plan.block_n,
                 CAST_F32=interpret, DOT_PREC=prec, HAS_DOC=has_doc, TMA=dq_tma,
-                ORDERED=not has_doc, num_warps=warps, num_stages=stages,
+                ORDERED=ordered, num_warps=warps, num_stages=stages,
                 **max_registers("dq", d_pad, cap, interpret))
 
         memo = (d_pad, q.dtype, q.device, dkdv_tma, dq_tma)
