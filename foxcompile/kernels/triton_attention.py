@@ -256,9 +256,10 @@ def _doc_args(doc, lam):
 # The order in which both engines' kernels take the (b, head)s: "work" (plan.heads_by_work,
 # the most tiles first, so that the heaviest heads are not left for the end of the call) or
 # "index" (b, head after b, head); FOXCOMPILE_HEAD_ORDER overrides it (docs/kernels.md, "The
-# order of the heads").
+# order of the heads"). "index" until "work" has run on a GPU: a CPU model of the schedule
+# gives it 3-7% off the pruned kernels and nothing dense (benchmarks/schedule_sim.py order).
 HEAD_ORDER_ENV = "FOXCOMPILE_HEAD_ORDER"
-HEAD_ORDER_DEFAULT = "work"
+HEAD_ORDER_DEFAULT = "index"
 
 
 def head_order(start: torch.Tensor, group: int, has_doc: bool) -> tuple[torch.Tensor, bool]:
