@@ -767,10 +767,13 @@ def test_gpu_guard_rising_gate(cuda_engine):
 
 @gpu
 @needs_cuda
-def test_gpu_cuda_graph_capture(cuda_engine):
+@pytest.mark.parametrize("head_order", ["index", "work"])
+def test_gpu_cuda_graph_capture(cuda_engine, monkeypatch, head_order):
     """Plan (threshold, guard, start/end blocks) and all kernels captured in one CUDA graph and
     replayed with new data: no host synchronisation anywhere, and the replay prunes per the new
-    data, exactly as an eager call on that data does."""
+    data, exactly as an eager call on that data does; in both head orders (the order by work
+    is sorted on the device, inside the graph)."""
+    monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", head_order)
     torch.manual_seed(0)
     shape = (2, 4, 2, 1024, 1024, 64)
     dtype = torch.bfloat16
