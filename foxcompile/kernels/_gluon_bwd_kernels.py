@@ -37,8 +37,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
 from ._gluon_kernels import (LOG2E, _as_desc_block, _item_queue, _publish_item,
-                             _scheduled_item, _stamp,
-                             _take_item)
+                             _scheduled_item, _stamp, _take_item)
 
 TILE_M = gl.constexpr(64)     # query rows per step (one wgmma M for dQ)
 BLOCK_N = gl.constexpr(128)   # keys per program: two warp groups of 64
@@ -189,10 +188,10 @@ def _bwd_loader(k_desc, v_desc, q_desc, do_desc, rows_desc, k_smem, v_smem, q_sm
     """The loader warp, and the scheduler: the work item at schedule position program_id
     first, then at the next free one (COUNTER, an int32 zero at launch, plus num_programs;
     _scheduled_item), each published to the other partitions (_publish_item) before its
-    loads. Per item: K and V into buffer jj % KV_BUFFERS
-    (once the math is done with that buffer's last item: kv_free), then Q, dO and the
-    per-query rows of every tile through the ring, a slot refilled once the math has finished
-    with it (q_free; `it` counts the tiles of all the program's items)."""
+    loads. Per item: K and V into buffer jj % KV_BUFFERS (once the math is done with that
+    buffer's last item: kv_free), then Q, dO and the per-query rows of every tile through the
+    ring, a slot refilled once the math has finished with it (q_free; `it` counts the tiles of
+    all the program's items)."""
     n_heads = n_kv_heads * group
     it = 0
     jj = 0

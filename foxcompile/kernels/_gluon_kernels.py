@@ -166,9 +166,9 @@ def _loader(q_desc, k_desc, v_desc, lam_desc, q_smem, k_smem, v_smem, lam_smem, 
     """The loader warp, and the scheduler: the work item at schedule position program_id
     first, then at the next free one (COUNTER, an int32 zero at launch, plus num_programs;
     _scheduled_item), each published to the consumers with its start block (_publish_item)
-    before its loads. Per item: its two Q halves into Q buffer
-    jj % 2 (a half once its consumer is done with that buffer's last item: q_free), then its key
-    tiles through the ring of STAGES stages (t counts the tiles of all the program's items)."""
+    before its loads. Per item: its two Q halves into Q buffer jj % 2 (a half once its consumer
+    is done with that buffer's last item: q_free), then its key tiles through the ring of
+    STAGES stages (t counts the tiles of all the program's items)."""
     t = 0
     jj = 0
     position = gl.program_id(0)
@@ -461,8 +461,8 @@ def _consumer(q_smem, k_smem, v_smem, lam_smem, ones, q_ready, q_free, k_ready, 
                              "start_h", "start_m", "doc_b", "out_row", "n_items", "n_heads",
                              "group", "n_queries", "n_keys"])
 def _gluon_fwd_kernel(q_desc, k_desc, v_desc, lam_desc, out_desc, LAM, OUT, LSE, START, DOC,
-                      COUNTER, ORDER, STAMPS, lam_b, lam_h, out_b, out_h, lse_b, lse_h, start_b, start_h,
-                      start_m, doc_b, out_row, n_items, n_heads, group, n_queries, n_keys,
+                      COUNTER, ORDER, STAMPS, lam_b, lam_h, out_b, out_h, lse_b, lse_h, start_b,
+                      start_h, start_m, doc_b, out_row, n_items, n_heads, group, n_queries, n_keys,
                       sm_scale, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
                       STAGES: gl.constexpr, HAS_DOC: gl.constexpr, OUT_ALIGN: gl.constexpr,
                       OUT_TMA: gl.constexpr, ORDERED: gl.constexpr, TIMELINE: gl.constexpr):

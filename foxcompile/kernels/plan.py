@@ -298,8 +298,8 @@ def heads_by_work(start: torch.Tensor, group: int = 1) -> torch.Tensor:
 
     Why: the kernels take (b, head) after (b, head), and when the last heads are the heaviest
     (a gate whose decay slows with the head index) the programs that drew their light blocks
-    wait for the one with the heaviest at the end (docs/kernels.md, "Where a work item's time
-    goes", the tail)."""
+    wait for the one with the heaviest at the end (docs/kernels.md, "The order of the
+    heads")."""
     skipped = start.sum(-1, dtype=torch.int64)                           # (B, Hq)
     if group > 1:
         skipped = skipped.unflatten(1, (-1, group)).sum(-1)              # (B, Hk)
