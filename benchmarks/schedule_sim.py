@@ -29,8 +29,8 @@ BWD_TILE_M = 64       # the backward's query rows per tile
 COSTS = {(64, "forward"): (2300, 2440), (64, "backward"): (6000, 3500),
          (128, "forward"): (6000, 2900), (128, "backward"): (10700, 4950)}
 # the item orders `order` compares: (b, head) after (b, head), each head's heavy blocks first
-# (the kernels' order until they sorted their heads), and the same with the (b, head)s in
-# plan.heads_by_work's order, most tiles first (the kernels' order now)
+# (the kernels' with FOXCOMPILE_HEAD_ORDER=index, the default), and the same with the (b, head)s
+# in plan.heads_by_work's order, most tiles first (FOXCOMPILE_HEAD_ORDER=work)
 ORDERS = ("by head", "heavy heads first")
 
 
