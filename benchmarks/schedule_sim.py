@@ -2,7 +2,8 @@
 schedule (no GPU needed). Two questions, one per mode:
 
     python benchmarks/schedule_sim.py assignment [--programs 132] [--overhead 3]
-    python benchmarks/schedule_sim.py order [--programs 132] [--shapes B8-T4096-H24-D64,...] [--json F]
+    python benchmarks/schedule_sim.py order [--programs 132] [--shapes B8-T4096-H24-D64,...]
+        [--json F]
 
 assignment: P programs take the key-block work items of a dense causal backward (one item = one
   128-key block of one (b, head), its cost the 64-query tiles it walks plus a fixed overhead),
@@ -69,7 +70,8 @@ def dense_item_tiles(seq: int, block_n: int = BLOCK, tile_m: int = BWD_TILE_M):
 
 
 def assignment(programs: int, overhead: float):
-    print(f"{'shape':<18} {'assignment':<10} {'makespan/ideal':>14} {'heads in flight':>16} {'max':>4}")
+    print(f"{'shape':<18} {'assignment':<10} {'makespan/ideal':>14} {'heads in flight':>16} "
+          f"{'max':>4}")
     for batch, heads, seq in ((8, 24, 4096), (2, 24, 16384)):
         tiles = dense_item_tiles(seq)
         costs = [tiles[item % len(tiles)] + overhead for item in range(len(tiles) * batch * heads)]
@@ -139,8 +141,8 @@ def order(programs: int, shapes: str, json_path: str | None):
               f"{row['max_item_tiles']:9d} " + " ".join(f"{row[name]:17.3f}" for name in ORDERS))
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"programs": programs, "costs": {f"D{d} {k}": v for (d, k), v in COSTS.items()},
-                       "rows": rows}, f, indent=1)
+            cost_table = {f"D{d} {k}": v for (d, k), v in COSTS.items()}
+            json.dump({"programs": programs, "costs": cost_table, "rows": rows}, f, indent=1)
     return rows
 
 

@@ -20,11 +20,11 @@ head dim (dQ), compute per tile
 
 each product waited for inside the tile (ptxas serialises wgmma groups left pending across the
 loop's back-edge), but at D = 64 (DQ_NEXT) a tile's dQ and R are issued at the next tile's
-start, beside its S^T and dP^T, and waited for there; dV and dK take P^T and dS^T from registers, and dS^T also goes through
-shared memory, since both warp groups' halves feed dQ and R; a reducer warp adds each tile's dQ
-and R, handed over in shared memory, into float32 buffers summed over key blocks by TMA
-reduce-adds (in any order: not deterministic bit for bit), and with KV_TMA (D = 128) also
-stores each item's dk and dv from shared memory by TMA. The dS column sums (per key, for
+start, beside its S^T and dP^T, and waited for there; dV and dK take P^T and dS^T from
+registers, and dS^T also goes through shared memory, since both warp groups' halves feed dQ
+and R; a reducer warp adds each tile's dQ and R, handed over in shared memory, into float32
+buffers summed over key blocks by TMA reduce-adds (in any order: not deterministic bit for
+bit), and with KV_TMA (D = 128) also stores each item's dk and dv from shared memory by TMA. The dS column sums (per key, for
 dlam): dS^T (registers) times ones on the tensor cores at D = 64; at D = 128, where the
 accumulators crowd the registers, summed in registers, and dV's product issued only after dS.
 docs/kernels.md, "The Gluon backward", has the diagram of who waits on whom.
