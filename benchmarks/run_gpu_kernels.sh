@@ -29,7 +29,8 @@
 # host: benchmarks/host_overhead.py (the op's host time per call and step, and its kernel
 #   launches per call, on shapes too small to load the GPU) into $OUT/host_overhead.json / .log.
 # timeline: benchmarks/item_timeline.py (the Gluon kernels' TIMELINE build: where each work
-#   item's time goes, at TIMELINE_SHAPES or the three standard shapes) into $OUT/timeline.json / .log.
+#   item's time goes, at TIMELINE_SHAPES or the three standard shapes) into $OUT/timeline.json / .log
+#   (TIMELINE_NAME=NAME: $OUT/NAME.json / .log instead, e.g. one per FOXCOMPILE_HEAD_ORDER).
 # gluonbwd: benchmarks/check_gluon_bwd.py (the Gluon backward against tl and float64, case by
 #   case; GLUONBWD_CASES=t64,g2,... picks some) into $OUT/gluon_bwd_check.json / .log.
 # gputests: python -m pytest tests/test_gpu.py tests/test_kernels.py (all of them: GPU and CPU
@@ -149,8 +150,8 @@ for step in $steps; do
       ;;
     timeline)
       stamp "work items' timelines (item_timeline.py)"
-      timeout ${TIMELINE_TIMEOUT:-240} $PY benchmarks/item_timeline.py --json "$OUT/timeline.json" \
-        ${TIMELINE_SHAPES:+--shapes "$TIMELINE_SHAPES"} 2>&1 | grep -v Warning | tee "$OUT/timeline.log"
+      timeout ${TIMELINE_TIMEOUT:-240} $PY benchmarks/item_timeline.py --json "$OUT/${TIMELINE_NAME:-timeline}.json" \
+        ${TIMELINE_SHAPES:+--shapes "$TIMELINE_SHAPES"} 2>&1 | grep -v Warning | tee "$OUT/${TIMELINE_NAME:-timeline}.log"
       ;;
     profile)
       stamp "per-kernel profile"
