@@ -3,18 +3,24 @@
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
 #       [bench] [ab] [abref] [variants] [ncu] [ncusrc] [train] [decode] [gendecode] [gluonbwd]
-#       [choice] [spread] [host] [timeline]
+#       [choice] [spread] [host] [timeline] [headorder]
 #   (default: tests bench)
 #
 # Writes under $OUT/all ($OUT defaults to ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
 # bench.json/bench.log, ... (each step's files, below). A device call brings back at most 8
 # files, top-level ones first, so after every step all of $OUT/all but Nsight's .ncu-rep reports
 # is packed into $OUT/results.tgz (unpack with `tar -xzf results.tgz`), and env.txt and
-# targets.txt (and choice.txt) are copied to $OUT.
+# targets.txt (and choice.txt, ab_compare.txt) are copied to $OUT.
 # Triton and Inductor caches go to .tcache/ (git-ignored), kept while the machine stays warm.
 # ab: bench_attention once per variant of AB (space-separated NAME:ENV=VALUE[+ENV=VALUE]), e.g.
 #   AB="ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1", foxcompile and cuDNN rows only, into
 #   $OUT/ab/NAME.json (cuDNN is timed in each, as the same-run baseline); AB_SKIP=key,... leaves more rows out.
+#   Variants named NAME.rK (round K) are merged into medians and ratios to AB_BASE (default: old
+#   or main) by benchmarks/ab_compare.py, into $OUT/ab_compare.txt / .json.
+# headorder: FOXCOMPILE_HEAD_ORDER=index against work: ab with HEAD_ORDER_ROUNDS (default 2)
+#   alternated rounds of each (tl and Gluon rows and cuDNN; base index), then the timeline in each
+#   order (TIMELINE_NAME timeline_index / timeline_work, at TIMELINE_SHAPES, default
+#   B2-T16384-H24-D64: `idle_at_end` is the tail the order should shorten).
 # choice: where the Gluon engine should be chosen automatically: the tl, tl+Gluon and Gluon rows
 #   of bench_attention.py at CHOICE_SHAPES (default: D = 64 at 4k, 8k, 16k keys and D = 128 at
 #   4k, 16k), then benchmarks/engine_choice.py's proposal for PREFERRED_MIN_KEYS, into
@@ -83,7 +89,7 @@ mkdir -p "$OUT"
 pack() {
   tar -czf "$TOP/results.tgz.part" --exclude='*.ncu-rep' -C "$OUT" . \
     && mv "$TOP/results.tgz.part" "$TOP/results.tgz"
-  for f in env.txt targets.txt choice.txt; do if [ -f "$OUT/$f" ]; then cp "$OUT/$f" "$TOP/"; fi; done
+  for f in env.txt targets.txt choice.txt ab_compare.txt; do if [ -f "$OUT/$f" ]; then cp "$OUT/$f" "$TOP/"; fi; done
 }
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -94,6 +100,31 @@ PY=${PY:-python3}
 steps=${*:-tests bench}
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+
+# ab's variants ($1, space-separated NAME:ENV=VALUE[+ENV=VALUE]), each in its own process, into
+# $OUT/ab/NAME.json / .log; names NAME.rK (round K) are merged by ab_compare.py (base AB_BASE)
+# into $OUT/ab_compare.txt / .json.
+run_ab() {
+  mkdir -p "$OUT/ab"
+  for variant in $1; do
+    name=${variant%%:*}; envs=${variant#*:}
+    stamp "variant $name ($envs)"
+    env ${envs//+/ } timeout 300 $PY benchmarks/bench_attention.py --json "$OUT/ab/$name.json" \
+      ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op${AB_SKIP:+,$AB_SKIP} \
+      ${BENCH_ARGS:-} > "$OUT/ab/$name.log" 2>&1
+    grep -E "^B[0-9]" "$OUT/ab/$name.log" | grep -E "foxcompile|cuDNN" | grep -v skipped
+    grep -E "Error|error" "$OUT/ab/$name.log" | head -3
+  done
+  if compgen -G "$OUT/ab/*.r[0-9]*.json" > /dev/null; then
+    $PY benchmarks/ab_compare.py "$OUT/ab" ${AB_BASE:+--base "$AB_BASE"} --json "$OUT/ab_compare.json" \
+      2>&1 | tee "$OUT/ab_compare.txt"
+  fi
+}
+run_timeline() {
+  stamp "work items' timelines (item_timeline.py${TIMELINE_NAME:+, $TIMELINE_NAME})"
+  timeout ${TIMELINE_TIMEOUT:-240} $PY benchmarks/item_timeline.py --json "$OUT/${TIMELINE_NAME:-timeline}.json" \
+    ${TIMELINE_SHAPES:+--shapes "$TIMELINE_SHAPES"} 2>&1 | grep -v Warning | tee "$OUT/${TIMELINE_NAME:-timeline}.log"
+}
 
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
@@ -149,9 +180,7 @@ for step in $steps; do
         2>&1 | grep -v Warning | tee "$OUT/host_overhead.log" | head -32
       ;;
     timeline)
-      stamp "work items' timelines (item_timeline.py)"
-      timeout ${TIMELINE_TIMEOUT:-240} $PY benchmarks/item_timeline.py --json "$OUT/${TIMELINE_NAME:-timeline}.json" \
-        ${TIMELINE_SHAPES:+--shapes "$TIMELINE_SHAPES"} 2>&1 | grep -v Warning | tee "$OUT/${TIMELINE_NAME:-timeline}.log"
+      run_timeline
       ;;
     profile)
       stamp "per-kernel profile"
@@ -163,15 +192,18 @@ for step in $steps; do
         | tee "$OUT/sweep.log" | grep -E "^best|error" | tail -20
       ;;
     ab)
-      mkdir -p "$OUT/ab"
-      for variant in ${AB:-ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1}; do
-        name=${variant%%:*}; envs=${variant#*:}
-        stamp "variant $name ($envs)"
-        env ${envs//+/ } timeout 300 $PY benchmarks/bench_attention.py --json "$OUT/ab/$name.json" \
-          ${SHAPES:+--shapes "$SHAPES"} --skip flash,flex,fla,fox-op${AB_SKIP:+,$AB_SKIP} \
-          ${BENCH_ARGS:-} > "$OUT/ab/$name.log" 2>&1
-        grep -E "^B[0-9]" "$OUT/ab/$name.log" | grep -E "foxcompile|cuDNN" | grep -v skipped
-        grep -E "Error|error" "$OUT/ab/$name.log" | head -3
+      run_ab "${AB:-ptr:FOXCOMPILE_TMA=0 tma:FOXCOMPILE_TMA=1}"
+      ;;
+    headorder)
+      variants=""
+      for r in $(seq 1 "${HEAD_ORDER_ROUNDS:-2}"); do
+        variants="$variants index.r$r:FOXCOMPILE_HEAD_ORDER=index work.r$r:FOXCOMPILE_HEAD_ORDER=work"
+      done
+      AB_BASE=index AB_SKIP=${AB_SKIP:-tlg-acp,tlg-dense,gtl-acp,gtl-dense} run_ab "$variants"
+      for order in index work; do
+        FOXCOMPILE_HEAD_ORDER=$order TIMELINE_NAME=timeline_$order \
+          TIMELINE_SHAPES=${TIMELINE_SHAPES:-B2-T16384-H24-D64} TIMELINE_TIMEOUT=${TIMELINE_TIMEOUT:-90} \
+          run_timeline
       done
       ;;
     abref)
