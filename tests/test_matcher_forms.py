@@ -177,6 +177,19 @@ def test_in_place_scores_are_followed():
         assert "softmax" in " ".join(site.removed), fn.__name__
 
 
+def test_row_max_of_scores_masked_in_place_is_followed():
+    """A softmax written by hand over scores masked in place reads them twice after the change:
+    exp(s - m), and the row max m, which the softmax is blind to (dropped with it)."""
+    def attend(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT * 0.3 + lam[..., :, None] - lam[..., None, :]
+        s[..., ~_causal(s.shape[-1])] = -math.inf
+        e = torch.exp(s - s.amax(-1, keepdim=True))
+        return (e / e.sum(-1, keepdim=True)) @ v
+    site = _one_site(attend, *_qkvg(M=9, N=9))
+    assert {"amax", "setitem"} <= set(site.removed)   # the row max goes with the softmax
+
+
 def test_gate_changed_after_the_bias_is_built_is_declined():
     def attend(q, k, v, g):
         lam = F.logsigmoid(g).cumsum(-1)

@@ -190,7 +190,7 @@ class Matcher:
         walker = ScoreWalker(g.rank(scores), reader, self.inplace)
         walker.walk(scores, reading, coef)
         shape = g.shape(scores)
-        qk_terms, key_terms, documents, masked_keys = self._classify(
+        qk_terms, key_terms, documents, masked_keys, blind = self._classify(
             walker.out, reader, shape[-2], shape[-1], nb, shape[0] if nb else 1)
         if len(qk_terms) != 1:
             raise Declined("no q.k product among the scores" if not qk_terms else
@@ -225,7 +225,7 @@ class Matcher:
             site.notes.append(f"{rows} query {'row' if rows == 1 else 'rows'} per kv head (at most "
                               f"{DECODE_ROWS}: decoding-sized): runs dense unless "
                               "FOXCOMPILE_DECODE_PRUNING=1")
-        self._check_in_place(site, walker.reads | _nan_repairs(pv, probs))
+        self._check_in_place(site, walker.reads | _nan_repairs(pv, probs), blind)
         site.changes, site.dead = changes, dead
         return site
 
@@ -258,7 +258,7 @@ class Matcher:
         reader = MaskReader(self.constants)
         walker = ScoreWalker(nb + 2, reader, self.inplace)
         walker.walk(mask, node)
-        qk_terms, key_terms, documents, masked_keys = self._classify(
+        qk_terms, key_terms, documents, masked_keys, blind = self._classify(
             walker.out, reader, g.shape(q)[-2], g.shape(k)[-2], nb, g.shape(q)[0] if nb else 1)
         if qk_terms:
             raise Declined("attn_mask contains a q.k product")
@@ -266,7 +266,7 @@ class Matcher:
         operands = [Operand(x, groups) for x in (q, k, v, node)]
         site = self._site("sdpa", node, *operands, nb, scale, key_terms, None, reader.notes,
                           documents, masked_keys)
-        self._check_in_place(site, walker.reads)
+        self._check_in_place(site, walker.reads, blind)
         return site
 
     def _classify(self, scores_info, reader, n_queries, n_keys, nb, batch):
@@ -275,9 +275,11 @@ class Matcher:
         terms, Documents or None, MaskedKeys or None)."""
         if scores_info.problem:
             raise Declined(scores_info.problem)
-        qk_terms, key_terms, kept, additive, piecewise = [], [], [], [], []
+        qk_terms, key_terms, kept, additive, piecewise, blind = [], [], [], [], [], []
         for term in scores_info.terms:
             found = self._term(term, reader, nb, g.same_size(n_queries, n_keys))
+            if found is None:
+                blind.append(term.leaf)
             if found == "additive" and term.split:
                 raise Declined(f"{_describe(term.leaf)} on the (B*H, M, N) scores before their view "
                                "as (B, H, M, N): not read as a mask")
@@ -352,7 +354,7 @@ class Matcher:
             key_terms += _linear_pieces(term, pw, n_queries, n_keys, reader)
         if not key_terms:
             raise Declined("no forget-gate bias: plain causal attention, nothing for ACP to prune")
-        return qk_terms, key_terms, documents, masked_keys
+        return qk_terms, key_terms, documents, masked_keys, blind
 
     @staticmethod
     def _term(term, reader, nb: int, square: bool):
@@ -420,10 +422,13 @@ class Matcher:
         return ([node for node in self.graph.nodes if node in owned and targets(node)],
                 [node for node in self.graph.nodes if node in hanging])
 
-    def _check_in_place(self, site: Site, resolved: set) -> None:
+    def _check_in_place(self, site: Site, resolved: set, blind=()) -> None:
         """Decline when an in-place op could make the values differ from what the matcher read,
-        or from what the rewrite reads where it inserts the op."""
+        or from what the rewrite reads where it inserts the op. blind: the leaves of the terms
+        the softmax is blind to (a row max subtracted by hand, query-only terms); what only
+        feeds them may read a tensor after an in-place change: the rewrite drops their values."""
         scope = nx.ancestors(self.flow, site.output) | {site.output}
+        resolved = resolved | self._blind_reads(site.output, blind)
         reads = [x.node for x in (site.q, site.k, site.v)]
         reads += [x for t in site.key_terms for x in (t.leaf, *(f for f, _ in t.factors))]
         reads += [x.node for x in (site.documents, site.masked_keys) if x is not None]
@@ -431,6 +436,18 @@ class Matcher:
                                    site.output, self.constants)
         if why is not None:
             raise Declined(why)
+
+    def _blind_reads(self, output, blind) -> set:
+        """(x, c) for every read by a node c that reaches `output` only through the leaves of
+        `blind` (c one of them, or feeding only them)."""
+        leaves = {x for x in blind if isinstance(x, fx.Node)}
+        if not leaves:
+            return set()
+        rest = self.flow.subgraph(set(self.flow) - leaves)
+        feeding = set().union(*(nx.ancestors(self.flow, x) for x in leaves))
+        only_blind = leaves | {c for c in feeding - {output}
+                               if c in rest and not nx.has_path(rest, c, output)}
+        return {(x, c) for c in only_blind for x in c.all_input_nodes}
 
     def _site(self, spelling, anchor, q, k, v, out, nb, scale, key_terms, scores, notes,
               documents, masked_keys):
