@@ -272,7 +272,8 @@ class Matcher:
     def _classify(self, scores_info, reader, n_queries, n_keys, nb, batch):
         """Split the terms into q.k products and key-side terms, check the masks are causal (within
         documents, for packed sequences; for the keys a key mask leaves). Returns (qk terms, key
-        terms, Documents or None, MaskedKeys or None)."""
+        terms, Documents or None, MaskedKeys or None, the leaves of the terms the softmax is blind
+        to)."""
         if scores_info.problem:
             raise Declined(scores_info.problem)
         qk_terms, key_terms, kept, additive, piecewise, blind = [], [], [], [], [], []
@@ -444,10 +445,9 @@ class Matcher:
         if not leaves:
             return set()
         rest = self.flow.subgraph(set(self.flow) - leaves)
+        reach = nx.ancestors(rest, output) | {output}   # reach the output past every blind leaf
         feeding = set().union(*(nx.ancestors(self.flow, x) for x in leaves))
-        only_blind = leaves | {c for c in feeding - {output}
-                               if c in rest and not nx.has_path(rest, c, output)}
-        return {(x, c) for c in only_blind for x in c.all_input_nodes}
+        return {(x, c) for c in leaves | (feeding - reach) for x in c.all_input_nodes}
 
     def _site(self, spelling, anchor, q, k, v, out, nb, scale, key_terms, scores, notes,
               documents, masked_keys):
