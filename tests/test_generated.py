@@ -97,7 +97,9 @@ class Spec:
     def eager_nan_rows(self, dtype: torch.dtype) -> bool:
         """Whether eager's rows without a visible key (left padding's padded queries) are NaN at
         this dtype: under softmax(dtype=float32) the padded keys' finfo(float64).min turns into
-        -inf, so such a row is all -inf, and eager's v gradient NaN (its zero cotangent times NaN)."""
+        -inf, so such a row is all -inf, and eager's v gradient NaN (its zero cotangent times NaN).
+        A rewritten site (positive) is then finite everywhere; a declined one (a near miss) runs
+        eager's computation in Inductor, NaN included."""
         return (self.padding == "left" and dtype == torch.float64 and self.core == "explicit"
                 and self.softmax == "f32")
 
@@ -574,10 +576,11 @@ def passed(spec: Spec, test: str) -> None:
 
 
 SETTINGS = settings(
-    # FOX_GENERATED_EXAMPLES=500 for a deeper (still deterministic) local run
+    # FOX_GENERATED_EXAMPLES=500 for a deeper (still deterministic) local run; with
+    # FOX_GENERATED_RANDOM=1 and pytest's --hypothesis-seed=N, other programs than CI's
     max_examples=int(os.environ.get("FOX_GENERATED_EXAMPLES", "25")),
     deadline=None,
-    derandomize=True,
+    derandomize=os.environ.get("FOX_GENERATED_RANDOM", "0") != "1",
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 # Compiling is slow: against foxcompile, report the first failing program (its source is in the
@@ -697,7 +700,9 @@ def test_generated_compiled_matches_eager(spec):
             fn, to_inputs(spec, c), rtol=rtol, atol=atol, options=AOT, params=[],
             rows=compared_rows(spec, c),
             rng_seed=_seed(spec, "dropout") if spec.variant == "dropout_train" else None,
-            cotangent_seed=_seed(spec, "cotangent"), eager_nan_grads=spec.eager_nan_rows(dtype),
+            cotangent_seed=_seed(spec, "cotangent"),
+            eager_nan_grads=spec.eager_nan_rows(dtype) and spec.positive,
+            equal_nan=spec.eager_nan_rows(dtype) and not spec.positive,
             what=f"{dtype}\n{render(spec)}",
         )
     torch._dynamo.reset()

@@ -423,7 +423,7 @@ class Matcher:
         return ([node for node in self.graph.nodes if node in owned and targets(node)],
                 [node for node in self.graph.nodes if node in hanging])
 
-    def _check_in_place(self, site: Site, resolved: set, blind=()) -> None:
+    def _check_in_place(self, site: Site, resolved: set, blind: list) -> None:
         """Decline when an in-place op could make the values differ from what the matcher read,
         or from what the rewrite reads where it inserts the op. blind: the leaves of the terms
         the softmax is blind to (a row max subtracted by hand, query-only terms); what only
