@@ -127,13 +127,16 @@ def test_gluon_backward_finish_dq_on_cuda(head_dim, dtype):
     assert torch.equal(args[4], want_dlam)
 
 
-def test_op_forward_launches(monkeypatch):
+@pytest.mark.parametrize("order", ["index", "work"])
+def test_op_forward_launches(monkeypatch, order):
     """A call's host cost is mostly its launches (docs/kernels.md, "Packed sequences"), so their
     number is held down: a pruned forward in bthd layout (tl engine at this length, no document
     ids, float32 gates) launches the gates' copy and cumsum, the bound's two kernels, the lam
-    copy, the start blocks and the attention kernel, and nothing else."""
+    copy, the start blocks and the attention kernel, and nothing else; the "work" head order
+    one launch more (the order)."""
     from torch.profiler import ProfilerActivity, profile
     monkeypatch.delenv("FOXCOMPILE_ENGINE", raising=False)
+    monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", order)
     q, k, v = (torch.randn(1, 256, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     gates = torch.nn.functional.logsigmoid(torch.randn(1, 256, 4, device="cuda") + 4.0)
 
@@ -148,4 +151,4 @@ def test_op_forward_launches(monkeypatch):
         torch.cuda.synchronize()
     kernels = [e.name for e in prof.events()
                if e.device_type == torch.autograd.DeviceType.CUDA]
-    assert len(kernels) == 7, kernels
+    assert len(kernels) == 7 + (order == "work"), kernels

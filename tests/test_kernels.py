@@ -562,6 +562,39 @@ def test_heads_by_work(group):
     assert plan_mod.heads_by_work(dense, group).tolist() == list(range(batch * kv_heads))
 
 
+def _work_starts(batch, q_heads, m_blocks, seed):
+    """Start blocks (B, Hq, MB) int32 as plans make them (non-decreasing, causal), with runs of
+    equal heads (ties) and a dense head."""
+    generator = torch.Generator().manual_seed(seed)
+    rate = torch.rand(batch, q_heads, 1, generator=generator)
+    rate = torch.where(rate < 0.3, rate.new_zeros(()), rate)          # dense heads: all ties
+    rate = (rate * 4).round() / 4                                     # few rates: ties
+    return (torch.arange(m_blocks) * rate).floor().to(torch.int32)
+
+
+@interp
+@pytest.mark.parametrize("case", [
+    # B, Hq, MB, group, block (heads per program)
+    pytest.param((3, 6, 9, 1, 4), id="blocks"),
+    pytest.param((3, 6, 40, 3, 4), id="gqa-long-rows"),      # rows of 120 > SKIPS_CHUNK
+    pytest.param((5, 7, 3, 7, 2), id="one-kv-head"),
+    pytest.param((1, 1, 1, 1, 64), id="one-head"),
+    pytest.param((2, 40, 5, 1, 64), id="two-programs"),
+])
+def test_interpreter_fused_heads_by_work_equal_torch(interpret_env, case):
+    """The one-launch head order equals plan.heads_by_work exactly: several programs and blocks
+    of heads (the count not a multiple of either), GQA rows longer than one step, ties, dense."""
+    batch, q_heads, m_blocks, group, block = case
+    for seed in range(3):
+        start = _work_starts(batch, q_heads, m_blocks, seed)
+        got = interpret_env.fused_heads_by_work(start, group, interpret=True, block=block)
+        want = plan_mod.heads_by_work(start, group)
+        assert got.dtype == torch.int32 and torch.equal(got, want), (seed, got, want)
+    dense = torch.zeros_like(start)
+    assert torch.equal(interpret_env.fused_heads_by_work(dense, group, interpret=True, block=block),
+                       torch.arange(batch * q_heads // group, dtype=torch.int32))
+
+
 def head_orders_agree(engine, monkeypatch, device, exact=("out", "lse", "dq", "dk", "dv", "dlam")):
     """Forward and backward of a pruned GQA case (M < N, odd sizes) with the kernels taking
     the heads in their own order and by work (FOXCOMPILE_HEAD_ORDER): every program computes
@@ -735,6 +768,18 @@ def test_gpu_fused_start_blocks_equal_torch(special, prune):
             want = plan_mod.bound_start_blocks(lam, bound, epsilon, prune, n_queries, block, block)
             got = ta.plan_start_blocks(lam, bound, epsilon, prune, n_queries, block, block)
             assert torch.equal(got, want), (n_queries, block, epsilon)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("group", [1, 4])
+def test_gpu_fused_heads_by_work_equal_torch(group):
+    """On the GPU too, the one-launch head order equals plan.heads_by_work (torch's stable
+    sort), for a few heads and for thousands (many programs)."""
+    from foxcompile.kernels import triton_attention as ta
+    for batch, q_heads, m_blocks in ((2, 24, 128), (64, 64, 33)):
+        start = _work_starts(batch, q_heads, m_blocks, seed=batch).cuda()
+        assert torch.equal(ta.heads_by_work(start, group), plan_mod.heads_by_work(start, group))
 
 
 @gpu

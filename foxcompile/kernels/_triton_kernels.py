@@ -793,6 +793,38 @@ def _plan_start_kernel(LAM, BOUND, START, lam_str, bound_str, start_str, n_heads
         later = tl.minimum(later, tl.reduce(start, 0, _elementwise_min))
 
 
+@triton.jit
+def _skipped_of(SKIPS, heads, n_heads, row_len, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """The skipped blocks of each head in `heads` (BLOCK head numbers; 0 past n_heads): the
+    sum of its row of SKIPS (n_heads, row_len) int32, contiguous."""
+    total = tl.full([BLOCK], 0, dtype=tl.int32)
+    for c0 in range(0, row_len, CHUNK):
+        cols = c0 + tl.arange(0, CHUNK)
+        ok = (heads[:, None] < n_heads) & (cols[None, :] < row_len)
+        x = tl.load(SKIPS + heads[:, None].to(tl.int64) * row_len + cols[None, :], mask=ok, other=0)
+        total += _sum_rows(x)
+    return total
+
+
+@triton.jit
+def _heads_by_work_kernel(SKIPS, ORDER, n_heads, row_len, BLOCK: tl.constexpr,
+                          CHUNK: tl.constexpr):
+    """plan.heads_by_work in one launch: ORDER (n_heads,) int32 lists the heads by their skipped
+    blocks (rows of SKIPS (n_heads, row_len) int32: a head's start blocks, all G query heads'
+    for a kv head), fewest first, ties by head number (a stable sort). Each program ranks a block
+    of heads by counting the heads that go before each, and writes each to its rank."""
+    mine = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    skipped = _skipped_of(SKIPS, mine, n_heads, row_len, BLOCK, CHUNK)
+    rank = tl.full([BLOCK], 0, dtype=tl.int32)
+    for j0 in range(0, n_heads, BLOCK):
+        other = j0 + tl.arange(0, BLOCK)
+        theirs = _skipped_of(SKIPS, other, n_heads, row_len, BLOCK, CHUNK)
+        before = (theirs[None, :] < skipped[:, None]) | (
+            (theirs[None, :] == skipped[:, None]) & (other[None, :] < mine[:, None]))
+        rank += _sum_rows((before & (other[None, :] < n_heads)).to(tl.int32))
+    tl.store(ORDER + rank, mine, mask=mine < n_heads)
+
+
 # ----------------------------------------------------------------------------- decode (split-K)
 #
 # The decode engine (decode.py): M <= GRID_M queries (one query block of the plan) at the end of
