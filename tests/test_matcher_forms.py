@@ -190,6 +190,63 @@ def test_row_max_of_scores_masked_in_place_is_followed():
     assert {"amax", "setitem"} <= set(site.removed)   # the row max goes with the softmax
 
 
+def _keep(M, N):
+    """Causal keep mask (M, N) with the queries at the end of the keys."""
+    return torch.ones(M, N, dtype=torch.bool).tril(diagonal=N - M)
+
+
+def test_row_slice_of_bias_masked_in_place_is_followed():
+    """The bias's query rows sliced (M < N), and that view masked by index assignment: the
+    change writes the view the attention reads, so it is the mask (SDPA and explicit scores)."""
+    def sdpa(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        M, N = q.shape[-2], k.shape[-2]
+        bias = (lam[..., :, None] - lam[..., None, :])[..., N - M:, :]
+        bias[..., ~_keep(M, N)] = -math.inf
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+    def explicit(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        M, N = q.shape[-2], k.shape[-2]
+        bias = (lam[..., :, None] - lam[..., None, :])[..., N - M:, :]
+        bias[..., ~_keep(M, N)] = -math.inf
+        return (q @ k.mT * q.shape[-1] ** -0.5 + bias).softmax(-1) @ v
+
+    for fn in (sdpa, explicit):
+        for M in (5, 12):
+            _one_site(fn, *_qkvg(M=M, N=12))   # rewritten, equal to eager in fp64 with grads
+
+
+def test_change_through_another_view_is_declined():
+    """A read after an in-place change that wrote another view of its storage (the base, a
+    second slice, or the base changed after the view was masked) is declined, with the reason."""
+    def base_read(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        full = lam[..., :, None] - lam[..., None, :]
+        view = full[..., 0:, :]
+        view[..., ~_keep(q.shape[-2], k.shape[-2])] = -math.inf
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=full)
+
+    def second_slice(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        full = lam[..., :, None] - lam[..., None, :]
+        masked, read = full[..., 0:, :], full[..., 0:, :]
+        masked[..., ~_keep(q.shape[-2], k.shape[-2])] = -math.inf
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=read)
+
+    def base_changed_after(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        full = lam[..., :, None] - lam[..., None, :]
+        view = full[..., 0:, :]
+        view[..., ~_keep(q.shape[-2], k.shape[-2])] = -math.inf
+        full.mul_(0.5)  # halves the view's bias too
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=view)
+
+    for fn in (base_read, second_slice, base_changed_after):
+        reason = _declined(fn, *_qkvg(), reason="another view of its storage")
+        assert "in-place" in reason, fn.__name__
+
+
 def test_gate_changed_after_the_bias_is_built_is_declined():
     def attend(q, k, v, g):
         lam = F.logsigmoid(g).cumsum(-1)
@@ -849,6 +906,31 @@ def test_key_masks_with_flattened_heads_queries_at_the_end_and_sdpa():
     _key_masked(sdpa, *_qkvg(B=2, M=12, N=12), valid, rows=_rows(valid))
 
 
+def test_cloned_flag_changed_after_the_mask_is_followed():
+    """A key flag cloned from an input and changed in place after the mask was built from it
+    (directly or through a view): the op reads the input the clone copied, which holds the
+    values the mask saw."""
+    q, k, v, g = _qkvg(B=2, M=11, N=11)
+    valid = _left_padded()
+
+    def flag_changed_later(q, k, v, g, valid):
+        flag = valid.clone()
+        keep = _causal(11) & flag[:, None, None, :]
+        flag[:, :3] = True
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    def view_changed_later(q, k, v, g, valid):
+        flag = valid.clone()
+        view = flag[:, None, None, :]
+        keep = _causal(11) & view
+        view[..., :3] = True
+        return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
+
+    for fn in (flag_changed_later, view_changed_later):
+        site = _key_masked(fn, q, k, v, g, valid, rows=_rows(valid))
+        assert site.masked_keys.node.op == "placeholder", fn.__name__
+
+
 def test_key_masks_that_stay_declined():
     q, k, v, g = _qkvg(B=2, M=11, N=11)
     valid = _left_padded()
@@ -883,7 +965,7 @@ def test_key_masks_that_stay_declined():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
 
     def flag_changed_later(q, k, v, g, valid):  # the op would read the flag after the change
-        flag = valid.clone()
+        flag = valid & (g[:, 0] > -100.0)                  # computed: no input to read instead
         keep = _causal(11) & flag[:, None, None, :]
         flag[:, :3] = True
         return _gated_scores(q, k, g).masked_fill(~keep, -1e9).softmax(-1) @ v
@@ -900,7 +982,7 @@ def test_key_masks_that_stay_declined():
     _declined(arithmetic_extended_mask, q, k, v, g, valid.long(), reason="lost in the rounding")
     _declined(arithmetic_padding_bias, q, k, v, g, valid, reason="written as arithmetic")
     _declined(query_side, q, k, v, g, valid, reason="not recognised")
-    _declined(flag_changed_later, q, k, v, g, valid, reason="in-place setitem")
+    _declined(flag_changed_later, q, k, v, g, valid, reason="between its use and the value product")
     _declined(pairwise, q, k, v, g, valid, reason="not recognised")
     _declined(with_documents, q, k, v, g, valid, doc, reason="combined with a packed-sequence")
     _declined(two_flags, q, k, v, g, valid, reason="two key masks")

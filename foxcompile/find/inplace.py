@@ -4,9 +4,11 @@ Dynamo records `s *= c`, `s.masked_fill_(m, v)` and `s[..., m] = v` as nodes tha
 first argument in place. A later read of `s`, or of any node sharing its storage, sees the change,
 yet the graph edge still points at the node that made `s`. The matcher follows two safe shapes:
 
-- a *chain*: a fresh tensor (not an input, not a view) changed only by in-place ops on the tensor
-  itself, with no views of it. Every node of a chain is the same tensor, so a read at node c sees
-  the chain's last change before c (`latest`); the score walker applies it;
+- a *chain*: a tensor of a fresh storage (not an input) read after in-place ops that all wrote
+  that tensor itself, not another view of the storage (a row slice of the bias masked with
+  `bias[..., ~keep] = -inf` is such a tensor). A read at node c then sees the chain's last
+  change before c (`latest`); the score walker applies it. A read in the site's scope that
+  follows a change through another view of the storage is not followed;
 - a graph input changed in place only before the site first reads it (or after the site): a
   static KV cache written with index_copy_ and then attended over. Every read, and the rewrite
   where it inserts the op, see the same values. Not for buffers whose values the matcher reads
@@ -57,6 +59,10 @@ def _storage(node):
         return None
 
 
+class NotFollowed(Exception):
+    """A read sees an in-place change the score walker cannot apply."""
+
+
 class InPlace:
     """The in-place ops of one graph, grouped by the storage they change (a node whose storage
     is unknown is its own group)."""
@@ -81,21 +87,29 @@ class InPlace:
         lo, hi = self.order[start], self.order[stop]
         return [m for m in self.changes.get(key, ()) if lo < self.order[m] < hi]
 
-    def _chain(self, key) -> bool:
-        """A fresh tensor changed only in place: the first node holding the storage made it (it is
-        no input), and every node holding it is that tensor itself (no views)."""
+    def _fresh(self, key) -> bool:
+        """A storage the graph made: the first node holding it made it (it is no input)."""
         nodes = self.members[key]
-        if not isinstance(key, StorageWeakRef) or nodes[0].op in ("placeholder", "get_attr"):
-            return False
-        tensor = g.value(nodes[0])
-        return all(g.value(n) is tensor for n in nodes)
+        return isinstance(key, StorageWeakRef) and nodes[0].op not in ("placeholder", "get_attr")
+
+    @staticmethod
+    def _own(x, changes) -> bool:
+        """Every change in `changes` writes x itself, not another view of its storage."""
+        tensor = g.value(x)
+        return all(any(g.value(t) is tensor for t in targets(m)) for m in changes)
 
     def latest(self, node, at) -> fx.Node | None:
-        """The last in-place change of node's chain before `at` reads it, or None."""
+        """The last in-place change of node's chain before `at` reads it, or None (no change,
+        or an input's storage: `problem` judges those). Raises NotFollowed where a change since
+        node was made wrote another view of node's fresh storage."""
         key = self.key.get(node)
-        if key not in self.changes or not self._chain(key):
+        if key not in self.changes or not self._fresh(key):
             return None
         found = self._between(key, node, at)
+        if found and not self._own(node, found):
+            raise NotFollowed(f"{_name(at)} reads {_name(node)} after the in-place "
+                              f"{_name(found[-1])}, which wrote another view of its storage: "
+                              "not followed")
         return found[-1] if found else None
 
     def hidden_edges(self):
@@ -132,17 +146,18 @@ class InPlace:
             holders = self.members[key]
             if not scope.intersection(holders):
                 continue
-            if not self._chain(key):
+            if not self._fresh(key):
                 if self._written_before_reads(key, scope, at, constants):
                     written_before.add(key)
                     continue
                 return (f"in-place {_name(changes[0])} changes {_name(holders[0])}, which this "
-                        "attention reads (an input, a view or an aliased tensor) after that "
-                        "change or in between its reads: not followed")
+                        "attention reads (an input or an aliased input) after that change or "
+                        "in between its reads: not followed")
             for x in holders:
                 for c in x.users:
                     stale = self._between(key, x, c)
-                    if c in scope and (x, c) not in resolved and stale:
+                    if c in scope and stale and ((x, c) not in resolved
+                                                 or not self._own(x, stale)):
                         return (f"{_name(c)} reads {_name(x)} after the in-place "
                                 f"{_name(stale[-1])}: not followed")
         for x in reads:

@@ -14,7 +14,7 @@ import torch
 from torch import fx
 
 from . import graph as g
-from .inplace import InPlace
+from .inplace import InPlace, NotFollowed
 from .masks import Mask, MaskReader
 
 # A finite mask value counts as -inf when it is at least this negative (after scaling): masked
@@ -150,7 +150,11 @@ class ScoreWalker:
         """Add the terms and masks of `node` as read by its consumer `at`."""
         if isinstance(node, fx.Node):
             self.reads.add((node, at))
-            changed = self.inplace.latest(node, at)
+            try:
+                changed = self.inplace.latest(node, at)
+            except NotFollowed as why:
+                self.out.problem = str(why)
+                return None
             node = node if changed is None else changed
         k = g.kind(node)
         if k == "identity" or k == "cast" and g.floating(node):  # not to int: that rounds
