@@ -796,13 +796,14 @@ def _plan_start_kernel(LAM, BOUND, START, lam_str, bound_str, start_str, n_heads
 @triton.jit
 def _skipped_of(SKIPS, heads, n_heads, row_len, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     """The skipped blocks of each head in `heads` (BLOCK head numbers; 0 past n_heads): the
-    sum of its row of SKIPS (n_heads, row_len) int32, contiguous."""
-    total = tl.full([BLOCK], 0, dtype=tl.int32)
+    sum of its row of SKIPS (n_heads, row_len) int32, contiguous, in int64 (G x MB starts,
+    each below MB, can pass int32's range on long sequences)."""
+    total = tl.full([BLOCK], 0, dtype=tl.int64)
     for c0 in range(0, row_len, CHUNK):
         cols = c0 + tl.arange(0, CHUNK)
         ok = (heads[:, None] < n_heads) & (cols[None, :] < row_len)
         x = tl.load(SKIPS + heads[:, None].to(tl.int64) * row_len + cols[None, :], mask=ok, other=0)
-        total += _sum_rows(x)
+        total += _sum_rows(x.to(tl.int64))
     return total
 
 
