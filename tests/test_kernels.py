@@ -563,8 +563,8 @@ def test_heads_by_work(group):
 
 
 def _work_starts(batch, q_heads, m_blocks, seed):
-    """Start blocks (B, Hq, MB) int32 as plans make them (non-decreasing, causal), with runs of
-    equal heads (ties) and a dense head."""
+    """Start blocks (B, Hq, MB) int32 as plans make them (non-decreasing, causal): a few rates
+    of forgetting, so heads tie, and dense heads (rates drawn below 0.3)."""
     generator = torch.Generator().manual_seed(seed)
     rate = torch.rand(batch, q_heads, 1, generator=generator)
     rate = torch.where(rate < 0.3, rate.new_zeros(()), rate)          # dense heads: all ties

@@ -277,7 +277,7 @@ def head_order(start: torch.Tensor, group: int, has_doc: bool) -> tuple[torch.Te
     return heads_by_work(start, group), True
 
 
-def heads_by_work(start: torch.Tensor, group: int = 1) -> torch.Tensor:
+def heads_by_work(start: torch.Tensor, group: int) -> torch.Tensor:
     """plan.heads_by_work, equal: one Triton launch (_heads_by_work_kernel) on CUDA, in place
     of torch's sum, sort and cast (some eight launches); plan's torch elsewhere."""
     if start.device.type != "cuda":
@@ -289,7 +289,7 @@ def heads_by_work(start: torch.Tensor, group: int = 1) -> torch.Tensor:
 HEADS_BLOCK, SKIPS_CHUNK = 64, 64
 
 
-def fused_heads_by_work(start, group=1, interpret=False, block=HEADS_BLOCK):
+def fused_heads_by_work(start, group, interpret=False, block=HEADS_BLOCK):
     """The kernel of heads_by_work, compiled or (interpret=True, CPU tensors) interpreted; start
     (B, Hq, MB) int32; `block` (a power of two) for tests of the block boundaries."""
     batch, q_heads, m_blocks = start.shape
