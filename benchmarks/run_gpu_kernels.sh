@@ -26,6 +26,9 @@
 #   4k, 16k), then benchmarks/engine_choice.py's proposal for PREFERRED_MIN_KEYS, into
 #   $OUT/choice_bench.json / .log and $OUT/choice.txt / .json. With BENCH_ARGS="--doc-len 2048
 #   --doc-dtype int32" the runs pack documents and the proposal is for PREFERRED_MIN_KEYS_WITH_DOCS.
+# trainprofile: benchmarks/profile_train.py (a training step's GPU time by kernel group, fox_acp
+#   against sdpa) once per ';'-separated argument list of TRAIN_PROFILE_ARGS (default: --config
+#   125m --seq-len 4096 --batch-size 48), into $OUT/profile_train_N.json and profile_train.log.
 # decode: benchmarks/bench_decode_kernel.py (decode attention alone) into $OUT/decode_kernel.json.
 # gendecode: benchmarks/bench_decode.py (whole-model decoding) once per ';'-separated argument
 #   list of GEN_DECODE (each run's --out is $OUT/gendecode_N.json), logs in $OUT/gendecode.log.
@@ -168,6 +171,18 @@ for step in $steps; do
         stamp "training throughput (bench_train.py $args)"
         timeout ${TRAIN_TIMEOUT:-560} $PY benchmarks/bench_train.py --device cuda $args --out "$out" \
           2>&1 | tee -a "$OUT/train.log" | grep -v Warning | tail -12
+      done
+      ;;
+    trainprofile)
+      # benchmarks/profile_train.py once per ';'-separated argument list of TRAIN_PROFILE_ARGS
+      # (default: 125m at 4k, batch 48, fox_acp against sdpa), into $OUT/profile_train_N.json
+      n=0
+      IFS=';' read -ra runs <<< "${TRAIN_PROFILE_ARGS:---config 125m --seq-len 4096 --batch-size 48}"
+      for args in "${runs[@]}"; do
+        n=$((n + 1))
+        stamp "training step profile (profile_train.py $args)"
+        timeout ${TRAIN_TIMEOUT:-560} $PY benchmarks/profile_train.py --device cuda $args \
+          --out "$OUT/profile_train_$n.json" 2>&1 | grep -v Warning | tee -a "$OUT/profile_train.log" | tail -45
       done
       ;;
     plan)

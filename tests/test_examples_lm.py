@@ -247,3 +247,60 @@ def test_bench_train_parity_report_reads_finished_runs(tmp_path):
     (stem / "dense_seed1" / "log.json").unlink()
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "no finished run" in result.stderr
+
+
+def _profile_train():
+    sys.path.insert(0, str(EXAMPLES.parent / "benchmarks"))
+    import profile_train
+
+    return profile_train
+
+
+@pytest.mark.usefixtures("train")  # the scripts need the same packages
+def test_profile_train_groups_kernels_by_name():
+    """Kernel names as the profiler reports them on an H100 put into their groups."""
+    groups = _profile_train().group_of
+    assert groups("_gluon_bwd_kernel") == "fox attention"
+    assert groups("_fwd_kernel") == "fox attention"
+    assert groups("_qkv_norms_kernel") == "fox plan"
+    assert groups("_plan_start_kernel") == "fox plan"
+    assert groups("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64"
+                  ) == "sdpa attention"
+    assert groups("void pytorch_flash::flash_bwd_dq_dk_dv_loop_kernel<Flash_bwd_kernel_traits>"
+                  ) == "sdpa attention"
+    assert groups("nvjet_hsh_256x128_64x4_1x2_h_bz_coopB_TNT") == "matmul"
+    assert groups("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert groups("triton_tem_fused_mm_3") == "matmul"
+    assert groups("triton_red_fused__log_softmax_cumsum_4") == "inductor"
+    assert groups("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>"
+                  ) == "optimizer"
+    assert groups("void at::native::vectorized_elementwise_kernel<4, FillFunctor<float>>"
+                  ) == "aten"
+    assert groups("Memcpy DtoD (Device -> Device)") == "aten"
+    assert groups("some_unknown_kernel") == "other"
+    # a foxcompile name inside a longer one is not foxcompile's
+    assert groups("triton_poi_fused__fwd_kernel_copy_1") == "inductor"
+
+
+@pytest.mark.usefixtures("train")  # the scripts need the same packages
+def test_profile_train_smoke(tmp_path):
+    """Two variants on CPU: every profiled operator lands in one group, and fox_acp's step holds
+    foxcompile's attention where sdpa's holds SDPA's."""
+    out = tmp_path / "profile.json"
+    command = [sys.executable, str(EXAMPLES.parent / "benchmarks" / "profile_train.py"),
+               "--device", "cpu", "--config", "tiny", "--seq-len", "32", "--batch-size", "2",
+               "--warmup-steps", "1", "--steps", "1", "--compile-with", "aot_eager",
+               "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "minus sdpa" in result.stdout
+    rows = json.loads(out.read_text())["variants"]
+    assert set(rows) == {"fox_acp", "sdpa"}
+    for row in rows.values():
+        total = sum(group["ms"] for group in row["groups"].values())
+        assert total == pytest.approx(row["kernels_ms"])
+        assert row["step_ms"] > 0 and row["top"]
+    assert rows["fox_acp"]["groups"]["fox attention"]["calls"] >= 2  # forward and backward
+    assert rows["fox_acp"]["groups"]["sdpa attention"]["ms"] == 0
+    assert rows["sdpa"]["groups"]["fox attention"]["ms"] == 0
+    assert rows["sdpa"]["groups"]["sdpa attention"]["calls"] >= 2

@@ -1,0 +1,224 @@
+"""Where a training step's GPU time goes: torch.profiler over a few steps of the example FoX LM
+(the model of bench_train.py), per variant, each kernel put in one group by its name, and what
+the fox_acp step spends beyond the plain-SDPA step, group by group.
+
+Groups (first match wins, in this order):
+    fox attention   foxcompile's attention kernels (tl and Gluon, forward and backward)
+    fox plan        foxcompile's plan and guard kernels (norms, score bound, lam, start blocks)
+    sdpa attention  PyTorch's SDPA kernels (cuDNN, flash, memory-efficient)
+    matmul          cuBLAS / CUTLASS GEMMs and Inductor's GEMM templates
+    inductor        the rest of Inductor's generated Triton kernels (norms, gates, loss, ...)
+    optimizer       multi-tensor kernels (AdamW, gradient clipping)
+    aten            PyTorch's own elementwise, reduction, scan and copy kernels
+    other           anything else
+On CPU (no kernels) the leaf operators' own CPU time stands in for the kernels, grouped the same
+way by operator name: for checking the script, not for timing.
+
+    python benchmarks/profile_train.py --config 125m --seq-len 4096 --batch-size 48
+    python benchmarks/profile_train.py --device cpu --config tiny --seq-len 64 --batch-size 2 \\
+        --compile-with aot_eager
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_train  # noqa: E402
+from bench_train import VARIANTS, compile_variant, sdpa_context, synchronize  # noqa: E402
+from bench_train import train  # noqa: E402
+
+FOX_ATTENTION = ("_fwd_kernel", "_dq_kernel", "_dkdv_kernel", "_dq_finish_kernel",
+                 "_row_dot_kernel", "_gluon_fwd_kernel", "_gluon_bwd_kernel", "_decode_kernel",
+                 "_decode_combine_kernel")
+FOX_PLAN = ("_max_norm_kernel", "_qkv_norms_kernel", "_score_bound_kernel", "_full_lam_kernel",
+            "_plan_start_kernel", "_heads_by_work_kernel")
+GROUPS = (
+    ("fox attention", re.compile(r"^(%s)\b|^foxcompile::" % "|".join(FOX_ATTENTION))),
+    ("fox plan", re.compile(r"^(%s)\b" % "|".join(FOX_PLAN))),
+    ("sdpa attention", re.compile(r"cudnn|fmha|flash|sdpa|efficient_attention|attention",
+                                  re.IGNORECASE)),
+    ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|^triton_tem_|"
+                          r"^aten::(mm|addmm|bmm|baddbmm|_scaled_mm)$", re.IGNORECASE)),
+    ("inductor", re.compile(r"^triton_")),
+    ("optimizer", re.compile(r"multi_tensor|foreach|adam", re.IGNORECASE)),
+    ("aten", re.compile(r"at::native|^aten::|Memcpy|Memset", re.IGNORECASE)),
+)
+OTHER = "other"
+GROUP_NAMES = tuple(name for name, _ in GROUPS) + (OTHER,)
+
+
+def group_of(kernel: str) -> str:
+    """The group of a kernel (or, on CPU, a leaf operator) by its name."""
+    for name, pattern in GROUPS:
+        if pattern.search(kernel):
+            return name
+    return OTHER
+
+
+def kernel_times(prof, cuda: bool) -> dict[str, tuple[float, int]]:
+    """{kernel name: (total ms, calls)} over the profiled steps: the CUDA kernels' device time,
+    or on CPU the operators' own CPU time (an operator that calls others keeps only its own)."""
+    times = {}
+    for event in prof.key_averages():
+        if cuda:
+            if event.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            us = event.self_device_time_total
+        else:
+            us = event.self_cpu_time_total
+        if us > 0:
+            times[event.key] = (us / 1e3, event.count)
+    return times
+
+
+def summarise(times: dict[str, tuple[float, int]], steps: int, wall_ms: float, top: int) -> dict:
+    """Per step: each group's ms and calls, the sum, the step's wall time and the share of the
+    wall time no kernel ran (the host or the launches held the GPU back), and the top kernels."""
+    groups = {name: {"ms": 0.0, "calls": 0} for name in GROUP_NAMES}
+    for kernel, (ms, calls) in times.items():
+        group = groups[group_of(kernel)]
+        group["ms"] += ms / steps
+        group["calls"] += calls // steps
+    busy = sum(group["ms"] for group in groups.values())
+    largest = sorted(times.items(), key=lambda item: -item[1][0])[:top]
+    return {
+        "step_ms": wall_ms,
+        "kernels_ms": busy,
+        "idle_share": max(0.0, 1.0 - busy / wall_ms) if wall_ms > 0 else None,
+        "groups": groups,
+        "top": [{"kernel": kernel, "group": group_of(kernel), "ms": ms / steps,
+                 "calls": calls // steps} for kernel, (ms, calls) in largest],
+    }
+
+
+def profile_variant(name: str, args, corpus) -> dict:
+    """Warm-up steps (compilation), then args.steps profiled steps of variant `name`."""
+    variant, device, dtype = VARIANTS[name], torch.device(args.device), train.DTYPES[args.dtype]
+    torch.manual_seed(0)
+    with device:
+        model = bench_train.build_model(args.config, attention=variant.attention)
+    if variant.attention == "fox":
+        train.set_gate_decay_times(model, *train.GATE_DECAY_RANGE)
+    compiled = compile_variant(model, variant, args)
+    optimizer = train.make_optimizer(model, bench_train.LR, weight_decay=0.1)
+    scheduler = train.make_scheduler(optimizer, 1, args.warmup_steps + args.steps + 1)
+    generator = torch.Generator().manual_seed(0)
+    batches = [tuple(t.to(device) for t in train.sample_batch(corpus, args.batch_size,
+                                                               args.seq_len, generator))
+               for _ in range(args.warmup_steps + args.steps)]
+
+    def run(steps):
+        for inputs, targets in steps:
+            loss = train.training_step(compiled, optimizer, scheduler, inputs, targets, dtype)
+        synchronize(device)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name}: loss is {loss.item()}")
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with sdpa_context(variant, device, args.sdpa_backend):
+        run(batches[: args.warmup_steps])
+        start = time.perf_counter()
+        run(batches[args.warmup_steps :])  # timed without the profiler
+        wall_ms = 1e3 * (time.perf_counter() - start) / args.steps
+        with profile(activities=activities) as prof:
+            run(batches[args.warmup_steps :])
+    return summarise(kernel_times(prof, cuda), args.steps, wall_ms, args.top)
+
+
+def difference(rows: dict, variant: str, base: str) -> dict[str, float]:
+    """variant's ms per step minus base's, group by group (and the step)."""
+    a, b = rows[variant], rows[base]
+    diff = {name: a["groups"][name]["ms"] - b["groups"][name]["ms"] for name in GROUP_NAMES}
+    diff["step"] = a["step_ms"] - b["step_ms"]
+    return diff
+
+
+def format_report(rows: dict, base: str | None) -> str:
+    names = list(rows)
+    lines = [f"{'group (ms per step)':<20}" + "".join(f"{n:>16}" for n in names)
+             + (f"{'minus ' + base:>16}" * (len(names) > 1) if base in rows else "")]
+    others = [n for n in names if n != base]
+
+    def line(label, values):
+        return f"{label:<20}" + "".join(f"{v:>16.2f}" for v in values)
+
+    diffs = {n: difference(rows, n, base) for n in others} if base in rows else {}
+    for group in GROUP_NAMES:
+        values = [rows[n]["groups"][group]["ms"] for n in names]
+        values += [diffs[n][group] for n in others][:1] if diffs else []
+        lines.append(line(group, values))
+    lines.append(line("kernels, sum", [rows[n]["kernels_ms"] for n in names]))
+    lines.append(line("step (wall)", [rows[n]["step_ms"] for n in names]
+                      + ([diffs[others[0]]["step"]] if diffs else [])))
+    lines.append(f"{'no kernel running':<20}" + "".join(f"{rows[n]['idle_share']:>16.1%}"
+                                                         for n in names))
+    for n in names:
+        lines.append(f"\n{n}: largest kernels (ms per step, calls per step)")
+        lines += [f"  {k['ms']:9.3f}  {k['calls']:4d}x  {k['group']:<15} {k['kernel'][:80]}"
+                  for k in rows[n]["top"]]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(bench_train.CONFIGS), default="125m")
+    parser.add_argument("--seq-len", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=["fox_acp", "sdpa"], help="default: fox_acp sdpa")
+    parser.add_argument("--base", default="sdpa",
+                        help="the variant the first other one is compared with (default: sdpa)")
+    parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="profiled steps (default: 3)")
+    parser.add_argument("--top", type=int, default=12, help="largest kernels listed per variant")
+    parser.add_argument("--compile-with", choices=("default", "aot_eager"), default="default")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if cuda else "cpu")
+    parser.add_argument("--dtype", choices=sorted(train.DTYPES), default=None)
+    parser.add_argument("--sdpa-backend", choices=sorted(bench_train.SDPA_BACKENDS),
+                        default="cudnn")
+    parser.add_argument("--out", default="runs/profile_train.json")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not cuda:
+        parser.error("--device cuda, but torch.cuda.is_available() is False")
+    if min(args.steps, args.warmup_steps, args.batch_size) < 1 or args.seq_len < 2:
+        parser.error("--steps, --warmup-steps and --batch-size must be at least 1, --seq-len 2")
+    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if any(VARIANTS[v].backend == "fox_acp" for v in args.variants):
+        train.import_foxcompile()
+    corpus = train.load_corpus()["train"]
+    rows = {}
+    for name in args.variants:
+        rows[name] = profile_variant(name, args, corpus)
+        bench_train.release_memory(torch.device(args.device))
+        print(f"{name}: {rows[name]['step_ms']:.1f} ms a step", flush=True)
+    device = torch.device(args.device)
+    header = (f"{train.device_name(device)}, torch {torch.__version__}, triton "
+              f"{train.versions()['triton']}; {args.config}, T = {args.seq_len}, batch "
+              f"{args.batch_size}, {args.steps} profiled steps")
+    print(f"\n{header}\n{format_report(rows, args.base)}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    train.write_json(out, {"device": train.device_name(device), "versions": train.versions(),
+                           "args": vars(args), "variants": rows})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
