@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/run_gpu_kernels.sh [tests] [gputests] [alltests] [quickstart] [plan] [profile] [sweep]
 #       [bench] [ab] [abref] [variants] [ncu] [ncusrc] [train] [decode] [gendecode] [gluonbwd]
-#       [choice] [spread] [host] [timeline] [headorder]
+#       [choice] [spread] [host] [timeline] [headorder] [trainprofile]
 #   (default: tests bench)
 #
 # Writes under $OUT/all ($OUT defaults to ./out): env.txt, tests.log, plan.log, sweep.json/sweep.log,
@@ -17,8 +17,8 @@
 #   $OUT/ab/NAME.json (cuDNN is timed in each, as the same-run baseline); AB_SKIP=key,... leaves more rows out.
 #   Variants named NAME.rK (round K) are merged into medians and ratios to AB_BASE (default: old
 #   or main) by benchmarks/ab_compare.py, into $OUT/ab_compare.txt / .json.
-# headorder: FOXCOMPILE_HEAD_ORDER=index against work: ab with HEAD_ORDER_ROUNDS (default 2)
-#   alternated rounds of each (tl and Gluon rows and cuDNN; base index), then the timeline in each
+# headorder: FOXCOMPILE_HEAD_ORDER=index against work and backward: ab with HEAD_ORDER_ROUNDS
+#   (default 2) alternated rounds of each (tl and Gluon rows and cuDNN; base index), then the timeline in each
 #   order (TIMELINE_NAME timeline_index / timeline_work, at TIMELINE_SHAPES, default
 #   B2-T16384-H24-D64: `idle_at_end` is the tail the order should shorten).
 # choice: where the Gluon engine should be chosen automatically: the tl, tl+Gluon and Gluon rows
@@ -212,7 +212,7 @@ for step in $steps; do
     headorder)
       variants=""
       for r in $(seq 1 "${HEAD_ORDER_ROUNDS:-2}"); do
-        variants="$variants index.r$r:FOXCOMPILE_HEAD_ORDER=index work.r$r:FOXCOMPILE_HEAD_ORDER=work"
+        variants="$variants index.r$r:FOXCOMPILE_HEAD_ORDER=index work.r$r:FOXCOMPILE_HEAD_ORDER=work backward.r$r:FOXCOMPILE_HEAD_ORDER=backward"
       done
       AB_BASE=index AB_SKIP=${AB_SKIP:-tlg-acp,tlg-dense,gtl-acp,gtl-dense} run_ab "$variants"
       for order in index work; do

@@ -127,13 +127,13 @@ def test_gluon_backward_finish_dq_on_cuda(head_dim, dtype):
     assert torch.equal(args[4], want_dlam)
 
 
-@pytest.mark.parametrize("order", ["index", "work"])
+@pytest.mark.parametrize("order", ["index", "work", "backward"])
 def test_op_forward_launches(monkeypatch, order):
     """A call's host cost is mostly its launches (docs/kernels.md, "Packed sequences"), so their
     number is held down: a pruned forward in bthd layout (tl engine at this length, no document
     ids, float32 gates) launches the gates' copy and cumsum, the bound's two kernels, the lam
     copy, the start blocks and the attention kernel, and nothing else; the "work" head order
-    one launch more (the order)."""
+    one launch more (the order), "backward" none (the forward keeps the heads' own order)."""
     from torch.profiler import ProfilerActivity, profile
     monkeypatch.delenv("FOXCOMPILE_ENGINE", raising=False)
     monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", order)

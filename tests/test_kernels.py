@@ -597,9 +597,10 @@ def test_interpreter_fused_heads_by_work_equal_torch(interpret_env, case):
 
 def head_orders_agree(engine, monkeypatch, device, exact=("out", "lse", "dq", "dk", "dv", "dlam")):
     """Forward and backward of a pruned GQA case (M < N, odd sizes) with the kernels taking
-    the heads in their own order and by work (FOXCOMPILE_HEAD_ORDER): every program computes
-    the same thing either way, so the outputs named in `exact` agree bit for bit (the others,
-    reduced by float32 adds in any order, to their rounding); and the case does reorder."""
+    the heads in their own order, by work, and by work in the backward only
+    (FOXCOMPILE_HEAD_ORDER): every program computes the same thing either way, so the outputs
+    named in `exact` agree bit for bit with the own order's (the others, reduced by float32
+    adds in any order, to their rounding); and the case does reorder."""
     q, k, v, lam = make_inputs(2, 6, 3, 300, 420, 64, torch.bfloat16, device,
                                decay=(1.0, 64.0), layout="bthd")
     scale = 64 ** -0.5
@@ -610,39 +611,52 @@ def head_orders_agree(engine, monkeypatch, device, exact=("out", "lse", "dq", "d
         assert not torch.equal(order, torch.arange(len(order), dtype=order.dtype)), group
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q)
     results = {}
-    for name in ("index", "work"):
+    for name in ("index", "work", "backward"):
         monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", name)
         results[name] = run_kernels(engine, q, k, v, lam, plan, scale, grad_out, "bthd")
-    for name, a, b in zip(("out", "lse", "dq", "dk", "dv", "dlam"), *results.values()):
-        if name in exact:
-            assert torch.equal(a, b), name
-        else:
-            assert torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-3), name
+    for order in ("work", "backward"):
+        for name, a, b in zip(("out", "lse", "dq", "dk", "dv", "dlam"), results["index"],
+                              results[order]):
+            if name in exact:
+                assert torch.equal(a, b), (order, name)
+            else:
+                assert torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-3), (order, name)
 
 
 @interp
 def test_interpreter_head_order_changes_nothing(interpret_env, monkeypatch):
-    """The tl kernels (forward, dq, dk/dv) in both head orders: the same results bit for bit."""
+    """The tl kernels (forward, dq, dk/dv) in the three head orders: the same results bit for
+    bit."""
     head_orders_agree(interpret_env, monkeypatch, "cpu")
 
 
 def test_head_order_setting(monkeypatch):
     """FOXCOMPILE_HEAD_ORDER: unset takes the default, "index" and documents keep the heads'
-    own order (start, unread), "work" takes plan.heads_by_work's, anything else is an error."""
+    own order (start, unread), "work" takes plan.heads_by_work's in both directions,
+    "backward" in the backward's kernels only, anything else is an error."""
     from foxcompile.kernels import triton_attention
     start = torch.tensor([[[0, 1], [0, 0], [1, 1]]], dtype=torch.int32)     # (1, 3, 2)
     monkeypatch.delenv("FOXCOMPILE_HEAD_ORDER", raising=False)
-    assert triton_attention.head_order(start, 1, False)[1] == (
-        triton_attention.HEAD_ORDER_DEFAULT == "work")
+    default = triton_attention.HEAD_ORDER_DEFAULT
+    for backward in (False, True):
+        assert triton_attention.head_order(start, 1, False, backward)[1] == (
+            default == "work" or (default == "backward" and backward))
     monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", "work")
-    order, ordered = triton_attention.head_order(start, 1, False)
+    for backward in (False, True):
+        order, ordered = triton_attention.head_order(start, 1, False, backward)
+        assert ordered and order.tolist() == [1, 0, 2]
+        assert triton_attention.head_order(start, 1, True, backward) == (start, False)
+    monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", "backward")
+    assert triton_attention.head_order(start, 1, False, False) == (start, False)
+    order, ordered = triton_attention.head_order(start, 1, False, True)
     assert ordered and order.tolist() == [1, 0, 2]
-    assert triton_attention.head_order(start, 1, True) == (start, False)
+    assert triton_attention.head_order(start, 1, True, True) == (start, False)
     monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", "index")
-    assert triton_attention.head_order(start, 1, False) == (start, False)
+    for backward in (False, True):
+        assert triton_attention.head_order(start, 1, False, backward) == (start, False)
     monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", "heaviest")
     with pytest.raises(ValueError, match="FOXCOMPILE_HEAD_ORDER"):
-        triton_attention.head_order(start, 1, False)
+        triton_attention.head_order(start, 1, False, False)
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -812,11 +826,11 @@ def test_gpu_guard_rising_gate(cuda_engine):
 
 @gpu
 @needs_cuda
-@pytest.mark.parametrize("head_order", ["index", "work"])
+@pytest.mark.parametrize("head_order", ["index", "work", "backward"])
 def test_gpu_cuda_graph_capture(cuda_engine, monkeypatch, head_order):
     """Plan (threshold, guard, start/end blocks) and all kernels captured in one CUDA graph and
     replayed with new data: no host synchronisation anywhere, and the replay prunes per the new
-    data, exactly as an eager call on that data does; in both head orders (the order by work
+    data, exactly as an eager call on that data does; in the three head orders (the order by work
     is sorted on the device, inside the graph)."""
     monkeypatch.setenv("FOXCOMPILE_HEAD_ORDER", head_order)
     torch.manual_seed(0)
@@ -1051,7 +1065,7 @@ def schedule_positions(start, group, n_items):
 @gpu
 @needs_cuda
 def test_gpu_head_order_changes_nothing(cuda_engine, monkeypatch):
-    """Both engines in both head orders (FOXCOMPILE_HEAD_ORDER), 3 programs for the persistent
+    """Both engines in the three head orders (FOXCOMPILE_HEAD_ORDER), 3 programs for the persistent
     Gluon kernels: the same results, bit for bit where each work item writes alone."""
     if cuda_engine.__name__.endswith("gluon_attention"):
         monkeypatch.setattr(cuda_engine, "_multiprocessors", lambda device: 3)

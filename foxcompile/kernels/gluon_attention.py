@@ -216,7 +216,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None,
     # out through TMA stores from the Q buffers where it allows them (OUT_TMA)
     out_tma = OUT_TMA_STORES[head_dim] and out.dtype == q.dtype and _tma_ok(out)
     q_desc = _descriptor(q, 64)
-    order, ordered = head_order(plan.start, 1, has_doc)
+    order, ordered = head_order(plan.start, 1, has_doc, backward=False)
     kern = _kernels()
     n_items = -(-n_queries // 128) * batch * q_heads
     grid = (min(n_items, _multiprocessors(q.device)),)   # persistent: one program per SM
@@ -321,7 +321,7 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     dk_strides, dv_strides = kv_strides[:3], kv_strides[3:]
     dq_next = BWD_DQ_NEXT[head_dim] and not kv_tma
     kv_buffers = BWD_KV_BUFFERS_DQ_NEXT if dq_next else BWD_KV_BUFFERS[head_dim]
-    order, ordered = head_order(plan.start, q_heads // kv_heads, has_doc)
+    order, ordered = head_order(plan.start, q_heads // kv_heads, has_doc, backward=True)
     kern = _bwd_kernels()
     k_desc, v_desc = _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N)
     n_items = -(-n_keys // BLOCK_N) * batch * kv_heads

@@ -254,25 +254,32 @@ def _doc_args(doc, lam):
 
 
 # The order in which both engines' kernels take the (b, head)s: "work" (plan.heads_by_work,
-# the most tiles first, so that the heaviest heads are not left for the end of the call) or
-# "index" (b, head after b, head); FOXCOMPILE_HEAD_ORDER overrides it (docs/kernels.md, "The
-# order of the heads"). "index": a CPU model of the schedule gives "work" 3-7% off the pruned
-# kernels and nothing dense (benchmarks/schedule_sim.py order); on an H100 it cut their tail
-# as modelled, but the timings moved no more than their noise.
+# the most tiles first, so that the heaviest heads are not left for the end of the call),
+# "index" (b, head after b, head), or "backward" ("work" in the backward kernels, "index" in the
+# forward's); FOXCOMPILE_HEAD_ORDER overrides it (docs/kernels.md, "The order of the heads").
+# "index": a CPU model of the schedule gives "work" 3-7% off the pruned kernels and nothing
+# dense (benchmarks/schedule_sim.py order); on an H100 it cut their tail as modelled, but the
+# timings moved no more than their noise ("backward": the forward at D = 128 was the row that
+# lost in that run, while its backward gained; not timed on its own yet).
 HEAD_ORDER_ENV = "FOXCOMPILE_HEAD_ORDER"
 HEAD_ORDER_DEFAULT = "index"
+HEAD_ORDERS = ("index", "work", "backward")
 
 
-def head_order(start: torch.Tensor, group: int, has_doc: bool) -> tuple[torch.Tensor, bool]:
-    """(the kernels' ORDER, ORDERED): the (b, head)s by work, most first (plan.heads_by_work;
-    kv heads with group > 1), and True, where the head order (HEAD_ORDER_ENV, default
-    HEAD_ORDER_DEFAULT) is "work" and there are no document ids; otherwise start itself,
-    never read, and False. With document ids the items are cut short by their documents,
-    which the plan's start blocks do not count, and such calls are bound by the host."""
+def head_order(start: torch.Tensor, group: int, has_doc: bool,
+               backward: bool) -> tuple[torch.Tensor, bool]:
+    """(the kernels' ORDER, ORDERED) for a forward's kernels or (backward) a backward's: the
+    (b, head)s by work, most first (plan.heads_by_work; kv heads with group > 1), and True,
+    where the head order (HEAD_ORDER_ENV, default HEAD_ORDER_DEFAULT) is "work", or
+    "backward" and these are backward kernels, and there are no document ids; otherwise start
+    itself, never read, and False. With document ids the items are cut short by their
+    documents, which the plan's start blocks do not count, and such calls are bound by the
+    host."""
     text = os.environ.get(HEAD_ORDER_ENV, "").strip().lower() or HEAD_ORDER_DEFAULT
-    if text not in ("work", "index"):
-        raise ValueError(f"{HEAD_ORDER_ENV}={text!r}: expected work or index")
-    if has_doc or text == "index":
+    if text not in HEAD_ORDERS:
+        raise ValueError(f"{HEAD_ORDER_ENV}={text!r}: expected one of {', '.join(HEAD_ORDERS)}")
+    by_work = text == "work" or (text == "backward" and backward)
+    if has_doc or not by_work:
         return start, False
     return heads_by_work(start, group), True
 
@@ -319,7 +326,7 @@ def forward(q, k, v, lam, plan: Plan, scale: float, out: torch.Tensor, doc=None)
     lam = _f32(lam)
     start = plan.start
     doc, doc_strides, has_doc = _doc_args(doc, lam)
-    order, ordered = head_order(start, 1, has_doc)
+    order, ordered = head_order(start, 1, has_doc, backward=False)
     tma = "fwd" in _tma_kernels(d_pad, interpret, _capability(q.device)) and _tma_ok(k, v, lam)
 
     def launch(config):
@@ -369,8 +376,9 @@ def backward(grad_out, q, k, v, lam, out, lse, plan: Plan, scale: float,
     dlam_row = torch.zeros((batch, q_heads, n_keys), dtype=torch.float32, device=q.device)
     end = plan_mod.end_blocks(plan.start, n_keys, plan.block_n)
     doc, doc_strides, has_doc = _doc_args(doc, lam)
-    q_order, ordered = head_order(plan.start, 1, has_doc)
-    kv_order = q_order if group == 1 else head_order(plan.start, group, has_doc)[0]
+    q_order, ordered = head_order(plan.start, 1, has_doc, backward=True)
+    kv_order = q_order if group == 1 else head_order(plan.start, group, has_doc,
+                                                            backward=True)[0]
     tma = _tma_kernels(d_pad, interpret, cap)
     dkdv_tma = "dkdv" in tma and _tma_ok(q, grad_out, lam, lse, do_o)
     dq_tma = "dq" in tma and _tma_ok(k, v, lam)
