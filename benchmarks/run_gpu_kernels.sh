@@ -129,6 +129,33 @@ run_timeline() {
     ${TIMELINE_SHAPES:+--shapes "$TIMELINE_SHAPES"} 2>&1 | grep -v Warning | tee "$OUT/${TIMELINE_NAME:-timeline}.log"
 }
 
+# Calls "$2 N ARGS" once per ';'-separated argument list ARGS of $1, N counting from 1.
+each_args() {
+  local n=0 args runs
+  IFS=';' read -ra runs <<< "$1"
+  for args in "${runs[@]}"; do
+    n=$((n + 1))
+    "$2" "$n" "$args"
+  done
+}
+run_train() {   # bench_train.py run $1 into $OUT/bench_train.json, bench_train_2.json, ...
+  local out=$OUT/bench_train.json; [ "$1" -gt 1 ] && out=$OUT/bench_train_$1.json
+  stamp "training throughput (bench_train.py $2)"
+  timeout ${TRAIN_TIMEOUT:-560} $PY benchmarks/bench_train.py --device cuda $2 --out "$out" \
+    2>&1 | tee -a "$OUT/train.log" | grep -v Warning | tail -12
+}
+run_train_profile() {   # profile_train.py run $1 into $OUT/profile_train_$1.json
+  stamp "training step profile (profile_train.py $2)"
+  timeout ${TRAIN_TIMEOUT:-560} $PY benchmarks/profile_train.py --device cuda $2 \
+    --out "$OUT/profile_train_$1.json" 2>&1 | grep -v Warning | tee -a "$OUT/profile_train.log" | tail -45
+}
+run_gendecode() {   # bench_decode.py run $1 into $OUT/gendecode_$1.json
+  stamp "bench_decode $1: $2"
+  timeout ${GEN_DECODE_TIMEOUT:-300} $PY benchmarks/bench_decode.py $2 \
+    --out "$OUT/gendecode_$1.json" >> "$OUT/gendecode.log" 2>&1
+  grep -E "^ *[0-9]+m " "$OUT/gendecode.log" | tail -n 12
+}
+
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
   $PY -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
@@ -161,29 +188,10 @@ for step in $steps; do
       timeout 200 $PY examples/quickstart.py --seq-len 4096 2>&1 | tee "$OUT/quickstart.log" | tail -30
       ;;
     train)
-      # one bench_train.py run per ';'-separated argument list of TRAIN_ARGS, into
-      # $OUT/bench_train.json, bench_train_2.json, ...
-      n=0
-      IFS=';' read -ra runs <<< "${TRAIN_ARGS:---configs 125m --seq-lens 16384 --variants fox_acp fox_acp_dense sdpa --batch-size 2 --warmup-steps 2 --steps 5}"
-      for args in "${runs[@]}"; do
-        n=$((n + 1))
-        out=$OUT/bench_train.json; [ $n -gt 1 ] && out=$OUT/bench_train_$n.json
-        stamp "training throughput (bench_train.py $args)"
-        timeout ${TRAIN_TIMEOUT:-560} $PY benchmarks/bench_train.py --device cuda $args --out "$out" \
-          2>&1 | tee -a "$OUT/train.log" | grep -v Warning | tail -12
-      done
+      each_args "${TRAIN_ARGS:---configs 125m --seq-lens 16384 --variants fox_acp fox_acp_dense sdpa --batch-size 2 --warmup-steps 2 --steps 5}" run_train
       ;;
     trainprofile)
-      # benchmarks/profile_train.py once per ';'-separated argument list of TRAIN_PROFILE_ARGS
-      # (default: 125m at 4k, batch 48, fox_acp against sdpa), into $OUT/profile_train_N.json
-      n=0
-      IFS=';' read -ra runs <<< "${TRAIN_PROFILE_ARGS:---config 125m --seq-len 4096 --batch-size 48}"
-      for args in "${runs[@]}"; do
-        n=$((n + 1))
-        stamp "training step profile (profile_train.py $args)"
-        timeout ${TRAIN_TIMEOUT:-560} $PY benchmarks/profile_train.py --device cuda $args \
-          --out "$OUT/profile_train_$n.json" 2>&1 | grep -v Warning | tee -a "$OUT/profile_train.log" | tail -45
-      done
+      each_args "${TRAIN_PROFILE_ARGS:---config 125m --seq-len 4096 --batch-size 48}" run_train_profile
       ;;
     plan)
       stamp "plan profile"
@@ -353,15 +361,7 @@ for step in $steps; do
       tail -40 "$OUT/decode_kernel.log"
       ;;
     gendecode)
-      n=0
-      IFS=';' read -ra runs <<< "${GEN_DECODE:?gendecode needs GEN_DECODE}"
-      for args in "${runs[@]}"; do
-        n=$((n + 1))
-        stamp "bench_decode $n: $args"
-        timeout ${GEN_DECODE_TIMEOUT:-300} $PY benchmarks/bench_decode.py $args \
-          --out "$OUT/gendecode_$n.json" >> "$OUT/gendecode.log" 2>&1
-        grep -E "^ *[0-9]+m " "$OUT/gendecode.log" | tail -n 12
-      done
+      each_args "${GEN_DECODE:?gendecode needs GEN_DECODE}" run_gendecode
       ;;
     gluonbwd)
       stamp "Gluon backward against tl and float64 (check_gluon_bwd.py)"

@@ -256,30 +256,33 @@ def _profile_train():
     return profile_train
 
 
-@pytest.mark.usefixtures("train")  # the scripts need the same packages
-def test_profile_train_groups_kernels_by_name():
-    """Kernel names as the profiler reports them on an H100 put into their groups."""
-    groups = _profile_train().group_of
-    assert groups("_gluon_bwd_kernel") == "fox attention"
-    assert groups("_fwd_kernel") == "fox attention"
-    assert groups("_qkv_norms_kernel") == "fox plan"
-    assert groups("_plan_start_kernel") == "fox plan"
-    assert groups("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64"
-                  ) == "sdpa attention"
-    assert groups("void pytorch_flash::flash_bwd_dq_dk_dv_loop_kernel<Flash_bwd_kernel_traits>"
-                  ) == "sdpa attention"
-    assert groups("nvjet_hsh_256x128_64x4_1x2_h_bz_coopB_TNT") == "matmul"
-    assert groups("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
-    assert groups("triton_tem_fused_mm_3") == "matmul"
-    assert groups("triton_red_fused__log_softmax_cumsum_4") == "inductor"
-    assert groups("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>"
-                  ) == "optimizer"
-    assert groups("void at::native::vectorized_elementwise_kernel<4, FillFunctor<float>>"
-                  ) == "aten"
-    assert groups("Memcpy DtoD (Device -> Device)") == "aten"
-    assert groups("some_unknown_kernel") == "other"
+# Kernel names as the profiler reports them on an H100, and their groups.
+KERNEL_GROUPS = [
+    ("_gluon_bwd_kernel", "fox attention"),
+    ("_fwd_kernel", "fox attention"),
+    ("_qkv_norms_kernel", "fox plan"),
+    ("_plan_start_kernel", "fox plan"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64",
+     "sdpa attention"),
+    ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_kernel<Flash_bwd_kernel_traits>",
+     "sdpa attention"),
+    ("nvjet_hsh_256x128_64x4_1x2_h_bz_coopB_TNT", "matmul"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
+    ("triton_tem_fused_mm_3", "matmul"),
+    ("triton_red_fused__log_softmax_cumsum_4", "inductor"),
     # a foxcompile name inside a longer one is not foxcompile's
-    assert groups("triton_poi_fused__fwd_kernel_copy_1") == "inductor"
+    ("triton_poi_fused__fwd_kernel_copy_1", "inductor"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>", "optimizer"),
+    ("void at::native::vectorized_elementwise_kernel<4, FillFunctor<float>>", "aten"),
+    ("Memcpy DtoD (Device -> Device)", "aten"),
+    ("some_unknown_kernel", "other"),
+]
+
+
+@pytest.mark.usefixtures("train")  # the scripts need the same packages
+@pytest.mark.parametrize("kernel,group", KERNEL_GROUPS)
+def test_profile_train_groups_kernels_by_name(kernel, group):
+    assert _profile_train().group_of(kernel) == group
 
 
 @pytest.mark.usefixtures("train")  # the scripts need the same packages
