@@ -72,7 +72,7 @@ def kernel_times(prof, cuda: bool) -> dict[str, tuple[float, int]]:
         if cuda:
             if event.device_type != torch.autograd.DeviceType.CUDA:
                 continue
-            us = event.self_device_time_total
+            us = getattr(event, "self_device_time_total", 0)
         else:
             us = event.self_cpu_time_total
         if us > 0:
