@@ -169,6 +169,29 @@ def format_report(rows: dict, base: str | None) -> str:
     return "\n".join(lines)
 
 
+def plot_groups(rows: dict, title: str, path: Path):
+    """One stacked bar per variant: each group's ms per step, and the step's time no kernel ran."""
+    plt = train.pyplot()
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(rows)))
+    names = list(rows)
+    left = [0.0] * len(names)
+    colors = plt.get_cmap("tab10")
+    for i, group in enumerate(GROUP_NAMES + ("no kernel running",)):
+        if group == "no kernel running":
+            widths = [max(0.0, rows[n]["step_ms"] - rows[n]["kernels_ms"]) for n in names]
+        else:
+            widths = [rows[n]["groups"][group]["ms"] for n in names]
+        if any(widths):
+            ax.barh(names, widths, left=left, label=group, color=colors(i % 10))
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_xlabel("ms per training step")
+    ax.set_title(title, fontsize=9)
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def parse_args(argv=None):
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__,
@@ -189,6 +212,8 @@ def parse_args(argv=None):
     parser.add_argument("--sdpa-backend", choices=sorted(bench_train.SDPA_BACKENDS),
                         default="cudnn")
     parser.add_argument("--out", default="runs/profile_train.json")
+    parser.add_argument("--plot", default=None,
+                        help="also a stacked bar chart of the groups per variant (PNG)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not cuda:
         parser.error("--device cuda, but torch.cuda.is_available() is False")
@@ -218,6 +243,9 @@ def main(argv=None):
     train.write_json(out, {"device": train.device_name(device), "versions": train.versions(),
                            "args": vars(args), "variants": rows})
     print(f"wrote {out}")
+    if args.plot:
+        plot_groups(rows, header, Path(args.plot))
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

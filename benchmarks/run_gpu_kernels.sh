@@ -28,7 +28,7 @@
 #   --doc-dtype int32" the runs pack documents and the proposal is for PREFERRED_MIN_KEYS_WITH_DOCS.
 # trainprofile: benchmarks/profile_train.py (a training step's GPU time by kernel group, fox_acp
 #   against sdpa) once per ';'-separated argument list of TRAIN_PROFILE_ARGS (default: --config
-#   125m --seq-len 4096 --batch-size 48), into $OUT/profile_train_N.json and profile_train.log.
+#   125m --seq-len 4096 --batch-size 48), into $OUT/profile_train_N.json / .png and profile_train.log.
 # decode: benchmarks/bench_decode_kernel.py (decode attention alone) into $OUT/decode_kernel.json.
 # gendecode: benchmarks/bench_decode.py (whole-model decoding) once per ';'-separated argument
 #   list of GEN_DECODE (each run's --out is $OUT/gendecode_N.json), logs in $OUT/gendecode.log.
@@ -147,7 +147,7 @@ run_train() {   # bench_train.py run $1 into $OUT/bench_train.json, bench_train_
 run_train_profile() {   # profile_train.py run $1 into $OUT/profile_train_$1.json
   stamp "training step profile (profile_train.py $2)"
   timeout ${TRAIN_TIMEOUT:-560} $PY benchmarks/profile_train.py --device cuda $2 \
-    --out "$OUT/profile_train_$1.json" 2>&1 | grep -v Warning | tee -a "$OUT/profile_train.log" | tail -45
+    --out "$OUT/profile_train_$1.json" --plot "$OUT/profile_train_$1.png" 2>&1 | grep -v Warning | tee -a "$OUT/profile_train.log" | tail -45
 }
 run_gendecode() {   # bench_decode.py run $1 into $OUT/gendecode_$1.json
   stamp "bench_decode $1: $2"

@@ -293,7 +293,7 @@ def test_profile_train_smoke(tmp_path):
     command = [sys.executable, str(EXAMPLES.parent / "benchmarks" / "profile_train.py"),
                "--device", "cpu", "--config", "tiny", "--seq-len", "32", "--batch-size", "2",
                "--warmup-steps", "1", "--steps", "1", "--compile-with", "aot_eager",
-               "--out", str(out)]
+               "--out", str(out), "--plot", str(tmp_path / "profile.png")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "minus sdpa" in result.stdout
@@ -307,3 +307,4 @@ def test_profile_train_smoke(tmp_path):
     assert rows["fox_acp"]["groups"]["sdpa attention"]["ms"] == 0
     assert rows["sdpa"]["groups"]["fox attention"]["ms"] == 0
     assert rows["sdpa"]["groups"]["sdpa attention"]["calls"] >= 2
+    assert (tmp_path / "profile.png").stat().st_size > 0
