@@ -143,6 +143,41 @@ def difference(rows: dict, variant: str, base: str) -> dict[str, float]:
     return diff
 
 
+def attention_needed(rows: dict, variant: str, base: str, speedup: float) -> dict:
+    """What variant's attention kernels would have to take for its step to run `speedup` times
+    as fast as base's, all else as profiled: the step that needs (ms), how much less than now,
+    the attention kernels' time then, that as a share of their time now and as a ratio to
+    base's SDPA kernels (the kernel targets' unit). None where a step would have to shed more
+    than all of the attention kernels' time."""
+    a, b = rows[variant], rows[base]
+    attention = a["groups"]["fox attention"]["ms"]
+    step = b["step_ms"] / speedup
+    cut = a["step_ms"] - step
+    left = attention - max(cut, 0.0)
+    sdpa = b["groups"]["sdpa attention"]["ms"]
+    return {
+        "speedup": speedup, "step_ms": step, "cut_ms": cut,
+        "attention_ms": left if left > 0 else None,
+        "share_of_now": left / attention if left > 0 and attention > 0 else None,
+        "of_base_sdpa": left / sdpa if left > 0 and sdpa > 0 else None,
+    }
+
+
+def format_needed(needed: dict, variant: str, base: str) -> str:
+    head = (f"{variant} at {needed['speedup']:.2f}x {base}'s speed: a step of "
+            f"{needed['step_ms']:.1f} ms")
+    if needed["cut_ms"] <= 0:
+        return f"{head}, already there ({-needed['cut_ms']:.1f} ms to spare)"
+    if needed["attention_ms"] is None:
+        return (f"{head}, {needed['cut_ms']:.1f} ms less: more than all of foxcompile's "
+                "attention kernels take")
+    ratio = (f", {needed['of_base_sdpa']:.2f}x {base}'s SDPA kernels"
+             if needed["of_base_sdpa"] is not None else "")
+    return (f"{head}, {needed['cut_ms']:.1f} ms less: foxcompile's attention kernels in "
+            f"{needed['attention_ms']:.1f} ms ({needed['share_of_now']:.0%} of their time now"
+            f"{ratio}), all else as profiled")
+
+
 def format_report(rows: dict, base: str | None) -> str:
     names = list(rows)
     lines = [f"{'group (ms per step)':<20}" + "".join(f"{n:>16}" for n in names)
@@ -205,6 +240,10 @@ def parse_args(argv=None):
                         help="the variant the first other one is compared with (default: sdpa)")
     parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="profiled steps (default: 3)")
+    parser.add_argument("--speedup", type=float, default=1.10,
+                        help="print what foxcompile's attention kernels would have to take for "
+                             "the first variant to run this many times as fast as --base "
+                             "(default: 1.10, the 4k training target)")
     parser.add_argument("--top", type=int, default=12, help="largest kernels listed per variant")
     parser.add_argument("--compile-with", choices=("default", "aot_eager"), default="default")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if cuda else "cpu")
@@ -217,6 +256,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.device == "cuda" and not cuda:
         parser.error("--device cuda, but torch.cuda.is_available() is False")
+    if args.speedup <= 0:
+        parser.error("--speedup must be positive")
     if min(args.steps, args.warmup_steps, args.batch_size) < 1 or args.seq_len < 2:
         parser.error("--steps, --warmup-steps and --batch-size must be at least 1, --seq-len 2")
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
@@ -238,10 +279,15 @@ def main(argv=None):
               f"{train.versions()['triton']}; {args.config}, T = {args.seq_len}, batch "
               f"{args.batch_size}, {args.steps} profiled steps")
     print(f"\n{header}\n{format_report(rows, args.base)}")
+    needed = {}
+    fox = [n for n in rows if VARIANTS[n].backend == "fox_acp"]
+    if fox and args.base in rows:
+        needed = attention_needed(rows, fox[0], args.base, args.speedup)
+        print("\n" + format_needed(needed, fox[0], args.base))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     train.write_json(out, {"device": train.device_name(device), "versions": train.versions(),
-                           "args": vars(args), "variants": rows})
+                           "args": vars(args), "variants": rows, "needed": needed})
     print(f"wrote {out}")
     if args.plot:
         plot_groups(rows, header, Path(args.plot))

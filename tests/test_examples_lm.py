@@ -308,3 +308,35 @@ def test_profile_train_smoke(tmp_path):
     assert rows["sdpa"]["groups"]["fox attention"]["ms"] == 0
     assert rows["sdpa"]["groups"]["sdpa attention"]["calls"] >= 2
     assert (tmp_path / "profile.png").stat().st_size > 0
+    assert "fox_acp at 1.10x sdpa's speed" in result.stdout
+    assert json.loads(out.read_text())["needed"]["speedup"] == 1.10
+
+
+def _profiled(step_ms, **group_ms):
+    """A profile_train row: the step's wall time and the named groups' ms per step."""
+    groups = {name: {"ms": group_ms.get(name.replace(" ", "_"), 0.0), "calls": 1}
+              for name in _profile_train().GROUP_NAMES}
+    return {"step_ms": step_ms, "groups": groups}
+
+
+@pytest.mark.usefixtures("train")  # the scripts need the same packages
+def test_profile_train_attention_needed():
+    """The arithmetic of docs/benchmarks.md's 4k estimate: a 444 ms plain-SDPA step with 170 ms
+    of SDPA kernels, a 443 ms FoX step with 146 ms of foxcompile's attention. 1.10x needs a
+    403.6 ms step, so attention in 106.6 ms: 73% of its time now, 0.63x the SDPA kernels'."""
+    pt = _profile_train()
+    rows = {"fox_acp": _profiled(443.0, fox_attention=146.0),
+            "sdpa": _profiled(444.0, sdpa_attention=170.0)}
+    needed = pt.attention_needed(rows, "fox_acp", "sdpa", 1.10)
+    assert needed["step_ms"] == pytest.approx(444.0 / 1.10)
+    assert needed["cut_ms"] == pytest.approx(443.0 - 444.0 / 1.10)
+    assert needed["attention_ms"] == pytest.approx(146.0 - (443.0 - 444.0 / 1.10))
+    assert needed["share_of_now"] == pytest.approx(needed["attention_ms"] / 146.0)
+    assert needed["of_base_sdpa"] == pytest.approx(0.627, abs=1e-3)
+    assert "0.63x sdpa's SDPA kernels" in pt.format_needed(needed, "fox_acp", "sdpa")
+    # already fast enough, and out of reach by attention alone
+    assert "already there" in pt.format_needed(
+        pt.attention_needed(rows, "fox_acp", "sdpa", 0.9), "fox_acp", "sdpa")
+    far = pt.attention_needed(rows, "fox_acp", "sdpa", 3.0)
+    assert far["attention_ms"] is None
+    assert "more than all" in pt.format_needed(far, "fox_acp", "sdpa")
