@@ -151,14 +151,21 @@ def slowest_rank(seconds: float, ctx: parallel.Context) -> float:
     return float(value)
 
 
-def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus,
-            ctx: parallel.Context | None = None) -> dict:
-    """Train variant `name` for warmup + timed steps: tokens/s of the timed steps (synchronised),
-    warmup time (compilation), peak memory and, for fox_acp, the skipped FLOP fraction. With a
-    parallel context every rank trains on batch_size sequences of its own (DDP or FSDP2), the
-    time is the slowest rank's and tokens/s counts all ranks."""
-    ctx = ctx or parallel.Context(device=torch.device(args.device))
-    variant, device, dtype = VARIANTS[name], ctx.device, train.DTYPES[args.dtype]
+class Run(NamedTuple):
+    """One variant ready to train: the compiled model, its optimizer and scheduler, and the
+    warmup + timed batches on the device."""
+    variant: Variant
+    compiled: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    batches: list
+
+
+def prepare(name: str, config: str, seq_len: int, batch_size: int, args, corpus,
+            ctx: parallel.Context) -> Run:
+    """Variant `name` built, gated (args.gate_init), wrapped for ctx, compiled, with its
+    optimizer, scheduler and args.warmup_steps + args.steps batches of this rank's windows."""
+    variant, device = VARIANTS[name], ctx.device
     torch.manual_seed(0)
     with device:
         model = build_model(config, attention=variant.attention)
@@ -172,15 +179,34 @@ def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus,
     batches = [train.sample_batch(corpus, batch_size, seq_len, generator)
                for _ in range(args.warmup_steps + args.steps)]
     batches = [(inputs.to(device), targets.to(device)) for inputs, targets in batches]
+    return Run(variant, compiled, optimizer, scheduler, batches)
+
+
+def train_steps(run: Run, batches, dtype: torch.dtype, device: torch.device, name: str):
+    """Training steps on batches, then a synchronisation; a non-finite last loss is an error."""
+    for inputs, targets in batches:
+        loss = train.training_step(run.compiled, run.optimizer, run.scheduler, inputs, targets,
+                                   dtype)
+    synchronize(device)
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"{name}: loss is {loss.item()}")
+
+
+def measure(name: str, config: str, seq_len: int, batch_size: int, args, corpus,
+            ctx: parallel.Context | None = None) -> dict:
+    """Train variant `name` for warmup + timed steps: tokens/s of the timed steps (synchronised),
+    warmup time (compilation), peak memory and, for fox_acp, the skipped FLOP fraction. With a
+    parallel context every rank trains on batch_size sequences of its own (DDP or FSDP2), the
+    time is the slowest rank's and tokens/s counts all ranks."""
+    ctx = ctx or parallel.Context(device=torch.device(args.device))
+    device, dtype = ctx.device, train.DTYPES[args.dtype]
+    prepared = prepare(name, config, seq_len, batch_size, args, corpus, ctx)
+    variant, compiled, batches = prepared.variant, prepared.compiled, prepared.batches
 
     def run(steps) -> float:
         parallel.barrier(ctx)
         start = time.perf_counter()
-        for inputs, targets in steps:
-            loss = train.training_step(compiled, optimizer, scheduler, inputs, targets, dtype)
-        synchronize(device)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"{name}: loss is {loss.item()}")
+        train_steps(prepared, steps, dtype, device, name)
         return slowest_rank(time.perf_counter() - start, ctx)
 
     with sdpa_context(variant, device, args.sdpa_backend):

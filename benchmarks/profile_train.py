@@ -17,6 +17,8 @@ way by operator name: for checking the script, not for timing.
     python benchmarks/profile_train.py --config 125m --seq-len 4096 --batch-size 48
     python benchmarks/profile_train.py --device cpu --config tiny --seq-len 64 --batch-size 2 \\
         --compile-with aot_eager
+
+The variants are built, gated and fed as bench_train.py's (bench_train.prepare).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_train  # noqa: E402
-from bench_train import VARIANTS, compile_variant, sdpa_context, synchronize  # noqa: E402
+from bench_train import VARIANTS, sdpa_context  # noqa: E402
 from bench_train import train  # noqa: E402
 
 FOX_ATTENTION = ("_fwd_kernel", "_dq_kernel", "_dkdv_kernel", "_dq_finish_kernel",
@@ -44,8 +46,7 @@ FOX_PLAN = ("_max_norm_kernel", "_qkv_norms_kernel", "_score_bound_kernel", "_fu
 GROUPS = (
     ("fox attention", re.compile(r"^(%s)\b|^foxcompile::" % "|".join(FOX_ATTENTION))),
     ("fox plan", re.compile(r"^(%s)\b" % "|".join(FOX_PLAN))),
-    ("sdpa attention", re.compile(r"cudnn|fmha|flash|sdpa|efficient_attention|attention",
-                                  re.IGNORECASE)),
+    ("sdpa attention", re.compile(r"cudnn|fmha|flash|sdpa|attention", re.IGNORECASE)),
     ("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|^triton_tem_|"
                           r"^aten::(mm|addmm|bmm|baddbmm|_scaled_mm)$", re.IGNORECASE)),
     ("inductor", re.compile(r"^triton_")),
@@ -101,37 +102,21 @@ def summarise(times: dict[str, tuple[float, int]], steps: int, wall_ms: float, t
 
 
 def profile_variant(name: str, args, corpus) -> dict:
-    """Warm-up steps (compilation), then args.steps profiled steps of variant `name`."""
-    variant, device, dtype = VARIANTS[name], torch.device(args.device), train.DTYPES[args.dtype]
-    torch.manual_seed(0)
-    with device:
-        model = bench_train.build_model(args.config, attention=variant.attention)
-    if variant.attention == "fox":
-        train.set_gate_decay_times(model, *train.GATE_DECAY_RANGE)
-    compiled = compile_variant(model, variant, args)
-    optimizer = train.make_optimizer(model, bench_train.LR, weight_decay=0.1)
-    scheduler = train.make_scheduler(optimizer, 1, args.warmup_steps + args.steps + 1)
-    generator = torch.Generator().manual_seed(0)
-    batches = [tuple(t.to(device) for t in train.sample_batch(corpus, args.batch_size,
-                                                               args.seq_len, generator))
-               for _ in range(args.warmup_steps + args.steps)]
-
-    def run(steps):
-        for inputs, targets in steps:
-            loss = train.training_step(compiled, optimizer, scheduler, inputs, targets, dtype)
-        synchronize(device)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name}: loss is {loss.item()}")
-
+    """Warm-up steps (compilation), args.steps timed steps, then the same steps profiled, of
+    variant `name` (bench_train's setup, one device)."""
+    device, dtype = torch.device(args.device), train.DTYPES[args.dtype]
+    run = bench_train.prepare(name, args.config, args.seq_len, args.batch_size, args, corpus,
+                              bench_train.parallel.Context(device=device))
+    warmup, timed = run.batches[: args.warmup_steps], run.batches[args.warmup_steps :]
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with sdpa_context(variant, device, args.sdpa_backend):
-        run(batches[: args.warmup_steps])
+    with sdpa_context(run.variant, device, args.sdpa_backend):
+        bench_train.train_steps(run, warmup, dtype, device, name)
         start = time.perf_counter()
-        run(batches[args.warmup_steps :])  # timed without the profiler
+        bench_train.train_steps(run, timed, dtype, device, name)  # timed without the profiler
         wall_ms = 1e3 * (time.perf_counter() - start) / args.steps
         with profile(activities=activities) as prof:
-            run(batches[args.warmup_steps :])
+            bench_train.train_steps(run, timed, dtype, device, name)
     return summarise(kernel_times(prof, cuda), args.steps, wall_ms, args.top)
 
 
@@ -179,22 +164,22 @@ def format_needed(needed: dict, variant: str, base: str) -> str:
 
 
 def format_report(rows: dict, base: str | None) -> str:
+    """Each group's ms per step per variant, and the first other variant minus base."""
     names = list(rows)
+    other = next((n for n in names if n != base), None) if base in rows else None
+    diff = difference(rows, other, base) if other else None
+
+    def line(label, values, extra=None):
+        cells = values + ([extra] if diff else [])
+        return f"{label:<20}" + "".join("" if v is None else f"{v:>16.2f}" for v in cells)
+
     lines = [f"{'group (ms per step)':<20}" + "".join(f"{n:>16}" for n in names)
-             + (f"{'minus ' + base:>16}" * (len(names) > 1) if base in rows else "")]
-    others = [n for n in names if n != base]
-
-    def line(label, values):
-        return f"{label:<20}" + "".join(f"{v:>16.2f}" for v in values)
-
-    diffs = {n: difference(rows, n, base) for n in others} if base in rows else {}
+             + (f"{other + ' - ' + base:>16}" if diff else "")]
     for group in GROUP_NAMES:
-        values = [rows[n]["groups"][group]["ms"] for n in names]
-        values += [diffs[n][group] for n in others][:1] if diffs else []
-        lines.append(line(group, values))
+        lines.append(line(group, [rows[n]["groups"][group]["ms"] for n in names],
+                          diff and diff[group]))
     lines.append(line("kernels, sum", [rows[n]["kernels_ms"] for n in names]))
-    lines.append(line("step (wall)", [rows[n]["step_ms"] for n in names]
-                      + ([diffs[others[0]]["step"]] if diffs else [])))
+    lines.append(line("step (wall)", [rows[n]["step_ms"] for n in names], diff and diff["step"]))
     lines.append(f"{'no kernel running':<20}" + "".join(f"{rows[n]['idle_share']:>16.1%}"
                                                          for n in names))
     for n in names:
@@ -246,6 +231,8 @@ def parse_args(argv=None):
                              "(default: 1.10, the 4k training target)")
     parser.add_argument("--top", type=int, default=12, help="largest kernels listed per variant")
     parser.add_argument("--compile-with", choices=("default", "aot_eager"), default="default")
+    parser.add_argument("--gate-init", choices=("decay", "default"), default="decay",
+                        help="forget-gate biases, as bench_train.py's (default: decay)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if cuda else "cpu")
     parser.add_argument("--dtype", choices=sorted(train.DTYPES), default=None)
     parser.add_argument("--sdpa-backend", choices=sorted(bench_train.SDPA_BACKENDS),
@@ -261,6 +248,7 @@ def parse_args(argv=None):
     if min(args.steps, args.warmup_steps, args.batch_size) < 1 or args.seq_len < 2:
         parser.error("--steps, --warmup-steps and --batch-size must be at least 1, --seq-len 2")
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    args.bucket_cap_mb = 25.0  # read by bench_train.prepare for DDP only: one device here
     return args
 
 

@@ -296,7 +296,7 @@ def test_profile_train_smoke(tmp_path):
                "--out", str(out), "--plot", str(tmp_path / "profile.png")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "minus sdpa" in result.stdout
+    assert "fox_acp - sdpa" in result.stdout
     rows = json.loads(out.read_text())["variants"]
     assert set(rows) == {"fox_acp", "sdpa"}
     for row in rows.values():
