@@ -4,6 +4,7 @@ views, and the declines that keep each rule sound. Every case checks `foxcompile
 it rewrites, that the compiled function (aot_eager) equals eager in outputs and gradients."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -1063,3 +1064,91 @@ def test_second_site_reading_the_first_sites_output():
     report = foxcompile.explain(chained, *args)
     assert len(report.sites) == 2 and not report.declined, str(report)
     _compiled_matches_eager(chained, *args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Additive masks built from constants: fills, products of constants, two-valued masks
+
+
+def additive_mask(build):
+    """FoX whose causal mask is the additive (T, T) tensor `build(s, T)` returns."""
+    def attend(q, k, v, g):
+        lam = F.logsigmoid(g).cumsum(-1)
+        s = q @ k.mT * q.shape[-1] ** -0.5 + lam[..., :, None] - lam[..., None, :]
+        return (s + build(s, s.shape[-1])).softmax(-1) @ v
+    return attend
+
+
+def _fill_with_neg_inf(t):
+    """fairseq's utils.fill_with_neg_inf: an fp16-safe -inf fill of a tensor's storage."""
+    return t.float().fill_(float("-inf")).type_as(t)
+
+
+def _square_subsequent_mask(T):
+    """The old PyTorch transformer tutorial's generate_square_subsequent_mask."""
+    m = (torch.triu(torch.ones(T, T)) == 1).transpose(0, 1)
+    return m.float().masked_fill(m == 0, float("-inf")).masked_fill(m == 1, float(0.0))
+
+
+def _filled_in_place(T):
+    m = torch.empty(T, T).fill_(-math.inf)
+    m.triu_(1)
+    return m
+
+
+CONSTANT_MASKS = {
+    "ones_times_neg_inf": lambda s, T: torch.triu(torch.ones(T, T) * float("-inf"), diagonal=1),
+    "neg_inf_times_ones": lambda s, T: torch.triu(-math.inf * torch.ones(T, T), diagonal=1),
+    "negated_product": lambda s, T: (-(torch.ones(T, T) * math.inf)).triu(1),
+    "new_full": lambda s, T: s.new_full((T, T), -math.inf).triu(1),
+    "torch_fill": lambda s, T: torch.fill(torch.empty(T, T), -math.inf).triu(1),
+    "fairseq_fill_with_neg_inf": lambda s, T: torch.triu(_fill_with_neg_inf(torch.zeros(T, T)), 1),
+    "fill_then_triu_in_place": lambda s, T: _filled_in_place(T),
+    "tutorial_square_subsequent": lambda s, T: _square_subsequent_mask(T),
+    "tutorial_other_order": lambda s, T: (lambda m: m.float().masked_fill(m == 1, 0.0).masked_fill(
+        m == 0, -math.inf))(torch.triu(torch.ones(T, T)).mT == 1),
+    "where_of_a_compared_mask": lambda s, T: torch.where(torch.ones(T, T).tril() == 1, 0.0, -math.inf),
+    "ones_tril_not_one": lambda s, T: torch.zeros(T, T).masked_fill(
+        torch.ones(T, T).tril() != 1, -math.inf),
+    "full_like_bool": lambda s, T: torch.zeros(T, T).masked_fill(
+        ~torch.full_like(s[0, 0], True, dtype=torch.bool).tril(), -math.inf),
+}
+
+
+@pytest.mark.parametrize("name", CONSTANT_MASKS)
+def test_constant_built_masks(name):
+    _one_site(additive_mask(CONSTANT_MASKS[name]), *_qkvg(B=2, M=9, N=9))
+
+
+NOT_CAUSAL = {   # name: (mask, the decline's reason)
+    # the diagonal masked too, and the past instead of the future
+    "diagonal_masked": (lambda s, T: torch.triu(torch.ones(T, T) * -math.inf), "j - i >= 0"),
+    "past_masked": (lambda s, T: torch.tril(torch.ones(T, T) * -math.inf, -1), "j - i <= -1"),
+    # the tutorial's mask without its transpose keeps the future
+    "tutorial_untransposed": (lambda s, T: (lambda m: m.float().masked_fill(m == 0, -math.inf)
+                              .masked_fill(m == 1, 0.0))(torch.triu(torch.ones(T, T)) == 1),
+                              "j - i <= -1"),
+    # 0.5 where the tutorial has 0: a bias that depends on i and j jointly
+    "tutorial_half": (lambda s, T: _square_subsequent_mask(T).masked_fill(
+        _square_subsequent_mask(T) == 0, 0.5), "jointly"),
+    # `== 1` of a mask of twos: nothing kept, every score -inf (eager is NaN)
+    "compared_twos": (lambda s, T: (lambda m: m.float().masked_fill(m == 0, -math.inf))(
+        torch.triu(torch.full((T, T), 2.0)) == 1), ""),
+    # NaN masks: eager's output is NaN, and must stay so (a NaN fill is no -inf)
+    "nan_full": (lambda s, T: torch.full((T, T), math.nan).triu(1), "jointly"),
+    "zeros_times_inf": (lambda s, T: torch.triu(torch.zeros(T, T) * -math.inf, 1), "jointly"),
+    # +inf: 1 / 0 (eager NaN)
+    "ones_over_zero": (lambda s, T: torch.triu(torch.ones(T, T) / 0.0, 1), "jointly"),
+    # a -inf fill overwritten in place with 0 before the triu reads it: no mask at all
+    "fill_overwritten": (lambda s, T: (lambda m: (m.fill_(0.0), m.triu(1))[1])(
+        torch.full((T, T), -math.inf)), "after the in-place fill_"),
+    # one column put back after the in-place triu_: not followed
+    "column_refilled": (lambda s, T: (lambda m: (m[:, 1].fill_(0.0), m)[1])(_filled_in_place(T)),
+                        "after the in-place"),
+}
+
+
+@pytest.mark.parametrize("name", NOT_CAUSAL)
+def test_constant_built_masks_that_are_not_causal(name):
+    mask, reason = NOT_CAUSAL[name]
+    _declined(additive_mask(mask), *_qkvg(B=2, M=9, N=9), reason=reason)

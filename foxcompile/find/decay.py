@@ -34,7 +34,7 @@ def _either(a, b):
 def sign(node) -> int | None:
     num = g.number(node)
     if num is not None:
-        return 1 if num > 0 else (-1 if num < 0 else 0)
+        return 1 if num > 0 else (-1 if num < 0 else (0 if num == 0 else None))   # NaN: none
     if g.dtype(node) == torch.bool:  # 0 or 1
         return 1
     k = g.kind(node)
@@ -68,8 +68,8 @@ def sign(node) -> int | None:
         return _either(sign(node.args[0]), sign(g.arg(node, 2, "value")))
     if k == "where":
         return _either(sign(node.args[1]), sign(node.args[2]))
-    if k in ("full", "full_like"):
-        return sign(g.arg(node, 1, "fill_value"))
+    if k in g.FILLS:
+        return sign(g.fill_value(node))
     if k in ("zeros", "zeros_like"):
         return 0
     if k in ("ones", "ones_like"):
@@ -124,7 +124,7 @@ def direction(node, axis: int) -> int | None:
     if k == "arange":
         step = g.arg(node, 2, "step", 1)
         return 1 if g.number(step) is not None and g.number(step) > 0 else None
-    if k in ("zeros", "zeros_like", "ones", "ones_like", "full", "full_like"):
+    if k in ("zeros", "zeros_like", "ones", "ones_like", *g.FILLS):
         return 0
     if k == "neg":
         d = direction(node.args[0], axis - len(shp))

@@ -46,7 +46,7 @@ _FUNCTIONS = {
     torch.minimum: "minimum", torch.square: "square", torch.log: "log",
     torch.masked_fill: "masked_fill", torch.reshape: "reshape", torch.flatten: "flatten",
     operator.setitem: "setitem", builtins.getattr: "getattr",
-    torch._C._nn.pad: "pad", F.pad: "pad", torch.tensor: "tensor",
+    torch._C._nn.pad: "pad", F.pad: "pad", torch.tensor: "tensor", torch.fill: "fill",
 }
 
 _METHODS = {
@@ -66,6 +66,7 @@ _METHODS = {
     "clamp_min": "clamp_min", "relu": "relu", "nan_to_num": "nan_to_num", "isnan": "isnan",
     "where": "where", "square": "square", "log": "log", "exp_": "exp", "tril_": "tril",
     "triu_": "triu", "repeat": "repeat", "new_ones": "ones_like", "new_zeros": "zeros_like",
+    "new_full": "new_full", "fill_": "fill",
 }
 
 
@@ -160,15 +161,29 @@ def number(x) -> float | None:
     return None
 
 
+# Tensors that hold one value everywhere, and where that value sits among their arguments:
+# torch.full(size, v), torch.full_like(x, v), x.new_full(size, v), x.fill_(v) and torch.fill(x, v).
+FILLS = {"full": (1, "fill_value"), "full_like": (1, "fill_value"),
+         "new_full": (2, "fill_value"), "fill": (1, "value")}
+
+
+def fill_value(node):
+    """The value a tensor of a kind in FILLS holds everywhere, as written (a number, a bool, a
+    SymFloat or a tensor); None for any other node."""
+    place = FILLS.get(kind(node))
+    return None if place is None else arg(node, *place)
+
+
 def constant(x) -> float | None:
-    """The value of a Python number or of an all-constant tensor (full, zeros, ones and their
-    _like forms, a 0-d torch.tensor(number), possibly cast to another floating dtype), else None."""
+    """The value of a Python number or of an all-constant tensor (the FILLS kinds, zeros, ones and
+    their _like forms, a 0-d torch.tensor(number), possibly cast to another floating dtype, and
+    products, quotients and negations of those: `torch.ones(T, T) * -inf`), else None."""
     num = number(x)
     if num is not None:
         return num
     k = kind(x)
-    if k in ("full", "full_like"):
-        return number(arg(x, 1, "fill_value"))
+    if k in FILLS:
+        return number(fill_value(x))
     if k in ("zeros", "zeros_like"):
         return 0.0
     if k in ("ones", "ones_like"):
@@ -177,6 +192,18 @@ def constant(x) -> float | None:
         return number(arg(x, 0, "data"))
     if k == "identity" or (k == "cast" and floating(x) and floating(x.args[0])):
         return constant(x.args[0])
+    if k in ("mul", "div", "neg") and floating(x) and arg(x, 2, "rounding_mode") is None:
+        operands = [constant(a) for a in x.args[:1 if k == "neg" else 2]]
+        if None in operands:
+            return None
+        if k == "neg":
+            return -operands[0]
+        a, b = operands
+        try:
+            folded = a * b if k == "mul" else a / b
+        except ZeroDivisionError:  # torch's x / 0 is inf or nan: not folded here
+            return None
+        return float(torch.tensor(folded, dtype=dtype(x)))   # rounded (or overflowed) as stored
     return None
 
 

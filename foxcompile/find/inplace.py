@@ -49,6 +49,25 @@ def targets(node) -> list[fx.Node]:
     return [x for x in changed if g.is_tensor(x)]
 
 
+# Arguments read for their dtype, shape or device alone (a.type_as(x), x.new_full(...),
+# torch.zeros_like(x)): a change of their values does not change what the op computes.
+_METADATA_ARGS = {"type_as": (1,), "expand_as": (1,), "view_as": (1,), "reshape_as": (1,),
+                  "new_zeros": (0,), "new_ones": (0,), "new_full": (0,), "new_empty": (0,),
+                  torch.zeros_like: (0,), torch.ones_like: (0,), torch.full_like: (0,),
+                  torch.empty_like: (0,)}
+
+
+def reads_values(consumer: fx.Node, x: fx.Node) -> bool:
+    """Whether consumer reads the values of x, not only its dtype, shape or device."""
+    metadata = _METADATA_ARGS.get(consumer.target, ())
+    read = []
+    for index, a in enumerate(consumer.args):
+        if index not in metadata:
+            fx.node.map_arg(a, read.append)
+    fx.node.map_arg(consumer.kwargs, read.append)
+    return x in read
+
+
 def _storage(node):
     v = g.value(node)
     if not isinstance(v, torch.Tensor):
@@ -156,8 +175,8 @@ class InPlace:
             for x in holders:
                 for c in x.users:
                     stale = self._between(key, x, c)
-                    if c in scope and stale and ((x, c) not in resolved
-                                                 or not self._own(x, stale)):
+                    if c in scope and stale and reads_values(c, x) and (
+                            (x, c) not in resolved or not self._own(x, stale)):
                         return (f"{_name(c)} reads {_name(x)} after the in-place "
                                 f"{_name(stale[-1])}: not followed")
         for x in reads:

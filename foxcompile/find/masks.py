@@ -283,11 +283,10 @@ class MaskReader:
             return ALL
         if k in ("zeros", "zeros_like"):
             return NONE
-        if k == "full":
-            fill = g.number(g.arg(node, 1, "fill_value"))
-            if fill is None and isinstance(g.arg(node, 1, "fill_value"), bool):
-                fill = float(g.arg(node, 1, "fill_value"))
-            return None if fill is None else (ALL if fill else NONE)
+        if k in g.FILLS:
+            written = g.fill_value(node)
+            fill = float(written) if isinstance(written, bool) else g.number(written)
+            return None if fill is None or math.isnan(fill) else (ALL if fill else NONE)
         if k in ("tril", "triu"):
             diagonal = g.arg(node, 1, "diagonal", 0)
             inner = self.truth(node.args[0])
@@ -304,6 +303,9 @@ class MaskReader:
         if k in ("eq", "ne") and g.number(node.args[1]) == 0.0:
             inner = self.truth(node.args[0])
             return None if inner is None else (inner.negate() if k == "eq" else inner)
+        if k in ("eq", "ne") and g.number(node.args[1]) is not None:   # `m == 1` of a 0 / 1 mask
+            equal = _where_equal(self.levels(node.args[0]), g.number(node.args[1]))
+            return None if equal is None else (equal if k == "eq" else equal.negate())
         if k in ("lt", "le", "gt", "ge") and g.floating(node.args[0]) and _is_offset(node.args[1]):
             return self._additive_compared(k, node.args[0], g.number(node.args[1]))
         if k in ("eq", "gt", "ge", "lt", "le", "ne"):
@@ -311,6 +313,9 @@ class MaskReader:
         if k in ("and", "or") or k == "mul" and all(g.dtype(x) == torch.bool for x in node.args[:2]):
             a, b = (self._lifted(self.truth, x, node) for x in node.args[:2])
             return either(a, b) if k == "or" else both(a, b)
+        if k in ("masked_fill", "where") and g.floating(node):   # nonzero: where it is not 0
+            zero = _where_equal(self.levels(node), 0.0)
+            return None if zero is None else zero.negate()
         if k == "placeholder" and node in self.constants:
             band = _buffer_band(self.constants[node], lambda t: t.bool())
             if band is not None:
@@ -328,14 +333,19 @@ class MaskReader:
         k = g.kind(node)
         if k in ("tril", "triu"):
             fill = g.constant(node.args[0])
-            if fill is None or fill > threshold:
+            if fill is None or not fill <= threshold:   # NaN is no mask
                 return None
             diagonal = g.arg(node, 1, "diagonal", 0)
             return Band("le" if k == "tril" else "ge", g.sym(diagonal))
-        if k in ("masked_fill", "where"):
-            found = _filled_where(node, threshold)
-            cond = None if found is None else self._lifted(self.truth, found[0], node)
-            return None if cond is None else (cond if found[1] else cond.negate())
+        if k in ("masked_fill", "where", "cast"):
+            found = self.levels(node)   # two values: `on` where `held` holds, `off` elsewhere
+            held, on, off = found if found is not None else (None, None, None)
+            if on == 0.0 and off <= threshold:
+                return held.negate()
+            if off == 0.0 and on <= threshold:
+                return held
+            if k != "cast":
+                return None
         if k == "placeholder" and node in self.constants:
             t = self.constants[node]
             if not t.is_floating_point():
@@ -346,6 +356,53 @@ class MaskReader:
                 self.notes.append(f"additive mask buffer {g.name(node)} checked by value at compile time")
             return band
         return self._viewed(node, lambda x: self.negative_infinity(x, threshold))
+
+    def levels(self, node) -> tuple[Mask, float, float] | None:
+        """(held, on, off) when node is a tensor of two values built from constants and masks
+        alone: `on` where the mask `held` holds, `off` elsewhere; a boolean tensor is 1 / 0.
+        Read through casts, masked_fill, where, and tril / triu; for the old PyTorch tutorial's
+        `m = (triu(ones(T, T)) == 1).transpose(0, 1); m.float().masked_fill(m == 0, -inf)
+        .masked_fill(m == 1, 0.0)`. None for anything else (a NaN value included)."""
+        found = self._levels(node)
+        if found is None or any(math.isnan(x) for x in found[1:]):
+            return None
+        return found
+
+    def _levels(self, node):
+        value = g.constant(node)
+        if value is not None:
+            return ALL, value, value
+        if not isinstance(node, fx.Node) or not g.is_tensor(node):
+            return None
+        k = g.kind(node)
+        if g.dtype(node) == torch.bool:
+            held = self.truth(node)
+            return None if held is None else (held, 1.0, 0.0)
+        if k == "identity" or k == "cast" and g.floating(node):
+            inner = self._levels(node.args[0])
+            if inner is None or g.floating(node.args[0]) or g.dtype(node.args[0]) == torch.bool:
+                return inner
+            return None   # from integers: values as stored, not followed
+        if k in _MOVES or k in views.PERMUTES:   # the values moved: the mask moves with them
+            inner = self._levels(node.args[0])
+            held = None if inner is None else self._viewed(node, lambda _: inner[0])
+            return None if held is None else (held, *inner[1:])
+        if k in ("tril", "triu"):   # x where the band holds, 0 elsewhere
+            inner = self._levels(node.args[0])
+            band = Band("le" if k == "tril" else "ge", g.sym(g.arg(node, 1, "diagonal", 0)))
+            return None if inner is None else _filled(inner, band.negate(), 0.0)
+        if k == "masked_fill":
+            inner, fill = self._levels(node.args[0]), g.constant(g.arg(node, 2, "value"))
+            cond = self.truth_on(node.args[1], node)
+            return None if inner is None or fill is None else _filled(inner, cond, fill)
+        if k == "where":   # where(cond, a, b): a filled with b where cond does not hold
+            cond = self.truth_on(node.args[0], node)
+            a, b = self._levels(node.args[1]), g.constant(node.args[2])
+            if a is not None and b is not None and cond is not None:
+                return _filled(a, cond.negate(), b)
+            a, b = g.constant(node.args[1]), self._levels(node.args[2])
+            return None if a is None or b is None else _filled(b, cond, a)
+        return None
 
     def _viewed(self, node, read) -> Mask | None:
         """What `read` finds on the tensor a view node shows, as it falls on node: through casts
@@ -358,6 +415,8 @@ class MaskReader:
             return self._lifted(read, node.args[0], node)
         if k == "getitem":
             return self._sliced(node, read)
+        if _swaps_last_two(node):   # rows and columns trade places: d -> -d
+            return _transposed(read(node.args[0]))
         if _new_leading_axis(node):
             return _moved(read(node.args[0]), node)
         return None
@@ -449,6 +508,63 @@ def _dim_moves(node) -> dict | None:
         return None
     in_rank, out_rank = g.rank(node.args[0]), len(dims)
     return {s - in_rank: o - out_rank for o, s in enumerate(dims) if s != views.NEW}
+
+
+def _swaps_last_two(node) -> bool:
+    """Whether node is a transpose or permute that swaps the last two dims and keeps the rest."""
+    dims = views.sources(node) if g.kind(node) in views.PERMUTES else None
+    return dims is not None and dims == [*range(len(dims) - 2), len(dims) - 1, len(dims) - 2]
+
+
+def _transposed(mask: Mask | None) -> Band | None:
+    """A band over (r, c) read over (c, r): d <= e becomes d >= -e. An atom does not follow (a key
+    flag would run along the rows)."""
+    if not isinstance(mask, Band) or mask.side in ("all", "none"):
+        return mask if isinstance(mask, Band) else None
+    return Band("ge" if mask.side == "le" else "le", sympy.simplify(-mask.bound))
+
+
+def _same(a: Mask | None, b: Mask | None) -> bool:
+    """Whether two masks provably hold at the same positions (as read, not as they fall on a
+    particular score matrix)."""
+    if isinstance(a, Band) and isinstance(b, Band):
+        return a.equals(b)
+    return (isinstance(a, Split) and isinstance(b, Split) and a.atom.same_as(b.atom)
+            and a.on.equals(b.on) and a.off.equals(b.off))
+
+
+def _filled(levels: tuple, cond: Mask | None, fill: float) -> tuple | None:
+    """The two-valued tensor `levels` (held, on, off) set to `fill` where `cond` holds, if the
+    result still has two values on masks read here."""
+    if cond is None:
+        return None
+    held, on, off = levels
+    if on == off or _same(held, ALL) or _same(held, NONE):
+        value = on if not _same(held, NONE) else off
+        return cond, fill, value
+    if _same(cond, held):
+        return held, fill, off
+    if _same(cond, held.negate()):
+        return held, on, fill
+    if _same(cond, ALL):
+        return ALL, fill, fill
+    if _same(cond, NONE):
+        return levels
+    return None
+
+
+def _where_equal(levels: tuple | None, value: float) -> Mask | None:
+    """Where the two-valued tensor `levels` equals `value`."""
+    if levels is None:
+        return None
+    held, on, off = levels
+    if on == value and off == value:
+        return ALL
+    if on == value:
+        return held
+    if off == value:
+        return held.negate()
+    return NONE
 
 
 def _new_leading_axis(node) -> bool:

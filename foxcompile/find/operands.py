@@ -144,13 +144,10 @@ def pv_operand(pv, probs, nb: int) -> tuple[Operand, Operand]:
     return _merged("v", _operand(v, v_dims, nb)), _operand(pv, out_dims, nb)
 
 
-_PERMUTES = ("transpose", "attr:mT", "permute")
-
-
 def _unpermuted(x: Operand) -> Operand:
     """The same tensor seen through its transposes and permutes: fewer views to stack."""
     node, groups = x.node, x.groups
-    while g.kind(node) in _PERMUTES and (dims := views.sources(node)) is not None:
+    while g.kind(node) in views.PERMUTES and (dims := views.sources(node)) is not None:
         groups = tuple(tuple(dims[d] for d in group) for group in groups)
         node = node.args[0]
     return Operand(node, groups)

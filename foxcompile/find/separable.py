@@ -11,7 +11,6 @@ from . import graph as g, views
 from .masks import Band, MaskReader
 
 
-_TRANSPOSES = ("transpose", "permute", "attr:mT", "attr:T")
 _BROADCASTS = ("expand", "identity", "repeat")
 
 
@@ -21,11 +20,11 @@ def _source(node, axis: int) -> int | None:
     or a repeat that only broadcasts (the same axis). None for any other node, and for
     transpose's keyword form (dim0=, dim1=), which this never followed."""
     k = g.kind(node)
-    dims = views.sources(node) if k in _TRANSPOSES + _BROADCASTS else None
+    dims = views.sources(node) if k in views.PERMUTES or k in _BROADCASTS else None
     if dims is None or k == "transpose" and len(node.args) < 3:
         return None
     rank = len(dims)
-    if k in _TRANSPOSES and dims == [*range(rank - 2), rank - 1, rank - 2]:
+    if k in views.PERMUTES and dims == [*range(rank - 2), rank - 1, rank - 2]:
         return -3 - axis
     if k in _BROADCASTS and views.MERGED not in dims:
         return axis

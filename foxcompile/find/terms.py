@@ -15,7 +15,7 @@ from torch import fx
 
 from . import graph as g
 from .inplace import InPlace, NotFollowed
-from .masks import Mask, MaskReader
+from .masks import ALL, NONE, Mask, MaskReader
 
 # A finite mask value counts as -inf when it is at least this negative (after scaling): masked
 # entries then vanish from the softmax against any realistic bias.
@@ -219,9 +219,23 @@ class ScoreWalker:
         self.out.walked.append(node)
 
     def _operand(self, x, at, coef, factors):
-        shift = g.constant(x)
+        shift = None if self._changed(x, at) else g.constant(x)
         if shift is None:
             return self.walk(x, at, coef, factors)
+        return self._shift(shift, coef)
+
+    def _changed(self, x, at) -> bool:
+        """Whether `at` reads x after an in-place change of it (walk applies the change, or says
+        why it cannot): `m = torch.empty(T, T).fill_(-inf); m.triu_(1)` is no constant."""
+        if not isinstance(x, fx.Node):
+            return False
+        try:
+            return self.inplace.latest(x, at) is not None
+        except NotFollowed:
+            return True
+
+    def _shift(self, shift: float, coef: float) -> None:
+        """A constant added to every score."""
         if not math.isfinite(shift * coef):
             self.out.problem = f"adds the constant {shift * coef:g} to every score"
         elif abs(shift * coef) >= -FINITE_MASK_LIMIT:  # (1 - m) * finfo.min = finfo.min - ...
@@ -260,10 +274,32 @@ class ScoreWalker:
         self._operand(inner, node, coef, ())  # a constant inner (zeros.masked_fill) shifts nothing
         self._enclosing = outer
 
+    def _two_valued(self, node, fill, coef) -> bool:
+        """Read node whole when it is a tensor of two values built from constants and masks alone
+        (MaskReader.levels) and its fill masks nothing (the old PyTorch tutorial's mask ends
+        with `.masked_fill(m == 1, 0.0)`): a constant shift, or a leaf the matcher reads as an
+        additive mask. False, reading nothing, otherwise."""
+        if fill is not None and fill * coef <= FINITE_MASK_LIMIT:
+            return False
+        found = self.reader.levels(node)
+        if found is None:
+            return False
+        held, on, off = found
+        self._through(node)
+        if on == off or held == ALL:
+            self._shift(on, coef)
+        elif held == NONE:
+            self._shift(off, coef)
+        else:
+            self._leaf(node, coef, ())
+        return True
+
     def _masked_fill(self, node, coef, factors):
         if factors:
             return self._leaf(node, coef, factors)
         fill = g.number(g.arg(node, 2, "value"))
+        if self._two_valued(node, fill, coef):
+            return None
         return self._mask(node, self.reader.truth_on(node.args[1], node), fill, coef, node.args[0])
 
     def _where(self, node, coef, factors):
@@ -271,6 +307,8 @@ class ScoreWalker:
         if factors:
             return self._leaf(node, coef, factors)
         fill_a, fill_b = g.constant(a), g.constant(b)
+        if (fill_a is None) != (fill_b is None) and self._two_valued(node, fill_a if fill_b is None else fill_b, coef):
+            return None
         if fill_b is not None and fill_a is None:
             keep = self.reader.truth_on(cond, node)
             return self._mask(node, None if keep is None else keep.negate(), fill_b, coef, a)

@@ -15,9 +15,9 @@ NEW = "new"        # a dim the op adds: unsqueeze, x[None], the leading dims of 
 MERGED = "merged"  # a dim that is not one input dim read in order: merged or split by a
                    # reshape, or tiled by repeat
 
-VIEWS = frozenset({"cast", "identity", "repeat_interleave", "expand", "repeat", "transpose",
-                   "attr:mT", "attr:T", "permute", "unsqueeze", "squeeze", "getitem", "reshape",
-                   "flatten"})
+PERMUTES = frozenset({"transpose", "attr:mT", "attr:T", "permute"})   # dims reordered, none changed
+VIEWS = PERMUTES | {"cast", "identity", "repeat_interleave", "expand", "repeat", "unsqueeze",
+                    "squeeze", "getitem", "reshape", "flatten"}
 
 
 def sources(node) -> list | None:
@@ -38,7 +38,7 @@ def sources(node) -> list | None:
     in_rank, out_rank = len(in_shape), len(out_shape)
     if k in ("cast", "identity", "repeat_interleave"):
         return list(range(in_rank)) if in_rank == out_rank else None
-    if k in ("transpose", "attr:mT", "attr:T", "permute"):
+    if k in PERMUTES:
         return _order(node, k, out_rank)
     if k in ("expand", "repeat"):
         lead = out_rank - in_rank  # new leading dims
