@@ -35,6 +35,8 @@ from helpers import AOT, assert_compiled_matches_eager
 
 GROWING_GATES = ("softplus", "neg_const")
 DATA_GATES = ("lam_input", "logf_input")
+MASKS = ("tril", "triu", "additive", "ones_inf", "new_full", "fill", "tutorial", "where", "neg1e9",
+         "finfo_min", "index_assign")
 NEAR_MISS_VARIANTS = ("no_mask", "softmax_dim", "clamp_bias", "mult_gate", "probs_returned", "dropout_train")
 
 
@@ -48,7 +50,7 @@ class Spec:
     gate: str  # logsigmoid | neg_softplus | clamp | const | lam_input | logf_input | softplus | neg_const
     cumsum: str  # last | dim1 | cat_zero | dtype
     bias: str  # index_none | unsqueeze | repeat | two_step | inplace
-    mask: str  # tril | triu | additive | where | neg1e9 | finfo_min | index_assign
+    mask: str  # tril | triu | additive | ones_inf | new_full | fill | tutorial | where | neg1e9 | finfo_min | index_assign
     mask_first: bool
     softmax: str  # torch | F | method | f32 | by_hand | exp2
     nan_repair: bool
@@ -204,7 +206,7 @@ def specs(draw, variants=("positive",) * len(NEAR_MISS_VARIANTS) + NEAR_MISS_VAR
                      "softplus", "neg_const"])),
         cumsum=draw(S(["last", "dim1", "cat_zero", "dtype"])),
         bias=draw(S(["index_none", "unsqueeze", "repeat", "two_step", "inplace"])),
-        mask=draw(S(["tril", "triu", "additive", "where", "neg1e9", "finfo_min", "index_assign"])),
+        mask=draw(S(MASKS)),
         mask_first=draw(st.booleans()),
         softmax=draw(S(["torch", "F", "method", "f32", "by_hand", "exp2"])),
         nan_repair=draw(st.booleans()),
@@ -258,6 +260,20 @@ def _mask_lines(src: _Src, spec: Spec, x: str) -> None:
     elif spec.mask == "additive":
         diag = "1" if square else "N - M + 1"
         src(f'{x} = {x} + torch.full((M, N), float("-inf"), device=q.device, dtype={x}.dtype).triu({diag})')
+    elif spec.mask == "ones_inf":
+        diag = "1" if square else "N - M + 1"
+        src(f'{x} = {x} + torch.triu(torch.ones(M, N, device=q.device) * float("-inf"), diagonal={diag})')
+    elif spec.mask == "new_full":
+        diag = "1" if square else "N - M + 1"
+        src(f'{x} = {x} + {x}.new_full((M, N), float("-inf")).triu({diag})')
+    elif spec.mask == "fill":  # fairseq's utils.fill_with_neg_inf, then triu
+        diag = "1" if square else "N - M + 1"
+        src(f'future = torch.zeros(M, N, device=q.device).float().fill_(float("-inf")).type_as({x})')
+        src(f"{x} = {x} + torch.triu(future, {diag})")
+    elif spec.mask == "tutorial":  # the old PyTorch tutorial's generate_square_subsequent_mask
+        src("m = (torch.triu(torch.ones(N, M, device=q.device), diagonal=M - N) == 1).transpose(0, 1)")
+        src('m = m.float().masked_fill(m == 0, float("-inf")).masked_fill(m == 1, float(0.0))')
+        src(f"{x} = {x} + m")
     elif spec.mask == "where":
         src("qi = torch.arange(N - M, N, device=q.device)[:, None]")
         src("kj = torch.arange(N, device=q.device)[None, :]")
@@ -671,7 +687,7 @@ def test_generator_covers_every_axis():
     assert seen["qk"] == {"at", "mT", "matmul", "einsum", "bmm", "baddbmm"}
     assert seen["scale"] == {"mul", "div_sqrt", "q_pre", "on_sum", "alpha", "sdpa_default", "sdpa_kw"}
     assert seen["gqa"] == {"none", "expand", "repeat_interleave", "tile"}
-    assert seen["mask"] == {"tril", "triu", "additive", "where", "neg1e9", "finfo_min", "index_assign"}
+    assert seen["mask"] == set(MASKS)
     assert seen["softmax"] == {"torch", "F", "method", "f32", "by_hand", "exp2"}
     assert seen["bias"] == {"index_none", "unsqueeze", "repeat", "two_step", "inplace"}
     assert seen["padding"] == {"none", "packed", "left"}

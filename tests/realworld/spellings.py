@@ -133,6 +133,35 @@ class Attention(nn.Module):
         s = torch.where(i[:, None] >= i[None, :], s, torch.tensor(float("-inf"), device=device))
         return torch.softmax(s, dim=-1) @ v
 
+    @staticmethod
+    def _generate_square_subsequent_mask(sz):
+        """The mask helper of PyTorch's older nn.Transformer tutorial, as it is copied into
+        projects: 0.0 on and below the diagonal, -inf above, built through a 0 / 1 mask."""
+        mask = (torch.triu(torch.ones(sz, sz)) == 1).transpose(0, 1)
+        mask = mask.float().masked_fill(mask == 0, float("-inf")).masked_fill(mask == 1, float(0.0))
+        return mask
+
+    def _tutorial_square_subsequent_mask(self, q, k, v, lam, scale, t, device):
+        s = torch.matmul(q, k.transpose(-2, -1)) * scale + lam.unsqueeze(-1) - lam.unsqueeze(-2)
+        s = s + self._generate_square_subsequent_mask(t).to(device)
+        return torch.matmul(F.softmax(s, dim=-1), v)
+
+    @staticmethod
+    def _fill_with_neg_inf(t):
+        """fairseq's utils.fill_with_neg_inf: FP16-compatible fill of a tensor with -inf."""
+        return t.float().fill_(float("-inf")).type_as(t)
+
+    def _fairseq_future_mask(self, q, k, v, lam, scale, t, device):
+        """fairseq's multi-head attention on (B * H, T, T) scores: its buffered_future_mask,
+        triu(fill_with_neg_inf(zeros), 1), added in place, and the gate's bias after it."""
+        q, k, v, lam = (x.flatten(0, 1) for x in (q, k, v, lam))
+        attn_weights = torch.bmm(q * scale, k.transpose(1, 2))
+        future_mask = torch.triu(self._fill_with_neg_inf(torch.zeros([t, t])), 1).to(attn_weights)
+        attn_weights += future_mask.unsqueeze(0)
+        attn_weights = attn_weights + lam[:, :, None] - lam[:, None, :]
+        probs = F.softmax(attn_weights, dim=-1)
+        return torch.bmm(probs, v).view(-1, self.heads, t, v.shape[-1])
+
     def _alibi(self, q, k, v, scale, t, device, distance):
         slopes = torch.tensor(self.slopes, device=device)[:, None, None]
         s = q @ k.transpose(-1, -2) * scale - slopes * distance

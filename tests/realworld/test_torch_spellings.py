@@ -1,7 +1,8 @@
 """Plain-PyTorch forgetting attention and ALiBi as third-party code writes it: the FoX authors'
 reference (boolean index assignment with mask == 0), index assignment with a tensor value,
-where with a 0-d tensor fill, piecewise-linear ALiBi distances, dead intermediates, a no-op pad
-and expand of an SDPA bias."""
+where with a 0-d tensor fill, the causal masks of PyTorch's old transformer tutorial and of
+fairseq, piecewise-linear ALiBi distances, dead intermediates, a no-op pad and expand of an SDPA
+bias."""
 import pytest
 import torch
 
@@ -22,6 +23,12 @@ CASES = [
          _build("index-assign-tensor"), sites=("proven",)),
     Case("where-0d-tensor", "torch", "FoX layer", "where(i >= j, s, torch.tensor(-inf))",
          _build("where-0d-tensor"), sites=("proven",)),
+    Case("tutorial-square-subsequent-mask", "torch", "FoX layer, PyTorch tutorial's mask",
+         "(triu(ones) == 1).transpose(0, 1) -> masked_fill(m == 0, -inf).masked_fill(m == 1, 0)",
+         _build("tutorial-square-subsequent-mask"), sites=("proven",)),
+    Case("fairseq-future-mask", "torch", "FoX layer, fairseq's future mask",
+         "triu(zeros.float().fill_(-inf).type_as(..), 1), attn_weights += mask",
+         _build("fairseq-future-mask"), sites=("proven",)),
     Case("alibi-linear", "torch", "ALiBi", "slope * (i - j)", _build("alibi-linear"),
          sites=("guarded",)),
     Case("alibi-clamp-min", "torch", "ALiBi", "slope * (i - j).clamp_min(0)",
