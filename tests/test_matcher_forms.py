@@ -976,12 +976,12 @@ def test_key_masks_that_stay_declined():
         s = s + (1.0 - attention_mask[:, None, None, :].to(s.dtype)) * torch.finfo(s.dtype).min
         return s.masked_fill(~_causal(11), -math.inf).softmax(-1) @ v
 
-    def arithmetic_padding_bias(q, k, v, g, valid):  # -1e9 times the padding indicator
-        s = _gated_scores(q, k, g) + (~valid)[:, None, None, :].to(q.dtype) * -1e9
+    def arithmetic_padding_bias(q, k, v, g, pad):   # -1e9 times a float 0 / 1 tensor handed in
+        s = _gated_scores(q, k, g) + pad[:, None, None, :] * -1e9
         return s.masked_fill(~_causal(11), -math.inf).softmax(-1) @ v
 
     _declined(arithmetic_extended_mask, q, k, v, g, valid.long(), reason="lost in the rounding")
-    _declined(arithmetic_padding_bias, q, k, v, g, valid, reason="written as arithmetic")
+    _declined(arithmetic_padding_bias, q, k, v, g, (~valid).to(q.dtype), reason="written as arithmetic")
     _declined(query_side, q, k, v, g, valid, reason="not recognised")
     _declined(flag_changed_later, q, k, v, g, valid, reason="between its use and the value product")
     _declined(pairwise, q, k, v, g, valid, reason="not recognised")
@@ -990,6 +990,19 @@ def test_key_masks_that_stay_declined():
     _declined(partly_masked, q, k, v, g, valid, reason="only whole keys can be masked")
     _declined(without_causal, q, k, v, g, valid, reason="not the causal future")
     _declined(sdpa_boolean, q, k, v, g, valid, reason="boolean attn_mask")
+
+
+def test_boolean_padding_times_a_large_negative_number_is_a_key_mask():
+    """-1e9 times a boolean padding flag cast to float is 0 / -1e9 by construction: the key
+    mask masked_fill(pad, -1e9) is, as arithmetic (the same tensor handed in as float data is
+    not provably 0 / 1 and stays declined, above)."""
+    def arithmetic_padding_bias(q, k, v, g, valid):
+        s = _gated_scores(q, k, g) + (~valid)[:, None, None, :].to(q.dtype) * -1e9
+        return s.masked_fill(~_causal(11), -math.inf).softmax(-1) @ v
+
+    valid = _left_padded()
+    _key_masked(arithmetic_padding_bias, *_qkvg(B=2, M=11, N=11), valid, rows=_rows(valid),
+                removed_when=True)
 
 
 def test_gates_zeroed_on_the_padding_stay_non_positive():
@@ -1112,6 +1125,14 @@ CONSTANT_MASKS = {
         torch.ones(T, T).tril() != 1, -math.inf),
     "full_like_bool": lambda s, T: torch.zeros(T, T).masked_fill(
         ~torch.full_like(s[0, 0], True, dtype=torch.bool).tril(), -math.inf),
+    # arithmetic on a 0 / 1 mask: (1 - m) * -1e9 is 0 where m holds and -1e9 elsewhere
+    "one_minus_tril_times": lambda s, T: (1 - torch.tril(torch.ones(T, T))) * -1e9,
+    "compared_above_zero": lambda s, T: torch.zeros(T, T).masked_fill(
+        torch.triu(torch.ones(T, T), 1) > 0, -math.inf),
+    "compared_below_one": lambda s, T: torch.zeros(T, T).masked_fill(
+        torch.tril(torch.ones(T, T)) < 1, -math.inf),
+    "one_minus_tril_bool": lambda s, T: torch.zeros(T, T).masked_fill(
+        (1 - torch.tril(torch.ones(T, T))).bool(), torch.tensor(torch.finfo(torch.float32).min)),
 }
 
 
@@ -1139,6 +1160,12 @@ NOT_CAUSAL = {   # name: (mask, the decline's reason)
     "zeros_times_inf": (lambda s, T: torch.triu(torch.zeros(T, T) * -math.inf, 1), "jointly"),
     # +inf: 1 / 0 (eager NaN)
     "ones_over_zero": (lambda s, T: torch.triu(torch.ones(T, T) / 0.0, 1), "jointly"),
+    # (1 - m) * c: too weak a fill, the past masked, a mask over all (eager rounds the scores
+    # away), and -inf (0 * -inf is NaN where m holds)
+    "weak_fill": (lambda s, T: (1 - torch.tril(torch.ones(T, T))) * -1e3, "jointly"),
+    "past_times": (lambda s, T: torch.tril(torch.ones(T, T), -1) * -1e9, "j - i <= -1"),
+    "two_minus_tril": (lambda s, T: (2 - torch.tril(torch.ones(T, T))) * -1e9, "jointly"),
+    "one_minus_tril_inf": (lambda s, T: (1 - torch.tril(torch.ones(T, T))) * -math.inf, "times -inf"),
     # a -inf fill overwritten in place with 0 before the triu reads it: no mask at all
     "fill_overwritten": (lambda s, T: (lambda m: (m.fill_(0.0), m.triu(1))[1])(
         torch.full((T, T), -math.inf)), "after the in-place fill_"),

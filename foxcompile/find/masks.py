@@ -303,9 +303,10 @@ class MaskReader:
         if k in ("eq", "ne") and g.number(node.args[1]) == 0.0:
             inner = self.truth(node.args[0])
             return None if inner is None else (inner.negate() if k == "eq" else inner)
-        if k in ("eq", "ne") and g.number(node.args[1]) is not None:   # `m == 1` of a 0 / 1 mask
-            equal = _where_equal(self.levels(node.args[0]), g.number(node.args[1]))
-            return None if equal is None else (equal if k == "eq" else equal.negate())
+        if k in _COMPARE and g.number(node.args[1]) is not None:   # `m == 1`, `m > 0` of a 0 / 1 mask
+            found = _where_holds(self.levels(node.args[0]), k, g.number(node.args[1]))
+            if found is not None:
+                return found
         if k in ("lt", "le", "gt", "ge") and g.floating(node.args[0]) and _is_offset(node.args[1]):
             return self._additive_compared(k, node.args[0], g.number(node.args[1]))
         if k in ("eq", "gt", "ge", "lt", "le", "ne"):
@@ -313,9 +314,8 @@ class MaskReader:
         if k in ("and", "or") or k == "mul" and all(g.dtype(x) == torch.bool for x in node.args[:2]):
             a, b = (self._lifted(self.truth, x, node) for x in node.args[:2])
             return either(a, b) if k == "or" else both(a, b)
-        if k in ("masked_fill", "where") and g.floating(node):   # nonzero: where it is not 0
-            zero = _where_equal(self.levels(node), 0.0)
-            return None if zero is None else zero.negate()
+        if k in ("masked_fill", "where", *_ARITHMETIC) and g.floating(node):   # where it is not 0
+            return _where_holds(self.levels(node), "ne", 0.0)
         if k == "placeholder" and node in self.constants:
             band = _buffer_band(self.constants[node], lambda t: t.bool())
             if band is not None:
@@ -337,7 +337,7 @@ class MaskReader:
                 return None
             diagonal = g.arg(node, 1, "diagonal", 0)
             return Band("le" if k == "tril" else "ge", g.sym(diagonal))
-        if k in ("masked_fill", "where", "cast"):
+        if k in ("masked_fill", "where", "cast", *_ARITHMETIC):
             found = self.levels(node)   # two values: `on` where `held` holds, `off` elsewhere
             held, on, off = found if found is not None else (None, None, None)
             if on == 0.0 and off <= threshold:
@@ -363,7 +363,10 @@ class MaskReader:
         Read through casts, masked_fill, where, and tril / triu; for the old PyTorch tutorial's
         `m = (triu(ones(T, T)) == 1).transpose(0, 1); m.float().masked_fill(m == 0, -inf)
         .masked_fill(m == 1, 0.0)`. None for anything else (a NaN value included)."""
-        found = self._levels(node)
+        try:
+            found = self._levels(node)
+        except MaskDeclined:   # read where the mask is used, with its reason
+            return None
         if found is None or any(math.isnan(x) for x in found[1:]):
             return None
         return found
@@ -393,8 +396,9 @@ class MaskReader:
             return None if inner is None else _filled(inner, band.negate(), 0.0)
         if k == "masked_fill":
             inner, fill = self._levels(node.args[0]), g.constant(g.arg(node, 2, "value"))
-            cond = self.truth_on(node.args[1], node)
-            return None if inner is None or fill is None else _filled(inner, cond, fill)
+            if inner is None or fill is None:
+                return None
+            return _filled(inner, self.truth_on(node.args[1], node), fill)
         if k == "where":   # where(cond, a, b): a filled with b where cond does not hold
             cond = self.truth_on(node.args[0], node)
             a, b = self._levels(node.args[1]), g.constant(node.args[2])
@@ -402,6 +406,15 @@ class MaskReader:
                 return _filled(a, cond.negate(), b)
             a, b = g.constant(node.args[1]), self._levels(node.args[2])
             return None if a is None or b is None else _filled(b, cond, a)
+        if k in _ARITHMETIC and g.floating(node) and _plain_arithmetic(node):
+            operands = node.args[:1] if k == "neg" else node.args[:2]
+            read = []
+            for x in operands:
+                found = self._levels(x)
+                if found is None:
+                    return None
+                read.append((self._lifted(lambda _: found[0], x, node), *found[1:]))
+            return _combined(k, read, g.dtype(node))
         return None
 
     def _viewed(self, node, read) -> Mask | None:
@@ -553,18 +566,63 @@ def _filled(levels: tuple, cond: Mask | None, fill: float) -> tuple | None:
     return None
 
 
-def _where_equal(levels: tuple | None, value: float) -> Mask | None:
-    """Where the two-valued tensor `levels` equals `value`."""
+_ARITHMETIC = ("add", "sub", "mul", "div", "neg")
+
+
+def _plain_arithmetic(node) -> bool:
+    """No `alpha=` on add / sub, no `rounding_mode=` on div."""
+    return (g.arg(node, 2, "alpha", 1) == 1 if g.kind(node) in ("add", "sub")
+            else g.arg(node, 2, "rounding_mode") is None)
+
+
+def _combined(k: str, read: list, dtype) -> tuple | None:
+    """The levels of k (add, sub, mul, div, neg) of operands whose levels are `read`, each
+    (held, on, off) on the result's shape, rounded as `dtype` stores the values; None where
+    the two operands' masks are neither the same nor each other's negation."""
+    def apply(*values):
+        a = values[0]
+        try:
+            result = {"neg": lambda: -a, "add": lambda: a + values[1], "sub": lambda: a - values[1],
+                      "mul": lambda: a * values[1], "div": lambda: a / values[1]}[k]()
+        except ZeroDivisionError:   # torch gives inf or nan: not read here
+            return None
+        return float(torch.tensor(result, dtype=dtype))
+
+    if any(held is None for held, _, _ in read):
+        return None
+    varying = [i for i, (held, on, off) in enumerate(read)
+               if on != off and not _same(held, ALL) and not _same(held, NONE)]
+    if not varying:
+        value = apply(*(off if _same(held, NONE) else on for held, on, off in read))
+        return None if value is None else (ALL, value, value)
+    held = read[varying[0]][0]
+    on, off = [], []
+    for other, a, b in read:
+        if a == b or _same(other, ALL) or _same(other, NONE):   # a constant
+            a = b = b if _same(other, NONE) else a
+        elif _same(other, held.negate()):
+            a, b = b, a
+        elif not _same(other, held):
+            return None
+        on.append(a)
+        off.append(b)
+    on_value, off_value = apply(*on), apply(*off)
+    return None if None in (on_value, off_value) else (held, on_value, off_value)
+
+
+_COMPARE = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
+            "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
+
+
+def _where_holds(levels: tuple | None, op: str, value: float) -> Mask | None:
+    """Where `levels OP value` holds for the two-valued tensor `levels` (None when not read)."""
     if levels is None:
         return None
     held, on, off = levels
-    if on == value and off == value:
+    at_on, at_off = (_COMPARE[op](x, value) for x in (on, off))
+    if at_on and at_off:
         return ALL
-    if on == value:
-        return held
-    if off == value:
-        return held.negate()
-    return NONE
+    return held if at_on else (held.negate() if at_off else NONE)
 
 
 def _new_leading_axis(node) -> bool:

@@ -160,6 +160,8 @@ class ScoreWalker:
         if k == "identity" or k == "cast" and g.floating(node):  # not to int: that rounds
             self._through(node)
             return self.walk(node.args[0], node, coef, factors)
+        if k in ("add", "sub", "mul", "div") and not factors and self._two_valued(node, None, coef):
+            return None   # `(1 - tril(ones(T, T))) * -1e9`: a mask, not a sum of terms
         if k == "add":
             self._through(node)
             self._operand(node.args[0], node, coef, factors)
@@ -276,10 +278,10 @@ class ScoreWalker:
 
     def _two_valued(self, node, fill, coef) -> bool:
         """Read node whole when it is a tensor of two values built from constants and masks alone
-        (MaskReader.levels) and its fill masks nothing (the old PyTorch tutorial's mask ends
-        with `.masked_fill(m == 1, 0.0)`): a constant shift, or a leaf the matcher reads as an
-        additive mask. False, reading nothing, otherwise."""
-        if fill is not None and fill * coef <= FINITE_MASK_LIMIT:
+        (MaskReader.levels) and its fill, if it has one, masks nothing (the old PyTorch
+        tutorial's mask ends with `.masked_fill(m == 1, 0.0)`): a constant shift, or a leaf the
+        matcher reads as an additive mask. False, reading nothing, otherwise."""
+        if fill is not None and fill * coef <= FINITE_MASK_LIMIT:   # a mask of its input
             return False
         found = self.reader.levels(node)
         if found is None:
@@ -297,7 +299,7 @@ class ScoreWalker:
     def _masked_fill(self, node, coef, factors):
         if factors:
             return self._leaf(node, coef, factors)
-        fill = g.number(g.arg(node, 2, "value"))
+        fill = g.constant(g.arg(node, 2, "value"))   # a number, or a 0-d torch.tensor(number)
         if self._two_valued(node, fill, coef):
             return None
         return self._mask(node, self.reader.truth_on(node.args[1], node), fill, coef, node.args[0])
