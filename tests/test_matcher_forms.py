@@ -1131,6 +1131,9 @@ CONSTANT_MASKS = {
         torch.triu(torch.ones(T, T), 1) > 0, -math.inf),
     "compared_below_one": lambda s, T: torch.zeros(T, T).masked_fill(
         torch.tril(torch.ones(T, T)) < 1, -math.inf),
+    # values compared as the tensor stores them: 1.0001 is 1.0 in float16
+    "compared_after_rounding": lambda s, T: torch.zeros(T, T).masked_fill(
+        torch.full((T, T), 1.0001).triu(1).half() == 1, -math.inf),
     "one_minus_tril_bool": lambda s, T: torch.zeros(T, T).masked_fill(
         (1 - torch.tril(torch.ones(T, T))).bool(), torch.tensor(torch.finfo(torch.float32).min)),
 }

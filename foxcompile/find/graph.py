@@ -191,7 +191,8 @@ def constant(x) -> float | None:
     if k == "tensor" and not isinstance(arg(x, 0, "data"), bool):  # torch.tensor(-inf): 0-d
         return number(arg(x, 0, "data"))
     if k == "identity" or (k == "cast" and floating(x) and floating(x.args[0])):
-        return constant(x.args[0])
+        inner = constant(x.args[0])
+        return None if inner is None else stored(inner, dtype(x))
     if k in ("mul", "div", "neg") and floating(x) and arg(x, 2, "rounding_mode") is None:
         operands = [constant(a) for a in x.args[:1 if k == "neg" else 2]]
         if None in operands:
@@ -203,8 +204,17 @@ def constant(x) -> float | None:
             folded = a * b if k == "mul" else a / b
         except ZeroDivisionError:  # torch's x / 0 is inf or nan: not folded here
             return None
-        return float(torch.tensor(folded, dtype=dtype(x)))   # rounded (or overflowed) as stored
+        return stored(folded, dtype(x))
     return None
+
+
+def stored(number: float, dtype) -> float:
+    """number as a tensor of `dtype` holds it: rounded, or overflowed to inf (bool and integer
+    dtypes, which would truncate or wrap, read in the default float dtype, as type promotion
+    of a Python float with such a tensor computes)."""
+    if dtype is None or not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    return float(torch.tensor(number, dtype=dtype))
 
 
 def sym(x) -> sympy.Expr:

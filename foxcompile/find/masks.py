@@ -304,7 +304,8 @@ class MaskReader:
             inner = self.truth(node.args[0])
             return None if inner is None else (inner.negate() if k == "eq" else inner)
         if k in _COMPARE and g.number(node.args[1]) is not None:   # `m == 1`, `m > 0` of a 0 / 1 mask
-            found = _where_holds(self.levels(node.args[0]), k, g.number(node.args[1]))
+            value = g.stored(g.number(node.args[1]), g.dtype(node.args[0]))   # compared as stored
+            found = _where_holds(self.levels(node.args[0]), k, value)
             if found is not None:
                 return found
         if k in ("lt", "le", "gt", "ge") and g.floating(node.args[0]) and _is_offset(node.args[1]):
@@ -340,10 +341,13 @@ class MaskReader:
         if k in ("masked_fill", "where", "cast", *_ARITHMETIC):
             found = self.levels(node)   # two values: `on` where `held` holds, `off` elsewhere
             held, on, off = found if found is not None else (None, None, None)
-            if on == 0.0 and off <= threshold:
-                return held.negate()
-            if off == 0.0 and on <= threshold:
-                return held
+            if on == 0.0 and off <= threshold or off == 0.0 and on <= threshold:
+                plain = k in ("masked_fill", "where") and g.constant(
+                    node.args[0 if k == "masked_fill" else 1]) is not None   # fill of a constant
+                if not plain:
+                    self.notes.append(f"{g.name(node)} read as an additive mask of 0 and "
+                                      f"{min(on, off):g} from how it was built")
+                return held.negate() if on == 0.0 else held
             if k != "cast":
                 return None
         if k == "placeholder" and node in self.constants:
@@ -383,9 +387,9 @@ class MaskReader:
             return None if held is None else (held, 1.0, 0.0)
         if k == "identity" or k == "cast" and g.floating(node):
             inner = self._levels(node.args[0])
-            if inner is None or g.floating(node.args[0]) or g.dtype(node.args[0]) == torch.bool:
-                return inner
-            return None   # from integers: values as stored, not followed
+            if inner is None or not (g.floating(node.args[0]) or g.dtype(node.args[0]) == torch.bool):
+                return None   # from integers: values as stored, not followed
+            return inner[0], g.stored(inner[1], g.dtype(node)), g.stored(inner[2], g.dtype(node))
         if k in _MOVES or k in views.PERMUTES:   # the values moved: the mask moves with them
             inner = self._levels(node.args[0])
             held = None if inner is None else self._viewed(node, lambda _: inner[0])
@@ -401,21 +405,29 @@ class MaskReader:
             return _filled(inner, self.truth_on(node.args[1], node), fill)
         if k == "where":   # where(cond, a, b): a filled with b where cond does not hold
             cond = self.truth_on(node.args[0], node)
-            a, b = self._levels(node.args[1]), g.constant(node.args[2])
+            a, b = self._lifted_levels(node.args[1], node), g.constant(node.args[2])
             if a is not None and b is not None and cond is not None:
                 return _filled(a, cond.negate(), b)
-            a, b = g.constant(node.args[1]), self._levels(node.args[2])
+            a, b = g.constant(node.args[1]), self._lifted_levels(node.args[2], node)
             return None if a is None or b is None else _filled(b, cond, a)
         if k in _ARITHMETIC and g.floating(node) and _plain_arithmetic(node):
             operands = node.args[:1] if k == "neg" else node.args[:2]
             read = []
             for x in operands:
-                found = self._levels(x)
+                found = self._lifted_levels(x, node)
                 if found is None:
                     return None
-                read.append((self._lifted(lambda _: found[0], x, node), *found[1:]))
+                read.append(found)
             return _combined(k, read, g.dtype(node))
         return None
+
+    def _lifted_levels(self, x, into):
+        """_levels of x, its mask as it falls on the tensor `into` it is broadcast to."""
+        found = self._levels(x)
+        if found is None:
+            return None
+        held = self._lifted(lambda _: found[0], x, into)
+        return None if held is None else (held, *found[1:])
 
     def _viewed(self, node, read) -> Mask | None:
         """What `read` finds on the tensor a view node shows, as it falls on node: through casts
@@ -586,10 +598,8 @@ def _combined(k: str, read: list, dtype) -> tuple | None:
                       "mul": lambda: a * values[1], "div": lambda: a / values[1]}[k]()
         except ZeroDivisionError:   # torch gives inf or nan: not read here
             return None
-        return float(torch.tensor(result, dtype=dtype))
+        return g.stored(result, dtype)
 
-    if any(held is None for held, _, _ in read):
-        return None
     varying = [i for i, (held, on, off) in enumerate(read)
                if on != off and not _same(held, ALL) and not _same(held, NONE)]
     if not varying:
