@@ -18,6 +18,7 @@ does not. Comparing the ids of two different tensors, or with anything but == an
 that combine two different atoms, raise MaskDeclined with the reason.
 """
 import math
+import operator
 from dataclasses import dataclass, replace
 
 import sympy
@@ -364,9 +365,11 @@ class MaskReader:
     def levels(self, node) -> tuple[Mask, float, float] | None:
         """(held, on, off) when node is a tensor of two values built from constants and masks
         alone: `on` where the mask `held` holds, `off` elsewhere; a boolean tensor is 1 / 0.
-        Read through casts, masked_fill, where, and tril / triu; for the old PyTorch tutorial's
-        `m = (triu(ones(T, T)) == 1).transpose(0, 1); m.float().masked_fill(m == 0, -inf)
-        .masked_fill(m == 1, 0.0)`. None for anything else (a NaN value included)."""
+        Read through casts (values rounded as stored), views that move the values, masked_fill,
+        where, tril / triu, and + - * / with constants or with another such tensor on the same
+        mask; for the old PyTorch tutorial's `m = (triu(ones(T, T)) == 1).transpose(0, 1);
+        m.float().masked_fill(m == 0, -inf).masked_fill(m == 1, 0.0)` and `(1 - tril(ones(T,
+        T))) * -1e9`. None for anything else (a NaN value included)."""
         try:
             found = self._levels(node)
         except MaskDeclined:   # read where the mask is used, with its reason
@@ -558,14 +561,23 @@ def _same(a: Mask | None, b: Mask | None) -> bool:
             and a.on.equals(b.on) and a.off.equals(b.off))
 
 
+def constant_of(levels: tuple) -> float | None:
+    """The one value of a two-valued tensor (held, on, off) that has only one: its two values
+    agree, or its mask holds everywhere or nowhere. None when it has two."""
+    held, on, off = levels
+    if _same(held, NONE):
+        return off
+    return on if on == off or _same(held, ALL) else None
+
+
 def _filled(levels: tuple, cond: Mask | None, fill: float) -> tuple | None:
     """The two-valued tensor `levels` (held, on, off) set to `fill` where `cond` holds, if the
     result still has two values on masks read here."""
     if cond is None:
         return None
     held, on, off = levels
-    if on == off or _same(held, ALL) or _same(held, NONE):
-        value = on if not _same(held, NONE) else off
+    value = constant_of(levels)
+    if value is not None:
         return cond, fill, value
     if _same(cond, held):
         return held, fill, off
@@ -587,36 +599,36 @@ def _plain_arithmetic(node) -> bool:
             else g.arg(node, 2, "rounding_mode") is None)
 
 
+_OPERATORS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+              "div": operator.truediv, "neg": operator.neg}
+
+
 def _combined(k: str, read: list, dtype) -> tuple | None:
     """The levels of k (add, sub, mul, div, neg) of operands whose levels are `read`, each
     (held, on, off) on the result's shape, rounded as `dtype` stores the values; None where
     the two operands' masks are neither the same nor each other's negation."""
-    def apply(*values):
-        a = values[0]
+    def apply(values):
         try:
-            result = {"neg": lambda: -a, "add": lambda: a + values[1], "sub": lambda: a - values[1],
-                      "mul": lambda: a * values[1], "div": lambda: a / values[1]}[k]()
+            return g.stored(_OPERATORS[k](*values), dtype)
         except ZeroDivisionError:   # torch gives inf or nan: not read here
             return None
-        return g.stored(result, dtype)
 
-    varying = [i for i, (held, on, off) in enumerate(read)
-               if on != off and not _same(held, ALL) and not _same(held, NONE)]
-    if not varying:
-        value = apply(*(off if _same(held, NONE) else on for held, on, off in read))
+    constants = [constant_of(x) for x in read]
+    if None not in constants:
+        value = apply(constants)
         return None if value is None else (ALL, value, value)
-    held = read[varying[0]][0]
+    held = next(x for x, c in zip(read, constants) if c is None)[0]
     on, off = [], []
-    for other, a, b in read:
-        if a == b or _same(other, ALL) or _same(other, NONE):   # a constant
-            a = b = b if _same(other, NONE) else a
+    for (other, a, b), value in zip(read, constants):
+        if value is not None:
+            a = b = value
         elif _same(other, held.negate()):
             a, b = b, a
         elif not _same(other, held):
             return None
         on.append(a)
         off.append(b)
-    on_value, off_value = apply(*on), apply(*off)
+    on_value, off_value = apply(on), apply(off)
     return None if None in (on_value, off_value) else (held, on_value, off_value)
 
 

@@ -15,7 +15,7 @@ from torch import fx
 
 from . import graph as g
 from .inplace import InPlace, NotFollowed
-from .masks import ALL, NONE, Mask, MaskReader
+from .masks import Mask, MaskReader, constant_of
 
 # A finite mask value counts as -inf when it is at least this negative (after scaling): masked
 # entries then vanish from the softmax against any realistic bias.
@@ -286,12 +286,10 @@ class ScoreWalker:
         found = self.reader.levels(node)
         if found is None:
             return False
-        held, on, off = found
         self._through(node)
-        if on == off or held == ALL:
-            self._shift(on, coef)
-        elif held == NONE:
-            self._shift(off, coef)
+        value = constant_of(found)
+        if value is not None:
+            self._shift(value, coef)
         else:
             self._leaf(node, coef, ())
         return True
