@@ -1182,3 +1182,38 @@ NOT_CAUSAL = {   # name: (mask, the decline's reason)
 def test_constant_built_masks_that_are_not_causal(name):
     mask, reason = NOT_CAUSAL[name]
     _declined(additive_mask(mask), *_qkvg(B=2, M=9, N=9), reason=reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spellings of transposes and reshapes that Dynamo records as transpose / permute / view
+
+
+LAYOUT_SPELLINGS = {   # name: (heads first from (B, T, H, D), k transposed, back to (B, T, H * D))
+    "transpose": ("x.transpose(1, 2)", "k.transpose(-2, -1)", "o.transpose(1, 2).flatten(2)"),
+    "swapaxes": ("x.swapaxes(1, 2)", "k.swapaxes(-2, -1)", "o.swapaxes(1, 2).reshape(B, T, -1)"),
+    "swapdims": ("torch.swapdims(x, 1, 2)", "torch.swapaxes(k, -1, -2)",
+                 "o.swapdims(1, 2).flatten(-2)"),
+    "movedim": ("x.movedim(2, 1)", "k.movedim(-1, -2)", "o.movedim(1, 2).flatten(2)"),
+    "moveaxis": ("torch.moveaxis(x, 2, 1)", "torch.movedim(k, -1, -2)",
+                 "o.moveaxis(1, 2).reshape(B, T, H * D)"),
+    "keywords": ("x.transpose(dim0=1, dim1=2)", "k.swapaxes(axis0=-2, axis1=-1)",
+                 "o.transpose(1, 2).unflatten(2, (1, H)).flatten(2)"),
+}
+
+
+@pytest.mark.parametrize("name", LAYOUT_SPELLINGS)
+def test_layout_spellings(name):
+    heads_first, k_transposed, merged = LAYOUT_SPELLINGS[name]
+    namespace = {"torch": torch, "F": F, "math": math}
+    exec(f"""
+def attend(q, k, v, g):
+    B, T, H, D = q.shape
+    q, k, v = ({heads_first} for x in (q, k, v))
+    lam = F.logsigmoid(g).cumsum(-1)
+    s = q @ {k_transposed} * D ** -0.5 + lam[..., :, None] - lam[..., None, :]
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -math.inf)
+    o = s.softmax(-1) @ v
+    return {merged}
+""", namespace)
+    q, k, v = (torch.randn(2, 9, 3, 8) for _ in range(3))
+    _one_site(namespace["attend"], q, k, v, torch.randn(2, 3, 9))
