@@ -1127,6 +1127,7 @@ CONSTANT_MASKS = {
         ~torch.full_like(s[0, 0], True, dtype=torch.bool).tril(), -math.inf),
     # arithmetic on a 0 / 1 mask: (1 - m) * -1e9 is 0 where m holds and -1e9 elsewhere
     "one_minus_tril_times": lambda s, T: (1 - torch.tril(torch.ones(T, T))) * -1e9,
+    "subtracted": lambda s, T: -(1e9 * (1 - torch.tril(torch.ones(T, T)))),   # s - 1e9 * (1 - m)
     "compared_above_zero": lambda s, T: torch.zeros(T, T).masked_fill(
         torch.triu(torch.ones(T, T), 1) > 0, -math.inf),
     "compared_below_one": lambda s, T: torch.zeros(T, T).masked_fill(
@@ -1165,7 +1166,7 @@ NOT_CAUSAL = {   # name: (mask, the decline's reason)
     "ones_over_zero": (lambda s, T: torch.triu(torch.ones(T, T) / 0.0, 1), "jointly"),
     # (1 - m) * c: too weak a fill, the past masked, a mask over all (eager rounds the scores
     # away), and -inf (0 * -inf is NaN where m holds)
-    "weak_fill": (lambda s, T: (1 - torch.tril(torch.ones(T, T))) * -1e3, "jointly"),
+    "weak_fill": (lambda s, T: (1 - torch.tril(torch.ones(T, T))) * -1e3, "fills with -1000"),
     "past_times": (lambda s, T: torch.tril(torch.ones(T, T), -1) * -1e9, "j - i <= -1"),
     "two_minus_tril": (lambda s, T: (2 - torch.tril(torch.ones(T, T))) * -1e9, "jointly"),
     "one_minus_tril_inf": (lambda s, T: (1 - torch.tril(torch.ones(T, T))) * -math.inf, "times -inf"),

@@ -279,18 +279,28 @@ class ScoreWalker:
     def _two_valued(self, node, fill, coef) -> bool:
         """Read node whole when it is a tensor of two values built from constants and masks alone
         (MaskReader.levels) and its fill, if it has one, masks nothing (the old PyTorch
-        tutorial's mask ends with `.masked_fill(m == 1, 0.0)`): a constant shift, or a leaf the
-        matcher reads as an additive mask. False, reading nothing, otherwise."""
+        tutorial's mask ends with `.masked_fill(m == 1, 0.0)`): a constant shift when its values
+        agree, a mask where one of them, times coef, is 0 (the other is then the fill, as the
+        softmax sees it: `s - 1e9 * (1 - tril(ones))` too), else a leaf. False, reading
+        nothing, otherwise."""
         if fill is not None and fill * coef <= FINITE_MASK_LIMIT:   # a mask of its input
             return False
         found = self.reader.levels(node)
         if found is None:
             return False
-        self._through(node)
         value = constant_of(found)
         if value is not None:
+            self._through(node)
             self._shift(value, coef)
+            return True
+        held, on, off = found
+        if on * coef == 0.0 or off * coef == 0.0:
+            masked, fill = (held.negate(), off) if on * coef == 0.0 else (held, on)
+            self.reader.notes.append(f"{g.name(node)} read as a mask (0 and {fill * coef:g}) "
+                                     "from how it was built")
+            self._mask(node, masked, fill, coef, 0.0)
         else:
+            self._through(node)
             self._leaf(node, coef, ())
         return True
 
