@@ -304,7 +304,7 @@ class MaskReader:
         if k in ("eq", "ne") and g.number(node.args[1]) == 0.0:
             inner = self.truth(node.args[0])
             return None if inner is None else (inner.negate() if k == "eq" else inner)
-        if k in _COMPARE and g.number(node.args[1]) is not None:   # `m == 1`, `m > 0` of a 0 / 1 mask
+        if k in _COMPARE and g.number(node.args[1]) is not None:   # `m == 1`, `m > 0` of 0 / 1
             value = g.stored(g.number(node.args[1]), g.dtype(node.args[0]))   # compared as stored
             found = _where_holds(self.levels(node.args[0]), k, value)
             if found is not None:
@@ -390,7 +390,9 @@ class MaskReader:
             return None if held is None else (held, 1.0, 0.0)
         if k == "identity" or k == "cast" and g.floating(node):
             inner = self._levels(node.args[0])
-            if inner is None or not (g.floating(node.args[0]) or g.dtype(node.args[0]) == torch.bool):
+            source = g.dtype(node.args[0])   # None where unknown
+            if inner is None or source is None or not (source.is_floating_point
+                                                        or source == torch.bool):
                 return None   # from integers: values as stored, not followed
             return inner[0], g.stored(inner[1], g.dtype(node)), g.stored(inner[2], g.dtype(node))
         if k in _MOVES or k in views.PERMUTES:   # the values moved: the mask moves with them

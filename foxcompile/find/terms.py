@@ -317,7 +317,8 @@ class ScoreWalker:
         if factors:
             return self._leaf(node, coef, factors)
         fill_a, fill_b = g.constant(a), g.constant(b)
-        if (fill_a is None) != (fill_b is None) and self._two_valued(node, fill_a if fill_b is None else fill_b, coef):
+        one_fill = fill_a if fill_b is None else fill_b
+        if (fill_a is None) != (fill_b is None) and self._two_valued(node, one_fill, coef):
             return None
         if fill_b is not None and fill_a is None:
             keep = self.reader.truth_on(cond, node)
