@@ -333,18 +333,12 @@ class MaskReader:
 
     def _additive(self, node, threshold: float) -> Mask | None:
         k = g.kind(node)
-        if k in ("tril", "triu"):
-            fill = g.constant(node.args[0])
-            if fill is None or not fill <= threshold:   # NaN is no mask
-                return None
-            diagonal = g.arg(node, 1, "diagonal", 0)
-            return Band("le" if k == "tril" else "ge", g.sym(diagonal))
-        if k in ("masked_fill", "where", "cast", *_ARITHMETIC):
+        if k in ("tril", "triu", "masked_fill", "where", "cast", *_ARITHMETIC):
             found = self.levels(node)   # two values: `on` where `held` holds, `off` elsewhere
             held, on, off = found if found is not None else (None, None, None)
-            if on == 0.0 and off <= threshold or off == 0.0 and on <= threshold:
-                plain = k in ("masked_fill", "where") and g.constant(
-                    node.args[0 if k == "masked_fill" else 1]) is not None   # fill of a constant
+            if on == 0.0 and off <= threshold or off == 0.0 and on <= threshold:   # NaN: none
+                plain = k in ("tril", "triu", "masked_fill", "where") and g.constant(
+                    node.args[1 if k == "where" else 0]) is not None   # of a constant, as ever
                 if not plain:
                     self.notes.append(f"{g.name(node)} read as an additive mask of 0 and "
                                       f"{min(on, off):g} from how it was built")
